@@ -1,0 +1,6 @@
+//! peft: fine-tune BERT and RoBERTa on GLUE, training the whole model or a chosen subset.
+
+pub mod error;
+pub mod loss;
+pub mod model;
+pub mod tokenize;

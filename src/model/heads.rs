@@ -1,0 +1,87 @@
+//! Sequence-classification heads, as transformers builds them.
+//!
+//! BERT: pooler (first token → dense → tanh) → dropout → `classifier`.
+//! RoBERTa: first token → dropout → `classifier.dense` → tanh → dropout → `classifier.out_proj`.
+//! A head the checkpoint lacks starts from N(0, 0.02) weights and zero biases, as
+//! transformers' `_init_weights` does. Regression (STS-B) is a head with one output.
+
+use anyhow::Result;
+use candle_core::{IndexOp, Module, Tensor};
+
+use super::config::{Arch, ModelConfig};
+use super::nn::{Ctx, Dropout, Linear};
+use super::params::Path;
+
+/// transformers' `initializer_range` default.
+pub const INIT_STD: f64 = 0.02;
+
+pub struct Pooler {
+    dense: Linear,
+}
+
+impl Pooler {
+    pub fn load(path: &Path, cfg: &ModelConfig) -> Result<Self> {
+        let h = cfg.hidden_size;
+        Ok(Self {
+            dense: Linear::load_or_init(&path.pp("dense"), h, h, INIT_STD)?,
+        })
+    }
+
+    pub fn forward(&self, hidden: &Tensor) -> Result<Tensor> {
+        Ok(self.dense.forward(&hidden.i((.., 0))?)?.tanh()?)
+    }
+}
+
+pub enum Head {
+    Bert {
+        classifier: Linear,
+        dropout: Dropout,
+    },
+    Roberta {
+        dense: Linear,
+        out_proj: Linear,
+        dropout: Dropout,
+    },
+}
+
+impl Head {
+    pub fn load(path: &Path, cfg: &ModelConfig, num_labels: usize) -> Result<Self> {
+        let h = cfg.hidden_size;
+        let dropout = Dropout::new(cfg.classifier_dropout());
+        let cls = path.pp("classifier");
+        Ok(match cfg.model_type {
+            Arch::Bert => Head::Bert {
+                classifier: Linear::load_or_init(&cls, h, num_labels, INIT_STD)?,
+                dropout,
+            },
+            Arch::Roberta => Head::Roberta {
+                dense: Linear::load_or_init(&cls.pp("dense"), h, h, INIT_STD)?,
+                out_proj: Linear::load_or_init(&cls.pp("out_proj"), h, num_labels, INIT_STD)?,
+                dropout,
+            },
+        })
+    }
+
+    /// `pooled` is the BERT pooler output; RoBERTa reads the first token of `hidden`.
+    pub fn forward(&self, hidden: &Tensor, pooled: Option<&Tensor>, ctx: &Ctx) -> Result<Tensor> {
+        match self {
+            Head::Bert {
+                classifier,
+                dropout,
+            } => {
+                let pooled =
+                    pooled.ok_or_else(|| anyhow::anyhow!("BERT head needs the pooler output"))?;
+                Ok(classifier.forward(&dropout.forward(pooled, ctx)?)?)
+            }
+            Head::Roberta {
+                dense,
+                out_proj,
+                dropout,
+            } => {
+                let x = dropout.forward(&hidden.i((.., 0))?, ctx)?;
+                let x = dropout.forward(&dense.forward(&x)?.tanh()?, ctx)?;
+                Ok(out_proj.forward(&x)?)
+            }
+        }
+    }
+}

@@ -1,0 +1,108 @@
+//! Reading a Hugging Face checkpoint directory into tensors under canonical names.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use anyhow::Result;
+use candle_core::{DType, Device, Tensor};
+
+use super::config::Arch;
+use crate::error::user;
+
+/// The weight file of a model directory: model.safetensors, else pytorch_model.bin.
+pub fn weight_file(dir: &Path) -> Result<PathBuf> {
+    for name in ["model.safetensors", "pytorch_model.bin"] {
+        let p = dir.join(name);
+        if p.is_file() {
+            return Ok(p);
+        }
+    }
+    Err(user(format!(
+        "{}: no model.safetensors or pytorch_model.bin (sharded checkpoints are not supported)",
+        dir.display()
+    )))
+}
+
+/// Load every float tensor of the checkpoint as f32 on the CPU, keyed by canonical name.
+/// Tensors that are not part of an encoder or a classification head (MLM heads, buffers)
+/// are dropped.
+pub fn read_weights(dir: &Path, arch: Arch) -> Result<HashMap<String, Tensor>> {
+    let path = weight_file(dir)?;
+    let raw: Vec<(String, Tensor)> = if path.extension().is_some_and(|e| e == "safetensors") {
+        candle_core::safetensors::load(&path, &Device::Cpu)
+            .map_err(|e| user(format!("cannot read {}: {e}", path.display())))?
+            .into_iter()
+            .collect()
+    } else {
+        candle_core::pickle::read_all(&path)
+            .map_err(|e| user(format!("cannot read {}: {e}", path.display())))?
+    };
+    let mut out = HashMap::new();
+    for (name, t) in raw {
+        let Some(canon) = canonical_name(&name, arch) else {
+            continue;
+        };
+        if !t.dtype().is_float() {
+            continue;
+        }
+        out.insert(canon, t.to_dtype(DType::F32)?);
+    }
+    Ok(out)
+}
+
+/// `bert.encoder.layer.0.attention.output.LayerNorm.gamma` → `encoder.layer.0.attention.output.LayerNorm.weight`.
+/// Returns None for tensors the encoder never uses.
+pub fn canonical_name(name: &str, arch: Arch) -> Option<String> {
+    let prefix = format!("{}.", arch.prefix());
+    let name = name.strip_prefix(&prefix).unwrap_or(name);
+    let keep = ["embeddings.", "encoder.", "pooler.", "classifier."];
+    if !keep.iter().any(|k| name.starts_with(k)) || name.ends_with("position_ids") {
+        return None;
+    }
+    // Old TF-converted BERT checkpoints name LayerNorm parameters gamma/beta.
+    let name = if name.contains("LayerNorm.") {
+        name.replace("LayerNorm.gamma", "LayerNorm.weight")
+            .replace("LayerNorm.beta", "LayerNorm.bias")
+    } else {
+        name.to_string()
+    };
+    Some(name)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn canonical_names() {
+        let c = |n| canonical_name(n, Arch::Bert);
+        assert_eq!(
+            c("bert.encoder.layer.0.output.dense.weight").as_deref(),
+            Some("encoder.layer.0.output.dense.weight")
+        );
+        assert_eq!(
+            c("encoder.layer.0.output.dense.weight").as_deref(),
+            Some("encoder.layer.0.output.dense.weight")
+        );
+        assert_eq!(
+            c("bert.embeddings.LayerNorm.gamma").as_deref(),
+            Some("embeddings.LayerNorm.weight")
+        );
+        assert_eq!(
+            c("bert.embeddings.LayerNorm.beta").as_deref(),
+            Some("embeddings.LayerNorm.bias")
+        );
+        assert_eq!(c("classifier.weight").as_deref(), Some("classifier.weight"));
+        assert_eq!(c("cls.predictions.bias"), None);
+        assert_eq!(c("bert.embeddings.position_ids"), None);
+        assert_eq!(
+            canonical_name(
+                "roberta.encoder.layer.1.attention.self.key.bias",
+                Arch::Roberta
+            )
+            .as_deref(),
+            Some("encoder.layer.1.attention.self.key.bias")
+        );
+        assert_eq!(canonical_name("lm_head.dense.weight", Arch::Roberta), None);
+    }
+}

@@ -1,0 +1,149 @@
+//! Our BERT/RoBERTa encoder, its heads, and checkpoint loading.
+//!
+//! Every parameter is fetched by its Hugging Face name through a [`ParamStore`], which
+//! hands out a frozen tensor or a trainable variable; nothing here knows which.
+
+pub mod config;
+mod embeddings;
+mod heads;
+mod layer;
+pub mod load;
+pub mod nn;
+pub mod params;
+
+use std::path::Path as FsPath;
+
+use anyhow::Result;
+use candle_core::{DType, Device, Tensor};
+
+pub use config::{Activation, Arch, ModelConfig};
+pub use heads::INIT_STD;
+pub use nn::Ctx;
+pub use params::{Init, ParamStore, Path};
+
+use embeddings::Embeddings;
+use heads::{Head, Pooler};
+use layer::Layer;
+
+/// A padded batch of token ids, as the model consumes it.
+#[derive(Debug, Clone)]
+pub struct Batch {
+    /// (batch, seq) u32
+    pub input_ids: Tensor,
+    /// (batch, seq) u32
+    pub token_type_ids: Tensor,
+    /// (batch, seq) f32: 1 for real tokens, 0 for padding
+    pub attention_mask: Tensor,
+}
+
+impl Batch {
+    pub fn to_device(&self, device: &Device) -> Result<Self> {
+        Ok(Self {
+            input_ids: self.input_ids.to_device(device)?,
+            token_type_ids: self.token_type_ids.to_device(device)?,
+            attention_mask: self.attention_mask.to_device(device)?,
+        })
+    }
+
+    pub fn size(&self) -> usize {
+        self.input_ids.dims()[0]
+    }
+}
+
+/// What a forward pass produced.
+pub struct Output {
+    pub last_hidden_state: Tensor,
+    pub pooled: Option<Tensor>,
+    pub logits: Option<Tensor>,
+}
+
+pub struct Model {
+    config: ModelConfig,
+    embeddings: Embeddings,
+    layers: Vec<Layer>,
+    pooler: Option<Pooler>,
+    head: Option<Head>,
+}
+
+impl Model {
+    /// Build the encoder, and a head with `num_labels` outputs if asked (1 = regression).
+    /// BERT's pooler is loaded when the checkpoint has one or a head needs it.
+    pub fn load(store: &ParamStore, cfg: &ModelConfig, num_labels: Option<usize>) -> Result<Self> {
+        let root = store.root();
+        let embeddings = Embeddings::load(&root.pp("embeddings"), cfg)?;
+        let layers = (0..cfg.num_hidden_layers)
+            .map(|i| Layer::load(&root.pp(format!("encoder.layer.{i}")), cfg))
+            .collect::<Result<Vec<_>>>()?;
+        let wants_pooler = cfg.model_type == Arch::Bert && num_labels.is_some();
+        let pooler = if wants_pooler || root.contains("pooler.dense.weight") {
+            Some(Pooler::load(&root.pp("pooler"), cfg)?)
+        } else {
+            None
+        };
+        let head = num_labels.map(|n| Head::load(&root, cfg, n)).transpose()?;
+        Ok(Self {
+            config: cfg.clone(),
+            embeddings,
+            layers,
+            pooler,
+            head,
+        })
+    }
+
+    pub fn config(&self) -> &ModelConfig {
+        &self.config
+    }
+
+    pub fn forward(&self, batch: &Batch, ctx: &Ctx) -> Result<Output> {
+        let mut x = self
+            .embeddings
+            .forward(&batch.input_ids, &batch.token_type_ids, ctx)?;
+        let mask = extended_mask(&batch.attention_mask)?;
+        for layer in &self.layers {
+            x = layer.forward(&x, &mask, ctx)?;
+        }
+        let pooled = self.pooler.as_ref().map(|p| p.forward(&x)).transpose()?;
+        let logits = self
+            .head
+            .as_ref()
+            .map(|h| h.forward(&x, pooled.as_ref(), ctx))
+            .transpose()?;
+        Ok(Output {
+            last_hidden_state: x,
+            pooled,
+            logits,
+        })
+    }
+
+    /// Logits of the task head: (batch, num_labels).
+    pub fn logits(&self, batch: &Batch, ctx: &Ctx) -> Result<Tensor> {
+        self.forward(batch, ctx)?
+            .logits
+            .ok_or_else(|| anyhow::anyhow!("the model was built without a task head"))
+    }
+}
+
+/// (batch, seq) 1/0 → (batch, 1, 1, seq) additive mask: 0 keeps, f32::MIN removes, as
+/// transformers' `get_extended_attention_mask`.
+fn extended_mask(mask: &Tensor) -> Result<Tensor> {
+    let (b, t) = mask.dims2()?;
+    let m = mask
+        .to_dtype(DType::F32)?
+        .affine(f32::MAX as f64, f32::MIN as f64)?;
+    Ok(m.reshape((b, 1, 1, t))?)
+}
+
+/// Read config and weights of a model directory; the tensors stay on the CPU.
+pub fn read_checkpoint(
+    dir: &FsPath,
+) -> Result<(ModelConfig, std::collections::HashMap<String, Tensor>)> {
+    if !dir.is_dir() {
+        return Err(crate::error::user(format!(
+            "model directory {} does not exist",
+            dir.display()
+        )));
+    }
+    let cfg = ModelConfig::load(dir)?;
+    let weights = load::read_weights(dir, cfg.model_type)?;
+    Ok((cfg, weights))
+}

@@ -1,0 +1,314 @@
+//! Parameters addressed by their Hugging Face names, each frozen or trainable.
+//!
+//! The store holds the checkpoint's tensors under canonical names (no `bert.`/`roberta.`
+//! prefix: `encoder.layer.3.output.LayerNorm.weight`). When a module asks for a name,
+//! the store answers with a plain tensor, or with a [`Var`] if the caller's predicate
+//! says the name trains. The forward code cannot tell the difference; methods decide
+//! what trains purely by name, from outside.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Mutex;
+
+use anyhow::{anyhow, Result};
+use candle_core::{DType, Device, Tensor, Var};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+use crate::error::user;
+
+/// How to create a parameter the checkpoint does not hold (a fresh task head, an adapter).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Init {
+    Zeros,
+    Ones,
+    /// N(0, std²), as transformers' `_init_weights` (std = initializer_range = 0.02).
+    Normal(f64),
+    /// U(-b, b), as torch's `kaiming_uniform_(a=sqrt(5))` gives b = 1/sqrt(fan_in).
+    Uniform(f64),
+}
+
+pub type Predicate = Box<dyn Fn(&str) -> bool + Send + Sync>;
+
+/// Every parameter the model asked for, in the order of the names.
+#[derive(Default)]
+struct Registry {
+    vars: BTreeMap<String, Var>,
+    frozen: BTreeMap<String, Tensor>,
+    created: Vec<String>,
+}
+
+pub struct ParamStore {
+    base: HashMap<String, Tensor>,
+    trainable: Predicate,
+    registry: Mutex<Registry>,
+    rng: Mutex<StdRng>,
+    device: Device,
+}
+
+impl ParamStore {
+    /// `base`: checkpoint tensors under canonical names. `seed` drives the
+    /// initialisation of parameters the checkpoint lacks (the task head).
+    pub fn new(
+        base: HashMap<String, Tensor>,
+        device: Device,
+        seed: u64,
+        trainable: Predicate,
+    ) -> Self {
+        Self {
+            base,
+            trainable,
+            registry: Mutex::new(Registry::default()),
+            rng: Mutex::new(StdRng::seed_from_u64(seed)),
+            device,
+        }
+    }
+
+    /// A store in which nothing trains: inference.
+    pub fn frozen(base: HashMap<String, Tensor>, device: Device) -> Self {
+        Self::new(base, device, 0, Box::new(|_| false))
+    }
+
+    pub fn root(&self) -> Path<'_> {
+        Path {
+            store: self,
+            prefix: String::new(),
+        }
+    }
+
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    pub fn contains(&self, name: &str) -> bool {
+        self.base.contains_key(name)
+    }
+
+    /// The trainable variables, by name.
+    pub fn vars(&self) -> BTreeMap<String, Var> {
+        self.lock().vars.clone()
+    }
+
+    /// Every parameter the model uses, trainable or not, by name.
+    pub fn all(&self) -> BTreeMap<String, Tensor> {
+        let reg = self.lock();
+        let mut all = reg.frozen.clone();
+        for (name, var) in &reg.vars {
+            all.insert(name.clone(), var.as_tensor().clone());
+        }
+        all
+    }
+
+    /// Names of the parameters that were initialised because the checkpoint lacked them.
+    pub fn created(&self) -> Vec<String> {
+        self.lock().created.clone()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Registry> {
+        // A poisoned lock only means another thread panicked mid-insert of a BTreeMap
+        // entry; the maps stay valid.
+        self.registry.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn register(&self, name: &str, tensor: Tensor) -> Result<Tensor> {
+        let mut reg = self.lock();
+        if let Some(var) = reg.vars.get(name) {
+            return Ok(var.as_tensor().clone());
+        }
+        if let Some(t) = reg.frozen.get(name) {
+            return Ok(t.clone());
+        }
+        if (self.trainable)(name) {
+            // Copy so that updates never write into the caller's base tensors.
+            let var = Var::from_tensor(&tensor.copy()?)?;
+            let t = var.as_tensor().clone();
+            reg.vars.insert(name.to_string(), var);
+            Ok(t)
+        } else {
+            let t = tensor.detach();
+            reg.frozen.insert(name.to_string(), t.clone());
+            Ok(t)
+        }
+    }
+
+    fn init(&self, shape: &[usize], init: Init) -> Result<Tensor> {
+        let n: usize = shape.iter().product();
+        let data: Vec<f32> = match init {
+            Init::Zeros => vec![0.0; n],
+            Init::Ones => vec![1.0; n],
+            Init::Normal(std) => {
+                let mut rng = self.rng.lock().unwrap_or_else(|p| p.into_inner());
+                (0..n).map(|_| (normal(&mut *rng) * std) as f32).collect()
+            }
+            Init::Uniform(bound) => {
+                let mut rng = self.rng.lock().unwrap_or_else(|p| p.into_inner());
+                (0..n)
+                    .map(|_| rng.random_range(-bound..bound) as f32)
+                    .collect()
+            }
+        };
+        Ok(Tensor::from_vec(data, shape, &self.device)?)
+    }
+}
+
+/// A standard normal draw by Box–Muller; rand's distributions live in another crate.
+pub fn normal(rng: &mut impl Rng) -> f64 {
+    let u1: f64 = 1.0 - rng.random::<f64>(); // (0, 1]: ln is finite
+    let u2: f64 = rng.random::<f64>();
+    (-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos()
+}
+
+/// A position in the name tree, like `cd` into a module: `root.pp("encoder").pp("layer.0")`.
+#[derive(Clone)]
+pub struct Path<'a> {
+    store: &'a ParamStore,
+    prefix: String,
+}
+
+impl<'a> Path<'a> {
+    pub fn pp(&self, name: impl AsRef<str>) -> Path<'a> {
+        Path {
+            store: self.store,
+            prefix: self.name(name.as_ref()),
+        }
+    }
+
+    pub fn name(&self, leaf: &str) -> String {
+        if self.prefix.is_empty() {
+            leaf.to_string()
+        } else {
+            format!("{}.{}", self.prefix, leaf)
+        }
+    }
+
+    pub fn device(&self) -> &Device {
+        &self.store.device
+    }
+
+    /// A parameter the checkpoint must hold, with exactly this shape.
+    pub fn get(&self, leaf: &str, shape: &[usize]) -> Result<Tensor> {
+        let name = self.name(leaf);
+        let t = self.store.base.get(&name).ok_or_else(|| {
+            user(format!(
+                "the checkpoint has no tensor `{name}` (expected shape {shape:?})"
+            ))
+        })?;
+        check_shape(&name, t, shape)?;
+        self.store.register(
+            &name,
+            t.to_dtype(DType::F32)?.to_device(&self.store.device)?,
+        )
+    }
+
+    /// A parameter taken from the checkpoint when present, else freshly initialised.
+    pub fn get_or_init(&self, leaf: &str, shape: &[usize], init: Init) -> Result<Tensor> {
+        let name = self.name(leaf);
+        if self.store.base.contains_key(&name) {
+            return self.get(leaf, shape);
+        }
+        let t = self.store.init(shape, init)?;
+        self.store.lock().created.push(name.clone());
+        self.store.register(&name, t)
+    }
+
+    pub fn contains(&self, leaf: &str) -> bool {
+        self.store.base.contains_key(&self.name(leaf))
+    }
+}
+
+fn check_shape(name: &str, t: &Tensor, shape: &[usize]) -> Result<()> {
+    if t.dims() != shape {
+        return Err(user(format!(
+            "tensor `{name}` has shape {:?} in the checkpoint, but the config implies {shape:?}",
+            t.dims()
+        )));
+    }
+    if !t.dtype().is_float() {
+        return Err(anyhow!(
+            "tensor `{name}` has dtype {:?}, expected a float",
+            t.dtype()
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn store(trainable: Predicate) -> ParamStore {
+        let mut base = HashMap::new();
+        base.insert(
+            "a.weight".to_string(),
+            Tensor::ones((2, 3), DType::F32, &Device::Cpu).unwrap(),
+        );
+        base.insert(
+            "a.bias".to_string(),
+            Tensor::zeros(2, DType::F32, &Device::Cpu).unwrap(),
+        );
+        ParamStore::new(base, Device::Cpu, 7, trainable)
+    }
+
+    #[test]
+    fn predicate_decides_what_trains() {
+        let s = store(Box::new(|n| n.ends_with("bias")));
+        let a = s.root().pp("a");
+        a.get("weight", &[2, 3]).unwrap();
+        a.get("bias", &[2]).unwrap();
+        assert_eq!(s.vars().keys().collect::<Vec<_>>(), vec!["a.bias"]);
+        assert_eq!(s.all().len(), 2);
+    }
+
+    #[test]
+    fn missing_and_misshapen_tensors_are_named() {
+        let s = store(Box::new(|_| false));
+        let err = s
+            .root()
+            .pp("a")
+            .get("weight", &[3, 2])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("a.weight") && err.contains("[2, 3]"), "{err}");
+        let err = s
+            .root()
+            .pp("b")
+            .get("weight", &[1])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("b.weight"), "{err}");
+    }
+
+    #[test]
+    fn init_is_seeded_and_recorded() {
+        let draw = || {
+            let s = store(Box::new(|_| true));
+            let t = s
+                .root()
+                .get_or_init("head.weight", &[4, 4], Init::Normal(0.02))
+                .unwrap();
+            assert_eq!(s.created(), vec!["head.weight"]);
+            t.flatten_all().unwrap().to_vec1::<f32>().unwrap()
+        };
+        let (x, y) = (draw(), draw());
+        assert_eq!(x, y);
+        let std = (x.iter().map(|v| v * v).sum::<f32>() / 16.0).sqrt();
+        assert!(std > 0.005 && std < 0.05, "std {std}");
+    }
+
+    #[test]
+    fn trainable_copy_does_not_alias_base() {
+        let s = store(Box::new(|_| true));
+        let w = s.root().get("a.weight", &[2, 3]).unwrap();
+        let var = s.vars().remove("a.weight").unwrap();
+        var.set(&Tensor::zeros((2, 3), DType::F32, &Device::Cpu).unwrap())
+            .unwrap();
+        assert_eq!(w.sum_all().unwrap().to_scalar::<f32>().unwrap(), 0.0);
+        assert_eq!(
+            s.base["a.weight"]
+                .sum_all()
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap(),
+            6.0
+        );
+    }
+}

@@ -1,0 +1,213 @@
+//! Text → token ids, and token ids → padded batches.
+//!
+//! Reads `tokenizer.json`, or builds the tokenizer from `vocab.txt` (BERT WordPiece) or
+//! `vocab.json` + `merges.txt` (RoBERTa byte-level BPE). Any padding or truncation
+//! stored in the file is replaced by ours: truncation longest-first to `max_len`, and
+//! padding to the longest sequence of each batch at collate time.
+
+use std::path::Path;
+
+use anyhow::Result;
+use candle_core::{Device, Tensor};
+use tokenizers::models::bpe::BPE;
+use tokenizers::models::wordpiece::WordPiece;
+use tokenizers::normalizers::BertNormalizer;
+use tokenizers::pre_tokenizers::bert::BertPreTokenizer;
+use tokenizers::pre_tokenizers::byte_level::ByteLevel;
+use tokenizers::processors::bert::BertProcessing;
+use tokenizers::processors::roberta::RobertaProcessing;
+use tokenizers::{
+    AddedToken, Tokenizer, TruncationDirection, TruncationParams, TruncationStrategy,
+};
+
+use crate::error::user;
+use crate::model::{Arch, Batch, ModelConfig};
+
+/// One tokenized example.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Encoded {
+    pub ids: Vec<u32>,
+    pub type_ids: Vec<u32>,
+}
+
+impl Encoded {
+    pub fn len(&self) -> usize {
+        self.ids.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.ids.is_empty()
+    }
+}
+
+pub struct TextEncoder {
+    tokenizer: Tokenizer,
+    pad_id: u32,
+    /// RoBERTa has one token type: its tokenizer's pair type ids must not reach the model.
+    single_type: bool,
+    max_len: usize,
+}
+
+impl TextEncoder {
+    pub fn load(dir: &Path, cfg: &ModelConfig, max_len: usize) -> Result<Self> {
+        if max_len < 4 {
+            crate::user_bail!(
+                "--max-seq-len {max_len} is too short: a pair needs at least 4 tokens for specials"
+            );
+        }
+        let mut tokenizer = read_tokenizer(dir, cfg.model_type)?;
+        let vocab = tokenizer.get_vocab_size(true);
+        if vocab > cfg.vocab_size {
+            crate::user_bail!(
+                "{}: the tokenizer has {vocab} tokens but the model's vocab_size is {}",
+                dir.display(),
+                cfg.vocab_size
+            );
+        }
+        tokenizer.with_padding(None);
+        tokenizer
+            .with_truncation(Some(TruncationParams {
+                max_length: max_len,
+                strategy: TruncationStrategy::LongestFirst,
+                stride: 0,
+                direction: TruncationDirection::Right,
+            }))
+            .map_err(|e| anyhow::anyhow!("setting truncation: {e}"))?;
+        Ok(Self {
+            tokenizer,
+            pad_id: cfg.pad_token_id,
+            single_type: cfg.type_vocab_size == 1,
+            max_len,
+        })
+    }
+
+    pub fn max_len(&self) -> usize {
+        self.max_len
+    }
+
+    pub fn pad_id(&self) -> u32 {
+        self.pad_id
+    }
+
+    pub fn encode(&self, first: &str, second: Option<&str>) -> Result<Encoded> {
+        let enc = match second {
+            Some(b) => self.tokenizer.encode((first, b), true),
+            None => self.tokenizer.encode(first, true),
+        }
+        .map_err(|e| anyhow::anyhow!("tokenizing {first:?}: {e}"))?;
+        let ids = enc.get_ids().to_vec();
+        let type_ids = if self.single_type {
+            vec![0; ids.len()]
+        } else {
+            enc.get_type_ids().to_vec()
+        };
+        Ok(Encoded { ids, type_ids })
+    }
+}
+
+fn read_tokenizer(dir: &Path, arch: Arch) -> Result<Tokenizer> {
+    let json = dir.join("tokenizer.json");
+    if json.is_file() {
+        return Tokenizer::from_file(&json)
+            .map_err(|e| user(format!("cannot read {}: {e}", json.display())));
+    }
+    match arch {
+        Arch::Bert => {
+            let vocab = dir.join("vocab.txt");
+            if !vocab.is_file() {
+                crate::user_bail!("{}: no tokenizer.json or vocab.txt", dir.display());
+            }
+            let vocab_s = vocab.to_string_lossy();
+            let wp = WordPiece::from_file(&vocab_s)
+                .unk_token("[UNK]".into())
+                .build()
+                .map_err(|e| user(format!("cannot read {}: {e}", vocab.display())))?;
+            let id = |t: &str| {
+                wp_id(&wp, t).ok_or_else(|| user(format!("{}: no {t} token", vocab.display())))
+            };
+            let (cls, sep) = (id("[CLS]")?, id("[SEP]")?);
+            let mut tok = Tokenizer::new(wp);
+            tok.with_normalizer(Some(BertNormalizer::new(true, true, None, lowercase(dir))));
+            tok.with_pre_tokenizer(Some(BertPreTokenizer));
+            tok.with_post_processor(Some(BertProcessing::new(
+                ("[SEP]".into(), sep),
+                ("[CLS]".into(), cls),
+            )));
+            let specials: Vec<AddedToken> = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+                .iter()
+                .map(|t| AddedToken::from(t.to_string(), true))
+                .collect();
+            tok.add_special_tokens(&specials);
+            Ok(tok)
+        }
+        Arch::Roberta => {
+            let (vocab, merges) = (dir.join("vocab.json"), dir.join("merges.txt"));
+            if !vocab.is_file() || !merges.is_file() {
+                crate::user_bail!(
+                    "{}: no tokenizer.json, nor vocab.json with merges.txt",
+                    dir.display()
+                );
+            }
+            let bpe = BPE::from_file(&vocab.to_string_lossy(), &merges.to_string_lossy())
+                .build()
+                .map_err(|e| user(format!("cannot read {}: {e}", vocab.display())))?;
+            let id = |t: &str| {
+                tokenizers::Model::token_to_id(&bpe, t)
+                    .ok_or_else(|| user(format!("{}: no {t} token", vocab.display())))
+            };
+            let (bos, eos) = (id("<s>")?, id("</s>")?);
+            let mut tok = Tokenizer::new(bpe);
+            tok.with_pre_tokenizer(Some(ByteLevel::new(false, true, true)));
+            tok.with_post_processor(Some(RobertaProcessing::new(
+                ("</s>".into(), eos),
+                ("<s>".into(), bos),
+            )));
+            tok.with_decoder(Some(ByteLevel::default()));
+            let specials: Vec<AddedToken> = ["<s>", "<pad>", "</s>", "<unk>"]
+                .iter()
+                .map(|t| AddedToken::from(t.to_string(), true))
+                .chain(std::iter::once(
+                    AddedToken::from("<mask>", true).lstrip(true),
+                ))
+                .collect();
+            tok.add_special_tokens(&specials);
+            Ok(tok)
+        }
+    }
+}
+
+fn wp_id(wp: &WordPiece, t: &str) -> Option<u32> {
+    tokenizers::Model::token_to_id(wp, t)
+}
+
+/// `do_lower_case` from tokenizer_config.json; BERT vocabularies default to lowercase.
+fn lowercase(dir: &Path) -> bool {
+    std::fs::read_to_string(dir.join("tokenizer_config.json"))
+        .ok()
+        .and_then(|s| serde_json::from_str::<serde_json::Value>(&s).ok())
+        .and_then(|v| v.get("do_lower_case").and_then(|b| b.as_bool()))
+        .unwrap_or(true)
+}
+
+/// Pad a set of examples to the longest among them.
+pub fn collate(examples: &[&Encoded], pad_id: u32, device: &Device) -> Result<Batch> {
+    let b = examples.len();
+    let t = examples.iter().map(|e| e.len()).max().unwrap_or(0);
+    let mut ids = Vec::with_capacity(b * t);
+    let mut types = Vec::with_capacity(b * t);
+    let mut mask = Vec::with_capacity(b * t);
+    for e in examples {
+        let pad = t - e.len();
+        ids.extend_from_slice(&e.ids);
+        ids.extend(std::iter::repeat_n(pad_id, pad));
+        types.extend_from_slice(&e.type_ids);
+        types.extend(std::iter::repeat_n(0, pad));
+        mask.extend(std::iter::repeat_n(1f32, e.len()));
+        mask.extend(std::iter::repeat_n(0f32, pad));
+    }
+    Ok(Batch {
+        input_ids: Tensor::from_vec(ids, (b, t), device)?,
+        token_type_ids: Tensor::from_vec(types, (b, t), device)?,
+        attention_mask: Tensor::from_vec(mask, (b, t), device)?,
+    })
+}

@@ -1,0 +1,237 @@
+//! Golden parity with Hugging Face transformers on tiny random BERT and RoBERTa.
+//!
+//! Fixtures come from tests/golden/make_golden.py: weights, a batch of singles and pairs,
+//! and transformers' hidden states, logits, loss and the gradient of the loss for every
+//! parameter. Forward must match to 1e-4 absolute and gradients to 1e-3 relative. This is
+//! what catches candle ops that silently record no backward.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use candle_core::{DType, Device, Tensor};
+use peft::loss;
+use peft::model::{read_checkpoint, Arch, Batch, Ctx, Model, ParamStore};
+use peft::tokenize::{collate, TextEncoder};
+
+fn fixture(kind: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(format!("tiny-{kind}"))
+}
+
+fn golden(kind: &str) -> HashMap<String, Tensor> {
+    candle_core::safetensors::load(fixture(kind).join("golden.safetensors"), &Device::Cpu).unwrap()
+}
+
+fn golden_batch(g: &HashMap<String, Tensor>) -> Batch {
+    Batch {
+        input_ids: g["input_ids"].to_dtype(DType::U32).unwrap(),
+        token_type_ids: g["token_type_ids"].to_dtype(DType::U32).unwrap(),
+        attention_mask: g["attention_mask"].to_dtype(DType::F32).unwrap(),
+    }
+}
+
+fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
+    assert_eq!(a.dims(), b.dims());
+    (a - b)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .max(0)
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap()
+}
+
+fn max_abs(a: &Tensor) -> f32 {
+    a.abs()
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .max(0)
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap()
+}
+
+/// Forward and gradients of the classification model against transformers.
+fn check_classification(kind: &str) {
+    let dir = fixture(kind);
+    let (cfg, weights) = read_checkpoint(&dir).unwrap();
+    let g = golden(kind);
+    let store = ParamStore::new(weights, Device::Cpu, 0, Box::new(|_| true));
+    let model = Model::load(&store, &cfg, Some(3)).unwrap();
+    assert!(
+        store.created().is_empty(),
+        "head should come from the checkpoint: {:?}",
+        store.created()
+    );
+    let out = model.forward(&golden_batch(&g), &Ctx::eval()).unwrap();
+
+    let d = max_abs_diff(&out.last_hidden_state, &g["last_hidden_state"]);
+    assert!(d <= 1e-4, "{kind} last_hidden_state differs by {d}");
+    if let Some(p) = g.get("pooler_output") {
+        let d = max_abs_diff(out.pooled.as_ref().unwrap(), p);
+        assert!(d <= 1e-4, "{kind} pooler differs by {d}");
+    }
+    let logits = out.logits.unwrap();
+    let d = max_abs_diff(&logits, &g["logits"]);
+    assert!(d <= 1e-4, "{kind} logits differ by {d}");
+
+    let labels = g["labels"].to_dtype(DType::U32).unwrap();
+    let l = loss::cross_entropy(&logits, &labels).unwrap();
+    let d = max_abs_diff(&l.reshape(1).unwrap(), &g["loss"]);
+    assert!(d <= 1e-4, "{kind} loss differs by {d}");
+
+    let grads = l.backward().unwrap();
+    let prefix = match cfg.model_type {
+        Arch::Bert => "bert.",
+        Arch::Roberta => "roberta.",
+    };
+    let vars = store.vars();
+    let mut checked = 0;
+    for (name, var) in &vars {
+        let key = if name.starts_with("classifier") {
+            format!("grad.{name}")
+        } else {
+            format!("grad.{prefix}{name}")
+        };
+        let reference = g
+            .get(&key)
+            .unwrap_or_else(|| panic!("no golden gradient {key}"));
+        let ours = grads
+            .get(var.as_tensor())
+            .unwrap_or_else(|| panic!("{kind}: no gradient reached {name}"));
+        let rel = max_abs_diff(ours, reference) / max_abs(reference).max(1e-6);
+        assert!(
+            rel <= 1e-3,
+            "{kind} gradient of {name} differs by {rel} (relative)"
+        );
+        checked += 1;
+    }
+    let expected = g.keys().filter(|k| k.starts_with("grad.")).count();
+    assert_eq!(
+        checked, expected,
+        "{kind}: every parameter with a golden gradient is checked"
+    );
+}
+
+#[test]
+fn bert_forward_and_gradients_match_transformers() {
+    check_classification("bert");
+}
+
+#[test]
+fn roberta_forward_and_gradients_match_transformers() {
+    check_classification("roberta");
+}
+
+/// A one-output head with mean squared error, as transformers does for STS-B.
+fn check_regression(kind: &str) {
+    let (cfg, mut weights) = read_checkpoint(&fixture(kind)).unwrap();
+    let g = golden(kind);
+    weights.retain(|k, _| !k.starts_with("classifier"));
+    for (k, v) in &g {
+        if let Some(name) = k.strip_prefix("reg_head.") {
+            weights.insert(name.to_string(), v.clone());
+        }
+    }
+    let store = ParamStore::new(
+        weights,
+        Device::Cpu,
+        0,
+        Box::new(|n| n.starts_with("classifier")),
+    );
+    let model = Model::load(&store, &cfg, Some(1)).unwrap();
+    let logits = model.logits(&golden_batch(&g), &Ctx::eval()).unwrap();
+    let d = max_abs_diff(&logits, &g["reg_logits"]);
+    assert!(d <= 1e-4, "{kind} regression logits differ by {d}");
+    let l = loss::mse(&logits, &g["reg_labels"]).unwrap();
+    let d = max_abs_diff(&l.reshape(1).unwrap(), &g["reg_loss"]);
+    assert!(d <= 1e-4, "{kind} regression loss differs by {d}");
+    let grads = l.backward().unwrap();
+    for (name, var) in store.vars() {
+        let reference = &g[&format!("reg_grad.{name}")];
+        let rel = max_abs_diff(grads.get(var.as_tensor()).unwrap(), reference)
+            / max_abs(reference).max(1e-6);
+        assert!(
+            rel <= 1e-3,
+            "{kind} regression gradient of {name} differs by {rel}"
+        );
+    }
+}
+
+#[test]
+fn bert_regression_matches_transformers() {
+    check_regression("bert");
+}
+
+#[test]
+fn roberta_regression_matches_transformers() {
+    check_regression("roberta");
+}
+
+#[derive(serde::Deserialize)]
+struct Texts {
+    max_len: usize,
+    first: Vec<String>,
+    second: Vec<Option<String>>,
+}
+
+/// Token ids, type ids and padding as transformers' tokenizer produced them.
+fn check_tokenizer(dir: &Path, kind: &str) {
+    let (cfg, _) = read_checkpoint(&fixture(kind)).unwrap();
+    let texts: Texts = serde_json::from_str(
+        &std::fs::read_to_string(fixture(kind).join("golden_texts.json")).unwrap(),
+    )
+    .unwrap();
+    let enc = TextEncoder::load(dir, &cfg, texts.max_len).unwrap();
+    let encoded: Vec<_> = texts
+        .first
+        .iter()
+        .zip(&texts.second)
+        .map(|(a, b)| enc.encode(a, b.as_deref()).unwrap())
+        .collect();
+    let refs: Vec<_> = encoded.iter().collect();
+    let batch = collate(&refs, enc.pad_id(), &Device::Cpu).unwrap();
+    let g = golden(kind);
+    let ids = |t: &Tensor| t.to_dtype(DType::U32).unwrap().to_vec2::<u32>().unwrap();
+    assert_eq!(
+        ids(&batch.input_ids),
+        ids(&g["input_ids"]),
+        "{kind} input ids from {}",
+        dir.display()
+    );
+    assert_eq!(
+        ids(&batch.token_type_ids),
+        ids(&g["token_type_ids"]),
+        "{kind} token type ids"
+    );
+    assert_eq!(
+        ids(&batch.attention_mask),
+        ids(&g["attention_mask"]),
+        "{kind} attention mask"
+    );
+}
+
+#[test]
+fn tokenizer_json_matches_transformers() {
+    check_tokenizer(&fixture("bert"), "bert");
+    check_tokenizer(&fixture("roberta"), "roberta");
+}
+
+#[test]
+fn vocab_file_fallback_matches_tokenizer_json() {
+    for kind in ["bert", "roberta"] {
+        let tmp = tempfile::tempdir().unwrap();
+        for entry in std::fs::read_dir(fixture(kind)).unwrap() {
+            let p = entry.unwrap().path();
+            if p.file_name().unwrap() != "tokenizer.json" {
+                std::fs::copy(&p, tmp.path().join(p.file_name().unwrap())).unwrap();
+            }
+        }
+        check_tokenizer(tmp.path(), kind);
+    }
+}
