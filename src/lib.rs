@@ -1,8 +1,13 @@
 //! peft: fine-tune BERT and RoBERTa on GLUE, training the whole model or a chosen subset.
 
 pub mod cli;
+pub mod data;
 pub mod device;
 pub mod error;
 pub mod loss;
+pub mod methods;
+pub mod metrics;
 pub mod model;
+pub mod optim;
 pub mod tokenize;
+pub mod train;

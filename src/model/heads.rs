@@ -62,6 +62,14 @@ impl Head {
         })
     }
 
+    pub fn num_labels(&self) -> usize {
+        let out = match self {
+            Head::Bert { classifier, .. } => classifier,
+            Head::Roberta { out_proj, .. } => out_proj,
+        };
+        out.weight().dims()[0]
+    }
+
     /// `pooled` is the BERT pooler output; RoBERTa reads the first token of `hidden`.
     pub fn forward(&self, hidden: &Tensor, pooled: Option<&Tensor>, ctx: &Ctx) -> Result<Tensor> {
         match self {

@@ -94,6 +94,11 @@ impl Model {
         &self.config
     }
 
+    /// Outputs of the task head, if the model has one.
+    pub fn num_labels(&self) -> Option<usize> {
+        self.head.as_ref().map(|h| h.num_labels())
+    }
+
     pub fn forward(&self, batch: &Batch, ctx: &Ctx) -> Result<Output> {
         let mut x = self
             .embeddings

@@ -1,0 +1,873 @@
+//! The nine GLUE tasks: where their files live, what their columns are, how they are scored.
+//!
+//! Adding a task means adding one entry to [`TASKS`]. Label ids follow Hugging Face
+//! `datasets` (`glue`), so that heads and predictions line up with models trained there.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::Result;
+
+use super::tsv::{Header, TsvReader};
+use crate::error::user;
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Problem {
+    /// Label `i` is the i-th name, as written in the files.
+    Classification {
+        labels: &'static [&'static str],
+    },
+    Regression {
+        min: f32,
+        max: f32,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Metric {
+    Accuracy,
+    F1,
+    Mcc,
+    Pearson,
+    Spearman,
+}
+
+impl Metric {
+    /// The key under which [`crate::metrics::evaluate`] reports this metric.
+    pub fn key(self) -> &'static str {
+        match self {
+            Metric::Accuracy => "accuracy",
+            Metric::F1 => "f1",
+            Metric::Mcc => "mcc",
+            Metric::Pearson => "pearson",
+            Metric::Spearman => "spearman",
+        }
+    }
+}
+
+impl std::fmt::Display for Metric {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.key())
+    }
+}
+
+/// Where the parts of an example are in a split's file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Layout {
+    /// No header line: columns by 0-based position. Examples are numbered by row.
+    Positional {
+        fields: usize,
+        text_a: usize,
+        text_b: Option<usize>,
+        label: Option<usize>,
+    },
+    /// A header line: columns by name, so extra or reordered columns do not matter.
+    Named {
+        id: Option<&'static str>,
+        text_a: &'static str,
+        text_b: Option<&'static str>,
+        label: Option<&'static str>,
+    },
+}
+
+#[derive(Debug)]
+pub struct TaskSpec {
+    /// Canonical lowercase name, as typed on the command line.
+    pub name: &'static str,
+    /// Folder under the GLUE data directory.
+    pub dir: &'static str,
+    pub problem: Problem,
+    /// The official GLUE dev metrics.
+    pub metrics: &'static [Metric],
+    /// Picks the best epoch.
+    pub main_metric: Metric,
+    pub dev_splits: &'static [&'static str],
+    pub test_splits: &'static [&'static str],
+    /// Layout of `train` and the dev splits.
+    pub labelled: Layout,
+    /// Layout of the test splits, which have no labels.
+    pub test: Layout,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Label {
+    Class(u32),
+    Score(f32),
+    /// Test splits are unlabelled.
+    None,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Example {
+    /// The file's index/id column, or the 0-based row number if it has none.
+    pub id: String,
+    pub text_a: String,
+    pub text_b: Option<String>,
+    pub label: Label,
+}
+
+const BINARY: Problem = Problem::Classification {
+    labels: &["0", "1"],
+};
+const NLI2: Problem = Problem::Classification {
+    labels: &["entailment", "not_entailment"],
+};
+const DEV: &[&str] = &["dev"];
+const TEST: &[&str] = &["test"];
+
+/// The common shape of the sentence-pair tasks: `index`, two texts, optional label.
+const fn pair(a: &'static str, b: &'static str, label: Option<&'static str>) -> Layout {
+    Layout::Named {
+        id: Some("index"),
+        text_a: a,
+        text_b: Some(b),
+        label,
+    }
+}
+
+static TASKS: &[TaskSpec] = &[
+    TaskSpec {
+        name: "cola",
+        dir: "CoLA",
+        problem: BINARY,
+        metrics: &[Metric::Mcc],
+        main_metric: Metric::Mcc,
+        dev_splits: DEV,
+        test_splits: TEST,
+        // source, label, original annotation, sentence
+        labelled: Layout::Positional {
+            fields: 4,
+            text_a: 3,
+            text_b: None,
+            label: Some(1),
+        },
+        test: Layout::Named {
+            id: Some("index"),
+            text_a: "sentence",
+            text_b: None,
+            label: None,
+        },
+    },
+    TaskSpec {
+        name: "sst2",
+        dir: "SST-2",
+        problem: BINARY,
+        metrics: &[Metric::Accuracy],
+        main_metric: Metric::Accuracy,
+        dev_splits: DEV,
+        test_splits: TEST,
+        labelled: Layout::Named {
+            id: None,
+            text_a: "sentence",
+            text_b: None,
+            label: Some("label"),
+        },
+        test: Layout::Named {
+            id: Some("index"),
+            text_a: "sentence",
+            text_b: None,
+            label: None,
+        },
+    },
+    TaskSpec {
+        name: "mrpc",
+        dir: "MRPC",
+        problem: BINARY,
+        metrics: &[Metric::Accuracy, Metric::F1],
+        main_metric: Metric::F1,
+        dev_splits: DEV,
+        test_splits: TEST,
+        labelled: Layout::Named {
+            id: None,
+            text_a: "#1 String",
+            text_b: Some("#2 String"),
+            label: Some("Quality"),
+        },
+        test: pair("#1 String", "#2 String", None),
+    },
+    TaskSpec {
+        name: "stsb",
+        dir: "STS-B",
+        problem: Problem::Regression { min: 0.0, max: 5.0 },
+        metrics: &[Metric::Pearson, Metric::Spearman],
+        main_metric: Metric::Pearson,
+        dev_splits: DEV,
+        test_splits: TEST,
+        labelled: pair("sentence1", "sentence2", Some("score")),
+        test: pair("sentence1", "sentence2", None),
+    },
+    TaskSpec {
+        name: "qqp",
+        dir: "QQP",
+        problem: BINARY,
+        metrics: &[Metric::Accuracy, Metric::F1],
+        main_metric: Metric::F1,
+        dev_splits: DEV,
+        test_splits: TEST,
+        labelled: Layout::Named {
+            id: Some("id"),
+            text_a: "question1",
+            text_b: Some("question2"),
+            label: Some("is_duplicate"),
+        },
+        test: Layout::Named {
+            id: Some("id"),
+            text_a: "question1",
+            text_b: Some("question2"),
+            label: None,
+        },
+    },
+    TaskSpec {
+        name: "mnli",
+        dir: "MNLI",
+        problem: Problem::Classification {
+            labels: &["entailment", "neutral", "contradiction"],
+        },
+        metrics: &[Metric::Accuracy],
+        main_metric: Metric::Accuracy,
+        dev_splits: &["dev_matched", "dev_mismatched"],
+        test_splits: &["test_matched", "test_mismatched"],
+        // train has 12 columns and dev 16 (five annotator labels); gold_label is in both
+        labelled: pair("sentence1", "sentence2", Some("gold_label")),
+        test: pair("sentence1", "sentence2", None),
+    },
+    TaskSpec {
+        name: "qnli",
+        dir: "QNLI",
+        problem: NLI2,
+        metrics: &[Metric::Accuracy],
+        main_metric: Metric::Accuracy,
+        dev_splits: DEV,
+        test_splits: TEST,
+        labelled: pair("question", "sentence", Some("label")),
+        test: pair("question", "sentence", None),
+    },
+    TaskSpec {
+        name: "rte",
+        dir: "RTE",
+        problem: NLI2,
+        metrics: &[Metric::Accuracy],
+        main_metric: Metric::Accuracy,
+        dev_splits: DEV,
+        test_splits: TEST,
+        labelled: pair("sentence1", "sentence2", Some("label")),
+        test: pair("sentence1", "sentence2", None),
+    },
+    TaskSpec {
+        name: "wnli",
+        dir: "WNLI",
+        problem: BINARY,
+        metrics: &[Metric::Accuracy],
+        main_metric: Metric::Accuracy,
+        dev_splits: DEV,
+        test_splits: TEST,
+        labelled: pair("sentence1", "sentence2", Some("label")),
+        test: pair("sentence1", "sentence2", None),
+    },
+];
+
+pub fn all() -> &'static [TaskSpec] {
+    TASKS
+}
+
+/// Looks a task up ignoring case, `-` and `_`: `RTE`, `sts-b`, `SST_2` all work.
+pub fn task(name: &str) -> Result<&'static TaskSpec> {
+    let key = normalize(name);
+    TASKS.iter().find(|t| t.name == key).ok_or_else(|| {
+        let names: Vec<&str> = TASKS.iter().map(|t| t.name).collect();
+        user(format!(
+            "unknown task `{name}`; valid tasks: {}",
+            names.join(", ")
+        ))
+    })
+}
+
+fn normalize(name: &str) -> String {
+    name.chars()
+        .filter(|c| !matches!(c, '-' | '_'))
+        .flat_map(char::to_lowercase)
+        .collect()
+}
+
+impl TaskSpec {
+    /// Width of the model's head: 1 for regression.
+    pub fn num_labels(&self) -> usize {
+        match self.problem {
+            Problem::Classification { labels } => labels.len(),
+            Problem::Regression { .. } => 1,
+        }
+    }
+
+    /// `train`, then the dev splits, then the test splits.
+    pub fn splits(&self) -> impl Iterator<Item = &'static str> {
+        std::iter::once("train")
+            .chain(self.dev_splits.iter().copied())
+            .chain(self.test_splits.iter().copied())
+    }
+
+    pub fn split_path(&self, data_dir: &Path, split: &str) -> PathBuf {
+        data_dir.join(self.dir).join(format!("{split}.tsv"))
+    }
+
+    /// File name the GLUE leaderboard expects for predictions on `split`: `RTE.tsv`,
+    /// `MNLI-m.tsv`, `MNLI-mm.tsv`. Other splits get `<dir>-<split>.tsv`.
+    pub fn submission_name(&self, split: &str) -> String {
+        let dir = self.dir;
+        match split.strip_prefix("test") {
+            Some("") => format!("{dir}.tsv"),
+            Some("_matched") => format!("{dir}-m.tsv"),
+            Some("_mismatched") => format!("{dir}-mm.tsv"),
+            _ => format!("{dir}-{split}.tsv"),
+        }
+    }
+
+    fn layout(&self, split: &str) -> Result<Layout> {
+        if split == "train" || self.dev_splits.contains(&split) {
+            return Ok(self.labelled);
+        }
+        if self.test_splits.contains(&split) {
+            return Ok(self.test);
+        }
+        let valid: Vec<&str> = self.splits().collect();
+        Err(user(format!(
+            "task {} has no split `{split}`; valid splits: {}",
+            self.dir,
+            valid.join(", ")
+        )))
+    }
+
+    /// Parses a label field; the error message lacks the location, which the caller adds.
+    fn parse_label(&self, field: &str) -> std::result::Result<Label, String> {
+        let value = field.trim();
+        match self.problem {
+            Problem::Classification { labels } => match labels.iter().position(|l| *l == value) {
+                Some(i) => Ok(Label::Class(i as u32)),
+                None => Err(format!(
+                    "unknown label `{value}` for {} (expected one of: {})",
+                    self.dir,
+                    labels.join(", ")
+                )),
+            },
+            Problem::Regression { min, max } => match value.parse::<f32>() {
+                Ok(v) if (min..=max).contains(&v) => Ok(Label::Score(v)),
+                Ok(_) => Err(format!(
+                    "{} score `{value}` is outside [{min}, {max}]",
+                    self.dir
+                )),
+                Err(_) => Err(format!("{} score `{value}` is not a number", self.dir)),
+            },
+        }
+    }
+}
+
+/// Column positions within a row, resolved once per file.
+struct Picks {
+    id: Option<usize>,
+    text_a: usize,
+    text_b: Option<usize>,
+    label: Option<usize>,
+    /// How to name the label column in errors.
+    label_column: String,
+}
+
+/// Reads `data_dir/<spec.dir>/<split>.tsv`.
+pub fn read_split(spec: &TaskSpec, data_dir: &Path, split: &str) -> Result<Vec<Example>> {
+    let layout = spec.layout(split)?;
+    let path = spec.split_path(data_dir, split);
+    let (mut tsv, picks) = open(&path, layout)?;
+    let mut examples = Vec::new();
+    while let Some(row) = tsv.next_row()? {
+        let field = |i: usize| row.fields[i].to_string();
+        let label = match picks.label {
+            Some(i) => spec
+                .parse_label(row.fields[i])
+                .map_err(|msg| row.error(format!("{}: {msg}", picks.label_column)))?,
+            None => Label::None,
+        };
+        examples.push(Example {
+            id: picks.id.map_or_else(|| examples.len().to_string(), field),
+            text_a: field(picks.text_a),
+            text_b: picks.text_b.map(field),
+            label,
+        });
+    }
+    Ok(examples)
+}
+
+fn open(path: &Path, layout: Layout) -> Result<(TsvReader, Picks)> {
+    match layout {
+        Layout::Positional {
+            fields,
+            text_a,
+            text_b,
+            label,
+        } => {
+            let picks = Picks {
+                id: None,
+                text_a,
+                text_b,
+                label,
+                label_column: label
+                    .map(|i| format!("column {}", i + 1))
+                    .unwrap_or_default(),
+            };
+            Ok((TsvReader::open(path, Header::Absent { fields })?, picks))
+        }
+        Layout::Named {
+            id,
+            text_a,
+            text_b,
+            label,
+        } => {
+            let tsv = TsvReader::open(path, Header::Present)?;
+            // One lookup for all names so a mismatched header reports every missing column.
+            let wanted: Vec<&str> = [Some(text_a), text_b, label, id]
+                .into_iter()
+                .flatten()
+                .collect();
+            let found = tsv.require(&wanted)?;
+            let col = |name: &str| wanted.iter().position(|w| *w == name).map(|i| found[i]);
+            let picks = Picks {
+                // `require` answers one position per wanted name, text_a's first.
+                text_a: found[0],
+                text_b: text_b.and_then(col),
+                label: label.and_then(col),
+                id: id.and_then(col),
+                label_column: format!("column `{}`", label.unwrap_or_default()),
+            };
+            Ok((tsv, picks))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::error::is_user_error;
+
+    #[test]
+    fn lookup_ignores_case_dashes_and_underscores() {
+        for (query, name) in [
+            ("rte", "rte"),
+            ("RTE", "rte"),
+            ("sts-b", "stsb"),
+            ("STS-B", "stsb"),
+            ("stsb", "stsb"),
+            ("sst-2", "sst2"),
+            ("SST_2", "sst2"),
+            ("MNLI", "mnli"),
+            ("CoLA", "cola"),
+        ] {
+            assert_eq!(task(query).unwrap().name, name, "{query}");
+        }
+        let err = task("squad").unwrap_err();
+        assert!(is_user_error(&err));
+        assert_eq!(
+            err.to_string(),
+            "unknown task `squad`; valid tasks: cola, sst2, mrpc, stsb, qqp, mnli, qnli, rte, wnli"
+        );
+    }
+
+    #[test]
+    fn registry_is_consistent() {
+        assert_eq!(all().len(), 9);
+        for t in all() {
+            assert_eq!(normalize(t.name), t.name);
+            assert_eq!(
+                normalize(t.dir),
+                t.name,
+                "dir and name must look each other up"
+            );
+            assert!(t.metrics.contains(&t.main_metric), "{}", t.name);
+            for layout in [t.labelled, t.test] {
+                if let Layout::Positional {
+                    fields,
+                    text_a,
+                    text_b,
+                    label,
+                } = layout
+                {
+                    let last = [Some(text_a), text_b, label].into_iter().flatten().max();
+                    assert!(last < Some(fields), "{}", t.name);
+                }
+            }
+            let has_label = |l: Layout| match l {
+                Layout::Positional { label, .. } => label.is_some(),
+                Layout::Named { label, .. } => label.is_some(),
+            };
+            assert!(has_label(t.labelled) && !has_label(t.test), "{}", t.name);
+        }
+        let main = |n| task(n).unwrap().main_metric;
+        assert_eq!(main("cola"), Metric::Mcc);
+        assert_eq!(main("mrpc"), Metric::F1);
+        assert_eq!(main("qqp"), Metric::F1);
+        assert_eq!(main("stsb"), Metric::Pearson);
+        assert_eq!(main("rte"), Metric::Accuracy);
+        assert_eq!(task("mnli").unwrap().num_labels(), 3);
+        assert_eq!(task("qnli").unwrap().num_labels(), 2);
+        assert_eq!(task("stsb").unwrap().num_labels(), 1);
+    }
+
+    #[test]
+    fn submission_names() {
+        let names: Vec<String> = all()
+            .iter()
+            .flat_map(|t| t.test_splits.iter().map(|s| t.submission_name(s)))
+            .collect();
+        assert_eq!(
+            names,
+            [
+                "CoLA.tsv",
+                "SST-2.tsv",
+                "MRPC.tsv",
+                "STS-B.tsv",
+                "QQP.tsv",
+                "MNLI-m.tsv",
+                "MNLI-mm.tsv",
+                "QNLI.tsv",
+                "RTE.tsv",
+                "WNLI.tsv"
+            ]
+        );
+        assert_eq!(task("rte").unwrap().submission_name("dev"), "RTE-dev.tsv");
+    }
+
+    struct Glue(tempfile::TempDir);
+
+    impl Glue {
+        fn new() -> Self {
+            Glue(tempfile::tempdir().unwrap())
+        }
+
+        fn write(&self, task_name: &str, split: &str, text: impl AsRef<[u8]>) -> &Self {
+            let path = task(task_name).unwrap().split_path(self.0.path(), split);
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            std::fs::write(path, text).unwrap();
+            self
+        }
+
+        fn read(&self, task_name: &str, split: &str) -> Result<Vec<Example>> {
+            read_split(task(task_name).unwrap(), self.0.path(), split)
+        }
+
+        /// The error message, with the temp dir shown as `glue`.
+        fn error(&self, task_name: &str, split: &str) -> String {
+            let err = self.read(task_name, split).unwrap_err();
+            assert!(is_user_error(&err), "{err}");
+            let root = self.0.path().display().to_string();
+            err.to_string().replace(&root, "glue")
+        }
+    }
+
+    fn ex(id: &str, a: &str, b: Option<&str>, label: Label) -> Example {
+        Example {
+            id: id.into(),
+            text_a: a.into(),
+            text_b: b.map(Into::into),
+            label,
+        }
+    }
+
+    #[test]
+    fn single_sentence_tasks() {
+        let g = Glue::new();
+        g.write(
+            "cola",
+            "dev",
+            "gj04\t1\t\tThe \"sailors rode.\nw_80\t0\t*\tJohn bought.",
+        )
+        .write("cola", "test", "index\tsentence\n0\tBill whistled.\n")
+        .write(
+            "sst2",
+            "train",
+            "sentence\tlabel\nhide new secretions \t0\n",
+        )
+        .write(
+            "sst2",
+            "test",
+            "index\tsentence\n0\tit 's a charming journey . \n",
+        );
+        assert_eq!(
+            g.read("cola", "dev").unwrap(),
+            [
+                ex("0", "The \"sailors rode.", None, Label::Class(1)),
+                ex("1", "John bought.", None, Label::Class(0)),
+            ]
+        );
+        assert_eq!(
+            g.read("cola", "test").unwrap(),
+            [ex("0", "Bill whistled.", None, Label::None)]
+        );
+        assert_eq!(
+            g.read("sst2", "train").unwrap(),
+            [ex("0", "hide new secretions ", None, Label::Class(0))]
+        );
+        assert_eq!(
+            g.read("sst2", "test").unwrap(),
+            [ex("0", "it 's a charming journey . ", None, Label::None)]
+        );
+    }
+
+    #[test]
+    fn pair_tasks() {
+        let g = Glue::new();
+        g.write(
+            "mrpc",
+            "train",
+            "\u{feff}Quality\t#1 ID\t#2 ID\t#1 String\t#2 String\r\n1\t702876\t702977\tA \" b\tC\r\n",
+        )
+        .write("mrpc", "test", "index\t#1 ID\t#2 ID\t#1 String\t#2 String\n0\t1\t2\tA\tB\n")
+        .write(
+            "stsb",
+            "dev",
+            "index\tgenre\tfilename\tyear\told_index\tsource1\tsource2\tsentence1\tsentence2\tscore\n\
+             0\tmain-captions\tMSRvid\t2012test\t0000\tnone\tnone\tA man.\tA guy.\t4.750\n",
+        )
+        .write(
+            "stsb",
+            "test",
+            "index\tgenre\tfilename\tyear\told_index\tsource1\tsource2\tsentence1\tsentence2\n\
+             7\tmain-news\theadlines\t2015\t0001\tnone\tnone\tX\tY\n",
+        )
+        .write("qqp", "train", "id\tqid1\tqid2\tquestion1\tquestion2\tis_duplicate\n133273\t213221\t213222\tHow?\tWhy?\t1\n")
+        .write("qqp", "test", "id\tquestion1\tquestion2\n0\tA?\tB?\n")
+        .write("qnli", "dev", "index\tquestion\tsentence\tlabel\n0\tQ?\tS.\tnot_entailment\n")
+        .write("qnli", "test", "index\tquestion\tsentence\n0\tQ?\tS.\n")
+        .write("rte", "train", "index\tsentence1\tsentence2\tlabel\n5\tA.\tB.\tentailment\n")
+        .write("rte", "test", "index\tsentence1\tsentence2\n0\tA.\tB.\n")
+        .write("wnli", "dev", "index\tsentence1\tsentence2\tlabel\n0\tA.\tB.\t1\n")
+        .write("wnli", "test", "index\tsentence1\tsentence2\n0\tA.\tB.\n");
+        let one = |t: &str, s: &str| g.read(t, s).unwrap().remove(0);
+        assert_eq!(
+            one("mrpc", "train"),
+            ex("0", "A \" b", Some("C"), Label::Class(1))
+        );
+        assert_eq!(one("mrpc", "test"), ex("0", "A", Some("B"), Label::None));
+        assert_eq!(
+            one("stsb", "dev"),
+            ex("0", "A man.", Some("A guy."), Label::Score(4.75))
+        );
+        assert_eq!(one("stsb", "test"), ex("7", "X", Some("Y"), Label::None));
+        assert_eq!(
+            one("qqp", "train"),
+            ex("133273", "How?", Some("Why?"), Label::Class(1))
+        );
+        assert_eq!(one("qqp", "test"), ex("0", "A?", Some("B?"), Label::None));
+        assert_eq!(
+            one("qnli", "dev"),
+            ex("0", "Q?", Some("S."), Label::Class(1))
+        );
+        assert_eq!(one("qnli", "test"), ex("0", "Q?", Some("S."), Label::None));
+        assert_eq!(
+            one("rte", "train"),
+            ex("5", "A.", Some("B."), Label::Class(0))
+        );
+        assert_eq!(one("rte", "test"), ex("0", "A.", Some("B."), Label::None));
+        assert_eq!(
+            one("wnli", "dev"),
+            ex("0", "A.", Some("B."), Label::Class(1))
+        );
+        assert_eq!(one("wnli", "test"), ex("0", "A.", Some("B."), Label::None));
+    }
+
+    #[test]
+    fn mnli_train_dev_and_test_layouts() {
+        let head =
+            "index\tpromptID\tpairID\tgenre\tsentence1_binary_parse\tsentence2_binary_parse\t\
+                    sentence1_parse\tsentence2_parse\tsentence1\tsentence2";
+        let body = "0\t31193\t31193n\tgovernment\t( ( a ) )\t( b )\t(ROOT a)\t(ROOT b)\tPremise.\tHypothesis.";
+        let g = Glue::new();
+        g.write("mnli", "train", format!("{head}\tlabel1\tgold_label\n{body}\tneutral\tneutral\n"))
+            .write(
+                "mnli",
+                "dev_matched",
+                format!(
+                    "{head}\tlabel1\tlabel2\tlabel3\tlabel4\tlabel5\tgold_label\n\
+                     {body}\tneutral\tentailment\tcontradiction\tcontradiction\tcontradiction\tcontradiction\n"
+                ),
+            )
+            .write("mnli", "test_mismatched", format!("{head}\n{body}\n"));
+        let want = |label| vec![ex("0", "Premise.", Some("Hypothesis."), label)];
+        assert_eq!(g.read("mnli", "train").unwrap(), want(Label::Class(1)));
+        assert_eq!(
+            g.read("mnli", "dev_matched").unwrap(),
+            want(Label::Class(2))
+        );
+        assert_eq!(
+            g.read("mnli", "test_mismatched").unwrap(),
+            want(Label::None)
+        );
+    }
+
+    #[test]
+    fn bad_input_names_file_line_and_value() {
+        let g = Glue::new();
+        g.write(
+            "rte",
+            "train",
+            "index\tsentence1\tsentence2\tlabel\n0\tA\tB\tentailment\n1\tA\tB\n",
+        )
+        .write(
+            "rte",
+            "dev",
+            "index\tsentence1\tsentence2\tlabel\n0\tA\tB\tmaybe\n",
+        )
+        .write("rte", "test", "index\tsentence1\tlabel\n0\tA\tB\n")
+        .write("cola", "train", "gj04\t1\t\tFine.\ngj04\tyes\t\tBad.\n")
+        .write("cola", "dev", b"gj04\t1\t\tFine.\ngj04\t1\t\tBad \xe9.\n")
+        .write("sst2", "train", "")
+        .write("sst2", "dev", "sentence\tlabel\n");
+        let sts_head = "index\tgenre\tfilename\tyear\told_index\tsource1\tsource2\tsentence1\tsentence2\tscore\n";
+        g.write(
+            "stsb",
+            "train",
+            format!("{sts_head}0\tg\tf\ty\to\tn\tn\tA\tB\t7.5\n"),
+        )
+        .write(
+            "stsb",
+            "dev",
+            format!("{sts_head}0\tg\tf\ty\to\tn\tn\tA\tB\t1.0\n1\tg\tf\ty\to\tn\tn\tA\tB\tfive\n"),
+        );
+
+        assert_eq!(
+            g.error("rte", "train"),
+            "glue/RTE/train.tsv:3: expected 4 tab-separated fields, found 3"
+        );
+        assert_eq!(
+            g.error("rte", "dev"),
+            "glue/RTE/dev.tsv:2: column `label`: unknown label `maybe` for RTE \
+             (expected one of: entailment, not_entailment)"
+        );
+        assert_eq!(
+            g.error("rte", "test"),
+            "glue/RTE/test.tsv:1: header lacks column(s) `sentence2`; found: index, sentence1, label"
+        );
+        assert_eq!(
+            g.error("cola", "train"),
+            "glue/CoLA/train.tsv:2: column 2: unknown label `yes` for CoLA (expected one of: 0, 1)"
+        );
+        assert_eq!(
+            g.error("cola", "dev"),
+            "glue/CoLA/dev.tsv:2: not valid UTF-8 at byte 13 of the line"
+        );
+        assert_eq!(
+            g.error("sst2", "train"),
+            "glue/SST-2/train.tsv: file is empty"
+        );
+        assert_eq!(
+            g.error("sst2", "dev"),
+            "glue/SST-2/dev.tsv: file has a header but no data rows"
+        );
+        assert_eq!(
+            g.error("stsb", "train"),
+            "glue/STS-B/train.tsv:2: column `score`: STS-B score `7.5` is outside [0, 5]"
+        );
+        assert_eq!(
+            g.error("stsb", "dev"),
+            "glue/STS-B/dev.tsv:3: column `score`: STS-B score `five` is not a number"
+        );
+        let missing = g.error("qqp", "dev");
+        assert!(
+            missing.starts_with("cannot open glue/QQP/dev.tsv: "),
+            "{missing}"
+        );
+        assert_eq!(
+            g.error("mnli", "dev"),
+            "task MNLI has no split `dev`; valid splits: train, dev_matched, dev_mismatched, \
+             test_matched, test_mismatched"
+        );
+    }
+
+    /// Row and label counts of the real files, from `shared/data/glue/SOURCES.md`
+    /// (official row counts only where no copy was available to count labels).
+    type LabelCounts = &'static [(&'static str, usize)];
+    const EXPECTED: &[(&str, &str, usize, LabelCounts)] = &[
+        ("cola", "train", 8551, &[("1", 6023), ("0", 2528)]),
+        ("cola", "dev", 1043, &[("1", 721), ("0", 322)]),
+        ("sst2", "train", 67349, &[("1", 37569), ("0", 29780)]),
+        ("sst2", "dev", 872, &[("1", 444), ("0", 428)]),
+        ("mrpc", "train", 3668, &[("1", 2474), ("0", 1194)]),
+        ("mrpc", "dev", 408, &[("1", 279), ("0", 129)]),
+        ("stsb", "train", 5749, &[]),
+        ("stsb", "dev", 1500, &[]),
+        ("qqp", "train", 363846, &[]),
+        ("qqp", "dev", 40430, &[]),
+        ("mnli", "train", 392702, &[]),
+        ("mnli", "dev_matched", 9815, &[]),
+        ("mnli", "dev_mismatched", 9832, &[]),
+        ("qnli", "train", 104743, &[]),
+        (
+            "qnli",
+            "dev",
+            5463,
+            &[("entailment", 2702), ("not_entailment", 2761)],
+        ),
+        (
+            "rte",
+            "train",
+            2490,
+            &[("entailment", 1249), ("not_entailment", 1241)],
+        ),
+        (
+            "rte",
+            "dev",
+            277,
+            &[("entailment", 146), ("not_entailment", 131)],
+        ),
+        ("wnli", "train", 635, &[("0", 323), ("1", 312)]),
+        ("wnli", "dev", 71, &[("0", 40), ("1", 31)]),
+    ];
+
+    #[test]
+    fn real_glue_files_when_available() {
+        let Some(root) = std::env::var_os("PEFT_GLUE_DIR") else {
+            eprintln!("note: PEFT_GLUE_DIR is not set; skipping the check of real GLUE files");
+            return;
+        };
+        let root = Path::new(&root);
+        let mut checked = 0;
+        for spec in all() {
+            for split in spec.splits() {
+                if !spec.split_path(root, split).exists() {
+                    continue;
+                }
+                let examples = read_split(spec, root, split).unwrap();
+                checked += 1;
+                let Some((.., rows, labels)) = EXPECTED
+                    .iter()
+                    .find(|(t, s, ..)| *t == spec.name && *s == split)
+                else {
+                    continue;
+                };
+                assert_eq!(examples.len(), *rows, "{} {split}", spec.name);
+                let Problem::Classification { labels: names } = spec.problem else {
+                    assert!(examples.iter().all(|e| matches!(e.label, Label::Score(_))));
+                    continue;
+                };
+                for (name, count) in labels.iter() {
+                    let id = names.iter().position(|n| n == name).unwrap() as u32;
+                    let n = examples
+                        .iter()
+                        .filter(|e| e.label == Label::Class(id))
+                        .count();
+                    assert_eq!(n, *count, "{} {split} label {name}", spec.name);
+                }
+            }
+        }
+        eprintln!("checked {checked} GLUE files under {}", root.display());
+        assert!(checked > 0, "no GLUE files found under {}", root.display());
+
+        // CoLA dev ends without a newline: its last row must still be whole.
+        if let Ok(cola) = read_split(task("cola").unwrap(), root, "dev") {
+            let first = &cola[0];
+            assert_eq!(
+                first.text_a,
+                "The sailors rode the breeze clear of the rocks."
+            );
+            let last = &cola[1042];
+            assert_eq!(
+                (last.id.as_str(), last.text_a.as_str()),
+                ("1042", "John talked to Bill about himself.")
+            );
+        }
+    }
+}
