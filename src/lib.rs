@@ -9,5 +9,6 @@ pub mod methods;
 pub mod metrics;
 pub mod model;
 pub mod optim;
+pub mod run_dir;
 pub mod tokenize;
 pub mod train;

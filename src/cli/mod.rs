@@ -1,6 +1,8 @@
 //! The command line: one file per subcommand, each with its clap `Args` and a `run`.
 
 pub mod embed;
+pub mod eval;
+pub mod train;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
@@ -18,10 +20,10 @@ pub struct Cli {
 
 #[derive(Subcommand, Debug)]
 pub enum Command {
-    /// Fine-tune on a GLUE task and save a run directory (not yet implemented).
-    Train(NotYet),
-    /// Re-score a saved run on a split (not yet implemented).
-    Eval(NotYet),
+    /// Fine-tune on a GLUE task and save a run directory.
+    Train(train::TrainArgs),
+    /// Re-score a saved run on a split, or write its GLUE test submission.
+    Eval(eval::EvalArgs),
     /// Estimate the diagonal Fisher information of every parameter (not yet implemented).
     Fisher(NotYet),
     /// Embed text with the encoder: one JSON line per input line.
@@ -38,8 +40,8 @@ pub struct NotYet {
 pub fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Embed(args) => embed::run(args),
-        Command::Train(_) | Command::Eval(_) | Command::Fisher(_) => {
-            Err(crate::error::user("this command is not implemented yet"))
-        }
+        Command::Train(args) => train::run(args),
+        Command::Eval(args) => eval::run(args),
+        Command::Fisher(_) => Err(crate::error::user("this command is not implemented yet")),
     }
 }

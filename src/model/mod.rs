@@ -152,3 +152,22 @@ pub fn read_checkpoint(
     let weights = load::read_weights(dir, cfg.model_type)?;
     Ok((cfg, weights))
 }
+
+/// Drop a checkpoint's classification head if it was made for another number of labels,
+/// so a fresh one is initialised (transformers' `ignore_mismatched_sizes`). Returns
+/// whether it dropped one.
+pub fn drop_mismatched_head(
+    weights: &mut std::collections::HashMap<String, Tensor>,
+    num_labels: usize,
+) -> bool {
+    let out = ["classifier.weight", "classifier.out_proj.weight"]
+        .iter()
+        .find_map(|n| weights.get(*n));
+    match out {
+        Some(w) if w.dims().first() != Some(&num_labels) => {
+            weights.retain(|k, _| !k.starts_with("classifier."));
+            true
+        }
+        _ => false,
+    }
+}

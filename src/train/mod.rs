@@ -2,4 +2,6 @@
 //! masked AdamW, with evaluation on dev and a self-describing run directory.
 
 pub mod batches;
+pub mod config;
 pub mod dataset;
+pub mod fit;

@@ -1,0 +1,277 @@
+//! The resolved training configuration: built-in defaults, overridden by a TOML file
+//! (`--config`), overridden by command-line flags. The result is printed and saved as
+//! the run's `config.json`.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::Result;
+use serde::{Deserialize, Serialize};
+
+use crate::error::{user, PathContext};
+use crate::methods::Method;
+
+/// Every setting a run uses. A TOML config holds any subset of these keys.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct TrainConfig {
+    /// Base model directory (Hugging Face layout).
+    pub model: PathBuf,
+    /// Folder in the official glue_data/<TASK>/ layout.
+    pub data_dir: PathBuf,
+    /// Canonical task name (rte, stsb, ...).
+    pub task: String,
+    pub method: Method,
+    pub epochs: usize,
+    /// Stop after this many optimizer steps (the schedule still spans them).
+    pub max_steps: Option<usize>,
+    pub lr: f64,
+    pub batch_size: usize,
+    /// Micro-batches per optimizer step.
+    pub grad_accum: usize,
+    pub max_seq_len: usize,
+    pub warmup_ratio: f64,
+    pub weight_decay: f64,
+    /// Clip gradients to this global L2 norm; 0 disables clipping.
+    pub max_grad_norm: f64,
+    pub seed: u64,
+    /// Also evaluate every N optimizer steps.
+    pub eval_steps: Option<usize>,
+    pub eval_batch_size: usize,
+    pub device: String,
+    pub output_dir: PathBuf,
+}
+
+/// What a TOML file or the command line may set: the same keys, all optional.
+/// On the command line the keys are flags (`batch_size` → `--batch-size`).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, clap::Args)]
+#[serde(deny_unknown_fields)]
+pub struct Overrides {
+    /// Base model directory in Hugging Face layout (config.json, model.safetensors, tokenizer.json).
+    #[arg(long)]
+    pub model: Option<PathBuf>,
+    /// GLUE data in the official glue_data/<TASK>/ layout [default: $PEFT_GLUE_DIR].
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+    /// GLUE task: cola, sst2, mrpc, stsb, qqp, mnli, qnli, rte, wnli (any case, dashes allowed).
+    #[arg(long)]
+    pub task: Option<String>,
+    /// Which parameters train [default: full].
+    #[arg(long, value_enum)]
+    pub method: Option<Method>,
+    /// Passes over the training set [default: 3].
+    #[arg(long)]
+    pub epochs: Option<usize>,
+    /// Stop after this many optimizer steps; the schedule spans exactly these (smoke tests).
+    #[arg(long)]
+    pub max_steps: Option<usize>,
+    /// Peak learning rate [default: 2e-5 for full, 1e-3 for bitfit and layernorm].
+    #[arg(long)]
+    pub lr: Option<f64>,
+    /// Examples per micro-batch [default: 32].
+    #[arg(long)]
+    pub batch_size: Option<usize>,
+    /// Micro-batches per optimizer step [default: 1].
+    #[arg(long)]
+    pub grad_accum: Option<usize>,
+    /// Truncate inputs (longest sentence first) to this many tokens [default: 128].
+    #[arg(long)]
+    pub max_seq_len: Option<usize>,
+    /// Share of the steps spent warming the learning rate up from 0 [default: 0.06].
+    #[arg(long)]
+    pub warmup_ratio: Option<f64>,
+    /// Decoupled weight decay; never applied to biases and LayerNorm [default: 0.01].
+    #[arg(long)]
+    pub weight_decay: Option<f64>,
+    /// Clip gradients to this global L2 norm; 0 disables [default: 1.0].
+    #[arg(long)]
+    pub max_grad_norm: Option<f64>,
+    /// Seeds data order, head initialisation and dropout [default: 42].
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// Also evaluate on dev every N optimizer steps [default: only after each epoch].
+    #[arg(long)]
+    pub eval_steps: Option<usize>,
+    /// Examples per batch when scoring [default: 64].
+    #[arg(long)]
+    pub eval_batch_size: Option<usize>,
+    /// cpu, cuda or cuda:N [default: cpu].
+    #[arg(long)]
+    pub device: Option<String>,
+    /// Run directory [default: runs/<task>-<method>-<seed>].
+    #[arg(long)]
+    pub output_dir: Option<PathBuf>,
+}
+
+impl Overrides {
+    pub fn from_toml_file(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path).path_context("cannot read config", path)?;
+        toml::from_str(&text).map_err(|e| user(format!("{}: {}", path.display(), e.message())))
+    }
+
+    /// Keys set here win over `base`.
+    pub fn over(self, base: Overrides) -> Overrides {
+        macro_rules! pick {
+            ($($f:ident),*) => { Overrides { $($f: self.$f.or(base.$f)),* } };
+        }
+        pick!(
+            model,
+            data_dir,
+            task,
+            method,
+            epochs,
+            max_steps,
+            lr,
+            batch_size,
+            grad_accum,
+            max_seq_len,
+            warmup_ratio,
+            weight_decay,
+            max_grad_norm,
+            seed,
+            eval_steps,
+            eval_batch_size,
+            device,
+            output_dir
+        )
+    }
+
+    /// Fill what is unset with defaults and check every value.
+    pub fn resolve(self) -> Result<TrainConfig> {
+        let model = self
+            .model
+            .ok_or_else(|| user("no model: pass --model DIR or set `model` in the config"))?;
+        let task_name = self
+            .task
+            .ok_or_else(|| user("no task: pass --task (e.g. --task rte)"))?;
+        let task = crate::data::tasks::task(&task_name)?;
+        let data_dir = match self
+            .data_dir
+            .or_else(|| std::env::var_os("PEFT_GLUE_DIR").map(PathBuf::from))
+        {
+            Some(d) => d,
+            None => {
+                return Err(user(
+                    "no GLUE data: pass --data-dir DIR or set PEFT_GLUE_DIR",
+                ))
+            }
+        };
+        let method = self.method.unwrap_or(Method::Full);
+        let seed = self.seed.unwrap_or(42);
+        let output_dir = self.output_dir.unwrap_or_else(|| {
+            PathBuf::from("runs").join(format!("{}-{}-{}", task.name, method, seed))
+        });
+        let cfg = TrainConfig {
+            model,
+            data_dir,
+            task: task.name.to_string(),
+            method,
+            epochs: self.epochs.unwrap_or(3),
+            max_steps: self.max_steps,
+            lr: self.lr.unwrap_or_else(|| method.default_lr()),
+            batch_size: self.batch_size.unwrap_or(32),
+            grad_accum: self.grad_accum.unwrap_or(1),
+            max_seq_len: self.max_seq_len.unwrap_or(128),
+            warmup_ratio: self.warmup_ratio.unwrap_or(0.06),
+            weight_decay: self.weight_decay.unwrap_or(0.01),
+            max_grad_norm: self.max_grad_norm.unwrap_or(1.0),
+            seed,
+            eval_steps: self.eval_steps,
+            eval_batch_size: self.eval_batch_size.unwrap_or(64),
+            device: self.device.unwrap_or_else(|| "cpu".into()),
+            output_dir,
+        };
+        cfg.validate()?;
+        Ok(cfg)
+    }
+}
+
+impl TrainConfig {
+    fn validate(&self) -> Result<()> {
+        let bad = |key: &str, why: String| Err(user(format!("{key}: {why}")));
+        if !(self.lr > 0.0 && self.lr.is_finite()) {
+            return bad("lr", format!("{} must be positive", self.lr));
+        }
+        for (key, v) in [
+            ("epochs", self.epochs),
+            ("batch_size", self.batch_size),
+            ("grad_accum", self.grad_accum),
+            ("eval_batch_size", self.eval_batch_size),
+        ] {
+            if v == 0 {
+                return bad(key, "must be at least 1".into());
+            }
+        }
+        if self.max_steps == Some(0) || self.eval_steps == Some(0) {
+            return bad("max_steps/eval_steps", "must be at least 1".into());
+        }
+        if self.max_seq_len < 4 {
+            return bad("max_seq_len", format!("{} is too short", self.max_seq_len));
+        }
+        if !(0.0..1.0).contains(&self.warmup_ratio) {
+            return bad(
+                "warmup_ratio",
+                format!("{} is outside [0, 1)", self.warmup_ratio),
+            );
+        }
+        if !(self.weight_decay >= 0.0) || !(self.max_grad_norm >= 0.0) {
+            return bad("weight_decay/max_grad_norm", "must not be negative".into());
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn base() -> Overrides {
+        Overrides {
+            model: Some("m".into()),
+            task: Some("RTE".into()),
+            data_dir: Some("d".into()),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn flags_override_file_override_defaults() {
+        let file: Overrides =
+            toml::from_str("lr = 0.5\nepochs = 7\nmethod = \"layernorm\"").unwrap();
+        let flags = Overrides {
+            epochs: Some(2),
+            ..base()
+        };
+        let cfg = flags.over(file).resolve().unwrap();
+        assert_eq!(
+            (cfg.lr, cfg.epochs, cfg.method),
+            (0.5, 2, Method::Layernorm)
+        );
+        assert_eq!(cfg.task, "rte");
+        assert_eq!(cfg.output_dir, PathBuf::from("runs/rte-layernorm-42"));
+        assert_eq!(base().resolve().unwrap().lr, Method::Full.default_lr());
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_values_are_named() {
+        let err = toml::from_str::<Overrides>("lrr = 0.1")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("lrr"), "{err}");
+        let err = Overrides {
+            lr: Some(-1.0),
+            ..base()
+        }
+        .resolve()
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("lr"), "{err}");
+        let err = Overrides {
+            warmup_ratio: Some(1.5),
+            ..base()
+        }
+        .resolve()
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("warmup_ratio"), "{err}");
+    }
+}

@@ -1,0 +1,374 @@
+//! `peft train` and `peft eval` end to end on the tiny fixture models and tiny GLUE-format
+//! files the tests write.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use candle_core::{Device, Tensor};
+
+fn peft(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_peft"))
+        .args(args)
+        .output()
+        .expect("run peft")
+}
+
+fn fixture(kind: &str) -> String {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(kind)
+        .to_string_lossy()
+        .into_owned()
+}
+
+fn ok(out: Output) -> String {
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "peft failed: {err}");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+const WORDS: &[&str] = &[
+    "the", "cat", "dog", "man", "woman", "sat", "ran", "saw", "house", "car", "city", "river",
+    "red", "blue", "big", "small", "happy", "sad", "old", "new",
+];
+
+/// Deterministic pseudo-random sentences from the tiny vocabulary.
+fn sentence(i: usize, len: usize) -> String {
+    (0..len)
+        .map(|k| WORDS[(i * 7 + k * 13 + i * k) % WORDS.len()])
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// RTE-format train/dev files: the label says whether sentence2's first word occurs in sentence1.
+fn write_rte(dir: &Path, n_train: usize, n_dev: usize) {
+    let rte = dir.join("RTE");
+    std::fs::create_dir_all(&rte).unwrap();
+    for (split, n, offset) in [("train", n_train, 0), ("dev", n_dev, 1000)] {
+        let mut s = String::from("index\tsentence1\tsentence2\tlabel\n");
+        for i in 0..n {
+            let a = sentence(i + offset, 3 + i % 9);
+            let b = sentence(i * 3 + offset + 1, 2 + i % 4);
+            let first = b.split(' ').next().unwrap();
+            let label = if a.split(' ').any(|w| w == first) {
+                "entailment"
+            } else {
+                "not_entailment"
+            };
+            s.push_str(&format!("{i}\t{a}\t{b}\t{label}\n"));
+        }
+        std::fs::write(rte.join(format!("{split}.tsv")), s).unwrap();
+    }
+    let mut test = String::from("index\tsentence1\tsentence2\n");
+    for i in 0..5 {
+        test.push_str(&format!(
+            "{i}\t{}\t{}\n",
+            sentence(i + 77, 4),
+            sentence(i + 78, 3)
+        ));
+    }
+    std::fs::write(rte.join("test.tsv"), test).unwrap();
+}
+
+fn write_stsb(dir: &Path, n_train: usize, n_dev: usize) {
+    let d = dir.join("STS-B");
+    std::fs::create_dir_all(&d).unwrap();
+    for (split, n, offset) in [("train", n_train, 0), ("dev", n_dev, 500)] {
+        let mut s = String::from("index\tgenre\tfilename\tyear\told_index\tsource1\tsource2\tsentence1\tsentence2\tscore\n");
+        for i in 0..n {
+            let a = sentence(i + offset, 4 + i % 5);
+            let b = sentence(i + offset + i % 3, 4 + i % 5);
+            let score = 5.0 * (a == b) as u8 as f32 + (i % 5) as f32 * 0.5 * (a != b) as u8 as f32;
+            s.push_str(&format!(
+                "{i}\tmain\tf\t2012\t{i}\tnone\tnone\t{a}\t{b}\t{score:.3}\n"
+            ));
+        }
+        std::fs::write(d.join(format!("{split}.tsv")), s).unwrap();
+    }
+}
+
+fn train(model: &str, data: &Path, out: &Path, extra: &[&str]) -> String {
+    let mut args = vec![
+        "train",
+        "--model",
+        model,
+        "--data-dir",
+        data.to_str().unwrap(),
+        "--output-dir",
+        out.to_str().unwrap(),
+        "--batch-size",
+        "8",
+        "--eval-batch-size",
+        "16",
+        "--max-seq-len",
+        "32",
+    ];
+    args.extend_from_slice(extra);
+    ok(peft(&args))
+}
+
+/// metrics.jsonl without the timing fields, which differ run to run.
+fn metrics(out: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(out.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| {
+            let mut v: serde_json::Value = serde_json::from_str(l).unwrap();
+            for k in ["elapsed_s", "train_tokens_per_s", "train_examples_per_s"] {
+                v.as_object_mut().unwrap().remove(k);
+            }
+            v
+        })
+        .collect()
+}
+
+fn tensors(path: &Path) -> HashMap<String, Tensor> {
+    candle_core::safetensors::load(path, &Device::Cpu).unwrap()
+}
+
+#[test]
+fn layernorm_run_saves_only_layernorm_and_head_and_eval_reproduces_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    write_rte(tmp.path(), 48, 20);
+    let out = tmp.path().join("run");
+    train(
+        &fixture("tiny-bert"),
+        tmp.path(),
+        &out,
+        &["--task", "RTE", "--method", "layernorm", "--epochs", "2"],
+    );
+
+    for f in [
+        "config.json",
+        "metrics.jsonl",
+        "trainable.safetensors",
+        "last.safetensors",
+    ] {
+        assert!(out.join(f).is_file(), "{f} missing");
+    }
+    let saved = tensors(&out.join("last.safetensors"));
+    let mut names: Vec<&String> = saved.keys().collect();
+    names.sort();
+    assert!(
+        names
+            .iter()
+            .all(|n| n.contains("LayerNorm.") || n.starts_with("classifier.")),
+        "{names:?}"
+    );
+    // 2 layers × 2 LayerNorms + embeddings' = 5 LayerNorms × (weight, bias), plus the head.
+    assert_eq!(names.len(), 12, "{names:?}");
+    // Trained LayerNorm tensors moved away from the base.
+    let base = tensors(&PathBuf::from(fixture("tiny-bert")).join("model.safetensors"));
+    let ln = "encoder.layer.1.output.LayerNorm.weight";
+    let diff = (&saved[ln] - &base[&format!("bert.{ln}")])
+        .unwrap()
+        .abs()
+        .unwrap()
+        .sum_all()
+        .unwrap();
+    assert!(diff.to_scalar::<f32>().unwrap() > 0.0, "{ln} did not train");
+
+    let m = metrics(&out);
+    assert_eq!(m.len(), 2, "one evaluation per epoch");
+    let best = m.iter().find(|r| r["best"].as_bool().unwrap()).unwrap();
+    let best_acc = best["dev"]["dev"]["accuracy"].as_f64().unwrap();
+    let shown = ok(peft(&[
+        "eval",
+        "--checkpoint",
+        out.to_str().unwrap(),
+        "--json",
+    ]));
+    let v: serde_json::Value = serde_json::from_str(shown.trim()).unwrap();
+    assert_eq!(
+        v["metrics"]["accuracy"].as_f64().unwrap(),
+        best_acc,
+        "peft eval must reproduce the run's metrics"
+    );
+
+    // The test split gives a GLUE submission file with label names.
+    ok(peft(&[
+        "eval",
+        "--checkpoint",
+        out.to_str().unwrap(),
+        "--split",
+        "test",
+    ]));
+    let sub = std::fs::read_to_string(out.join("RTE.tsv")).unwrap();
+    assert_eq!(sub.lines().count(), 6);
+    assert!(
+        sub.lines()
+            .skip(1)
+            .all(|l| l.ends_with("\tentailment") || l.ends_with("\tnot_entailment")),
+        "{sub}"
+    );
+}
+
+#[test]
+fn same_seed_same_metrics_different_seed_different_run() {
+    let tmp = tempfile::tempdir().unwrap();
+    write_rte(tmp.path(), 40, 16);
+    let run = |name: &str, seed: &str| {
+        let out = tmp.path().join(name);
+        train(
+            &fixture("tiny-roberta"),
+            tmp.path(),
+            &out,
+            &[
+                "--task",
+                "rte",
+                "--method",
+                "full",
+                "--max-steps",
+                "6",
+                "--eval-steps",
+                "3",
+                "--lr",
+                "1e-3",
+                "--seed",
+                seed,
+            ],
+        );
+        (metrics(&out), tensors(&out.join("last.safetensors")))
+    };
+    let (a, ta) = run("a", "7");
+    let (b, tb) = run("b", "7");
+    assert_eq!(a, b);
+    for (name, t) in &ta {
+        let d = (t - &tb[name])
+            .unwrap()
+            .abs()
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        assert_eq!(d, 0.0, "{name} differs between same-seed runs");
+    }
+    let (_, tc) = run("c", "8");
+    let head = "classifier.out_proj.weight";
+    let d = (&ta[head] - &tc[head])
+        .unwrap()
+        .abs()
+        .unwrap()
+        .sum_all()
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap();
+    assert!(d > 0.0, "a different seed should give a different head");
+}
+
+#[test]
+fn bitfit_regression_on_stsb() {
+    let tmp = tempfile::tempdir().unwrap();
+    write_stsb(tmp.path(), 40, 16);
+    let out = tmp.path().join("run");
+    let stdout = train(
+        &fixture("tiny-bert"),
+        tmp.path(),
+        &out,
+        &["--task", "sts-b", "--method", "bitfit", "--epochs", "1"],
+    );
+    assert!(stdout.contains("pearson"), "{stdout}");
+    let saved = tensors(&out.join("last.safetensors"));
+    assert!(
+        saved
+            .keys()
+            .all(|n| n.ends_with(".bias") || n.starts_with("classifier.")),
+        "{:?}",
+        saved.keys()
+    );
+    assert_eq!(saved["classifier.weight"].dims(), &[1, 32]);
+    let m = metrics(&out);
+    for k in ["pearson", "spearman"] {
+        assert!(m[0]["dev"]["dev"][k].as_f64().unwrap().is_finite());
+    }
+}
+
+#[test]
+fn config_file_flags_and_errors() {
+    let tmp = tempfile::tempdir().unwrap();
+    write_rte(tmp.path(), 16, 8);
+    let cfg = tmp.path().join("c.toml");
+    std::fs::write(&cfg, "method = \"bitfit\"\nlr = 0.01\nepochs = 9\n").unwrap();
+    let out = tmp.path().join("run");
+    let stdout = train(
+        &fixture("tiny-bert"),
+        tmp.path(),
+        &out,
+        &[
+            "--task",
+            "rte",
+            "--config",
+            cfg.to_str().unwrap(),
+            "--max-steps",
+            "1",
+        ],
+    );
+    assert!(
+        stdout.contains("method = \"bitfit\"") && stdout.contains("lr = 0.01"),
+        "{stdout}"
+    );
+    let saved: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("config.json")).unwrap()).unwrap();
+    assert_eq!(saved["train"]["epochs"], 9);
+    assert_eq!(saved["train"]["max_steps"], 1);
+    assert_eq!(saved["base"]["sha256"].as_str().unwrap().len(), 64);
+
+    // The same output directory again is refused without --overwrite.
+    let again = peft(&[
+        "train",
+        "--model",
+        &fixture("tiny-bert"),
+        "--data-dir",
+        tmp.path().to_str().unwrap(),
+        "--task",
+        "rte",
+        "--output-dir",
+        out.to_str().unwrap(),
+        "--max-steps",
+        "1",
+    ]);
+    assert_eq!(again.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&again.stderr).contains("--overwrite"));
+
+    // A typo in the config names the key.
+    std::fs::write(&cfg, "learning_rate = 0.01\n").unwrap();
+    let bad = peft(&[
+        "train",
+        "--model",
+        &fixture("tiny-bert"),
+        "--data-dir",
+        tmp.path().to_str().unwrap(),
+        "--task",
+        "rte",
+        "--config",
+        cfg.to_str().unwrap(),
+    ]);
+    assert_eq!(bad.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&bad.stderr);
+    assert!(
+        err.contains("learning_rate") && err.contains("c.toml"),
+        "{err}"
+    );
+
+    // Another base model (different weights) is refused by eval.
+    let moved = tmp.path().join("other-model");
+    std::fs::create_dir(&moved).unwrap();
+    for f in ["config.json", "tokenizer.json", "model.safetensors"] {
+        std::fs::copy(Path::new(&fixture("tiny-bert")).join(f), moved.join(f)).unwrap();
+    }
+    let mut bytes = std::fs::read(moved.join("model.safetensors")).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 1;
+    std::fs::write(moved.join("model.safetensors"), bytes).unwrap();
+    let bad = peft(&[
+        "eval",
+        "--checkpoint",
+        out.to_str().unwrap(),
+        "--model",
+        moved.to_str().unwrap(),
+    ]);
+    assert_eq!(bad.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("sha256"));
+}
