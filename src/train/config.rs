@@ -213,7 +213,11 @@ impl TrainConfig {
                 format!("{} is outside [0, 1)", self.warmup_ratio),
             );
         }
-        if !(self.weight_decay >= 0.0) || !(self.max_grad_norm >= 0.0) {
+        if self.weight_decay.is_nan()
+            || self.weight_decay < 0.0
+            || self.max_grad_norm.is_nan()
+            || self.max_grad_norm < 0.0
+        {
             return bad("weight_decay/max_grad_norm", "must not be negative".into());
         }
         Ok(())

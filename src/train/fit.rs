@@ -184,8 +184,8 @@ pub fn fit(cfg: &TrainConfig, overwrite: bool) -> Result<Summary> {
                 examples as f64 / train_time
             ));
             bar.inc(1);
-            let end_of_epoch = step % steps_per_epoch == 0 || step == total;
-            let periodic = cfg.eval_steps.is_some_and(|n| step % n == 0);
+            let end_of_epoch = step.is_multiple_of(steps_per_epoch) || step == total;
+            let periodic = cfg.eval_steps.is_some_and(|n| step.is_multiple_of(n));
             if end_of_epoch || periodic {
                 bar.suspend(|| -> Result<()> {
                     let dev = score(&model, &devs, spec, pad, cfg.eval_batch_size, &device)?;
@@ -317,7 +317,7 @@ pub fn thousands(n: usize) -> String {
     let s = n.to_string();
     let mut out = String::new();
     for (i, c) in s.chars().enumerate() {
-        if i > 0 && (s.len() - i) % 3 == 0 {
+        if i > 0 && (s.len() - i).is_multiple_of(3) {
             out.push(',');
         }
         out.push(c);
