@@ -1,5 +1,6 @@
 //! The command line: one file per subcommand, each with its clap `Args` and a `run`.
 
+pub mod bench;
 pub mod embed;
 pub mod eval;
 pub mod train;
@@ -26,6 +27,8 @@ pub enum Command {
     Eval(eval::EvalArgs),
     /// Estimate the diagonal Fisher information of every parameter (not yet implemented).
     Fisher(NotYet),
+    /// Time training steps and inference at a fixed shape, per method.
+    Bench(bench::BenchArgs),
     /// Embed text with the encoder: one JSON line per input line.
     Embed(embed::EmbedArgs),
 }
@@ -40,6 +43,7 @@ pub struct NotYet {
 pub fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Embed(args) => embed::run(args),
+        Command::Bench(args) => bench::run(args),
         Command::Train(args) => train::run(args),
         Command::Eval(args) => eval::run(args),
         Command::Fisher(_) => Err(crate::error::user("this command is not implemented yet")),

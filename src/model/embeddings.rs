@@ -1,7 +1,7 @@
 //! Word + position + token-type embeddings → LayerNorm → dropout.
 
 use anyhow::Result;
-use candle_core::{DType, Module, Tensor};
+use candle_core::{DType, Tensor};
 
 use super::config::{Arch, ModelConfig};
 use super::nn::{Ctx, Dropout, LayerNorm};

@@ -5,7 +5,8 @@ use anyhow::Result;
 use candle_core::{Module, Tensor};
 
 use super::config::{Activation, ModelConfig};
-use super::nn::{activate, softmax_last, Ctx, Dropout, LayerNorm, Linear};
+use super::nn::{activate, Ctx, Dropout, LayerNorm, Linear};
+use super::ops;
 use super::params::Path;
 
 pub struct SelfAttention {
@@ -30,7 +31,7 @@ impl SelfAttention {
         })
     }
 
-    /// `mask`: (batch, 1, 1, seq), 0 for real tokens and f32::MIN for padding.
+    /// `mask`: (batch, seq), 1 for real tokens and 0 for padding.
     fn forward(&self, x: &Tensor, mask: &Tensor, ctx: &Ctx) -> Result<Tensor> {
         let (b, t, h) = x.dims3()?;
         let split = |y: Tensor| -> Result<Tensor> {
@@ -41,8 +42,8 @@ impl SelfAttention {
         let q = split(self.query.forward(x)?)?;
         let k = split(self.key.forward(x)?)?;
         let v = split(self.value.forward(x)?)?;
-        let scores = (q.matmul(&k.t()?)? * (1.0 / (self.head_dim as f64).sqrt()))?;
-        let probs = softmax_last(&scores.broadcast_add(mask)?)?;
+        let scores = q.matmul(&k.t()?)?;
+        let probs = ops::attention_probs(&scores, mask, 1.0 / (self.head_dim as f64).sqrt())?;
         let probs = self.dropout.forward(&probs, ctx)?;
         Ok(probs.matmul(&v)?.transpose(1, 2)?.reshape((b, t, h))?)
     }
@@ -70,7 +71,7 @@ impl AddNorm {
 
     fn forward(&self, x: &Tensor, residual: &Tensor, ctx: &Ctx) -> Result<Tensor> {
         let y = self.dropout.forward(&self.dense.forward(x)?, ctx)?;
-        Ok(self.layer_norm.forward(&(y + residual)?)?)
+        self.layer_norm.forward(&(y + residual)?)
     }
 }
 

@@ -9,12 +9,13 @@ mod heads;
 mod layer;
 pub mod load;
 pub mod nn;
+mod ops;
 pub mod params;
 
 use std::path::Path as FsPath;
 
 use anyhow::Result;
-use candle_core::{DType, Device, Tensor};
+use candle_core::{Device, Tensor};
 
 pub use config::{Activation, Arch, ModelConfig};
 pub use heads::INIT_STD;
@@ -103,9 +104,9 @@ impl Model {
         let mut x = self
             .embeddings
             .forward(&batch.input_ids, &batch.token_type_ids, ctx)?;
-        let mask = extended_mask(&batch.attention_mask)?;
+        let mask = &batch.attention_mask;
         for layer in &self.layers {
-            x = layer.forward(&x, &mask, ctx)?;
+            x = layer.forward(&x, mask, ctx)?;
         }
         let pooled = self.pooler.as_ref().map(|p| p.forward(&x)).transpose()?;
         let logits = self
@@ -126,16 +127,6 @@ impl Model {
             .logits
             .ok_or_else(|| anyhow::anyhow!("the model was built without a task head"))
     }
-}
-
-/// (batch, seq) 1/0 → (batch, 1, 1, seq) additive mask: 0 keeps, f32::MIN removes, as
-/// transformers' `get_extended_attention_mask`.
-fn extended_mask(mask: &Tensor) -> Result<Tensor> {
-    let (b, t) = mask.dims2()?;
-    let m = mask
-        .to_dtype(DType::F32)?
-        .affine(f32::MAX as f64, f32::MIN as f64)?;
-    Ok(m.reshape((b, 1, 1, t))?)
 }
 
 /// Read config and weights of a model directory; the tensors stay on the CPU.
