@@ -1,0 +1,121 @@
+"""Fine-tune all-MiniLM-L6-v2 on GLUE tasks with several methods and seeds, and print the
+README's results table (median over seeds of the final epoch's dev metrics).
+
+    python3 scripts/glue_table.py --model "$(scripts/get_minilm.sh)" --data-dir ../shared/data/glue \\
+        [--tasks rte,stsb] [--methods full,bitfit,layernorm] [--seeds 42,43,44] \\
+        [--jobs 1] [--threads 2] [--out runs/table] [--collect]
+
+Settings are those of the PyTorch reference figures in issue #4: batch 32, max length 128,
+5 epochs, AdamW (lr 5e-5 full, 1e-3 otherwise), 6% warm-up then linear decay, weight
+decay 0.01 except biases and LayerNorm, clipping at 1.0, head from N(0, 0.02). A run
+that already finished in --out is not run again; --collect only prints the table.
+"""
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+
+LR = {"full": 5e-5}
+DEFAULT_LR = 1e-3
+EPOCHS = 5
+# PyTorch + transformers on this machine class (issue #4), seed 42, final epoch.
+REFERENCE = {
+    ("rte", "full"): "57.0", ("rte", "layernorm"): "51.3", ("rte", "bitfit"): "51.3",
+    ("stsb", "full"): "86.4/86.3", ("stsb", "layernorm"): "83.0/83.0",
+}
+METRICS = {"rte": ["accuracy"], "stsb": ["pearson", "spearman"], "mrpc": ["f1", "accuracy"],
+           "cola": ["mcc"], "sst2": ["accuracy"], "qnli": ["accuracy"], "wnli": ["accuracy"]}
+
+
+def run_dir(args, task, method, seed):
+    return os.path.join(args.out, f"{task}-{method}-{seed}")
+
+
+def finished(path):
+    try:
+        with open(os.path.join(path, "metrics.jsonl")) as f:
+            lines = [json.loads(l) for l in f if l.strip()]
+        return lines if lines and lines[-1]["epoch"] >= EPOCHS - 1e-9 else None
+    except FileNotFoundError:
+        return None
+
+
+def train(args, task, method, seed):
+    out = run_dir(args, task, method, seed)
+    if finished(out):
+        return
+    cmd = [args.peft, "train", "--model", args.model, "--data-dir", args.data_dir, "--task", task,
+           "--method", method, "--seed", str(seed), "--epochs", str(EPOCHS), "--batch-size", "32",
+           "--max-seq-len", "128", "--lr", str(LR.get(method, DEFAULT_LR)), "--warmup-ratio", "0.06",
+           "--weight-decay", "0.01", "--max-grad-norm", "1.0", "--output-dir", out, "--overwrite"]
+    env = dict(os.environ, RAYON_NUM_THREADS=str(args.threads))
+    os.makedirs(out, exist_ok=True)
+    with open(os.path.join(out, "train.log"), "w") as log:
+        subprocess.run(cmd, check=True, stdout=log, stderr=subprocess.STDOUT, env=env)
+    print(f"done {task} {method} {seed}", file=sys.stderr, flush=True)
+
+
+def fmt(values):
+    return "/".join(f"{100 * v:.1f}" for v in values)
+
+
+def table(args):
+    rows = ["| task | method | trainable | dev metric | median | seeds | PyTorch (seed 42) | min/run | train tok/s |",
+            "|---|---|---:|---|---:|---|---:|---:|---:|"]
+    for task in args.tasks:
+        keys = METRICS[task]
+        for method in args.methods:
+            per_seed, minutes, tps, trainable = [], [], [], "?"
+            for seed in args.seeds:
+                lines = finished(run_dir(args, task, method, seed))
+                if not lines:
+                    continue
+                last = lines[-1]
+                per_seed.append([last["dev"]["dev"][k] for k in keys])
+                minutes.append(last["elapsed_s"] / 60)
+                tps.append(last["train_tokens_per_s"])
+                with open(os.path.join(run_dir(args, task, method, seed), "config.json")) as f:
+                    info = json.load(f)
+                trainable = f"{info['trainable_params']:,} ({100 * info['trainable_params'] / info['total_params']:.2f}%)"
+            if not per_seed:
+                continue
+            median = [statistics.median(v[i] for v in per_seed) for i in range(len(keys))]
+            seeds = ", ".join(fmt(v) for v in per_seed)
+            rows.append(f"| {task} | {method} | {trainable} | {'/'.join(keys)} | {fmt(median)} | {seeds} | "
+                        f"{REFERENCE.get((task, method), '–')} | {statistics.median(minutes):.1f} | "
+                        f"{statistics.median(tps):.0f} |")
+    print("\n".join(rows))
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--model", required=True)
+    ap.add_argument("--data-dir", required=True)
+    ap.add_argument("--tasks", default="rte,stsb")
+    ap.add_argument("--methods", default="full,bitfit,layernorm")
+    ap.add_argument("--seeds", default="42,43,44")
+    ap.add_argument("--jobs", type=int, default=1, help="runs at once")
+    ap.add_argument("--threads", type=int, default=2, help="threads per run")
+    ap.add_argument("--out", default="runs/table")
+    ap.add_argument("--peft", default="target/release/peft")
+    ap.add_argument("--collect", action="store_true", help="only print the table")
+    args = ap.parse_args()
+    args.tasks = [t.replace("-", "").lower() for t in args.tasks.split(",")]
+    args.methods = args.methods.split(",")
+    args.seeds = [int(s) for s in args.seeds.split(",")]
+    if not args.collect:
+        todo = [(t, m, s) for s in args.seeds for t in args.tasks for m in args.methods]
+        # Longest runs first, so parallel jobs finish together.
+        todo.sort(key=lambda j: (args.methods.index(j[1]), args.tasks.index(j[0])))
+        with ThreadPoolExecutor(args.jobs) as pool:
+            for f in [pool.submit(train, args, *job) for job in todo]:
+                f.result()
+    table(args)
+
+
+if __name__ == "__main__":
+    main()
