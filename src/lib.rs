@@ -1,9 +1,11 @@
 //! peft: fine-tune BERT and RoBERTa on GLUE, training the whole model or a chosen subset.
 
 pub mod cli;
+pub mod components;
 pub mod data;
 pub mod device;
 pub mod error;
+pub mod fisher;
 pub mod loss;
 pub mod methods;
 pub mod metrics;

@@ -372,3 +372,28 @@ fn config_file_flags_and_errors() {
     assert_eq!(bad.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&bad.stderr).contains("sha256"));
 }
+
+#[test]
+fn shipped_configs_parse_and_resolve() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("configs");
+    let mut n = 0;
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "toml") {
+            let o = peft::train::config::Overrides::from_toml_file(&path).unwrap();
+            let flags = peft::train::config::Overrides {
+                model: Some("m".into()),
+                task: Some("rte".into()),
+                data_dir: Some("d".into()),
+                ..Default::default()
+            };
+            let cfg = flags
+                .over(o)
+                .resolve()
+                .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+            assert!(cfg.lr > 0.0);
+            n += 1;
+        }
+    }
+    assert!(n >= 3, "expected the method configs in configs/");
+}

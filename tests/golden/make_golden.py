@@ -202,6 +202,19 @@ def build(kind):
         if p.grad is not None:
             tensors["grad." + name] = p.grad.detach().clone()
 
+    # Diagonal empirical Fisher of the first three examples, by definition: the mean over
+    # examples of the squared gradient of each example's own log-likelihood (eval mode).
+    fisher = {}
+    for i in range(3):
+        model.zero_grad()
+        one = {k: v[i:i + 1, : int(attention_mask[i].sum())] for k, v in kwargs.items()}
+        model(**one, labels=labels[i:i + 1]).loss.backward()
+        for name, p in model.named_parameters():
+            fisher[name] = fisher.get(name, 0) + p.grad.detach() ** 2 / 3
+    for name, f in fisher.items():
+        tensors["fisher." + name] = f
+    model.zero_grad()
+
     # Regression (STS-B): same encoder, a one-output head, mean squared error.
     model.zero_grad()
     torch.manual_seed(3)

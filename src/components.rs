@@ -1,0 +1,131 @@
+//! Grouping parameters into the components the LayerNorm paper compares: embeddings,
+//! query/key/value, attention output, the two LayerNorms of each layer, the FFN, the
+//! pooler and the head. Used to rank Fisher information (`peft fisher`) and weight
+//! change (`peft diff`).
+
+use std::collections::BTreeMap;
+
+/// A parameter's component, and its layer if it belongs to one.
+pub fn component(name: &str) -> (&'static str, Option<usize>) {
+    let layer = name
+        .strip_prefix("encoder.layer.")
+        .and_then(|rest| rest.split('.').next())
+        .and_then(|n| n.parse::<usize>().ok());
+    let kind = if name.starts_with("embeddings.word_embeddings") {
+        "word embeddings"
+    } else if name.starts_with("embeddings.position_embeddings") {
+        "position embeddings"
+    } else if name.starts_with("embeddings.token_type_embeddings") {
+        "token type embeddings"
+    } else if name.starts_with("embeddings.LayerNorm") {
+        "embeddings LayerNorm"
+    } else if name.contains(".attention.self.query.") {
+        "query"
+    } else if name.contains(".attention.self.key.") {
+        "key"
+    } else if name.contains(".attention.self.value.") {
+        "value"
+    } else if name.contains(".attention.output.dense.") {
+        "attention output dense"
+    } else if name.contains(".attention.output.LayerNorm.") {
+        "attention output LayerNorm"
+    } else if name.contains(".intermediate.dense.") {
+        "intermediate dense"
+    } else if name.contains(".output.dense.") {
+        "output dense"
+    } else if name.contains(".output.LayerNorm.") {
+        "output LayerNorm"
+    } else if name.starts_with("pooler.") {
+        "pooler"
+    } else if name.starts_with("classifier.") {
+        "head"
+    } else {
+        "other"
+    };
+    (kind, layer)
+}
+
+/// Totals of one statistic over a component: sum, element count, mean.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct Aggregate {
+    pub total: f64,
+    pub count: usize,
+    pub mean: f64,
+}
+
+/// Per (component, layer) and per component over all layers (layer None).
+pub type Table = BTreeMap<(String, Option<usize>), Aggregate>;
+
+/// Sum `values` (name → (sum of the statistic, element count)) by component.
+pub fn aggregate(values: &BTreeMap<String, (f64, usize)>) -> Table {
+    let mut out: Table = BTreeMap::new();
+    for (name, &(total, count)) in values {
+        let (kind, layer) = component(name);
+        let keys = if layer.is_some() {
+            vec![layer, None]
+        } else {
+            vec![None]
+        };
+        for l in keys {
+            let a = out.entry((kind.to_string(), l)).or_default();
+            a.total += total;
+            a.count += count;
+        }
+    }
+    for a in out.values_mut() {
+        a.mean = if a.count > 0 {
+            a.total / a.count as f64
+        } else {
+            0.0
+        };
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_map_to_components() {
+        assert_eq!(
+            component("encoder.layer.3.output.LayerNorm.weight"),
+            ("output LayerNorm", Some(3))
+        );
+        assert_eq!(
+            component("encoder.layer.11.attention.output.LayerNorm.bias"),
+            ("attention output LayerNorm", Some(11))
+        );
+        assert_eq!(
+            component("encoder.layer.0.attention.output.dense.weight"),
+            ("attention output dense", Some(0))
+        );
+        assert_eq!(
+            component("encoder.layer.0.output.dense.bias"),
+            ("output dense", Some(0))
+        );
+        assert_eq!(
+            component("embeddings.LayerNorm.weight"),
+            ("embeddings LayerNorm", None)
+        );
+        assert_eq!(component("classifier.out_proj.weight"), ("head", None));
+        assert_eq!(component("pooler.dense.weight"), ("pooler", None));
+    }
+
+    #[test]
+    fn aggregates_per_layer_and_overall() {
+        let mut v = BTreeMap::new();
+        v.insert(
+            "encoder.layer.0.output.LayerNorm.weight".to_string(),
+            (4.0, 2),
+        );
+        v.insert(
+            "encoder.layer.1.output.LayerNorm.weight".to_string(),
+            (2.0, 2),
+        );
+        let t = aggregate(&v);
+        let all = &t[&("output LayerNorm".to_string(), None)];
+        assert_eq!((all.total, all.count, all.mean), (6.0, 4, 1.5));
+        assert_eq!(t[&("output LayerNorm".to_string(), Some(0))].mean, 2.0);
+    }
+}
