@@ -106,10 +106,15 @@ pub fn estimate(
 }
 
 /// One ranking from several tasks: each task's Fisher is divided by its total over all
-/// parameters (tasks differ in loss scale), then the tasks are averaged.
+/// parameters (tasks differ in loss scale), then the tasks are averaged. The head is
+/// task-specific (and always trained), so it is left out.
 pub fn global(tasks: &[BTreeMap<String, Tensor>]) -> Result<BTreeMap<String, Tensor>> {
     let mut out: BTreeMap<String, Tensor> = BTreeMap::new();
     for f in tasks {
+        let f: BTreeMap<&String, &Tensor> = f
+            .iter()
+            .filter(|(k, _)| !crate::methods::is_head(k))
+            .collect();
         let mut total = 0f64;
         for t in f.values() {
             total += t
@@ -124,7 +129,7 @@ pub fn global(tasks: &[BTreeMap<String, Tensor>]) -> Result<BTreeMap<String, Ten
                 Some(a) => (a + v)?,
                 None => v,
             };
-            out.insert(name.clone(), sum);
+            out.insert((*name).clone(), sum);
         }
     }
     Ok(out)

@@ -5,11 +5,17 @@
 //! (`classifier.*`) always trains, and so does any parameter the checkpoint lacks
 //! (a freshly initialised head or pooler), since a random frozen layer would be noise.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
+use anyhow::{anyhow, Result};
+use candle_core::{DType, Device, Tensor};
 use clap::ValueEnum;
+use rand::rngs::StdRng;
+use rand::seq::SliceRandom;
+use rand::SeedableRng;
 use serde::{Deserialize, Serialize};
 
+use crate::error::user;
 use crate::model::params::Predicate;
 use crate::optim::Mask;
 
@@ -22,15 +28,30 @@ pub enum Method {
     Bitfit,
     /// LayerNorm gains and biases only (ValizadehAslani & Liang, 2024).
     Layernorm,
+    /// The top --fraction of LayerNorm elements by Fisher information (per task, or a
+    /// global Fisher file from `peft fisher --global`).
+    FisherLayernorm,
+    /// --fraction of LayerNorm elements chosen uniformly at random: the control for
+    /// fisher-layernorm.
+    RandomLayernorm,
+    /// --fraction of all encoder elements chosen uniformly at random.
+    Random,
+    /// Child-Tuning F: each step, every encoder-layer gradient element survives with
+    /// probability --reserve and survivors are scaled by 1/reserve (Xu et al., 2021).
+    ChildF,
+    /// Child-Tuning D: the top --reserve of encoder-layer elements by Fisher information
+    /// at the pre-trained weights, fixed for the run (Xu et al., 2021).
+    ChildD,
 }
 
 impl Method {
     /// A learning rate that suits the method when neither flag nor config gives one:
-    /// full fine-tuning in BERT's range, sparse subsets need far larger steps.
+    /// full fine-tuning (and Child-Tuning, which updates many weights) in BERT's range;
+    /// sparse subsets need far larger steps.
     pub fn default_lr(self) -> f64 {
         match self {
-            Method::Full => 2e-5,
-            Method::Bitfit | Method::Layernorm => 1e-3,
+            Method::Full | Method::ChildF | Method::ChildD => 2e-5,
+            _ => 1e-3,
         }
     }
 
@@ -39,16 +60,39 @@ impl Method {
             Method::Full => "full",
             Method::Bitfit => "bitfit",
             Method::Layernorm => "layernorm",
+            Method::FisherLayernorm => "fisher-layernorm",
+            Method::RandomLayernorm => "random-layernorm",
+            Method::Random => "random",
+            Method::ChildF => "child-f",
+            Method::ChildD => "child-d",
         }
     }
 
-    /// The selection for a checkpoint holding `base_names`.
+    /// Whether the selection ranks parameters by Fisher information.
+    pub fn needs_fisher(self) -> bool {
+        matches!(self, Method::FisherLayernorm | Method::ChildD)
+    }
+
+    /// Which settings the method takes: --fraction, or --reserve.
+    pub fn takes_fraction(self) -> bool {
+        matches!(
+            self,
+            Method::FisherLayernorm | Method::RandomLayernorm | Method::Random
+        )
+    }
+
+    pub fn takes_reserve(self) -> bool {
+        matches!(self, Method::ChildF | Method::ChildD)
+    }
+
+    /// The selection for a name-only method (full, bitfit, layernorm) over a checkpoint
+    /// holding `base_names`. Masked methods go through [`select`].
     pub fn select<'a>(self, base_names: impl IntoIterator<Item = &'a String>) -> Selection {
         let known: HashSet<String> = base_names.into_iter().cloned().collect();
         let chosen: fn(&str) -> bool = match self {
-            Method::Full => |_| true,
             Method::Bitfit => is_bias,
-            Method::Layernorm => is_layernorm,
+            Method::Layernorm | Method::FisherLayernorm | Method::RandomLayernorm => is_layernorm,
+            _ => |_| true,
         };
         Selection {
             trainable: Box::new(move |n| is_head(n) || !known.contains(n) || chosen(n)),
@@ -63,6 +107,117 @@ impl std::fmt::Display for Method {
     }
 }
 
+/// A method with its settings.
+#[derive(Debug, Clone, Copy)]
+pub struct MethodSpec {
+    pub method: Method,
+    /// Share of eligible elements for the subset methods.
+    pub fraction: f64,
+    /// Child-Tuning's reserve_p.
+    pub reserve: f64,
+    pub seed: u64,
+}
+
+/// The selection of any method. `base` holds the checkpoint's tensors (for shapes);
+/// `fisher` is required by the Fisher-ranked methods.
+pub fn select(
+    spec: &MethodSpec,
+    base: &HashMap<String, Tensor>,
+    fisher: Option<&BTreeMap<String, Tensor>>,
+) -> Result<Selection> {
+    let mut sel = spec.method.select(base.keys());
+    // Elements eligible for the mask, in a fixed (name) order.
+    let eligible: Vec<(&String, &Tensor)> = {
+        let mut v: Vec<(&String, &Tensor)> = base
+            .iter()
+            .filter(|(n, _)| match spec.method {
+                Method::FisherLayernorm | Method::RandomLayernorm => is_layernorm(n),
+                Method::Random => !is_head(n),
+                Method::ChildF | Method::ChildD => is_encoder_layer(n),
+                _ => false,
+            })
+            .collect();
+        v.sort_by(|a, b| a.0.cmp(b.0));
+        v
+    };
+    let total: usize = eligible.iter().map(|(_, t)| t.elem_count()).sum();
+    let keep_of = |share: f64| ((share * total as f64).round() as usize).clamp(1, total.max(1));
+    let keep: Vec<bool> = match spec.method {
+        Method::Full | Method::Bitfit | Method::Layernorm => return Ok(sel),
+        Method::ChildF => {
+            for (name, _) in &eligible {
+                sel.masks
+                    .insert((*name).clone(), Mask::Bernoulli { p: spec.reserve });
+            }
+            return Ok(sel);
+        }
+        Method::RandomLayernorm | Method::Random => {
+            let k = keep_of(spec.fraction);
+            let mut idx: Vec<usize> = (0..total).collect();
+            idx.shuffle(&mut StdRng::seed_from_u64(spec.seed));
+            let mut keep = vec![false; total];
+            idx[..k].iter().for_each(|&i| keep[i] = true);
+            keep
+        }
+        Method::FisherLayernorm | Method::ChildD => {
+            let fisher =
+                fisher.ok_or_else(|| anyhow!("{} needs Fisher information", spec.method))?;
+            let share = if spec.method == Method::ChildD {
+                spec.reserve
+            } else {
+                spec.fraction
+            };
+            let mut scores = Vec::with_capacity(total);
+            for (name, t) in &eligible {
+                let f = fisher
+                    .get(*name)
+                    .ok_or_else(|| user(format!("the Fisher information has no `{name}`")))?;
+                if f.dims() != t.dims() {
+                    return Err(user(format!(
+                        "Fisher of `{name}` has shape {:?}, the model {:?}",
+                        f.dims(),
+                        t.dims()
+                    )));
+                }
+                scores.extend(f.flatten_all()?.to_dtype(DType::F32)?.to_vec1::<f32>()?);
+            }
+            top_k(&scores, keep_of(share))
+        }
+    };
+    let mut at = 0;
+    for (name, t) in eligible {
+        let n = t.elem_count();
+        let m: Vec<f32> = keep[at..at + n]
+            .iter()
+            .map(|&k| if k { 1.0 } else { 0.0 })
+            .collect();
+        at += n;
+        sel.masks.insert(
+            name.clone(),
+            Mask::Fixed(Tensor::from_vec(m, t.dims(), &Device::Cpu)?),
+        );
+    }
+    Ok(sel)
+}
+
+/// Exactly k largest scores (ties broken by position, NaN counted as smallest).
+fn top_k(scores: &[f32], k: usize) -> Vec<bool> {
+    let mut idx: Vec<usize> = (0..scores.len()).collect();
+    let key = |i: usize| {
+        if scores[i].is_nan() {
+            f32::NEG_INFINITY
+        } else {
+            scores[i]
+        }
+    };
+    idx.sort_by(|&a, &b| key(b).total_cmp(&key(a)).then(a.cmp(&b)));
+    let mut keep = vec![false; scores.len()];
+    idx[..k.min(scores.len())]
+        .iter()
+        .for_each(|&i| keep[i] = true);
+    keep
+}
+
 /// Which tensors train, and the masks of those that train only in part.
 pub struct Selection {
     pub trainable: Predicate,
@@ -75,6 +230,12 @@ pub fn is_head(name: &str) -> bool {
 
 pub fn is_layernorm(name: &str) -> bool {
     name.contains("LayerNorm.")
+}
+
+/// Child-Tuning's scope: only encoder-layer parameters take a mask; embeddings, pooler
+/// and head always train fully (AliceMind ChildTuning, `calculate_fisher`).
+pub fn is_encoder_layer(name: &str) -> bool {
+    name.starts_with("encoder.layer.")
 }
 
 pub fn is_bias(name: &str) -> bool {
@@ -141,6 +302,100 @@ mod tests {
                 "classifier.out_proj.bias",
                 "pooler.dense.bias"
             ]
+        );
+    }
+
+    fn base() -> HashMap<String, Tensor> {
+        let t = |n: usize| Tensor::zeros(n, DType::F32, &Device::Cpu).unwrap();
+        [
+            ("embeddings.LayerNorm.weight", t(4)),
+            ("encoder.layer.0.output.LayerNorm.weight", t(4)),
+            ("encoder.layer.0.output.dense.weight", t(8)),
+            ("classifier.weight", t(2)),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect()
+    }
+
+    fn ones(sel: &Selection) -> BTreeMap<String, Vec<f32>> {
+        sel.masks
+            .iter()
+            .map(|(k, m)| match m {
+                Mask::Fixed(t) => (k.clone(), t.to_vec1::<f32>().unwrap()),
+                _ => (k.clone(), vec![]),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn fisher_layernorm_keeps_the_top_fraction_of_layernorm() {
+        let mut fisher = BTreeMap::new();
+        fisher.insert(
+            "embeddings.LayerNorm.weight".to_string(),
+            Tensor::new(&[9f32, 1., 2., 8.], &Device::Cpu).unwrap(),
+        );
+        fisher.insert(
+            "encoder.layer.0.output.LayerNorm.weight".to_string(),
+            Tensor::new(&[3f32, 7., 0., 4.], &Device::Cpu).unwrap(),
+        );
+        let spec = MethodSpec {
+            method: Method::FisherLayernorm,
+            fraction: 0.5,
+            reserve: 0.3,
+            seed: 0,
+        };
+        let sel = select(&spec, &base(), Some(&fisher)).unwrap();
+        let m = ones(&sel);
+        assert_eq!(m["embeddings.LayerNorm.weight"], vec![1., 0., 0., 1.]);
+        assert_eq!(
+            m["encoder.layer.0.output.LayerNorm.weight"],
+            vec![0., 1., 0., 1.]
+        );
+        assert!(!(sel.trainable)("encoder.layer.0.output.dense.weight"));
+        assert!(
+            (sel.trainable)("classifier.weight") && !sel.masks.contains_key("classifier.weight")
+        );
+    }
+
+    #[test]
+    fn random_layernorm_keeps_the_same_count_seeded() {
+        let spec = MethodSpec {
+            method: Method::RandomLayernorm,
+            fraction: 0.25,
+            reserve: 0.3,
+            seed: 5,
+        };
+        let a = ones(&select(&spec, &base(), None).unwrap());
+        let kept: f32 = a.values().flatten().sum();
+        assert_eq!(kept, 2.0);
+        assert_eq!(a, ones(&select(&spec, &base(), None).unwrap()));
+    }
+
+    #[test]
+    fn child_tuning_masks_only_encoder_layers() {
+        let spec = MethodSpec {
+            method: Method::ChildF,
+            fraction: 1.0,
+            reserve: 0.3,
+            seed: 0,
+        };
+        let sel = select(&spec, &base(), None).unwrap();
+        let names: Vec<&String> = sel.masks.keys().collect();
+        assert_eq!(
+            names,
+            vec![
+                "encoder.layer.0.output.LayerNorm.weight",
+                "encoder.layer.0.output.dense.weight"
+            ]
+        );
+        let spec = MethodSpec {
+            method: Method::ChildD,
+            ..spec
+        };
+        assert!(
+            select(&spec, &base(), None).is_err(),
+            "child-d without Fisher"
         );
     }
 

@@ -3,6 +3,7 @@
 pub mod bench;
 pub mod embed;
 pub mod eval;
+pub mod fisher;
 pub mod train;
 
 use anyhow::Result;
@@ -22,30 +23,23 @@ pub struct Cli {
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Fine-tune on a GLUE task and save a run directory.
-    Train(train::TrainArgs),
+    Train(Box<train::TrainArgs>),
     /// Re-score a saved run on a split, or write its GLUE test submission.
     Eval(eval::EvalArgs),
-    /// Estimate the diagonal Fisher information of every parameter (not yet implemented).
-    Fisher(NotYet),
+    /// Estimate the diagonal Fisher information of every parameter and rank components.
+    Fisher(fisher::FisherArgs),
     /// Time training steps and inference at a fixed shape, per method.
     Bench(bench::BenchArgs),
     /// Embed text with the encoder: one JSON line per input line.
     Embed(embed::EmbedArgs),
 }
 
-/// Placeholder for commands whose issue has not landed: accepts anything, does nothing.
-#[derive(clap::Args, Debug)]
-pub struct NotYet {
-    #[arg(trailing_var_arg = true, allow_hyphen_values = true, hide = true)]
-    rest: Vec<String>,
-}
-
 pub fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Embed(args) => embed::run(args),
         Command::Bench(args) => bench::run(args),
-        Command::Train(args) => train::run(args),
+        Command::Train(args) => train::run(*args),
         Command::Eval(args) => eval::run(args),
-        Command::Fisher(_) => Err(crate::error::user("this command is not implemented yet")),
+        Command::Fisher(args) => fisher::run(args),
     }
 }

@@ -21,6 +21,16 @@ pub struct TrainConfig {
     /// Canonical task name (rte, stsb, ...).
     pub task: String,
     pub method: Method,
+    /// Share of eligible elements (fisher-layernorm, random-layernorm, random).
+    pub fraction: Option<f64>,
+    /// Child-Tuning's reserve_p (child-f, child-d).
+    pub reserve: Option<f64>,
+    /// A Fisher file (`peft fisher`) to rank by, instead of estimating it at the start.
+    pub fisher: Option<PathBuf>,
+    /// Training examples for the Fisher estimated at the start (None: all).
+    pub fisher_samples: Option<usize>,
+    /// Estimate that Fisher from batch-mean gradients of this batch size (Child-Tuning's way).
+    pub fisher_batch_mean: Option<usize>,
     pub epochs: usize,
     /// Stop after this many optimizer steps (the schedule still spans them).
     pub max_steps: Option<usize>,
@@ -58,6 +68,23 @@ pub struct Overrides {
     /// Which parameters train [default: full].
     #[arg(long, value_enum)]
     pub method: Option<Method>,
+    /// fisher-layernorm, random-layernorm, random: share of eligible elements that train.
+    #[arg(long)]
+    pub fraction: Option<f64>,
+    /// child-f, child-d: Child-Tuning's reserve_p [default: 0.3].
+    #[arg(long)]
+    pub reserve: Option<f64>,
+    /// fisher-layernorm, child-d: rank by this fisher.safetensors (from `peft fisher`,
+    /// e.g. a --global one) instead of estimating Fisher on the training set first.
+    #[arg(long)]
+    pub fisher: Option<PathBuf>,
+    /// fisher-layernorm, child-d: training examples for the Fisher estimate [default: all].
+    #[arg(long)]
+    pub fisher_samples: Option<usize>,
+    /// fisher-layernorm, child-d: estimate Fisher from batch-mean gradients of this batch
+    /// size, as the Child-Tuning reference does (16) [default: per-example gradients].
+    #[arg(long)]
+    pub fisher_batch_mean: Option<usize>,
     /// Passes over the training set [default: 3].
     #[arg(long)]
     pub epochs: Option<usize>,
@@ -118,6 +145,11 @@ impl Overrides {
             data_dir,
             task,
             method,
+            fraction,
+            reserve,
+            fisher,
+            fisher_samples,
+            fisher_batch_mean,
             epochs,
             max_steps,
             lr,
@@ -156,6 +188,29 @@ impl Overrides {
             }
         };
         let method = self.method.unwrap_or(Method::Full);
+        let given = |set: bool, flag: &str, ok: bool| -> Result<()> {
+            if set && !ok {
+                return Err(user(format!(
+                    "--{flag} does not apply to --method {method}"
+                )));
+            }
+            Ok(())
+        };
+        given(self.fraction.is_some(), "fraction", method.takes_fraction())?;
+        given(self.reserve.is_some(), "reserve", method.takes_reserve())?;
+        let ranked = method.needs_fisher();
+        given(self.fisher.is_some(), "fisher", ranked)?;
+        given(self.fisher_samples.is_some(), "fisher-samples", ranked)?;
+        given(
+            self.fisher_batch_mean.is_some(),
+            "fisher-batch-mean",
+            ranked,
+        )?;
+        if method.takes_fraction() && self.fraction.is_none() {
+            return Err(user(format!(
+                "--method {method} needs --fraction (e.g. --fraction 0.1)"
+            )));
+        }
         let seed = self.seed.unwrap_or(42);
         let output_dir = self.output_dir.unwrap_or_else(|| {
             PathBuf::from("runs").join(format!("{}-{}-{}", task.name, method, seed))
@@ -165,6 +220,15 @@ impl Overrides {
             data_dir,
             task: task.name.to_string(),
             method,
+            fraction: self.fraction,
+            reserve: if method.takes_reserve() {
+                Some(self.reserve.unwrap_or(0.3))
+            } else {
+                None
+            },
+            fisher: self.fisher,
+            fisher_samples: self.fisher_samples,
+            fisher_batch_mean: self.fisher_batch_mean,
             epochs: self.epochs.unwrap_or(3),
             max_steps: self.max_steps,
             lr: self.lr.unwrap_or_else(|| method.default_lr()),
@@ -203,6 +267,19 @@ impl TrainConfig {
         }
         if self.max_steps == Some(0) || self.eval_steps == Some(0) {
             return bad("max_steps/eval_steps", "must be at least 1".into());
+        }
+        for (key, v) in [("fraction", self.fraction), ("reserve", self.reserve)] {
+            if let Some(v) = v {
+                if !(v > 0.0 && v <= 1.0) {
+                    return bad(key, format!("{v} is outside (0, 1]"));
+                }
+            }
+        }
+        if self.fisher_samples == Some(0) || self.fisher_batch_mean == Some(0) {
+            return bad(
+                "fisher_samples/fisher_batch_mean",
+                "must be at least 1".into(),
+            );
         }
         if self.max_seq_len < 4 {
             return bad("max_seq_len", format!("{} is too short", self.max_seq_len));

@@ -15,9 +15,11 @@ use super::batches;
 use super::config::TrainConfig;
 use super::dataset::{predict, Dataset};
 use crate::data::tasks::{task, TaskSpec};
+use crate::fisher::{estimate, Estimator, FisherOptions};
 use crate::loss;
-use crate::methods;
+use crate::methods::{self, MethodSpec};
 use crate::metrics::evaluate;
+use crate::model::ModelConfig;
 use crate::model::{drop_mismatched_head, load, read_checkpoint, Ctx, Model, ParamStore};
 use crate::optim::{AdamWConfig, MaskedAdamW};
 use crate::run_dir::{self, BaseModel, RunInfo};
@@ -68,7 +70,27 @@ pub fn fit(cfg: &TrainConfig, overwrite: bool) -> Result<Summary> {
         .map(|s| Dataset::load(spec, &cfg.data_dir, s, &encoder))
         .collect::<Result<Vec<_>>>()?;
 
-    let selection = cfg.method.select(weights.keys());
+    let fisher = if cfg.method.needs_fisher() {
+        Some(fisher_for(
+            cfg,
+            &mcfg,
+            &weights,
+            spec,
+            &train,
+            encoder.pad_id(),
+            &device,
+        )?)
+    } else {
+        None
+    };
+    let method = MethodSpec {
+        method: cfg.method,
+        fraction: cfg.fraction.unwrap_or(1.0),
+        reserve: cfg.reserve.unwrap_or(1.0),
+        seed: cfg.seed,
+    };
+    let selection = methods::select(&method, &weights, fisher.as_ref())?;
+    drop(fisher);
     let store = ParamStore::new(weights, device.clone(), cfg.seed, selection.trainable);
     let model = Model::load(&store, &mcfg, Some(spec.num_labels()))?;
     let vars = store.vars();
@@ -227,6 +249,44 @@ pub fn fit(cfg: &TrainConfig, overwrite: bool) -> Result<Summary> {
         (Some(best), Some(last)) => Ok(Summary { info, best, last }),
         _ => bail!("training ended without an evaluation"),
     }
+}
+
+/// The Fisher information that ranks parameters: from --fisher, or estimated on the
+/// training set at the pre-trained weights (with the same seeded head as training).
+fn fisher_for(
+    cfg: &TrainConfig,
+    mcfg: &ModelConfig,
+    weights: &HashMap<String, Tensor>,
+    spec: &TaskSpec,
+    train: &Dataset,
+    pad: u32,
+    device: &Device,
+) -> Result<BTreeMap<String, Tensor>> {
+    if let Some(path) = &cfg.fisher {
+        return Ok(run_dir::load_tensors(path)?.into_iter().collect());
+    }
+    let start = Instant::now();
+    let store = ParamStore::new(
+        weights.clone(),
+        device.clone(),
+        cfg.seed,
+        Box::new(|_| true),
+    );
+    let model = Model::load(&store, mcfg, Some(spec.num_labels()))?;
+    let estimator = cfg
+        .fisher_batch_mean
+        .map_or(Estimator::PerExample, |b| Estimator::BatchMean { batch: b });
+    let opts = FisherOptions {
+        samples: cfg.fisher_samples,
+        estimator,
+        seed: cfg.seed,
+    };
+    let f = estimate(&model, &store, train, pad, opts, device)?;
+    eprintln!(
+        "Fisher information estimated in {:.1}s",
+        start.elapsed().as_secs_f64()
+    );
+    Ok(f)
 }
 
 /// Dev metrics of every dev split (MNLI has two).

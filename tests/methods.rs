@@ -1,0 +1,222 @@
+//! Every method through the binary on the tiny BERT: what may move moves, what may not is
+//! bit-identical to the base, and `peft eval` reproduces the run (PEFT's
+//! test_custom_models idea: one table of methods, generic checks over each row).
+
+mod common;
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use candle_core::Tensor;
+use common::*;
+
+/// Elements of `trained` that differ from the base tensor of the same canonical name.
+fn changed(
+    trained: &HashMap<String, Tensor>,
+    base: &HashMap<String, Tensor>,
+    pick: impl Fn(&str) -> bool,
+) -> (usize, usize) {
+    let (mut moved, mut total) = (0, 0);
+    for (name, t) in trained.iter().filter(|(n, _)| pick(n)) {
+        let b = &base[&format!("bert.{name}")];
+        let a = t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let c = b.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        moved += a
+            .iter()
+            .zip(&c)
+            .filter(|(x, y)| x.to_bits() != y.to_bits())
+            .count();
+        total += a.len();
+    }
+    (moved, total)
+}
+
+fn is_ln(n: &str) -> bool {
+    n.contains("LayerNorm.")
+}
+
+fn in_layers(n: &str) -> bool {
+    n.starts_with("encoder.layer.")
+}
+
+type Row = (&'static [&'static str], fn(&str) -> bool, f64);
+
+#[test]
+fn every_method_trains_only_what_it_selects() {
+    let tmp = tempfile::tempdir().unwrap();
+    write_rte(tmp.path(), 48, 16);
+    let model = fixture("tiny-bert");
+    let base = tensors(&Path::new(&model).join("model.safetensors"));
+    // (flags, which tensors may change, the largest share of them that may change)
+    let table: &[Row] = &[
+        (&["--method", "layernorm"], is_ln, 1.0),
+        (
+            &["--method", "fisher-layernorm", "--fraction", "0.2"],
+            is_ln,
+            0.2,
+        ),
+        (
+            &[
+                "--method",
+                "fisher-layernorm",
+                "--fraction",
+                "0.2",
+                "--fisher-batch-mean",
+                "8",
+            ],
+            is_ln,
+            0.2,
+        ),
+        (
+            &["--method", "random-layernorm", "--fraction", "0.2"],
+            is_ln,
+            0.2,
+        ),
+        (
+            &["--method", "random", "--fraction", "0.1"],
+            |n| !n.starts_with("classifier."),
+            0.1,
+        ),
+        (&["--method", "child-d", "--reserve", "0.3"], in_layers, 0.3),
+        (&["--method", "child-f", "--reserve", "0.3"], in_layers, 1.0),
+    ];
+    for (i, (flags, pick, share)) in table.iter().enumerate() {
+        let out = tmp.path().join(format!("run{i}"));
+        let mut args = vec![
+            "--task",
+            "rte",
+            "--max-steps",
+            "4",
+            "--lr",
+            "1e-2",
+            "--warmup-ratio",
+            "0",
+        ];
+        args.extend_from_slice(flags);
+        train(&model, tmp.path(), &out, &args);
+        let trained = tensors(&out.join("last.safetensors"));
+        let (moved, total) = changed(&trained, &base, pick);
+        assert!(moved > 0, "{flags:?}: nothing moved");
+        let limit = (share * total as f64).round() as usize;
+        assert!(
+            moved <= limit,
+            "{flags:?}: {moved} of {total} elements moved, at most {limit} may"
+        );
+        // Nothing outside the selection moved (frozen tensors are not even saved).
+        for name in trained.keys() {
+            assert!(
+                pick(name)
+                    || name.starts_with("classifier.")
+                    || name.starts_with("embeddings.")
+                    || name.starts_with("pooler."),
+                "{flags:?}: {name} was trained"
+            );
+        }
+        let info: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(out.join("config.json")).unwrap())
+                .unwrap();
+        let counted = info["trainable_params"].as_u64().unwrap() as usize;
+        if *share < 1.0 && !flags.contains(&"child-f") {
+            let head: usize = trained
+                .iter()
+                .filter(|(n, _)| !pick(n))
+                .map(|(_, t)| t.elem_count())
+                .sum();
+            assert_eq!(counted, limit + head, "{flags:?}: trainable count");
+        }
+        let m = metrics(&out);
+        let acc = m.iter().find(|r| r["best"].as_bool().unwrap()).unwrap()["dev"]["dev"]
+            ["accuracy"]
+            .as_f64()
+            .unwrap();
+        let shown = ok(peft(&[
+            "eval",
+            "--checkpoint",
+            out.to_str().unwrap(),
+            "--json",
+        ]));
+        let v: serde_json::Value = serde_json::from_str(shown.trim()).unwrap();
+        assert_eq!(
+            v["metrics"]["accuracy"].as_f64().unwrap(),
+            acc,
+            "{flags:?}: eval differs"
+        );
+    }
+}
+
+#[test]
+fn fisher_command_writes_ranked_components_and_a_global_fisher() {
+    let tmp = tempfile::tempdir().unwrap();
+    write_rte(tmp.path(), 12, 4);
+    write_stsb(tmp.path(), 12, 4);
+    let data = tmp.path().to_str().unwrap();
+    let model = fixture("tiny-bert");
+    let one = tmp.path().join("f-rte");
+    let text = ok(peft(&[
+        "fisher",
+        "--model",
+        &model,
+        "--data-dir",
+        data,
+        "--task",
+        "rte",
+        "--output",
+        one.to_str().unwrap(),
+    ]));
+    assert!(
+        text.contains("output LayerNorm") && text.contains("rank"),
+        "{text}"
+    );
+    let f = tensors(&one.join("fisher.safetensors"));
+    assert_eq!(f["encoder.layer.1.output.LayerNorm.weight"].dims(), &[32]);
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(one.join("components.json")).unwrap())
+            .unwrap();
+    assert!(json["components"].as_array().unwrap().len() > 20);
+
+    let glob = tmp.path().join("f-global");
+    ok(peft(&[
+        "fisher",
+        "--model",
+        &model,
+        "--data-dir",
+        data,
+        "--tasks",
+        "rte,stsb",
+        "--global",
+        "--samples",
+        "6",
+        "--output",
+        glob.to_str().unwrap(),
+    ]));
+    let g = tensors(&glob.join("fisher.safetensors"));
+    let total: f32 = g
+        .values()
+        .map(|t| t.sum_all().unwrap().to_scalar::<f32>().unwrap())
+        .sum();
+    assert!(
+        (total - 1.0).abs() < 1e-3,
+        "normalised tasks average to total 1, got {total}"
+    );
+
+    // A global Fisher file drives fisher-layernorm for any task.
+    let out = tmp.path().join("run");
+    train(
+        &model,
+        tmp.path(),
+        &out,
+        &[
+            "--task",
+            "stsb",
+            "--method",
+            "fisher-layernorm",
+            "--fraction",
+            "0.5",
+            "--fisher",
+            glob.join("fisher.safetensors").to_str().unwrap(),
+            "--max-steps",
+            "2",
+        ],
+    );
+    assert!(out.join("trainable.safetensors").is_file());
+}
