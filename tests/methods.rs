@@ -220,3 +220,50 @@ fn fisher_command_writes_ranked_components_and_a_global_fisher() {
     );
     assert!(out.join("trainable.safetensors").is_file());
 }
+
+#[test]
+fn diff_ranks_what_training_moved() {
+    let tmp = tempfile::tempdir().unwrap();
+    write_rte(tmp.path(), 16, 4);
+    let model = fixture("tiny-bert");
+    let out = tmp.path().join("run");
+    train(
+        &model,
+        tmp.path(),
+        &out,
+        &[
+            "--task",
+            "rte",
+            "--method",
+            "layernorm",
+            "--max-steps",
+            "3",
+            "--lr",
+            "1e-2",
+            "--warmup-ratio",
+            "0",
+        ],
+    );
+    let text = ok(peft(&[
+        "diff",
+        "--checkpoint",
+        out.to_str().unwrap(),
+        "--json",
+    ]));
+    let rows: Vec<serde_json::Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert!(!rows.is_empty());
+    for r in &rows {
+        let c = r["component"].as_str().unwrap();
+        assert!(c.contains("LayerNorm"), "layernorm run moved {c}");
+        assert!(r["relative_change"].as_f64().unwrap() > 0.0, "{r}");
+    }
+    // Sorted by relative change, largest first.
+    let rel: Vec<f64> = rows
+        .iter()
+        .map(|r| r["relative_change"].as_f64().unwrap())
+        .collect();
+    assert!(rel.windows(2).all(|w| w[0] >= w[1]));
+}

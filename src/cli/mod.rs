@@ -1,6 +1,7 @@
 //! The command line: one file per subcommand, each with its clap `Args` and a `run`.
 
 pub mod bench;
+pub mod diff;
 pub mod embed;
 pub mod eval;
 pub mod fisher;
@@ -30,6 +31,8 @@ pub enum Command {
     Fisher(fisher::FisherArgs),
     /// Time training steps and inference at a fixed shape, per method.
     Bench(bench::BenchArgs),
+    /// Rank components by how far fine-tuning moved them.
+    Diff(diff::DiffArgs),
     /// Embed text with the encoder: one JSON line per input line.
     Embed(embed::EmbedArgs),
 }
@@ -37,6 +40,7 @@ pub enum Command {
 pub fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Embed(args) => embed::run(args),
+        Command::Diff(args) => diff::run(args),
         Command::Bench(args) => bench::run(args),
         Command::Train(args) => train::run(*args),
         Command::Eval(args) => eval::run(args),
