@@ -42,6 +42,10 @@ pub enum Method {
     /// Child-Tuning D: the top --reserve of encoder-layer elements by Fisher information
     /// at the pre-trained weights, fixed for the run (Xu et al., 2021).
     ChildD,
+    /// LoRA adapters on --lora-targets (Hu et al., 2021); only adapters and head train.
+    Lora,
+    /// InA inhibition adapters on --ina-targets (Kang et al., 2024).
+    Ina,
 }
 
 impl Method {
@@ -51,6 +55,7 @@ impl Method {
     pub fn default_lr(self) -> f64 {
         match self {
             Method::Full | Method::ChildF | Method::ChildD => 2e-5,
+            Method::Lora | Method::Ina => 5e-4,
             _ => 1e-3,
         }
     }
@@ -65,6 +70,8 @@ impl Method {
             Method::Random => "random",
             Method::ChildF => "child-f",
             Method::ChildD => "child-d",
+            Method::Lora => "lora",
+            Method::Ina => "ina",
         }
     }
 
@@ -92,6 +99,8 @@ impl Method {
         let chosen: fn(&str) -> bool = match self {
             Method::Bitfit => is_bias,
             Method::Layernorm | Method::FisherLayernorm | Method::RandomLayernorm => is_layernorm,
+            // Adapter weights are new to the checkpoint, and new parameters always train.
+            Method::Lora | Method::Ina => |_| false,
             _ => |_| true,
         };
         Selection {
@@ -143,7 +152,9 @@ pub fn select(
     let total: usize = eligible.iter().map(|(_, t)| t.elem_count()).sum();
     let keep_of = |share: f64| ((share * total as f64).round() as usize).clamp(1, total.max(1));
     let keep: Vec<bool> = match spec.method {
-        Method::Full | Method::Bitfit | Method::Layernorm => return Ok(sel),
+        Method::Full | Method::Bitfit | Method::Layernorm | Method::Lora | Method::Ina => {
+            return Ok(sel)
+        }
         Method::ChildF => {
             for (name, _) in &eligible {
                 sel.masks

@@ -86,7 +86,12 @@ pub fn run(args: EvalArgs) -> Result<()> {
     }
     let device = crate::device::parse(args.device.as_deref().unwrap_or(&info.train.device))?;
     let store = ParamStore::frozen(weights, device.clone());
-    let model = Model::load(&store, &mcfg, Some(info.num_labels))?;
+    let model = Model::load_with_adapters(
+        &store,
+        &mcfg,
+        Some(info.num_labels),
+        info.train.adapter().as_ref(),
+    )?;
     if let Some(name) = store.created().first() {
         return Err(user(format!(
             "{} holds no tensor `{name}`: is it a run of this model?",

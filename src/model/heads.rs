@@ -6,7 +6,7 @@
 //! transformers' `_init_weights` does. Regression (STS-B) is a head with one output.
 
 use anyhow::Result;
-use candle_core::{IndexOp, Module, Tensor};
+use candle_core::{IndexOp, Tensor};
 
 use super::config::{Arch, ModelConfig};
 use super::nn::{Ctx, Dropout, Linear};
@@ -27,8 +27,8 @@ impl Pooler {
         })
     }
 
-    pub fn forward(&self, hidden: &Tensor) -> Result<Tensor> {
-        Ok(self.dense.forward(&hidden.i((.., 0))?)?.tanh()?)
+    pub fn forward(&self, hidden: &Tensor, ctx: &Ctx) -> Result<Tensor> {
+        Ok(self.dense.forward(&hidden.i((.., 0))?, ctx)?.tanh()?)
     }
 }
 
@@ -79,7 +79,7 @@ impl Head {
             } => {
                 let pooled =
                     pooled.ok_or_else(|| anyhow::anyhow!("BERT head needs the pooler output"))?;
-                Ok(classifier.forward(&dropout.forward(pooled, ctx)?)?)
+                classifier.forward(&dropout.forward(pooled, ctx)?, ctx)
             }
             Head::Roberta {
                 dense,
@@ -87,8 +87,8 @@ impl Head {
                 dropout,
             } => {
                 let x = dropout.forward(&hidden.i((.., 0))?, ctx)?;
-                let x = dropout.forward(&dense.forward(&x)?.tanh()?, ctx)?;
-                Ok(out_proj.forward(&x)?)
+                let x = dropout.forward(&dense.forward(&x, ctx)?.tanh()?, ctx)?;
+                out_proj.forward(&x, ctx)
             }
         }
     }

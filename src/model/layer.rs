@@ -2,7 +2,9 @@
 //! dropout, a residual and a post-LayerNorm (BERT and RoBERTa are post-norm).
 
 use anyhow::Result;
-use candle_core::{Module, Tensor};
+use candle_core::Tensor;
+
+use super::adapter::AdapterConfig;
 
 use super::config::{Activation, ModelConfig};
 use super::nn::{activate, Ctx, Dropout, LayerNorm, Linear};
@@ -19,12 +21,19 @@ pub struct SelfAttention {
 }
 
 impl SelfAttention {
-    fn load(path: &Path, cfg: &ModelConfig) -> Result<Self> {
+    fn load(path: &Path, cfg: &ModelConfig, adapters: Option<&AdapterConfig>) -> Result<Self> {
         let h = cfg.hidden_size;
+        let linear = |name: &str| {
+            let p = path.pp(name);
+            Linear::load(&p, h, h)?.with_adapter(
+                &p,
+                adapters.filter(|a| a.wraps(&format!("attention.self.{name}"))),
+            )
+        };
         Ok(Self {
-            query: Linear::load(&path.pp("query"), h, h)?,
-            key: Linear::load(&path.pp("key"), h, h)?,
-            value: Linear::load(&path.pp("value"), h, h)?,
+            query: linear("query")?,
+            key: linear("key")?,
+            value: linear("value")?,
             heads: cfg.num_attention_heads,
             head_dim: cfg.head_dim(),
             dropout: Dropout::new(cfg.attention_probs_dropout_prob),
@@ -39,9 +48,9 @@ impl SelfAttention {
                 .transpose(1, 2)?
                 .contiguous()?)
         };
-        let q = split(self.query.forward(x)?)?;
-        let k = split(self.key.forward(x)?)?;
-        let v = split(self.value.forward(x)?)?;
+        let q = split(self.query.forward(x, ctx)?)?;
+        let k = split(self.key.forward(x, ctx)?)?;
+        let v = split(self.value.forward(x, ctx)?)?;
         let scores = q.matmul(&k.t()?)?;
         let probs = ops::attention_probs(&scores, mask, 1.0 / (self.head_dim as f64).sqrt())?;
         let probs = self.dropout.forward(&probs, ctx)?;
@@ -57,9 +66,18 @@ pub struct AddNorm {
 }
 
 impl AddNorm {
-    fn load(path: &Path, d_in: usize, cfg: &ModelConfig) -> Result<Self> {
+    /// `rel`: the module's path inside its layer, for adapter targeting.
+    fn load(
+        path: &Path,
+        rel: &str,
+        d_in: usize,
+        cfg: &ModelConfig,
+        adapters: Option<&AdapterConfig>,
+    ) -> Result<Self> {
+        let p = path.pp("dense");
+        let wraps = adapters.filter(|a| a.wraps(&format!("{rel}.dense")));
         Ok(Self {
-            dense: Linear::load(&path.pp("dense"), d_in, cfg.hidden_size)?,
+            dense: Linear::load(&p, d_in, cfg.hidden_size)?.with_adapter(&p, wraps)?,
             layer_norm: LayerNorm::load(
                 &path.pp("LayerNorm"),
                 cfg.hidden_size,
@@ -70,7 +88,7 @@ impl AddNorm {
     }
 
     fn forward(&self, x: &Tensor, residual: &Tensor, ctx: &Ctx) -> Result<Tensor> {
-        let y = self.dropout.forward(&self.dense.forward(x)?, ctx)?;
+        let y = self.dropout.forward(&self.dense.forward(x, ctx)?, ctx)?;
         self.layer_norm.forward(&(y + residual)?)
     }
 }
@@ -84,25 +102,36 @@ pub struct Layer {
 }
 
 impl Layer {
-    pub fn load(path: &Path, cfg: &ModelConfig) -> Result<Self> {
+    pub fn load(path: &Path, cfg: &ModelConfig, adapters: Option<&AdapterConfig>) -> Result<Self> {
         let att = path.pp("attention");
+        let inter = path.pp("intermediate").pp("dense");
+        let inter_adapter = adapters.filter(|a| a.wraps("intermediate.dense"));
         Ok(Self {
-            attention: SelfAttention::load(&att.pp("self"), cfg)?,
-            attention_output: AddNorm::load(&att.pp("output"), cfg.hidden_size, cfg)?,
-            intermediate: Linear::load(
-                &path.pp("intermediate").pp("dense"),
+            attention: SelfAttention::load(&att.pp("self"), cfg, adapters)?,
+            attention_output: AddNorm::load(
+                &att.pp("output"),
+                "attention.output",
                 cfg.hidden_size,
-                cfg.intermediate_size,
+                cfg,
+                adapters,
             )?,
+            intermediate: Linear::load(&inter, cfg.hidden_size, cfg.intermediate_size)?
+                .with_adapter(&inter, inter_adapter)?,
             act: cfg.hidden_act,
-            output: AddNorm::load(&path.pp("output"), cfg.intermediate_size, cfg)?,
+            output: AddNorm::load(
+                &path.pp("output"),
+                "output",
+                cfg.intermediate_size,
+                cfg,
+                adapters,
+            )?,
         })
     }
 
     pub fn forward(&self, x: &Tensor, mask: &Tensor, ctx: &Ctx) -> Result<Tensor> {
         let a = self.attention.forward(x, mask, ctx)?;
         let h = self.attention_output.forward(&a, x, ctx)?;
-        let i = activate(&self.intermediate.forward(&h)?, self.act)?;
+        let i = activate(&self.intermediate.forward(&h, ctx)?, self.act)?;
         self.output.forward(&i, &h, ctx)
     }
 }

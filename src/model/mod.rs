@@ -3,6 +3,7 @@
 //! Every parameter is fetched by its Hugging Face name through a [`ParamStore`], which
 //! hands out a frozen tensor or a trainable variable; nothing here knows which.
 
+pub mod adapter;
 pub mod config;
 mod embeddings;
 mod heads;
@@ -17,6 +18,7 @@ use std::path::Path as FsPath;
 use anyhow::Result;
 use candle_core::{Device, Tensor};
 
+pub use adapter::{AdapterConfig, AdapterKind, InaActivation};
 pub use config::{Activation, Arch, ModelConfig};
 pub use heads::INIT_STD;
 pub use nn::Ctx;
@@ -70,10 +72,20 @@ impl Model {
     /// Build the encoder, and a head with `num_labels` outputs if asked (1 = regression).
     /// BERT's pooler is loaded when the checkpoint has one or a head needs it.
     pub fn load(store: &ParamStore, cfg: &ModelConfig, num_labels: Option<usize>) -> Result<Self> {
+        Self::load_with_adapters(store, cfg, num_labels, None)
+    }
+
+    /// As [`Model::load`], with LoRA or InA adapters on the targeted linear layers.
+    pub fn load_with_adapters(
+        store: &ParamStore,
+        cfg: &ModelConfig,
+        num_labels: Option<usize>,
+        adapters: Option<&AdapterConfig>,
+    ) -> Result<Self> {
         let root = store.root();
         let embeddings = Embeddings::load(&root.pp("embeddings"), cfg)?;
         let layers = (0..cfg.num_hidden_layers)
-            .map(|i| Layer::load(&root.pp(format!("encoder.layer.{i}")), cfg))
+            .map(|i| Layer::load(&root.pp(format!("encoder.layer.{i}")), cfg, adapters))
             .collect::<Result<Vec<_>>>()?;
         let wants_pooler = cfg.model_type == Arch::Bert && num_labels.is_some();
         let pooler = if wants_pooler || root.contains("pooler.dense.weight") {
@@ -108,7 +120,11 @@ impl Model {
         for layer in &self.layers {
             x = layer.forward(&x, mask, ctx)?;
         }
-        let pooled = self.pooler.as_ref().map(|p| p.forward(&x)).transpose()?;
+        let pooled = self
+            .pooler
+            .as_ref()
+            .map(|p| p.forward(&x, ctx))
+            .transpose()?;
         let logits = self
             .head
             .as_ref()

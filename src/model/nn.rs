@@ -7,8 +7,9 @@
 use std::cell::Cell;
 
 use anyhow::Result;
-use candle_core::{Module, Tensor};
+use candle_core::Tensor;
 
+use super::adapter::{Adapter, AdapterConfig};
 use super::config::Activation;
 use super::ops;
 use super::params::{Init, Path};
@@ -73,11 +74,29 @@ impl Dropout {
 pub struct Linear {
     weight: Tensor,
     bias: Option<Tensor>,
+    adapter: Option<Adapter>,
 }
 
 impl Linear {
     pub fn new(weight: Tensor, bias: Option<Tensor>) -> Self {
-        Self { weight, bias }
+        Self {
+            weight,
+            bias,
+            adapter: None,
+        }
+    }
+
+    /// Wrap with a LoRA or InA adapter under `path` (`….lora_A.weight`, `….lora_B.weight`).
+    pub fn with_adapter(mut self, path: &Path, cfg: Option<&AdapterConfig>) -> Result<Self> {
+        if let Some(cfg) = cfg {
+            let (d_out, d_in) = self.weight.dims2()?;
+            self.adapter = Some(Adapter::load(path, d_in, d_out, cfg)?);
+        }
+        Ok(self)
+    }
+
+    pub fn adapter(&self) -> Option<&Adapter> {
+        self.adapter.as_ref()
     }
 
     /// Load `{path}.weight` and `{path}.bias` from the checkpoint.
@@ -103,8 +122,8 @@ impl Linear {
     }
 }
 
-impl Module for Linear {
-    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+impl Linear {
+    pub fn forward(&self, x: &Tensor, ctx: &Ctx) -> Result<Tensor> {
         // Fold leading dims into one so candle runs a single 2-D gemm against Wᵀ
         // (a strided view, no copy) instead of a batched matmul with a broadcast weight.
         let dims = x.dims().to_vec();
@@ -116,16 +135,20 @@ impl Module for Linear {
             x.matmul(&self.weight.t()?)?
         } else {
             // No gradient for a weight nobody trains (see ops::frozen_linear).
-            ops::frozen_linear(&x, &self.weight, frozen_bias).map_err(candle_core::Error::wrap)?
+            ops::frozen_linear(&x, &self.weight, frozen_bias)?
         };
         let y = match &self.bias {
             Some(b) if self.weight.is_variable() || b.is_variable() => y.broadcast_add(b)?,
             _ => y,
         };
+        let y = match &self.adapter {
+            Some(a) => (y + a.forward(&x, ctx)?)?,
+            None => y,
+        };
         let mut out = dims;
         let last = out.len() - 1;
         out[last] = self.weight.dim(0)?;
-        y.reshape(out)
+        Ok(y.reshape(out)?)
     }
 }
 
@@ -201,7 +224,7 @@ mod tests {
         let w = Tensor::new(&[[1.0f32, 2.0], [3.0, 4.0], [5.0, 6.0]], &Device::Cpu).unwrap();
         let b = Tensor::new(&[0.5f32, 0.0, -1.0], &Device::Cpu).unwrap();
         let x = Tensor::new(&[[[1.0f32, 1.0]], [[2.0, -1.0]]], &Device::Cpu).unwrap();
-        let y = Linear::new(w, Some(b)).forward(&x).unwrap();
+        let y = Linear::new(w, Some(b)).forward(&x, &Ctx::eval()).unwrap();
         assert_eq!(y.dims(), &[2, 1, 3]);
         assert_eq!(
             y.to_vec3::<f32>().unwrap(),

@@ -9,6 +9,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{user, PathContext};
 use crate::methods::Method;
+use crate::model::adapter::TARGETS;
+use crate::model::{AdapterConfig, AdapterKind, InaActivation};
 
 /// Every setting a run uses. A TOML config holds any subset of these keys.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -31,6 +33,17 @@ pub struct TrainConfig {
     pub fisher_samples: Option<usize>,
     /// Estimate that Fisher from batch-mean gradients of this batch size (Child-Tuning's way).
     pub fisher_batch_mean: Option<usize>,
+    /// The adapter of lora and ina runs (rank, alpha, dropout, targets, inhibition).
+    pub lora_r: Option<usize>,
+    pub lora_alpha: Option<f64>,
+    pub lora_dropout: Option<f64>,
+    pub lora_targets: Option<Vec<String>>,
+    pub ina_r: Option<usize>,
+    pub ina_alpha: Option<f64>,
+    pub ina_dropout: Option<f64>,
+    pub ina_targets: Option<Vec<String>>,
+    pub ina_inhibition: Option<f64>,
+    pub ina_activation: Option<InaActivation>,
     pub epochs: usize,
     /// Stop after this many optimizer steps (the schedule still spans them).
     pub max_steps: Option<usize>,
@@ -85,6 +98,37 @@ pub struct Overrides {
     /// size, as the Child-Tuning reference does (16) [default: per-example gradients].
     #[arg(long)]
     pub fisher_batch_mean: Option<usize>,
+    /// lora: adapter rank [default: 8].
+    #[arg(long)]
+    pub lora_r: Option<usize>,
+    /// lora: scaling numerator; updates are scaled by alpha/r [default: 16].
+    #[arg(long)]
+    pub lora_alpha: Option<f64>,
+    /// lora: dropout on the adapter's input [default: 0.1].
+    #[arg(long)]
+    pub lora_dropout: Option<f64>,
+    /// lora: modules to wrap, from query, key, value, attention.output.dense,
+    /// intermediate.dense, output.dense [default: query,value].
+    #[arg(long, value_delimiter = ',')]
+    pub lora_targets: Option<Vec<String>>,
+    /// ina: adapter rank [default: 4].
+    #[arg(long)]
+    pub ina_r: Option<usize>,
+    /// ina: scaling numerator, alpha/r [default: 16].
+    #[arg(long)]
+    pub ina_alpha: Option<f64>,
+    /// ina: dropout on the adapter's input [default: 0.1].
+    #[arg(long)]
+    pub ina_dropout: Option<f64>,
+    /// ina: modules to wrap [default: query,key,value, as the authors' code].
+    #[arg(long, value_delimiter = ',')]
+    pub ina_targets: Option<Vec<String>>,
+    /// ina: Inh_p, the share of each token's max activation subtracted; 0 is plain LoRA [default: 0.1].
+    #[arg(long)]
+    pub ina_inhibition: Option<f64>,
+    /// ina: activation after the inhibition [default: leaky-relu, as the authors' code; the paper's text: gelu].
+    #[arg(long, value_enum)]
+    pub ina_activation: Option<InaActivation>,
     /// Passes over the training set [default: 3].
     #[arg(long)]
     pub epochs: Option<usize>,
@@ -150,6 +194,16 @@ impl Overrides {
             fisher,
             fisher_samples,
             fisher_batch_mean,
+            lora_r,
+            lora_alpha,
+            lora_dropout,
+            lora_targets,
+            ina_r,
+            ina_alpha,
+            ina_dropout,
+            ina_targets,
+            ina_inhibition,
+            ina_activation,
             epochs,
             max_steps,
             lr,
@@ -206,6 +260,19 @@ impl Overrides {
             "fisher-batch-mean",
             ranked,
         )?;
+        let lora = method == Method::Lora;
+        let ina = method == Method::Ina;
+        given(self.lora_r.is_some(), "lora-r", lora)?;
+        given(self.lora_alpha.is_some(), "lora-alpha", lora)?;
+        given(self.lora_dropout.is_some(), "lora-dropout", lora)?;
+        given(self.lora_targets.is_some(), "lora-targets", lora)?;
+        given(self.ina_r.is_some(), "ina-r", ina)?;
+        given(self.ina_alpha.is_some(), "ina-alpha", ina)?;
+        given(self.ina_dropout.is_some(), "ina-dropout", ina)?;
+        given(self.ina_targets.is_some(), "ina-targets", ina)?;
+        given(self.ina_inhibition.is_some(), "ina-inhibition", ina)?;
+        given(self.ina_activation.is_some(), "ina-activation", ina)?;
+        let strings = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
         if method.takes_fraction() && self.fraction.is_none() {
             return Err(user(format!(
                 "--method {method} needs --fraction (e.g. --fraction 0.1)"
@@ -229,6 +296,24 @@ impl Overrides {
             fisher: self.fisher,
             fisher_samples: self.fisher_samples,
             fisher_batch_mean: self.fisher_batch_mean,
+            lora_r: lora.then(|| self.lora_r.unwrap_or(8)),
+            lora_alpha: lora.then(|| self.lora_alpha.unwrap_or(16.0)),
+            lora_dropout: lora.then(|| self.lora_dropout.unwrap_or(0.1)),
+            lora_targets: lora.then(|| {
+                self.lora_targets
+                    .clone()
+                    .unwrap_or_else(|| strings(&["query", "value"]))
+            }),
+            ina_r: ina.then(|| self.ina_r.unwrap_or(4)),
+            ina_alpha: ina.then(|| self.ina_alpha.unwrap_or(16.0)),
+            ina_dropout: ina.then(|| self.ina_dropout.unwrap_or(0.1)),
+            ina_targets: ina.then(|| {
+                self.ina_targets
+                    .clone()
+                    .unwrap_or_else(|| strings(&["query", "key", "value"]))
+            }),
+            ina_inhibition: ina.then(|| self.ina_inhibition.unwrap_or(0.1)),
+            ina_activation: ina.then(|| self.ina_activation.unwrap_or(InaActivation::LeakyRelu)),
             epochs: self.epochs.unwrap_or(3),
             max_steps: self.max_steps,
             lr: self.lr.unwrap_or_else(|| method.default_lr()),
@@ -250,6 +335,30 @@ impl Overrides {
 }
 
 impl TrainConfig {
+    /// The adapter a lora or ina run adds.
+    pub fn adapter(&self) -> Option<AdapterConfig> {
+        match self.method {
+            Method::Lora => Some(AdapterConfig {
+                kind: AdapterKind::Lora,
+                r: self.lora_r?,
+                alpha: self.lora_alpha?,
+                dropout: self.lora_dropout?,
+                targets: self.lora_targets.clone()?,
+            }),
+            Method::Ina => Some(AdapterConfig {
+                kind: AdapterKind::Ina {
+                    inhibition: self.ina_inhibition?,
+                    activation: self.ina_activation?,
+                },
+                r: self.ina_r?,
+                alpha: self.ina_alpha?,
+                dropout: self.ina_dropout?,
+                targets: self.ina_targets.clone()?,
+            }),
+            _ => None,
+        }
+    }
+
     fn validate(&self) -> Result<()> {
         let bad = |key: &str, why: String| Err(user(format!("{key}: {why}")));
         if !(self.lr > 0.0 && self.lr.is_finite()) {
@@ -272,6 +381,34 @@ impl TrainConfig {
             if let Some(v) = v {
                 if !(v > 0.0 && v <= 1.0) {
                     return bad(key, format!("{v} is outside (0, 1]"));
+                }
+            }
+        }
+        if let Some(a) = self.adapter() {
+            if a.r == 0 {
+                return bad("lora_r/ina_r", "the rank must be at least 1".into());
+            }
+            if !(0.0..1.0).contains(&a.dropout) {
+                return bad(
+                    "lora_dropout/ina_dropout",
+                    format!("{} is outside [0, 1)", a.dropout),
+                );
+            }
+            if a.targets.is_empty() {
+                return bad(
+                    "lora_targets/ina_targets",
+                    "name at least one module".into(),
+                );
+            }
+            for t in &a.targets {
+                if !TARGETS.contains(&t.as_str()) {
+                    return bad(
+                        "lora_targets/ina_targets",
+                        format!(
+                            "unknown module `{t}` (expected one of {})",
+                            TARGETS.join(", ")
+                        ),
+                    );
                 }
             }
         }

@@ -92,7 +92,12 @@ pub fn fit(cfg: &TrainConfig, overwrite: bool) -> Result<Summary> {
     let selection = methods::select(&method, &weights, fisher.as_ref())?;
     drop(fisher);
     let store = ParamStore::new(weights, device.clone(), cfg.seed, selection.trainable);
-    let model = Model::load(&store, &mcfg, Some(spec.num_labels()))?;
+    let model = Model::load_with_adapters(
+        &store,
+        &mcfg,
+        Some(spec.num_labels()),
+        cfg.adapter().as_ref(),
+    )?;
     let vars = store.vars();
     let total_params: usize = store.all().values().map(|t| t.elem_count()).sum();
     let trainable_params = trainable_count(&vars, &selection.masks)?;

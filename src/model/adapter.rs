@@ -1,0 +1,136 @@
+//! Low-rank adapters on a frozen linear layer: LoRA and InA.
+//!
+//! LoRA (Hu et al., 2021; as Hugging Face PEFT builds it): y = W₀x + b₀ + (α/r)·B·A·dropout(x),
+//! A (r × in) Kaiming-uniform (bound 1/√in, torch's `kaiming_uniform_(a=√5)`), B (out × r)
+//! zero, so an untrained adapter changes nothing.
+//!
+//! InA (Kang et al., "InA: Inhibition Adaption on pre-trained language models", Neural
+//! Networks 178, 2024; code github.com/ChengKang520/inhibited-lora): the low-rank
+//! activations h = dropout(x)·Aᵀ pass an inhibition before the up-projection:
+//! th = Inh_p · max over the r channels of h (one threshold per token, gradient through the
+//! max), y = W₀x + b₀ + (α/r)·B·f(h − th). The paper's text uses f = GELU on query and key;
+//! the authors' current code uses f = LeakyReLU(0.01) on query, key and value and falls
+//! back to plain LoRA (no f) when Inh_p = 0. Both are available.
+//!
+//! Parameters hang under the wrapped layer with PEFT's names:
+//! `encoder.layer.0.attention.self.query.lora_A.weight`, `... .lora_B.weight`.
+
+use anyhow::{bail, Result};
+use candle_core::{Tensor, D};
+use serde::{Deserialize, Serialize};
+
+use super::nn::{Ctx, Dropout};
+use super::params::{Init, Path};
+
+/// Modules an adapter may wrap, by their path inside a layer.
+pub const TARGETS: &[&str] = &[
+    "query",
+    "key",
+    "value",
+    "attention.output.dense",
+    "intermediate.dense",
+    "output.dense",
+];
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum InaActivation {
+    Gelu,
+    LeakyRelu,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", tag = "kind")]
+pub enum AdapterKind {
+    Lora,
+    Ina {
+        inhibition: f64,
+        activation: InaActivation,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AdapterConfig {
+    #[serde(flatten)]
+    pub kind: AdapterKind,
+    pub r: usize,
+    pub alpha: f64,
+    pub dropout: f64,
+    /// From [`TARGETS`].
+    pub targets: Vec<String>,
+}
+
+impl AdapterConfig {
+    /// Whether the module at `rel` (its path inside a layer, e.g. `attention.self.query`)
+    /// takes an adapter.
+    pub fn wraps(&self, rel: &str) -> bool {
+        self.targets
+            .iter()
+            .any(|t| rel == t || rel.strip_prefix("attention.self.") == Some(t.as_str()))
+    }
+
+    pub fn scale(&self) -> f64 {
+        self.alpha / self.r as f64
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Adapter {
+    a: Tensor,
+    b: Tensor,
+    scale: f64,
+    dropout: Dropout,
+    kind: AdapterKind,
+}
+
+impl Adapter {
+    pub fn load(path: &Path, d_in: usize, d_out: usize, cfg: &AdapterConfig) -> Result<Self> {
+        let bound = 1.0 / (d_in as f64).sqrt();
+        Ok(Self {
+            a: path
+                .pp("lora_A")
+                .get_or_init("weight", &[cfg.r, d_in], Init::Uniform(bound))?,
+            b: path
+                .pp("lora_B")
+                .get_or_init("weight", &[d_out, cfg.r], Init::Zeros)?,
+            scale: cfg.scale(),
+            dropout: Dropout::new(cfg.dropout),
+            kind: cfg.kind,
+        })
+    }
+
+    /// The adapter's contribution for `x` of shape (rows, in): (rows, out).
+    pub fn forward(&self, x: &Tensor, ctx: &Ctx) -> Result<Tensor> {
+        let h = self.dropout.forward(x, ctx)?.matmul(&self.a.t()?)?;
+        let h = match self.kind {
+            AdapterKind::Ina {
+                inhibition,
+                activation,
+            } if inhibition != 0.0 => {
+                let th = (h.max_keepdim(D::Minus1)? * inhibition)?;
+                let z = h.broadcast_sub(&th)?;
+                match activation {
+                    InaActivation::Gelu => z.gelu_erf()?,
+                    InaActivation::LeakyRelu => leaky_relu(&z, 0.01)?,
+                }
+            }
+            _ => h,
+        };
+        Ok((h.matmul(&self.b.t()?)? * self.scale)?)
+    }
+
+    /// (α/r)·B·A, what merging adds to W. InA's thresholded path has no such form.
+    pub fn delta_weight(&self) -> Result<Tensor> {
+        match self.kind {
+            AdapterKind::Ina { inhibition, .. } if inhibition != 0.0 => {
+                bail!("an InA adapter (inhibition {inhibition}) is not linear and cannot be merged into its weight")
+            }
+            _ => Ok((self.b.matmul(&self.a)? * self.scale)?),
+        }
+    }
+}
+
+fn leaky_relu(x: &Tensor, slope: f64) -> candle_core::Result<Tensor> {
+    // max(x, 0) + slope·min(x, 0), both differentiable in candle.
+    x.relu()? + (x.minimum(0.0)? * slope)?
+}
