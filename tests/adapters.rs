@@ -10,8 +10,8 @@ use std::path::Path;
 use candle_core::{Device, Tensor};
 use common::*;
 use peft::model::{
-    read_checkpoint, AdapterConfig, AdapterKind, Batch, Ctx, InaActivation, Model, ModelConfig,
-    ParamStore,
+    drop_mismatched_head, read_checkpoint, AdapterConfig, AdapterKind, Batch, Ctx, InaActivation,
+    Model, ModelConfig, ParamStore,
 };
 use peft::tokenize::{collate, TextEncoder};
 
@@ -235,4 +235,120 @@ fn adapter_flags_are_checked() {
         "bar",
     );
     assert!(!out.join("config.json").exists());
+}
+
+/// Logits of a run rebuilt as `peft eval` does: base, then the saved tensors, adapters on.
+fn run_logits(model_dir: &str, run: &Path, adapter: Option<&AdapterConfig>) -> Tensor {
+    let (cfg, mut w) = read_checkpoint(Path::new(model_dir)).unwrap();
+    drop_mismatched_head(&mut w, 2);
+    w.extend(tensors(&run.join("last.safetensors")));
+    let model =
+        Model::load_with_adapters(&ParamStore::frozen(w, Device::Cpu), &cfg, Some(2), adapter)
+            .unwrap();
+    model
+        .logits(&batch(Path::new(model_dir), &cfg), &Ctx::eval())
+        .unwrap()
+}
+
+fn dir_logits(dir: &Path) -> Tensor {
+    let (cfg, w) = read_checkpoint(dir).unwrap();
+    let model = Model::load(&ParamStore::frozen(w, Device::Cpu), &cfg, Some(2)).unwrap();
+    model.logits(&batch(dir, &cfg), &Ctx::eval()).unwrap()
+}
+
+fn bits(t: &Tensor) -> Vec<u32> {
+    let v = t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+    v.iter().map(|x| x.to_bits()).collect()
+}
+
+fn merge(run: &Path, out: &Path, extra: &[&str]) -> std::process::Output {
+    let mut args = vec![
+        "merge",
+        "--checkpoint",
+        run.to_str().unwrap(),
+        "--output",
+        out.to_str().unwrap(),
+        "--which",
+        "last",
+    ];
+    args.extend_from_slice(extra);
+    peft(&args)
+}
+
+#[test]
+fn merge_folds_lora_into_a_plain_model_directory() {
+    let tmp = tempfile::tempdir().unwrap();
+    write_rte(tmp.path(), 32, 8);
+    for (kind, prefix) in [("tiny-bert", "bert"), ("tiny-roberta", "roberta")] {
+        let model = fixture(kind);
+        let run = tmp.path().join(format!("{kind}-lora"));
+        let targets = ["query", "value", "intermediate.dense"];
+        let mut args = STEPS.to_vec();
+        args.extend_from_slice(&["--method", "lora", "--lora-r", "4", "--lora-targets"]);
+        args.push("query,value,intermediate.dense");
+        args.extend_from_slice(&["--lr", "1e-2"]);
+        train(&model, tmp.path(), &run, &args);
+        let saved = tensors(&run.join("last.safetensors"));
+        let b = &saved["encoder.layer.0.attention.self.query.lora_B.weight"];
+        assert!(abs_sum(b) > 0.0, "{kind}: B did not move");
+
+        let merged = tmp.path().join(format!("{kind}-merged"));
+        ok(merge(&run, &merged, &[]));
+        let want = run_logits(&model, &run, Some(&lora(4, &targets)));
+        let d = max_diff(&dir_logits(&merged), &want);
+        assert!(d <= 1e-5, "{kind}: merged logits differ by {d}");
+
+        let raw = tensors(&merged.join("model.safetensors"));
+        assert!(raw.contains_key(&format!(
+            "{prefix}.encoder.layer.0.attention.self.query.weight"
+        )));
+        assert!(raw.keys().any(|k| k.starts_with("classifier.")));
+        assert!(
+            raw.keys().all(|k| !k.contains("lora_")),
+            "{kind}: adapter left over"
+        );
+        assert!(raw
+            .keys()
+            .all(|k| k.starts_with(&format!("{prefix}.")) || k.starts_with("classifier.")));
+        let cfg = config(&merged);
+        let arch = if prefix == "bert" { "Bert" } else { "Roberta" };
+        assert_eq!(
+            cfg["architectures"][0],
+            format!("{arch}ForSequenceClassification")
+        );
+        assert_eq!(cfg["id2label"]["0"], "entailment");
+        assert_eq!(cfg["label2id"]["not_entailment"], 1);
+        assert!(merged.join("tokenizer.json").is_file());
+
+        // alpha 0: the base encoder, bit for bit, under the trained head.
+        let zero = tmp.path().join(format!("{kind}-zero"));
+        ok(merge(&run, &zero, &["--alpha", "0"]));
+        let (_, got) = read_checkpoint(&zero).unwrap();
+        let (_, base) = read_checkpoint(Path::new(&model)).unwrap();
+        for (name, t) in &got {
+            let want = if name.starts_with("classifier.") {
+                &saved[name]
+            } else {
+                &base[name]
+            };
+            assert_eq!(bits(t), bits(want), "{kind}: {name}");
+        }
+
+        let again = merge(&run, &merged, &[]);
+        assert_eq!(again.status.code(), Some(2));
+        assert!(String::from_utf8_lossy(&again.stderr).contains("--overwrite"));
+        ok(merge(&run, &merged, &["--overwrite"]));
+    }
+
+    let ina_run = tmp.path().join("ina");
+    let mut args = STEPS.to_vec();
+    args.extend_from_slice(&["--method", "ina"]);
+    train(&fixture("tiny-bert"), tmp.path(), &ina_run, &args);
+    let out = merge(&ina_run, &tmp.path().join("ina-merged"), &[]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("InA") && err.contains("cannot be merged"),
+        "{err}"
+    );
 }

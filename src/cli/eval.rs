@@ -1,5 +1,6 @@
 //! `peft eval`: rebuild a run's model from its base weights plus the trained tensors and
-//! score it on a split; for a test split, write the GLUE submission file.
+//! score it on a split; for a test split, write the GLUE submission file. With --alpha,
+//! score interpolations between base and run instead.
 
 use std::fmt::Write as _;
 use std::path::PathBuf;
@@ -7,11 +8,12 @@ use std::path::PathBuf;
 use anyhow::Result;
 use clap::{Args, ValueEnum};
 
+use crate::cli::weights::RunWeights;
 use crate::data::tasks::{task, Problem};
 use crate::error::user;
 use crate::metrics::{evaluate, Predictions};
-use crate::model::{drop_mismatched_head, load, read_checkpoint, Model, ParamStore};
-use crate::run_dir::{self, RunInfo};
+use crate::model::{Model, ParamStore};
+use crate::run_dir;
 use crate::tokenize::TextEncoder;
 use crate::train::dataset::{predict, Dataset};
 
@@ -49,57 +51,32 @@ pub struct EvalArgs {
     /// Print metrics as one JSON object per split.
     #[arg(long)]
     pub json: bool,
+    /// Score θ₀ + A·(θ − θ₀) for each A (WiSE-FT): 0 is the base encoder with the trained
+    /// head, 1 the run; for adapters, A scales their delta. E.g. --alpha 0,0.5,1.
+    #[arg(long, value_delimiter = ',')]
+    pub alpha: Option<Vec<f64>>,
 }
 
 pub fn run(args: EvalArgs) -> Result<()> {
-    let info = RunInfo::load(&args.checkpoint)?;
-    let model_dir = args.model.clone().unwrap_or_else(|| info.base.path.clone());
-    let weights_file = load::weight_file(&model_dir)?;
-    let sha = run_dir::sha256_file(&weights_file)?;
-    if sha != info.base.sha256 {
-        return Err(user(format!(
-            "{} was trained on another base model: {} has sha256 {sha}, the run recorded {}",
-            args.checkpoint.display(),
-            weights_file.display(),
-            info.base.sha256
-        )));
-    }
-    let (mcfg, mut weights) = read_checkpoint(&model_dir)?;
-    // The run saved its own head; the base's may be for another label set.
-    drop_mismatched_head(&mut weights, info.num_labels);
-    let file = args.checkpoint.join(match args.which {
-        Which::Best => run_dir::BEST,
-        Which::Last => run_dir::LAST,
-    });
-    for (name, t) in run_dir::load_tensors(&file)? {
-        if let Some(base) = weights.get(&name) {
-            if base.dims() != t.dims() {
-                return Err(user(format!(
-                    "{}: tensor `{name}` has shape {:?}, the base model {:?}",
-                    file.display(),
-                    t.dims(),
-                    base.dims()
-                )));
+    let run = RunWeights::load(&args.checkpoint, args.which, args.model.as_deref())?;
+    let info = &run.info;
+    let alphas = match &args.alpha {
+        Some(a) => {
+            if let Some(bad) = a.iter().find(|v| !v.is_finite()) {
+                return Err(user(format!("--alpha: {bad} is not a finite number")));
             }
+            if args.split.starts_with("test") {
+                return Err(user(
+                    "--alpha scores labelled splits; it writes no test submissions",
+                ));
+            }
+            a.clone()
         }
-        weights.insert(name, t);
-    }
+        None => vec![1.0],
+    };
     let device = crate::device::parse(args.device.as_deref().unwrap_or(&info.train.device))?;
-    let store = ParamStore::frozen(weights, device.clone());
-    let model = Model::load_with_adapters(
-        &store,
-        &mcfg,
-        Some(info.num_labels),
-        info.train.adapter().as_ref(),
-    )?;
-    if let Some(name) = store.created().first() {
-        return Err(user(format!(
-            "{} holds no tensor `{name}`: is it a run of this model?",
-            file.display()
-        )));
-    }
     let spec = task(&info.train.task)?;
-    let encoder = TextEncoder::load(&model_dir, &mcfg, info.train.max_seq_len)?;
+    let encoder = TextEncoder::load(&run.model_dir, &run.config, info.train.max_seq_len)?;
     let data_dir = args
         .data_dir
         .clone()
@@ -109,44 +86,79 @@ pub fn run(args: EvalArgs) -> Result<()> {
         "test" => spec.test_splits.iter().map(|s| s.to_string()).collect(),
         other => vec![other.to_string()],
     };
-    for split in splits {
-        let data = Dataset::load(spec, &data_dir, &split, &encoder)?;
-        let preds = predict(
-            &model,
-            &data,
-            encoder.pad_id(),
-            info.train.eval_batch_size,
-            &device,
+    let data = splits
+        .iter()
+        .map(|s| Dataset::load(spec, &data_dir, s, &encoder))
+        .collect::<Result<Vec<_>>>()?;
+    for &alpha in &alphas {
+        let store = ParamStore::frozen(run.weights(alpha)?, device.clone());
+        let adapter = info.train.adapter();
+        let model = Model::load_with_adapters(
+            &store,
+            &run.config,
+            Some(info.num_labels),
+            adapter.as_ref(),
         )?;
-        if split.starts_with("test") {
-            let path = match &args.output {
-                Some(p) if p.is_dir() => p.join(spec.submission_name(&split)),
-                Some(p) => p.clone(),
-                None => args.checkpoint.join(spec.submission_name(&split)),
-            };
-            run_dir::write_atomic(&path, submission(spec.problem, &data, &preds).as_bytes())?;
-            println!(
-                "{split}: wrote {} predictions to {}",
-                data.len(),
-                path.display()
-            );
-            continue;
+        if let Some(name) = store.created().first() {
+            return Err(user(format!(
+                "{} holds no tensor `{name}`: is it a run of this model?",
+                run.file.display()
+            )));
         }
-        let metrics = evaluate(spec, &preds, &data.labels)?;
-        if args.json {
-            println!(
-                "{}",
-                serde_json::json!({ "split": split, "metrics": metrics })
+        for (split, data) in splits.iter().zip(&data) {
+            let preds = predict(
+                &model,
+                data,
+                encoder.pad_id(),
+                info.train.eval_batch_size,
+                &device,
+            )?;
+            if split.starts_with("test") {
+                let path = match &args.output {
+                    Some(p) if p.is_dir() => p.join(spec.submission_name(split)),
+                    Some(p) => p.clone(),
+                    None => args.checkpoint.join(spec.submission_name(split)),
+                };
+                run_dir::write_atomic(&path, submission(spec.problem, data, &preds).as_bytes())?;
+                println!(
+                    "{split}: wrote {} predictions to {}",
+                    data.len(),
+                    path.display()
+                );
+                continue;
+            }
+            let metrics = evaluate(spec, &preds, &data.labels)?;
+            print_metrics(
+                split,
+                &metrics,
+                args.alpha.is_some().then_some(alpha),
+                args.json,
             );
-        } else {
-            let shown: Vec<String> = metrics
-                .iter()
-                .map(|(k, v)| format!("{k} {:.2}", 100.0 * v))
-                .collect();
-            println!("{split}: {}", shown.join(" "));
         }
     }
     Ok(())
+}
+
+fn print_metrics(
+    split: &str,
+    metrics: &std::collections::BTreeMap<String, f64>,
+    alpha: Option<f64>,
+    json: bool,
+) {
+    if json {
+        let mut v = serde_json::json!({ "split": split, "metrics": metrics });
+        if let Some(a) = alpha {
+            v["alpha"] = a.into();
+        }
+        println!("{v}");
+    } else {
+        let shown: Vec<String> = metrics
+            .iter()
+            .map(|(k, v)| format!("{k} {:.2}", 100.0 * v))
+            .collect();
+        let at = alpha.map(|a| format!("alpha {a} ")).unwrap_or_default();
+        println!("{at}{split}: {}", shown.join(" "));
+    }
 }
 
 /// GLUE leaderboard format: `index<TAB>prediction`, labels by name, STS-B scores in [0, 5].

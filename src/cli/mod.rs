@@ -5,7 +5,9 @@ pub mod diff;
 pub mod embed;
 pub mod eval;
 pub mod fisher;
+pub mod merge;
 pub mod train;
+pub mod weights;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
@@ -35,6 +37,8 @@ pub enum Command {
     Diff(diff::DiffArgs),
     /// Embed text with the encoder: one JSON line per input line.
     Embed(embed::EmbedArgs),
+    /// Write a run as a plain Hugging Face model directory (LoRA folded in).
+    Merge(merge::MergeArgs),
 }
 
 pub fn run(cli: Cli) -> Result<()> {
@@ -45,5 +49,6 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Train(args) => train::run(*args),
         Command::Eval(args) => eval::run(args),
         Command::Fisher(args) => fisher::run(args),
+        Command::Merge(args) => merge::run(args),
     }
 }

@@ -1,0 +1,155 @@
+//! `peft merge`: turn a run into a plain Hugging Face model directory that
+//! `AutoModelForSequenceClassification.from_pretrained` loads with no adapter code:
+//! trained tensors (optionally WiSE-FT-interpolated) over the base, LoRA folded in.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::Result;
+use candle_core::Tensor;
+use clap::Args;
+use serde_json::{json, Value};
+
+use crate::cli::eval::Which;
+use crate::cli::weights::{fold_adapters, RunWeights};
+use crate::data::tasks::{task, Problem};
+use crate::error::{user, PathContext};
+use crate::methods::is_head;
+use crate::model::Arch;
+use crate::run_dir;
+
+/// Tokenizer files a model directory may carry; whichever the base has are copied.
+const TOKENIZER_FILES: &[&str] = &[
+    "tokenizer.json",
+    "vocab.txt",
+    "vocab.json",
+    "merges.txt",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+];
+
+#[derive(Args, Debug)]
+pub struct MergeArgs {
+    /// A run directory written by `peft train`.
+    #[arg(long)]
+    pub checkpoint: PathBuf,
+    /// The model directory to write.
+    #[arg(long)]
+    pub output: PathBuf,
+    /// Write θ₀ + A·(θ − θ₀) (WiSE-FT; for LoRA, A scales the adapter's delta). The head
+    /// is always the trained one.
+    #[arg(long, default_value_t = 1.0)]
+    pub alpha: f64,
+    /// Which saved state to merge.
+    #[arg(long, value_enum, default_value_t = Which::Best)]
+    pub which: Which,
+    /// Base model directory, if it moved since training [default: the run's].
+    #[arg(long)]
+    pub model: Option<PathBuf>,
+    /// Write into a non-empty --output.
+    #[arg(long)]
+    pub overwrite: bool,
+}
+
+pub fn run(args: MergeArgs) -> Result<()> {
+    if !args.alpha.is_finite() {
+        return Err(user(format!(
+            "--alpha: {} is not a finite number",
+            args.alpha
+        )));
+    }
+    let run = RunWeights::load(&args.checkpoint, args.which, args.model.as_deref())?;
+    let mut weights = run.weights(args.alpha)?;
+    fold_adapters(&mut weights, &run.info)?;
+    prepare(&args.output, args.overwrite)?;
+
+    let arch = run.config.model_type;
+    let named = weights
+        .into_iter()
+        // RobertaForSequenceClassification has no pooler; transformers would warn.
+        .filter(|(n, _)| !(arch == Arch::Roberta && n.starts_with("pooler.")))
+        .map(|(n, t)| {
+            let hf = if is_head(&n) {
+                n
+            } else {
+                format!("{}.{n}", arch.prefix())
+            };
+            (hf, t)
+        })
+        .collect::<std::collections::HashMap<String, Tensor>>();
+    run_dir::save_tensors(&args.output.join("model.safetensors"), &named)?;
+
+    let base_cfg = run.model_dir.join("config.json");
+    let text = std::fs::read_to_string(&base_cfg).path_context("cannot read", &base_cfg)?;
+    let mut cfg: Value =
+        serde_json::from_str(&text).map_err(|e| user(format!("{}: {e}", base_cfg.display())))?;
+    set_task(&mut cfg, arch, &run.info.train.task, run.info.num_labels)?;
+    run_dir::write_atomic(
+        &args.output.join("config.json"),
+        serde_json::to_string_pretty(&cfg)?.as_bytes(),
+    )?;
+    for f in TOKENIZER_FILES {
+        let src = run.model_dir.join(f);
+        if src.is_file() {
+            let dst = args.output.join(f);
+            std::fs::copy(&src, &dst).path_context("cannot copy to", &dst)?;
+        }
+    }
+    println!(
+        "wrote {} ({} tensors, alpha {})",
+        args.output.display(),
+        named.len(),
+        args.alpha
+    );
+    Ok(())
+}
+
+fn prepare(dir: &Path, overwrite: bool) -> Result<()> {
+    let non_empty = dir
+        .read_dir()
+        .map(|mut d| d.next().is_some())
+        .unwrap_or(false);
+    if non_empty && !overwrite {
+        return Err(user(format!(
+            "{} is not empty; pass --overwrite to write into it",
+            dir.display()
+        )));
+    }
+    std::fs::create_dir_all(dir).path_context("cannot create", dir)
+}
+
+/// The base's config with the run's task head: architecture, labels, problem type.
+fn set_task(cfg: &mut Value, arch: Arch, task_name: &str, num_labels: usize) -> Result<()> {
+    let obj = cfg
+        .as_object_mut()
+        .ok_or_else(|| user("the base model's config.json is not a JSON object"))?;
+    let architecture = match arch {
+        Arch::Bert => "BertForSequenceClassification",
+        Arch::Roberta => "RobertaForSequenceClassification",
+    };
+    obj.insert("architectures".into(), json!([architecture]));
+    let names: Vec<String> = match task(task_name)?.problem {
+        Problem::Classification { labels } if labels.len() == num_labels => {
+            labels.iter().map(|s| s.to_string()).collect()
+        }
+        _ => (0..num_labels).map(|i| format!("LABEL_{i}")).collect(),
+    };
+    let id2label: serde_json::Map<String, Value> = names
+        .iter()
+        .enumerate()
+        .map(|(i, n)| (i.to_string(), json!(n)))
+        .collect();
+    let label2id: serde_json::Map<String, Value> = names
+        .iter()
+        .enumerate()
+        .map(|(i, n)| (n.clone(), json!(i)))
+        .collect();
+    obj.insert("num_labels".into(), json!(num_labels));
+    obj.insert("id2label".into(), Value::Object(id2label));
+    obj.insert("label2id".into(), Value::Object(label2id));
+    if num_labels == 1 {
+        obj.insert("problem_type".into(), json!("regression"));
+    } else {
+        obj.remove("problem_type");
+    }
+    Ok(())
+}

@@ -1,0 +1,136 @@
+//! A run's weights as `peft eval` and `peft merge` rebuild them: the base checkpoint, the
+//! trained tensors, and WiSE-FT interpolation between the two (Wortsman et al., 2022).
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use anyhow::Result;
+use candle_core::Tensor;
+
+use crate::cli::eval::Which;
+use crate::error::user;
+use crate::methods::is_head;
+use crate::model::{drop_mismatched_head, load, read_checkpoint, AdapterKind, ModelConfig};
+use crate::run_dir::{self, RunInfo};
+
+pub struct RunWeights {
+    pub info: RunInfo,
+    pub model_dir: PathBuf,
+    pub config: ModelConfig,
+    /// The base checkpoint, without a head made for another label count.
+    pub base: HashMap<String, Tensor>,
+    /// What the run saved: the tensors training could change.
+    pub trained: HashMap<String, Tensor>,
+    /// The file `trained` came from, for messages.
+    pub file: PathBuf,
+}
+
+impl RunWeights {
+    /// Read a run directory and its base model (`model` overrides the recorded path),
+    /// refusing a base whose weights changed since training.
+    pub fn load(checkpoint: &Path, which: Which, model: Option<&Path>) -> Result<Self> {
+        let info = RunInfo::load(checkpoint)?;
+        let model_dir = model.map_or_else(|| info.base.path.clone(), Path::to_path_buf);
+        let weights_file = load::weight_file(&model_dir)?;
+        let sha = run_dir::sha256_file(&weights_file)?;
+        if sha != info.base.sha256 {
+            return Err(user(format!(
+                "{} was trained on another base model: {} has sha256 {sha}, the run recorded {}",
+                checkpoint.display(),
+                weights_file.display(),
+                info.base.sha256
+            )));
+        }
+        let (config, mut base) = read_checkpoint(&model_dir)?;
+        // The run saved its own head; the base's may be for another label set.
+        drop_mismatched_head(&mut base, info.num_labels);
+        let file = checkpoint.join(match which {
+            Which::Best => run_dir::BEST,
+            Which::Last => run_dir::LAST,
+        });
+        let trained = run_dir::load_tensors(&file)?;
+        for (name, t) in &trained {
+            if let Some(b) = base.get(name) {
+                if b.dims() != t.dims() {
+                    return Err(user(format!(
+                        "{}: tensor `{name}` has shape {:?}, the base model {:?}",
+                        file.display(),
+                        t.dims(),
+                        b.dims()
+                    )));
+                }
+            }
+        }
+        Ok(Self {
+            info,
+            model_dir,
+            config,
+            base,
+            trained,
+            file,
+        })
+    }
+
+    /// Base plus trained tensors at θ₀ + alpha·(θ − θ₀). The head and anything the base
+    /// lacks stay as trained: there is no θ₀ to move towards. An adapter's θ₀ is a zero
+    /// delta, reached by scaling B (its A alone changes nothing while B is zero).
+    pub fn weights(&self, alpha: f64) -> Result<HashMap<String, Tensor>> {
+        let mut out = self.base.clone();
+        for (name, t) in &self.trained {
+            // 1 and 0 are exact: θ₀ + 1·(θ − θ₀) need not round back to θ.
+            let w = match self.base.get(name) {
+                _ if alpha == 1.0 || is_head(name) => t.clone(),
+                Some(b) if alpha == 0.0 => b.clone(),
+                Some(b) => (b + ((t - b)? * alpha)?)?,
+                None if name.ends_with(".lora_B.weight") => (t * alpha)?,
+                None => t.clone(),
+            };
+            out.insert(name.clone(), w);
+        }
+        Ok(out)
+    }
+}
+
+/// Fold every LoRA pair into the weight it wraps, W₀ + (α/r)·B·A, and drop the pair.
+/// InA's thresholded activation is not linear, so only inhibition 0 (plain LoRA) folds.
+pub fn fold_adapters(weights: &mut HashMap<String, Tensor>, info: &RunInfo) -> Result<()> {
+    let Some(cfg) = info.train.adapter() else {
+        return Ok(());
+    };
+    if let AdapterKind::Ina { inhibition, .. } = cfg.kind {
+        if inhibition != 0.0 {
+            return Err(user(format!(
+                "the run's InA adapters (--ina-inhibition {inhibition}) cannot be merged: the \
+                 thresholded path max-subtracts and activates per token, which no linear \
+                 weight reproduces (only --ina-inhibition 0 is plain LoRA)"
+            )));
+        }
+    }
+    let wrapped: Vec<String> = weights
+        .keys()
+        .filter_map(|k| k.strip_suffix(".lora_A.weight").map(str::to_string))
+        .collect();
+    for module in wrapped {
+        let take = |w: &mut HashMap<String, Tensor>, leaf: &str| {
+            w.remove(&format!("{module}.{leaf}"))
+                .ok_or_else(|| user(format!("the run has no `{module}.{leaf}`")))
+        };
+        let a = take(weights, "lora_A.weight")?;
+        let b = take(weights, "lora_B.weight")?;
+        let w = take(weights, "weight")?;
+        let delta = (b.matmul(&a)? * cfg.scale())?;
+        if delta.dims() != w.dims() {
+            return Err(user(format!(
+                "`{module}`: the adapter's B·A has shape {:?}, the weight {:?}",
+                delta.dims(),
+                w.dims()
+            )));
+        }
+        // A zero delta (alpha 0, an untrained B) keeps W bit-identical: adding it could
+        // still flip −0.0 to +0.0.
+        let zero = delta.abs()?.sum_all()?.to_scalar::<f32>()? == 0.0;
+        let merged = if zero { w } else { (w + delta)? };
+        weights.insert(format!("{module}.weight"), merged);
+    }
+    Ok(())
+}
