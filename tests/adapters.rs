@@ -9,6 +9,8 @@ use std::path::Path;
 
 use candle_core::{Device, Tensor};
 use common::*;
+use peft::cli::eval::Which;
+use peft::cli::weights::RunWeights;
 use peft::model::{
     drop_mismatched_head, read_checkpoint, AdapterConfig, AdapterKind, Batch, Ctx, InaActivation,
     Model, ModelConfig, ParamStore,
@@ -351,4 +353,67 @@ fn merge_folds_lora_into_a_plain_model_directory() {
         err.contains("InA") && err.contains("cannot be merged"),
         "{err}"
     );
+}
+
+#[test]
+fn eval_alpha_interpolates_between_base_and_run() {
+    let tmp = tempfile::tempdir().unwrap();
+    write_rte(tmp.path(), 32, 16);
+    let model = fixture("tiny-bert");
+    let run = tmp.path().join("full");
+    let mut args = STEPS.to_vec();
+    args.extend_from_slice(&["--method", "full", "--lr", "1e-3"]);
+    train(&model, tmp.path(), &run, &args);
+    let dir = run.to_str().unwrap();
+    let rows = eval_json(&["--checkpoint", dir, "--alpha", "0,0.25,0.5,0.75,1"]);
+    let alphas: Vec<f64> = rows.iter().map(|r| r["alpha"].as_f64().unwrap()).collect();
+    assert_eq!(alphas, vec![0.0, 0.25, 0.5, 0.75, 1.0]);
+    let plain = eval_json(&["--checkpoint", dir]);
+    assert_eq!(
+        rows[4]["metrics"], plain[0]["metrics"],
+        "alpha 1 is the run"
+    );
+
+    // alpha 0 is the base encoder under the trained head: a run that saved only its head.
+    let head_only = tmp.path().join("head-only");
+    std::fs::create_dir(&head_only).unwrap();
+    std::fs::copy(run.join("config.json"), head_only.join("config.json")).unwrap();
+    let head: HashMap<String, Tensor> = tensors(&run.join("trainable.safetensors"))
+        .into_iter()
+        .filter(|(n, _)| n.starts_with("classifier."))
+        .collect();
+    candle_core::safetensors::save(&head, head_only.join("trainable.safetensors")).unwrap();
+    let base = eval_json(&["--checkpoint", head_only.to_str().unwrap()]);
+    assert_eq!(
+        rows[0]["metrics"], base[0]["metrics"],
+        "alpha 0 is the base"
+    );
+
+    // Tiny dev sets hide small moves in accuracy; check the interpolated tensors too.
+    let rw = RunWeights::load(&run, Which::Best, None).unwrap();
+    let (zero, half, one) = (
+        rw.weights(0.0).unwrap(),
+        rw.weights(0.5).unwrap(),
+        rw.weights(1.0).unwrap(),
+    );
+    let mut moved = 0;
+    for (name, t) in &rw.trained {
+        assert_eq!(bits(&one[name]), bits(t), "alpha 1: {name}");
+        if name.starts_with("classifier.") {
+            assert_eq!(bits(&zero[name]), bits(t), "alpha 0 keeps the head: {name}");
+            continue;
+        }
+        let b = &rw.base[name];
+        assert_eq!(bits(&zero[name]), bits(b), "alpha 0: {name}");
+        let mid = ((b + t).unwrap() * 0.5).unwrap();
+        assert!(max_diff(&half[name], &mid) <= 1e-6, "alpha 0.5: {name}");
+        moved += (abs_sum(&(t - b).unwrap()) > 0.0) as usize;
+    }
+    assert!(moved > 10, "only {moved} tensors moved");
+
+    let text = ok(peft(&["eval", "--checkpoint", dir, "--alpha", "0.5"]));
+    assert!(text.starts_with("alpha 0.5 dev: accuracy"), "{text}");
+    let bad = peft(&["eval", "--checkpoint", dir, "--alpha", "nan"]);
+    assert_eq!(bad.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("--alpha"));
 }
