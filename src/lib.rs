@@ -11,6 +11,7 @@ pub mod methods;
 pub mod metrics;
 pub mod model;
 pub mod optim;
+pub mod peft_format;
 pub mod run_dir;
 pub mod tokenize;
 pub mod train;

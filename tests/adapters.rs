@@ -417,3 +417,75 @@ fn eval_alpha_interpolates_between_base_and_run() {
     assert_eq!(bad.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&bad.stderr).contains("--alpha"));
 }
+
+#[test]
+fn lora_runs_export_in_peft_format() {
+    let tmp = tempfile::tempdir().unwrap();
+    write_rte(tmp.path(), 16, 8);
+    let model = fixture("tiny-bert");
+    let run = tmp.path().join("lora");
+    let mut args = STEPS.to_vec();
+    args.extend_from_slice(&["--method", "lora", "--lora-r", "4"]);
+    args.extend_from_slice(&["--lora-targets", "query,value"]);
+    train(&model, tmp.path(), &run, &args);
+
+    // What PEFT 0.21.2's save_pretrained wrote for the same adapter (scripts/peft_roundtrip.py).
+    let reference = Path::new(&fixture("peft-lora-bert")).to_path_buf();
+    let shapes = |p: &Path| {
+        let mut v: Vec<(String, Vec<usize>)> = tensors(p)
+            .into_iter()
+            .map(|(k, t)| (k, t.dims().to_vec()))
+            .collect();
+        v.sort();
+        v
+    };
+    assert_eq!(
+        shapes(&run.join("adapter_model.safetensors")),
+        shapes(&reference.join("adapter_model.safetensors"))
+    );
+    let ours: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(run.join("adapter_config.json")).unwrap())
+            .unwrap();
+    let theirs: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(reference.join("adapter_config.json")).unwrap(),
+    )
+    .unwrap();
+    for key in ["peft_type", "task_type", "r", "lora_dropout", "bias"] {
+        assert_eq!(ours[key], theirs[key], "{key}");
+    }
+    // PEFT keeps target_modules as a set: its order is arbitrary.
+    let sorted = |v: &serde_json::Value| {
+        let mut t: Vec<String> = serde_json::from_value(v.clone()).unwrap();
+        t.sort();
+        t
+    };
+    assert_eq!(
+        sorted(&ours["target_modules"]),
+        sorted(&theirs["target_modules"])
+    );
+    assert_eq!(ours["lora_alpha"].as_f64(), theirs["lora_alpha"].as_f64());
+    assert!(theirs["modules_to_save"]
+        .as_array()
+        .unwrap()
+        .contains(&serde_json::json!("classifier")));
+    assert_eq!(ours["modules_to_save"], serde_json::json!(["classifier"]));
+
+    // The exported weights are the best state, renamed.
+    let best = tensors(&run.join("trainable.safetensors"));
+    let exported = tensors(&run.join("adapter_model.safetensors"));
+    for (name, t) in &best {
+        let key = if name.starts_with("classifier.") {
+            format!("base_model.model.{name}")
+        } else {
+            format!("base_model.model.bert.{name}")
+        };
+        assert_eq!(bits(&exported[&key]), bits(t), "{key}");
+    }
+
+    // A run of another method over the same directory leaves no stale export behind.
+    let mut args = STEPS.to_vec();
+    args.extend_from_slice(&["--method", "bitfit", "--overwrite"]);
+    train(&model, tmp.path(), &run, &args);
+    assert!(!run.join("adapter_config.json").exists());
+    assert!(!run.join("adapter_model.safetensors").exists());
+}

@@ -250,6 +250,9 @@ pub fn fit(cfg: &TrainConfig, overwrite: bool) -> Result<Summary> {
         bar.finish_and_clear();
     }
     run_dir::save_tensors(&out.join(run_dir::LAST), &values(&vars))?;
+    // PEFT's format carries one state: the best, which `peft eval` scores by default.
+    let best_tensors = run_dir::load_tensors(&out.join(run_dir::BEST))?;
+    crate::peft_format::write(out, &info, mcfg.model_type, &best_tensors)?;
     match (best, last) {
         (Some(best), Some(last)) => Ok(Summary { info, best, last }),
         _ => bail!("training ended without an evaluation"),
