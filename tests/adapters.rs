@@ -294,6 +294,14 @@ fn merge_folds_lora_into_a_plain_model_directory() {
         let b = &saved["encoder.layer.0.attention.self.query.lora_B.weight"];
         assert!(abs_sum(b) > 0.0, "{kind}: B did not move");
 
+        // Interpolating a LoRA run scales its delta: B, not A.
+        let rw = RunWeights::load(&run, Which::Last, None).unwrap();
+        let half = rw.weights(0.5).unwrap();
+        let name = "encoder.layer.0.attention.self.query.lora_B.weight";
+        assert_eq!(bits(&half[name]), bits(&(b * 0.5).unwrap()));
+        let name = "encoder.layer.0.attention.self.query.lora_A.weight";
+        assert_eq!(bits(&half[name]), bits(&saved[name]));
+
         let merged = tmp.path().join(format!("{kind}-merged"));
         ok(merge(&run, &merged, &[]));
         let want = run_logits(&model, &run, Some(&lora(4, &targets)));

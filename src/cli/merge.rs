@@ -153,3 +153,33 @@ fn set_task(cfg: &mut Value, arch: Arch, task_name: &str, num_labels: usize) -> 
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn task_config_names_labels_and_regression() {
+        let mut cfg = json!({"model_type": "bert", "id2label": {"0": "A", "1": "B", "2": "C"}});
+        set_task(&mut cfg, Arch::Bert, "rte", 2).unwrap();
+        assert_eq!(
+            cfg["architectures"],
+            json!(["BertForSequenceClassification"])
+        );
+        assert_eq!(
+            cfg["id2label"],
+            json!({"0": "entailment", "1": "not_entailment"})
+        );
+        assert_eq!(cfg["num_labels"], 2);
+        assert!(cfg.get("problem_type").is_none());
+
+        set_task(&mut cfg, Arch::Roberta, "stsb", 1).unwrap();
+        assert_eq!(
+            cfg["architectures"],
+            json!(["RobertaForSequenceClassification"])
+        );
+        assert_eq!(cfg["problem_type"], "regression");
+        assert_eq!(cfg["id2label"], json!({"0": "LABEL_0"}));
+        assert_eq!(cfg["label2id"], json!({"LABEL_0": 0}));
+    }
+}
