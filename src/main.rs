@@ -9,6 +9,10 @@ fn main() -> ExitCode {
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
+            if let Some(i) = err.downcast_ref::<peft::train::fit::Interrupted>() {
+                eprintln!("{i}");
+                return ExitCode::from(130);
+            }
             eprintln!("error: {err:#}");
             if peft::error::is_user_error(&err) {
                 ExitCode::from(2)

@@ -10,7 +10,7 @@
 //! half-written file where a good one stood.
 
 use std::collections::HashMap;
-use std::io::{Read, Write};
+use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
@@ -53,16 +53,27 @@ impl RunInfo {
     }
 }
 
-/// Make `dir` ready for a new run; refuse to clobber an earlier one.
-pub fn prepare(dir: &Path, overwrite: bool) -> Result<()> {
+/// Refuse to clobber an earlier run unless asked to.
+pub fn check_free(dir: &Path, overwrite: bool) -> Result<()> {
     if dir.join(CONFIG).exists() && !overwrite {
         return Err(user(format!(
-            "{} already holds a run; pass --overwrite to replace it",
-            dir.display()
+            "{} already holds a run; pass --overwrite to replace it{}",
+            dir.display(),
+            if dir.join(crate::train::checkpoint::RESUME).exists() {
+                ", or --resume to continue it"
+            } else {
+                ""
+            }
         )));
     }
+    Ok(())
+}
+
+/// Make `dir` ready for a new run; refuse to clobber an earlier one.
+pub fn prepare(dir: &Path, overwrite: bool) -> Result<()> {
+    check_free(dir, overwrite)?;
     std::fs::create_dir_all(dir).path_context("cannot create run directory", dir)?;
-    for f in [METRICS, BEST, LAST] {
+    for f in [METRICS, BEST, LAST, crate::train::checkpoint::RESUME] {
         let p = dir.join(f);
         if p.exists() {
             std::fs::remove_file(&p).path_context("cannot remove", &p)?;
@@ -71,14 +82,28 @@ pub fn prepare(dir: &Path, overwrite: bool) -> Result<()> {
     Ok(())
 }
 
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let tmp = path.with_extension("tmp");
-    {
-        let mut f = std::fs::File::create(&tmp).path_context("cannot create", &tmp)?;
-        f.write_all(bytes).path_context("cannot write", &tmp)?;
-        f.sync_all().path_context("cannot sync", &tmp)?;
+/// Write `path` through `write` into a temporary file beside it, fsync, and rename it into
+/// place: a crash or a full disk leaves the previous file as it was, never a truncated one.
+pub fn replace_file(path: &Path, write: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
+    let mut name = path.file_name().unwrap_or_default().to_os_string();
+    name.push(".tmp");
+    let tmp = path.with_file_name(name);
+    let result = write(&tmp).and_then(|()| {
+        std::fs::File::open(&tmp)
+            .and_then(|f| f.sync_all())
+            .path_context("cannot sync", &tmp)?;
+        std::fs::rename(&tmp, path).path_context("cannot rename into place", path)
+    });
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
     }
-    std::fs::rename(&tmp, path).path_context("cannot rename into place", path)
+    result.with_context(|| format!("{} was left as it was", path.display()))
+}
+
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    replace_file(path, |tmp| {
+        std::fs::write(tmp, bytes).path_context("cannot write", tmp)
+    })
 }
 
 pub fn save_tensors(path: &Path, tensors: &HashMap<String, Tensor>) -> Result<()> {
@@ -86,10 +111,10 @@ pub fn save_tensors(path: &Path, tensors: &HashMap<String, Tensor>) -> Result<()
         .iter()
         .map(|(k, v)| Ok((k.clone(), v.to_device(&Device::Cpu)?)))
         .collect::<Result<_>>()?;
-    let tmp = path.with_extension("tmp");
-    candle_core::safetensors::save(&cpu, &tmp)
-        .with_context(|| format!("writing {}", tmp.display()))?;
-    std::fs::rename(&tmp, path).path_context("cannot rename into place", path)
+    replace_file(path, |tmp| {
+        candle_core::safetensors::save(&cpu, tmp)
+            .map_err(|e| user(format!("cannot write {}: {e}", tmp.display())))
+    })
 }
 
 pub fn load_tensors(path: &Path) -> Result<HashMap<String, Tensor>> {
@@ -97,14 +122,37 @@ pub fn load_tensors(path: &Path) -> Result<HashMap<String, Tensor>> {
         .map_err(|e| user(format!("cannot read {}: {e}", path.display())))
 }
 
+/// Add one evaluation to `metrics.jsonl`. The file is rewritten whole (it is small), so
+/// that it too is replaced atomically.
 pub fn append_metrics(dir: &Path, line: &serde_json::Value) -> Result<()> {
     let path = dir.join(METRICS);
-    let mut f = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&path)
-        .path_context("cannot open", &path)?;
-    writeln!(f, "{line}").path_context("cannot write", &path)
+    let mut text = read_if_exists(&path)?;
+    text.push_str(&format!("{line}\n"));
+    write_atomic(&path, text.as_bytes())
+}
+
+/// Keep only the evaluations up to `step`: a resumed run writes the later ones again.
+pub fn truncate_metrics(dir: &Path, step: usize) -> Result<()> {
+    let path = dir.join(METRICS);
+    let text = read_if_exists(&path)?;
+    let mut kept = String::new();
+    for line in text.lines().filter(|l| !l.trim().is_empty()) {
+        let v: serde_json::Value =
+            serde_json::from_str(line).map_err(|e| user(format!("{}: {e}", path.display())))?;
+        if v["step"].as_u64().is_some_and(|s| s as usize <= step) {
+            kept.push_str(line);
+            kept.push('\n');
+        }
+    }
+    write_atomic(&path, kept.as_bytes())
+}
+
+fn read_if_exists(path: &Path) -> Result<String> {
+    match std::fs::read_to_string(path) {
+        Ok(t) => Ok(t),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(String::new()),
+        Err(e) => Err(user(format!("cannot read {}: {e}", path.display()))),
+    }
 }
 
 pub fn sha256_file(path: &Path) -> Result<String> {
@@ -148,5 +196,32 @@ mod tests {
         let err = prepare(tmp.path(), false).unwrap_err().to_string();
         assert!(err.contains("--overwrite"), "{err}");
         prepare(tmp.path(), true).unwrap();
+    }
+
+    #[test]
+    fn a_failed_write_leaves_the_previous_file() {
+        let tmp = tempfile::tempdir().unwrap();
+        let p = tmp.path().join("trainable.safetensors");
+        write_atomic(&p, b"good").unwrap();
+        let err = replace_file(&p, |t| {
+            std::fs::write(t, b"half").unwrap();
+            Err(user("No space left on device"))
+        })
+        .unwrap_err();
+        assert!(format!("{err:#}").contains("left as it was"), "{err:#}");
+        assert_eq!(std::fs::read(&p).unwrap(), b"good");
+        let names: Vec<_> = std::fs::read_dir(tmp.path()).unwrap().collect();
+        assert_eq!(names.len(), 1, "the temporary file was not removed");
+    }
+
+    #[test]
+    fn metrics_truncate_to_a_step() {
+        let tmp = tempfile::tempdir().unwrap();
+        for step in [10, 20, 30] {
+            append_metrics(tmp.path(), &serde_json::json!({ "step": step })).unwrap();
+        }
+        truncate_metrics(tmp.path(), 20).unwrap();
+        let text = std::fs::read_to_string(tmp.path().join(METRICS)).unwrap();
+        assert_eq!(text, "{\"step\":10}\n{\"step\":20}\n");
     }
 }

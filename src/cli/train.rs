@@ -2,12 +2,15 @@
 
 use std::path::PathBuf;
 
+use std::sync::atomic::Ordering;
+
 use anyhow::Result;
 use clap::Args;
 
 use crate::data::tasks::task;
+use crate::run_dir::RunInfo;
 use crate::train::config::Overrides;
-use crate::train::fit::{describe, fit};
+use crate::train::fit::{describe, fit, INTERRUPTED};
 
 #[derive(Args, Debug)]
 pub struct TrainArgs {
@@ -19,22 +22,58 @@ pub struct TrainArgs {
     /// Replace a run already in the output directory.
     #[arg(long)]
     pub overwrite: bool,
+    /// Continue an interrupted run from its resume.safetensors, with its own settings.
+    #[arg(long, value_name = "RUN", conflicts_with_all = ["config", "overwrite"])]
+    pub resume: Option<PathBuf>,
 }
 
 pub fn run(args: TrainArgs) -> Result<()> {
-    let file = match &args.config {
-        Some(p) => Overrides::from_toml_file(p)?,
-        None => Overrides::default(),
+    let cfg = match &args.resume {
+        Some(dir) => {
+            if !args.settings.is_empty() {
+                crate::user_bail!(
+                    "--resume continues {} with the settings in its config.json; drop the other flags",
+                    dir.display()
+                );
+            }
+            let mut cfg = RunInfo::load(dir)?.train;
+            // The run may have been moved since it started.
+            cfg.output_dir = dir.clone();
+            cfg
+        }
+        None => {
+            let file = match &args.config {
+                Some(p) => Overrides::from_toml_file(p)?,
+                None => Overrides::default(),
+            };
+            args.settings.over(file).resolve()?
+        }
     };
-    let cfg = args.settings.over(file).resolve()?;
     println!(
         "# resolved config (usable as --config)\n{}",
         toml::to_string(&cfg)?.trim_end()
     );
-    let summary = fit(&cfg, args.overwrite)?;
+    catch_ctrl_c();
+    let summary = fit(&cfg, args.overwrite, args.resume.is_some())?;
     let spec = task(&cfg.task)?;
     println!("best: {}", describe(spec, &summary.best));
     println!("last: {}", describe(spec, &summary.last));
     println!("run saved to {}", cfg.output_dir.display());
     Ok(())
+}
+
+/// The first Ctrl-C asks the loop to finish its step and save a resumable checkpoint;
+/// a second one stops at once.
+fn catch_ctrl_c() {
+    let installed = ctrlc::set_handler(|| {
+        if INTERRUPTED.swap(true, Ordering::SeqCst) {
+            std::process::exit(130);
+        }
+        eprintln!(
+            "\ninterrupt: finishing this step and saving a checkpoint (Ctrl-C again to quit now)"
+        );
+    });
+    if let Err(e) = installed {
+        eprintln!("warning: Ctrl-C will stop without a checkpoint: {e}");
+    }
 }

@@ -49,6 +49,22 @@ impl RunWeights {
             Which::Last => run_dir::LAST,
         });
         let trained = run_dir::load_tensors(&file)?;
+        // A head with another number of outputs is another task's (copied files, an edited
+        // config.json): say so rather than fail later on a shape.
+        let head = ["classifier.weight", "classifier.out_proj.weight"]
+            .iter()
+            .find_map(|n| trained.get(*n).map(|t| (*n, t.dims().first().copied())));
+        if let Some((name, Some(rows))) = head {
+            if rows != info.num_labels {
+                return Err(user(format!(
+                    "{}: the head `{name}` has {rows} outputs but task {} has {}; \
+                     these tensors were trained for another task",
+                    file.display(),
+                    info.train.task,
+                    info.num_labels
+                )));
+            }
+        }
         for (name, t) in &trained {
             if let Some(b) = base.get(name) {
                 if b.dims() != t.dims() {

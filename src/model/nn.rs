@@ -44,6 +44,15 @@ impl Ctx {
         self.train
     }
 
+    /// Dropout draws so far: with the seed, all a resumed run needs to draw the same masks.
+    pub fn calls(&self) -> u64 {
+        self.calls.get()
+    }
+
+    pub fn set_calls(&self, calls: u64) {
+        self.calls.set(calls);
+    }
+
     fn next_key(&self) -> u64 {
         let n = self.calls.get();
         self.calls.set(n + 1);

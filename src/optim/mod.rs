@@ -3,5 +3,8 @@
 mod masked_adamw;
 mod schedule;
 
-pub use masked_adamw::{AdamWConfig, Mask, MaskedAdamW, StepStats};
+pub use masked_adamw::squared_norm;
+pub use masked_adamw::{
+    AdamWConfig, Mask, MaskedAdamW, NonFiniteGradient, OptimizerState, StepStats,
+};
 pub use schedule::LinearSchedule;

@@ -62,6 +62,12 @@ pub struct TrainConfig {
     pub eval_batch_size: usize,
     pub device: String,
     pub output_dir: PathBuf,
+    /// Also save a resumable checkpoint every N optimizer steps (always at each epoch's end).
+    #[serde(default)]
+    pub save_steps: Option<usize>,
+    /// Steps with a NaN or infinite loss or gradient that may be skipped before stopping.
+    #[serde(default)]
+    pub skip_nonfinite: usize,
 }
 
 /// What a TOML file or the command line may set: the same keys, all optional.
@@ -171,12 +177,45 @@ pub struct Overrides {
     /// Run directory [default: runs/<task>-<method>-<seed>].
     #[arg(long)]
     pub output_dir: Option<PathBuf>,
+    /// Save a resumable checkpoint every N optimizer steps, besides each epoch's end
+    /// and Ctrl-C [default: only those].
+    #[arg(long)]
+    pub save_steps: Option<usize>,
+    /// Skip up to N optimizer steps whose loss or gradient is NaN or infinite instead
+    /// of stopping at the first [default: 0].
+    #[arg(long)]
+    pub skip_nonfinite: Option<usize>,
 }
 
 impl Overrides {
     pub fn from_toml_file(path: &Path) -> Result<Self> {
         let text = std::fs::read_to_string(path).path_context("cannot read config", path)?;
-        toml::from_str(&text).map_err(|e| user(format!("{}: {}", path.display(), e.message())))
+        toml::from_str(&text).map_err(|e| {
+            let (msg, key) = explain_toml(e.message());
+            // serde reports an unknown key at its table: find the key's own line.
+            let at = key
+                .and_then(|k| {
+                    text.lines().position(|l| {
+                        l.trim_start()
+                            .strip_prefix(k.as_str())
+                            .is_some_and(|r| r.trim_start().starts_with('='))
+                    })
+                })
+                .or_else(|| {
+                    e.span()
+                        .map(|s| text[..s.start.min(text.len())].lines().count().max(1) - 1)
+                });
+            let line = at.map(|l| format!(":{}", l + 1)).unwrap_or_default();
+            user(format!("{}{line}: {msg}", path.display()))
+        })
+    }
+
+    /// True when nothing is set: `--resume` takes the run's own settings and no others.
+    pub fn is_empty(&self) -> bool {
+        serde_json::to_value(self)
+            .ok()
+            .and_then(|v| v.as_object().map(|o| o.values().all(|x| x.is_null())))
+            .unwrap_or(false)
     }
 
     /// Keys set here win over `base`.
@@ -217,7 +256,9 @@ impl Overrides {
             eval_steps,
             eval_batch_size,
             device,
-            output_dir
+            output_dir,
+            save_steps,
+            skip_nonfinite
         )
     }
 
@@ -328,10 +369,50 @@ impl Overrides {
             eval_batch_size: self.eval_batch_size.unwrap_or(64),
             device: self.device.unwrap_or_else(|| "cpu".into()),
             output_dir,
+            save_steps: self.save_steps,
+            skip_nonfinite: self.skip_nonfinite.unwrap_or(0),
         };
         cfg.validate()?;
         Ok(cfg)
     }
+}
+
+/// serde names an unknown key and lists the valid ones; say which one was meant.
+/// Returns the message and, for an unknown key, the key.
+fn explain_toml(msg: &str) -> (String, Option<String>) {
+    let Some((key, expected)) = msg
+        .strip_prefix("unknown field `")
+        .and_then(|rest| rest.split_once('`'))
+    else {
+        return (msg.to_string(), None);
+    };
+    let valid: Vec<&str> = expected.split('`').skip(1).step_by(2).collect();
+    // The names transformers' TrainingArguments use for the same settings.
+    let alias = match key {
+        "learning_rate" => Some("lr"),
+        "num_train_epochs" | "num_epochs" => Some("epochs"),
+        "per_device_train_batch_size" | "train_batch_size" => Some("batch_size"),
+        "per_device_eval_batch_size" => Some("eval_batch_size"),
+        "gradient_accumulation_steps" => Some("grad_accum"),
+        "max_length" | "max_seq_length" => Some("max_seq_len"),
+        "model_name_or_path" => Some("model"),
+        _ => None,
+    };
+    if let Some(a) = alias {
+        return (
+            format!("unknown key `{key}`; did you mean `{a}`?"),
+            Some(key.to_string()),
+        );
+    }
+    let closest = valid
+        .iter()
+        .map(|v| (strsim::jaro_winkler(key, v), *v))
+        .max_by(|a, b| a.0.total_cmp(&b.0));
+    let msg = match closest {
+        Some((score, v)) if score > 0.8 => format!("unknown key `{key}`; did you mean `{v}`?"),
+        _ => format!("unknown key `{key}`; valid keys: {}", valid.join(", ")),
+    };
+    (msg, Some(key.to_string()))
 }
 
 impl TrainConfig {
@@ -374,8 +455,14 @@ impl TrainConfig {
                 return bad(key, "must be at least 1".into());
             }
         }
-        if self.max_steps == Some(0) || self.eval_steps == Some(0) {
-            return bad("max_steps/eval_steps", "must be at least 1".into());
+        for (key, v) in [
+            ("max_steps", self.max_steps),
+            ("eval_steps", self.eval_steps),
+            ("save_steps", self.save_steps),
+        ] {
+            if v == Some(0) {
+                return bad(key, "must be at least 1".into());
+            }
         }
         for (key, v) in [("fraction", self.fraction), ("reserve", self.reserve)] {
             if let Some(v) = v {
@@ -475,6 +562,14 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("lrr"), "{err}");
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join("c.toml");
+        std::fs::write(&path, "epochs = 3\nwarmup_ration = 0.1\n").unwrap();
+        let err = Overrides::from_toml_file(&path).unwrap_err().to_string();
+        assert!(
+            err.contains("c.toml:2: unknown key `warmup_ration`; did you mean `warmup_ratio`?"),
+            "{err}"
+        );
         let err = Overrides {
             lr: Some(-1.0),
             ..base()

@@ -2,16 +2,18 @@
 //! parameter store hands out, under whatever masks the selection carries.
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 use candle_core::{Device, Tensor};
 use indicatif::{ProgressBar, ProgressStyle};
 use rand::rngs::StdRng;
 use rand::SeedableRng;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::batches;
+use super::checkpoint::{self, Progress, RESUME};
 use super::config::TrainConfig;
 use super::dataset::{predict, Dataset};
 use crate::data::tasks::{task, TaskSpec};
@@ -21,12 +23,12 @@ use crate::methods::{self, MethodSpec};
 use crate::metrics::evaluate;
 use crate::model::ModelConfig;
 use crate::model::{drop_mismatched_head, load, read_checkpoint, Ctx, Model, ParamStore};
-use crate::optim::{AdamWConfig, MaskedAdamW};
+use crate::optim::{AdamWConfig, MaskedAdamW, NonFiniteGradient};
 use crate::run_dir::{self, BaseModel, RunInfo};
 use crate::tokenize::{collate, Encoded, TextEncoder};
 
 /// One evaluation: dev metrics per split, and where training stood.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct EvalRecord {
     pub step: usize,
     pub epoch: f64,
@@ -45,13 +47,47 @@ pub struct Summary {
     pub last: EvalRecord,
 }
 
+/// Set by the Ctrl-C handler: finish the step, save a resumable checkpoint, stop.
+pub static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+
+/// Training stopped on request after saving a checkpoint; `main` exits with 130.
+#[derive(Debug)]
+pub struct Interrupted {
+    pub step: usize,
+    pub dir: std::path::PathBuf,
+}
+
+impl std::fmt::Display for Interrupted {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "interrupted after step {}: saved {}; continue with `peft train --resume {}`",
+            self.step,
+            self.dir.join(RESUME).display(),
+            self.dir.display()
+        )
+    }
+}
+
+impl std::error::Error for Interrupted {}
+
 /// Streams so that a same-seed run repeats exactly: data order, dropout and per-step
 /// masks each draw from their own generator.
 fn seeds(seed: u64) -> (u64, u64, u64) {
     (seed, seed.wrapping_add(1), seed.wrapping_add(2))
 }
 
-pub fn fit(cfg: &TrainConfig, overwrite: bool) -> Result<Summary> {
+/// Train `cfg` into its output directory: a new run, or with `resume` the run already
+/// there, continued from its `resume.safetensors`.
+pub fn fit(cfg: &TrainConfig, overwrite: bool, resume: bool) -> Result<Summary> {
+    let out = &cfg.output_dir;
+    // Before the slow loading: a run that cannot start should say so at once.
+    let resumed = if resume {
+        Some((RunInfo::load(out)?, checkpoint::load(&out.join(RESUME))?))
+    } else {
+        run_dir::check_free(out, overwrite)?;
+        None
+    };
     let device = crate::device::parse(&cfg.device)?;
     let spec = task(&cfg.task)?;
     let (mcfg, mut weights) = read_checkpoint(&cfg.model)?;
@@ -125,12 +161,24 @@ pub fn fit(cfg: &TrainConfig, overwrite: bool) -> Result<Summary> {
         trainable_params,
         trainable_tensors: vars.keys().cloned().collect(),
     };
-    let out = &cfg.output_dir;
-    run_dir::prepare(out, overwrite)?;
-    run_dir::write_atomic(
-        &out.join(run_dir::CONFIG),
-        serde_json::to_string_pretty(&info)?.as_bytes(),
-    )?;
+    let resumed = if let Some((saved, state)) = resumed {
+        if saved.base.sha256 != info.base.sha256 {
+            crate::user_bail!(
+                "{}: the base model's weights changed since the run started (sha256 {} then, {} now)",
+                info.base.weights_file.display(),
+                saved.base.sha256,
+                info.base.sha256
+            );
+        }
+        Some(state)
+    } else {
+        run_dir::prepare(out, overwrite)?;
+        run_dir::write_atomic(
+            &out.join(run_dir::CONFIG),
+            serde_json::to_string_pretty(&info)?.as_bytes(),
+        )?;
+        None
+    };
 
     let (order_seed, dropout_seed, mask_seed) = seeds(cfg.seed);
     let adam = AdamWConfig {
@@ -155,20 +203,53 @@ pub fn fit(cfg: &TrainConfig, overwrite: bool) -> Result<Summary> {
     let regression = spec.num_labels() == 1;
     let pad = encoder.pad_id();
 
-    let start = Instant::now();
-    let mut train_time = 0.0f64;
-    let (mut tokens, mut examples) = (0usize, 0usize);
-    let (mut loss_sum, mut loss_n) = (0.0f64, 0usize);
-    let mut step = 0usize;
-    let mut best: Option<EvalRecord> = None;
-    let mut last: Option<EvalRecord> = None;
+    let mut p = Progress {
+        step: 0,
+        epoch: 0,
+        steps_in_epoch: 0,
+        dropout_calls: 0,
+        skipped: 0,
+        loss_sum: 0.0,
+        loss_n: 0,
+        tokens: 0,
+        examples: 0,
+        train_time: 0.0,
+        elapsed_s: 0.0,
+        best: None,
+        last: None,
+    };
+    if let Some(r) = resumed {
+        restore_params(&vars, &r.params)?;
+        opt.restore(r.optimizer)?;
+        ctx.set_calls(r.progress.dropout_calls);
+        p = r.progress;
+        run_dir::truncate_metrics(out, p.step)?;
+        // Each epoch's order draws from one stream: replay the finished epochs' draws.
+        for _ in 0..p.epoch {
+            batches::bucketed(&lengths, cfg.batch_size, &mut order_rng);
+        }
+        eprintln!("resuming at step {} of {total}", p.step);
+    }
+    let start = Instant::now() - std::time::Duration::from_secs_f64(p.elapsed_s);
     let epochs = total.div_ceil(steps_per_epoch);
-    'epochs: for epoch in 0..epochs {
+    let save = |p: &mut Progress, opt: &MaskedAdamW| -> Result<()> {
+        p.dropout_calls = ctx.calls();
+        p.elapsed_s = start.elapsed().as_secs_f64();
+        checkpoint::save(&out.join(RESUME), &vars, &opt.state(), p)
+    };
+    'epochs: for epoch in p.epoch..epochs {
         let order = batches::bucketed(&lengths, cfg.batch_size, &mut order_rng);
-        let bar = progress(epoch + 1, epochs, steps_per_epoch.min(total - step) as u64);
-        for group in order.chunks(cfg.grad_accum) {
+        if epoch != p.epoch {
+            p.epoch = epoch;
+            p.steps_in_epoch = 0;
+        }
+        let in_epoch = steps_per_epoch.min(total - (p.step - p.steps_in_epoch));
+        let bar = progress(epoch + 1, epochs, in_epoch as u64);
+        bar.set_position(p.steps_in_epoch as u64);
+        for group in order.chunks(cfg.grad_accum).skip(p.steps_in_epoch) {
             let t0 = Instant::now();
             let mut acc: BTreeMap<String, Tensor> = BTreeMap::new();
+            let (mut group_loss, mut group_tokens, mut group_examples) = (0.0f64, 0usize, 0usize);
             for idx in group {
                 let inputs: Vec<&Encoded> = idx.iter().map(|&i| &train.inputs[i]).collect();
                 let batch = collate(&inputs, pad, &device)?;
@@ -179,13 +260,7 @@ pub fn fit(cfg: &TrainConfig, overwrite: bool) -> Result<Summary> {
                 } else {
                     loss::cross_entropy(&logits, &labels)?
                 };
-                let l = loss.to_scalar::<f32>()? as f64;
-                if !l.is_finite() {
-                    bail!(
-                        "step {}: the loss is {l}; lower --lr or check the data",
-                        step + 1
-                    );
-                }
+                group_loss += loss.to_scalar::<f32>()? as f64;
                 let grads = (loss / group.len() as f64)?.backward()?;
                 for (name, var) in &vars {
                     if let Some(g) = grads.get(var.as_tensor()) {
@@ -196,55 +271,109 @@ pub fn fit(cfg: &TrainConfig, overwrite: bool) -> Result<Summary> {
                         acc.insert(name.clone(), sum);
                     }
                 }
-                loss_sum += l;
-                loss_n += 1;
-                tokens += inputs.iter().map(|e| e.len()).sum::<usize>();
-                examples += inputs.len();
+                group_tokens += inputs.iter().map(|e| e.len()).sum::<usize>();
+                group_examples += inputs.len();
             }
-            let lr = schedule.lr(step);
-            opt.step(&acc, lr)?;
-            step += 1;
-            train_time += t0.elapsed().as_secs_f64();
+            let lr = schedule.lr(p.step);
+            let stepped = if group_loss.is_finite() {
+                opt.step(&acc, lr).map(|_| ())
+            } else {
+                Err(largest_gradient(&acc)?.into())
+            };
+            p.step += 1;
+            p.steps_in_epoch += 1;
+            match stepped {
+                Ok(()) => {
+                    p.loss_sum += group_loss;
+                    p.loss_n += group.len();
+                }
+                Err(e) => {
+                    let Some(nf) = e.downcast_ref::<NonFiniteGradient>() else {
+                        return Err(e);
+                    };
+                    let what = format!(
+                        "step {}: loss {:.6}, gradient not finite (largest: {}, norm {})",
+                        p.step,
+                        group_loss / group.len() as f64,
+                        nf.param,
+                        nf.norm
+                    );
+                    if p.skipped >= cfg.skip_nonfinite {
+                        bar.abandon();
+                        bail!(
+                            "{what}. Training stopped before this step changed anything; the \
+                             checkpoints already in {} are untouched (lower --lr, or pass \
+                             --skip-nonfinite N to skip up to N such steps)",
+                            out.display()
+                        );
+                    }
+                    p.skipped += 1;
+                    bar.suspend(|| {
+                        eprintln!(
+                            "{what}: step skipped ({} of at most {})",
+                            p.skipped, cfg.skip_nonfinite
+                        )
+                    });
+                }
+            }
+            p.tokens += group_tokens;
+            p.examples += group_examples;
+            p.train_time += t0.elapsed().as_secs_f64();
             bar.set_message(format!(
                 "loss {:.4} lr {lr:.2e} {:.0} ex/s",
-                loss_sum / loss_n.max(1) as f64,
-                examples as f64 / train_time
+                p.loss_sum / p.loss_n.max(1) as f64,
+                p.examples as f64 / p.train_time
             ));
             bar.inc(1);
+            let step = p.step;
             let end_of_epoch = step.is_multiple_of(steps_per_epoch) || step == total;
             let periodic = cfg.eval_steps.is_some_and(|n| step.is_multiple_of(n));
             if end_of_epoch || periodic {
                 bar.suspend(|| -> Result<()> {
                     let dev = score(&model, &devs, spec, pad, cfg.eval_batch_size, &device)?;
                     let main = main_score(spec, &dev);
-                    let improved = best
+                    let improved = p
+                        .best
                         .as_ref()
                         .is_none_or(|b| main > main_score(spec, &b.dev));
                     let record = EvalRecord {
                         step,
                         epoch: step as f64 / steps_per_epoch as f64,
-                        train_loss: loss_sum / loss_n.max(1) as f64,
+                        train_loss: p.loss_sum / p.loss_n.max(1) as f64,
                         lr,
                         dev,
                         elapsed_s: start.elapsed().as_secs_f64(),
-                        train_tokens_per_s: tokens as f64 / train_time,
-                        train_examples_per_s: examples as f64 / train_time,
+                        train_tokens_per_s: p.tokens as f64 / p.train_time,
+                        train_examples_per_s: p.examples as f64 / p.train_time,
                         best: improved,
                     };
-                    (loss_sum, loss_n) = (0.0, 0);
+                    (p.loss_sum, p.loss_n) = (0.0, 0);
                     run_dir::append_metrics(out, &serde_json::to_value(&record)?)?;
                     eprintln!("{}", describe(spec, &record));
                     if improved {
                         run_dir::save_tensors(&out.join(run_dir::BEST), &values(&vars))?;
-                        best = Some(record.clone());
+                        p.best = Some(record.clone());
                     }
-                    last = Some(record);
+                    p.last = Some(record);
                     Ok(())
                 })?;
             }
             if step >= total {
                 bar.finish_and_clear();
                 break 'epochs;
+            }
+            let interrupted = INTERRUPTED.load(Ordering::SeqCst);
+            if interrupted || end_of_epoch || cfg.save_steps.is_some_and(|n| step.is_multiple_of(n))
+            {
+                save(&mut p, &opt)?;
+            }
+            if interrupted {
+                bar.abandon();
+                return Err(Interrupted {
+                    step,
+                    dir: out.clone(),
+                }
+                .into());
             }
         }
         bar.finish_and_clear();
@@ -253,10 +382,67 @@ pub fn fit(cfg: &TrainConfig, overwrite: bool) -> Result<Summary> {
     // PEFT's format carries one state: the best, which `peft eval` scores by default.
     let best_tensors = run_dir::load_tensors(&out.join(run_dir::BEST))?;
     crate::peft_format::write(out, &info, mcfg.model_type, &best_tensors)?;
-    match (best, last) {
+    // The run is complete: the resume state (moments included) is no longer needed.
+    let resume_file = out.join(RESUME);
+    if resume_file.exists() {
+        std::fs::remove_file(&resume_file)
+            .with_context(|| format!("removing {}", resume_file.display()))?;
+    }
+    match (p.best, p.last) {
         (Some(best), Some(last)) => Ok(Summary { info, best, last }),
         _ => bail!("training ended without an evaluation"),
     }
+}
+
+/// A resumed run's tensors replace the freshly built ones, name for name.
+fn restore_params(
+    vars: &BTreeMap<String, candle_core::Var>,
+    saved: &HashMap<String, Tensor>,
+) -> Result<()> {
+    for (name, var) in vars {
+        let t = saved
+            .get(name)
+            .ok_or_else(|| crate::error::user(format!("the checkpoint lacks {name}")))?;
+        if t.dims() != var.dims() {
+            crate::user_bail!(
+                "the checkpoint's {name} has shape {:?}, the model {:?}",
+                t.dims(),
+                var.dims()
+            );
+        }
+        var.set(&t.to_device(var.device())?)?;
+    }
+    if saved.len() != vars.len() {
+        crate::user_bail!(
+            "the checkpoint holds {} tensors, the run trains {}",
+            saved.len(),
+            vars.len()
+        );
+    }
+    Ok(())
+}
+
+/// For a step whose loss was not finite: the tensor with the largest gradient norm.
+fn largest_gradient(grads: &BTreeMap<String, Tensor>) -> Result<NonFiniteGradient> {
+    let mut worst: Option<NonFiniteGradient> = None;
+    for (name, g) in grads {
+        let norm = crate::optim::squared_norm(g)?.sqrt();
+        if worst.as_ref().is_none_or(|w| worse(norm, w.norm)) {
+            worst = Some(NonFiniteGradient {
+                param: name.clone(),
+                norm,
+            });
+        }
+    }
+    Ok(worst.unwrap_or(NonFiniteGradient {
+        param: "(no tensor has a gradient)".into(),
+        norm: f64::NAN,
+    }))
+}
+
+/// NaN is the worst; the first NaN stays the culprit.
+fn worse(a: f64, than: f64) -> bool {
+    !than.is_nan() && (a.is_nan() || a > than)
 }
 
 /// The Fisher information that ranks parameters: from --fisher, or estimated on the

@@ -2,6 +2,7 @@
 //! masked AdamW, with evaluation on dev and a self-describing run directory.
 
 pub mod batches;
+pub mod checkpoint;
 pub mod config;
 pub mod dataset;
 pub mod fit;

@@ -1,0 +1,273 @@
+//! No run loses its work: Ctrl-C saves a checkpoint that resumes to the same metrics as an
+//! uninterrupted run, so does a SIGKILL at any moment (no file is ever left truncated),
+//! a full disk leaves the previous checkpoint intact, and a NaN stops training cleanly.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+
+const RESUME: &str = "resume.safetensors";
+
+/// Child-Tuning F with dropout: the run depends on data order, dropout and per-step masks,
+/// all of which a resumed run must draw exactly as the uninterrupted one.
+fn args(data: &Path, out: &Path, extra: &[&str]) -> Vec<String> {
+    let mut a: Vec<String> = [
+        "train",
+        "--model",
+        &fixture("tiny-bert"),
+        "--data-dir",
+        data.to_str().unwrap(),
+        "--output-dir",
+        out.to_str().unwrap(),
+        "--task",
+        "rte",
+        "--method",
+        "child-f",
+        "--reserve",
+        "0.5",
+        "--lr",
+        "1e-3",
+        "--batch-size",
+        "8",
+        "--max-seq-len",
+        "32",
+        "--epochs",
+        "12",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    a.extend(extra.iter().map(|s| s.to_string()));
+    a
+}
+
+fn spawn(args: &[String]) -> Child {
+    Command::new(env!("CARGO_BIN_EXE_peft"))
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+fn resume(out: &Path) -> Vec<String> {
+    vec![
+        "train".into(),
+        "--resume".into(),
+        out.to_string_lossy().into_owned(),
+    ]
+}
+
+fn wait_for(path: &Path, child: &mut Child) -> bool {
+    let t = Instant::now();
+    while t.elapsed() < Duration::from_secs(120) {
+        if path.exists() {
+            return true;
+        }
+        if child.try_wait().unwrap().is_some() {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    panic!("{} never appeared", path.display());
+}
+
+fn signal(child: &Child, sig: i32) {
+    // SAFETY: kill(2) on our own child's pid.
+    assert_eq!(unsafe { libc::kill(child.id() as i32, sig) }, 0);
+}
+
+/// The uninterrupted run: its metrics and final tensors.
+fn reference(data: &Path, root: &Path) -> (PathBuf, Duration) {
+    let out = root.join("reference");
+    let t = Instant::now();
+    let a = args(data, &out, &[]);
+    ok(peft(&a.iter().map(String::as_str).collect::<Vec<_>>()));
+    (out, t.elapsed())
+}
+
+fn assert_same_run(a: &Path, b: &Path) {
+    assert_eq!(metrics(a), metrics(b), "metrics differ");
+    let (ta, tb) = (
+        tensors(&a.join("last.safetensors")),
+        tensors(&b.join("last.safetensors")),
+    );
+    assert_eq!(ta.len(), tb.len());
+    for (name, x) in &ta {
+        let (x, y) = (x.flatten_all().unwrap(), tb[name].flatten_all().unwrap());
+        assert_eq!(
+            x.to_vec1::<f32>().unwrap(),
+            y.to_vec1::<f32>().unwrap(),
+            "{name} differs"
+        );
+    }
+    assert!(
+        !b.join(RESUME).exists(),
+        "a finished run keeps no resume state"
+    );
+}
+
+#[test]
+fn ctrl_c_saves_a_checkpoint_that_resumes_to_the_same_run() {
+    let tmp = tempfile::tempdir().unwrap();
+    write_rte(tmp.path(), 48, 20);
+    let (reference, _) = reference(tmp.path(), tmp.path());
+
+    let out = tmp.path().join("interrupted");
+    let mut child = spawn(&args(tmp.path(), &out, &[]));
+    // The first epoch's checkpoint shows training is under way.
+    assert!(
+        wait_for(&out.join(RESUME), &mut child),
+        "finished before the signal"
+    );
+    signal(&child, libc::SIGINT);
+    let o = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(130), "{err}");
+    assert!(err.contains("peft train --resume"), "{err}");
+    assert!(out.join(RESUME).exists());
+    let done = metrics(&out).len();
+    assert!(
+        done < metrics(&reference).len(),
+        "the run was not cut short"
+    );
+
+    // Settings come from the run; other flags are refused.
+    let mut bad = resume(&out);
+    bad.extend(["--lr".into(), "0.1".into()]);
+    let o = peft(&bad.iter().map(String::as_str).collect::<Vec<_>>());
+    assert_eq!(o.status.code(), Some(2));
+
+    ok(peft(
+        &resume(&out).iter().map(String::as_str).collect::<Vec<_>>(),
+    ));
+    assert_same_run(&reference, &out);
+}
+
+#[test]
+fn sigkill_at_any_step_resumes_to_the_same_run_and_never_truncates_a_file() {
+    let tmp = tempfile::tempdir().unwrap();
+    write_rte(tmp.path(), 48, 20);
+    let (reference, took) = reference(tmp.path(), tmp.path());
+
+    let out = tmp.path().join("killed");
+    let mut next = args(tmp.path(), &out, &["--save-steps", "1"]);
+    let mut kills = 0;
+    // Kill at a different point each time (a fixed sequence, so a failure repeats).
+    for frac in [0.35, 0.2, 0.5, 0.3] {
+        let mut child = spawn(&next);
+        if !wait_for(&out.join(RESUME), &mut child) {
+            break;
+        }
+        std::thread::sleep(took.mul_f64(frac));
+        if child.try_wait().unwrap().is_some() {
+            break;
+        }
+        signal(&child, libc::SIGKILL);
+        child.wait().unwrap();
+        kills += 1;
+        // Whatever the moment, every file in place is whole.
+        for f in ["trainable.safetensors", RESUME] {
+            let path = out.join(f);
+            if path.exists() {
+                let bytes = std::fs::read(&path).unwrap();
+                safetensors::SafeTensors::deserialize(&bytes)
+                    .unwrap_or_else(|e| panic!("{f} is damaged after a kill: {e}"));
+            }
+        }
+        for line in std::fs::read_to_string(out.join("metrics.jsonl"))
+            .unwrap_or_default()
+            .lines()
+        {
+            serde_json::from_str::<serde_json::Value>(line).expect("a whole metrics line");
+        }
+        next = resume(&out);
+    }
+    assert!(kills >= 2, "only {kills} kills landed mid-run");
+    if out.join(RESUME).exists() {
+        ok(peft(&next.iter().map(String::as_str).collect::<Vec<_>>()));
+    }
+    assert_same_run(&reference, &out);
+}
+
+#[test]
+fn a_full_disk_during_a_save_leaves_the_previous_checkpoint() {
+    let tmp = tempfile::tempdir().unwrap();
+    write_rte(tmp.path(), 48, 20);
+    let out = tmp.path().join("run");
+    let mut child = spawn(&args(tmp.path(), &out, &[]));
+    assert!(wait_for(&out.join(RESUME), &mut child));
+    signal(&child, libc::SIGINT);
+    assert_eq!(child.wait().unwrap().code(), Some(130));
+    let before: Vec<(PathBuf, Vec<u8>)> = [RESUME, "trainable.safetensors"]
+        .iter()
+        .map(|f| (out.join(f), std::fs::read(out.join(f)).unwrap()))
+        .collect();
+
+    // A 64 KiB file-size limit, with SIGXFSZ ignored, makes writes fail as on a full disk.
+    let cmd = format!(
+        "ulimit -f 64; trap '' XFSZ; exec '{}' train --resume '{}'",
+        env!("CARGO_BIN_EXE_peft"),
+        out.display()
+    );
+    let o = Command::new("sh").arg("-c").arg(cmd).output().unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("File too large") && err.contains("left as it was"),
+        "{err}"
+    );
+    for (path, bytes) in before {
+        assert_eq!(
+            std::fs::read(&path).unwrap(),
+            bytes,
+            "{} changed",
+            path.display()
+        );
+    }
+    for e in std::fs::read_dir(&out).unwrap() {
+        let name = e.unwrap().file_name().to_string_lossy().into_owned();
+        assert!(!name.ends_with(".tmp"), "{name} left behind");
+    }
+    // With room again, the same checkpoint resumes.
+    ok(peft(
+        &resume(&out).iter().map(String::as_str).collect::<Vec<_>>(),
+    ));
+}
+
+#[test]
+fn a_nan_stops_training_with_the_step_and_the_tensor() {
+    let tmp = tempfile::tempdir().unwrap();
+    write_rte(tmp.path(), 48, 20);
+    let out = tmp.path().join("nan");
+    // A learning rate this large overflows the activations within a few steps.
+    let mut a = args(tmp.path(), &out, &[]);
+    for (flag, value) in [("--lr", "1e30"), ("--epochs", "2")] {
+        let i = a.iter().position(|x| x == flag).unwrap();
+        a[i + 1] = value.into();
+    }
+    let o = peft(&a.iter().map(String::as_str).collect::<Vec<_>>());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("step ") && err.contains("gradient not finite (largest: "),
+        "{err}"
+    );
+    assert!(err.contains("--skip-nonfinite"), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+
+    let mut a = a.clone();
+    a.extend([
+        "--skip-nonfinite".into(),
+        "1000".into(),
+        "--overwrite".into(),
+    ]);
+    let o = peft(&a.iter().map(String::as_str).collect::<Vec<_>>());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{err}");
+    assert!(err.contains("step skipped"), "{err}");
+}
