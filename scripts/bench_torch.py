@@ -1,7 +1,7 @@
 """The PyTorch + transformers side of `peft bench`: the same shapes, methods and step.
 
     python scripts/bench_torch.py MODEL_DIR [--batch 32] [--seq 128] [--steps 10] [--threads 2]
-        [--method full,bitfit,layernorm]
+        [--method full,bitfit,layernorm,lora]
 
 A step is forward, cross-entropy, backward, gradient clipping and AdamW, in training
 mode (dropout on), on random token ids, with only the method's parameters (plus the
@@ -37,6 +37,14 @@ def one(args, method):
             p.requires_grad = head or "LayerNorm" in name
         elif method == "inference":
             p.requires_grad = False
+    if method == "lora":
+        from peft import LoraConfig, get_peft_model
+
+        # PEFT's defaults for BERT (query and value, r 8, alpha 16), as `peft bench` runs LoRA.
+        cfg = LoraConfig(task_type="SEQ_CLS", r=8, lora_alpha=16, lora_dropout=0.1,
+                         target_modules=["query", "value"])
+        model = get_peft_model(model, cfg)
+        model.train()
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=1e-5, weight_decay=0.01) if params else None
     vocab = model.config.vocab_size
@@ -76,7 +84,7 @@ def main():
     ap.add_argument("--seq", type=int, default=128)
     ap.add_argument("--steps", type=int, default=10)
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--method", default="full,bitfit,layernorm")
+    ap.add_argument("--method", default="full,bitfit,layernorm,lora")
     ap.add_argument("--one", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.one:

@@ -1,5 +1,6 @@
 //! peft: fine-tune BERT and RoBERTa on GLUE, training the whole model or a chosen subset.
 
+pub mod bench;
 pub mod cli;
 pub mod components;
 pub mod data;

@@ -5,15 +5,11 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::Result;
-use candle_core::{Device, Tensor};
 use clap::Args;
-use rand::rngs::StdRng;
-use rand::{Rng, SeedableRng};
 
-use crate::loss;
-use crate::methods::{self, Method};
-use crate::model::{read_checkpoint, Batch, Ctx, Model, ModelConfig, ParamStore};
-use crate::optim::{AdamWConfig, MaskedAdamW};
+use crate::bench::{Forward, TrainStep};
+use crate::methods::Method;
+use crate::model::read_checkpoint;
 
 #[derive(Args, Debug)]
 pub struct BenchArgs {
@@ -27,9 +23,17 @@ pub struct BenchArgs {
     /// Timed steps per method (after 2 untimed warm-up steps).
     #[arg(long, default_value_t = 10)]
     pub steps: usize,
-    /// Methods to time, comma-separated.
-    #[arg(long, value_delimiter = ',', default_value = "full,bitfit,layernorm")]
+    /// Methods to time, comma-separated (LoRA and InA at r 8 on query and value,
+    /// Child-Tuning F at reserve 0.3; the Fisher-ranked methods need a Fisher file).
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "full,bitfit,layernorm,lora"
+    )]
     pub method: Vec<Method>,
+    /// Time the inference forward only (its peak RSS then excludes training's).
+    #[arg(long)]
+    pub inference_only: bool,
     /// cpu, cuda or cuda:N.
     #[arg(long, default_value = "cpu")]
     pub device: String,
@@ -41,11 +45,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
     }
     let device = crate::device::parse(&args.device)?;
     let (cfg, weights) = read_checkpoint(&args.model)?;
-    let batch = random_batch(&cfg, args.batch, args.seq, &device)?;
-    let labels = Tensor::new(
-        (0..args.batch as u32).map(|i| i % 2).collect::<Vec<_>>(),
-        &device,
-    )?;
+    let shape = (args.batch, args.seq);
     let tokens = (args.batch * args.seq) as f64;
     println!(
         "{} × {} tokens, {} timed steps, median ms",
@@ -56,30 +56,15 @@ pub fn run(args: BenchArgs) -> Result<()> {
         "step", "ms", "tokens/s", "peak RSS MB"
     );
 
-    for method in &args.method {
+    let methods: &[Method] = if args.inference_only {
+        &[]
+    } else {
+        &args.method
+    };
+    for method in methods {
         reset_peak_rss();
-        let sel = method.select(weights.keys());
-        let store = ParamStore::new(weights.clone(), device.clone(), 0, sel.trainable);
-        let model = Model::load(&store, &cfg, Some(2))?;
-        let vars = store.vars();
-        let mut opt = MaskedAdamW::new(
-            vars.clone(),
-            sel.masks,
-            methods::decays,
-            AdamWConfig::default(),
-            0,
-        )?;
-        let ctx = Ctx::train(0);
-        let ms = time(args.steps, || {
-            let logits = model.logits(&batch, &ctx)?;
-            let grads = loss::cross_entropy(&logits, &labels)?.backward()?;
-            let g = vars
-                .iter()
-                .filter_map(|(n, v)| grads.get(v.as_tensor()).map(|g| (n.clone(), g.clone())))
-                .collect();
-            opt.step(&g, 1e-5)?;
-            Ok(())
-        })?;
+        let mut step = TrainStep::new(&cfg, &weights, method, &device, shape)?;
+        let ms = time(args.steps, || step.run())?;
         println!(
             "{:<12} {:>10.1} {:>12.0} {:>14.0}",
             method.name(),
@@ -90,13 +75,8 @@ pub fn run(args: BenchArgs) -> Result<()> {
     }
 
     reset_peak_rss();
-    let store = ParamStore::frozen(weights, device.clone());
-    let model = Model::load(&store, &cfg, Some(2))?;
-    let ctx = Ctx::eval();
-    let ms = time(args.steps, || {
-        model.logits(&batch, &ctx)?.to_device(&Device::Cpu)?;
-        Ok(())
-    })?;
+    let forward = Forward::new(&cfg, &weights, &device, shape)?;
+    let ms = time(args.steps, || forward.run())?;
     println!(
         "{:<12} {:>10.1} {:>12.0} {:>14.0}",
         "inference",
@@ -105,19 +85,6 @@ pub fn run(args: BenchArgs) -> Result<()> {
         peak_rss_mb()
     );
     Ok(())
-}
-
-fn random_batch(cfg: &ModelConfig, b: usize, t: usize, device: &Device) -> Result<Batch> {
-    let mut rng = StdRng::seed_from_u64(0);
-    // Ids above the special tokens, so no position counts as padding.
-    let ids: Vec<u32> = (0..b * t)
-        .map(|_| rng.random_range(5..cfg.vocab_size as u32))
-        .collect();
-    Ok(Batch {
-        input_ids: Tensor::from_vec(ids, (b, t), device)?,
-        token_type_ids: Tensor::zeros((b, t), candle_core::DType::U32, device)?,
-        attention_mask: Tensor::ones((b, t), candle_core::DType::F32, device)?,
-    })
 }
 
 /// Median wall time of `steps` calls in ms, after two untimed warm-up calls.

@@ -24,6 +24,8 @@ use candle_core::{DType, Tensor, Var};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha12Rng;
 
+use super::fused_adamw::{self as fused, Hyper};
+
 /// Which elements of a trainable tensor may change.
 #[derive(Debug, Clone)]
 pub enum Mask {
@@ -209,59 +211,61 @@ impl MaskedAdamW {
         let (b1, b2) = (self.cfg.beta1, self.cfg.beta2);
         let bc1 = 1.0 - b1.powi(t);
         let bc2 = 1.0 - b2.powi(t);
+        let wd = self.cfg.weight_decay;
         for (slot, g) in self.slots.iter_mut().zip(gs) {
             let Some(g) = g else { continue };
-            let g = if clip != 1.0 { (g * clip)? } else { g };
             // 3. the per-step mask, and which elements may move at all.
-            let keep: Option<Tensor> = match &slot.mask {
-                Mask::Dense => None,
-                Mask::Fixed(m) => Some(m.clone()),
-                Mask::Bernoulli { p } => Some(bernoulli(&mut self.rng, g.dims(), *p, g.device())?),
+            let (keep, scale) = match &slot.mask {
+                Mask::Dense => (None, clip),
+                Mask::Fixed(m) => (Some(m.clone()), clip),
+                Mask::Bernoulli { p } => (
+                    Some(bernoulli(&mut self.rng, g.dims(), *p, g.device())?),
+                    clip / p,
+                ),
             };
-            let g = match (&slot.mask, &keep) {
-                (Mask::Bernoulli { p }, Some(k)) => ((&g * k)? / *p)?,
-                _ => g,
+            let hyper = Hyper {
+                b1,
+                b2,
+                bc1,
+                bc2,
+                eps: self.cfg.eps,
+                lr,
+                weight_decay: if slot.decay { wd } else { 0.0 },
+                scale,
             };
-            // 4. moments move only where kept: m += keep ⊙ (1−β1)(g − m).
-            let dm = ((&g - &slot.m)? * (1.0 - b1))?;
-            let dv = ((g.sqr()? - &slot.v)? * (1.0 - b2))?;
-            let (dm, dv) = match &keep {
-                Some(k) => ((dm * k)?, (dv * k)?),
-                None => (dm, dv),
-            };
-            slot.m = (&slot.m + dm)?;
-            slot.v = (&slot.v + dv)?;
-            let m_hat = (&slot.m / bc1)?;
-            let denom = ((&slot.v / bc2)?.sqrt()? + self.cfg.eps)?;
-            let mut update = (m_hat / denom)?;
-            let theta = slot.var.as_tensor();
-            if slot.decay && self.cfg.weight_decay != 0.0 {
-                update = (update + (theta * self.cfg.weight_decay)?)?;
+            if fused::applies(slot.var.as_tensor(), &g) {
+                fused::update(
+                    slot.var.as_tensor(),
+                    &slot.m,
+                    &slot.v,
+                    &g,
+                    keep.as_ref(),
+                    &hyper,
+                )?;
+            } else {
+                composed_update(slot, g, keep.as_ref(), &hyper)?;
             }
-            if let Some(k) = &keep {
-                update = (update * k)?;
-            }
-            slot.var.set(&(theta - (update * lr)?)?)?;
         }
         Ok(StepStats { grad_norm })
     }
 
     /// The first and second moments by name, for checkpoints that resume.
-    pub fn moments(&self) -> BTreeMap<String, (Tensor, Tensor)> {
+    /// Copies: the moments are updated in place, and a caller's view must not move.
+    pub fn moments(&self) -> Result<BTreeMap<String, (Tensor, Tensor)>> {
         self.slots
             .iter()
-            .map(|s| (s.name.clone(), (s.m.clone(), s.v.clone())))
+            .map(|s| Ok((s.name.clone(), (s.m.copy()?, s.v.copy()?))))
             .collect()
     }
 
     /// Everything besides the parameters that the next step depends on.
-    pub fn state(&self) -> OptimizerState {
-        OptimizerState {
+    pub fn state(&self) -> Result<OptimizerState> {
+        Ok(OptimizerState {
             step: self.step,
             rng_seed: self.seed,
             rng_word_pos: self.rng.get_word_pos(),
-            moments: self.moments(),
-        }
+            moments: self.moments()?,
+        })
     }
 
     /// Continue from a saved [`OptimizerState`]: the same steps follow as if never stopped.
@@ -276,8 +280,9 @@ impl MaskedAdamW {
                     slot.name
                 );
             }
-            slot.m = m.to_device(slot.m.device())?;
-            slot.v = v.to_device(slot.v.device())?;
+            // Own copies: they are updated in place.
+            slot.m = m.to_device(slot.m.device())?.copy()?;
+            slot.v = v.to_device(slot.v.device())?.copy()?;
         }
         if let Some(name) = state.moments.keys().next() {
             bail!("the checkpoint has moments for {name}, which is not trained in this run");
@@ -290,8 +295,42 @@ impl MaskedAdamW {
     }
 }
 
-/// Σ g², accumulated in f64.
+/// The update from tensor ops, for any device: moments move only where kept,
+/// m += keep ⊙ (1−β1)(g − m), and the update is multiplied by keep.
+fn composed_update(slot: &mut Slot, g: Tensor, keep: Option<&Tensor>, h: &Hyper) -> Result<()> {
+    let g = if h.scale != 1.0 { (g * h.scale)? } else { g };
+    let g = match keep {
+        Some(k) => (g * k)?,
+        None => g,
+    };
+    let dm = ((&g - &slot.m)? * (1.0 - h.b1))?;
+    let dv = ((g.sqr()? - &slot.v)? * (1.0 - h.b2))?;
+    let (dm, dv) = match keep {
+        Some(k) => ((dm * k)?, (dv * k)?),
+        None => (dm, dv),
+    };
+    slot.m = (&slot.m + dm)?;
+    slot.v = (&slot.v + dv)?;
+    let m_hat = (&slot.m / h.bc1)?;
+    let denom = ((&slot.v / h.bc2)?.sqrt()? + h.eps)?;
+    let mut update = (m_hat / denom)?;
+    let theta = slot.var.as_tensor();
+    if h.weight_decay != 0.0 {
+        update = (update + (theta * h.weight_decay)?)?;
+    }
+    if let Some(k) = keep {
+        update = (update * k)?;
+    }
+    slot.var.set(&(theta - (update * h.lr)?)?)?;
+    Ok(())
+}
+
+/// Σ g², accumulated in f64 (one pass on the CPU, in fixed chunks so the sum is the same
+/// run after run).
 pub fn squared_norm(g: &Tensor) -> Result<f64> {
+    if let Some(s) = fused::squared_norm(g)? {
+        return Ok(s);
+    }
     Ok(g.to_dtype(DType::F64)?
         .sqr()?
         .sum_all()?
@@ -322,6 +361,72 @@ mod tests {
 
     fn t(v: &[f32]) -> Tensor {
         Tensor::new(v, &Device::Cpu).unwrap()
+    }
+
+    /// The CPU path updates in place in one fused kernel; other devices compose tensor
+    /// ops. Both must agree to rounding, and leave masked elements bit-identical.
+    #[test]
+    fn the_fused_cpu_update_matches_the_composed_one() {
+        let n = 40_000; // several parallel chunks
+        let mut rng = ChaCha12Rng::seed_from_u64(3);
+        let mut r = |lo: f32, hi: f32| -> Tensor {
+            let v: Vec<f32> = (0..n)
+                .map(|_| lo + (hi - lo) * rng.random::<f32>())
+                .collect();
+            Tensor::from_vec(v, n, &Device::Cpu).unwrap()
+        };
+        let (theta, g, m, v) = (r(-1.0, 1.0), r(-0.1, 0.1), r(-0.01, 0.01), r(0.0, 1e-4));
+        let keep = r(0.0, 1.0).ge(0.5).unwrap().to_dtype(DType::F32).unwrap();
+        for (keep, wd, scale) in [(None, 0.01, 1.0), (Some(&keep), 0.0, 0.37 / 0.3)] {
+            let h = Hyper {
+                b1: 0.9,
+                b2: 0.999,
+                bc1: 1.0 - 0.9f64.powi(3),
+                bc2: 1.0 - 0.999f64.powi(3),
+                eps: 1e-8,
+                lr: 1e-3,
+                weight_decay: wd,
+                scale,
+            };
+            let mut slot = Slot {
+                name: "w".into(),
+                var: Var::from_tensor(&theta.copy().unwrap()).unwrap(),
+                mask: Mask::Dense,
+                decay: wd != 0.0,
+                m: m.copy().unwrap(),
+                v: v.copy().unwrap(),
+            };
+            composed_update(&mut slot, g.clone(), keep, &h).unwrap();
+            let (ft, fm, fv) = (
+                Var::from_tensor(&theta.copy().unwrap()).unwrap(),
+                m.copy().unwrap(),
+                v.copy().unwrap(),
+            );
+            fused::update(ft.as_tensor(), &fm, &fv, &g, keep, &h).unwrap();
+            for (a, b, what) in [
+                (slot.var.as_tensor(), ft.as_tensor(), "theta"),
+                (&slot.m, &fm, "m"),
+                (&slot.v, &fv, "v"),
+            ] {
+                let (a, b) = (a.to_vec1::<f32>().unwrap(), b.to_vec1::<f32>().unwrap());
+                for i in 0..n {
+                    let tol = 1e-6 * a[i].abs().max(1e-6);
+                    assert!(
+                        (a[i] - b[i]).abs() <= tol,
+                        "{what}[{i}]: {} vs {}",
+                        a[i],
+                        b[i]
+                    );
+                }
+            }
+            if let Some(k) = keep {
+                let k = k.to_vec1::<f32>().unwrap();
+                let (t0, t1) = (theta.to_vec1::<f32>().unwrap(), vals(&ft));
+                let (m0, m1) = (m.to_vec1::<f32>().unwrap(), fm.to_vec1::<f32>().unwrap());
+                let moved = (0..n).filter(|&i| k[i] == 0.0 && (t0[i] != t1[i] || m0[i] != m1[i]));
+                assert_eq!(moved.count(), 0, "a masked element moved");
+            }
+        }
     }
 
     fn vals(v: &Var) -> Vec<f32> {
@@ -396,7 +501,7 @@ mod tests {
         let mut o = opt(&[("a.weight", &w)], BTreeMap::new(), cfg);
         let s = o.step(&grads(&[("a.weight", &[3.0, 4.0])]), 0.1).unwrap();
         assert!((s.grad_norm - 5.0).abs() < 1e-9);
-        let m = o.moments()["a.weight"].0.to_vec1::<f32>().unwrap();
+        let m = o.moments().unwrap()["a.weight"].0.to_vec1::<f32>().unwrap();
         assert!(
             (m[0] - 0.06).abs() < 1e-6 && (m[1] - 0.08).abs() < 1e-6,
             "{m:?}"
@@ -424,7 +529,7 @@ mod tests {
         assert_eq!(after[1].to_bits(), (-2.0f32).to_bits());
         assert_eq!(after[3].to_bits(), 0.5f32.to_bits());
         assert!(after[0] != 1.0 && after[2] != 3.0);
-        let (m, v) = &o.moments()["a.weight"];
+        let (m, v) = &o.moments().unwrap()["a.weight"];
         assert_eq!(m.to_vec1::<f32>().unwrap()[1], 0.0);
         assert_eq!(v.to_vec1::<f32>().unwrap()[3], 0.0);
     }
@@ -455,7 +560,7 @@ mod tests {
         let mut gs = BTreeMap::new();
         gs.insert("a.weight".to_string(), g);
         o.step(&gs, 0.1).unwrap();
-        let m = o.moments()["a.weight"].0.to_vec1::<f32>().unwrap();
+        let m = o.moments().unwrap()["a.weight"].0.to_vec1::<f32>().unwrap();
         let kept = m.iter().filter(|x| **x != 0.0).count() as f64;
         let sd = (n as f64 * p * (1.0 - p)).sqrt();
         assert!((kept - n as f64 * p).abs() < 3.0 * sd, "kept {kept}");
@@ -491,7 +596,7 @@ mod tests {
         for i in 0..4 {
             first.step(&g(i), 0.01).unwrap();
         }
-        let state = first.state();
+        let state = first.state().unwrap();
         let w3 = var(&vals(&w2));
         let vars = [("a.weight".to_string(), w3.clone())].into_iter().collect();
         let mut second =
@@ -532,7 +637,7 @@ mod tests {
         assert_eq!(nf.param, "b.weight");
         assert_eq!((vals(&a), vals(&b)), (a0, b0));
         assert_eq!(o.steps_taken(), 1);
-        let m = o.moments()["a.weight"].0.to_vec1::<f32>().unwrap()[0];
+        let m = o.moments().unwrap()["a.weight"].0.to_vec1::<f32>().unwrap()[0];
         assert!((m - 0.01).abs() < 1e-7, "the moments moved: {m}");
     }
 

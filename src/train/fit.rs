@@ -235,7 +235,7 @@ pub fn fit(cfg: &TrainConfig, overwrite: bool, resume: bool) -> Result<Summary> 
     let save = |p: &mut Progress, opt: &MaskedAdamW| -> Result<()> {
         p.dropout_calls = ctx.calls();
         p.elapsed_s = start.elapsed().as_secs_f64();
-        checkpoint::save(&out.join(RESUME), &vars, &opt.state(), p)
+        checkpoint::save(&out.join(RESUME), &vars, &opt.state()?, p)
     };
     'epochs: for epoch in p.epoch..epochs {
         let order = batches::bucketed(&lengths, cfg.batch_size, &mut order_rng);

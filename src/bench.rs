@@ -1,0 +1,243 @@
+//! The two things `peft bench` and the criterion benchmarks time, built once and run many
+//! times: a full optimizer step (forward, backward, masked AdamW) and an inference forward,
+//! at a fixed shape on random token ids.
+
+use std::collections::HashMap;
+
+use anyhow::Result;
+use candle_core::{DType, Device, Tensor};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+use crate::loss;
+use crate::methods::{self, Method, MethodSpec};
+use crate::model::{
+    AdapterConfig, AdapterKind, Batch, Ctx, InaActivation, Model, ModelConfig, ParamStore,
+};
+use crate::optim::{AdamWConfig, MaskedAdamW};
+
+/// One training step of `method`, ready to repeat on the same batch.
+pub struct TrainStep {
+    model: Model,
+    vars: std::collections::BTreeMap<String, candle_core::Var>,
+    opt: MaskedAdamW,
+    batch: Batch,
+    labels: Tensor,
+    ctx: Ctx,
+}
+
+impl TrainStep {
+    pub fn new(
+        cfg: &ModelConfig,
+        weights: &HashMap<String, Tensor>,
+        method: &Method,
+        device: &Device,
+        (b, t): (usize, usize),
+    ) -> Result<Self> {
+        // Child-Tuning's default reserve and a tenth for the subset methods; the
+        // Fisher-ranked ones need a Fisher file and are refused by `select`.
+        let spec = MethodSpec {
+            method: *method,
+            fraction: 0.1,
+            reserve: 0.3,
+            seed: 0,
+        };
+        let sel = methods::select(&spec, weights, None)?;
+        let store = ParamStore::new(weights.clone(), device.clone(), 0, sel.trainable);
+        let model = Model::load_with_adapters(&store, cfg, Some(2), adapters(method).as_ref())?;
+        let vars = store.vars();
+        let opt = MaskedAdamW::new(
+            vars.clone(),
+            sel.masks,
+            methods::decays,
+            AdamWConfig::default(),
+            0,
+        )?;
+        let labels = Tensor::new((0..b as u32).map(|i| i % 2).collect::<Vec<_>>(), device)?;
+        Ok(Self {
+            model,
+            vars,
+            opt,
+            batch: random_batch(cfg, b, t, device)?,
+            labels,
+            ctx: Ctx::train(0),
+        })
+    }
+
+    pub fn run(&mut self) -> Result<()> {
+        let logits = self.model.logits(&self.batch, &self.ctx)?;
+        let grads = loss::cross_entropy(&logits, &self.labels)?.backward()?;
+        let g = self
+            .vars
+            .iter()
+            .filter_map(|(n, v)| grads.get(v.as_tensor()).map(|g| (n.clone(), g.clone())))
+            .collect();
+        self.opt.step(&g, 1e-5)?;
+        Ok(())
+    }
+}
+
+/// An inference forward with every weight frozen (no graph is recorded).
+pub struct Forward {
+    model: Model,
+    batch: Batch,
+}
+
+impl Forward {
+    pub fn new(
+        cfg: &ModelConfig,
+        weights: &HashMap<String, Tensor>,
+        device: &Device,
+        (b, t): (usize, usize),
+    ) -> Result<Self> {
+        let store = ParamStore::frozen(weights.clone(), device.clone());
+        Ok(Self {
+            model: Model::load(&store, cfg, Some(2))?,
+            batch: random_batch(cfg, b, t, device)?,
+        })
+    }
+
+    pub fn run(&self) -> Result<()> {
+        // Copy to the CPU so a GPU run is timed to completion, not to the launch.
+        self.model
+            .logits(&self.batch, &Ctx::eval())?
+            .to_device(&Device::Cpu)?;
+        Ok(())
+    }
+}
+
+/// PEFT's LoRA defaults (r 8, alpha 16, query and value); InA at the same rank.
+fn adapters(method: &Method) -> Option<AdapterConfig> {
+    let kind = match method {
+        Method::Lora => AdapterKind::Lora,
+        Method::Ina => AdapterKind::Ina {
+            inhibition: 0.3,
+            activation: InaActivation::Gelu,
+        },
+        _ => return None,
+    };
+    Some(AdapterConfig {
+        kind,
+        r: 8,
+        alpha: 16.0,
+        dropout: 0.1,
+        targets: vec!["query".into(), "value".into()],
+    })
+}
+
+fn random_batch(cfg: &ModelConfig, b: usize, t: usize, device: &Device) -> Result<Batch> {
+    let mut rng = StdRng::seed_from_u64(0);
+    // Ids above the special tokens, so no position counts as padding.
+    let ids: Vec<u32> = (0..b * t)
+        .map(|_| rng.random_range(5..cfg.vocab_size as u32))
+        .collect();
+    Ok(Batch {
+        input_ids: Tensor::from_vec(ids, (b, t), device)?,
+        token_type_ids: Tensor::zeros((b, t), DType::U32, device)?,
+        attention_mask: Tensor::ones((b, t), DType::F32, device)?,
+    })
+}
+
+/// A BERT of the given size with N(0, 0.02) weights, unit LayerNorm gains and zero biases,
+/// named as a checkpoint would be: speed depends on shapes only.
+pub fn random_bert(
+    layers: usize,
+    hidden: usize,
+    heads: usize,
+    vocab: usize,
+) -> Result<(ModelConfig, HashMap<String, Tensor>)> {
+    let inter = 4 * hidden;
+    let cfg = ModelConfig::parse(&format!(
+        r#"{{"model_type": "bert", "vocab_size": {vocab}, "hidden_size": {hidden},
+            "num_hidden_layers": {layers}, "num_attention_heads": {heads},
+            "intermediate_size": {inter}, "max_position_embeddings": 512,
+            "type_vocab_size": 2, "hidden_act": "gelu", "layer_norm_eps": 1e-12,
+            "hidden_dropout_prob": 0.1, "attention_probs_dropout_prob": 0.1,
+            "pad_token_id": 0}}"#
+    ))
+    .map_err(anyhow::Error::msg)?;
+    let mut rng = StdRng::seed_from_u64(0);
+    let mut w = HashMap::new();
+    let mut normal = |name: String, shape: &[usize]| -> Result<()> {
+        let n: usize = shape.iter().product();
+        // Sum of uniforms: near-normal and cheap; the values only need to be sane.
+        let v: Vec<f32> = (0..n)
+            .map(|_| (0..4).map(|_| rng.random::<f32>() - 0.5).sum::<f32>() * 0.035)
+            .collect();
+        w.insert(name, Tensor::from_vec(v, shape, &Device::Cpu)?);
+        Ok(())
+    };
+    let mut linears = vec![("pooler.dense".to_string(), hidden, hidden)];
+    for l in 0..layers {
+        let p = format!("encoder.layer.{l}");
+        for (m, o, i) in [
+            ("attention.self.query", hidden, hidden),
+            ("attention.self.key", hidden, hidden),
+            ("attention.self.value", hidden, hidden),
+            ("attention.output.dense", hidden, hidden),
+            ("intermediate.dense", inter, hidden),
+            ("output.dense", hidden, inter),
+        ] {
+            linears.push((format!("{p}.{m}"), o, i));
+        }
+    }
+    for (m, o, i) in &linears {
+        normal(format!("{m}.weight"), &[*o, *i])?;
+    }
+    normal("embeddings.word_embeddings.weight".into(), &[vocab, hidden])?;
+    normal(
+        "embeddings.position_embeddings.weight".into(),
+        &[512, hidden],
+    )?;
+    normal(
+        "embeddings.token_type_embeddings.weight".into(),
+        &[2, hidden],
+    )?;
+    let mut norms = vec!["embeddings.LayerNorm".to_string()];
+    for l in 0..layers {
+        norms.push(format!("encoder.layer.{l}.attention.output.LayerNorm"));
+        norms.push(format!("encoder.layer.{l}.output.LayerNorm"));
+    }
+    for n in norms {
+        w.insert(
+            format!("{n}.weight"),
+            Tensor::ones(hidden, DType::F32, &Device::Cpu)?,
+        );
+        w.insert(
+            format!("{n}.bias"),
+            Tensor::zeros(hidden, DType::F32, &Device::Cpu)?,
+        );
+    }
+    for (m, o, _) in &linears {
+        w.insert(
+            format!("{m}.bias"),
+            Tensor::zeros(*o, DType::F32, &Device::Cpu)?,
+        );
+    }
+    Ok((cfg, w))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_random_bert_trains_a_step_for_every_method() {
+        let (cfg, w) = random_bert(2, 32, 4, 100).unwrap();
+        for method in [
+            Method::Full,
+            Method::Bitfit,
+            Method::Layernorm,
+            Method::ChildF,
+            Method::Lora,
+        ] {
+            let mut step = TrainStep::new(&cfg, &w, &method, &Device::Cpu, (2, 8)).unwrap();
+            step.run().unwrap();
+            step.run().unwrap();
+        }
+        Forward::new(&cfg, &w, &Device::Cpu, (2, 8))
+            .unwrap()
+            .run()
+            .unwrap();
+    }
+}

@@ -1,0 +1,230 @@
+//! The masked AdamW update of one f32 CPU tensor, in place, in three parallel passes (m, v,
+//! then θ). The composition of tensor ops it replaces allocates and sweeps a full-size
+//! temporary per op, some fifteen per tensor: for a 22.7 M-parameter model that was a few
+//! hundred milliseconds of every full fine-tuning step spent moving memory.
+//!
+//! The arithmetic is the composed path's, element by element, in f32 with the constants
+//! rounded to f32 as candle's scalar ops round them, so both paths agree to rounding.
+
+use anyhow::Result;
+use candle_core::{CpuStorage, DType, InplaceOp3, Layout, Storage, Tensor};
+use rayon::prelude::*;
+
+/// Elements per parallel task: big enough to amortise scheduling, small enough to split
+/// a LayerNorm-sized tensor into a few tasks.
+const CHUNK: usize = 1 << 14;
+
+/// The constants of one step for one tensor.
+pub(super) struct Hyper {
+    pub b1: f64,
+    pub b2: f64,
+    pub bc1: f64,
+    pub bc2: f64,
+    pub eps: f64,
+    pub lr: f64,
+    /// 0 where the tensor takes no decay.
+    pub weight_decay: f64,
+    /// Clipping times 1/p for a Bernoulli mask: applied to the gradient before the moments.
+    pub scale: f64,
+}
+
+pub(super) fn applies(theta: &Tensor, g: &Tensor) -> bool {
+    theta.device().is_cpu()
+        && theta.dtype() == DType::F32
+        && g.dtype() == DType::F32
+        && theta.is_contiguous()
+}
+
+/// Update `m`, `v` and `theta` in place. `keep` (0/1, the parameter's shape) limits the
+/// elements that move; outside it nothing changes, not even the moments.
+pub(super) fn update(
+    theta: &Tensor,
+    m: &Tensor,
+    v: &Tensor,
+    g: &Tensor,
+    keep: Option<&Tensor>,
+    h: &Hyper,
+) -> Result<()> {
+    let g = g.contiguous()?;
+    let keep = keep.map(Tensor::contiguous).transpose()?;
+    // With no mask the gradient stands in as the (unread) mask operand.
+    let k = keep.as_ref().unwrap_or(&g);
+    let masked = keep.is_some();
+    let scale = h.scale as f32;
+    m.inplace_op3(
+        &g,
+        k,
+        &Moment {
+            take_new: (1.0 - h.b1) as f32,
+            square: false,
+            scale,
+            masked,
+        },
+    )?;
+    v.inplace_op3(
+        &g,
+        k,
+        &Moment {
+            take_new: (1.0 - h.b2) as f32,
+            square: true,
+            scale,
+            masked,
+        },
+    )?;
+    theta.inplace_op3(
+        m,
+        v,
+        &Step {
+            keep: keep.clone(),
+            inv_bc1: (1.0 / h.bc1) as f32,
+            inv_bc2: (1.0 / h.bc2) as f32,
+            eps: h.eps as f32,
+            lr: h.lr as f32,
+            wd: h.weight_decay as f32,
+        },
+    )?;
+    Ok(())
+}
+
+/// Σ g² in f64, for f32 CPU tensors (None otherwise): partial sums over fixed chunks,
+/// added in order, so the result does not depend on thread scheduling.
+pub(super) fn squared_norm(g: &Tensor) -> Result<Option<f64>> {
+    if !g.device().is_cpu() || g.dtype() != DType::F32 {
+        return Ok(None);
+    }
+    let g = g.contiguous()?;
+    let (storage, layout) = g.storage_and_layout();
+    let Storage::Cpu(cpu) = &*storage else {
+        return Ok(None);
+    };
+    let x = contiguous(cpu, layout)?;
+    let parts: Vec<f64> = x
+        .par_chunks(CHUNK)
+        .map(|c| c.iter().map(|&v| (v as f64) * (v as f64)).sum::<f64>())
+        .collect();
+    Ok(Some(parts.iter().sum()))
+}
+
+fn contiguous<'a>(s: &'a CpuStorage, l: &Layout) -> candle_core::Result<&'a [f32]> {
+    let (start, end) = l
+        .contiguous_offsets()
+        .ok_or_else(|| candle_core::Error::Msg("not contiguous".into()))?;
+    Ok(&s.as_slice::<f32>()?[start..end])
+}
+
+fn contiguous_mut<'a>(s: &'a mut CpuStorage, l: &Layout) -> candle_core::Result<&'a mut [f32]> {
+    let (start, end) = l
+        .contiguous_offsets()
+        .ok_or_else(|| candle_core::Error::Msg("not contiguous".into()))?;
+    match s {
+        CpuStorage::F32(v) => Ok(&mut v[start..end]),
+        _ => candle_core::bail!("fused AdamW on a non-f32 tensor"),
+    }
+}
+
+/// One moment: x += keep ⊙ (1−β)(g' − x), with g' = scale·g (squared for v), computed as
+/// candle computes `(g' − x)·(1−β)` then the add.
+struct Moment {
+    take_new: f32,
+    square: bool,
+    scale: f32,
+    masked: bool,
+}
+
+impl InplaceOp3 for Moment {
+    fn name(&self) -> &'static str {
+        "peft-adamw-moment"
+    }
+
+    fn cpu_fwd(
+        &self,
+        xs: &mut CpuStorage,
+        xl: &Layout,
+        gs: &CpuStorage,
+        gl: &Layout,
+        ks: &CpuStorage,
+        kl: &Layout,
+    ) -> candle_core::Result<()> {
+        let x = contiguous_mut(xs, xl)?;
+        let (g, k) = (contiguous(gs, gl)?, contiguous(ks, kl)?);
+        if g.len() != x.len() || k.len() != x.len() {
+            candle_core::bail!("fused AdamW: moment and gradient sizes differ");
+        }
+        x.par_chunks_mut(CHUNK)
+            .zip(g.par_chunks(CHUNK))
+            .zip(k.par_chunks(CHUNK))
+            .for_each(|((x, g), k)| {
+                for i in 0..x.len() {
+                    if self.masked && k[i] == 0.0 {
+                        continue;
+                    }
+                    let gi = g[i] * self.scale;
+                    let new = if self.square { gi * gi } else { gi };
+                    x[i] += (new - x[i]) * self.take_new;
+                }
+            });
+        Ok(())
+    }
+}
+
+/// θ −= lr·(m̂ / (√v̂ + ε) + wd·θ) where kept.
+struct Step {
+    keep: Option<Tensor>,
+    inv_bc1: f32,
+    inv_bc2: f32,
+    eps: f32,
+    lr: f32,
+    wd: f32,
+}
+
+impl InplaceOp3 for Step {
+    fn name(&self) -> &'static str {
+        "peft-adamw-step"
+    }
+
+    fn cpu_fwd(
+        &self,
+        ts: &mut CpuStorage,
+        tl: &Layout,
+        ms: &CpuStorage,
+        ml: &Layout,
+        vs: &CpuStorage,
+        vl: &Layout,
+    ) -> candle_core::Result<()> {
+        let theta = contiguous_mut(ts, tl)?;
+        let (m, v) = (contiguous(ms, ml)?, contiguous(vs, vl)?);
+        // The mask is a distinct tensor from θ, m and v: reading it takes its own lock.
+        let guard = self.keep.as_ref().map(Tensor::storage_and_layout);
+        let k: Option<&[f32]> = match &guard {
+            Some((s, l)) => match &**s {
+                Storage::Cpu(c) => Some(contiguous(c, l)?),
+                _ => candle_core::bail!("fused AdamW: mask on another device"),
+            },
+            None => None,
+        };
+        if m.len() != theta.len() || v.len() != theta.len() {
+            candle_core::bail!("fused AdamW: parameter and moment sizes differ");
+        }
+        let n = theta.len();
+        let k = k.unwrap_or(&[]);
+        if !k.is_empty() && k.len() != n {
+            candle_core::bail!("fused AdamW: mask and parameter sizes differ");
+        }
+        theta.par_chunks_mut(CHUNK).enumerate().for_each(|(c, t)| {
+            let o = c * CHUNK;
+            for i in 0..t.len() {
+                if !k.is_empty() && k[o + i] == 0.0 {
+                    continue;
+                }
+                let m_hat = m[o + i] * self.inv_bc1;
+                let denom = (v[o + i] * self.inv_bc2).sqrt() + self.eps;
+                let mut u = m_hat / denom;
+                if self.wd != 0.0 {
+                    u += t[i] * self.wd;
+                }
+                t[i] -= u * self.lr;
+            }
+        });
+        Ok(())
+    }
+}
