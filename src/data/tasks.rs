@@ -26,6 +26,8 @@ pub enum Problem {
 pub enum Metric {
     Accuracy,
     F1,
+    /// The mean over classes of one-against-the-rest F1 (custom classification).
+    MacroF1,
     Mcc,
     Pearson,
     Spearman,
@@ -37,6 +39,7 @@ impl Metric {
         match self {
             Metric::Accuracy => "accuracy",
             Metric::F1 => "f1",
+            Metric::MacroF1 => "macro_f1",
             Metric::Mcc => "mcc",
             Metric::Pearson => "pearson",
             Metric::Spearman => "spearman",
