@@ -153,7 +153,10 @@ impl HubRepo {
         // Pinned to the commit, so every file lands in one snapshot even if the branch
         // moves while they download.
         let pinned = api(&cache)?.repo(self.repo_at(sha));
-        for f in files {
+        let snapshot = self.folder(&cache).join("snapshots").join(sha);
+        // hf-hub finds cached files through refs/<sha>, which Python's downloads do not
+        // write: look in the snapshot itself rather than fetch them again.
+        for f in files.iter().filter(|f| !snapshot.join(f).is_file()) {
             pinned
                 .get(f)
                 .map_err(|e| self.network_error(&format!("cannot download {f} of"), e))?;
@@ -162,7 +165,7 @@ impl HubRepo {
             .repo(self.repo_at(&self.revision))
             .create_ref(sha)
             .map_err(|e| user(format!("cannot write to {}: {e}", cache.display())))?;
-        Ok(self.folder(&cache).join("snapshots").join(sha))
+        Ok(snapshot)
     }
 
     fn network_error(&self, what: &str, e: impl std::fmt::Display) -> anyhow::Error {
