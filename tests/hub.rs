@@ -260,3 +260,177 @@ fn offline_cache_misses_exit_2_naming_what_is_missing() {
         stderr(&o)
     );
 }
+
+/// A stand-in for huggingface.co on localhost, answering what hf-hub asks: a
+/// repository's file list, and each file's metadata and bytes by range. Returns its
+/// address and the log of request paths.
+fn fake_hub(
+    files: std::collections::HashMap<String, Vec<u8>>,
+    listings: std::collections::HashMap<String, String>,
+    sha: &'static str,
+) -> (String, std::sync::Arc<std::sync::Mutex<Vec<String>>>) {
+    use std::io::{BufRead, BufReader, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = format!("http://{}", listener.local_addr().unwrap());
+    let log = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let seen = log.clone();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            let mut reader = BufReader::new(stream.try_clone().unwrap());
+            let mut line = String::new();
+            if reader.read_line(&mut line).is_err() {
+                continue;
+            }
+            let path = line.split(' ').nth(1).unwrap_or("").to_string();
+            let mut start = 0usize;
+            let mut end = None;
+            loop {
+                let mut h = String::new();
+                if reader.read_line(&mut h).unwrap_or(0) == 0 || h.trim().is_empty() {
+                    break;
+                }
+                if let Some(r) = h.to_ascii_lowercase().strip_prefix("range: bytes=") {
+                    let (a, b) = r.trim().split_once('-').unwrap();
+                    start = a.parse().unwrap();
+                    end = b.parse::<usize>().ok();
+                }
+            }
+            seen.lock().unwrap().push(path.clone());
+            let (status, headers, body) = if let Some(json) = listings.get(&path) {
+                ("200 OK", String::new(), json.clone().into_bytes())
+            } else if let Some(bytes) = files.get(&path) {
+                let last = end.unwrap_or(bytes.len() - 1).min(bytes.len() - 1);
+                let headers = format!(
+                    "ETag: \"etag-{}\"\r\nX-Repo-Commit: {sha}\r\nContent-Range: bytes {start}-{last}/{}\r\n",
+                    path.replace('/', "-"),
+                    bytes.len()
+                );
+                ("206 Partial Content", headers, bytes[start..=last].to_vec())
+            } else {
+                ("404 Not Found", String::new(), b"{}".to_vec())
+            };
+            let head = format!(
+                "HTTP/1.1 {status}\r\n{headers}Content-Length: {}\r\nConnection: close\r\n\r\n",
+                body.len()
+            );
+            let _ = stream.write_all(head.as_bytes());
+            let _ = stream.write_all(&body);
+        }
+    });
+    (addr, log)
+}
+
+#[test]
+fn online_downloads_fill_the_cache_that_offline_runs_then_use() {
+    const SHA: &str = "1111111111111111111111111111111111111111";
+    let tmp = tempfile::tempdir().unwrap();
+    let tsv = tmp.path().join("glue");
+    write_rte(&tsv, 24, 8);
+    write_stsb(&tsv, 8, 8);
+    // Build the dataset's files in a scratch cache, then serve them.
+    let scratch = tmp.path().join("scratch");
+    glue_on_hub(&scratch, &tsv);
+    let glue_snap = scratch.join(GLUE).join("snapshots").join(GLUE_SHA);
+    let mut files = std::collections::HashMap::new();
+    let mut glue_files = Vec::new();
+    for split in [
+        "train-00000-of-00002",
+        "train-00001-of-00002",
+        "validation-00000-of-00001",
+    ] {
+        let name = format!("rte/{split}.parquet");
+        files.insert(
+            format!("/datasets/nyu-mll/glue/resolve/{SHA}/{name}"),
+            std::fs::read(glue_snap.join(&name)).unwrap(),
+        );
+        glue_files.push(name);
+    }
+    let model_files = ["config.json", "model.safetensors", "tokenizer.json"];
+    for f in model_files {
+        files.insert(
+            format!("/{MODEL}/resolve/{SHA}/{f}"),
+            std::fs::read(Path::new(&fixture("tiny-bert")).join(f)).unwrap(),
+        );
+    }
+    let listing = |names: Vec<String>| {
+        let siblings: Vec<_> = names
+            .iter()
+            .map(|n| serde_json::json!({ "rfilename": n }))
+            .collect();
+        serde_json::json!({ "sha": SHA, "siblings": siblings }).to_string()
+    };
+    let mut model_listing: Vec<String> = model_files.iter().map(|f| f.to_string()).collect();
+    model_listing.push("README.md".into());
+    glue_files.push("README.md".into());
+    let listings = [
+        (
+            format!("/api/models/{MODEL}/revision/main"),
+            listing(model_listing),
+        ),
+        (
+            "/api/datasets/nyu-mll/glue/revision/main".to_string(),
+            listing(glue_files),
+        ),
+    ]
+    .into_iter()
+    .collect();
+    let (endpoint, log) = fake_hub(files, listings, SHA);
+
+    let cache = tmp.path().join("hub");
+    let out = tmp.path().join("online");
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_peft"))
+        .args(train_args(
+            out.to_str().unwrap(),
+            "rte",
+            &["--model", MODEL],
+        ))
+        .env("HF_ENDPOINT", &endpoint)
+        .env("HF_HUB_CACHE", &cache)
+        .env_remove("HF_HUB_OFFLINE")
+        .env_remove("HF_HOME")
+        .env_remove("HF_TOKEN")
+        .env_remove("PEFT_GLUE_DIR")
+        .output()
+        .unwrap();
+    ok(o);
+    let requests = log.lock().unwrap().clone();
+    assert!(
+        requests.iter().any(|r| r.contains("/api/models/")),
+        "{requests:?}"
+    );
+    assert!(
+        requests.iter().any(|r| r.contains("/api/datasets/")),
+        "{requests:?}"
+    );
+    // The hub layout Python tools read: refs/main names the commit, files in its snapshot.
+    for (folder, names) in [
+        ("models--test-org--tiny-bert", &model_files[..]),
+        (GLUE, &["rte/validation-00000-of-00001.parquet"][..]),
+    ] {
+        let repo = cache.join(folder);
+        assert_eq!(
+            std::fs::read_to_string(repo.join("refs/main")).unwrap(),
+            SHA
+        );
+        for n in names {
+            assert!(
+                repo.join("snapshots").join(SHA).join(n).is_file(),
+                "{folder}/{n}"
+            );
+        }
+    }
+    // Offline, the same command runs from the cache alone, to the same result.
+    let before = log.lock().unwrap().len();
+    let again = tmp.path().join("offline");
+    ok(peft_offline(
+        &cache,
+        &train_args(again.to_str().unwrap(), "rte", &["--model", MODEL]),
+    ));
+    assert_eq!(
+        log.lock().unwrap().len(),
+        before,
+        "the offline run made requests"
+    );
+    assert_eq!(metrics(&out), metrics(&again));
+}
