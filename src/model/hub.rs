@@ -46,6 +46,13 @@ pub fn resolve(model: &Path, revision: Option<&str>) -> Result<PathBuf> {
             ))
         })?;
     let repo = HubRepo::new(id, Kind::Model, revision);
+    // `--model` may be a mistyped directory that happens to look like a hub id.
+    let not_local = |e: anyhow::Error| {
+        user(format!(
+            "{e} (no directory {} exists either)",
+            model.display()
+        ))
+    };
     let cache = hub::cache_dir()?;
     let cached = repo.cached_snapshot(&cache);
     if let Some(dir) = &cached {
@@ -58,10 +65,10 @@ pub fn resolve(model: &Path, revision: Option<&str>) -> Result<PathBuf> {
             Some(dir) => missing(|f| dir.join(f).is_file()),
             None => missing(|_| false),
         };
-        return Err(repo.offline_error(&cache, &lacking));
+        return Err(not_local(repo.offline_error(&cache, &lacking)));
     }
     eprintln!("fetching {} from the Hugging Face hub", repo.describe());
-    let (sha, files) = repo.list_remote()?;
+    let (sha, files) = repo.list_remote().map_err(not_local)?;
     let on_hub = |f: &str| files.iter().any(|g| g == f);
     let absent = missing(on_hub);
     if !absent.is_empty() {
