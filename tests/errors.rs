@@ -245,6 +245,14 @@ fn bad_inputs_exit_2_and_name_the_culprit() {
         args: custom_args(&f, &train_csv, &out("c6"), &[]),
         names: vec![p(&f), s(".csv, .tsv or .jsonl")],
     });
+    let mut a = custom_args(&train_csv, &train_csv, &out("c8"), &[]);
+    let at = a.iter().position(|x| x == "--label-column").unwrap();
+    a.drain(at..at + 2);
+    cases.push(Case {
+        what: "custom data without a label column",
+        args: a,
+        names: vec![s("--label-column")],
+    });
     let mut a = train_args(&good, &out("c7"), &["--task", "rte"]);
     a.extend([s("--train"), p(&train_csv)]);
     cases.push(Case {

@@ -10,7 +10,7 @@ use candle_core::Tensor;
 use clap::Args;
 
 use crate::components::{aggregate, Table};
-use crate::data::{task, Source};
+use crate::data::{task, Source, CUSTOM};
 use crate::error::PathContext;
 use crate::fisher::{estimate, global, totals, Estimator, FisherOptions};
 use crate::model::{drop_mismatched_head, read_checkpoint, Model, ParamStore};
@@ -89,6 +89,12 @@ pub fn run(args: FisherArgs) -> Result<()> {
     let mut per_task = Vec::new();
     let mut names = Vec::new();
     for t in &tasks {
+        if t.eq_ignore_ascii_case(CUSTOM) {
+            crate::user_bail!(
+                "peft fisher ranks on GLUE tasks; for custom data, `peft train --task custom \
+                 --method fisher-layernorm` estimates the Fisher on its --train file"
+            );
+        }
         let spec = task(t)?;
         let data = Dataset::load(spec, &source, "train", &encoder)?;
         let mut weights = base.clone();

@@ -457,7 +457,8 @@ fn custom_data(o: &Overrides, task: &str) -> Result<bool> {
     }
     if let Some((flag, _)) = flags[..4].iter().find(|(_, set)| !*set) {
         return Err(user(format!(
-            "--task custom needs {flag} (and --train, --dev, --text-columns, --label-column)"
+            "--task custom needs {flag}: it reads --train FILE --dev FILE --text-columns a[,b] \
+             --label-column y"
         )));
     }
     for path in [&o.train_file, &o.dev_file].into_iter().flatten() {
