@@ -174,6 +174,16 @@ pub fn fit(cfg: &TrainConfig, overwrite: bool, resume: bool) -> Result<Summary> 
                 info.base.sha256
             );
         }
+        // Custom labels come from the training file: if it changed, head rows would
+        // silently mean other classes.
+        if saved.labels != info.labels {
+            crate::user_bail!(
+                "{}: the labels of the training data changed since the run started ({:?} then, {:?} now)",
+                Source::of(cfg)?.describe(),
+                saved.labels.unwrap_or_default(),
+                info.labels.clone().unwrap_or_default()
+            );
+        }
         Some(state)
     } else {
         run_dir::prepare(out, overwrite)?;
