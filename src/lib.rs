@@ -7,6 +7,7 @@ pub mod data;
 pub mod device;
 pub mod error;
 pub mod fisher;
+pub mod hub;
 pub mod loss;
 pub mod methods;
 pub mod metrics;

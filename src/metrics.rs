@@ -79,6 +79,30 @@ pub fn f1(pred: &[u32], gold: &[u32]) -> f64 {
     }
 }
 
+/// Unweighted mean over classes of each class's F1 against the rest, over the classes
+/// that occur in `gold` or `pred` (sklearn's `average="macro"`).
+pub fn macro_f1(pred: &[u32], gold: &[u32]) -> f64 {
+    assert_eq!(pred.len(), gold.len(), "macro F1: length mismatch");
+    let mut classes: Vec<u32> = pred.iter().chain(gold).copied().collect();
+    classes.sort_unstable();
+    classes.dedup();
+    if classes.is_empty() {
+        return 0.0;
+    }
+    let one = |c: u32| {
+        let (mut tp, mut wrong) = (0.0, 0.0);
+        for (&p, &g) in pred.iter().zip(gold) {
+            match (p == c, g == c) {
+                (true, true) => tp += 1.0,
+                (true, false) | (false, true) => wrong += 1.0,
+                _ => {}
+            }
+        }
+        2.0 * tp / (2.0 * tp + wrong)
+    };
+    classes.iter().map(|&c| one(c)).sum::<f64>() / classes.len() as f64
+}
+
 /// Matthews correlation of a binary task (class 1 positive); 0 when any marginal is
 /// empty, e.g. constant predictions, as sklearn does.
 pub fn matthews_corrcoef(pred: &[u32], gold: &[u32]) -> f64 {
@@ -170,6 +194,7 @@ pub fn evaluate(
                 let value = match m {
                     Metric::Accuracy => accuracy(pred, &gold),
                     Metric::F1 => f1(pred, &gold),
+                    Metric::MacroF1 => macro_f1(pred, &gold),
                     Metric::Mcc => matthews_corrcoef(pred, &gold),
                     Metric::Pearson | Metric::Spearman => {
                         bail!("{}: {m} needs regression scores", spec.name)
@@ -191,7 +216,7 @@ pub fn evaluate(
                 let value = match m {
                     Metric::Pearson => pearson(&pred, &gold),
                     Metric::Spearman => spearman(&pred, &gold),
-                    Metric::Accuracy | Metric::F1 | Metric::Mcc => {
+                    Metric::Accuracy | Metric::F1 | Metric::MacroF1 | Metric::Mcc => {
                         bail!("{}: {m} needs class predictions", spec.name)
                     }
                 };
@@ -297,6 +322,16 @@ mod tests {
         let flat = evaluate(task("stsb").unwrap(), &constant, &sts_gold).unwrap();
         close(flat["pearson"], 0.0);
         close(flat["spearman"], 0.0);
+    }
+
+    #[test]
+    fn macro_f1_averages_the_classes() {
+        // class 0: tp 1, fp 1, fn 1 → 0.5; class 1: tp 1, fp 0, fn 1 → 2/3; class 2: tp 1,
+        // fp 1, fn 0 → 2/3.
+        let (pred, gold) = ([0, 0, 1, 2, 2], [0, 1, 1, 0, 2]);
+        close(macro_f1(&pred, &gold), (0.5 + 2.0 / 3.0 + 2.0 / 3.0) / 3.0);
+        close(macro_f1(&[1, 1], &[1, 1]), 1.0);
+        close(macro_f1(&[], &[]), 0.0);
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! The run directory: self-describing, and enough to re-score the run.
 //!
-//! - `config.json`: the resolved training config, the base model (path, weight file,
-//!   sha256) and trainable-parameter counts;
+//! - `config.json`: the resolved training config, the base model (local path, weight
+//!   file, sha256), a custom task's class labels and trainable-parameter counts;
 //! - `metrics.jsonl`: one line per evaluation;
 //! - `trainable.safetensors`: the trained tensors at the best evaluation (only those
 //!   training could change, head included), and `last.safetensors` at the end.
@@ -39,6 +39,9 @@ pub struct RunInfo {
     pub train: TrainConfig,
     pub base: BaseModel,
     pub num_labels: usize,
+    /// Class names of a custom task, in id order, as found in its training file.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub labels: Option<Vec<String>>,
     pub total_params: usize,
     pub trainable_params: usize,
     pub trainable_tensors: Vec<String>,

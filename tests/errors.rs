@@ -174,6 +174,93 @@ fn bad_inputs_exit_2_and_name_the_culprit() {
         names: vec![s("train.tsv"), s("sentence2")],
     });
 
+    // --- custom data ---
+    let custom = root.join("custom");
+    std::fs::create_dir_all(&custom).unwrap();
+    let file = |name: &str, text: &str| {
+        let path = custom.join(name);
+        std::fs::write(&path, text).unwrap();
+        path
+    };
+    let train_csv = file("train.csv", "text,y\na b,pos\nc d,neg\ne f,pos\n");
+    let custom_args = |train: &Path, dev: &Path, out: &Path, extra: &[&str]| {
+        let mut a = vec![
+            s("train"),
+            s("--model"),
+            fixture("tiny-bert"),
+            s("--task"),
+            s("custom"),
+            s("--train"),
+            p(train),
+            s("--dev"),
+            p(dev),
+            s("--text-columns"),
+            s("text"),
+            s("--label-column"),
+            s("y"),
+            s("--output-dir"),
+            p(out),
+            s("--max-steps"),
+            s("1"),
+        ];
+        a.extend(extra.iter().map(s));
+        a
+    };
+    let f = file("columns.csv", "sentence,label\na b,pos\n");
+    cases.push(Case {
+        what: "custom file without the named column",
+        args: custom_args(&f, &train_csv, &out("c1"), &[]),
+        names: vec![p(&f), s("`text`"), s("columns present: sentence, label")],
+    });
+    let f = file("ragged.csv", "text,y\na b,pos\nc d,neg,extra\n");
+    cases.push(Case {
+        what: "custom row with too many fields",
+        args: custom_args(&f, &train_csv, &out("c2"), &[]),
+        names: vec![format!("{}:3", p(&f))],
+    });
+    let f = file("dev.csv", "text,y\na b,pos\nc d,maybe\n");
+    cases.push(Case {
+        what: "custom dev label not in the training file",
+        args: custom_args(&train_csv, &f, &out("c3"), &[]),
+        names: vec![format!("{}:3", p(&f)), s("maybe"), p(&train_csv)],
+    });
+    let f = file("scores.tsv", "text\ty\na b\t0.5\nc d\thigh\n");
+    cases.push(Case {
+        what: "custom regression label that is not a number",
+        args: custom_args(&f, &f, &out("c4"), &["--problem", "regression"]),
+        names: vec![format!("{}:3", p(&f)), s("`y`"), s("high")],
+    });
+    let f = file(
+        "rows.jsonl",
+        "{\"text\": \"a b\", \"y\": \"pos\"}\n{\"text\": \"a\"\n",
+    );
+    cases.push(Case {
+        what: "custom JSON line that does not parse",
+        args: custom_args(&f, &f, &out("c5"), &[]),
+        names: vec![format!("{}:2", p(&f)), s("JSON")],
+    });
+    let f = file("data.txt", "text,y\n");
+    cases.push(Case {
+        what: "custom file of an unknown type",
+        args: custom_args(&f, &train_csv, &out("c6"), &[]),
+        names: vec![p(&f), s(".csv, .tsv or .jsonl")],
+    });
+    let mut a = custom_args(&train_csv, &train_csv, &out("c8"), &[]);
+    let at = a.iter().position(|x| x == "--label-column").unwrap();
+    a.drain(at..at + 2);
+    cases.push(Case {
+        what: "custom data without a label column",
+        args: a,
+        names: vec![s("--label-column")],
+    });
+    let mut a = train_args(&good, &out("c7"), &["--task", "rte"]);
+    a.extend([s("--train"), p(&train_csv)]);
+    cases.push(Case {
+        what: "custom-data flag with a GLUE task",
+        args: a,
+        names: vec![s("--train"), s("--task custom")],
+    });
+
     // --- models ---
     let m = model_with(root, "noconfig", |m| {
         std::fs::remove_file(m.join("config.json")).unwrap()
@@ -182,6 +269,13 @@ fn bad_inputs_exit_2_and_name_the_culprit() {
         what: "model directory without config.json",
         args: model_args(&p(&m), &good, &out("h"), &["--task", "rte"]),
         names: vec![p(&m.join("config.json"))],
+    });
+    // Not a directory and not a hub id (three parts): nothing is looked up on the network.
+    let m = root.join("no/such/model");
+    cases.push(Case {
+        what: "model path that does not exist",
+        args: model_args(&p(&m), &good, &out("h2"), &["--task", "rte"]),
+        names: vec![format!("{}: no such directory", p(&m))],
     });
     let m = model_with(root, "modeltype", |m| {
         rewrite(&m.join("config.json"), |t| {

@@ -13,9 +13,12 @@ use crate::model::read_checkpoint;
 
 #[derive(Args, Debug)]
 pub struct BenchArgs {
-    /// Model directory (weights may be random; only shapes matter for speed).
+    /// Model directory or hub id (weights may be random; only shapes matter for speed).
     #[arg(long)]
     pub model: PathBuf,
+    /// Branch, tag or commit of a hub --model [default: main].
+    #[arg(long)]
+    pub revision: Option<String>,
     #[arg(long, default_value_t = 32)]
     pub batch: usize,
     #[arg(long, default_value_t = 128)]
@@ -44,7 +47,8 @@ pub fn run(args: BenchArgs) -> Result<()> {
         crate::user_bail!("--steps and --batch must be at least 1, --seq at least 2");
     }
     let device = crate::device::parse(&args.device)?;
-    let (cfg, weights) = read_checkpoint(&args.model)?;
+    let model_dir = crate::model::hub::resolve(&args.model, args.revision.as_deref())?;
+    let (cfg, weights) = read_checkpoint(&model_dir)?;
     let shape = (args.batch, args.seq);
     let tokens = (args.batch * args.seq) as f64;
     println!(

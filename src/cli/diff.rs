@@ -19,7 +19,7 @@ pub struct DiffArgs {
     /// A run directory written by `peft train`.
     #[arg(long)]
     pub checkpoint: PathBuf,
-    /// The base model [default: the run's].
+    /// The base model, a directory or a hub id [default: the run's].
     #[arg(long)]
     pub base: Option<PathBuf>,
     /// Which saved state to compare.
@@ -32,7 +32,7 @@ pub struct DiffArgs {
 
 pub fn run(args: DiffArgs) -> Result<()> {
     let info = RunInfo::load(&args.checkpoint)?;
-    let base_dir = args.base.clone().unwrap_or_else(|| info.base.path.clone());
+    let base_dir = crate::cli::weights::base_dir(&info, args.base.as_deref())?;
     let (_, mut base) = read_checkpoint(&base_dir)?;
     // A head made for another label set has nothing to compare with.
     drop_mismatched_head(&mut base, info.num_labels);

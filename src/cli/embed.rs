@@ -24,9 +24,13 @@ pub enum Pooling {
 
 #[derive(Args, Debug)]
 pub struct EmbedArgs {
-    /// Model directory in Hugging Face layout (config.json, model.safetensors, tokenizer.json).
+    /// Model directory in Hugging Face layout (config.json, model.safetensors,
+    /// tokenizer.json), or a hub id.
     #[arg(long)]
     pub model: PathBuf,
+    /// Branch, tag or commit of a hub --model [default: main].
+    #[arg(long)]
+    pub revision: Option<String>,
     /// Text file: one input per line; a TAB separates the two sentences of a pair.
     #[arg(long)]
     pub input: PathBuf,
@@ -57,10 +61,11 @@ pub fn run(args: EmbedArgs) -> Result<()> {
     let device = crate::device::parse(&args.device)?;
     let text =
         std::fs::read_to_string(&args.input).path_context("cannot read input", &args.input)?;
-    let (cfg, weights) = read_checkpoint(&args.model)?;
+    let model_dir = crate::model::hub::resolve(&args.model, args.revision.as_deref())?;
+    let (cfg, weights) = read_checkpoint(&model_dir)?;
     let store = ParamStore::frozen(weights, device.clone());
     let model = Model::load(&store, &cfg, None)?;
-    let encoder = TextEncoder::load(&args.model, &cfg, args.max_seq_len)?;
+    let encoder = TextEncoder::load(&model_dir, &cfg, args.max_seq_len)?;
 
     let mut inputs = Vec::new();
     for (i, line) in text.lines().enumerate() {

@@ -9,7 +9,7 @@ use anyhow::Result;
 use clap::{Args, ValueEnum};
 
 use crate::cli::weights::RunWeights;
-use crate::data::tasks::{task, Problem};
+use crate::data::{run_task, Problem, Source, CUSTOM};
 use crate::error::user;
 use crate::metrics::{evaluate, Predictions};
 use crate::model::{Model, ParamStore};
@@ -36,10 +36,13 @@ pub struct EvalArgs {
     /// Which saved state to score.
     #[arg(long, value_enum, default_value_t = Which::Best)]
     pub which: Which,
-    /// Base model directory, if it moved since training [default: the run's].
+    /// Base model directory or hub id, if it moved since training [default: the run's].
     #[arg(long)]
     pub model: Option<PathBuf>,
-    /// GLUE data directory [default: the run's].
+    /// Branch, tag or commit of a hub --model [default: main].
+    #[arg(long, requires = "model")]
+    pub revision: Option<String>,
+    /// GLUE data directory [default: the run's; none: nyu-mll/glue from the hub].
     #[arg(long)]
     pub data_dir: Option<PathBuf>,
     /// cpu, cuda or cuda:N [default: the run's].
@@ -58,7 +61,12 @@ pub struct EvalArgs {
 }
 
 pub fn run(args: EvalArgs) -> Result<()> {
-    let run = RunWeights::load(&args.checkpoint, args.which, args.model.as_deref())?;
+    let model = args
+        .model
+        .as_deref()
+        .map(|m| crate::model::hub::resolve(m, args.revision.as_deref()))
+        .transpose()?;
+    let run = RunWeights::load(&args.checkpoint, args.which, model.as_deref())?;
     let info = &run.info;
     let alphas = match &args.alpha {
         Some(a) => {
@@ -75,20 +83,31 @@ pub fn run(args: EvalArgs) -> Result<()> {
         None => vec![1.0],
     };
     let device = crate::device::parse(args.device.as_deref().unwrap_or(&info.train.device))?;
-    let spec = task(&info.train.task)?;
+    let spec = run_task(&info.train, info.labels.as_deref())?;
     let encoder = TextEncoder::load(&run.model_dir, &run.config, info.train.max_seq_len)?;
-    let data_dir = args
-        .data_dir
-        .clone()
-        .unwrap_or_else(|| info.train.data_dir.clone());
+    let source = match &args.data_dir {
+        Some(_) if info.train.task == CUSTOM => {
+            return Err(user(
+                "--data-dir applies to GLUE runs; a custom run reads the files it trained on",
+            ))
+        }
+        Some(dir) => Source::GlueDir(dir.clone()),
+        None => Source::of(&info.train)?,
+    };
     let splits: Vec<String> = match args.split.as_str() {
         "dev" => spec.dev_splits.iter().map(|s| s.to_string()).collect(),
         "test" => spec.test_splits.iter().map(|s| s.to_string()).collect(),
         other => vec![other.to_string()],
     };
+    if splits.is_empty() {
+        return Err(user(format!(
+            "a {} run has no {} split",
+            spec.name, args.split
+        )));
+    }
     let data = splits
         .iter()
-        .map(|s| Dataset::load(spec, &data_dir, s, &encoder))
+        .map(|s| Dataset::load(spec, &source, s, &encoder))
         .collect::<Result<Vec<_>>>()?;
     for &alpha in &alphas {
         let store = ParamStore::frozen(run.weights(alpha)?, device.clone());

@@ -10,7 +10,7 @@ use candle_core::Tensor;
 use clap::Args;
 
 use crate::components::{aggregate, Table};
-use crate::data::tasks::task;
+use crate::data::{task, Source, CUSTOM};
 use crate::error::PathContext;
 use crate::fisher::{estimate, global, totals, Estimator, FisherOptions};
 use crate::model::{drop_mismatched_head, read_checkpoint, Model, ParamStore};
@@ -20,10 +20,14 @@ use crate::train::dataset::Dataset;
 
 #[derive(Args, Debug)]
 pub struct FisherArgs {
-    /// Base model directory in Hugging Face layout.
+    /// Base model: a directory in Hugging Face layout, or a hub id.
     #[arg(long)]
     pub model: PathBuf,
-    /// GLUE data in the official glue_data/<TASK>/ layout [default: $PEFT_GLUE_DIR].
+    /// Branch, tag or commit of a hub --model [default: main].
+    #[arg(long)]
+    pub revision: Option<String>,
+    /// GLUE data in the official glue_data/<TASK>/ layout [default: $PEFT_GLUE_DIR, else
+    /// nyu-mll/glue from the Hugging Face hub].
     #[arg(long)]
     pub data_dir: Option<PathBuf>,
     /// One task (cola, rte, ...).
@@ -66,14 +70,7 @@ pub fn run(args: FisherArgs) -> Result<()> {
             "--tasks with several tasks needs --global (one Fisher averaged over them)"
         );
     }
-    let data_dir = match args
-        .data_dir
-        .clone()
-        .or_else(|| std::env::var_os("PEFT_GLUE_DIR").map(PathBuf::from))
-    {
-        Some(d) => d,
-        None => crate::user_bail!("no GLUE data: pass --data-dir DIR or set PEFT_GLUE_DIR"),
-    };
+    let source = Source::glue(args.data_dir.clone());
     let device = crate::device::parse(&args.device)?;
     let estimator = match args.batch_mean {
         Some(0) => crate::user_bail!("--batch-mean must be at least 1"),
@@ -85,14 +82,21 @@ pub fn run(args: FisherArgs) -> Result<()> {
         estimator,
         seed: args.seed,
     };
-    let (cfg, base) = read_checkpoint(&args.model)?;
-    let encoder = TextEncoder::load(&args.model, &cfg, args.max_seq_len)?;
+    let model_dir = crate::model::hub::resolve(&args.model, args.revision.as_deref())?;
+    let (cfg, base) = read_checkpoint(&model_dir)?;
+    let encoder = TextEncoder::load(&model_dir, &cfg, args.max_seq_len)?;
 
     let mut per_task = Vec::new();
     let mut names = Vec::new();
     for t in &tasks {
+        if t.eq_ignore_ascii_case(CUSTOM) {
+            crate::user_bail!(
+                "peft fisher ranks on GLUE tasks; for custom data, `peft train --task custom \
+                 --method fisher-layernorm` estimates the Fisher on its --train file"
+            );
+        }
         let spec = task(t)?;
-        let data = Dataset::load(spec, &data_dir, "train", &encoder)?;
+        let data = Dataset::load(spec, &source, "train", &encoder)?;
         let mut weights = base.clone();
         drop_mismatched_head(&mut weights, spec.num_labels());
         let store = ParamStore::new(weights, device.clone(), args.seed, Box::new(|_| true));

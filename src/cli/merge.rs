@@ -11,7 +11,7 @@ use serde_json::{json, Value};
 
 use crate::cli::eval::Which;
 use crate::cli::weights::{fold_adapters, RunWeights};
-use crate::data::tasks::{task, Problem};
+use crate::data::{run_task, Problem};
 use crate::error::{user, PathContext};
 use crate::methods::is_head;
 use crate::model::Arch;
@@ -42,9 +42,12 @@ pub struct MergeArgs {
     /// Which saved state to merge.
     #[arg(long, value_enum, default_value_t = Which::Best)]
     pub which: Which,
-    /// Base model directory, if it moved since training [default: the run's].
+    /// Base model directory or hub id, if it moved since training [default: the run's].
     #[arg(long)]
     pub model: Option<PathBuf>,
+    /// Branch, tag or commit of a hub --model [default: main].
+    #[arg(long, requires = "model")]
+    pub revision: Option<String>,
     /// Write into a non-empty --output.
     #[arg(long)]
     pub overwrite: bool,
@@ -57,7 +60,12 @@ pub fn run(args: MergeArgs) -> Result<()> {
             args.alpha
         )));
     }
-    let run = RunWeights::load(&args.checkpoint, args.which, args.model.as_deref())?;
+    let model = args
+        .model
+        .as_deref()
+        .map(|m| crate::model::hub::resolve(m, args.revision.as_deref()))
+        .transpose()?;
+    let run = RunWeights::load(&args.checkpoint, args.which, model.as_deref())?;
     let mut weights = run.weights(args.alpha)?;
     fold_adapters(&mut weights, &run.info)?;
     prepare(&args.output, args.overwrite)?;
@@ -82,7 +90,8 @@ pub fn run(args: MergeArgs) -> Result<()> {
     let text = std::fs::read_to_string(&base_cfg).path_context("cannot read", &base_cfg)?;
     let mut cfg: Value =
         serde_json::from_str(&text).map_err(|e| user(format!("{}: {e}", base_cfg.display())))?;
-    set_task(&mut cfg, arch, &run.info.train.task, run.info.num_labels)?;
+    let spec = run_task(&run.info.train, run.info.labels.as_deref())?;
+    set_task(&mut cfg, arch, spec.problem, run.info.num_labels)?;
     run_dir::write_atomic(
         &args.output.join("config.json"),
         serde_json::to_string_pretty(&cfg)?.as_bytes(),
@@ -118,7 +127,7 @@ fn prepare(dir: &Path, overwrite: bool) -> Result<()> {
 }
 
 /// The base's config with the run's task head: architecture, labels, problem type.
-fn set_task(cfg: &mut Value, arch: Arch, task_name: &str, num_labels: usize) -> Result<()> {
+fn set_task(cfg: &mut Value, arch: Arch, problem: Problem, num_labels: usize) -> Result<()> {
     let obj = cfg
         .as_object_mut()
         .ok_or_else(|| user("the base model's config.json is not a JSON object"))?;
@@ -127,7 +136,7 @@ fn set_task(cfg: &mut Value, arch: Arch, task_name: &str, num_labels: usize) -> 
         Arch::Roberta => "RobertaForSequenceClassification",
     };
     obj.insert("architectures".into(), json!([architecture]));
-    let names: Vec<String> = match task(task_name)?.problem {
+    let names: Vec<String> = match problem {
         Problem::Classification { labels } if labels.len() == num_labels => {
             labels.iter().map(|s| s.to_string()).collect()
         }
@@ -157,11 +166,12 @@ fn set_task(cfg: &mut Value, arch: Arch, task_name: &str, num_labels: usize) -> 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::data::task;
 
     #[test]
     fn task_config_names_labels_and_regression() {
         let mut cfg = json!({"model_type": "bert", "id2label": {"0": "A", "1": "B", "2": "C"}});
-        set_task(&mut cfg, Arch::Bert, "rte", 2).unwrap();
+        set_task(&mut cfg, Arch::Bert, task("rte").unwrap().problem, 2).unwrap();
         assert_eq!(
             cfg["architectures"],
             json!(["BertForSequenceClassification"])
@@ -173,7 +183,7 @@ mod tests {
         assert_eq!(cfg["num_labels"], 2);
         assert!(cfg.get("problem_type").is_none());
 
-        set_task(&mut cfg, Arch::Roberta, "stsb", 1).unwrap();
+        set_task(&mut cfg, Arch::Roberta, task("stsb").unwrap().problem, 1).unwrap();
         assert_eq!(
             cfg["architectures"],
             json!(["RobertaForSequenceClassification"])

@@ -7,7 +7,7 @@ use std::sync::atomic::Ordering;
 use anyhow::Result;
 use clap::Args;
 
-use crate::data::tasks::task;
+use crate::data::run_task;
 use crate::run_dir::RunInfo;
 use crate::train::config::Overrides;
 use crate::train::fit::{describe, fit, INTERRUPTED};
@@ -55,7 +55,7 @@ pub fn run(args: TrainArgs) -> Result<()> {
     );
     catch_ctrl_c();
     let summary = fit(&cfg, args.overwrite, args.resume.is_some())?;
-    let spec = task(&cfg.task)?;
+    let spec = run_task(&cfg, summary.info.labels.as_deref())?;
     println!("best: {}", describe(spec, &summary.best));
     println!("last: {}", describe(spec, &summary.last));
     println!("run saved to {}", cfg.output_dir.display());

@@ -30,7 +30,7 @@ impl RunWeights {
     /// refusing a base whose weights changed since training.
     pub fn load(checkpoint: &Path, which: Which, model: Option<&Path>) -> Result<Self> {
         let info = RunInfo::load(checkpoint)?;
-        let model_dir = model.map_or_else(|| info.base.path.clone(), Path::to_path_buf);
+        let model_dir = base_dir(&info, model)?;
         let weights_file = load::weight_file(&model_dir)?;
         let sha = run_dir::sha256_file(&weights_file)?;
         if sha != info.base.sha256 {
@@ -105,6 +105,20 @@ impl RunWeights {
         }
         Ok(out)
     }
+}
+
+/// The base model of a run: `model` (a directory or a hub id at main) if given, else the
+/// directory the run recorded, or, when that is gone (a cleared hub cache), the run's
+/// hub id resolved again. The caller checks the weights' sha256 either way.
+pub fn base_dir(info: &RunInfo, model: Option<&Path>) -> Result<PathBuf> {
+    if let Some(m) = model {
+        return crate::model::hub::resolve(m, None);
+    }
+    let recorded = &info.base.path;
+    if recorded.exists() || info.train.model.exists() {
+        return Ok(recorded.clone());
+    }
+    crate::model::hub::resolve(&info.train.model, info.train.revision.as_deref())
 }
 
 /// Fold every LoRA pair into the weight it wraps, W₀ + (α/r)·B·A, and drop the pair.

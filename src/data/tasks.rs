@@ -26,6 +26,8 @@ pub enum Problem {
 pub enum Metric {
     Accuracy,
     F1,
+    /// The mean over classes of one-against-the-rest F1 (custom classification).
+    MacroF1,
     Mcc,
     Pearson,
     Spearman,
@@ -37,6 +39,7 @@ impl Metric {
         match self {
             Metric::Accuracy => "accuracy",
             Metric::F1 => "f1",
+            Metric::MacroF1 => "macro_f1",
             Metric::Mcc => "mcc",
             Metric::Pearson => "pearson",
             Metric::Spearman => "spearman",
@@ -275,7 +278,7 @@ pub fn task(name: &str) -> Result<&'static TaskSpec> {
     TASKS.iter().find(|t| t.name == key).ok_or_else(|| {
         let names: Vec<&str> = TASKS.iter().map(|t| t.name).collect();
         user(format!(
-            "unknown task `{name}`; valid tasks: {}",
+            "unknown task `{name}`; valid tasks: {}, or custom (your own files: --train, --dev)",
             names.join(", ")
         ))
     })
@@ -463,7 +466,8 @@ mod tests {
         assert!(is_user_error(&err));
         assert_eq!(
             err.to_string(),
-            "unknown task `squad`; valid tasks: cola, sst2, mrpc, stsb, qqp, mnli, qnli, rte, wnli"
+            "unknown task `squad`; valid tasks: cola, sst2, mrpc, stsb, qqp, mnli, qnli, rte, wnli, \
+             or custom (your own files: --train, --dev)"
         );
     }
 

@@ -7,6 +7,7 @@ pub mod adapter;
 pub mod config;
 mod embeddings;
 mod heads;
+pub mod hub;
 mod layer;
 pub mod load;
 pub mod nn;

@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use anyhow::Result;
 use serde::{Deserialize, Serialize};
 
+use crate::data::{CustomProblem, CUSTOM};
 use crate::error::{user, PathContext};
 use crate::methods::Method;
 use crate::model::adapter::TARGETS;
@@ -16,12 +17,27 @@ use crate::model::{AdapterConfig, AdapterKind, InaActivation};
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct TrainConfig {
-    /// Base model directory (Hugging Face layout).
+    /// Base model: a directory (Hugging Face layout) or a hub id.
     pub model: PathBuf,
-    /// Folder in the official glue_data/<TASK>/ layout.
-    pub data_dir: PathBuf,
-    /// Canonical task name (rte, stsb, ...).
+    /// Branch, tag or commit of a hub model (None: main).
+    #[serde(default)]
+    pub revision: Option<String>,
+    /// Folder in the official glue_data/<TASK>/ layout (None: GLUE from the hub).
+    #[serde(default)]
+    pub data_dir: Option<PathBuf>,
+    /// Canonical task name (rte, stsb, ...), or `custom`.
     pub task: String,
+    /// custom: the training and dev files, their text columns and label column.
+    #[serde(default, rename = "train", skip_serializing_if = "Option::is_none")]
+    pub train_file: Option<PathBuf>,
+    #[serde(default, rename = "dev", skip_serializing_if = "Option::is_none")]
+    pub dev_file: Option<PathBuf>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub text_columns: Option<Vec<String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub label_column: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub problem: Option<CustomProblem>,
     pub method: Method,
     /// Share of eligible elements (fisher-layernorm, random-layernorm, random).
     pub fraction: Option<f64>,
@@ -75,15 +91,40 @@ pub struct TrainConfig {
 #[derive(Debug, Clone, Default, Serialize, Deserialize, clap::Args)]
 #[serde(deny_unknown_fields)]
 pub struct Overrides {
-    /// Base model directory in Hugging Face layout (config.json, model.safetensors, tokenizer.json).
+    /// Base model: a directory in Hugging Face layout (config.json, model.safetensors,
+    /// tokenizer.json), or a hub id such as bert-base-uncased, fetched into the Hugging
+    /// Face cache (HF_HUB_OFFLINE=1: the cache only).
     #[arg(long)]
     pub model: Option<PathBuf>,
-    /// GLUE data in the official glue_data/<TASK>/ layout [default: $PEFT_GLUE_DIR].
+    /// Branch, tag or commit of a hub --model [default: main].
+    #[arg(long)]
+    pub revision: Option<String>,
+    /// GLUE data in the official glue_data/<TASK>/ layout [default: $PEFT_GLUE_DIR, else
+    /// nyu-mll/glue from the Hugging Face hub].
     #[arg(long)]
     pub data_dir: Option<PathBuf>,
-    /// GLUE task: cola, sst2, mrpc, stsb, qqp, mnli, qnli, rte, wnli (any case, dashes allowed).
+    /// GLUE task: cola, sst2, mrpc, stsb, qqp, mnli, qnli, rte, wnli (any case, dashes
+    /// allowed); or custom, with --train, --dev, --text-columns and --label-column.
     #[arg(long)]
     pub task: Option<String>,
+    /// custom: training file, .csv, .tsv (no quoting, as GLUE) or .jsonl.
+    #[arg(long = "train", value_name = "FILE")]
+    #[serde(rename = "train")]
+    pub train_file: Option<PathBuf>,
+    /// custom: dev file, scored after each epoch; its labels must occur in --train.
+    #[arg(long = "dev", value_name = "FILE")]
+    #[serde(rename = "dev")]
+    pub dev_file: Option<PathBuf>,
+    /// custom: the text column, or two comma-separated for sentence pairs.
+    #[arg(long, value_delimiter = ',')]
+    pub text_columns: Option<Vec<String>>,
+    /// custom: the label column.
+    #[arg(long)]
+    pub label_column: Option<String>,
+    /// custom: classification (labels are the training file's distinct values) or
+    /// regression (numbers) [default: classification].
+    #[arg(long, value_enum)]
+    pub problem: Option<CustomProblem>,
     /// Which parameters train [default: full].
     #[arg(long, value_enum)]
     pub method: Option<Method>,
@@ -225,8 +266,14 @@ impl Overrides {
         }
         pick!(
             model,
+            revision,
             data_dir,
             task,
+            train_file,
+            dev_file,
+            text_columns,
+            label_column,
+            problem,
             method,
             fraction,
             reserve,
@@ -264,23 +311,24 @@ impl Overrides {
 
     /// Fill what is unset with defaults and check every value.
     pub fn resolve(self) -> Result<TrainConfig> {
-        let model = self
-            .model
-            .ok_or_else(|| user("no model: pass --model DIR or set `model` in the config"))?;
         let task_name = self
             .task
+            .clone()
             .ok_or_else(|| user("no task: pass --task (e.g. --task rte)"))?;
-        let task = crate::data::tasks::task(&task_name)?;
-        let data_dir = match self
-            .data_dir
-            .or_else(|| std::env::var_os("PEFT_GLUE_DIR").map(PathBuf::from))
-        {
-            Some(d) => d,
-            None => {
-                return Err(user(
-                    "no GLUE data: pass --data-dir DIR or set PEFT_GLUE_DIR",
-                ))
-            }
+        let custom = custom_data(&self, &task_name)?;
+        let model = self.model.ok_or_else(|| {
+            user("no model: pass --model DIR (or a hub id) or set `model` in the config")
+        })?;
+        let task_name = match custom {
+            true => CUSTOM,
+            false => crate::data::tasks::task(&task_name)?.name,
+        };
+        // GLUE without a folder comes from the hub; custom data names its own files.
+        let data_dir = match custom {
+            true => None,
+            false => self
+                .data_dir
+                .or_else(|| std::env::var_os("PEFT_GLUE_DIR").map(PathBuf::from)),
         };
         let method = self.method.unwrap_or(Method::Full);
         let given = |set: bool, flag: &str, ok: bool| -> Result<()> {
@@ -320,13 +368,19 @@ impl Overrides {
             )));
         }
         let seed = self.seed.unwrap_or(42);
-        let output_dir = self.output_dir.unwrap_or_else(|| {
-            PathBuf::from("runs").join(format!("{}-{}-{}", task.name, method, seed))
-        });
+        let output_dir = self
+            .output_dir
+            .unwrap_or_else(|| PathBuf::from("runs").join(format!("{task_name}-{method}-{seed}")));
         let cfg = TrainConfig {
             model,
+            revision: self.revision,
             data_dir,
-            task: task.name.to_string(),
+            task: task_name.to_string(),
+            train_file: self.train_file,
+            dev_file: self.dev_file,
+            text_columns: self.text_columns,
+            label_column: self.label_column,
+            problem: custom.then(|| self.problem.unwrap_or(CustomProblem::Classification)),
             method,
             fraction: self.fraction,
             reserve: if method.takes_reserve() {
@@ -375,6 +429,48 @@ impl Overrides {
         cfg.validate()?;
         Ok(cfg)
     }
+}
+
+/// Whether `task` is custom data, after checking that the custom flags are given exactly
+/// when it is.
+fn custom_data(o: &Overrides, task: &str) -> Result<bool> {
+    let custom = task.eq_ignore_ascii_case(CUSTOM);
+    let flags = [
+        ("--train", o.train_file.is_some()),
+        ("--dev", o.dev_file.is_some()),
+        ("--text-columns", o.text_columns.is_some()),
+        ("--label-column", o.label_column.is_some()),
+        ("--problem", o.problem.is_some()),
+    ];
+    if !custom {
+        if let Some((flag, _)) = flags.iter().find(|(_, set)| *set) {
+            return Err(user(format!(
+                "{flag} applies to --task custom; GLUE tasks read --data-dir"
+            )));
+        }
+        return Ok(false);
+    }
+    if o.data_dir.is_some() {
+        return Err(user(
+            "--data-dir applies to GLUE tasks; --task custom reads --train and --dev",
+        ));
+    }
+    if let Some((flag, _)) = flags[..4].iter().find(|(_, set)| !*set) {
+        return Err(user(format!(
+            "--task custom needs {flag}: it reads --train FILE --dev FILE --text-columns a[,b] \
+             --label-column y"
+        )));
+    }
+    for path in [&o.train_file, &o.dev_file].into_iter().flatten() {
+        crate::data::custom::check_extension(path)?;
+    }
+    let n = o.text_columns.as_ref().map_or(0, Vec::len);
+    if !(1..=2).contains(&n) {
+        return Err(user(format!(
+            "--text-columns: name one column, or two for sentence pairs (got {n})"
+        )));
+    }
+    Ok(true)
 }
 
 /// serde names an unknown key and lists the valid ones; say which one was meant.

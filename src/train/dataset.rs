@@ -1,12 +1,11 @@
 //! A tokenized split, and scoring a model on it.
 
-use std::path::Path;
-
 use anyhow::Result;
 use candle_core::{DType, Device, Tensor, D};
 
 use super::batches;
-use crate::data::tasks::{read_split, Label, TaskSpec};
+use crate::data::tasks::{Label, TaskSpec};
+use crate::data::Source;
 use crate::metrics::Predictions;
 use crate::model::{Ctx, Model};
 use crate::tokenize::{collate, Encoded, TextEncoder};
@@ -21,11 +20,11 @@ pub struct Dataset {
 impl Dataset {
     pub fn load(
         spec: &TaskSpec,
-        data_dir: &Path,
+        source: &Source,
         split: &str,
         encoder: &TextEncoder,
     ) -> Result<Self> {
-        let examples = read_split(spec, data_dir, split)?;
+        let examples = source.read(spec, split)?;
         let mut inputs = Vec::with_capacity(examples.len());
         for e in &examples {
             inputs.push(encoder.encode(&e.text_a, e.text_b.as_deref())?);

@@ -16,7 +16,7 @@ use super::batches;
 use super::checkpoint::{self, Progress, RESUME};
 use super::config::TrainConfig;
 use super::dataset::{predict, Dataset};
-use crate::data::tasks::{task, TaskSpec};
+use crate::data::{run_task, Source, TaskSpec};
 use crate::fisher::{estimate, Estimator, FisherOptions};
 use crate::loss;
 use crate::methods::{self, MethodSpec};
@@ -89,21 +89,24 @@ pub fn fit(cfg: &TrainConfig, overwrite: bool, resume: bool) -> Result<Summary> 
         None
     };
     let device = crate::device::parse(&cfg.device)?;
-    let spec = task(&cfg.task)?;
-    let (mcfg, mut weights) = read_checkpoint(&cfg.model)?;
+    let source = Source::of(cfg)?;
+    let labels = source.labels()?;
+    let spec = run_task(cfg, labels.as_deref())?;
+    let model_dir = crate::model::hub::resolve(&cfg.model, cfg.revision.as_deref())?;
+    let (mcfg, mut weights) = read_checkpoint(&model_dir)?;
     if drop_mismatched_head(&mut weights, spec.num_labels()) {
         eprintln!("the checkpoint's classifier has another number of labels: starting a new head");
     }
-    let weights_file = load::weight_file(&cfg.model)?;
-    let encoder = TextEncoder::load(&cfg.model, &mcfg, cfg.max_seq_len)?;
-    let train = Dataset::load(spec, &cfg.data_dir, "train", &encoder)?;
+    let weights_file = load::weight_file(&model_dir)?;
+    let encoder = TextEncoder::load(&model_dir, &mcfg, cfg.max_seq_len)?;
+    let train = Dataset::load(spec, &source, "train", &encoder)?;
     if train.is_empty() {
-        crate::user_bail!("{}: the train split is empty", cfg.data_dir.display());
+        crate::user_bail!("{}: the train split is empty", source.describe());
     }
     let devs = spec
         .dev_splits
         .iter()
-        .map(|s| Dataset::load(spec, &cfg.data_dir, s, &encoder))
+        .map(|s| Dataset::load(spec, &source, s, &encoder))
         .collect::<Result<Vec<_>>>()?;
 
     let fisher = if cfg.method.needs_fisher() {
@@ -152,11 +155,12 @@ pub fn fit(cfg: &TrainConfig, overwrite: bool, resume: bool) -> Result<Summary> 
         peft_version: env!("CARGO_PKG_VERSION").to_string(),
         train: cfg.clone(),
         base: BaseModel {
-            path: cfg.model.clone(),
+            path: model_dir,
             sha256: run_dir::sha256_file(&weights_file)?,
             weights_file,
         },
         num_labels: spec.num_labels(),
+        labels,
         total_params,
         trainable_params,
         trainable_tensors: vars.keys().cloned().collect(),
@@ -168,6 +172,16 @@ pub fn fit(cfg: &TrainConfig, overwrite: bool, resume: bool) -> Result<Summary> 
                 info.base.weights_file.display(),
                 saved.base.sha256,
                 info.base.sha256
+            );
+        }
+        // Custom labels come from the training file: if it changed, head rows would
+        // silently mean other classes.
+        if saved.labels != info.labels {
+            crate::user_bail!(
+                "{}: the labels of the training data changed since the run started ({:?} then, {:?} now)",
+                Source::of(cfg)?.describe(),
+                saved.labels.unwrap_or_default(),
+                info.labels.clone().unwrap_or_default()
             );
         }
         Some(state)

@@ -126,3 +126,101 @@ pub fn metrics(out: &Path) -> Vec<serde_json::Value> {
 pub fn tensors(path: &Path) -> HashMap<String, Tensor> {
     candle_core::safetensors::load(path, &Device::Cpu).unwrap()
 }
+
+/// A column of a parquet file the tests write.
+pub enum Col {
+    Str(Vec<String>),
+    I64(Vec<i64>),
+    I32(Vec<i32>),
+    F32(Vec<f32>),
+}
+
+/// Write one row group of `columns` to `path`, snappy-compressed as `datasets` writes
+/// them, with `hf_features` (a JSON string) as the file's `huggingface` metadata.
+pub fn write_parquet(path: &Path, columns: &[(&str, Col)], hf_features: Option<String>) {
+    use parquet::basic::Compression;
+    use parquet::data_type::{ByteArray, ByteArrayType, FloatType, Int32Type, Int64Type};
+    use parquet::file::metadata::KeyValue;
+    use parquet::file::properties::WriterProperties;
+    use parquet::file::writer::SerializedFileWriter;
+    use std::sync::Arc;
+
+    let fields: Vec<String> = columns
+        .iter()
+        .map(|(name, c)| match c {
+            Col::Str(_) => format!("REQUIRED BYTE_ARRAY {name} (UTF8);"),
+            Col::I64(_) => format!("REQUIRED INT64 {name};"),
+            Col::I32(_) => format!("REQUIRED INT32 {name};"),
+            Col::F32(_) => format!("REQUIRED FLOAT {name};"),
+        })
+        .collect();
+    let schema = format!("message schema {{ {} }}", fields.join(" "));
+    let schema = Arc::new(parquet::schema::parser::parse_message_type(&schema).unwrap());
+    let props = WriterProperties::builder()
+        .set_compression(Compression::SNAPPY)
+        .set_key_value_metadata(hf_features.map(|f| vec![KeyValue::new("huggingface".into(), f)]))
+        .build();
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    let file = std::fs::File::create(path).unwrap();
+    let mut w = SerializedFileWriter::new(file, schema, Arc::new(props)).unwrap();
+    let mut rg = w.next_row_group().unwrap();
+    for (_, c) in columns {
+        let mut cw = rg.next_column().unwrap().unwrap();
+        match c {
+            Col::Str(v) => {
+                let data: Vec<ByteArray> = v.iter().map(|s| ByteArray::from(s.as_str())).collect();
+                cw.typed::<ByteArrayType>()
+                    .write_batch(&data, None, None)
+                    .unwrap();
+            }
+            Col::I64(v) => {
+                cw.typed::<Int64Type>().write_batch(v, None, None).unwrap();
+            }
+            Col::I32(v) => {
+                cw.typed::<Int32Type>().write_batch(v, None, None).unwrap();
+            }
+            Col::F32(v) => {
+                cw.typed::<FloatType>().write_batch(v, None, None).unwrap();
+            }
+        }
+        cw.close().unwrap();
+    }
+    rg.close().unwrap();
+    w.close().unwrap();
+}
+
+/// A Hugging Face cache folder holding `files` of one repository at commit `sha`, with
+/// `refs/main` pointing at it, as the Python tools leave it. Returns the snapshot folder.
+pub fn hub_snapshot(cache: &Path, folder: &str, sha: &str) -> std::path::PathBuf {
+    let repo = cache.join(folder);
+    let snap = repo.join("snapshots").join(sha);
+    std::fs::create_dir_all(&snap).unwrap();
+    std::fs::create_dir_all(repo.join("refs")).unwrap();
+    std::fs::write(repo.join("refs/main"), sha).unwrap();
+    snap
+}
+
+/// The tiny BERT fixture as the cached hub model `org/name`, without `skip`.
+pub fn hub_model(cache: &Path, id: &str, skip: &[&str]) -> std::path::PathBuf {
+    let folder = format!("models--{}", id.replace('/', "--"));
+    let snap = hub_snapshot(cache, &folder, "0123456789abcdef0123456789abcdef01234567");
+    for f in ["config.json", "model.safetensors", "tokenizer.json"] {
+        if !skip.contains(&f) {
+            std::fs::copy(Path::new(&fixture("tiny-bert")).join(f), snap.join(f)).unwrap();
+        }
+    }
+    snap
+}
+
+/// `peft` with the Hugging Face cache at `cache`, downloads forbidden and no GLUE folder
+/// from the environment.
+pub fn peft_offline(cache: &Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_peft"))
+        .args(args)
+        .env("HF_HUB_CACHE", cache)
+        .env("HF_HUB_OFFLINE", "1")
+        .env_remove("HF_HOME")
+        .env_remove("PEFT_GLUE_DIR")
+        .output()
+        .expect("run peft")
+}

@@ -1,0 +1,160 @@
+//! `--task custom`: training and re-scoring on the user's own CSV, TSV and JSON Lines
+//! files, for classification and regression.
+
+mod common;
+
+use std::path::Path;
+
+use common::*;
+
+/// Rows of (text a, text b, class label, score) from the tiny vocabulary.
+fn rows(n: usize, offset: usize) -> Vec<(String, String, &'static str, f32)> {
+    (0..n)
+        .map(|i| {
+            let a = sentence(i + offset, 3 + i % 5);
+            let b = sentence(i * 3 + offset + 1, 2 + i % 3);
+            let label = ["neg", "neutral", "pos"][(a.len() + b.len()) % 3];
+            let score = (a.len() % 7) as f32 * 0.5;
+            (a, b, label, score)
+        })
+        .collect()
+}
+
+/// `rows` as a file of the extension's format, label column `y` and score column `s`.
+fn write(path: &Path, rows: &[(String, String, &str, f32)]) {
+    let ext = path.extension().unwrap().to_str().unwrap();
+    let mut text = match ext {
+        "csv" => "first,second,y,s\n".to_string(),
+        "tsv" => "first\tsecond\ty\ts\n".to_string(),
+        _ => String::new(),
+    };
+    for (a, b, y, s) in rows {
+        text += &match ext {
+            // A quoted comma and quote, which CSV must keep inside the field.
+            "csv" => format!("\"{a}, \"\"x\"\"\",{b},{y},{s}\n"),
+            "tsv" => format!("{a}\t{b}\t{y}\t{s}\n"),
+            _ => format!(
+                "{}\n",
+                serde_json::json!({"first": a, "second": b, "y": y, "s": s})
+            ),
+        };
+    }
+    std::fs::write(path, text).unwrap();
+}
+
+fn train_custom(dir: &Path, ext: &str, problem: &str, texts: &str) -> std::path::PathBuf {
+    let (train, dev) = (
+        dir.join(format!("train.{ext}")),
+        dir.join(format!("dev.{ext}")),
+    );
+    write(&train, &rows(48, 0));
+    write(&dev, &rows(16, 500));
+    let out = dir.join(format!("run-{ext}-{problem}"));
+    let label = if problem == "regression" { "s" } else { "y" };
+    ok(peft(&[
+        "train",
+        "--model",
+        &fixture("tiny-bert"),
+        "--task",
+        "custom",
+        "--train",
+        train.to_str().unwrap(),
+        "--dev",
+        dev.to_str().unwrap(),
+        "--text-columns",
+        texts,
+        "--label-column",
+        label,
+        "--problem",
+        problem,
+        "--output-dir",
+        out.to_str().unwrap(),
+        "--batch-size",
+        "8",
+        "--max-seq-len",
+        "32",
+        "--max-steps",
+        "4",
+        "--method",
+        "layernorm",
+    ]));
+    out
+}
+
+/// What `peft eval` prints for the run's dev file, as JSON.
+fn eval_dev(run: &Path) -> serde_json::Value {
+    let out = ok(peft(&[
+        "eval",
+        "--checkpoint",
+        run.to_str().unwrap(),
+        "--which",
+        "last",
+        "--json",
+    ]));
+    serde_json::from_str(out.trim()).unwrap()
+}
+
+#[test]
+fn classification_from_csv_tsv_and_jsonl() {
+    let tmp = tempfile::tempdir().unwrap();
+    for (ext, texts) in [
+        ("csv", "first,second"),
+        ("tsv", "first"),
+        ("jsonl", "first,second"),
+    ] {
+        let run = train_custom(tmp.path(), ext, "classification", texts);
+        let info: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(run.join("config.json")).unwrap()).unwrap();
+        assert_eq!(
+            info["labels"],
+            serde_json::json!(["neg", "neutral", "pos"]),
+            "{ext}"
+        );
+        assert_eq!(info["num_labels"], 3);
+        assert_eq!(info["train"]["task"], "custom");
+        let last = metrics(&run).pop().unwrap();
+        let dev = &last["dev"]["dev"];
+        assert!(
+            dev["accuracy"].is_number() && dev["macro_f1"].is_number(),
+            "{dev}"
+        );
+        // The run re-scores to the same numbers from its saved labels and files.
+        let scored = eval_dev(&run);
+        assert_eq!(scored["split"], "dev");
+        assert_eq!(&scored["metrics"], dev, "{ext}");
+    }
+    // merge names the head's classes after the custom labels.
+    let merged = tmp.path().join("merged");
+    ok(peft(&[
+        "merge",
+        "--checkpoint",
+        tmp.path().join("run-csv-classification").to_str().unwrap(),
+        "--output",
+        merged.to_str().unwrap(),
+    ]));
+    let cfg: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(merged.join("config.json")).unwrap()).unwrap();
+    assert_eq!(
+        cfg["id2label"],
+        serde_json::json!({"0": "neg", "1": "neutral", "2": "pos"})
+    );
+}
+
+#[test]
+fn regression_from_tsv_and_jsonl() {
+    let tmp = tempfile::tempdir().unwrap();
+    for ext in ["tsv", "jsonl"] {
+        let run = train_custom(tmp.path(), ext, "regression", "first,second");
+        let info: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(run.join("config.json")).unwrap()).unwrap();
+        assert!(info["labels"].is_null(), "{info}");
+        assert_eq!(info["num_labels"], 1);
+        let last = metrics(&run).pop().unwrap();
+        let dev = &last["dev"]["dev"];
+        assert!(
+            dev["pearson"].is_number() && dev["spearman"].is_number(),
+            "{dev}"
+        );
+        assert_eq!(&eval_dev(&run)["metrics"], dev, "{ext}");
+    }
+}
