@@ -314,9 +314,21 @@ fn report_lists_runs_in_three_formats_and_plots_them() {
     assert!(st.contains(&share), "{st} lacks {share}");
     // Two seeds of one task and method: their median too.
     assert!(
-        text.contains("across runs of the same task and method"),
+        text.contains("across finished runs of the same task and method"),
         "{text}"
     );
+
+    // A run with a resume checkpoint left is unfinished: listed, but no final value yet.
+    let partial = tmp.path().join("partial");
+    std::fs::create_dir_all(&partial).unwrap();
+    for f in ["config.json", "metrics.jsonl", "trainable.safetensors"] {
+        std::fs::copy(single.join(f), partial.join(f)).unwrap();
+    }
+    std::fs::write(partial.join("resume.safetensors"), b"").unwrap();
+    let text = ok(peft(&["report", s(&partial), s(&single)]));
+    let row = text.lines().find(|l| l.starts_with("partial ")).unwrap();
+    assert!(row.contains("unfinished"), "{text}");
+    assert!(!text.contains("across finished runs"), "{text}");
 
     // A folder holding both, looked into one level deep, gives the same runs.
     let all = ok(peft(&["report", s(&tmp.path().join("runs"))]));

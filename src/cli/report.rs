@@ -40,14 +40,18 @@ pub fn run(args: ReportArgs) -> Result<()> {
         Format::Text => {
             print!("{}", table::runs_table(&runs).text());
             if several_seeds {
-                println!("\nfinal dev metric x100 across runs of the same task and method");
+                println!(
+                    "\nfinal dev metric x100 across finished runs of the same task and method"
+                );
                 print!("{}", table::groups_table(&runs).text());
             }
         }
         Format::Markdown => {
             print!("{}", table::runs_table(&runs).markdown());
             if several_seeds {
-                println!("\nFinal dev metric ×100 across runs of the same task and method:\n");
+                println!(
+                    "\nFinal dev metric ×100 across finished runs of the same task and method:\n"
+                );
                 print!("{}", table::groups_table(&runs).markdown());
             }
         }

@@ -194,8 +194,8 @@ fn padded(values: impl Iterator<Item = f64>) -> (f64, f64) {
     (lo - pad, hi + pad)
 }
 
-/// Bars of the final main metric per method, grouped by task; several seeds of a task and
-/// method make one bar at their median.
+/// Bars of the final main metric per method, grouped by task; several finished seeds of a
+/// task and method make one bar at their median.
 fn bars<DB: DrawingBackend>(area: &DrawingArea<DB, Shift>, runs: &[Run]) -> Result<()> {
     let groups = medians(runs);
     let tasks: Vec<String> = groups
@@ -225,7 +225,7 @@ fn bars<DB: DrawingBackend>(area: &DrawingArea<DB, Shift>, runs: &[Run]) -> Resu
     let n = tasks.len().max(1) as f64;
     let mut chart = ChartBuilder::on(area)
         .caption(
-            "final dev metric (x100) by task and method, median over seeds",
+            "final dev metric (x100) by task and method, median over finished runs",
             ("sans-serif", 24),
         )
         .margin(12)

@@ -179,10 +179,11 @@ pub fn groups_table(runs: &[Run]) -> Table {
     }
 }
 
-/// (task, method) → (main metric's name, its final value in each run that has one).
+/// (task, method) → (main metric's name, its final value in each finished run). A run
+/// still training (or stopped) has no final value yet; its last one would skew the median.
 pub fn medians(runs: &[Run]) -> BTreeMap<(String, String), (String, Vec<f64>)> {
     let mut out: BTreeMap<(String, String), (String, Vec<f64>)> = BTreeMap::new();
-    for run in runs {
+    for run in runs.iter().filter(|r| r.finished) {
         if let Some((metric, v)) = run.last().and_then(|r| main_metric(&run.train, r)) {
             let e = out
                 .entry((run.train.task.clone(), run.train.method.clone()))
