@@ -18,7 +18,10 @@ use crate::error::user;
 use crate::train::fit::EvalRecord;
 
 const FONT: &[u8] = include_bytes!("../../assets/fonts/DejaVuSans.ttf");
-const SIZE: (u32, u32) = (1400, 1000);
+const WIDTH: u32 = 1400;
+/// Each task's row of line charts, and the bar chart below them.
+const ROW: u32 = 380;
+const BARS: u32 = 440;
 
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Format {
@@ -51,24 +54,25 @@ pub fn plot(runs: &[Run], path: &Path) -> Result<()> {
     }
     plotters::style::register_font("sans-serif", FontStyle::Normal, FONT)
         .map_err(|_| anyhow!("the bundled font does not parse"))?;
+    let size = (WIDTH, ROW * tasks(runs).len().max(1) as u32 + BARS);
     let bytes = match format {
         Format::Svg => {
             let mut svg = String::new();
             {
-                let root = SVGBackend::with_string(&mut svg, SIZE).into_drawing_area();
+                let root = SVGBackend::with_string(&mut svg, size).into_drawing_area();
                 draw(&root, runs)?;
                 root.present().map_err(drawing)?;
             }
             svg.into_bytes()
         }
         Format::Png => {
-            let mut rgb = vec![0u8; SIZE.0 as usize * SIZE.1 as usize * 3];
+            let mut rgb = vec![0u8; size.0 as usize * size.1 as usize * 3];
             {
-                let root = BitMapBackend::with_buffer(&mut rgb, SIZE).into_drawing_area();
+                let root = BitMapBackend::with_buffer(&mut rgb, size).into_drawing_area();
                 draw(&root, runs)?;
                 root.present().map_err(drawing)?;
             }
-            encode_png(&rgb, SIZE)?
+            encode_png(&rgb, size)?
         }
     };
     crate::run_dir::write_atomic(path, &bytes)
@@ -90,27 +94,52 @@ fn encode_png(rgb: &[u8], (w, h): (u32, u32)) -> Result<Vec<u8>> {
     Ok(out)
 }
 
+/// The runs' tasks, sorted: losses and metrics of different tasks do not share an axis
+/// (STS-B's squared error is several times RTE's cross-entropy).
+fn tasks(runs: &[Run]) -> Vec<String> {
+    runs.iter()
+        .map(|r| r.train.task.clone())
+        .collect::<BTreeSet<_>>()
+        .into_iter()
+        .collect()
+}
+
 fn draw<DB: DrawingBackend>(root: &DrawingArea<DB, Shift>, runs: &[Run]) -> Result<()> {
     root.fill(&WHITE).map_err(drawing)?;
-    let (top, bottom) = root.split_vertically(SIZE.1 * 11 / 20);
-    let (left, right) = top.split_horizontally(SIZE.0 / 2);
-    lines(&left, runs, "training loss", "loss", true, |_, r| {
-        Some(r.train_loss)
-    })?;
-    let metrics: BTreeSet<String> = runs
-        .iter()
-        .filter_map(|run| run.records.iter().find_map(|r| main_metric(&run.train, r)))
-        .map(|(name, _)| name)
-        .collect();
-    let names: Vec<String> = metrics.into_iter().collect();
-    lines(
-        &right,
-        runs,
-        "dev metric",
-        &format!("{} x100", names.join(", ")),
-        false,
-        |run, r| main_metric(&run.train, r).map(|(_, v)| 100.0 * v),
-    )?;
+    let tasks = tasks(runs);
+    let (top, bottom) = root.split_vertically(ROW * tasks.len().max(1) as u32);
+    let panels = top.split_evenly((tasks.len().max(1), 2));
+    for (task, pair) in tasks.iter().zip(panels.chunks(2)) {
+        // Indices into all runs, so a run keeps its colour in every panel.
+        let mine: Vec<usize> = (0..runs.len())
+            .filter(|&i| runs[i].train.task == *task)
+            .collect();
+        let metric = mine
+            .iter()
+            .find_map(|&i| {
+                let run = &runs[i];
+                run.records.iter().find_map(|r| main_metric(&run.train, r))
+            })
+            .map_or_else(|| "metric".to_string(), |(name, _)| name);
+        lines(
+            &pair[0],
+            runs,
+            &mine,
+            &format!("{task}: training loss"),
+            "loss",
+            true,
+            |_, r| Some(r.train_loss),
+        )?;
+        lines(
+            &pair[1],
+            runs,
+            &mine,
+            &format!("{task}: dev {metric}"),
+            &format!("{metric} x100"),
+            false,
+            |run, r| main_metric(&run.train, r).map(|(_, v)| 100.0 * v),
+        )?;
+    }
     bars(&bottom, runs)
 }
 
@@ -118,14 +147,16 @@ fn draw<DB: DrawingBackend>(root: &DrawingArea<DB, Shift>, runs: &[Run]) -> Resu
 fn lines<DB: DrawingBackend>(
     area: &DrawingArea<DB, Shift>,
     runs: &[Run],
+    which: &[usize],
     title: &str,
     y_desc: &str,
     legend: bool,
     value: impl Fn(&Run, &EvalRecord) -> Option<f64>,
 ) -> Result<()> {
-    let series: Vec<Vec<(f64, f64)>> = runs
+    let series: Vec<Vec<(f64, f64)>> = which
         .iter()
-        .map(|run| {
+        .map(|&i| {
+            let run = &runs[i];
             run.records
                 .iter()
                 .filter_map(|r| value(run, r).map(|v| (r.step as f64, v)))
@@ -146,13 +177,15 @@ fn lines<DB: DrawingBackend>(
     chart
         .configure_mesh()
         .x_desc("step")
+        .x_label_formatter(&|x| format!("{x:.0}"))
         .y_desc(y_desc)
         .label_style(("sans-serif", 15))
         .axis_desc_style(("sans-serif", 17))
         .light_line_style(WHITE.mix(0.0))
         .draw()
         .map_err(drawing)?;
-    for (i, (run, points)) in runs.iter().zip(&series).enumerate() {
+    for (&i, points) in which.iter().zip(&series) {
+        let run = &runs[i];
         let color = Palette99::pick(i).to_rgba();
         let drawn = chart
             .draw_series(LineSeries::new(
@@ -244,11 +277,13 @@ fn bars<DB: DrawingBackend>(area: &DrawingArea<DB, Shift>, runs: &[Run]) -> Resu
         .light_line_style(WHITE.mix(0.0))
         .draw()
         .map_err(drawing)?;
-    let width = 0.8 / methods.len().max(1) as f64;
+    // A lone method's bar stays a bar, not a wall.
+    let width = (0.8 / methods.len().max(1) as f64).min(0.25);
+    let indent = (1.0 - width * methods.len() as f64) / 2.0;
     for (mi, method) in methods.iter().enumerate() {
         let color = Palette99::pick(mi + 3).to_rgba();
         let mine: Vec<_> = bars.iter().filter(|b| b.1 == mi).collect();
-        let x0 = |b: &(usize, usize, f64, usize)| b.0 as f64 + 0.1 + width * mi as f64;
+        let x0 = |b: &(usize, usize, f64, usize)| b.0 as f64 + indent + width * mi as f64;
         chart
             .draw_series(mine.iter().map(|b| {
                 Rectangle::new(

@@ -19,8 +19,6 @@ pub struct RunTrain {
     pub task: String,
     pub method: String,
     pub seed: u64,
-    pub epochs: usize,
-    pub max_steps: Option<usize>,
 }
 
 #[derive(Debug, Clone, Deserialize)]

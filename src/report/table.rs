@@ -169,7 +169,7 @@ pub fn groups_table(runs: &[Run]) -> Table {
             "task",
             "method",
             "metric",
-            "runs",
+            "finished runs",
             "median",
             "std",
             "final per run",
