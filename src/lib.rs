@@ -14,6 +14,8 @@ pub mod metrics;
 pub mod model;
 pub mod optim;
 pub mod peft_format;
+pub mod report;
 pub mod run_dir;
+pub mod stats;
 pub mod tokenize;
 pub mod train;

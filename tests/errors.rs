@@ -423,6 +423,80 @@ fn bad_inputs_exit_2_and_name_the_culprit() {
         names: vec![p(&good.join("config.json"))],
     });
 
+    // --- predict and report ---
+    let pairs = root.join("pairs.txt");
+    std::fs::write(&pairs, "a cat\ta dog\nthe red car\nx\ty\n").unwrap();
+    cases.push(Case {
+        what: "predict: a line without the pair task's TAB",
+        args: vec![
+            s("predict"),
+            s("--checkpoint"),
+            p(&run),
+            s("--input"),
+            p(&pairs),
+        ],
+        names: vec![format!("{}:2", p(&pairs)), s("TAB")],
+    });
+    let empty = root.join("empty.txt");
+    std::fs::write(&empty, "").unwrap();
+    cases.push(Case {
+        what: "predict: an empty input",
+        args: vec![
+            s("predict"),
+            s("--checkpoint"),
+            p(&run),
+            s("--input"),
+            p(&empty),
+        ],
+        names: vec![p(&empty), s("empty")],
+    });
+    let nowhere = root.join("nowhere.txt");
+    cases.push(Case {
+        what: "predict: a missing input file",
+        args: vec![
+            s("predict"),
+            s("--checkpoint"),
+            p(&run),
+            s("--input"),
+            p(&nowhere),
+        ],
+        names: vec![p(&nowhere)],
+    });
+    cases.push(Case {
+        what: "predict: not a run directory",
+        args: vec![
+            s("predict"),
+            s("--checkpoint"),
+            p(&good),
+            s("--input"),
+            p(&pairs),
+        ],
+        names: vec![p(&good.join("config.json"))],
+    });
+    cases.push(Case {
+        what: "report: a folder that is not a run and holds none",
+        args: vec![s("report"), p(&run), p(&good)],
+        names: vec![p(&good), s("not a run directory")],
+    });
+    cases.push(Case {
+        what: "report: an unknown format",
+        args: vec![s("report"), p(&run), s("--format"), s("xml")],
+        names: vec![s("xml"), s("--format")],
+    });
+    let jpg = root.join("plot.jpg");
+    cases.push(Case {
+        what: "report: a plot that is neither PNG nor SVG",
+        args: vec![s("report"), p(&run), s("--plot"), p(&jpg)],
+        names: vec![p(&jpg), s(".png or .svg")],
+    });
+    let mut a = train_args(&good, &out("seeds"), &["--task", "rte", "--seeds", "1,2"]);
+    a.extend([s("--seed"), s("3")]);
+    cases.push(Case {
+        what: "train: --seeds with --seed",
+        args: a,
+        names: vec![s("--seeds"), s("--seed <SEED>")],
+    });
+
     let mut failures = Vec::new();
     for c in &cases {
         let args: Vec<&str> = c.args.iter().map(String::as_str).collect();

@@ -12,7 +12,6 @@ use crate::cli::weights::RunWeights;
 use crate::data::{run_task, Problem, Source, CUSTOM};
 use crate::error::user;
 use crate::metrics::{evaluate, Predictions};
-use crate::model::{Model, ParamStore};
 use crate::run_dir;
 use crate::tokenize::TextEncoder;
 use crate::train::dataset::{predict, Dataset};
@@ -110,20 +109,7 @@ pub fn run(args: EvalArgs) -> Result<()> {
         .map(|s| Dataset::load(spec, &source, s, &encoder))
         .collect::<Result<Vec<_>>>()?;
     for &alpha in &alphas {
-        let store = ParamStore::frozen(run.weights(alpha)?, device.clone());
-        let adapter = info.train.adapter();
-        let model = Model::load_with_adapters(
-            &store,
-            &run.config,
-            Some(info.num_labels),
-            adapter.as_ref(),
-        )?;
-        if let Some(name) = store.created().first() {
-            return Err(user(format!(
-                "{} holds no tensor `{name}`: is it a run of this model?",
-                run.file.display()
-            )));
-        }
+        let model = run.model(alpha, &device)?;
         for (split, data) in splits.iter().zip(&data) {
             let preds = predict(
                 &model,

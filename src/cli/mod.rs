@@ -6,6 +6,9 @@ pub mod embed;
 pub mod eval;
 pub mod fisher;
 pub mod merge;
+pub mod predict;
+pub mod report;
+pub mod sweep;
 pub mod train;
 pub mod weights;
 
@@ -39,6 +42,10 @@ pub enum Command {
     Embed(embed::EmbedArgs),
     /// Write a run as a plain Hugging Face model directory (LoRA folded in).
     Merge(merge::MergeArgs),
+    /// Label new text with a run: one TSV line (label, probability or score) per input line.
+    Predict(predict::PredictArgs),
+    /// Table (and plots) of run directories: trainable share, dev metrics, speed.
+    Report(report::ReportArgs),
 }
 
 pub fn run(cli: Cli) -> Result<()> {
@@ -50,5 +57,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Eval(args) => eval::run(args),
         Command::Fisher(args) => fisher::run(args),
         Command::Merge(args) => merge::run(args),
+        Command::Predict(args) => predict::run(args),
+        Command::Report(args) => report::run(args),
     }
 }

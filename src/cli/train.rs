@@ -9,7 +9,7 @@ use clap::Args;
 
 use crate::data::run_task;
 use crate::run_dir::RunInfo;
-use crate::train::config::Overrides;
+use crate::train::config::{Overrides, TrainConfig};
 use crate::train::fit::{describe, fit, INTERRUPTED};
 
 #[derive(Args, Debug)]
@@ -25,9 +25,16 @@ pub struct TrainArgs {
     /// Continue an interrupted run from its resume.safetensors, with its own settings.
     #[arg(long, value_name = "RUN", conflicts_with_all = ["config", "overwrite"])]
     pub resume: Option<PathBuf>,
+    /// Train once per seed, e.g. --seeds 1,2,3, into OUTPUT_DIR/seed-<s> [default
+    /// OUTPUT_DIR: runs/<task>-<method>], and write OUTPUT_DIR/summary.json.
+    #[arg(long, value_delimiter = ',', num_args = 1.., conflicts_with_all = ["seed", "resume"])]
+    pub seeds: Option<Vec<u64>>,
 }
 
 pub fn run(args: TrainArgs) -> Result<()> {
+    if let Some(seeds) = &args.seeds {
+        return super::sweep::run(&args, seeds);
+    }
     let cfg = match &args.resume {
         Some(dir) => {
             if !args.settings.is_empty() {
@@ -41,21 +48,31 @@ pub fn run(args: TrainArgs) -> Result<()> {
             cfg.output_dir = dir.clone();
             cfg
         }
-        None => {
-            let file = match &args.config {
-                Some(p) => Overrides::from_toml_file(p)?,
-                None => Overrides::default(),
-            };
-            args.settings.over(file).resolve()?
-        }
+        None => args.overrides()?.resolve()?,
     };
+    catch_ctrl_c();
+    train_one(&cfg, args.overwrite, args.resume.is_some())
+}
+
+impl TrainArgs {
+    /// Flags over the --config file.
+    pub fn overrides(&self) -> Result<Overrides> {
+        let file = match &self.config {
+            Some(p) => Overrides::from_toml_file(p)?,
+            None => Overrides::default(),
+        };
+        Ok(self.settings.clone().over(file))
+    }
+}
+
+/// Print the config, train, print the best and last evaluations.
+pub fn train_one(cfg: &TrainConfig, overwrite: bool, resume: bool) -> Result<()> {
     println!(
         "# resolved config (usable as --config)\n{}",
-        toml::to_string(&cfg)?.trim_end()
+        toml::to_string(cfg)?.trim_end()
     );
-    catch_ctrl_c();
-    let summary = fit(&cfg, args.overwrite, args.resume.is_some())?;
-    let spec = run_task(&cfg, summary.info.labels.as_deref())?;
+    let summary = fit(cfg, overwrite, resume)?;
+    let spec = run_task(cfg, summary.info.labels.as_deref())?;
     println!("best: {}", describe(spec, &summary.best));
     println!("last: {}", describe(spec, &summary.last));
     println!("run saved to {}", cfg.output_dir.display());
@@ -64,7 +81,7 @@ pub fn run(args: TrainArgs) -> Result<()> {
 
 /// The first Ctrl-C asks the loop to finish its step and save a resumable checkpoint;
 /// a second one stops at once.
-fn catch_ctrl_c() {
+pub fn catch_ctrl_c() {
     let installed = ctrlc::set_handler(|| {
         if INTERRUPTED.swap(true, Ordering::SeqCst) {
             std::process::exit(130);

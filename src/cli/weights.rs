@@ -5,12 +5,14 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use anyhow::Result;
-use candle_core::Tensor;
+use candle_core::{Device, Tensor};
 
 use crate::cli::eval::Which;
 use crate::error::user;
 use crate::methods::is_head;
-use crate::model::{drop_mismatched_head, load, read_checkpoint, AdapterKind, ModelConfig};
+use crate::model::{
+    drop_mismatched_head, load, read_checkpoint, AdapterKind, Model, ModelConfig, ParamStore,
+};
 use crate::run_dir::{self, RunInfo};
 
 pub struct RunWeights {
@@ -85,6 +87,26 @@ impl RunWeights {
             trained,
             file,
         })
+    }
+
+    /// The model at `alpha` (1: the run), its head sized for the run's task.
+    pub fn model(&self, alpha: f64, device: &Device) -> Result<Model> {
+        let store = ParamStore::frozen(self.weights(alpha)?, device.clone());
+        let adapter = self.info.train.adapter();
+        let model = Model::load_with_adapters(
+            &store,
+            &self.config,
+            Some(self.info.num_labels),
+            adapter.as_ref(),
+        )?;
+        // A tensor made up now would be a random one: the files are not this model's run.
+        if let Some(name) = store.created().first() {
+            return Err(user(format!(
+                "{} holds no tensor `{name}`: is it a run of this model?",
+                self.file.display()
+            )));
+        }
+        Ok(model)
     }
 
     /// Base plus trained tensors at θ₀ + alpha·(θ − θ₀). The head and anything the base

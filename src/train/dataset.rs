@@ -117,3 +117,30 @@ pub fn predict(
         Predictions::Classes(classes)
     })
 }
+
+/// Each input's logits, in input order, batched exactly as [`predict`] batches a split,
+/// so the same texts get the same numbers (and classes) as `peft eval` gives them.
+pub fn logits(
+    model: &Model,
+    inputs: &[Encoded],
+    pad_id: u32,
+    batch_size: usize,
+    device: &Device,
+) -> Result<Vec<Vec<f32>>> {
+    let ctx = Ctx::eval();
+    let lengths: Vec<usize> = inputs.iter().map(Encoded::len).collect();
+    let mut out = vec![Vec::new(); inputs.len()];
+    for idx in batches::sorted(&lengths, batch_size) {
+        let examples: Vec<&Encoded> = idx.iter().map(|&i| &inputs[i]).collect();
+        let batch = collate(&examples, pad_id, device)?;
+        let rows = model
+            .logits(&batch, &ctx)?
+            .detach()
+            .to_dtype(DType::F32)?
+            .to_vec2::<f32>()?;
+        for (&i, row) in idx.iter().zip(rows) {
+            out[i] = row;
+        }
+    }
+    Ok(out)
+}

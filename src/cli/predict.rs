@@ -1,0 +1,209 @@
+//! `peft predict`: label new text with a trained run.
+//!
+//! Input: one example per line, a TAB between the two texts of a pair task. Output: one
+//! TSV line per input line, in order and without a header, so `paste input out` lines up:
+//! the label's name and its softmax probability, or for regression the score.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::Result;
+use clap::Args;
+
+use crate::cli::eval::Which;
+use crate::cli::weights::RunWeights;
+use crate::data::tasks::{Layout, Problem, TaskSpec};
+use crate::error::{user, PathContext};
+use crate::run_dir;
+use crate::tokenize::TextEncoder;
+use crate::train::dataset::logits;
+
+#[derive(Args, Debug)]
+pub struct PredictArgs {
+    /// A run directory written by `peft train`.
+    #[arg(long)]
+    pub checkpoint: PathBuf,
+    /// Text file: one example per line; a TAB separates the two texts of pair tasks.
+    #[arg(long)]
+    pub input: PathBuf,
+    /// Write the TSV here instead of stdout.
+    #[arg(long)]
+    pub output: Option<PathBuf>,
+    /// Which saved state predicts.
+    #[arg(long, value_enum, default_value_t = Which::Best)]
+    pub which: Which,
+    /// Base model directory, if it moved since training [default: the run's].
+    #[arg(long)]
+    pub model: Option<PathBuf>,
+    /// cpu, cuda or cuda:N [default: the run's].
+    #[arg(long)]
+    pub device: Option<String>,
+    /// Examples per forward pass [default: the run's eval batch size].
+    #[arg(long)]
+    pub batch_size: Option<usize>,
+}
+
+pub fn run(args: PredictArgs) -> Result<()> {
+    if args.batch_size == Some(0) {
+        crate::user_bail!("--batch-size must be at least 1");
+    }
+    let text =
+        std::fs::read_to_string(&args.input).path_context("cannot read input", &args.input)?;
+    // The task decides how many texts a line holds; check them before loading a model.
+    let info = run_dir::RunInfo::load(&args.checkpoint)?;
+    let spec = crate::data::run_task(&info.train, info.labels.as_deref())?;
+    let lines = parse_lines(&text, &args.input, spec)?;
+
+    let run = RunWeights::load(&args.checkpoint, args.which, args.model.as_deref())?;
+    let device = crate::device::parse(args.device.as_deref().unwrap_or(&run.info.train.device))?;
+    let model = run.model(1.0, &device)?;
+    let encoder = TextEncoder::load(&run.model_dir, &run.config, run.info.train.max_seq_len)?;
+    let inputs = lines
+        .iter()
+        .map(|(a, b)| encoder.encode(a, *b))
+        .collect::<Result<Vec<_>>>()?;
+    let batch = args.batch_size.unwrap_or(run.info.train.eval_batch_size);
+    let rows = logits(&model, &inputs, encoder.pad_id(), batch, &device)?;
+    let mut out = String::new();
+    for row in &rows {
+        out.push_str(&format_row(spec.problem, row)?);
+        out.push('\n');
+    }
+    match &args.output {
+        Some(p) => {
+            run_dir::write_atomic(p, out.as_bytes())?;
+            eprintln!("wrote {} predictions to {}", rows.len(), p.display());
+        }
+        None => print!("{out}"),
+    }
+    Ok(())
+}
+
+fn pair_task(spec: &TaskSpec) -> bool {
+    match spec.labelled {
+        Layout::Positional { text_b, .. } => text_b.is_some(),
+        Layout::Named { text_b, .. } => text_b.is_some(),
+    }
+}
+
+/// Each line's text (and second text), checked against the task.
+fn parse_lines<'a>(
+    text: &'a str,
+    path: &Path,
+    spec: &TaskSpec,
+) -> Result<Vec<(&'a str, Option<&'a str>)>> {
+    let pair = pair_task(spec);
+    let want = if pair { 2 } else { 1 };
+    let mut out = Vec::new();
+    // Blank lines at the end are an editor's, not examples.
+    let lines: Vec<&str> = text.lines().collect();
+    let used = lines
+        .iter()
+        .rposition(|l| !l.trim().is_empty())
+        .map_or(0, |i| i + 1);
+    for (i, line) in lines[..used].iter().enumerate() {
+        let line = line.strip_suffix('\r').unwrap_or(line);
+        let at = || format!("{}:{}", path.display(), i + 1);
+        if line.trim().is_empty() {
+            return Err(user(format!(
+                "{}: empty line; every line is one example",
+                at()
+            )));
+        }
+        let fields: Vec<&str> = line.split('\t').collect();
+        if fields.len() != want {
+            let shape = if pair {
+                "two texts separated by one TAB"
+            } else {
+                "one text without TABs"
+            };
+            let n = fields.len();
+            let fields = if n == 1 { "field" } else { "fields" };
+            return Err(user(format!(
+                "{}: {n} {fields}, but task {} takes {shape}",
+                at(),
+                spec.name
+            )));
+        }
+        out.push((fields[0], fields.get(1).copied()));
+    }
+    if out.is_empty() {
+        return Err(user(format!(
+            "{}: no examples (the file is empty)",
+            path.display()
+        )));
+    }
+    Ok(out)
+}
+
+/// `label<TAB>probability`, or the score for regression.
+fn format_row(problem: Problem, logits: &[f32]) -> Result<String> {
+    match problem {
+        Problem::Regression { .. } => {
+            let s = logits
+                .first()
+                .ok_or_else(|| anyhow::anyhow!("the head gave no score"))?;
+            Ok(format!("{s:.6}"))
+        }
+        Problem::Classification { labels } => {
+            let (best, p) =
+                softmax_top(logits).ok_or_else(|| anyhow::anyhow!("the head gave no logits"))?;
+            let name = labels
+                .get(best)
+                .ok_or_else(|| anyhow::anyhow!("the head has more outputs than labels"))?;
+            Ok(format!("{name}\t{p:.6}"))
+        }
+    }
+}
+
+/// The first largest logit and its softmax probability, in f64 for a stable sum.
+fn softmax_top(logits: &[f32]) -> Option<(usize, f64)> {
+    let (best, &max) = logits
+        .iter()
+        .enumerate()
+        .reduce(|a, b| if b.1 > a.1 { b } else { a })?;
+    let max = max as f64;
+    let sum: f64 = logits.iter().map(|&l| (l as f64 - max).exp()).sum();
+    Some((best, 1.0 / sum))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::data::tasks::task;
+
+    #[test]
+    fn softmax_of_the_largest_logit() {
+        let (i, p) = softmax_top(&[0.0, 2.0f32.ln()]).unwrap();
+        assert_eq!(i, 1);
+        assert!((p - 2.0 / 3.0).abs() < 1e-7, "{p}");
+        // Ties go to the first label, as argmax does.
+        assert_eq!(softmax_top(&[1.0, 1.0]), Some((0, 0.5)));
+        assert_eq!(softmax_top(&[]), None);
+    }
+
+    #[test]
+    fn lines_must_match_the_task() {
+        let rte = task("rte").unwrap();
+        let sst = task("sst2").unwrap();
+        let p = Path::new("in.txt");
+        assert_eq!(
+            parse_lines("a\tb\nc\td\n", p, rte).unwrap(),
+            vec![("a", Some("b")), ("c", Some("d"))]
+        );
+        let err = parse_lines("a\tb\nc\n", p, rte).unwrap_err().to_string();
+        assert!(
+            err.contains("in.txt:2") && err.contains("1 field,"),
+            "{err}"
+        );
+        let err = parse_lines("fine\nx\ty\n", p, sst).unwrap_err().to_string();
+        assert!(err.contains("in.txt:2"), "{err}");
+        let err = parse_lines("", p, sst).unwrap_err().to_string();
+        assert!(err.contains("in.txt") && err.contains("empty"), "{err}");
+        assert_eq!(
+            parse_lines("one\r\n\n", p, sst).unwrap(),
+            vec![("one", None)]
+        );
+        let err = parse_lines("a\n\nb\n", p, sst).unwrap_err().to_string();
+        assert!(err.contains("in.txt:2: empty line"), "{err}");
+    }
+}

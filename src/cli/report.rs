@@ -1,0 +1,65 @@
+//! `peft report`: a table of run directories (and plots of them).
+
+use std::path::PathBuf;
+
+use anyhow::Result;
+use clap::{Args, ValueEnum};
+
+use crate::report::{plot, runs, table};
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum Format {
+    /// Aligned columns for the terminal.
+    Text,
+    /// A GitHub table.
+    Markdown,
+    /// One row per run and metric, numbers as recorded (fractions, seconds).
+    Csv,
+}
+
+#[derive(Args, Debug)]
+pub struct ReportArgs {
+    /// Run directories, or folders holding run directories (looked into one level deep,
+    /// e.g. `runs/` or a sweep's folder).
+    #[arg(required = true, value_name = "RUN")]
+    pub runs: Vec<PathBuf>,
+    #[arg(long, value_enum, default_value_t = Format::Text)]
+    pub format: Format,
+    /// Also draw loss and dev metric against step, and methods per task: FILE.png or FILE.svg.
+    #[arg(long, value_name = "FILE")]
+    pub plot: Option<PathBuf>,
+}
+
+pub fn run(args: ReportArgs) -> Result<()> {
+    if let Some(p) = &args.plot {
+        plot::format_of(p)?;
+    }
+    let runs = runs::collect(&args.runs)?;
+    let several_seeds = table::medians(&runs).values().any(|(_, v)| v.len() > 1);
+    match args.format {
+        Format::Text => {
+            print!("{}", table::runs_table(&runs).text());
+            if several_seeds {
+                println!(
+                    "\nfinal dev metric x100 across finished runs of the same task and method"
+                );
+                print!("{}", table::groups_table(&runs).text());
+            }
+        }
+        Format::Markdown => {
+            print!("{}", table::runs_table(&runs).markdown());
+            if several_seeds {
+                println!(
+                    "\nFinal dev metric ×100 across finished runs of the same task and method:\n"
+                );
+                print!("{}", table::groups_table(&runs).markdown());
+            }
+        }
+        Format::Csv => print!("{}", table::csv(&runs)),
+    }
+    if let Some(p) = &args.plot {
+        plot::plot(&runs, p)?;
+        eprintln!("plot written to {}", p.display());
+    }
+    Ok(())
+}
