@@ -295,7 +295,7 @@ fn merge_folds_lora_into_a_plain_model_directory() {
         assert!(abs_sum(b) > 0.0, "{kind}: B did not move");
 
         // Interpolating a LoRA run scales its delta: B, not A.
-        let rw = RunWeights::load(&run, Which::Last, None).unwrap();
+        let rw = RunWeights::load(&run, Which::Last, None, None).unwrap();
         let half = rw.weights(0.5).unwrap();
         let name = "encoder.layer.0.attention.self.query.lora_B.weight";
         assert_eq!(bits(&half[name]), bits(&(b * 0.5).unwrap()));
@@ -398,7 +398,7 @@ fn eval_alpha_interpolates_between_base_and_run() {
     );
 
     // Tiny dev sets hide small moves in accuracy; check the interpolated tensors too.
-    let rw = RunWeights::load(&run, Which::Best, None).unwrap();
+    let rw = RunWeights::load(&run, Which::Best, None, None).unwrap();
     let (zero, half, one) = (
         rw.weights(0.0).unwrap(),
         rw.weights(0.5).unwrap(),

@@ -60,12 +60,12 @@ pub struct EvalArgs {
 }
 
 pub fn run(args: EvalArgs) -> Result<()> {
-    let model = args
-        .model
-        .as_deref()
-        .map(|m| crate::model::hub::resolve(m, args.revision.as_deref()))
-        .transpose()?;
-    let run = RunWeights::load(&args.checkpoint, args.which, model.as_deref())?;
+    let run = RunWeights::load(
+        &args.checkpoint,
+        args.which,
+        args.model.as_deref(),
+        args.revision.as_deref(),
+    )?;
     let info = &run.info;
     let alphas = match &args.alpha {
         Some(a) => {

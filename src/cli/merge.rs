@@ -60,12 +60,12 @@ pub fn run(args: MergeArgs) -> Result<()> {
             args.alpha
         )));
     }
-    let model = args
-        .model
-        .as_deref()
-        .map(|m| crate::model::hub::resolve(m, args.revision.as_deref()))
-        .transpose()?;
-    let run = RunWeights::load(&args.checkpoint, args.which, model.as_deref())?;
+    let run = RunWeights::load(
+        &args.checkpoint,
+        args.which,
+        args.model.as_deref(),
+        args.revision.as_deref(),
+    )?;
     let mut weights = run.weights(args.alpha)?;
     fold_adapters(&mut weights, &run.info)?;
     prepare(&args.output, args.overwrite)?;

@@ -31,9 +31,12 @@ pub struct PredictArgs {
     /// Which saved state predicts.
     #[arg(long, value_enum, default_value_t = Which::Best)]
     pub which: Which,
-    /// Base model directory, if it moved since training [default: the run's].
+    /// Base model directory or hub id, if it moved since training [default: the run's].
     #[arg(long)]
     pub model: Option<PathBuf>,
+    /// Branch, tag or commit of a hub --model [default: main].
+    #[arg(long, requires = "model")]
+    pub revision: Option<String>,
     /// cpu, cuda or cuda:N [default: the run's].
     #[arg(long)]
     pub device: Option<String>,
@@ -53,7 +56,12 @@ pub fn run(args: PredictArgs) -> Result<()> {
     let spec = crate::data::run_task(&info.train, info.labels.as_deref())?;
     let lines = parse_lines(&text, &args.input, spec)?;
 
-    let run = RunWeights::load(&args.checkpoint, args.which, args.model.as_deref())?;
+    let run = RunWeights::load(
+        &args.checkpoint,
+        args.which,
+        args.model.as_deref(),
+        args.revision.as_deref(),
+    )?;
     let device = crate::device::parse(args.device.as_deref().unwrap_or(&run.info.train.device))?;
     let model = run.model(1.0, &device)?;
     let encoder = TextEncoder::load(&run.model_dir, &run.config, run.info.train.max_seq_len)?;

@@ -28,11 +28,20 @@ pub struct RunWeights {
 }
 
 impl RunWeights {
-    /// Read a run directory and its base model (`model` overrides the recorded path),
-    /// refusing a base whose weights changed since training.
-    pub fn load(checkpoint: &Path, which: Which, model: Option<&Path>) -> Result<Self> {
+    /// Read a run directory and its base model (`model`, a directory or hub id at
+    /// `revision`, overrides the recorded path), refusing a base whose weights changed
+    /// since training.
+    pub fn load(
+        checkpoint: &Path,
+        which: Which,
+        model: Option<&Path>,
+        revision: Option<&str>,
+    ) -> Result<Self> {
         let info = RunInfo::load(checkpoint)?;
-        let model_dir = base_dir(&info, model)?;
+        let model = model
+            .map(|m| crate::model::hub::resolve(m, revision))
+            .transpose()?;
+        let model_dir = base_dir(&info, model.as_deref())?;
         let weights_file = load::weight_file(&model_dir)?;
         let sha = run_dir::sha256_file(&weights_file)?;
         if sha != info.base.sha256 {
