@@ -9,8 +9,8 @@ use std::path::Path;
 
 use candle_core::{Device, Tensor};
 use common::*;
-use peft::cli::eval::Which;
 use peft::cli::weights::RunWeights;
+use peft::cli::weights::Which;
 use peft::model::{
     drop_mismatched_head, read_checkpoint, AdapterConfig, AdapterKind, Batch, Ctx, InaActivation,
     Model, ModelConfig, ParamStore,

@@ -92,23 +92,9 @@ fn glue_on_hub(cache: &Path, tsv: &Path) {
 }
 
 fn train_args<'a>(out: &'a str, task: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
-    let mut a = vec![
-        "train",
-        "--task",
-        task,
-        "--output-dir",
-        out,
-        "--batch-size",
-        "8",
-        "--eval-batch-size",
-        "16",
-        "--max-seq-len",
-        "32",
-        "--max-steps",
-        "4",
-        "--eval-steps",
-        "2",
-    ];
+    let mut a = vec!["train", "--task", task, "--output-dir", out];
+    a.extend_from_slice(&common::SMALL);
+    a.extend_from_slice(&["--max-steps", "4", "--eval-steps", "2"]);
     a.extend_from_slice(extra);
     a
 }

@@ -8,7 +8,7 @@ use anyhow::Result;
 use candle_core::DType;
 use clap::Args;
 
-use crate::cli::eval::Which;
+use crate::cli::weights::Which;
 use crate::components::aggregate;
 use crate::error::user;
 use crate::model::{drop_mismatched_head, read_checkpoint};
@@ -36,10 +36,7 @@ pub fn run(args: DiffArgs) -> Result<()> {
     let (_, mut base) = read_checkpoint(&base_dir)?;
     // A head made for another label set has nothing to compare with.
     drop_mismatched_head(&mut base, info.num_labels);
-    let file = args.checkpoint.join(match args.which {
-        Which::Best => run_dir::BEST,
-        Which::Last => run_dir::LAST,
-    });
+    let file = args.checkpoint.join(args.which.file_name());
     let trained = run_dir::load_tensors(&file)?;
     // Per tensor: (‖ΔW‖², n) and (‖W‖², n) and (Σ|ΔW|, n), aggregated by component.
     let (mut delta_sq, mut base_sq, mut delta_abs) =

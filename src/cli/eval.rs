@@ -6,9 +6,9 @@ use std::fmt::Write as _;
 use std::path::PathBuf;
 
 use anyhow::Result;
-use clap::{Args, ValueEnum};
+use clap::Args;
 
-use crate::cli::weights::RunWeights;
+use crate::cli::weights::RunArgs;
 use crate::data::{run_task, Problem, Source, CUSTOM};
 use crate::error::user;
 use crate::metrics::{evaluate, Predictions};
@@ -16,31 +16,13 @@ use crate::run_dir;
 use crate::tokenize::TextEncoder;
 use crate::train::dataset::{predict, Dataset};
 
-#[derive(Debug, Clone, Copy, ValueEnum)]
-pub enum Which {
-    /// The tensors of the best evaluation (trainable.safetensors).
-    Best,
-    /// The tensors at the end of training (last.safetensors).
-    Last,
-}
-
 #[derive(Args, Debug)]
 pub struct EvalArgs {
-    /// A run directory written by `peft train`.
-    #[arg(long)]
-    pub checkpoint: PathBuf,
+    #[command(flatten)]
+    pub run: RunArgs,
     /// dev, test, train, or a split's own name (dev_matched, test_mismatched, ...).
     #[arg(long, default_value = "dev")]
     pub split: String,
-    /// Which saved state to score.
-    #[arg(long, value_enum, default_value_t = Which::Best)]
-    pub which: Which,
-    /// Base model directory or hub id, if it moved since training [default: the run's].
-    #[arg(long)]
-    pub model: Option<PathBuf>,
-    /// Branch, tag or commit of a hub --model [default: main].
-    #[arg(long, requires = "model")]
-    pub revision: Option<String>,
     /// GLUE data directory [default: the run's; none: nyu-mll/glue from the hub].
     #[arg(long)]
     pub data_dir: Option<PathBuf>,
@@ -60,12 +42,7 @@ pub struct EvalArgs {
 }
 
 pub fn run(args: EvalArgs) -> Result<()> {
-    let run = RunWeights::load(
-        &args.checkpoint,
-        args.which,
-        args.model.as_deref(),
-        args.revision.as_deref(),
-    )?;
+    let run = args.run.load()?;
     let info = &run.info;
     let alphas = match &args.alpha {
         Some(a) => {
@@ -122,7 +99,7 @@ pub fn run(args: EvalArgs) -> Result<()> {
                 let path = match &args.output {
                     Some(p) if p.is_dir() => p.join(spec.submission_name(split)),
                     Some(p) => p.clone(),
-                    None => args.checkpoint.join(spec.submission_name(split)),
+                    None => args.run.checkpoint.join(spec.submission_name(split)),
                 };
                 run_dir::write_atomic(&path, submission(spec.problem, data, &preds).as_bytes())?;
                 println!(

@@ -9,8 +9,7 @@ use candle_core::Tensor;
 use clap::Args;
 use serde_json::{json, Value};
 
-use crate::cli::eval::Which;
-use crate::cli::weights::{fold_adapters, RunWeights};
+use crate::cli::weights::{fold_adapters, RunArgs};
 use crate::data::{run_task, Problem};
 use crate::error::{user, PathContext};
 use crate::methods::is_head;
@@ -29,9 +28,8 @@ const TOKENIZER_FILES: &[&str] = &[
 
 #[derive(Args, Debug)]
 pub struct MergeArgs {
-    /// A run directory written by `peft train`.
-    #[arg(long)]
-    pub checkpoint: PathBuf,
+    #[command(flatten)]
+    pub run: RunArgs,
     /// The model directory to write.
     #[arg(long)]
     pub output: PathBuf,
@@ -39,15 +37,6 @@ pub struct MergeArgs {
     /// is always the trained one.
     #[arg(long, default_value_t = 1.0)]
     pub alpha: f64,
-    /// Which saved state to merge.
-    #[arg(long, value_enum, default_value_t = Which::Best)]
-    pub which: Which,
-    /// Base model directory or hub id, if it moved since training [default: the run's].
-    #[arg(long)]
-    pub model: Option<PathBuf>,
-    /// Branch, tag or commit of a hub --model [default: main].
-    #[arg(long, requires = "model")]
-    pub revision: Option<String>,
     /// Write into a non-empty --output.
     #[arg(long)]
     pub overwrite: bool,
@@ -60,12 +49,7 @@ pub fn run(args: MergeArgs) -> Result<()> {
             args.alpha
         )));
     }
-    let run = RunWeights::load(
-        &args.checkpoint,
-        args.which,
-        args.model.as_deref(),
-        args.revision.as_deref(),
-    )?;
+    let run = args.run.load()?;
     let mut weights = run.weights(args.alpha)?;
     fold_adapters(&mut weights, &run.info)?;
     prepare(&args.output, args.overwrite)?;

@@ -9,8 +9,7 @@ use std::path::{Path, PathBuf};
 use anyhow::Result;
 use clap::Args;
 
-use crate::cli::eval::Which;
-use crate::cli::weights::RunWeights;
+use crate::cli::weights::RunArgs;
 use crate::data::tasks::{Layout, Problem, TaskSpec};
 use crate::error::{user, PathContext};
 use crate::run_dir;
@@ -19,24 +18,14 @@ use crate::train::dataset::logits;
 
 #[derive(Args, Debug)]
 pub struct PredictArgs {
-    /// A run directory written by `peft train`.
-    #[arg(long)]
-    pub checkpoint: PathBuf,
+    #[command(flatten)]
+    pub run: RunArgs,
     /// Text file: one example per line; a TAB separates the two texts of pair tasks.
     #[arg(long)]
     pub input: PathBuf,
     /// Write the TSV here instead of stdout.
     #[arg(long)]
     pub output: Option<PathBuf>,
-    /// Which saved state predicts.
-    #[arg(long, value_enum, default_value_t = Which::Best)]
-    pub which: Which,
-    /// Base model directory or hub id, if it moved since training [default: the run's].
-    #[arg(long)]
-    pub model: Option<PathBuf>,
-    /// Branch, tag or commit of a hub --model [default: main].
-    #[arg(long, requires = "model")]
-    pub revision: Option<String>,
     /// cpu, cuda or cuda:N [default: the run's].
     #[arg(long)]
     pub device: Option<String>,
@@ -52,16 +41,11 @@ pub fn run(args: PredictArgs) -> Result<()> {
     let text =
         std::fs::read_to_string(&args.input).path_context("cannot read input", &args.input)?;
     // The task decides how many texts a line holds; check them before loading a model.
-    let info = run_dir::RunInfo::load(&args.checkpoint)?;
+    let info = run_dir::RunInfo::load(&args.run.checkpoint)?;
     let spec = crate::data::run_task(&info.train, info.labels.as_deref())?;
     let lines = parse_lines(&text, &args.input, spec)?;
 
-    let run = RunWeights::load(
-        &args.checkpoint,
-        args.which,
-        args.model.as_deref(),
-        args.revision.as_deref(),
-    )?;
+    let run = args.run.load()?;
     let device = crate::device::parse(args.device.as_deref().unwrap_or(&run.info.train.device))?;
     let model = run.model(1.0, &device)?;
     let encoder = TextEncoder::load(&run.model_dir, &run.config, run.info.train.max_seq_len)?;

@@ -6,14 +6,59 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Result;
 use candle_core::{Device, Tensor};
+use clap::{Args, ValueEnum};
 
-use crate::cli::eval::Which;
 use crate::error::user;
 use crate::methods::is_head;
 use crate::model::{
     drop_mismatched_head, load, read_checkpoint, AdapterKind, Model, ModelConfig, ParamStore,
 };
 use crate::run_dir::{self, RunInfo};
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum Which {
+    /// The tensors of the best evaluation (trainable.safetensors).
+    Best,
+    /// The tensors at the end of training (last.safetensors).
+    Last,
+}
+
+impl Which {
+    pub fn file_name(self) -> &'static str {
+        match self {
+            Which::Best => run_dir::BEST,
+            Which::Last => run_dir::LAST,
+        }
+    }
+}
+
+/// The flags that pick a run's weights, shared by every command that rebuilds a run.
+#[derive(Args, Debug)]
+pub struct RunArgs {
+    /// A run directory written by `peft train`.
+    #[arg(long)]
+    pub checkpoint: PathBuf,
+    /// Which saved state to use.
+    #[arg(long, value_enum, default_value_t = Which::Best)]
+    pub which: Which,
+    /// Base model directory or hub id, if it moved since training [default: the run's].
+    #[arg(long)]
+    pub model: Option<PathBuf>,
+    /// Branch, tag or commit of a hub --model [default: main].
+    #[arg(long, requires = "model")]
+    pub revision: Option<String>,
+}
+
+impl RunArgs {
+    pub fn load(&self) -> Result<RunWeights> {
+        RunWeights::load(
+            &self.checkpoint,
+            self.which,
+            self.model.as_deref(),
+            self.revision.as_deref(),
+        )
+    }
+}
 
 pub struct RunWeights {
     pub info: RunInfo,
@@ -55,10 +100,7 @@ impl RunWeights {
         let (config, mut base) = read_checkpoint(&model_dir)?;
         // The run saved its own head; the base's may be for another label set.
         drop_mismatched_head(&mut base, info.num_labels);
-        let file = checkpoint.join(match which {
-            Which::Best => run_dir::BEST,
-            Which::Last => run_dir::LAST,
-        });
+        let file = checkpoint.join(which.file_name());
         let trained = run_dir::load_tensors(&file)?;
         // A head with another number of outputs is another task's (copied files, an edited
         // config.json): say so rather than fail later on a shape.

@@ -421,14 +421,7 @@ mod tests {
         }
     }
 
-    fn ex(id: &str, a: &str, b: Option<&str>, label: Label) -> Example {
-        Example {
-            id: id.into(),
-            text_a: a.into(),
-            text_b: b.map(Into::into),
-            label,
-        }
-    }
+    use crate::data::tasks::example as ex;
 
     use CustomProblem::{Classification, Regression};
 

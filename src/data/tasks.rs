@@ -108,6 +108,17 @@ pub struct Example {
     pub label: Label,
 }
 
+/// An expected row, for unit tests.
+#[cfg(test)]
+pub(crate) fn example(id: &str, a: &str, b: Option<&str>, label: Label) -> Example {
+    Example {
+        id: id.into(),
+        text_a: a.into(),
+        text_b: b.map(Into::into),
+        label,
+    }
+}
+
 const BINARY: Problem = Problem::Classification {
     labels: &["0", "1"],
 };
@@ -562,14 +573,7 @@ mod tests {
         }
     }
 
-    fn ex(id: &str, a: &str, b: Option<&str>, label: Label) -> Example {
-        Example {
-            id: id.into(),
-            text_a: a.into(),
-            text_b: b.map(Into::into),
-            label,
-        }
-    }
+    use crate::data::tasks::example as ex;
 
     #[test]
     fn single_sentence_tasks() {

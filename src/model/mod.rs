@@ -11,7 +11,7 @@ pub mod hub;
 mod layer;
 pub mod load;
 pub mod nn;
-mod ops;
+pub(crate) mod ops;
 pub mod params;
 
 use std::path::Path as FsPath;

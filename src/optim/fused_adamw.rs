@@ -10,6 +10,8 @@ use anyhow::Result;
 use candle_core::{CpuStorage, DType, InplaceOp3, Layout, Storage, Tensor};
 use rayon::prelude::*;
 
+use crate::model::ops::slice;
+
 /// Elements per parallel task: big enough to amortise scheduling, small enough to split
 /// a LayerNorm-sized tensor into a few tasks.
 const CHUNK: usize = 1 << 14;
@@ -97,19 +99,12 @@ pub(super) fn squared_norm(g: &Tensor) -> Result<Option<f64>> {
     let Storage::Cpu(cpu) = &*storage else {
         return Ok(None);
     };
-    let x = contiguous(cpu, layout)?;
+    let x = slice(cpu, layout)?;
     let parts: Vec<f64> = x
         .par_chunks(CHUNK)
         .map(|c| c.iter().map(|&v| (v as f64) * (v as f64)).sum::<f64>())
         .collect();
     Ok(Some(parts.iter().sum()))
-}
-
-fn contiguous<'a>(s: &'a CpuStorage, l: &Layout) -> candle_core::Result<&'a [f32]> {
-    let (start, end) = l
-        .contiguous_offsets()
-        .ok_or_else(|| candle_core::Error::Msg("not contiguous".into()))?;
-    Ok(&s.as_slice::<f32>()?[start..end])
 }
 
 fn contiguous_mut<'a>(s: &'a mut CpuStorage, l: &Layout) -> candle_core::Result<&'a mut [f32]> {
@@ -146,7 +141,7 @@ impl InplaceOp3 for Moment {
         kl: &Layout,
     ) -> candle_core::Result<()> {
         let x = contiguous_mut(xs, xl)?;
-        let (g, k) = (contiguous(gs, gl)?, contiguous(ks, kl)?);
+        let (g, k) = (slice(gs, gl)?, slice(ks, kl)?);
         if g.len() != x.len() || k.len() != x.len() {
             candle_core::bail!("fused AdamW: moment and gradient sizes differ");
         }
@@ -192,12 +187,12 @@ impl InplaceOp3 for Step {
         vl: &Layout,
     ) -> candle_core::Result<()> {
         let theta = contiguous_mut(ts, tl)?;
-        let (m, v) = (contiguous(ms, ml)?, contiguous(vs, vl)?);
+        let (m, v) = (slice(ms, ml)?, slice(vs, vl)?);
         // The mask is a distinct tensor from θ, m and v: reading it takes its own lock.
         let guard = self.keep.as_ref().map(Tensor::storage_and_layout);
         let k: Option<&[f32]> = match &guard {
             Some((s, l)) => match &**s {
-                Storage::Cpu(c) => Some(contiguous(c, l)?),
+                Storage::Cpu(c) => Some(slice(c, l)?),
                 _ => candle_core::bail!("fused AdamW: mask on another device"),
             },
             None => None,

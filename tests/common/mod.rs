@@ -88,6 +88,16 @@ pub fn write_stsb(dir: &Path, n_train: usize, n_dev: usize) {
     }
 }
 
+/// The small batch and sequence shape every test run trains with.
+pub const SMALL: [&str; 6] = [
+    "--batch-size",
+    "8",
+    "--eval-batch-size",
+    "16",
+    "--max-seq-len",
+    "32",
+];
+
 pub fn train(model: &str, data: &Path, out: &Path, extra: &[&str]) -> String {
     let mut args = vec![
         "train",
@@ -97,13 +107,8 @@ pub fn train(model: &str, data: &Path, out: &Path, extra: &[&str]) -> String {
         data.to_str().unwrap(),
         "--output-dir",
         out.to_str().unwrap(),
-        "--batch-size",
-        "8",
-        "--eval-batch-size",
-        "16",
-        "--max-seq-len",
-        "32",
     ];
+    args.extend_from_slice(&SMALL);
     args.extend_from_slice(extra);
     ok(peft(&args))
 }
