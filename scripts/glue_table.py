@@ -5,6 +5,12 @@ README's results table (median over seeds of the final epoch's dev metrics).
         [--tasks rte,stsb] [--methods full,bitfit,layernorm] [--seeds 42,43,44] \\
         [--jobs 1] [--threads 2] [--out runs/table] [--collect]
 
+A method is a name, or name@value for the methods with one knob: fisher-layernorm@0.2 and
+random-layernorm@0.2 (--fraction), child-f@0.3 and child-d@0.3 (--reserve), ina@0.1
+(--ina-inhibition). The methods that rank by Fisher information share one estimate per task,
+made first with `peft fisher --batch-mean 16` over the whole training set (Child-Tuning's
+reference estimate) into OUT/fisher-<task>.
+
 Settings are those of the PyTorch reference figures in issue #4: batch 32, max length 128,
 5 epochs, AdamW (lr 5e-5 full, 1e-3 otherwise), 6% warm-up then linear decay, weight
 decay 0.01 except biases and LayerNorm, clipping at 1.0, head from N(0, 0.02). A run
@@ -19,8 +25,12 @@ import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
 
-LR = {"full": 5e-5}
+# Methods that move every encoder weight use full fine-tuning's rate; the rest 1e-3.
+LR = {"full": 5e-5, "child-f": 5e-5, "child-d": 5e-5}
 DEFAULT_LR = 1e-3
+KNOB = {"fisher-layernorm": "--fraction", "random-layernorm": "--fraction", "random": "--fraction",
+        "child-f": "--reserve", "child-d": "--reserve", "ina": "--ina-inhibition"}
+USES_FISHER = {"fisher-layernorm", "child-d"}
 EPOCHS = 5
 # PyTorch + transformers on this machine class (issue #4), seed 42, final epoch.
 REFERENCE = {
@@ -44,19 +54,47 @@ def finished(path):
         return None
 
 
-def train(args, task, method, seed):
-    out = run_dir(args, task, method, seed)
+def method_flags(spec):
+    """`child-d@0.3` -> ("child-d", ["--reserve", "0.3"])."""
+    name, _, value = spec.partition("@")
+    if value and name not in KNOB:
+        sys.exit(f"method {spec}: {name} takes no @value")
+    return name, ([KNOB[name], value] if value else [])
+
+
+def fisher_file(args, task):
+    """One Fisher estimate per task, shared by every Fisher-ranked method and seed."""
+    out = os.path.join(args.out, f"fisher-{task}")
+    path = os.path.join(out, "fisher.safetensors")
+    if not os.path.exists(path):
+        cmd = [args.peft, "fisher", "--model", args.model, "--data-dir", args.data_dir, "--task", task,
+               "--batch-mean", "16", "--max-seq-len", "128", "--output", out]
+        os.makedirs(out, exist_ok=True)
+        with open(os.path.join(out, "fisher.log"), "w") as log:
+            subprocess.run(cmd, check=True, stdout=log, stderr=subprocess.STDOUT, env=thread_env(args))
+    return path
+
+
+def thread_env(args):
+    return dict(os.environ, RAYON_NUM_THREADS=str(args.threads))
+
+
+def train(args, task, spec, seed):
+    out = run_dir(args, task, spec, seed)
     if finished(out):
         return
+    method, flags = method_flags(spec)
+    if method in USES_FISHER:
+        flags += ["--fisher", fisher_file(args, task)]
     cmd = [args.peft, "train", "--model", args.model, "--data-dir", args.data_dir, "--task", task,
            "--method", method, "--seed", str(seed), "--epochs", str(EPOCHS), "--batch-size", "32",
            "--max-seq-len", "128", "--lr", str(LR.get(method, DEFAULT_LR)), "--warmup-ratio", "0.06",
-           "--weight-decay", "0.01", "--max-grad-norm", "1.0", "--output-dir", out, "--overwrite"]
-    env = dict(os.environ, RAYON_NUM_THREADS=str(args.threads))
+           "--weight-decay", "0.01", "--max-grad-norm", "1.0", "--output-dir", out, "--overwrite"] + flags
+    env = thread_env(args)
     os.makedirs(out, exist_ok=True)
     with open(os.path.join(out, "train.log"), "w") as log:
         subprocess.run(cmd, check=True, stdout=log, stderr=subprocess.STDOUT, env=env)
-    print(f"done {task} {method} {seed}", file=sys.stderr, flush=True)
+    print(f"done {task} {spec} {seed}", file=sys.stderr, flush=True)
 
 
 def fmt(values):
