@@ -13,6 +13,7 @@ pub mod load;
 pub mod nn;
 pub(crate) mod ops;
 pub mod params;
+mod simd;
 
 use std::path::Path as FsPath;
 
