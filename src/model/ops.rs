@@ -406,12 +406,6 @@ fn gemm_linear(
         }
         None => y.resize(rows * d_out, 0.0),
     }
-    let threads = rayon::current_num_threads();
-    let parallelism = if threads > 1 {
-        gemm::Parallelism::Rayon(threads)
-    } else {
-        gemm::Parallelism::None
-    };
     // SAFETY: the asserts above make every pointer cover the (rows, out), (rows, in) and
     // (in, out) matrices the strides describe: y row-major, x row-major, and Wᵀ read from
     // row-major W (row stride 1, column stride in). y is initialised and read (alpha 1).
@@ -435,10 +429,159 @@ fn gemm_linear(
             false,
             false,
             false,
-            parallelism,
+            parallelism(),
         );
     }
     y
+}
+
+/// y = x·Wᵀ + b with W trained: forward is one gemm onto the bias rows, and backward
+/// computes dx = dy·W (only if x needs it), dW = dyᵀ·x and db = Σ dy (only if b trains)
+/// by direct gemm calls. candle's matmul + broadcast_add instead zero-fill each product,
+/// add the bias in a second pass, and backward through a transposed view.
+struct TrainedLinear {
+    x_grad: bool,
+    b_grad: bool,
+}
+
+impl CustomOp3 for TrainedLinear {
+    fn name(&self) -> &'static str {
+        "peft-linear"
+    }
+
+    fn cpu_fwd(
+        &self,
+        xs: &CpuStorage,
+        xl: &Layout,
+        ws: &CpuStorage,
+        wl: &Layout,
+        bs: &CpuStorage,
+        bl: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let (x, w, b) = (slice(xs, xl)?, slice(ws, wl)?, slice(bs, bl)?);
+        let (rows, d_in, d_out) = linear_dims(xl, wl, b.len())?;
+        let y = gemm_linear(x, w, Some(b), rows, d_in, d_out);
+        Ok((CpuStorage::F32(y), Shape::from((rows, d_out))))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        _b: &Tensor,
+        _res: &Tensor,
+        g: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let (d_out, d_in) = w.dims2()?;
+        let rows = g.elem_count() / d_out;
+        let (dx, dw, db) = with_slice(g, |g| {
+            with_slice(x, |x| {
+                with_slice(w, |w| {
+                    // dx (rows, in) = g (rows, out) · W (out, in)
+                    let dx = self
+                        .x_grad
+                        .then(|| gemm(rows, d_out, d_in, (g, d_out, 1), (w, d_in, 1)));
+                    // dW (out, in) = gᵀ (out, rows) · x (rows, in)
+                    let dw = gemm(d_out, rows, d_in, (g, 1, d_out), (x, d_in, 1));
+                    let db = self.b_grad.then(|| {
+                        let mut db = vec![0f32; d_out];
+                        for row in g.chunks_exact(d_out) {
+                            db.iter_mut().zip(row).for_each(|(a, v)| *a += v);
+                        }
+                        db
+                    });
+                    (dx, dw, db)
+                })
+            })
+        })???;
+        let dev = x.device();
+        Ok((
+            dx.map(|v| Tensor::from_vec(v, x.shape(), dev))
+                .transpose()?,
+            Some(Tensor::from_vec(dw, (d_out, d_in), dev)?),
+            db.map(|v| Tensor::from_vec(v, d_out, dev)).transpose()?,
+        ))
+    }
+}
+
+/// (rows, in, out) of x (rows, in) against W (out, in) and a bias of `b_len`.
+fn linear_dims(
+    xl: &Layout,
+    wl: &Layout,
+    b_len: usize,
+) -> candle_core::Result<(usize, usize, usize)> {
+    match (xl.dims(), wl.dims()) {
+        (&[rows, d_in], &[d_out, w_in]) if w_in == d_in && b_len == d_out => {
+            Ok((rows, d_in, d_out))
+        }
+        (x, w) => candle_core::bail!("linear: input {x:?} against weight {w:?} and bias ({b_len})"),
+    }
+}
+
+/// (m, k) · (k, n) into a new row-major (m, n), each operand given as (data, row stride,
+/// column stride).
+fn gemm(
+    m: usize,
+    k: usize,
+    n: usize,
+    lhs: (&[f32], usize, usize),
+    rhs: (&[f32], usize, usize),
+) -> Vec<f32> {
+    let last = |rs: usize, cs: usize, r: usize, c: usize| (r.max(1) - 1) * rs + (c.max(1) - 1) * cs;
+    assert!(
+        lhs.0.len() > last(lhs.1, lhs.2, m, k),
+        "gemm: lhs out of bounds"
+    );
+    assert!(
+        rhs.0.len() > last(rhs.1, rhs.2, k, n),
+        "gemm: rhs out of bounds"
+    );
+    let mut dst = vec![0f32; m * n];
+    // SAFETY: the asserts keep every element the strides reach inside lhs and rhs, and dst
+    // holds m·n elements, written row-major.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst.as_mut_ptr(),
+            1,
+            n as isize,
+            false,
+            lhs.0.as_ptr(),
+            lhs.2 as isize,
+            lhs.1 as isize,
+            rhs.0.as_ptr(),
+            rhs.2 as isize,
+            rhs.1 as isize,
+            0.0,
+            1.0,
+            false,
+            false,
+            false,
+            parallelism(),
+        );
+    }
+    dst
+}
+
+fn parallelism() -> gemm::Parallelism {
+    match rayon::current_num_threads() {
+        1 => gemm::Parallelism::None,
+        n => gemm::Parallelism::Rayon(n),
+    }
+}
+
+/// `x` (rows, in) · Wᵀ + b for a trained W (and a trained or frozen b).
+pub fn linear(x: &Tensor, weight: &Tensor, bias: &Tensor) -> Result<Tensor> {
+    if !fused(x) {
+        return Ok(x.matmul(&weight.t()?)?.broadcast_add(bias)?);
+    }
+    let op = TrainedLinear {
+        x_grad: x.track_op(),
+        b_grad: bias.is_variable(),
+    };
+    Ok(x.contiguous()?.apply_op3(weight, bias, op)?)
 }
 
 /// `x` (rows, in) · Wᵀ + b for frozen W and b. If x itself needs no gradient the result is
@@ -623,5 +766,52 @@ mod tests {
         );
         assert!(max_diff(&yf, &yc) < 1e-6);
         assert!(max_diff(&gf, &gc) < 1e-5);
+    }
+
+    #[test]
+    fn trained_linear_matches_candle_with_every_gradient() {
+        let probe = rand(&[9, 4], 23);
+        for (x_trains, b_trains) in [(true, true), (true, false), (false, true)] {
+            let x = Var::from_tensor(&rand(&[9, 6], 20)).unwrap();
+            let w = Var::from_tensor(&rand(&[4, 6], 21)).unwrap();
+            let b = Var::from_tensor(&rand(&[4], 22)).unwrap();
+            let xt = if x_trains {
+                x.as_tensor().clone()
+            } else {
+                x.as_tensor().detach()
+            };
+            let bt = if b_trains {
+                b.as_tensor().clone()
+            } else {
+                b.as_tensor().detach()
+            };
+            let ours = linear(&xt, w.as_tensor(), &bt).unwrap();
+            let theirs = xt
+                .matmul(&w.as_tensor().t().unwrap())
+                .unwrap()
+                .broadcast_add(&bt)
+                .unwrap();
+            assert!(max_diff(&ours, &theirs) < 1e-6);
+            let g1 = (&ours * &probe)
+                .unwrap()
+                .sum_all()
+                .unwrap()
+                .backward()
+                .unwrap();
+            let g2 = (&theirs * &probe)
+                .unwrap()
+                .sum_all()
+                .unwrap()
+                .backward()
+                .unwrap();
+            assert!(max_diff(g1.get(&w).unwrap(), g2.get(&w).unwrap()) < 1e-5);
+            for (v, trains) in [(&x, x_trains), (&b, b_trains)] {
+                match (g1.get(v), trains) {
+                    (Some(a), true) => assert!(max_diff(a, g2.get(v).unwrap()) < 1e-5),
+                    (None, false) => {}
+                    (got, _) => panic!("x {x_trains} b {b_trains}: gradient {:?}", got.is_some()),
+                }
+            }
+        }
     }
 }
