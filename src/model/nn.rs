@@ -139,16 +139,7 @@ impl Linear {
         let d_in = dims[dims.len() - 1];
         let rows: usize = dims[..dims.len() - 1].iter().product();
         let x = x.reshape((rows, d_in))?;
-        let y = match self.bias.as_ref() {
-            Some(b) if self.weight.is_variable() => ops::linear(&x, &self.weight, b)?,
-            None if self.weight.is_variable() => x.matmul(&self.weight.t()?)?,
-            // A trained bias on a frozen weight (BitFit): the add records its gradient.
-            Some(b) if b.is_variable() => {
-                ops::frozen_linear(&x, &self.weight, None)?.broadcast_add(b)?
-            }
-            // No gradient for a weight nobody trains (see ops::frozen_linear).
-            b => ops::frozen_linear(&x, &self.weight, b)?,
-        };
+        let y = ops::linear(&x, &self.weight, self.bias.as_ref())?;
         let y = match &self.adapter {
             Some(a) => (y + a.forward(&x, ctx)?)?,
             None => y,

@@ -346,43 +346,6 @@ pub fn dropout(x: &Tensor, p: f64, key: u64) -> Result<Tensor> {
 
 // ---------------------------------------------------------------- frozen matmul
 
-/// y = x·Wᵀ (+ b) where W (and b) are frozen: backward returns only dx = dy·W, never the
-/// weight gradient candle would otherwise compute and keep for a tensor nobody trains.
-struct FrozenLinear {
-    weight: Tensor,
-    bias: Option<Tensor>,
-}
-
-impl CustomOp1 for FrozenLinear {
-    fn name(&self) -> &'static str {
-        "peft-frozen-linear"
-    }
-
-    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
-        let x = slice(s, l)?;
-        let (d_out, d_in) = self.weight.dims2()?;
-        if l.dims().last() != Some(&d_in)
-            || self.bias.as_ref().is_some_and(|b| b.elem_count() != d_out)
-        {
-            candle_core::bail!(
-                "frozen linear: input {:?} against weight {:?}",
-                l.dims(),
-                self.weight.dims()
-            );
-        }
-        let rows = x.len() / d_in;
-        let y = with_slice(&self.weight, |w| match &self.bias {
-            Some(b) => with_slice(b, |b| gemm_linear(x, w, Some(b), rows, d_in, d_out)),
-            None => Ok(gemm_linear(x, w, None, rows, d_in, d_out)),
-        })??;
-        Ok((CpuStorage::F32(y), Shape::from((rows, d_out))))
-    }
-
-    fn bwd(&self, _x: &Tensor, _res: &Tensor, g: &Tensor) -> candle_core::Result<Option<Tensor>> {
-        Ok(Some(g.matmul(&self.weight)?))
-    }
-}
-
 /// x (rows, in) · Wᵀ (+ b) for row-major x and W (out, in), as one gemm call that
 /// accumulates onto the bias rows: no zero-filled output and no second pass for the bias,
 /// which candle's matmul + broadcast_add spend (a sixth of an inference forward in `perf`).
@@ -435,16 +398,18 @@ fn gemm_linear(
     y
 }
 
-/// y = x·Wᵀ + b with W trained: forward is one gemm onto the bias rows, and backward
-/// computes dx = dy·W (only if x needs it), dW = dyᵀ·x and db = Σ dy (only if b trains)
-/// by direct gemm calls. candle's matmul + broadcast_add instead zero-fill each product,
-/// add the bias in a second pass, and backward through a transposed view.
-struct TrainedLinear {
+/// y = x·Wᵀ + b in one op for every combination of what trains. Forward is one gemm onto
+/// the bias rows; backward computes by direct gemm calls only what trains: dx = dy·W if x
+/// needs it, dW = dyᵀ·x if W trains, db = Σ dy if b does. candle's matmul + broadcast_add
+/// instead zero-fill each product, add the bias in a second pass, and compute and keep a
+/// gradient for W even when nobody trains it (`tests/frozen.rs`).
+struct LinearOp {
     x_grad: bool,
+    w_grad: bool,
     b_grad: bool,
 }
 
-impl CustomOp3 for TrainedLinear {
+impl CustomOp3 for LinearOp {
     fn name(&self) -> &'static str {
         "peft-linear"
     }
@@ -482,7 +447,9 @@ impl CustomOp3 for TrainedLinear {
                         .x_grad
                         .then(|| gemm(rows, d_out, d_in, (g, d_out, 1), (w, d_in, 1)));
                     // dW (out, in) = gᵀ (out, rows) · x (rows, in)
-                    let dw = gemm(d_out, rows, d_in, (g, 1, d_out), (x, d_in, 1));
+                    let dw = self
+                        .w_grad
+                        .then(|| gemm(d_out, rows, d_in, (g, 1, d_out), (x, d_in, 1)));
                     let db = self.b_grad.then(|| {
                         let mut db = vec![0f32; d_out];
                         for row in g.chunks_exact(d_out) {
@@ -498,7 +465,8 @@ impl CustomOp3 for TrainedLinear {
         Ok((
             dx.map(|v| Tensor::from_vec(v, x.shape(), dev))
                 .transpose()?,
-            Some(Tensor::from_vec(dw, (d_out, d_in), dev)?),
+            dw.map(|v| Tensor::from_vec(v, (d_out, d_in), dev))
+                .transpose()?,
             db.map(|v| Tensor::from_vec(v, d_out, dev)).transpose()?,
         ))
     }
@@ -572,34 +540,31 @@ fn parallelism() -> gemm::Parallelism {
     }
 }
 
-/// `x` (rows, in) · Wᵀ + b for a trained W (and a trained or frozen b).
-pub fn linear(x: &Tensor, weight: &Tensor, bias: &Tensor) -> Result<Tensor> {
+/// `x` (rows, in) · Wᵀ + b. The graph records only the gradients of what trains (x, a W
+/// or b that is a variable); if nothing does, the result is a plain tensor.
+pub fn linear(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
     if !fused(x) {
-        return Ok(x.matmul(&weight.t()?)?.broadcast_add(bias)?);
-    }
-    let op = TrainedLinear {
-        x_grad: x.track_op(),
-        b_grad: bias.is_variable(),
-    };
-    Ok(x.contiguous()?.apply_op3(weight, bias, op)?)
-}
-
-/// `x` (rows, in) · Wᵀ + b for frozen W and b. If x itself needs no gradient the result is
-/// a plain tensor; otherwise the graph records only the input gradient.
-pub fn frozen_linear(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
-    if !fused(x) {
-        // CUDA: candle's ops (which also compute a weight gradient if x is tracked).
+        // CUDA: candle's ops (which also compute a gradient for a frozen W if x is tracked).
         return Ok(x.matmul(&weight.t()?)?.broadcast_add_opt(bias)?);
     }
-    let op = FrozenLinear {
-        weight: weight.clone(),
-        bias: bias.cloned(),
+    let zeros;
+    let bias = match bias {
+        Some(b) => b,
+        None => {
+            zeros = Tensor::zeros(weight.dim(0)?, DType::F32, x.device())?;
+            &zeros
+        }
+    };
+    let op = LinearOp {
+        x_grad: x.track_op(),
+        w_grad: weight.is_variable(),
+        b_grad: bias.is_variable(),
     };
     let x = x.contiguous()?;
-    Ok(if x.track_op() {
-        x.apply_op1(op)?
+    Ok(if op.x_grad || op.w_grad || op.b_grad {
+        x.apply_op3(weight, bias, op)?
     } else {
-        x.apply_op1_no_bwd(&op)?
+        x.apply_op3_no_bwd(weight, bias, &op)?
     })
 }
 
@@ -753,7 +718,7 @@ mod tests {
         let w = rand(&[3, 5], 11);
         let b = rand(&[3], 12);
         let probe = rand(&[7, 3], 13);
-        let (yf, gf) = grads(|x| frozen_linear(x, &w, Some(&b)).unwrap(), &x, &probe);
+        let (yf, gf) = grads(|x| linear(x, &w, Some(&b)).unwrap(), &x, &probe);
         let (yc, gc) = grads(
             |x| {
                 x.matmul(&w.t().unwrap())
@@ -769,27 +734,31 @@ mod tests {
     }
 
     #[test]
-    fn trained_linear_matches_candle_with_every_gradient() {
+    fn linear_matches_candle_with_the_gradients_of_what_trains() {
         let probe = rand(&[9, 4], 23);
-        for (x_trains, b_trains) in [(true, true), (true, false), (false, true)] {
-            let x = Var::from_tensor(&rand(&[9, 6], 20)).unwrap();
-            let w = Var::from_tensor(&rand(&[4, 6], 21)).unwrap();
-            let b = Var::from_tensor(&rand(&[4], 22)).unwrap();
-            let xt = if x_trains {
-                x.as_tensor().clone()
+        let trains = |v: &Var, yes: bool| {
+            if yes {
+                v.as_tensor().clone()
             } else {
-                x.as_tensor().detach()
-            };
-            let bt = if b_trains {
-                b.as_tensor().clone()
-            } else {
-                b.as_tensor().detach()
-            };
-            let ours = linear(&xt, w.as_tensor(), &bt).unwrap();
-            let theirs = xt
-                .matmul(&w.as_tensor().t().unwrap())
+                v.as_tensor().detach()
+            }
+        };
+        // (x, W, b) trains: full, frozen bias, frozen input, BitFit, BitFit on the first layer.
+        for flags in [
+            [true, true, true],
+            [true, true, false],
+            [false, true, true],
+            [true, false, true],
+            [false, false, true],
+        ] {
+            let vars = [rand(&[9, 6], 20), rand(&[4, 6], 21), rand(&[4], 22)]
+                .map(|t| Var::from_tensor(&t).unwrap());
+            let [x, w, b] = [0, 1, 2].map(|i| trains(&vars[i], flags[i]));
+            let ours = linear(&x, &w, Some(&b)).unwrap();
+            let theirs = x
+                .matmul(&w.t().unwrap())
                 .unwrap()
-                .broadcast_add(&bt)
+                .broadcast_add(&b)
                 .unwrap();
             assert!(max_diff(&ours, &theirs) < 1e-6);
             let g1 = (&ours * &probe)
@@ -804,12 +773,11 @@ mod tests {
                 .unwrap()
                 .backward()
                 .unwrap();
-            assert!(max_diff(g1.get(&w).unwrap(), g2.get(&w).unwrap()) < 1e-5);
-            for (v, trains) in [(&x, x_trains), (&b, b_trains)] {
-                match (g1.get(v), trains) {
+            for (v, yes) in vars.iter().zip(flags) {
+                match (g1.get(v), yes) {
                     (Some(a), true) => assert!(max_diff(a, g2.get(v).unwrap()) < 1e-5),
                     (None, false) => {}
-                    (got, _) => panic!("x {x_trains} b {b_trains}: gradient {:?}", got.is_some()),
+                    (got, _) => panic!("{flags:?}: gradient {:?}", got.is_some()),
                 }
             }
         }
