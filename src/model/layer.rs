@@ -6,6 +6,7 @@ use candle_core::Tensor;
 
 use super::adapter::AdapterConfig;
 
+use super::attention;
 use super::config::{Activation, ModelConfig};
 use super::nn::{activate, Ctx, Dropout, LayerNorm, Linear};
 use super::ops;
@@ -43,6 +44,18 @@ impl SelfAttention {
     /// `mask`: (batch, seq), 1 for real tokens and 0 for padding.
     fn forward(&self, x: &Tensor, mask: &Tensor, ctx: &Ctx) -> Result<Tensor> {
         let (b, t, h) = x.dims3()?;
+        let scale = 1.0 / (self.head_dim as f64).sqrt();
+        if ops::fused(x) {
+            let (q, k, v) = (
+                self.query.forward(x, ctx)?,
+                self.key.forward(x, ctx)?,
+                self.value.forward(x, ctx)?,
+            );
+            let dropout = self.dropout.op(ctx);
+            return Ok(attention::attention(
+                &q, &k, &v, mask, self.heads, scale, dropout,
+            )?);
+        }
         let split = |y: Tensor| -> Result<Tensor> {
             Ok(y.reshape((b, t, self.heads, self.head_dim))?
                 .transpose(1, 2)?
@@ -52,7 +65,7 @@ impl SelfAttention {
         let k = split(self.key.forward(x, ctx)?)?;
         let v = split(self.value.forward(x, ctx)?)?;
         let scores = q.matmul(&k.t()?)?;
-        let probs = ops::attention_probs(&scores, mask, 1.0 / (self.head_dim as f64).sqrt())?;
+        let probs = ops::attention_probs(&scores, mask, scale)?;
         let probs = self.dropout.forward(&probs, ctx)?;
         Ok(probs.matmul(&v)?.transpose(1, 2)?.reshape((b, t, h))?)
     }

@@ -4,6 +4,7 @@
 //! hands out a frozen tensor or a trainable variable; nothing here knows which.
 
 pub mod adapter;
+mod attention;
 pub mod config;
 mod embeddings;
 mod heads;

@@ -76,6 +76,11 @@ impl Dropout {
         }
         ops::dropout(x, self.p, ctx.next_key())
     }
+
+    /// The mask `forward` would draw, for a fused op to apply itself (None: no dropout).
+    pub(crate) fn op(&self, ctx: &Ctx) -> Option<ops::DropoutOp> {
+        (ctx.train && self.p != 0.0).then(|| ops::DropoutOp::new(self.p, ctx.next_key()))
+    }
 }
 
 /// y = x Wᵀ + b over the last dimension, W of shape (out, in) as in torch.

@@ -16,7 +16,7 @@ use rayon::prelude::*;
 use super::simd;
 
 /// Run `f` on the f32 data of a contiguous CPU tensor.
-fn with_slice<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> R) -> candle_core::Result<R> {
+pub(crate) fn with_slice<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> R) -> candle_core::Result<R> {
     let t = t.contiguous()?;
     let (storage, layout) = t.storage_and_layout();
     let Storage::Cpu(cpu) = &*storage else {
@@ -36,7 +36,7 @@ pub(crate) fn slice<'a>(s: &'a CpuStorage, l: &Layout) -> candle_core::Result<&'
     Ok(&s.as_slice::<f32>()?[start..end])
 }
 
-fn fused(t: &Tensor) -> bool {
+pub(crate) fn fused(t: &Tensor) -> bool {
     t.device().is_cpu() && t.dtype() == DType::F32
 }
 
@@ -285,7 +285,7 @@ fn mix(mut z: u64) -> u64 {
     z ^ (z >> 31)
 }
 
-struct DropoutOp {
+pub(crate) struct DropoutOp {
     key: u64,
     /// Keep an element when its hash is below this.
     threshold: u64,
@@ -293,6 +293,32 @@ struct DropoutOp {
 }
 
 impl DropoutOp {
+    /// Inverted dropout with keep probability 1 − p; `key` must differ per call.
+    pub(crate) fn new(p: f64, key: u64) -> Self {
+        let keep = 1.0 - p;
+        DropoutOp {
+            key: mix(key),
+            threshold: (keep * u64::MAX as f64) as u64,
+            scale: (1.0 / keep) as f32,
+        }
+    }
+
+    /// Whether element `i` (its flat index in the tensor) survives.
+    #[inline]
+    pub(crate) fn keeps(&self, i: u64) -> bool {
+        mix(self.key ^ i.wrapping_mul(0x9e37_79b9_7f4a_7c15)) < self.threshold
+    }
+
+    /// v/keep if element `i` survives, else 0 (not v·0, which is NaN for an infinite v).
+    #[inline]
+    pub(crate) fn apply_one(&self, i: u64, v: f32) -> f32 {
+        if self.keeps(i) {
+            v * self.scale
+        } else {
+            0.0
+        }
+    }
+
     fn apply(&self, x: &[f32]) -> Vec<f32> {
         let mut out = vec![0f32; x.len()];
         out.par_chunks_mut(4096)
@@ -301,9 +327,7 @@ impl DropoutOp {
             .for_each(|(c, (o, x))| {
                 let base = (c * 4096) as u64;
                 for (i, (o, &v)) in o.iter_mut().zip(x).enumerate() {
-                    let keep = mix(self.key ^ (base + i as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15))
-                        < self.threshold;
-                    *o = if keep { v * self.scale } else { 0.0 };
+                    *o = self.apply_one(base + i as u64, v);
                 }
             });
         out
@@ -328,13 +352,7 @@ impl CustomOp1 for DropoutOp {
 
 /// Inverted dropout with keep probability 1 − p; `key` must differ per call.
 pub fn dropout(x: &Tensor, p: f64, key: u64) -> Result<Tensor> {
-    let keep = 1.0 - p;
-    let threshold = (keep * u64::MAX as f64) as u64;
-    let op = DropoutOp {
-        key: mix(key),
-        threshold,
-        scale: (1.0 / keep) as f32,
-    };
+    let op = DropoutOp::new(p, key);
     if fused(x) {
         return Ok(x.contiguous()?.apply_op1(op)?);
     }
@@ -486,16 +504,39 @@ fn linear_dims(
     }
 }
 
-/// (m, k) · (k, n) into a new row-major (m, n), each operand given as (data, row stride,
-/// column stride).
-fn gemm(
+/// A matrix in a slice: (data, row stride, column stride).
+pub(crate) type Strided<'a> = (&'a [f32], usize, usize);
+
+/// (m, k) · (k, n) into a new row-major (m, n).
+fn gemm(m: usize, k: usize, n: usize, lhs: Strided, rhs: Strided) -> Vec<f32> {
+    let mut dst = vec![0f32; m * n];
+    gemm_into(&mut dst, n, m, k, n, lhs, rhs, parallelism());
+    dst
+}
+
+/// dst (m, n), rows `dst_rs` apart, = lhs (m, k) · rhs (k, n), overwriting dst.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn gemm_into(
+    dst: &mut [f32],
+    dst_rs: usize,
     m: usize,
     k: usize,
     n: usize,
-    lhs: (&[f32], usize, usize),
-    rhs: (&[f32], usize, usize),
-) -> Vec<f32> {
+    lhs: Strided,
+    rhs: Strided,
+    parallelism: gemm::Parallelism,
+) {
+    if m == 0 || n == 0 {
+        return;
+    }
     let last = |rs: usize, cs: usize, r: usize, c: usize| (r.max(1) - 1) * rs + (c.max(1) - 1) * cs;
+    assert!(dst.len() > last(dst_rs, 1, m, n), "gemm: dst out of bounds");
+    if k == 0 {
+        dst.chunks_mut(dst_rs)
+            .take(m)
+            .for_each(|r| r[..n].fill(0.0));
+        return;
+    }
     assert!(
         lhs.0.len() > last(lhs.1, lhs.2, m, k),
         "gemm: lhs out of bounds"
@@ -504,9 +545,8 @@ fn gemm(
         rhs.0.len() > last(rhs.1, rhs.2, k, n),
         "gemm: rhs out of bounds"
     );
-    let mut dst = vec![0f32; m * n];
-    // SAFETY: the asserts keep every element the strides reach inside lhs and rhs, and dst
-    // holds m·n elements, written row-major.
+    // SAFETY: the asserts keep every element the strides reach inside dst, lhs and rhs;
+    // dst is exclusively borrowed and does not overlap the shared lhs and rhs.
     unsafe {
         gemm::gemm(
             m,
@@ -514,7 +554,7 @@ fn gemm(
             k,
             dst.as_mut_ptr(),
             1,
-            n as isize,
+            dst_rs as isize,
             false,
             lhs.0.as_ptr(),
             lhs.2 as isize,
@@ -527,13 +567,12 @@ fn gemm(
             false,
             false,
             false,
-            parallelism(),
+            parallelism,
         );
     }
-    dst
 }
 
-fn parallelism() -> gemm::Parallelism {
+pub(crate) fn parallelism() -> gemm::Parallelism {
     match rayon::current_num_threads() {
         1 => gemm::Parallelism::None,
         n => gemm::Parallelism::Rayon(n),
