@@ -209,16 +209,23 @@ impl CustomOp3 for AttentionOp {
                                         none,
                                     );
                                     for i in 0..t {
-                                        let global = ((bi * heads + h) * t + i) * t;
-                                        let (dp, p) =
-                                            (&mut dp[i * t..(i + 1) * t], &p[i * t..(i + 1) * t]);
+                                        let r = i * t..(i + 1) * t;
+                                        let (dp, p, kept) =
+                                            (&mut dp[r.clone()], &p[r.clone()], &dropped[r]);
+                                        // The same mask, read off `dropped` instead of hashed
+                                        // again: where p > 0, kept ≠ 0 exactly when the element
+                                        // survived, and where p = 0 its d(scores) is 0 anyway.
                                         if let Some(drop) = &self.dropout {
-                                            for (j, x) in dp.iter_mut().enumerate() {
-                                                *x = drop.apply_one((global + j) as u64, *x);
+                                            for (x, &kept) in dp.iter_mut().zip(kept) {
+                                                *x = if kept != 0.0 {
+                                                    *x * drop.scale()
+                                                } else {
+                                                    0.0
+                                                };
                                             }
                                         }
                                         // d(scores) = scale · p ⊙ (dp − ⟨dp, p⟩)
-                                        let dot: f32 = dp.iter().zip(p).map(|(a, b)| a * b).sum();
+                                        let dot = simd::dot(dp, p);
                                         for (x, &pj) in dp.iter_mut().zip(p) {
                                             *x = self.scale * pj * (*x - dot);
                                         }

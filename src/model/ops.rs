@@ -46,14 +46,6 @@ struct LayerNormOp {
     eps: f32,
 }
 
-/// Mean and 1/std of one row, in f32 with a two-pass variance as torch computes it.
-fn row_stats(row: &[f32], eps: f32) -> (f32, f32) {
-    let n = row.len() as f32;
-    let mean = row.iter().sum::<f32>() / n;
-    let var = row.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>() / n;
-    (mean, 1.0 / (var + eps).sqrt())
-}
-
 impl CustomOp3 for LayerNormOp {
     fn name(&self) -> &'static str {
         "peft-layer-norm"
@@ -71,14 +63,10 @@ impl CustomOp3 for LayerNormOp {
         let (x, w, b) = (slice(xs, xl)?, slice(ws, wl)?, slice(bs, bl)?);
         let d = w.len();
         let mut out = vec![0f32; x.len()];
-        out.par_chunks_mut(d)
-            .zip(x.par_chunks(d))
-            .for_each(|(o, r)| {
-                let (mean, rstd) = row_stats(r, self.eps);
-                for i in 0..d {
-                    o[i] = (r[i] - mean) * rstd * w[i] + b[i];
-                }
-            });
+        // Blocks of 64 rows: whole rows per task, few enough tasks to schedule cheaply.
+        out.par_chunks_mut(64 * d)
+            .zip(x.par_chunks(64 * d))
+            .for_each(|(o, r)| simd::layer_norm(o, r, w, b, self.eps));
         Ok((CpuStorage::F32(out), xl.shape().clone()))
     }
 
@@ -104,25 +92,7 @@ impl CustomOp3 for LayerNormOp {
                         .zip(x.par_chunks(block).zip(g.par_chunks(block)))
                         .map(|(dxb, (xb, gb))| {
                             let (mut dw, mut db) = (vec![0f32; d], vec![0f32; d]);
-                            for (dxr, (xr, gr)) in
-                                dxb.chunks_mut(d).zip(xb.chunks(d).zip(gb.chunks(d)))
-                            {
-                                let (mean, rstd) = row_stats(xr, eps);
-                                let (mut sum_dy, mut sum_dy_xhat) = (0f32, 0f32);
-                                for i in 0..d {
-                                    let xhat = (xr[i] - mean) * rstd;
-                                    let dy = gr[i] * w[i];
-                                    dw[i] += gr[i] * xhat;
-                                    db[i] += gr[i];
-                                    sum_dy += dy;
-                                    sum_dy_xhat += dy * xhat;
-                                }
-                                let (m1, m2) = (sum_dy / d as f32, sum_dy_xhat / d as f32);
-                                for i in 0..d {
-                                    let xhat = (xr[i] - mean) * rstd;
-                                    dxr[i] = rstd * (gr[i] * w[i] - m1 - xhat * m2);
-                                }
-                            }
+                            simd::layer_norm_backward(dxb, &mut dw, &mut db, xb, gb, w, eps);
                             (dw, db)
                         })
                         .collect();
@@ -198,7 +168,7 @@ impl CustomOp1 for MaskedSoftmax {
                 ds.par_chunks_mut(t)
                     .zip(p.par_chunks(t).zip(g.par_chunks(t)))
                     .for_each(|(d, (p, g))| {
-                        let dot: f32 = p.iter().zip(g).map(|(a, b)| a * b).sum();
+                        let dot = simd::dot(p, g);
                         for j in 0..t {
                             d[j] = scale * p[j] * (g[j] - dot);
                         }
@@ -307,6 +277,11 @@ impl DropoutOp {
     #[inline]
     pub(crate) fn keeps(&self, i: u64) -> bool {
         mix(self.key ^ i.wrapping_mul(0x9e37_79b9_7f4a_7c15)) < self.threshold
+    }
+
+    /// 1/keep, what survivors are multiplied by.
+    pub(crate) fn scale(&self) -> f32 {
+        self.scale
     }
 
     /// v/keep if element `i` survives, else 0 (not v·0, which is NaN for an infinite v).
@@ -656,10 +631,17 @@ mod tests {
 
     #[test]
     fn layer_norm_matches_composition_with_gradients() {
-        let x = rand(&[6, 16], 1);
-        let w = Var::from_tensor(&(rand(&[16], 2) + 1.0).unwrap()).unwrap();
-        let b = Var::from_tensor(&rand(&[16], 3)).unwrap();
-        let probe = rand(&[6, 16], 4);
+        // 16: whole SIMD lanes; 19: a tail; 70 rows: more than one 64-row block.
+        for (rows, d) in [(6, 16), (70, 19)] {
+            layer_norm_case(rows, d);
+        }
+    }
+
+    fn layer_norm_case(rows: usize, d: usize) {
+        let x = rand(&[rows, d], 1);
+        let w = Var::from_tensor(&(rand(&[d], 2) + 1.0).unwrap()).unwrap();
+        let b = Var::from_tensor(&rand(&[d], 3)).unwrap();
+        let probe = rand(&[rows, d], 4);
         let composite = |x: &Tensor| {
             let mean = x.mean_keepdim(D::Minus1).unwrap();
             let xc = x.broadcast_sub(&mean).unwrap();

@@ -93,6 +93,41 @@ fn max(v: &[f32]) -> f32 {
         .fold(f32::NEG_INFINITY, |a, &b| if b > a { b } else { a })
 }
 
+/// Σ a·b in 16 fixed lanes.
+#[inline(always)]
+pub fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let mut acc = [0f32; LANES];
+    let (mut ca, mut cb) = (a.chunks_exact(LANES), b.chunks_exact(LANES));
+    for (x, y) in (&mut ca).zip(&mut cb) {
+        for i in 0..LANES {
+            acc[i] += x[i] * y[i];
+        }
+    }
+    for ((s, &x), &y) in acc.iter_mut().zip(ca.remainder()).zip(cb.remainder()) {
+        *s += x * y;
+    }
+    acc.iter().sum()
+}
+
+/// Mean and 1/std of one row, with a two-pass variance as torch computes it.
+#[inline(always)]
+fn row_stats(row: &[f32], eps: f32) -> (f32, f32) {
+    let n = row.len() as f32;
+    let mean = sum(row) / n;
+    let mut acc = [0f32; LANES];
+    let mut chunks = row.chunks_exact(LANES);
+    for c in &mut chunks {
+        for i in 0..LANES {
+            acc[i] += (c[i] - mean) * (c[i] - mean);
+        }
+    }
+    for (a, &x) in acc.iter_mut().zip(chunks.remainder()) {
+        *a += (x - mean) * (x - mean);
+    }
+    let var = acc.iter().sum::<f32>() / n;
+    (mean, 1.0 / (var + eps).sqrt())
+}
+
 #[inline(always)]
 fn sum(v: &[f32]) -> f32 {
     let mut acc = [0f32; LANES];
@@ -124,6 +159,66 @@ multiversion! {
         let inv = 1.0 / sum(o);
         for v in o.iter_mut() {
             *v *= inv;
+        }
+    }
+}
+
+multiversion! {
+    /// o = (x − mean)/std · w + b over rows of w.len().
+    pub fn layer_norm(o: &mut [f32], x: &[f32], w: &[f32], b: &[f32], eps: f32) {
+        let d = w.len();
+        for (o, r) in o.chunks_exact_mut(d).zip(x.chunks_exact(d)) {
+            let (mean, rstd) = row_stats(r, eps);
+            for (((o, &x), &w), &b) in o.iter_mut().zip(r).zip(w).zip(b) {
+                *o = (x - mean) * rstd * w + b;
+            }
+        }
+    }
+}
+
+multiversion! {
+    /// LayerNorm's backward over rows of w.len(): writes dx, adds into dw and db.
+    pub fn layer_norm_backward(
+        dx: &mut [f32],
+        dw: &mut [f32],
+        db: &mut [f32],
+        x: &[f32],
+        g: &[f32],
+        w: &[f32],
+        eps: f32
+    ) {
+        let d = w.len();
+        let rows = dx.chunks_exact_mut(d).zip(x.chunks_exact(d).zip(g.chunks_exact(d)));
+        for (dxr, (xr, gr)) in rows {
+            let (mean, rstd) = row_stats(xr, eps);
+            // dxr holds x̂ for now.
+            for (h, &x) in dxr.iter_mut().zip(xr) {
+                *h = (x - mean) * rstd;
+            }
+            for (((dw, db), &h), &g) in dw.iter_mut().zip(db.iter_mut()).zip(dxr.iter()).zip(gr) {
+                *dw += g * h;
+                *db += g;
+            }
+            let (mut s1, mut s2) = ([0f32; LANES], [0f32; LANES]);
+            let mut chunks = dxr.chunks_exact(LANES).zip(gr.chunks_exact(LANES).zip(w.chunks_exact(LANES)));
+            for (h, (g, w)) in &mut chunks {
+                for i in 0..LANES {
+                    let dy = g[i] * w[i];
+                    s1[i] += dy;
+                    s2[i] += dy * h[i];
+                }
+            }
+            let tail = d - d % LANES;
+            for i in tail..d {
+                let dy = gr[i] * w[i];
+                s1[i - tail] += dy;
+                s2[i - tail] += dy * dxr[i];
+            }
+            let m1 = s1.iter().sum::<f32>() / d as f32;
+            let m2 = s2.iter().sum::<f32>() / d as f32;
+            for ((dx, &g), &w) in dxr.iter_mut().zip(gr).zip(w) {
+                *dx = rstd * (g * w - m1 - *dx * m2);
+            }
         }
     }
 }
