@@ -362,32 +362,41 @@ fn gemm_linear(
         }
         None => y.resize(rows * d_out, 0.0),
     }
-    // SAFETY: the asserts above make every pointer cover the (rows, out), (rows, in) and
-    // (in, out) matrices the strides describe: y row-major, x row-major, and Wᵀ read from
-    // row-major W (row stride 1, column stride in). y is initialised and read (alpha 1).
-    unsafe {
-        gemm::gemm(
-            rows,
-            d_out,
-            d_in,
-            y.as_mut_ptr(),
-            1,
-            d_out as isize,
-            true,
-            x.as_ptr(),
-            1,
-            d_in as isize,
-            w.as_ptr(),
-            d_in as isize,
-            1,
-            1.0,
-            1.0,
-            false,
-            false,
-            false,
-            parallelism(),
-        );
-    }
+    // One single-threaded gemm per thread on a block of rows: gemm's own threading
+    // synchronises inside every call, which `perf` showed as spinning.
+    let threads = rayon::current_num_threads().max(1);
+    let block = rows.div_ceil(threads).max(1);
+    y.par_chunks_mut(block * d_out)
+        .zip(x.par_chunks(block * d_in))
+        .for_each(|(y, x)| {
+            let rows = x.len() / d_in;
+            // SAFETY: y holds (rows, out) and x (rows, in) row-major (their chunks are whole
+            // rows of the asserted sizes); Wᵀ is read from row-major W (row stride 1,
+            // column stride in). y is initialised and read (alpha 1).
+            unsafe {
+                gemm::gemm(
+                    rows,
+                    d_out,
+                    d_in,
+                    y.as_mut_ptr(),
+                    1,
+                    d_out as isize,
+                    true,
+                    x.as_ptr(),
+                    1,
+                    d_in as isize,
+                    w.as_ptr(),
+                    d_in as isize,
+                    1,
+                    1.0,
+                    1.0,
+                    false,
+                    false,
+                    false,
+                    gemm::Parallelism::None,
+                );
+            }
+        });
     y
 }
 
