@@ -299,34 +299,8 @@ pub(crate) fn attention(
 mod tests {
     use super::*;
     use crate::model::ops;
-    use candle_core::{Device, Var, D};
-
-    fn rand(shape: &[usize], seed: u64) -> Tensor {
-        let n: usize = shape.iter().product();
-        let mut z = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
-        let v: Vec<f32> = (0..n)
-            .map(|_| {
-                z ^= z << 13;
-                z ^= z >> 7;
-                z ^= z << 17;
-                (z % 2000) as f32 / 1000.0 - 1.0
-            })
-            .collect();
-        Tensor::from_vec(v, shape, &Device::Cpu).unwrap()
-    }
-
-    fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
-        (a - b)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .max(D::Minus1)
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap()
-    }
+    use crate::model::ops::tests::{max_diff, rand};
+    use candle_core::{Device, Var};
 
     /// The composed candle ops the fused op replaces, dropout drawn with the same key.
     fn composed(q: &Tensor, k: &Tensor, v: &Tensor, mask: &Tensor, heads: usize, p: f64) -> Tensor {
