@@ -299,7 +299,7 @@ pub(crate) fn attention(
 mod tests {
     use super::*;
     use crate::model::ops;
-    use crate::model::ops::tests::{max_diff, rand};
+    use crate::model::ops::tests::{max_diff, probe_grads, rand};
     use candle_core::{Device, Var};
 
     /// The composed candle ops the fused op replaces, dropout drawn with the same key.
@@ -349,18 +349,8 @@ mod tests {
             let ours = attention(&q, &k, &v, &mask, heads, scale, drop).unwrap();
             let theirs = composed(&q, &k, &v, &mask, heads, p);
             assert!(max_diff(&ours, &theirs) < 1e-6, "p {p}: forward");
-            let g1 = (&ours * &probe)
-                .unwrap()
-                .sum_all()
-                .unwrap()
-                .backward()
-                .unwrap();
-            let g2 = (&theirs * &probe)
-                .unwrap()
-                .sum_all()
-                .unwrap()
-                .backward()
-                .unwrap();
+            let g1 = probe_grads(&ours, &probe);
+            let g2 = probe_grads(&theirs, &probe);
             for (name, var) in ["q", "k", "v"].iter().zip(&vars) {
                 let d = max_diff(g1.get(var).unwrap(), g2.get(var).unwrap());
                 assert!(d < 1e-5, "p {p}: d{name} differs by {d}");
