@@ -73,6 +73,8 @@ impl TrainStep {
             .filter_map(|(n, v)| grads.get(v.as_tensor()).map(|g| (n.clone(), g.clone())))
             .collect();
         self.opt.step(&g, 1e-5)?;
+        // A GPU step is timed to completion, not to the last launch.
+        self.batch.input_ids.device().synchronize()?;
         Ok(())
     }
 }

@@ -3,14 +3,16 @@
 //! Fixtures come from tests/golden/make_golden.py: weights, a batch of singles and pairs,
 //! and transformers' hidden states, logits, loss and the gradient of the loss for every
 //! parameter. Forward must match to 1e-4 absolute and gradients to 1e-3 relative. This is
-//! what catches candle ops that silently record no backward.
+//! what catches candle ops that silently record no backward. Each check runs twice: with
+//! our fused CPU kernels, and with the candle compositions that other devices use.
+//! `PEFT_TEST_DEVICE=cuda` runs them on a GPU (a `--features cuda` build).
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device, Tensor};
 use peft::loss;
-use peft::model::{read_checkpoint, Arch, Batch, Ctx, Model, ParamStore};
+use peft::model::{read_checkpoint, with_composed_ops, Arch, Batch, Ctx, Model, ParamStore};
 use peft::tokenize::{collate, TextEncoder};
 
 fn fixture(kind: &str) -> PathBuf {
@@ -23,11 +25,25 @@ fn golden(kind: &str) -> HashMap<String, Tensor> {
     candle_core::safetensors::load(fixture(kind).join("golden.safetensors"), &Device::Cpu).unwrap()
 }
 
+fn device() -> Device {
+    let spec = std::env::var("PEFT_TEST_DEVICE").unwrap_or_else(|_| "cpu".into());
+    peft::device::parse(&spec).unwrap()
+}
+
+/// A golden tensor on the test device, as `dtype`.
+fn on_device(g: &HashMap<String, Tensor>, key: &str, dtype: DType) -> Tensor {
+    g[key]
+        .to_dtype(dtype)
+        .unwrap()
+        .to_device(&device())
+        .unwrap()
+}
+
 fn golden_batch(g: &HashMap<String, Tensor>) -> Batch {
     Batch {
-        input_ids: g["input_ids"].to_dtype(DType::U32).unwrap(),
-        token_type_ids: g["token_type_ids"].to_dtype(DType::U32).unwrap(),
-        attention_mask: g["attention_mask"].to_dtype(DType::F32).unwrap(),
+        input_ids: on_device(g, "input_ids", DType::U32),
+        token_type_ids: on_device(g, "token_type_ids", DType::U32),
+        attention_mask: on_device(g, "attention_mask", DType::F32),
     }
 }
 
@@ -38,7 +54,7 @@ const GRAD_FLOOR: f32 = 1e-5;
 
 fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
     assert_eq!(a.dims(), b.dims());
-    (a - b)
+    (a.to_device(&Device::Cpu).unwrap() - b.to_device(&Device::Cpu).unwrap())
         .unwrap()
         .abs()
         .unwrap()
@@ -51,7 +67,9 @@ fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
 }
 
 fn max_abs(a: &Tensor) -> f32 {
-    a.abs()
+    a.to_device(&Device::Cpu)
+        .unwrap()
+        .abs()
         .unwrap()
         .flatten_all()
         .unwrap()
@@ -66,7 +84,7 @@ fn check_classification(kind: &str) {
     let dir = fixture(kind);
     let (cfg, weights) = read_checkpoint(&dir).unwrap();
     let g = golden(kind);
-    let store = ParamStore::new(weights, Device::Cpu, 0, Box::new(|_| true));
+    let store = ParamStore::new(weights, device(), 0, Box::new(|_| true));
     let model = Model::load(&store, &cfg, Some(3)).unwrap();
     assert!(
         store.created().is_empty(),
@@ -85,7 +103,7 @@ fn check_classification(kind: &str) {
     let d = max_abs_diff(&logits, &g["logits"]);
     assert!(d <= 1e-4, "{kind} logits differ by {d}");
 
-    let labels = g["labels"].to_dtype(DType::U32).unwrap();
+    let labels = on_device(&g, "labels", DType::U32);
     let l = loss::cross_entropy(&logits, &labels).unwrap();
     let d = max_abs_diff(&l.reshape(1).unwrap(), &g["loss"]);
     assert!(d <= 1e-4, "{kind} loss differs by {d}");
@@ -145,7 +163,7 @@ fn check_regression(kind: &str) {
     }
     let store = ParamStore::new(
         weights,
-        Device::Cpu,
+        device(),
         0,
         Box::new(|n| n.starts_with("classifier")),
     );
@@ -153,7 +171,7 @@ fn check_regression(kind: &str) {
     let logits = model.logits(&golden_batch(&g), &Ctx::eval()).unwrap();
     let d = max_abs_diff(&logits, &g["reg_logits"]);
     assert!(d <= 1e-4, "{kind} regression logits differ by {d}");
-    let l = loss::mse(&logits, &g["reg_labels"]).unwrap();
+    let l = loss::mse(&logits, &on_device(&g, "reg_labels", DType::F32)).unwrap();
     let d = max_abs_diff(&l.reshape(1).unwrap(), &g["reg_loss"]);
     assert!(d <= 1e-4, "{kind} regression loss differs by {d}");
     let grads = l.backward().unwrap();
@@ -176,6 +194,16 @@ fn bert_regression_matches_transformers() {
 #[test]
 fn roberta_regression_matches_transformers() {
     check_regression("roberta");
+}
+
+#[test]
+fn composed_ops_match_transformers() {
+    with_composed_ops(|| {
+        for kind in ["bert", "roberta"] {
+            check_classification(kind);
+            check_regression(kind);
+        }
+    });
 }
 
 #[derive(serde::Deserialize)]

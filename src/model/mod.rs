@@ -6,6 +6,8 @@
 pub mod adapter;
 mod attention;
 pub mod config;
+#[cfg(feature = "cuda")]
+mod cuda;
 mod embeddings;
 mod heads;
 pub mod hub;
@@ -25,6 +27,7 @@ pub use adapter::{AdapterConfig, AdapterKind, InaActivation};
 pub use config::{Activation, Arch, ModelConfig};
 pub use heads::INIT_STD;
 pub use nn::Ctx;
+pub use ops::with_composed_ops;
 pub use params::{Init, ParamStore, Path};
 
 use embeddings::Embeddings;

@@ -36,8 +36,26 @@ pub(crate) fn slice<'a>(s: &'a CpuStorage, l: &Layout) -> candle_core::Result<&'
     Ok(&s.as_slice::<f32>()?[start..end])
 }
 
+thread_local! {
+    static COMPOSED: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Run `f` with this thread's ops built from candle's compositions, as on CUDA, so that
+/// the CPU test suite checks that path against transformers too (tests/parity.rs).
+#[doc(hidden)]
+pub fn with_composed_ops<R>(f: impl FnOnce() -> R) -> R {
+    struct Reset(bool);
+    impl Drop for Reset {
+        fn drop(&mut self) {
+            COMPOSED.with(|c| c.set(self.0));
+        }
+    }
+    let _reset = Reset(COMPOSED.with(|c| c.replace(true)));
+    f()
+}
+
 pub(crate) fn fused(t: &Tensor) -> bool {
-    t.device().is_cpu() && t.dtype() == DType::F32
+    t.device().is_cpu() && t.dtype() == DType::F32 && !COMPOSED.with(|c| c.get())
 }
 
 // ---------------------------------------------------------------- LayerNorm
@@ -199,9 +217,9 @@ fn mix(mut z: u64) -> u64 {
 }
 
 pub(crate) struct DropoutOp {
-    key: u64,
+    pub(super) key: u64,
     /// Keep an element when its hash is below this.
-    threshold: u64,
+    pub(super) threshold: u64,
     scale: f32,
 }
 
@@ -261,17 +279,25 @@ impl CustomOp1 for DropoutOp {
         Ok((CpuStorage::F32(self.apply(slice(s, l)?)), l.shape().clone()))
     }
 
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s: &candle_core::CudaStorage,
+        l: &Layout,
+    ) -> candle_core::Result<(candle_core::CudaStorage, Shape)> {
+        super::cuda::dropout(self, s, l)
+    }
+
     /// The same mask, applied to the gradient.
-    fn bwd(&self, x: &Tensor, _res: &Tensor, g: &Tensor) -> candle_core::Result<Option<Tensor>> {
-        let dx = with_slice(g, |g| self.apply(g))?;
-        Ok(Some(Tensor::from_vec(dx, x.shape(), x.device())?))
+    fn bwd(&self, _x: &Tensor, _res: &Tensor, g: &Tensor) -> candle_core::Result<Option<Tensor>> {
+        Ok(Some(g.contiguous()?.apply_op1_no_bwd(self)?))
     }
 }
 
 /// Inverted dropout with keep probability 1 − p; `key` must differ per call.
 pub fn dropout(x: &Tensor, p: f64, key: u64) -> Result<Tensor> {
     let op = DropoutOp::new(p, key);
-    if fused(x) {
+    if fused(x) || (x.device().is_cuda() && x.dtype() == DType::F32) {
         return Ok(x.contiguous()?.apply_op1(op)?);
     }
     // Elsewhere: the same mask, built on the CPU and multiplied in.

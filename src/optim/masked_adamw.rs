@@ -125,7 +125,11 @@ impl MaskedAdamW {
     ) -> Result<Self> {
         let mut slots = Vec::with_capacity(vars.len());
         for (name, var) in vars {
-            let mask = masks.remove(&name).unwrap_or(Mask::Dense);
+            // Masks are built on the CPU; keep each beside its parameter.
+            let mask = match masks.remove(&name).unwrap_or(Mask::Dense) {
+                Mask::Fixed(m) => Mask::Fixed(m.to_device(var.device())?),
+                other => other,
+            };
             match &mask {
                 Mask::Fixed(m) if m.dims() != var.dims() => {
                     bail!(
