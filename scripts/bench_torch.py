@@ -1,7 +1,7 @@
 """The PyTorch + transformers side of `peft bench`: the same shapes, methods and step.
 
     python scripts/bench_torch.py MODEL_DIR [--batch 32] [--seq 128] [--steps 10] [--threads 2]
-        [--method full,bitfit,layernorm,lora]
+        [--method full,bitfit,layernorm,lora] [--device cpu|cuda]
 
 A step is forward, cross-entropy, backward, gradient clipping and AdamW, in training
 mode (dropout on), on random token ids, with only the method's parameters (plus the
@@ -26,6 +26,8 @@ def one(args, method):
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     model = AutoModelForSequenceClassification.from_pretrained(args.model, num_labels=2)
+    dev = torch.device(args.device)
+    model.to(dev)
     model.train()
     for name, p in model.named_parameters():
         head = name.startswith("classifier")
@@ -43,15 +45,15 @@ def one(args, method):
         # PEFT's defaults for BERT (query and value, r 8, alpha 16), as `peft bench` runs LoRA.
         cfg = LoraConfig(task_type="SEQ_CLS", r=8, lora_alpha=16, lora_dropout=0.1,
                          target_modules=["query", "value"])
-        model = get_peft_model(model, cfg)
+        model = get_peft_model(model, cfg).to(dev)
         model.train()
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=1e-5, weight_decay=0.01) if params else None
     vocab = model.config.vocab_size
     g = torch.Generator().manual_seed(0)
-    ids = torch.randint(5, vocab, (args.batch, args.seq), generator=g)
+    ids = torch.randint(5, vocab, (args.batch, args.seq), generator=g).to(dev)
     mask = torch.ones_like(ids)
-    labels = torch.arange(args.batch) % 2
+    labels = (torch.arange(args.batch) % 2).to(dev)
 
     def step():
         if method == "inference":
@@ -64,6 +66,8 @@ def one(args, method):
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
         opt.zero_grad(set_to_none=True)
+        if dev.type == "cuda":
+            torch.cuda.synchronize()
 
     for _ in range(2):
         step()
@@ -85,6 +89,7 @@ def main():
     ap.add_argument("--steps", type=int, default=10)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--method", default="full,bitfit,layernorm,lora")
+    ap.add_argument("--device", default="cpu")
     ap.add_argument("--one", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.one:
@@ -94,7 +99,8 @@ def main():
     print(f"{'step':<12} {'ms':>10} {'tokens/s':>12} {'peak RSS MB':>14}")
     for method in args.method.split(",") + ["inference"]:
         out = subprocess.run([sys.executable, __file__, args.model, "--batch", str(args.batch), "--seq", str(args.seq),
-                              "--steps", str(args.steps), "--threads", str(args.threads), "--one", method],
+                              "--steps", str(args.steps), "--threads", str(args.threads), "--device", args.device,
+                              "--one", method],
                              check=True, capture_output=True, text=True).stdout
         r = json.loads(out.strip().splitlines()[-1])
         print(f"{method:<12} {r['ms']:>10.1f} {r['tokens_per_s']:>12.0f} {r['peak_rss_mb']:>14.0f}")

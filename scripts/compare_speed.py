@@ -2,6 +2,7 @@
 
     python scripts/compare_speed.py MODEL_DIR [--peft target/release/peft] [--rounds 3]
         [--steps 5] [--batch 32] [--seq 128] [--threads 2] [--method full,bitfit,layernorm,lora]
+        [--device cpu|cuda]
 
 For each round and method it runs `peft bench` and scripts/bench_torch.py one after the
 other, each in its own process (so peak RSS is that method's), alternating which goes
@@ -23,7 +24,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 def peft_run(a, method):
     which = ["--inference-only"] if method == "inference" else ["--method", method]
     out = subprocess.run([a.peft, "bench", "--model", a.model, "--batch", str(a.batch), "--seq", str(a.seq),
-                          "--steps", str(a.steps)] + which,
+                          "--steps", str(a.steps), "--device", a.device] + which,
                          check=True, capture_output=True, text=True,
                          env={**os.environ, "RAYON_NUM_THREADS": str(a.threads)}).stdout
     for line in out.splitlines():
@@ -35,7 +36,8 @@ def peft_run(a, method):
 
 def torch_run(a, method):
     out = subprocess.run([sys.executable, os.path.join(HERE, "bench_torch.py"), a.model, "--batch", str(a.batch),
-                          "--seq", str(a.seq), "--steps", str(a.steps), "--threads", str(a.threads), "--one", method],
+                          "--seq", str(a.seq), "--steps", str(a.steps), "--threads", str(a.threads),
+                          "--device", a.device, "--one", method],
                          check=True, capture_output=True, text=True).stdout
     r = json.loads(out.strip().splitlines()[-1])
     return {"ms": r["ms"], "rss": r["peak_rss_mb"]}
@@ -51,6 +53,7 @@ def main():
     ap.add_argument("--seq", type=int, default=128)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--method", default="full,bitfit,layernorm,lora")
+    ap.add_argument("--device", default="cpu", help="cpu or cuda (needs a --features cuda peft)")
     a = ap.parse_args()
     methods = a.method.split(",") + ["inference"]
     res = {m: {"peft": [], "torch": []} for m in methods}
@@ -64,7 +67,7 @@ def main():
             print(f"round {r + 1} {m}: peft {res[m]['peft'][-1]['ms']:.0f} ms, "
                   f"torch {res[m]['torch'][-1]['ms']:.0f} ms", file=sys.stderr)
     tokens = a.batch * a.seq
-    print(f"{a.batch} × {a.seq} tokens, {a.threads} threads, median of {a.rounds} rounds × "
+    print(f"{a.batch} × {a.seq} tokens, {a.device}, {a.threads} threads, median of {a.rounds} rounds × "
           f"median of {a.steps} steps\n")
     print("| step | peft ms | PyTorch ms | ratio | peft tok/s | PyTorch tok/s | peft peak RSS MB | PyTorch peak RSS MB |")
     print("|---|---:|---:|---:|---:|---:|---:|---:|")

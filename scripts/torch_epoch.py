@@ -2,6 +2,7 @@
 that `peft train --epochs 1` is compared with (issue #7, "real epochs").
 
     python scripts/torch_epoch.py MODEL_DIR GLUE_DIR [--method full|layernorm] [--threads 2]
+        [--device cpu|cuda]
 
 Shuffled batches of 32 padded to the longest example in each batch (max length 128,
 longest-first truncation), AdamW (lr 5e-5 full, 1e-3 layernorm), 6% warm-up then linear
@@ -27,7 +28,9 @@ def main():
     ap.add_argument("--method", default="full", choices=["full", "layernorm"])
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--seed", type=int, default=42)
+    ap.add_argument("--device", default="cpu")
     a = ap.parse_args()
+    dev = torch.device(a.device)
     torch.set_num_threads(a.threads)
     torch.manual_seed(a.seed)
 
@@ -38,7 +41,7 @@ def main():
     enc = [tok(r[1], r[2], truncation="longest_first", max_length=128) for r in rows]
     ys = [labels[r[3]] for r in rows]
 
-    model = AutoModelForSequenceClassification.from_pretrained(a.model, num_labels=2)
+    model = AutoModelForSequenceClassification.from_pretrained(a.model, num_labels=2).to(dev)
     model.train()
     for name, p in model.named_parameters():
         p.requires_grad = a.method == "full" or "LayerNorm" in name or name.startswith("classifier")
@@ -54,13 +57,15 @@ def main():
 
     start = time.perf_counter()
     for b in batches:
-        batch = tok.pad([enc[i] for i in b], padding="longest", return_tensors="pt")
-        out = model(**batch, labels=torch.tensor([ys[i] for i in b]))
+        batch = tok.pad([enc[i] for i in b], padding="longest", return_tensors="pt").to(dev)
+        out = model(**batch, labels=torch.tensor([ys[i] for i in b], device=dev))
         out.loss.backward()
         torch.nn.utils.clip_grad_norm_([p for _, p in params], 1.0)
         opt.step()
         sched.step()
         opt.zero_grad(set_to_none=True)
+    if dev.type == "cuda":
+        torch.cuda.synchronize()
     seconds = time.perf_counter() - start
     print(json.dumps({"seconds": seconds, "examples_per_s": len(enc) / seconds,
                       "steps": len(batches), "method": a.method}))

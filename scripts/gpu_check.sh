@@ -1,0 +1,77 @@
+#!/usr/bin/env bash
+# The checks of the `cuda` feature on a machine with an NVIDIA GPU and a Python with torch,
+# transformers and peft; run from the repo root:
+#
+#   scripts/gpu_check.sh PEFT PARITY GLUE_DIR MINILM_DIR OUT_DIR
+#
+# PEFT is `cargo build --release --features cuda`'s binary, PARITY tests/parity.rs built the
+# same way (`cargo test --release --features cuda --test parity --no-run`), GLUE_DIR holds
+# RTE, MINILM_DIR all-MiniLM-L6-v2's config and tokenizer (the weights are drawn at random
+# here: speed depends on shapes only). Each step runs even if an earlier one failed; the
+# log and the runs' metrics land in OUT_DIR.
+#   1. tests/parity.rs on the GPU: forward and every gradient against transformers.
+#   2. every method trains a few steps on the GPU (tiny BERT), and a short full run gives
+#      the same losses on the GPU as on the CPU.
+#   3. one RTE epoch, full and layernorm, peft against scripts/torch_epoch.py.
+#   4. scripts/compare_speed.py --device cuda: steps at batch 32 x 128.
+set -u
+PEFT=$1 PARITY=$2 GLUE=$3 MINILM=$4 OUT=$5
+mkdir -p "$OUT"
+TMP=$(mktemp -d)
+TINY=tests/fixtures/tiny-bert
+step() { echo; echo "== $* ($(date +%T))"; }
+
+step "1. parity on the GPU"
+nvidia-smi -L
+PEFT_TEST_DEVICE=cuda timeout 300 "$PARITY" --test-threads 1 || echo "FAILED: parity on cuda"
+
+step "2. every method on the GPU, tiny BERT, 6 steps"
+for m in full bitfit layernorm lora ina child-f child-d fisher-layernorm random-layernorm random; do
+  extra=$(case $m in child-d) echo "--fisher-samples 32";; fisher-layernorm) echo "--fisher-samples 32 --fraction 0.2";;
+    random*) echo "--fraction 0.2";; esac)
+  timeout 120 "$PEFT" train --device cuda --model $TINY --data-dir "$GLUE" --task rte --method $m $extra \
+    --max-steps 6 --batch-size 8 --max-seq-len 64 --output-dir "$TMP/m-$m" >"$TMP/m-$m.log" 2>&1 \
+    && echo "ok $m: $(tail -1 "$TMP/m-$m/metrics.jsonl" | cut -c1-160)" \
+    || { echo "FAILED: $m"; tail -5 "$TMP/m-$m.log"; }
+done
+timeout 60 "$PEFT" eval --device cuda --checkpoint "$TMP/m-lora" || echo "FAILED: eval on cuda"
+timeout 120 "$PEFT" fisher --device cuda --model $TINY --data-dir "$GLUE" --task rte --samples 32 --max-seq-len 64 \
+  --output "$TMP/fisher" 2>&1 | tail -4 || echo "FAILED: fisher on cuda"
+for d in cpu cuda; do
+  timeout 300 "$PEFT" train --device $d --model $TINY --data-dir "$GLUE" --task rte --method full \
+    --max-steps 40 --eval-steps 20 --batch-size 16 --max-seq-len 64 --output-dir "$TMP/same-$d" >"$TMP/same-$d.log" 2>&1 \
+    || { echo "FAILED: 40 steps on $d"; tail -5 "$TMP/same-$d.log"; }
+done
+python3 - "$TMP" <<'EOF'
+import json, sys
+rows = {d: [json.loads(l) for l in open(f"{sys.argv[1]}/same-{d}/metrics.jsonl")] for d in ("cpu", "cuda")}
+for c, g in zip(rows["cpu"], rows["cuda"]):
+    print(f"step {c.get('step')}: train loss cpu {c.get('train_loss')} cuda {g.get('train_loss')}; "
+          f"dev cpu {c['dev']['dev']} cuda {g['dev']['dev']}")
+EOF
+
+step "3. one RTE epoch on the GPU, random MiniLM weights"
+python3 - "$MINILM" "$TMP/minilm" <<'EOF'
+import shutil, sys, torch
+from transformers import BertConfig, BertModel
+torch.manual_seed(0)
+BertModel(BertConfig.from_pretrained(sys.argv[1])).save_pretrained(sys.argv[2])
+for f in ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json"):
+    shutil.copy(f"{sys.argv[1]}/{f}", sys.argv[2])
+EOF
+for m in full layernorm; do
+  lr=$([ $m = full ] && echo 5e-5 || echo 1e-3)
+  timeout 300 "$PEFT" train --device cuda --model "$TMP/minilm" --data-dir "$GLUE" --task rte --method $m \
+    --epochs 1 --batch-size 32 --max-seq-len 128 --lr $lr --warmup-ratio 0.06 --weight-decay 0.01 \
+    --max-grad-norm 1.0 --output-dir "$TMP/epoch-$m" >"$TMP/epoch-$m.log" 2>&1 \
+    && python3 -c "import json,sys; r=[json.loads(l) for l in open(sys.argv[1])][-1]; print('peft $m epoch s', 2490 / r['train_examples_per_s'])" "$TMP/epoch-$m/metrics.jsonl" \
+    || { echo "FAILED: epoch $m"; tail -5 "$TMP/epoch-$m.log"; }
+  cp "$TMP/epoch-$m/metrics.jsonl" "$OUT/epoch-$m.jsonl" 2>/dev/null
+  timeout 300 python3 scripts/torch_epoch.py "$TMP/minilm" "$GLUE" --method $m --device cuda 2>/dev/null \
+    || echo "FAILED: torch epoch $m"
+done
+
+step "4. compare_speed on the GPU"
+timeout 240 python3 scripts/compare_speed.py "$TMP/minilm" --peft "$PEFT" --device cuda --rounds 2 \
+  --steps 20 --threads 16 || echo "FAILED: compare_speed"
+step "done"
