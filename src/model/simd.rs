@@ -3,15 +3,25 @@
 //! `perf` of an inference forward put a fifth of it in the attention softmax, one scalar
 //! libm `expf` call per score. Here exp is a branch-free polynomial (Cephes' expf: 2ⁿ·e^r,
 //! |r| ≤ ln2/2, about 1 ulp) written so that LLVM vectorises the loops that call it, and
-//! each kernel is compiled twice, for the baseline x86-64 (SSE2, 4 lanes) and for AVX2+FMA
-//! (8 lanes), picked at run time. No `mul_add`: without FMA it is a libm call, and plain
+//! each kernel is compiled three times, for the baseline x86-64 (SSE2, 4 lanes), AVX2+FMA
+//! (8 lanes) and AVX-512F (16 lanes), picked at run time. No `mul_add`: without FMA it is a libm call, and plain
 //! multiply-add gives the same bits on both paths. Reductions run in 16 fixed lanes, so the
 //! result does not depend on the path either.
 
+use std::mem::MaybeUninit;
+
 const LANES: usize = 16;
 
-/// Compiles `$body` once as is and once with AVX2 and FMA enabled, and calls the second
-/// when the CPU has them.
+#[cfg(test)]
+/// Initialised floats seen as maybe-uninitialised, for a kernel that only writes them.
+pub fn as_uninit(v: &mut [f32]) -> &mut [MaybeUninit<f32>] {
+    // SAFETY: same layout; a `MaybeUninit` view of initialised data can only be written
+    // with values, never de-initialised, through the safe API.
+    unsafe { &mut *(v as *mut [f32] as *mut [MaybeUninit<f32>]) }
+}
+
+/// Compiles `$body` as is, with AVX2 and FMA, and with AVX-512F (16 lanes, one register
+/// per fixed-lane reduction), and calls the widest the CPU has.
 macro_rules! multiversion {
     ($(#[$doc:meta])* pub fn $name:ident($($arg:ident: $ty:ty),*) $(-> $ret:ty)? $body:block) => {
         $(#[$doc])*
@@ -23,6 +33,14 @@ macro_rules! multiversion {
                 #[target_feature(enable = "avx2,fma")]
                 unsafe fn avx2($($arg: $ty),*) $(-> $ret)? {
                     imp($($arg),*)
+                }
+                #[target_feature(enable = "avx512f,avx2,fma")]
+                unsafe fn avx512($($arg: $ty),*) $(-> $ret)? {
+                    imp($($arg),*)
+                }
+                if std::is_x86_feature_detected!("avx512f") {
+                    // SAFETY: the CPU has AVX-512F, and with it AVX2 and FMA.
+                    return unsafe { avx512($($arg),*) };
                 }
                 if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
                     // SAFETY: the CPU has the features `avx2` is compiled for.
@@ -164,13 +182,13 @@ multiversion! {
 }
 
 multiversion! {
-    /// o = (x − mean)/std · w + b over rows of w.len().
-    pub fn layer_norm(o: &mut [f32], x: &[f32], w: &[f32], b: &[f32], eps: f32) {
+    /// o = (x − mean)/std · w + b over rows of w.len(); writes every element of o.
+    pub fn layer_norm(o: &mut [MaybeUninit<f32>], x: &[f32], w: &[f32], b: &[f32], eps: f32) {
         let d = w.len();
         for (o, r) in o.chunks_exact_mut(d).zip(x.chunks_exact(d)) {
             let (mean, rstd) = row_stats(r, eps);
             for (((o, &x), &w), &b) in o.iter_mut().zip(r).zip(w).zip(b) {
-                *o = (x - mean) * rstd * w + b;
+                o.write((x - mean) * rstd * w + b);
             }
         }
     }
@@ -224,10 +242,10 @@ multiversion! {
 }
 
 multiversion! {
-    /// o = x · Φ(x), exact GELU.
-    pub fn gelu(o: &mut [f32], x: &[f32]) {
+    /// o = x · Φ(x), exact GELU; writes every element of o.
+    pub fn gelu(o: &mut [MaybeUninit<f32>], x: &[f32]) {
         for (o, &v) in o.iter_mut().zip(x) {
-            *o = 0.5 * v * (1.0 + erf(v * FRAC_1_SQRT_2));
+            o.write(0.5 * v * (1.0 + erf(v * FRAC_1_SQRT_2)));
         }
     }
 }
@@ -297,7 +315,7 @@ mod tests {
         let x: Vec<f32> = (0..1000).map(|i| (i as f32 - 500.0) / 125.0).collect();
         let g: Vec<f32> = (0..1000).map(|i| 1.0 + (i % 3) as f32).collect();
         let (mut y, mut d) = (vec![0f32; 1000], vec![0f32; 1000]);
-        gelu(&mut y, &x);
+        gelu(as_uninit(&mut y), &x);
         gelu_backward(&mut d, &x, &g);
         for i in 0..1000 {
             let v = x[i] as f64;
