@@ -8,8 +8,6 @@
 //! Dropout on the probabilities uses `ops::DropoutOp`'s counter-based mask with the flat
 //! (batch, head, query, key) index, so a run is the same as with the composed ops.
 
-use std::sync::Mutex;
-
 use candle_core::{CpuStorage, CustomOp3, DType, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
@@ -22,39 +20,64 @@ pub(crate) struct AttentionOp {
     /// (batch, keys), 1 for real tokens.
     mask: Vec<f32>,
     dropout: Option<DropoutOp>,
-    /// The softmax probabilities (before dropout), kept by the forward for the backward.
-    probs: Mutex<Option<Vec<f32>>>,
-    keep_probs: bool,
+}
+
+/// One batch row's q, k, v (or their gradients): (seq, heads·dim) row-major.
+struct Row<'a> {
+    q: &'a [f32],
+    k: &'a [f32],
+    v: &'a [f32],
+    mask: &'a [f32],
 }
 
 impl AttentionOp {
-    pub(crate) fn new(
-        heads: usize,
-        scale: f32,
-        mask: Vec<f32>,
-        dropout: Option<DropoutOp>,
-        keep_probs: bool,
-    ) -> Self {
-        Self {
-            heads,
-            scale,
-            mask,
-            dropout,
-            probs: Mutex::new(None),
-            keep_probs,
+    /// Head h's probabilities p (t, t) = softmax(scale · q_h·k_hᵀ, masked), and with
+    /// dropout the dropped ones into `dropped`; `scores` is scratch. The backward calls
+    /// this again rather than keeping every head's p from the forward: recomputing costs
+    /// one small gemm and a softmax per head, keeping them cost 25 MB a layer at 32 × 128
+    /// × 12 heads, a tenth of a full step's peak memory.
+    #[allow(clippy::too_many_arguments)]
+    fn head_probs(
+        &self,
+        row: &Row,
+        bi: usize,
+        h: usize,
+        (t, hd, d): (usize, usize, usize),
+        scores: &mut [f32],
+        p: &mut [f32],
+        dropped: &mut [f32],
+    ) {
+        let c = h * d;
+        // scores (t, t) = q_h (t, d) · k_hᵀ (d, t)
+        gemm_into(
+            scores,
+            t,
+            t,
+            d,
+            t,
+            (&row.q[c..], hd, 1),
+            (&row.k[c..], 1, hd),
+            gemm::Parallelism::None,
+        );
+        for i in 0..t {
+            let r = i * t..(i + 1) * t;
+            simd::masked_softmax_row(&mut p[r.clone()], &scores[r.clone()], row.mask, self.scale);
+            if let Some(drop) = &self.dropout {
+                // The flat (batch, head, query, key) index, as the composed ops number it.
+                let base = (((bi * self.heads + h) * t + i) * t) as u64;
+                for (j, (o, &v)) in dropped[r.clone()].iter_mut().zip(&p[r]).enumerate() {
+                    *o = drop.apply_one(base + j as u64, v);
+                }
+            }
         }
     }
 
-    /// Dropout's multiplier for every key of (batch, head, query) row `row`.
-    fn drop_row(&self, row: usize, t: usize, p: &[f32], out: &mut [f32]) {
-        match &self.dropout {
-            Some(d) => {
-                let base = (row * t) as u64;
-                for (j, (o, &v)) in out.iter_mut().zip(p).enumerate() {
-                    *o = d.apply_one(base + j as u64, v);
-                }
-            }
-            None => out.copy_from_slice(p),
+    /// The probabilities as applied to v: the dropped ones under dropout, else p.
+    fn applied<'a>(&self, p: &'a [f32], dropped: &'a [f32]) -> &'a [f32] {
+        if self.dropout.is_some() {
+            dropped
+        } else {
+            p
         }
     }
 }
@@ -87,61 +110,35 @@ impl CustomOp3 for AttentionOp {
         }
         let (q, k, v) = (slice(qs, ql)?, slice(ks, kl)?, slice(vs, vl)?);
         let (heads, d) = (self.heads, hd / self.heads);
-        let mut probs = vec![0f32; b * heads * t * t];
         let mut out = vec![0f32; b * t * hd];
-        let none = gemm::Parallelism::None;
         out.par_chunks_mut(t * hd)
-            .zip(probs.par_chunks_mut(heads * t * t))
             .enumerate()
-            .for_each(|(bi, (out, probs))| {
-                let (q, k, v) = (&q[bi * t * hd..], &k[bi * t * hd..], &v[bi * t * hd..]);
-                let mask = &self.mask[bi * t..(bi + 1) * t];
-                let mut scores = vec![0f32; t * t];
-                let mut dropped = vec![0f32; t * t];
+            .for_each(|(bi, out)| {
+                let at = bi * t * hd;
+                let row = Row {
+                    q: &q[at..],
+                    k: &k[at..],
+                    v: &v[at..],
+                    mask: &self.mask[bi * t..(bi + 1) * t],
+                };
+                let (mut scores, mut p) = (vec![0f32; t * t], vec![0f32; t * t]);
+                let mut dropped = vec![0f32; if self.dropout.is_some() { t * t } else { 0 }];
                 for h in 0..heads {
                     let c = h * d;
-                    // scores (t, t) = q_h (t, d) · k_hᵀ (d, t)
-                    gemm_into(
-                        &mut scores,
-                        t,
-                        t,
-                        d,
-                        t,
-                        (&q[c..], hd, 1),
-                        (&k[c..], 1, hd),
-                        none,
-                    );
-                    let p = &mut probs[h * t * t..(h + 1) * t * t];
-                    for i in 0..t {
-                        let row = &scores[i * t..(i + 1) * t];
-                        simd::masked_softmax_row(&mut p[i * t..(i + 1) * t], row, mask, self.scale);
-                        let global = (bi * heads + h) * t + i;
-                        self.drop_row(
-                            global,
-                            t,
-                            &p[i * t..(i + 1) * t],
-                            &mut dropped[i * t..(i + 1) * t],
-                        );
-                    }
-                    // out_h (t, d) = dropped (t, t) · v_h (t, d), into columns c.. of out
+                    self.head_probs(&row, bi, h, (t, hd, d), &mut scores, &mut p, &mut dropped);
+                    // out_h (t, d) = p (t, t) · v_h (t, d), into columns c.. of out
                     gemm_into(
                         &mut out[c..],
                         hd,
                         t,
                         t,
                         d,
-                        (&dropped, t, 1),
-                        (&v[c..], hd, 1),
-                        none,
+                        (self.applied(&p, &dropped), t, 1),
+                        (&row.v[c..], hd, 1),
+                        gemm::Parallelism::None,
                     );
                 }
             });
-        if self.keep_probs {
-            *self
-                .probs
-                .lock()
-                .map_err(|_| candle_core::Error::Msg("attention: poisoned".into()))? = Some(probs);
-        }
         Ok((CpuStorage::F32(out), Shape::from((b, t, hd))))
     }
 
@@ -155,13 +152,6 @@ impl CustomOp3 for AttentionOp {
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let (b, t, hd) = q.dims3()?;
         let (heads, d) = (self.heads, hd / self.heads);
-        let guard = self
-            .probs
-            .lock()
-            .map_err(|_| candle_core::Error::Msg("attention: poisoned".into()))?;
-        let probs = guard
-            .as_ref()
-            .ok_or_else(|| candle_core::Error::Msg("attention: no saved probabilities".into()))?;
         let n = b * t * hd;
         let (mut dq, mut dk, mut dv) = (vec![0f32; n], vec![0f32; n], vec![0f32; n]);
         let none = gemm::Parallelism::None;
@@ -175,48 +165,60 @@ impl CustomOp3 for AttentionOp {
                             .enumerate()
                             .for_each(|(bi, ((dq, dk), dv))| {
                                 let at = bi * t * hd;
-                                let (g, q, k, v) = (&g[at..], &q[at..], &k[at..], &v[at..]);
-                                let mut dp = vec![0f32; t * t];
-                                let mut dropped = vec![0f32; t * t];
+                                let g = &g[at..];
+                                let row = Row {
+                                    q: &q[at..],
+                                    k: &k[at..],
+                                    v: &v[at..],
+                                    mask: &self.mask[bi * t..(bi + 1) * t],
+                                };
+                                let (mut scores, mut p) = (vec![0f32; t * t], vec![0f32; t * t]);
+                                let mut dropped =
+                                    vec![0f32; if self.dropout.is_some() { t * t } else { 0 }];
+                                // The gradient of the scores is built in `scores`.
                                 for h in 0..heads {
                                     let c = h * d;
-                                    let p = &probs[(bi * heads + h) * t * t..][..t * t];
-                                    for i in 0..t {
-                                        let global = (bi * heads + h) * t + i;
-                                        let r = i * t..(i + 1) * t;
-                                        self.drop_row(global, t, &p[r.clone()], &mut dropped[r]);
-                                    }
-                                    // dv_h (t, d) = droppedᵀ (t, t) · g_h (t, d)
+                                    self.head_probs(
+                                        &row,
+                                        bi,
+                                        h,
+                                        (t, hd, d),
+                                        &mut scores,
+                                        &mut p,
+                                        &mut dropped,
+                                    );
+                                    // dv_h (t, d) = appliedᵀ (t, t) · g_h (t, d)
                                     gemm_into(
                                         &mut dv[c..],
                                         hd,
                                         t,
                                         t,
                                         d,
-                                        (&dropped, 1, t),
+                                        (self.applied(&p, &dropped), 1, t),
                                         (&g[c..], hd, 1),
                                         none,
                                     );
-                                    // d(dropped) (t, t) = g_h (t, d) · v_hᵀ (d, t)
+                                    let dp = &mut scores;
+                                    // d(applied) (t, t) = g_h (t, d) · v_hᵀ (d, t)
                                     gemm_into(
-                                        &mut dp,
+                                        dp,
                                         t,
                                         t,
                                         d,
                                         t,
                                         (&g[c..], hd, 1),
-                                        (&v[c..], 1, hd),
+                                        (&row.v[c..], 1, hd),
                                         none,
                                     );
                                     for i in 0..t {
                                         let r = i * t..(i + 1) * t;
-                                        let (dp, p, kept) =
-                                            (&mut dp[r.clone()], &p[r.clone()], &dropped[r]);
+                                        let (dp, p) = (&mut dp[r.clone()], &p[r.clone()]);
                                         // The same mask, read off `dropped` instead of hashed
-                                        // again: where p > 0, kept ≠ 0 exactly when the element
-                                        // survived, and where p = 0 its d(scores) is 0 anyway.
+                                        // again: where p > 0, dropped ≠ 0 exactly when the
+                                        // element survived, and where p = 0 its d(scores) is 0
+                                        // anyway.
                                         if let Some(drop) = &self.dropout {
-                                            for (x, &kept) in dp.iter_mut().zip(kept) {
+                                            for (x, &kept) in dp.iter_mut().zip(&dropped[r]) {
                                                 *x = if kept != 0.0 {
                                                     *x * drop.scale()
                                                 } else {
@@ -237,8 +239,8 @@ impl CustomOp3 for AttentionOp {
                                         t,
                                         t,
                                         d,
-                                        (&dp, t, 1),
-                                        (&k[c..], hd, 1),
+                                        (dp, t, 1),
+                                        (&row.k[c..], hd, 1),
                                         none,
                                     );
                                     // dk_h (t, d) = dsᵀ (t, t) · q_h (t, d)
@@ -248,8 +250,8 @@ impl CustomOp3 for AttentionOp {
                                         t,
                                         t,
                                         d,
-                                        (&dp, 1, t),
-                                        (&q[c..], hd, 1),
+                                        (dp, 1, t),
+                                        (&row.q[c..], hd, 1),
                                         none,
                                     );
                                 }
@@ -280,13 +282,12 @@ pub(crate) fn attention(
     dropout: Option<DropoutOp>,
 ) -> candle_core::Result<Tensor> {
     let tracked = q.track_op() || k.track_op() || v.track_op();
-    let op = AttentionOp::new(
+    let op = AttentionOp {
         heads,
-        scale as f32,
-        mask.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?,
+        scale: scale as f32,
+        mask: mask.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?,
         dropout,
-        tracked,
-    );
+    };
     let (q, k, v) = (q.contiguous()?, k.contiguous()?, v.contiguous()?);
     if tracked {
         q.apply_op3(&k, &v, op)
