@@ -65,9 +65,7 @@ impl AttentionOp {
             if let Some(drop) = &self.dropout {
                 // The flat (batch, head, query, key) index, as the composed ops number it.
                 let base = (((bi * self.heads + h) * t + i) * t) as u64;
-                for (j, (o, &v)) in dropped[r.clone()].iter_mut().zip(&p[r]).enumerate() {
-                    *o = drop.apply_one(base + j as u64, v);
-                }
+                drop.apply_row(&mut dropped[r.clone()], &p[r], base);
             }
         }
     }
@@ -212,25 +210,17 @@ impl CustomOp3 for AttentionOp {
                                     );
                                     for i in 0..t {
                                         let r = i * t..(i + 1) * t;
-                                        let (dp, p) = (&mut dp[r.clone()], &p[r.clone()]);
-                                        // The same mask, read off `dropped` instead of hashed
-                                        // again: where p > 0, dropped ≠ 0 exactly when the
-                                        // element survived, and where p = 0 its d(scores) is 0
-                                        // anyway.
-                                        if let Some(drop) = &self.dropout {
-                                            for (x, &kept) in dp.iter_mut().zip(&dropped[r]) {
-                                                *x = if kept != 0.0 {
-                                                    *x * drop.scale()
-                                                } else {
-                                                    0.0
-                                                };
-                                            }
-                                        }
-                                        // d(scores) = scale · p ⊙ (dp − ⟨dp, p⟩)
-                                        let dot = simd::dot(dp, p);
-                                        for (x, &pj) in dp.iter_mut().zip(p) {
-                                            *x = self.scale * pj * (*x - dot);
-                                        }
+                                        simd::softmax_backward_row(
+                                            &mut dp[r.clone()],
+                                            &p[r.clone()],
+                                            if self.dropout.is_some() {
+                                                &dropped[r]
+                                            } else {
+                                                &[]
+                                            },
+                                            self.dropout.as_ref().map(DropoutOp::scale),
+                                            self.scale,
+                                        );
                                     }
                                     // dq_h (t, d) = ds (t, t) · k_h (t, d)
                                     gemm_into(

@@ -15,7 +15,7 @@ use anyhow::Result;
 use candle_core::{CpuStorage, CustomOp1, CustomOp3, DType, Layout, Shape, Storage, Tensor, D};
 use rayon::prelude::*;
 
-use super::simd;
+use super::simd::{self, mix};
 
 /// Run `f` on the f32 data of a contiguous CPU tensor.
 pub(crate) fn with_slice<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> R) -> candle_core::Result<R> {
@@ -233,14 +233,6 @@ pub fn gelu_erf(x: &Tensor) -> Result<Tensor> {
 
 // ---------------------------------------------------------------- dropout
 
-/// A counter-based hash (SplitMix64 finaliser): the mask bit of element i depends only on
-/// (seed, call, i), so masks are the same whatever the thread count.
-fn mix(mut z: u64) -> u64 {
-    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    z ^ (z >> 31)
-}
-
 pub(crate) struct DropoutOp {
     pub(super) key: u64,
     /// Keep an element when its hash is below this.
@@ -259,25 +251,14 @@ impl DropoutOp {
         }
     }
 
-    /// Whether element `i` (its flat index in the tensor) survives.
-    #[inline]
-    pub(crate) fn keeps(&self, i: u64) -> bool {
-        mix(self.key ^ i.wrapping_mul(0x9e37_79b9_7f4a_7c15)) < self.threshold
-    }
-
     /// 1/keep, what survivors are multiplied by.
     pub(crate) fn scale(&self) -> f32 {
         self.scale
     }
 
-    /// v/keep if element `i` survives, else 0 (not v·0, which is NaN for an infinite v).
-    #[inline]
-    pub(crate) fn apply_one(&self, i: u64, v: f32) -> f32 {
-        if self.keeps(i) {
-            v * self.scale
-        } else {
-            0.0
-        }
+    /// o = x/keep where element `base + j` survives, else 0.
+    pub(crate) fn apply_row(&self, o: &mut [f32], x: &[f32], base: u64) {
+        simd::dropout(o, x, self.key, self.threshold, self.scale, base);
     }
 
     fn apply(&self, x: &[f32]) -> Vec<f32> {
@@ -287,9 +268,7 @@ impl DropoutOp {
             .enumerate()
             .for_each(|(c, (o, x))| {
                 let base = (c * 4096) as u64;
-                for (i, (o, &v)) in o.iter_mut().zip(x).enumerate() {
-                    *o = self.apply_one(base + i as u64, v);
-                }
+                simd::dropout(o, x, self.key, self.threshold, self.scale, base);
             });
         out
     }

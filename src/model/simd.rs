@@ -20,8 +20,9 @@ pub fn as_uninit(v: &mut [f32]) -> &mut [MaybeUninit<f32>] {
     unsafe { &mut *(v as *mut [f32] as *mut [MaybeUninit<f32>]) }
 }
 
-/// Compiles `$body` as is, with AVX2 and FMA, and with AVX-512F (16 lanes, one register
-/// per fixed-lane reduction), and calls the widest the CPU has.
+/// Compiles `$body` as is, with AVX2 and FMA, and with AVX-512F and DQ (16 lanes, one
+/// register per fixed-lane reduction; DQ's 64-bit multiply for the dropout hash), and
+/// calls the widest the CPU has.
 macro_rules! multiversion {
     ($(#[$doc:meta])* pub fn $name:ident($($arg:ident: $ty:ty),*) $(-> $ret:ty)? $body:block) => {
         $(#[$doc])*
@@ -34,12 +35,12 @@ macro_rules! multiversion {
                 unsafe fn avx2($($arg: $ty),*) $(-> $ret)? {
                     imp($($arg),*)
                 }
-                #[target_feature(enable = "avx512f,avx2,fma")]
+                #[target_feature(enable = "avx512f,avx512dq,avx2,fma")]
                 unsafe fn avx512($($arg: $ty),*) $(-> $ret)? {
                     imp($($arg),*)
                 }
-                if std::is_x86_feature_detected!("avx512f") {
-                    // SAFETY: the CPU has AVX-512F, and with it AVX2 and FMA.
+                if std::is_x86_feature_detected!("avx512f") && std::is_x86_feature_detected!("avx512dq") {
+                    // SAFETY: the CPU has AVX-512F and DQ, and with them AVX2 and FMA.
                     return unsafe { avx512($($arg),*) };
                 }
                 if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
@@ -159,6 +160,57 @@ fn sum(v: &[f32]) -> f32 {
         *a += x;
     }
     acc.iter().sum()
+}
+
+/// A counter-based hash (SplitMix64's finaliser): dropout's mask bit of element i
+/// depends only on (seed, call, i), so masks are the same whatever the thread count or
+/// device (src/model/cuda.rs computes the same).
+#[inline(always)]
+pub fn mix(mut z: u64) -> u64 {
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
+/// Whether dropout keeps element `i` of the call hashed to `key`.
+#[inline(always)]
+pub fn keeps(key: u64, threshold: u64, i: u64) -> bool {
+    mix(key ^ i.wrapping_mul(0x9e37_79b9_7f4a_7c15)) < threshold
+}
+
+multiversion! {
+    /// o = x·scale where dropout keeps element `base + j`, else 0 (not x·0, which is NaN
+    /// for an infinite x).
+    pub fn dropout(o: &mut [f32], x: &[f32], key: u64, threshold: u64, scale: f32, base: u64) {
+        for (j, (o, &v)) in o.iter_mut().zip(x).enumerate() {
+            *o = if keeps(key, threshold, base + j as u64) { v * scale } else { 0.0 };
+        }
+    }
+}
+
+multiversion! {
+    /// One row of softmax's backward under dropout, in place: dp holds the gradient of the
+    /// applied probabilities and becomes that of the scores, scale · p ⊙ (dp' − ⟨dp', p⟩),
+    /// where dp' is dp through the dropout mask, read off `dropped` (where p > 0, dropped
+    /// ≠ 0 exactly when the element survived; where p = 0 the result is 0 anyway).
+    /// `drop_scale` is None without dropout.
+    pub fn softmax_backward_row(
+        dp: &mut [f32],
+        p: &[f32],
+        dropped: &[f32],
+        drop_scale: Option<f32>,
+        scale: f32
+    ) {
+        if let Some(keep) = drop_scale {
+            for (x, &kept) in dp.iter_mut().zip(dropped) {
+                *x = if kept != 0.0 { *x * keep } else { 0.0 };
+            }
+        }
+        let dot = dot(dp, p);
+        for (x, &pj) in dp.iter_mut().zip(p) {
+            *x = scale * pj * (*x - dot);
+        }
+    }
 }
 
 const FRAC_1_SQRT_2: f32 = std::f32::consts::FRAC_1_SQRT_2;
