@@ -101,8 +101,9 @@ impl AddNorm {
     }
 
     fn forward(&self, x: &Tensor, residual: &Tensor, ctx: &Ctx) -> Result<Tensor> {
-        let y = self.dropout.forward(&self.dense.forward(x, ctx)?, ctx)?;
-        self.layer_norm.forward(&(y + residual)?)
+        let y = self.dense.forward(x, ctx)?;
+        let s = ops::dropout_add(&y, residual, self.dropout.op(ctx))?;
+        self.layer_norm.forward(&s)
     }
 }
 

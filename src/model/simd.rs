@@ -12,7 +12,6 @@ use std::mem::MaybeUninit;
 
 const LANES: usize = 16;
 
-#[cfg(test)]
 /// Initialised floats seen as maybe-uninitialised, for a kernel that only writes them.
 pub fn as_uninit(v: &mut [f32]) -> &mut [MaybeUninit<f32>] {
     // SAFETY: same layout; a `MaybeUninit` view of initialised data can only be written
@@ -181,9 +180,43 @@ pub fn keeps(key: u64, threshold: u64, i: u64) -> bool {
 multiversion! {
     /// o = x·scale where dropout keeps element `base + j`, else 0 (not x·0, which is NaN
     /// for an infinite x).
-    pub fn dropout(o: &mut [f32], x: &[f32], key: u64, threshold: u64, scale: f32, base: u64) {
+    pub fn dropout(
+        o: &mut [MaybeUninit<f32>],
+        x: &[f32],
+        key: u64,
+        threshold: u64,
+        scale: f32,
+        base: u64
+    ) {
         for (j, (o, &v)) in o.iter_mut().zip(x).enumerate() {
-            *o = if keeps(key, threshold, base + j as u64) { v * scale } else { 0.0 };
+            o.write(if keeps(key, threshold, base + j as u64) { v * scale } else { 0.0 });
+        }
+    }
+}
+
+multiversion! {
+    /// o = dropout(x) + r, as `dropout` then an add would give; with key None, x + r.
+    pub fn dropout_add(
+        o: &mut [MaybeUninit<f32>],
+        x: &[f32],
+        r: &[f32],
+        key: Option<u64>,
+        threshold: u64,
+        scale: f32,
+        base: u64
+    ) {
+        match key {
+            Some(key) => {
+                for (j, ((o, &v), &r)) in o.iter_mut().zip(x).zip(r).enumerate() {
+                    let d = if keeps(key, threshold, base + j as u64) { v * scale } else { 0.0 };
+                    o.write(d + r);
+                }
+            }
+            None => {
+                for ((o, &v), &r) in o.iter_mut().zip(x).zip(r) {
+                    o.write(v + r);
+                }
+            }
         }
     }
 }
