@@ -8,7 +8,7 @@ use super::adapter::AdapterConfig;
 
 use super::attention;
 use super::config::{Activation, ModelConfig};
-use super::nn::{activate, Ctx, Dropout, LayerNorm, Linear};
+use super::nn::{Ctx, Dropout, LayerNorm, Linear};
 use super::ops;
 use super::params::Path;
 
@@ -101,7 +101,21 @@ impl AddNorm {
     }
 
     fn forward(&self, x: &Tensor, residual: &Tensor, ctx: &Ctx) -> Result<Tensor> {
-        let y = self.dense.forward(x, ctx)?;
+        self.add_norm(self.dense.forward(x, ctx)?, residual, ctx)
+    }
+
+    /// forward(act(z)), the activation inside the dense op where it can be.
+    fn forward_after(
+        &self,
+        z: &Tensor,
+        act: Activation,
+        residual: &Tensor,
+        ctx: &Ctx,
+    ) -> Result<Tensor> {
+        self.add_norm(self.dense.forward_after(z, act, ctx)?, residual, ctx)
+    }
+
+    fn add_norm(&self, y: Tensor, residual: &Tensor, ctx: &Ctx) -> Result<Tensor> {
         let s = ops::dropout_add(&y, residual, self.dropout.op(ctx))?;
         self.layer_norm.forward(&s)
     }
@@ -145,7 +159,7 @@ impl Layer {
     pub fn forward(&self, x: &Tensor, mask: &Tensor, ctx: &Ctx) -> Result<Tensor> {
         let a = self.attention.forward(x, mask, ctx)?;
         let h = self.attention_output.forward(&a, x, ctx)?;
-        let i = activate(&self.intermediate.forward(&h, ctx)?, self.act)?;
-        self.output.forward(&i, &h, ctx)
+        let z = self.intermediate.forward(&h, ctx)?;
+        self.output.forward_after(&z, self.act, &h, ctx)
     }
 }

@@ -138,17 +138,33 @@ impl Linear {
 
 impl Linear {
     pub fn forward(&self, x: &Tensor, ctx: &Ctx) -> Result<Tensor> {
-        // Fold leading dims into one so candle runs a single 2-D gemm against Wᵀ
-        // (a strided view, no copy) instead of a batched matmul with a broadcast weight.
+        self.on_rows(x, |x| {
+            let y = ops::linear(x, &self.weight, self.bias.as_ref())?;
+            Ok(match &self.adapter {
+                Some(a) => (y + a.forward(x, ctx)?)?,
+                None => y,
+            })
+        })
+    }
+
+    /// forward(act(z)), with exact GELU inside the linear op where nothing else needs
+    /// act(z) (no adapter), so that it is never stored.
+    pub fn forward_after(&self, z: &Tensor, act: Activation, ctx: &Ctx) -> Result<Tensor> {
+        match (&self.adapter, act, &self.bias) {
+            (None, Activation::Gelu, Some(b)) => {
+                self.on_rows(z, |z| ops::gelu_linear(z, &self.weight, b))
+            }
+            _ => self.forward(&activate(z, act)?, ctx),
+        }
+    }
+
+    /// Fold leading dims into one so that each product is a single 2-D gemm against Wᵀ (a
+    /// strided view, no copy) instead of a batched matmul with a broadcast weight.
+    fn on_rows(&self, x: &Tensor, f: impl FnOnce(&Tensor) -> Result<Tensor>) -> Result<Tensor> {
         let dims = x.dims().to_vec();
         let d_in = dims[dims.len() - 1];
         let rows: usize = dims[..dims.len() - 1].iter().product();
-        let x = x.reshape((rows, d_in))?;
-        let y = ops::linear(&x, &self.weight, self.bias.as_ref())?;
-        let y = match &self.adapter {
-            Some(a) => (y + a.forward(&x, ctx)?)?,
-            None => y,
-        };
+        let y = f(&x.reshape((rows, d_in))?)?;
         let mut out = dims;
         let last = out.len() - 1;
         out[last] = self.weight.dim(0)?;

@@ -415,6 +415,24 @@ fn gemm_linear(
     d_in: usize,
     d_out: usize,
 ) -> Vec<f32> {
+    gemm_linear_after(x, w, b, rows, d_in, d_out, None)
+}
+
+/// An elementwise function applied to a block of rows before it enters a gemm.
+type Prologue = fn(&mut [MaybeUninit<f32>], &[f32]);
+
+/// `gemm_linear` of f(x) for a prologue f, computed per thread on its own block of rows,
+/// so f(x) is never stored whole.
+#[allow(clippy::too_many_arguments)]
+fn gemm_linear_after(
+    x: &[f32],
+    w: &[f32],
+    b: Option<&[f32]>,
+    rows: usize,
+    d_in: usize,
+    d_out: usize,
+    prologue: Option<Prologue>,
+) -> Vec<f32> {
     assert_eq!(x.len(), rows * d_in, "gemm_linear: x is not (rows, in)");
     assert_eq!(w.len(), d_out * d_in, "gemm_linear: W is not (out, in)");
     let mut y = Vec::with_capacity(rows * d_out);
@@ -435,6 +453,15 @@ fn gemm_linear(
         .zip(x.par_chunks(block * d_in))
         .for_each(|(y, x)| {
             let rows = x.len() / d_in;
+            let fx;
+            let x = match prologue {
+                // SAFETY: the prologues are elementwise kernels that write every element.
+                Some(f) => {
+                    fx = unsafe { par_fill(x.len(), x.len().max(1), |_, o| f(o, x)) };
+                    &fx[..]
+                }
+                None => x,
+            };
             // SAFETY: y holds (rows, out) and x (rows, in) row-major (their chunks are whole
             // rows of the asserted sizes); Wᵀ is read from row-major W (row stride 1,
             // column stride in). y is initialised and read (alpha 1).
@@ -470,6 +497,7 @@ fn gemm_linear(
 /// needs it, dW = dyᵀ·x if W trains, db = Σ dy if b does. candle's matmul + broadcast_add
 /// instead zero-fill each product, add the bias in a second pass, and compute and keep a
 /// gradient for W even when nobody trains it (`tests/frozen.rs`).
+#[derive(Clone, Copy)]
 struct LinearOp {
     x_grad: bool,
     w_grad: bool,
@@ -517,13 +545,7 @@ impl CustomOp3 for LinearOp {
                     let dw = self
                         .w_grad
                         .then(|| gemm(d_out, rows, d_in, (g, 1, d_out), (x, d_in, 1)));
-                    let db = self.b_grad.then(|| {
-                        let mut db = vec![0f32; d_out];
-                        for row in g.chunks_exact(d_out) {
-                            db.iter_mut().zip(row).for_each(|(a, v)| *a += v);
-                        }
-                        db
-                    });
+                    let db = self.b_grad.then(|| bias_grad(g, d_out));
                     (dx, dw, db)
                 })
             })
@@ -537,6 +559,92 @@ impl CustomOp3 for LinearOp {
             db.map(|v| Tensor::from_vec(v, d_out, dev)).transpose()?,
         ))
     }
+}
+
+/// y = GELU(z)·Wᵀ + b: the feed-forward block's output dense with its activation inside.
+/// GELU(z) exists only per thread in the forward and is recomputed in the backward, where
+/// dW needs it: the graph kept both z and GELU(z) (25 MB each a layer at 32 × 128 × 1536),
+/// now only z. Same kernels and gemm calls as GeluErf then LinearOp, so the same numbers.
+struct GeluLinearOp(LinearOp);
+
+impl CustomOp3 for GeluLinearOp {
+    fn name(&self) -> &'static str {
+        "peft-gelu-linear"
+    }
+
+    fn cpu_fwd(
+        &self,
+        zs: &CpuStorage,
+        zl: &Layout,
+        ws: &CpuStorage,
+        wl: &Layout,
+        bs: &CpuStorage,
+        bl: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let (z, w, b) = (slice(zs, zl)?, slice(ws, wl)?, slice(bs, bl)?);
+        let (rows, d_in, d_out) = linear_dims(zl, wl, b.len())?;
+        let y = gemm_linear_after(z, w, Some(b), rows, d_in, d_out, Some(simd::gelu));
+        Ok((CpuStorage::F32(y), Shape::from((rows, d_out))))
+    }
+
+    fn bwd(
+        &self,
+        z: &Tensor,
+        w: &Tensor,
+        _b: &Tensor,
+        _res: &Tensor,
+        g: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let (d_out, d_in) = w.dims2()?;
+        let rows = g.elem_count() / d_out;
+        let LinearOp {
+            x_grad,
+            w_grad,
+            b_grad,
+        } = self.0;
+        let (dz, dw, db) = with_slice(g, |g| {
+            with_slice(z, |z| {
+                with_slice(w, |w| {
+                    // dz = (g · W) ⊙ GELU'(z)
+                    let dz = x_grad.then(|| {
+                        let mut da = gemm(rows, d_out, d_in, (g, d_out, 1), (w, d_in, 1));
+                        da.par_chunks_mut(4096)
+                            .zip(z.par_chunks(4096))
+                            .for_each(|(d, z)| simd::gelu_backward_in_place(d, z));
+                        da
+                    });
+                    // dW = gᵀ · GELU(z), GELU(z) recomputed
+                    let dw = w_grad.then(|| {
+                        // SAFETY: the kernel writes every element of its chunk.
+                        let a = unsafe {
+                            par_fill(z.len(), 4096, |c, o| {
+                                simd::gelu(o, &z[c * 4096..][..o.len()])
+                            })
+                        };
+                        gemm(d_out, rows, d_in, (g, 1, d_out), (&a, d_in, 1))
+                    });
+                    (dz, dw, b_grad.then(|| bias_grad(g, d_out)))
+                })
+            })
+        })???;
+        let dev = z.device();
+        Ok((
+            dz.map(|v| Tensor::from_vec(v, z.shape(), dev))
+                .transpose()?,
+            dw.map(|v| Tensor::from_vec(v, (d_out, d_in), dev))
+                .transpose()?,
+            db.map(|v| Tensor::from_vec(v, d_out, dev)).transpose()?,
+        ))
+    }
+}
+
+/// Σ over rows of g (rows, out).
+fn bias_grad(g: &[f32], d_out: usize) -> Vec<f32> {
+    let mut db = vec![0f32; d_out];
+    for row in g.chunks_exact(d_out) {
+        db.iter_mut().zip(row).for_each(|(a, v)| *a += v);
+    }
+    db
 }
 
 /// (rows, in, out) of x (rows, in) against W (out, in) and a bias of `b_len`.
@@ -626,6 +734,24 @@ pub(crate) fn parallelism() -> gemm::Parallelism {
         1 => gemm::Parallelism::None,
         n => gemm::Parallelism::Rayon(n),
     }
+}
+
+/// GELU(z) (rows, in) · Wᵀ + b with exact GELU; what trains as in `linear`.
+pub fn gelu_linear(z: &Tensor, weight: &Tensor, bias: &Tensor) -> Result<Tensor> {
+    if !fused(z) {
+        return linear(&gelu_erf(z)?, weight, Some(bias));
+    }
+    let op = GeluLinearOp(LinearOp {
+        x_grad: z.track_op(),
+        w_grad: weight.is_variable(),
+        b_grad: bias.is_variable(),
+    });
+    let z = z.contiguous()?;
+    Ok(if op.0.x_grad || op.0.w_grad || op.0.b_grad {
+        z.apply_op3(weight, bias, op)?
+    } else {
+        z.apply_op3_no_bwd(weight, bias, &op)?
+    })
 }
 
 /// `x` (rows, in) · Wᵀ + b. The graph records only the gradients of what trains (x, a W
@@ -868,6 +994,38 @@ pub(crate) mod tests {
             for (v, yes) in vars.iter().zip(flags) {
                 match (g1.get(v), yes) {
                     (Some(a), true) => assert!(max_diff(a, g2.get(v).unwrap()) < 1e-5),
+                    (None, false) => {}
+                    (got, _) => panic!("{flags:?}: gradient {:?}", got.is_some()),
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn gelu_linear_is_gelu_then_linear_bit_for_bit() {
+        let probe = rand(&[70, 5], 33);
+        let trains = |v: &Var, yes: bool| {
+            if yes {
+                v.as_tensor().clone()
+            } else {
+                v.as_tensor().detach()
+            }
+        };
+        for flags in [
+            [true, true, true],
+            [true, false, false],
+            [false, true, true],
+        ] {
+            let vars = [rand(&[70, 9], 30), rand(&[5, 9], 31), rand(&[5], 32)]
+                .map(|t| Var::from_tensor(&(t * 3.0).unwrap()).unwrap());
+            let [z, w, b] = [0, 1, 2].map(|i| trains(&vars[i], flags[i]));
+            let fused = gelu_linear(&z, &w, &b).unwrap();
+            let apart = linear(&gelu_erf(&z).unwrap(), &w, Some(&b)).unwrap();
+            assert_eq!(max_diff(&fused, &apart), 0.0, "{flags:?}");
+            let (g1, g2) = (probe_grads(&fused, &probe), probe_grads(&apart, &probe));
+            for (v, yes) in vars.iter().zip(flags) {
+                match (g1.get(v), yes) {
+                    (Some(a), true) => assert_eq!(max_diff(a, g2.get(v).unwrap()), 0.0),
                     (None, false) => {}
                     (got, _) => panic!("{flags:?}: gradient {:?}", got.is_some()),
                 }

@@ -346,6 +346,17 @@ multiversion! {
     }
 }
 
+multiversion! {
+    /// g ← g · (Φ(x) + x·φ(x)) in place: `gelu_backward` with d and g the same buffer.
+    pub fn gelu_backward_in_place(g: &mut [f32], x: &[f32]) {
+        for (g, &v) in g.iter_mut().zip(x) {
+            let cdf = 0.5 * (1.0 + erf(v * FRAC_1_SQRT_2));
+            let pdf = FRAC_1_SQRT_2PI * exp(-0.5 * v * v);
+            *g *= cdf + v * pdf;
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
