@@ -435,61 +435,68 @@ fn gemm_linear_after(
 ) -> Vec<f32> {
     assert_eq!(x.len(), rows * d_in, "gemm_linear: x is not (rows, in)");
     assert_eq!(w.len(), d_out * d_in, "gemm_linear: W is not (out, in)");
-    let mut y = Vec::with_capacity(rows * d_out);
-    match b {
-        Some(b) => {
-            assert_eq!(b.len(), d_out, "gemm_linear: b is not (out)");
-            for _ in 0..rows {
-                y.extend_from_slice(b);
-            }
-        }
-        None => y.resize(rows * d_out, 0.0),
+    if let Some(b) = b {
+        assert_eq!(b.len(), d_out, "gemm_linear: b is not (out)");
     }
     // One single-threaded gemm per thread on a block of rows: gemm's own threading
-    // synchronises inside every call, which `perf` showed as spinning.
+    // synchronises inside every call, which `perf` showed as spinning. Each thread also
+    // writes its own block's bias rows (written serially, they were 3% of an inference
+    // forward with one core idle).
     let threads = rayon::current_num_threads().max(1);
     let block = rows.div_ceil(threads).max(1);
-    y.par_chunks_mut(block * d_out)
-        .zip(x.par_chunks(block * d_in))
-        .for_each(|(y, x)| {
-            let rows = x.len() / d_in;
-            let fx;
-            let x = match prologue {
-                // SAFETY: the prologues are elementwise kernels that write every element.
-                Some(f) => {
-                    fx = unsafe { par_fill(x.len(), x.len().max(1), |_, o| f(o, x)) };
-                    &fx[..]
-                }
-                None => x,
-            };
-            // SAFETY: y holds (rows, out) and x (rows, in) row-major (their chunks are whole
-            // rows of the asserted sizes); Wᵀ is read from row-major W (row stride 1,
-            // column stride in). y is initialised and read (alpha 1).
-            unsafe {
-                gemm::gemm(
-                    rows,
-                    d_out,
-                    d_in,
-                    y.as_mut_ptr(),
-                    1,
-                    d_out as isize,
-                    true,
-                    x.as_ptr(),
-                    1,
-                    d_in as isize,
-                    w.as_ptr(),
-                    d_in as isize,
-                    1,
-                    1.0,
-                    1.0,
-                    false,
-                    false,
-                    false,
-                    gemm::Parallelism::None,
-                );
+    let fill = |i: usize, y: &mut [MaybeUninit<f32>]| {
+        for row in y.chunks_exact_mut(d_out) {
+            match b {
+                Some(b) => row.iter_mut().zip(b).for_each(|(o, &v)| {
+                    o.write(v);
+                }),
+                None => row.iter_mut().for_each(|o| {
+                    o.write(0.0);
+                }),
             }
-        });
-    y
+        }
+        // SAFETY: every element was just written.
+        let y = unsafe { &mut *(y as *mut [MaybeUninit<f32>] as *mut [f32]) };
+        let rows = y.len() / d_out;
+        let x = &x[i * block * d_in..][..rows * d_in];
+        let fx;
+        let x = match prologue {
+            // SAFETY: the prologues are elementwise kernels that write every element.
+            Some(f) => {
+                fx = unsafe { par_fill(x.len(), x.len().max(1), |_, o| f(o, x)) };
+                &fx[..]
+            }
+            None => x,
+        };
+        // SAFETY: y holds (rows, out) and x (rows, in) row-major (whole rows of the asserted
+        // sizes); Wᵀ is read from row-major W (row stride 1, column stride in). y is
+        // initialised and read (alpha 1).
+        unsafe {
+            gemm::gemm(
+                rows,
+                d_out,
+                d_in,
+                y.as_mut_ptr(),
+                1,
+                d_out as isize,
+                true,
+                x.as_ptr(),
+                1,
+                d_in as isize,
+                w.as_ptr(),
+                d_in as isize,
+                1,
+                1.0,
+                1.0,
+                false,
+                false,
+                false,
+                gemm::Parallelism::None,
+            );
+        }
+    };
+    // SAFETY: `fill` writes every element of its chunk (the bias or zero rows).
+    unsafe { par_fill(rows * d_out, (block * d_out).max(1), fill) }
 }
 
 /// y = x·Wᵀ + b in one op for every combination of what trains. Forward is one gemm onto
