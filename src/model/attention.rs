@@ -271,7 +271,7 @@ pub(crate) fn attention(
     scale: f64,
     dropout: Option<DropoutOp>,
 ) -> candle_core::Result<Tensor> {
-    let tracked = q.track_op() || k.track_op() || v.track_op();
+    let tracked = super::ops::records(&[q, k, v]);
     let op = AttentionOp {
         heads,
         scale: scale as f32,

@@ -42,6 +42,28 @@ pub(crate) fn slice<'a>(s: &'a CpuStorage, l: &Layout) -> candle_core::Result<&'
 
 thread_local! {
     static COMPOSED: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+    static NO_GRAPH: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Run `f` with this thread's fused ops recording no backward, as `torch.no_grad()`.
+/// Evaluating in the middle of training, the parameters are variables, and each op would
+/// otherwise keep its inputs until the batch's logits go: a LayerNorm run on RTE peaked at
+/// 1.24 GB evaluating at batch 64, against 0.74 GB while training.
+pub fn without_graph<R>(f: impl FnOnce() -> R) -> R {
+    struct Reset(bool);
+    impl Drop for Reset {
+        fn drop(&mut self) {
+            NO_GRAPH.with(|c| c.set(self.0));
+        }
+    }
+    let _reset = Reset(NO_GRAPH.with(|c| c.replace(true)));
+    f()
+}
+
+/// Whether an op on these inputs records its backward: one of them is tracked and the
+/// thread is not in `without_graph`.
+pub(crate) fn records(inputs: &[&Tensor]) -> bool {
+    !NO_GRAPH.with(|c| c.get()) && inputs.iter().any(|t| t.track_op())
 }
 
 /// Run `f` with this thread's ops built from candle's compositions, as on CUDA, so that
@@ -162,9 +184,12 @@ impl CustomOp3 for LayerNormOp {
 /// LayerNorm over the last dimension.
 pub fn layer_norm(x: &Tensor, w: &Tensor, b: &Tensor, eps: f64) -> Result<Tensor> {
     if fused(x) {
-        return Ok(x
-            .contiguous()?
-            .apply_op3(w, b, LayerNormOp { eps: eps as f32 })?);
+        let (x, op) = (x.contiguous()?, LayerNormOp { eps: eps as f32 });
+        return Ok(if records(&[&x, w, b]) {
+            x.apply_op3(w, b, op)?
+        } else {
+            x.apply_op3_no_bwd(w, b, &op)?
+        });
     }
     let mean = x.mean_keepdim(D::Minus1)?;
     let xc = x.broadcast_sub(&mean)?;
@@ -228,7 +253,12 @@ impl CustomOp1 for GeluErf {
 /// Exact (erf) GELU, transformers' "gelu".
 pub fn gelu_erf(x: &Tensor) -> Result<Tensor> {
     if fused(x) {
-        return Ok(x.contiguous()?.apply_op1(GeluErf)?);
+        let x = x.contiguous()?;
+        return Ok(if records(&[&x]) {
+            x.apply_op1(GeluErf)?
+        } else {
+            x.apply_op1_no_bwd(&GeluErf)?
+        });
     }
     Ok(x.gelu_erf()?)
 }
@@ -395,7 +425,7 @@ pub fn dropout_add(y: &Tensor, residual: &Tensor, dropout: Option<DropoutOp>) ->
     }
     let op = DropoutAddOp { dropout };
     let (y, r) = (y.contiguous()?, residual.contiguous()?);
-    Ok(if y.track_op() || r.track_op() {
+    Ok(if records(&[&y, &r]) {
         y.apply_op2(&r, op)?
     } else {
         y.apply_op2_no_bwd(&r, &op)?
@@ -749,9 +779,9 @@ pub fn gelu_linear(z: &Tensor, weight: &Tensor, bias: &Tensor) -> Result<Tensor>
         return linear(&gelu_erf(z)?, weight, Some(bias));
     }
     let op = GeluLinearOp(LinearOp {
-        x_grad: z.track_op(),
-        w_grad: weight.is_variable(),
-        b_grad: bias.is_variable(),
+        x_grad: records(&[z]),
+        w_grad: records(&[weight]) && weight.is_variable(),
+        b_grad: records(&[bias]) && bias.is_variable(),
     });
     let z = z.contiguous()?;
     Ok(if op.0.x_grad || op.0.w_grad || op.0.b_grad {
@@ -777,9 +807,9 @@ pub fn linear(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> Result<Tens
         }
     };
     let op = LinearOp {
-        x_grad: x.track_op(),
-        w_grad: weight.is_variable(),
-        b_grad: bias.is_variable(),
+        x_grad: records(&[x]),
+        w_grad: records(&[weight]) && weight.is_variable(),
+        b_grad: records(&[bias]) && bias.is_variable(),
     };
     let x = x.contiguous()?;
     Ok(if op.x_grad || op.w_grad || op.b_grad {
@@ -1038,5 +1068,28 @@ pub(crate) mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn without_graph_records_nothing_even_for_variables() {
+        let x = rand(&[6, 8], 40);
+        let [w, b, lw, lb] = [
+            rand(&[8, 8], 41),
+            rand(&[8], 42),
+            rand(&[8], 43),
+            rand(&[8], 44),
+        ]
+        .map(|t| Var::from_tensor(&t).unwrap());
+        let forward = || {
+            let h = layer_norm(&x, lw.as_tensor(), lb.as_tensor(), 1e-12).unwrap();
+            let y = linear(&h, w.as_tensor(), Some(b.as_tensor())).unwrap();
+            let y = gelu_linear(&gelu_erf(&y).unwrap(), w.as_tensor(), b.as_tensor()).unwrap();
+            dropout_add(&y, &h, None).unwrap()
+        };
+        assert!(forward().track_op(), "variables are tracked by default");
+        assert!(!without_graph(forward).track_op());
+        // The switch is restored afterwards.
+        assert!(forward().track_op());
+        assert_eq!(max_diff(&forward(), &without_graph(forward)), 0.0);
     }
 }

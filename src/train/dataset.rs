@@ -97,7 +97,7 @@ pub fn predict(
     for idx in batches::sorted(&data.lengths(), batch_size) {
         let examples: Vec<&Encoded> = idx.iter().map(|&i| &data.inputs[i]).collect();
         let batch = collate(&examples, pad_id, device)?;
-        let logits = model.logits(&batch, &ctx)?.detach();
+        let logits = crate::model::ops::without_graph(|| model.logits(&batch, &ctx))?.detach();
         if regression {
             for (&i, s) in idx
                 .iter()
