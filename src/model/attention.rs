@@ -70,6 +70,30 @@ impl AttentionOp {
         }
     }
 
+    /// Batch row `bi` of q, k, v (each (batch, t, hd)) and of the mask.
+    fn row<'a>(
+        &'a self,
+        (q, k, v): (&'a [f32], &'a [f32], &'a [f32]),
+        bi: usize,
+        t: usize,
+        hd: usize,
+    ) -> Row<'a> {
+        let at = bi * t * hd;
+        Row {
+            q: &q[at..],
+            k: &k[at..],
+            v: &v[at..],
+            mask: &self.mask[bi * t..(bi + 1) * t],
+        }
+    }
+
+    /// One task's (t, t) buffers: scores, probabilities, and dropped probabilities (empty
+    /// without dropout).
+    fn scratch(&self, t: usize) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+        let dropped = if self.dropout.is_some() { t * t } else { 0 };
+        (vec![0f32; t * t], vec![0f32; t * t], vec![0f32; dropped])
+    }
+
     /// The probabilities as applied to v: the dropped ones under dropout, else p.
     fn applied<'a>(&self, p: &'a [f32], dropped: &'a [f32]) -> &'a [f32] {
         if self.dropout.is_some() {
@@ -112,15 +136,8 @@ impl CustomOp3 for AttentionOp {
         out.par_chunks_mut(t * hd)
             .enumerate()
             .for_each(|(bi, out)| {
-                let at = bi * t * hd;
-                let row = Row {
-                    q: &q[at..],
-                    k: &k[at..],
-                    v: &v[at..],
-                    mask: &self.mask[bi * t..(bi + 1) * t],
-                };
-                let (mut scores, mut p) = (vec![0f32; t * t], vec![0f32; t * t]);
-                let mut dropped = vec![0f32; if self.dropout.is_some() { t * t } else { 0 }];
+                let row = self.row((q, k, v), bi, t, hd);
+                let (mut scores, mut p, mut dropped) = self.scratch(t);
                 for h in 0..heads {
                     let c = h * d;
                     self.head_probs(&row, bi, h, (t, hd, d), &mut scores, &mut p, &mut dropped);
@@ -162,17 +179,9 @@ impl CustomOp3 for AttentionOp {
                             .zip(dv.par_chunks_mut(t * hd))
                             .enumerate()
                             .for_each(|(bi, ((dq, dk), dv))| {
-                                let at = bi * t * hd;
-                                let g = &g[at..];
-                                let row = Row {
-                                    q: &q[at..],
-                                    k: &k[at..],
-                                    v: &v[at..],
-                                    mask: &self.mask[bi * t..(bi + 1) * t],
-                                };
-                                let (mut scores, mut p) = (vec![0f32; t * t], vec![0f32; t * t]);
-                                let mut dropped =
-                                    vec![0f32; if self.dropout.is_some() { t * t } else { 0 }];
+                                let g = &g[bi * t * hd..];
+                                let row = self.row((q, k, v), bi, t, hd);
+                                let (mut scores, mut p, mut dropped) = self.scratch(t);
                                 // The gradient of the scores is built in `scores`.
                                 for h in 0..heads {
                                     let c = h * d;

@@ -50,13 +50,21 @@ thread_local! {
 /// otherwise keep its inputs until the batch's logits go: a LayerNorm run on RTE peaked at
 /// 1.24 GB evaluating at batch 64, against 0.74 GB while training.
 pub fn without_graph<R>(f: impl FnOnce() -> R) -> R {
-    struct Reset(bool);
+    with_switch(&NO_GRAPH, f)
+}
+
+/// Run `f` with a thread-local switch on, restoring it afterwards, panic or not.
+fn with_switch<R>(
+    switch: &'static std::thread::LocalKey<std::cell::Cell<bool>>,
+    f: impl FnOnce() -> R,
+) -> R {
+    struct Reset(&'static std::thread::LocalKey<std::cell::Cell<bool>>, bool);
     impl Drop for Reset {
         fn drop(&mut self) {
-            NO_GRAPH.with(|c| c.set(self.0));
+            self.0.with(|c| c.set(self.1));
         }
     }
-    let _reset = Reset(NO_GRAPH.with(|c| c.replace(true)));
+    let _reset = Reset(switch, switch.with(|c| c.replace(true)));
     f()
 }
 
@@ -70,14 +78,7 @@ pub(crate) fn records(inputs: &[&Tensor]) -> bool {
 /// the CPU test suite checks that path against transformers too (tests/parity.rs).
 #[doc(hidden)]
 pub fn with_composed_ops<R>(f: impl FnOnce() -> R) -> R {
-    struct Reset(bool);
-    impl Drop for Reset {
-        fn drop(&mut self) {
-            COMPOSED.with(|c| c.set(self.0));
-        }
-    }
-    let _reset = Reset(COMPOSED.with(|c| c.replace(true)));
-    f()
+    with_switch(&COMPOSED, f)
 }
 
 pub(crate) fn fused(t: &Tensor) -> bool {
@@ -434,27 +435,16 @@ pub fn dropout_add(y: &Tensor, residual: &Tensor, dropout: Option<DropoutOp>) ->
 
 // ---------------------------------------------------------------- frozen matmul
 
-/// x (rows, in) · Wᵀ (+ b) for row-major x and W (out, in), as one gemm call that
-/// accumulates onto the bias rows: no zero-filled output and no second pass for the bias,
-/// which candle's matmul + broadcast_add spend (a sixth of an inference forward in `perf`).
-fn gemm_linear(
-    x: &[f32],
-    w: &[f32],
-    b: Option<&[f32]>,
-    rows: usize,
-    d_in: usize,
-    d_out: usize,
-) -> Vec<f32> {
-    gemm_linear_after(x, w, b, rows, d_in, d_out, None)
-}
-
 /// An elementwise function applied to a block of rows before it enters a gemm.
 type Prologue = fn(&mut [MaybeUninit<f32>], &[f32]);
 
-/// `gemm_linear` of f(x) for a prologue f, computed per thread on its own block of rows,
-/// so f(x) is never stored whole.
+/// f(x) (rows, in) · Wᵀ (+ b) for row-major x and W (out, in), f a prologue or the
+/// identity, as one gemm call per thread that accumulates onto the bias rows: no
+/// zero-filled output and no second pass for the bias, which candle's matmul +
+/// broadcast_add spend (a sixth of an inference forward in `perf`); f(x) is computed per
+/// thread on its own block of rows, never stored whole.
 #[allow(clippy::too_many_arguments)]
-fn gemm_linear_after(
+fn gemm_linear(
     x: &[f32],
     w: &[f32],
     b: Option<&[f32]>,
@@ -534,8 +524,13 @@ fn gemm_linear_after(
 /// needs it, dW = dyᵀ·x if W trains, db = Σ dy if b does. candle's matmul + broadcast_add
 /// instead zero-fill each product, add the bias in a second pass, and compute and keep a
 /// gradient for W even when nobody trains it (`tests/frozen.rs`).
-#[derive(Clone, Copy)]
 struct LinearOp {
+    /// y = GELU(x)·Wᵀ + b instead, exact GELU: the feed-forward block's output dense with
+    /// its activation inside. GELU(x) then exists only per thread in the forward and is
+    /// recomputed in the backward, where dW needs it: the graph kept both x and GELU(x)
+    /// (25 MB each a layer at 32 × 128 × 1536), now only x. The same kernels and gemm
+    /// calls as GELU then a linear, so the same numbers.
+    gelu_input: bool,
     x_grad: bool,
     w_grad: bool,
     b_grad: bool,
@@ -557,7 +552,8 @@ impl CustomOp3 for LinearOp {
     ) -> candle_core::Result<(CpuStorage, Shape)> {
         let (x, w, b) = (slice(xs, xl)?, slice(ws, wl)?, slice(bs, bl)?);
         let (rows, d_in, d_out) = linear_dims(xl, wl, b.len())?;
-        let y = gemm_linear(x, w, Some(b), rows, d_in, d_out);
+        let prologue = self.gelu_input.then_some(simd::gelu as Prologue);
+        let y = gemm_linear(x, w, Some(b), rows, d_in, d_out, prologue);
         Ok((CpuStorage::F32(y), Shape::from((rows, d_out))))
     }
 
@@ -574,14 +570,32 @@ impl CustomOp3 for LinearOp {
         let (dx, dw, db) = with_slice(g, |g| {
             with_slice(x, |x| {
                 with_slice(w, |w| {
-                    // dx (rows, in) = g (rows, out) · W (out, in)
-                    let dx = self
-                        .x_grad
-                        .then(|| gemm(rows, d_out, d_in, (g, d_out, 1), (w, d_in, 1)));
-                    // dW (out, in) = gᵀ (out, rows) · x (rows, in)
-                    let dw = self
-                        .w_grad
-                        .then(|| gemm(d_out, rows, d_in, (g, 1, d_out), (x, d_in, 1)));
+                    // dx (rows, in) = g (rows, out) · W (out, in), ⊙ GELU'(x) with GELU
+                    let dx = self.x_grad.then(|| {
+                        let mut dx = gemm(rows, d_out, d_in, (g, d_out, 1), (w, d_in, 1));
+                        if self.gelu_input {
+                            dx.par_chunks_mut(4096)
+                                .zip(x.par_chunks(4096))
+                                .for_each(|(d, x)| simd::gelu_backward_in_place(d, x));
+                        }
+                        dx
+                    });
+                    // dW (out, in) = gᵀ (out, rows) · x (rows, in), GELU(x) recomputed
+                    let dw = self.w_grad.then(|| {
+                        let gelu;
+                        let x = if self.gelu_input {
+                            // SAFETY: the kernel writes every element of its chunk.
+                            gelu = unsafe {
+                                par_fill(x.len(), 4096, |c, o| {
+                                    simd::gelu(o, &x[c * 4096..][..o.len()])
+                                })
+                            };
+                            &gelu[..]
+                        } else {
+                            x
+                        };
+                        gemm(d_out, rows, d_in, (g, 1, d_out), (x, d_in, 1))
+                    });
                     let db = self.b_grad.then(|| bias_grad(g, d_out));
                     (dx, dw, db)
                 })
@@ -590,83 +604,6 @@ impl CustomOp3 for LinearOp {
         let dev = x.device();
         Ok((
             dx.map(|v| Tensor::from_vec(v, x.shape(), dev))
-                .transpose()?,
-            dw.map(|v| Tensor::from_vec(v, (d_out, d_in), dev))
-                .transpose()?,
-            db.map(|v| Tensor::from_vec(v, d_out, dev)).transpose()?,
-        ))
-    }
-}
-
-/// y = GELU(z)·Wᵀ + b: the feed-forward block's output dense with its activation inside.
-/// GELU(z) exists only per thread in the forward and is recomputed in the backward, where
-/// dW needs it: the graph kept both z and GELU(z) (25 MB each a layer at 32 × 128 × 1536),
-/// now only z. Same kernels and gemm calls as GeluErf then LinearOp, so the same numbers.
-struct GeluLinearOp(LinearOp);
-
-impl CustomOp3 for GeluLinearOp {
-    fn name(&self) -> &'static str {
-        "peft-gelu-linear"
-    }
-
-    fn cpu_fwd(
-        &self,
-        zs: &CpuStorage,
-        zl: &Layout,
-        ws: &CpuStorage,
-        wl: &Layout,
-        bs: &CpuStorage,
-        bl: &Layout,
-    ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let (z, w, b) = (slice(zs, zl)?, slice(ws, wl)?, slice(bs, bl)?);
-        let (rows, d_in, d_out) = linear_dims(zl, wl, b.len())?;
-        let y = gemm_linear_after(z, w, Some(b), rows, d_in, d_out, Some(simd::gelu));
-        Ok((CpuStorage::F32(y), Shape::from((rows, d_out))))
-    }
-
-    fn bwd(
-        &self,
-        z: &Tensor,
-        w: &Tensor,
-        _b: &Tensor,
-        _res: &Tensor,
-        g: &Tensor,
-    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let (d_out, d_in) = w.dims2()?;
-        let rows = g.elem_count() / d_out;
-        let LinearOp {
-            x_grad,
-            w_grad,
-            b_grad,
-        } = self.0;
-        let (dz, dw, db) = with_slice(g, |g| {
-            with_slice(z, |z| {
-                with_slice(w, |w| {
-                    // dz = (g · W) ⊙ GELU'(z)
-                    let dz = x_grad.then(|| {
-                        let mut da = gemm(rows, d_out, d_in, (g, d_out, 1), (w, d_in, 1));
-                        da.par_chunks_mut(4096)
-                            .zip(z.par_chunks(4096))
-                            .for_each(|(d, z)| simd::gelu_backward_in_place(d, z));
-                        da
-                    });
-                    // dW = gᵀ · GELU(z), GELU(z) recomputed
-                    let dw = w_grad.then(|| {
-                        // SAFETY: the kernel writes every element of its chunk.
-                        let a = unsafe {
-                            par_fill(z.len(), 4096, |c, o| {
-                                simd::gelu(o, &z[c * 4096..][..o.len()])
-                            })
-                        };
-                        gemm(d_out, rows, d_in, (g, 1, d_out), (&a, d_in, 1))
-                    });
-                    (dz, dw, b_grad.then(|| bias_grad(g, d_out)))
-                })
-            })
-        })???;
-        let dev = z.device();
-        Ok((
-            dz.map(|v| Tensor::from_vec(v, z.shape(), dev))
                 .transpose()?,
             dw.map(|v| Tensor::from_vec(v, (d_out, d_in), dev))
                 .transpose()?,
@@ -778,17 +715,7 @@ pub fn gelu_linear(z: &Tensor, weight: &Tensor, bias: &Tensor) -> Result<Tensor>
     if !fused(z) {
         return linear(&gelu_erf(z)?, weight, Some(bias));
     }
-    let op = GeluLinearOp(LinearOp {
-        x_grad: records(&[z]),
-        w_grad: records(&[weight]) && weight.is_variable(),
-        b_grad: records(&[bias]) && bias.is_variable(),
-    });
-    let z = z.contiguous()?;
-    Ok(if op.0.x_grad || op.0.w_grad || op.0.b_grad {
-        z.apply_op3(weight, bias, op)?
-    } else {
-        z.apply_op3_no_bwd(weight, bias, &op)?
-    })
+    linear_op(z, weight, bias, true)
 }
 
 /// `x` (rows, in) · Wᵀ + b. The graph records only the gradients of what trains (x, a W
@@ -806,7 +733,13 @@ pub fn linear(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> Result<Tens
             &zeros
         }
     };
+    linear_op(x, weight, bias, false)
+}
+
+/// The fused CPU linear, recording the gradients of what trains.
+fn linear_op(x: &Tensor, weight: &Tensor, bias: &Tensor, gelu_input: bool) -> Result<Tensor> {
     let op = LinearOp {
+        gelu_input,
         x_grad: records(&[x]),
         w_grad: records(&[weight]) && weight.is_variable(),
         b_grad: records(&[bias]) && bias.is_variable(),
@@ -846,6 +779,15 @@ pub(crate) mod tests {
     }
 
     /// Gradients of Σ y ⊙ probe: a random direction, so every output element counts.
+    /// The variable itself if it trains, else a detached (frozen) view of it.
+    fn as_trained(v: &Var, trains: bool) -> Tensor {
+        if trains {
+            v.as_tensor().clone()
+        } else {
+            v.as_tensor().detach()
+        }
+    }
+
     pub(crate) fn probe_grads(y: &Tensor, probe: &Tensor) -> candle_core::backprop::GradStore {
         (y * probe).unwrap().sum_all().unwrap().backward().unwrap()
     }
@@ -1001,13 +943,6 @@ pub(crate) mod tests {
     #[test]
     fn linear_matches_candle_with_the_gradients_of_what_trains() {
         let probe = rand(&[9, 4], 23);
-        let trains = |v: &Var, yes: bool| {
-            if yes {
-                v.as_tensor().clone()
-            } else {
-                v.as_tensor().detach()
-            }
-        };
         // (x, W, b) trains: full, frozen bias, frozen input, BitFit, BitFit on the first layer.
         for flags in [
             [true, true, true],
@@ -1018,7 +953,7 @@ pub(crate) mod tests {
         ] {
             let vars = [rand(&[9, 6], 20), rand(&[4, 6], 21), rand(&[4], 22)]
                 .map(|t| Var::from_tensor(&t).unwrap());
-            let [x, w, b] = [0, 1, 2].map(|i| trains(&vars[i], flags[i]));
+            let [x, w, b] = [0, 1, 2].map(|i| as_trained(&vars[i], flags[i]));
             let ours = linear(&x, &w, Some(&b)).unwrap();
             let theirs = x
                 .matmul(&w.t().unwrap())
@@ -1041,13 +976,6 @@ pub(crate) mod tests {
     #[test]
     fn gelu_linear_is_gelu_then_linear_bit_for_bit() {
         let probe = rand(&[70, 5], 33);
-        let trains = |v: &Var, yes: bool| {
-            if yes {
-                v.as_tensor().clone()
-            } else {
-                v.as_tensor().detach()
-            }
-        };
         for flags in [
             [true, true, true],
             [true, false, false],
@@ -1055,7 +983,7 @@ pub(crate) mod tests {
         ] {
             let vars = [rand(&[70, 9], 30), rand(&[5, 9], 31), rand(&[5], 32)]
                 .map(|t| Var::from_tensor(&(t * 3.0).unwrap()).unwrap());
-            let [z, w, b] = [0, 1, 2].map(|i| trains(&vars[i], flags[i]));
+            let [z, w, b] = [0, 1, 2].map(|i| as_trained(&vars[i], flags[i]));
             let fused = gelu_linear(&z, &w, &b).unwrap();
             let apart = linear(&gelu_erf(&z).unwrap(), &w, Some(&b)).unwrap();
             assert_eq!(max_diff(&fused, &apart), 0.0, "{flags:?}");
