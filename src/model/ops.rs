@@ -291,8 +291,9 @@ impl DropoutOp {
 
     /// o = x/keep where element `base + j` survives, else 0.
     pub(crate) fn apply_row(&self, o: &mut [f32], x: &[f32], base: u64) {
+        // SAFETY: the kernel writes only values through the view.
         simd::dropout(
-            simd::as_uninit(o),
+            unsafe { simd::as_uninit(o) },
             x,
             self.key,
             self.threshold,
@@ -345,7 +346,11 @@ impl CustomOp1 for DropoutOp {
 
 /// Inverted dropout with keep probability 1 − p; `key` must differ per call.
 pub fn dropout(x: &Tensor, p: f64, key: u64) -> Result<Tensor> {
-    let op = DropoutOp::new(p, key);
+    apply_dropout(x, DropoutOp::new(p, key))
+}
+
+/// x through dropout's mask `op`, on any device.
+fn apply_dropout(x: &Tensor, op: DropoutOp) -> Result<Tensor> {
     if fused(x) || (x.device().is_cuda() && x.dtype() == DType::F32) {
         return Ok(x.contiguous()?.apply_op1(op)?);
     }
@@ -412,14 +417,7 @@ impl CustomOp2 for DropoutAddOp {
 pub fn dropout_add(y: &Tensor, residual: &Tensor, dropout: Option<DropoutOp>) -> Result<Tensor> {
     if !fused(y) {
         let y = match dropout {
-            Some(op) if y.device().is_cuda() && y.dtype() == DType::F32 => {
-                y.contiguous()?.apply_op1(op)?
-            }
-            Some(op) => {
-                let ones = vec![1f32; y.elem_count()];
-                let mask = Tensor::from_vec(op.apply(&ones), y.shape(), y.device())?;
-                (y * mask.to_dtype(y.dtype())?)?
-            }
+            Some(op) => apply_dropout(y, op)?,
             None => y.clone(),
         };
         return Ok((y + residual)?);

@@ -4,8 +4,8 @@
 //! libm `expf` call per score. Here exp is a branch-free polynomial (Cephes' expf: 2ⁿ·e^r,
 //! |r| ≤ ln2/2, about 1 ulp) written so that LLVM vectorises the loops that call it, and
 //! each kernel is compiled three times, for the baseline x86-64 (SSE2, 4 lanes), AVX2+FMA
-//! (8 lanes) and AVX-512F (16 lanes), picked at run time. No `mul_add`: without FMA it is a libm call, and plain
-//! multiply-add gives the same bits on both paths. Reductions run in 16 fixed lanes, so the
+//! (8 lanes) and AVX-512F (16 lanes), picked at run time. No `mul_add`: without FMA it is
+//! a libm call, and plain multiply-add gives the same bits on every path. Reductions run in 16 fixed lanes, so the
 //! result does not depend on the path either.
 
 use std::mem::MaybeUninit;
@@ -13,9 +13,11 @@ use std::mem::MaybeUninit;
 const LANES: usize = 16;
 
 /// Initialised floats seen as maybe-uninitialised, for a kernel that only writes them.
-pub fn as_uninit(v: &mut [f32]) -> &mut [MaybeUninit<f32>] {
-    // SAFETY: same layout; a `MaybeUninit` view of initialised data can only be written
-    // with values, never de-initialised, through the safe API.
+///
+/// # Safety
+/// Nothing may write `MaybeUninit::uninit()` through the view: `v` must stay initialised.
+pub unsafe fn as_uninit(v: &mut [f32]) -> &mut [MaybeUninit<f32>] {
+    // SAFETY: same layout; the caller keeps every element initialised.
     unsafe { &mut *(v as *mut [f32] as *mut [MaybeUninit<f32>]) }
 }
 
@@ -411,7 +413,8 @@ mod tests {
         let x: Vec<f32> = (0..1000).map(|i| (i as f32 - 500.0) / 125.0).collect();
         let g: Vec<f32> = (0..1000).map(|i| 1.0 + (i % 3) as f32).collect();
         let (mut y, mut d) = (vec![0f32; 1000], vec![0f32; 1000]);
-        gelu(as_uninit(&mut y), &x);
+        // SAFETY: the kernel writes only values.
+        gelu(unsafe { as_uninit(&mut y) }, &x);
         gelu_backward(&mut d, &x, &g);
         for i in 0..1000 {
             let v = x[i] as f64;
