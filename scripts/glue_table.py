@@ -7,7 +7,7 @@ README's results table (median over seeds of the final epoch's dev metrics).
 
 A method is a name, or name@value for the methods with one knob: fisher-layernorm@0.2 and
 random-layernorm@0.2 (--fraction), child-f@0.3 and child-d@0.3 (--reserve), ina@0.1
-(--ina-inhibition). The methods that rank by Fisher information share one estimate per task,
+(--ina-inhibition), and ina-paper@0.1 (InA with the paper's GELU on query and key). The methods that rank by Fisher information share one estimate per task,
 made first with `peft fisher --batch-mean 16` over the whole training set (Child-Tuning's
 reference estimate) into OUT/fisher-<task>.
 
@@ -31,6 +31,9 @@ DEFAULT_LR = 1e-3
 KNOB = {"fisher-layernorm": "--fraction", "random-layernorm": "--fraction", "random": "--fraction",
         "child-f": "--reserve", "child-d": "--reserve", "ina": "--ina-inhibition"}
 USES_FISHER = {"fisher-layernorm", "child-d"}
+# Named variants: a method with fixed extra flags. ina-paper is InA as the paper's text has it
+# (GELU, query and key); plain ina is the authors' code (LeakyReLU, query, key and value).
+VARIANTS = {"ina-paper": ("ina", ["--ina-activation", "gelu", "--ina-targets", "query,key"])}
 EPOCHS = 5
 # PyTorch + transformers on this machine class (issue #4), seed 42, final epoch.
 REFERENCE = {
@@ -57,9 +60,10 @@ def finished(path):
 def method_flags(spec):
     """`child-d@0.3` -> ("child-d", ["--reserve", "0.3"])."""
     name, _, value = spec.partition("@")
+    name, extra = VARIANTS.get(name, (name, []))
     if value and name not in KNOB:
         sys.exit(f"method {spec}: {name} takes no @value")
-    return name, ([KNOB[name], value] if value else [])
+    return name, extra + ([KNOB[name], value] if value else [])
 
 
 def fisher_file(args, task):
