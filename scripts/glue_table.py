@@ -7,8 +7,8 @@ README's results table (median over seeds of the final epoch's dev metrics).
 
 A method is a name, or name@value for the methods with one knob: fisher-layernorm@0.2 and
 random-layernorm@0.2 (--fraction), child-f@0.3 and child-d@0.3 (--reserve), ina@0.1
-(--ina-inhibition), and ina-paper@0.1 (InA with the paper's GELU on query and key). The methods that rank by Fisher information share one estimate per task,
-made first with `peft fisher --batch-mean 16` over the whole training set (Child-Tuning's
+(--ina-inhibition), and ina-paper@0.1 (InA with the paper's GELU on query and key). The
+methods that rank by Fisher information share one estimate per task, made first with `peft fisher --batch-mean 16` over the whole training set (Child-Tuning's
 reference estimate) into OUT/fisher-<task>.
 
 Settings are those of the PyTorch reference figures in issue #4: batch 32, max length 128,
