@@ -8,8 +8,9 @@ README's results table (median over seeds of the final epoch's dev metrics).
 A method is a name, or name@value for the methods with one knob: fisher-layernorm@0.2 and
 random-layernorm@0.2 (--fraction), child-f@0.3 and child-d@0.3 (--reserve), ina@0.1
 (--ina-inhibition), and ina-paper@0.1 (InA with the paper's GELU on query and key). The
-methods that rank by Fisher information share one estimate per task, made first with `peft fisher --batch-mean 16` over the whole training set (Child-Tuning's
-reference estimate) into OUT/fisher-<task>.
+methods that rank by Fisher information share one estimate per task, made first with
+`peft fisher --batch-mean 16` over the whole training set (Child-Tuning's reference
+estimate) into OUT/fisher-<task>.
 
 Settings are those of the PyTorch reference figures in issue #4: batch 32, max length 128,
 5 epochs, AdamW (lr 5e-5 full, 1e-3 otherwise), 6% warm-up then linear decay, weight
