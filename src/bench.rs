@@ -46,13 +46,11 @@ impl TrainStep {
         let store = ParamStore::new(weights.clone(), device.clone(), 0, sel.trainable);
         let model = Model::load_with_adapters(&store, cfg, Some(2), adapters(method).as_ref())?;
         let vars = store.vars();
-        let opt = MaskedAdamW::new(
-            vars.clone(),
-            sel.masks,
-            methods::decays,
-            AdamWConfig::default(),
-            0,
-        )?;
+        let adam = AdamWConfig {
+            rule: sel.rule,
+            ..Default::default()
+        };
+        let opt = MaskedAdamW::new(vars.clone(), sel.masks, methods::decays, adam, 0)?;
         let labels = Tensor::new((0..b as u32).map(|i| i % 2).collect::<Vec<_>>(), device)?;
         Ok(Self {
             model,

@@ -7,8 +7,13 @@
 //! shuffled pass with dropout on, in batches of 16, squaring each batch's mean gradient
 //! after clipping each tensor's gradient to norm 1, divided by the number of batches;
 //! `Estimator::BatchMean` reproduces it.
+//!
+//! An estimate made before training is cached (see [`cached`]): a sweep over learning
+//! rates, fractions or resumed runs estimates it once.
 
 use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Instant;
 
 use anyhow::Result;
 use candle_core::{Device, Tensor};
@@ -17,6 +22,7 @@ use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
 
+use crate::data::Label;
 use crate::loss;
 use crate::model::{Ctx, Model, ParamStore};
 use crate::tokenize::{collate, Encoded};
@@ -59,13 +65,43 @@ pub fn estimate(
             Ctx::train(opts.seed),
         ),
     };
+    let examples: usize = groups.iter().map(Vec::len).sum();
+    eprintln!(
+        "Fisher information: {examples} of {} training examples, {}",
+        data.len(),
+        match opts.estimator {
+            Estimator::PerExample => "per-example gradients, dropout off".to_string(),
+            Estimator::BatchMean { batch } =>
+                format!("squared batch-mean gradients of {batch} examples, dropout on"),
+        }
+    );
     let bar = ProgressBar::new(groups.len() as u64);
     bar.set_style(
-        ProgressStyle::with_template("fisher [{bar:30}] {pos}/{len} eta {eta}")
+        ProgressStyle::with_template("fisher [{bar:30}] {pos}/{len} {per_sec} eta {eta}")
             .unwrap_or_else(|_| ProgressStyle::default_bar()),
     );
+    let start = Instant::now();
     let mut acc: BTreeMap<String, Tensor> = BTreeMap::new();
-    for idx in &groups {
+    for (done, idx) in groups.iter().enumerate() {
+        // The first group pays for warm-up; the next few give a fair rate.
+        if done == groups.len().min(4) && done > 1 {
+            let each = start.elapsed().as_secs_f64() / done as f64;
+            // Worth saying only when it is worth waiting for.
+            if each * groups.len() as f64 > 5.0 {
+                bar.suspend(|| {
+                    eprintln!(
+                        "Fisher information: about {:.0}s in all ({:.2}s per {})",
+                        each * groups.len() as f64,
+                        each,
+                        if groups[0].len() == 1 {
+                            "example"
+                        } else {
+                            "batch"
+                        }
+                    )
+                });
+            }
+        }
         let inputs: Vec<&Encoded> = idx.iter().map(|&i| &data.inputs[i]).collect();
         let batch = collate(&inputs, pad, device)?;
         let labels = data.label_tensor(idx, device)?;
@@ -103,6 +139,91 @@ pub fn estimate(
     bar.finish_and_clear();
     let n = groups.len().max(1) as f64;
     acc.into_iter().map(|(k, v)| Ok((k, (v / n)?))).collect()
+}
+
+/// Where estimates are kept between runs: `$PEFT_CACHE_DIR`, else `$XDG_CACHE_HOME/peft`,
+/// else `~/.cache/peft`; None when none of them can be named.
+pub fn cache_dir() -> Option<PathBuf> {
+    let var = |k: &str| {
+        std::env::var_os(k)
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from)
+    };
+    var("PEFT_CACHE_DIR")
+        .or_else(|| var("XDG_CACHE_HOME").map(|d| d.join("peft")))
+        .or_else(|| var("HOME").map(|d| d.join(".cache").join("peft")))
+}
+
+/// A name for everything an estimate depends on: the model weights (their sha256), the
+/// training examples as the model sees them (token ids, segment ids and labels, in
+/// order), the label count (the head's shape), and the estimator with its sample size and
+/// seed (which also seeds a head the checkpoint lacks).
+pub fn cache_key(
+    weights_sha256: &str,
+    data: &Dataset,
+    num_labels: usize,
+    opts: &FisherOptions,
+) -> String {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    h.update(b"peft fisher v1\0");
+    h.update(weights_sha256.as_bytes());
+    h.update(format!(
+        "{num_labels}|{:?}|{:?}|{}|",
+        opts.estimator, opts.samples, opts.seed
+    ));
+    h.update((data.inputs.len() as u64).to_le_bytes());
+    for (x, label) in data.inputs.iter().zip(&data.labels) {
+        h.update((x.ids.len() as u32).to_le_bytes());
+        x.ids.iter().for_each(|i| h.update(i.to_le_bytes()));
+        x.type_ids.iter().for_each(|i| h.update(i.to_le_bytes()));
+        match label {
+            Label::Class(c) => {
+                h.update([1u8].into_iter().chain(c.to_le_bytes()).collect::<Vec<_>>())
+            }
+            Label::Score(v) => {
+                h.update([2u8].into_iter().chain(v.to_le_bytes()).collect::<Vec<_>>())
+            }
+            Label::None => h.update([0u8]),
+        }
+    }
+    h.finalize().iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The estimate cached under `key`, or `make`'s, which is then cached. A cache that cannot
+/// be written costs a warning, not the run.
+pub fn cached(
+    key: &str,
+    make: impl FnOnce() -> Result<BTreeMap<String, Tensor>>,
+) -> Result<BTreeMap<String, Tensor>> {
+    let Some(dir) = cache_dir() else {
+        return make();
+    };
+    let path = dir.join("fisher").join(format!("{key}.safetensors"));
+    if path.exists() {
+        match crate::run_dir::load_tensors(&path) {
+            Ok(t) => {
+                eprintln!(
+                    "Fisher information: reusing {} (same weights, data and estimator)",
+                    path.display()
+                );
+                return Ok(t.into_iter().collect());
+            }
+            Err(e) => eprintln!("ignoring an unreadable cached Fisher estimate: {e:#}"),
+        }
+    }
+    let f = make()?;
+    let saved = std::fs::create_dir_all(path.parent().unwrap_or(&dir))
+        .map_err(anyhow::Error::from)
+        .and_then(|()| {
+            let tensors = f.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+            crate::run_dir::save_tensors(&path, &tensors)
+        });
+    match saved {
+        Ok(()) => eprintln!("Fisher information: cached in {}", path.display()),
+        Err(e) => eprintln!("warning: could not cache the Fisher estimate: {e:#}"),
+    }
+    Ok(f)
 }
 
 /// One ranking from several tasks: each task's Fisher is divided by its total over all

@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::user;
 use crate::model::params::Predicate;
-use crate::optim::Mask;
+use crate::optim::{Mask, MaskPlan, UpdateRule};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -36,11 +36,13 @@ pub enum Method {
     RandomLayernorm,
     /// --fraction of all encoder elements chosen uniformly at random.
     Random,
-    /// Child-Tuning F: each step, every encoder-layer gradient element survives with
-    /// probability --reserve and survivors are scaled by 1/reserve (Xu et al., 2021).
+    /// Child-Tuning F: each step, every gradient element survives with probability
+    /// --reserve and survivors are scaled by 1/reserve, as the reference optimizer runs it
+    /// (Xu et al., 2021).
     ChildF,
-    /// Child-Tuning D: the top --reserve of encoder-layer elements by Fisher information
-    /// at the pre-trained weights, fixed for the run (Xu et al., 2021).
+    /// Child-Tuning D: gradients of encoder-layer elements outside the top --reserve by
+    /// Fisher information at the pre-trained weights are zeroed, as the reference
+    /// optimizer runs it (Xu et al., 2021).
     ChildD,
     /// LoRA adapters on --lora-targets (Hu et al., 2021); only adapters and head train.
     Lora,
@@ -105,7 +107,17 @@ impl Method {
         };
         Selection {
             trainable: Box::new(move |n| is_head(n) || !known.contains(n) || chosen(n)),
-            masks: BTreeMap::new(),
+            masks: MaskPlan::default(),
+            rule: self.update_rule(),
+        }
+    }
+
+    /// Child-Tuning trains through its reference optimizer's arithmetic
+    /// (`ChildTuningAdamW`, transformers' original AdamW); everything else through torch's.
+    pub fn update_rule(self) -> UpdateRule {
+        match self {
+            Method::ChildF | Method::ChildD => UpdateRule::ChildTuning,
+            _ => UpdateRule::Torch,
         }
     }
 }
@@ -155,11 +167,9 @@ pub fn select(
         Method::Full | Method::Bitfit | Method::Layernorm | Method::Lora | Method::Ina => {
             return Ok(sel)
         }
+        // Every tensor the optimizer holds, the head and pooler included.
         Method::ChildF => {
-            for (name, _) in &eligible {
-                sel.masks
-                    .insert((*name).clone(), Mask::Bernoulli { p: spec.reserve });
-            }
+            sel.masks.rest = Mask::Bernoulli { p: spec.reserve };
             return Ok(sel);
         }
         Method::RandomLayernorm | Method::Random => {
@@ -203,10 +213,14 @@ pub fn select(
             .map(|&k| if k { 1.0 } else { 0.0 })
             .collect();
         at += n;
-        sel.masks.insert(
-            name.clone(),
-            Mask::Fixed(Tensor::from_vec(m, t.dims(), &Device::Cpu)?),
-        );
+        let m = Tensor::from_vec(m, t.dims(), &Device::Cpu)?;
+        // Child-Tuning D's mask gates the gradient, as its reference optimizer does;
+        // the subset methods' elements outside the mask never move.
+        let mask = match spec.method {
+            Method::ChildD => Mask::Gradient(m),
+            _ => Mask::Fixed(m),
+        };
+        sel.masks.named.insert(name.clone(), mask);
     }
     Ok(sel)
 }
@@ -229,10 +243,12 @@ fn top_k(scores: &[f32], k: usize) -> Vec<bool> {
     keep
 }
 
-/// Which tensors train, and the masks of those that train only in part.
+/// Which tensors train, the masks of those that train only in part, and the optimizer
+/// arithmetic the method's authors used.
 pub struct Selection {
     pub trainable: Predicate,
-    pub masks: BTreeMap<String, Mask>,
+    pub masks: MaskPlan,
+    pub rule: UpdateRule,
 }
 
 pub fn is_head(name: &str) -> bool {
@@ -243,8 +259,9 @@ pub fn is_layernorm(name: &str) -> bool {
     name.contains("LayerNorm.")
 }
 
-/// Child-Tuning's scope: only encoder-layer parameters take a mask; embeddings, pooler
-/// and head always train fully (AliceMind ChildTuning, `calculate_fisher`).
+/// Child-Tuning D's scope: only encoder-layer parameters take a mask; embeddings, pooler
+/// and head always train fully (AliceMind ChildTuning, `calculate_fisher` masks the
+/// parameters whose name contains `layer`).
 pub fn is_encoder_layer(name: &str) -> bool {
     name.starts_with("encoder.layer.")
 }
@@ -331,9 +348,10 @@ mod tests {
 
     fn ones(sel: &Selection) -> BTreeMap<String, Vec<f32>> {
         sel.masks
+            .named
             .iter()
             .map(|(k, m)| match m {
-                Mask::Fixed(t) => (k.clone(), t.to_vec1::<f32>().unwrap()),
+                Mask::Fixed(t) | Mask::Gradient(t) => (k.clone(), t.to_vec1::<f32>().unwrap()),
                 _ => (k.clone(), vec![]),
             })
             .collect()
@@ -365,8 +383,15 @@ mod tests {
         );
         assert!(!(sel.trainable)("encoder.layer.0.output.dense.weight"));
         assert!(
-            (sel.trainable)("classifier.weight") && !sel.masks.contains_key("classifier.weight")
+            (sel.trainable)("classifier.weight")
+                && !sel.masks.named.contains_key("classifier.weight")
         );
+        assert!(matches!(sel.masks.rest, Mask::Dense));
+        assert!(matches!(
+            sel.masks.named["embeddings.LayerNorm.weight"],
+            Mask::Fixed(_)
+        ));
+        assert_eq!(sel.rule, UpdateRule::Torch);
     }
 
     #[test]
@@ -384,7 +409,8 @@ mod tests {
     }
 
     #[test]
-    fn child_tuning_masks_only_encoder_layers() {
+    fn child_tuning_masks_as_the_reference_optimizer() {
+        // F: a fresh Bernoulli mask on every trainable tensor, head and embeddings included.
         let spec = MethodSpec {
             method: Method::ChildF,
             fraction: 1.0,
@@ -392,14 +418,11 @@ mod tests {
             seed: 0,
         };
         let sel = select(&spec, &base(), None).unwrap();
-        let names: Vec<&String> = sel.masks.keys().collect();
-        assert_eq!(
-            names,
-            vec![
-                "encoder.layer.0.output.LayerNorm.weight",
-                "encoder.layer.0.output.dense.weight"
-            ]
-        );
+        assert!(sel.masks.named.is_empty());
+        assert!(matches!(sel.masks.rest, Mask::Bernoulli { p } if p == 0.3));
+        assert_eq!(sel.rule, UpdateRule::ChildTuning);
+        assert!((sel.trainable)("embeddings.LayerNorm.weight"));
+        // D: a gradient mask on encoder-layer tensors only, top 30% of their Fisher.
         let spec = MethodSpec {
             method: Method::ChildD,
             ..spec
@@ -408,6 +431,32 @@ mod tests {
             select(&spec, &base(), None).is_err(),
             "child-d without Fisher"
         );
+        let fisher: BTreeMap<String, Tensor> = base()
+            .iter()
+            .map(|(k, t)| {
+                let n = t.elem_count();
+                let v: Vec<f32> = (0..n).map(|i| i as f32).collect();
+                (k.clone(), Tensor::from_vec(v, n, &Device::Cpu).unwrap())
+            })
+            .collect();
+        let sel = select(&spec, &base(), Some(&fisher)).unwrap();
+        let names: Vec<&String> = sel.masks.named.keys().collect();
+        assert_eq!(
+            names,
+            vec![
+                "encoder.layer.0.output.LayerNorm.weight",
+                "encoder.layer.0.output.dense.weight"
+            ]
+        );
+        assert!(sel
+            .masks
+            .named
+            .values()
+            .all(|m| matches!(m, Mask::Gradient(_))));
+        assert!(matches!(sel.masks.rest, Mask::Dense));
+        let kept: f32 = ones(&sel).values().flatten().sum();
+        assert_eq!(kept, 4.0, "30% of 12 encoder-layer elements");
+        assert_eq!(sel.rule, UpdateRule::ChildTuning);
     }
 
     #[test]

@@ -1,6 +1,8 @@
 //! Per-example Fisher information against transformers: the golden fixtures hold the mean
 //! of squared per-example gradients over the batch's first three examples.
 
+mod common;
+
 use std::path::Path;
 
 use candle_core::{DType, Device};
@@ -105,4 +107,74 @@ fn check(kind: &str) {
 fn per_example_fisher_matches_squared_per_example_gradients() {
     check("tiny-bert");
     check("tiny-roberta");
+}
+
+/// `peft train` with a Fisher-ranked method and no --fisher: a bounded sample by default,
+/// said in the log; the estimate is cached and the next run with the same weights, data
+/// and estimator reuses it (same masks, same run), while another seed makes its own.
+#[test]
+fn train_caches_its_fisher_estimate_and_reuses_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    common::write_rte(tmp.path(), 24, 8);
+    let cache = tmp.path().join("cache");
+    let model = common::fixture("tiny-bert");
+    let data = tmp.path().to_string_lossy().into_owned();
+    let run = |out: &str, extra: &[&str]| -> String {
+        let mut args: Vec<String> = [
+            "train",
+            "--model",
+            &model,
+            "--data-dir",
+            &data,
+            "--task",
+            "rte",
+            "--method",
+            "fisher-layernorm",
+            "--fraction",
+            "0.3",
+            "--max-steps",
+            "2",
+            "--fisher-samples",
+            "10",
+            "--output-dir",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        args.push(tmp.path().join(out).to_string_lossy().into_owned());
+        args.extend(common::SMALL.iter().map(|s| s.to_string()));
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let o = std::process::Command::new(env!("CARGO_BIN_EXE_peft"))
+            .args(&args)
+            .env("PEFT_CACHE_DIR", &cache)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&o.stderr).into_owned();
+        assert!(o.status.success(), "{err}");
+        err
+    };
+    let first = run("a", &[]);
+    assert!(
+        first.contains("Fisher information: 10 of 24 training examples, per-example"),
+        "{first}"
+    );
+    assert!(first.contains("cached in"), "{first}");
+    let entries = || std::fs::read_dir(cache.join("fisher")).unwrap().count();
+    assert_eq!(entries(), 1);
+    let second = run("b", &[]);
+    assert!(second.contains("reusing"), "{second}");
+    assert!(
+        !second.contains("training examples,"),
+        "estimated again: {second}"
+    );
+    let tensors = |d: &str| common::tensors(&tmp.path().join(d).join("trainable.safetensors"));
+    let (a, b) = (tensors("a"), tensors("b"));
+    for (k, t) in &a {
+        let d = (t - &b[k]).unwrap().abs().unwrap().sum_all().unwrap();
+        assert_eq!(d.to_scalar::<f32>().unwrap(), 0.0, "{k}");
+    }
+    // Another seed draws another sample (and head): its own estimate.
+    let third = run("c", &["--seed", "7"]);
+    assert!(third.contains("cached in"), "{third}");
+    assert_eq!(entries(), 2);
 }

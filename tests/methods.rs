@@ -77,7 +77,20 @@ fn every_method_trains_only_what_it_selects() {
             |n| !n.starts_with("classifier."),
             0.1,
         ),
-        (&["--method", "child-d", "--reserve", "0.3"], in_layers, 0.3),
+        // Without weight decay Child-Tuning D's masked-out elements never move (their
+        // moments stay zero); with it they decay (next test).
+        (
+            &[
+                "--method",
+                "child-d",
+                "--reserve",
+                "0.3",
+                "--weight-decay",
+                "0",
+            ],
+            in_layers,
+            0.3,
+        ),
         (&["--method", "child-f", "--reserve", "0.3"], in_layers, 1.0),
     ];
     for (i, (flags, pick, share)) in table.iter().enumerate() {
@@ -142,6 +155,66 @@ fn every_method_trains_only_what_it_selects() {
             "{flags:?}: eval differs"
         );
     }
+}
+
+/// Child-Tuning D as its reference optimizer runs it: an encoder-layer element outside
+/// the Fisher mask gets no gradient, but weight decay still shrinks it, by the same factor
+/// for every such decayed weight; biases and LayerNorm (no decay) outside it never move.
+#[test]
+fn child_d_decays_masked_out_weights_as_its_reference() {
+    let tmp = tempfile::tempdir().unwrap();
+    write_rte(tmp.path(), 48, 16);
+    let model = fixture("tiny-bert");
+    let base = tensors(&Path::new(&model).join("model.safetensors"));
+    let out = tmp.path().join("run");
+    let args = [
+        "--task",
+        "rte",
+        "--max-steps",
+        "4",
+        "--lr",
+        "1e-2",
+        "--warmup-ratio",
+        "0",
+        "--method",
+        "child-d",
+        "--reserve",
+        "0.3",
+        "--weight-decay",
+        "0.1",
+    ];
+    train(&model, tmp.path(), &out, &args);
+    let trained = tensors(&out.join("last.safetensors"));
+    let (mut ratios, mut still, mut moved_no_decay) = (Vec::new(), 0, 0);
+    for (name, t) in trained.iter().filter(|(n, _)| in_layers(n)) {
+        let b = base[&format!("bert.{name}")]
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
+        let a = t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let decayed = !(name.ends_with(".bias") || is_ln(name));
+        for (x, y) in a.iter().zip(&b) {
+            if x.to_bits() == y.to_bits() {
+                still += 1;
+            } else if decayed && y.abs() > 1e-3 {
+                ratios.push(x / y);
+            } else if !decayed {
+                moved_no_decay += 1;
+            }
+        }
+    }
+    // Most decayed weights are outside the mask: they all shrank by one factor.
+    ratios.sort_by(f32::total_cmp);
+    let mode = ratios[ratios.len() / 2];
+    let same = ratios.iter().filter(|r| (**r - mode).abs() < 1e-6).count();
+    assert!(mode < 1.0 && mode > 0.99, "decay factor {mode}");
+    assert!(
+        same as f64 > 0.5 * ratios.len() as f64,
+        "{same} of {} weights shrank by {mode}",
+        ratios.len()
+    );
+    assert!(moved_no_decay > 0 && still > 0, "{moved_no_decay} {still}");
 }
 
 #[test]

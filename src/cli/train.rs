@@ -16,8 +16,8 @@ use crate::train::fit::{describe, fit, INTERRUPTED};
 pub struct TrainArgs {
     #[command(flatten)]
     pub settings: Overrides,
-    /// TOML file with any of the settings above (snake_case keys); flags override it.
-    #[arg(long)]
+    /// TOML file with any of the settings above, or a built-in recipe's name.
+    #[arg(long, long_help = crate::train::config::CONFIG_HELP)]
     pub config: Option<PathBuf>,
     /// Replace a run already in the output directory.
     #[arg(long)]
@@ -58,7 +58,7 @@ impl TrainArgs {
     /// Flags over the --config file.
     pub fn overrides(&self) -> Result<Overrides> {
         let file = match &self.config {
-            Some(p) => Overrides::from_toml_file(p)?,
+            Some(p) => Overrides::from_config(p)?,
             None => Overrides::default(),
         };
         Ok(self.settings.clone().over(file))

@@ -10,6 +10,7 @@ use anyhow::Result;
 use candle_core::{CpuStorage, DType, InplaceOp3, Layout, Storage, Tensor};
 use rayon::prelude::*;
 
+use super::masked_adamw::UpdateRule;
 use crate::model::ops::slice;
 
 /// Elements per parallel task: big enough to amortise scheduling, small enough to split
@@ -28,6 +29,18 @@ pub(super) struct Hyper {
     pub weight_decay: f64,
     /// Clipping times 1/p for a Bernoulli mask: applied to the gradient before the moments.
     pub scale: f64,
+    pub rule: UpdateRule,
+}
+
+/// What a mask does to one tensor's update.
+pub(super) enum Keep {
+    /// No mask: every element moves.
+    All,
+    /// A subset (0/1): elements outside it do not move at all, moments included.
+    Subset(Tensor),
+    /// A gradient mask (0/1): multiplies the gradient; every element's moments and decay
+    /// still apply.
+    Multiply(Tensor),
 }
 
 pub(super) fn applies(theta: &Tensor, g: &Tensor) -> bool {
@@ -37,55 +50,61 @@ pub(super) fn applies(theta: &Tensor, g: &Tensor) -> bool {
         && theta.is_contiguous()
 }
 
-/// Update `m`, `v` and `theta` in place. `keep` (0/1, the parameter's shape) limits the
-/// elements that move; outside it nothing changes, not even the moments.
+/// Update `m`, `v` and `theta` in place under `keep`.
 pub(super) fn update(
     theta: &Tensor,
     m: &Tensor,
     v: &Tensor,
     g: &Tensor,
-    keep: Option<&Tensor>,
+    keep: &Keep,
     h: &Hyper,
 ) -> Result<()> {
     let g = g.contiguous()?;
-    let keep = keep.map(Tensor::contiguous).transpose()?;
+    let (mask, mode) = match keep {
+        Keep::All => (None, Mode::All),
+        Keep::Subset(k) => (Some(k.contiguous()?), Mode::Subset),
+        Keep::Multiply(k) => (Some(k.contiguous()?), Mode::Multiply),
+    };
     // With no mask the gradient stands in as the (unread) mask operand.
-    let k = keep.as_ref().unwrap_or(&g);
-    let masked = keep.is_some();
+    let k = mask.as_ref().unwrap_or(&g);
     let scale = h.scale as f32;
-    m.inplace_op3(
-        &g,
-        k,
-        &Moment {
-            take_new: (1.0 - h.b1) as f32,
-            square: false,
-            scale,
-            masked,
-        },
-    )?;
-    v.inplace_op3(
-        &g,
-        k,
-        &Moment {
-            take_new: (1.0 - h.b2) as f32,
-            square: true,
-            scale,
-            masked,
-        },
-    )?;
+    let legacy = h.rule == UpdateRule::ChildTuning;
+    for (x, beta, square) in [(m, h.b1, false), (v, h.b2, true)] {
+        x.inplace_op3(
+            &g,
+            k,
+            &Moment {
+                beta: beta as f32,
+                take_new: (1.0 - beta) as f32,
+                square,
+                scale,
+                mode,
+                legacy,
+            },
+        )?;
+    }
     theta.inplace_op3(
         m,
         v,
         &Step {
-            keep: keep.clone(),
+            keep: if mode == Mode::Subset { mask } else { None },
             inv_bc1: (1.0 / h.bc1) as f32,
             inv_bc2: (1.0 / h.bc2) as f32,
+            step_size: (h.lr * h.bc2.sqrt() / h.bc1) as f32,
             eps: h.eps as f32,
             lr: h.lr as f32,
             wd: h.weight_decay as f32,
+            legacy,
         },
     )?;
     Ok(())
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    All,
+    Subset,
+    Multiply,
 }
 
 /// Σ g² in f64, for f32 CPU tensors (None otherwise): partial sums over fixed chunks,
@@ -117,13 +136,16 @@ fn contiguous_mut<'a>(s: &'a mut CpuStorage, l: &Layout) -> candle_core::Result<
     }
 }
 
-/// One moment: x += keep ⊙ (1−β)(g' − x), with g' = scale·g (squared for v), computed as
-/// candle computes `(g' − x)·(1−β)` then the add.
+/// One moment from g' = scale·g (times the mask in Multiply mode; squared for v). Torch's
+/// rule as candle computes it, x += (g' − x)·(1−β), skipping elements outside a subset;
+/// the Child-Tuning rule as torch's `mul_(β).add_(g', alpha=1−β)`.
 struct Moment {
+    beta: f32,
     take_new: f32,
     square: bool,
     scale: f32,
-    masked: bool,
+    mode: Mode,
+    legacy: bool,
 }
 
 impl InplaceOp3 for Moment {
@@ -150,26 +172,35 @@ impl InplaceOp3 for Moment {
             .zip(k.par_chunks(CHUNK))
             .for_each(|((x, g), k)| {
                 for i in 0..x.len() {
-                    if self.masked && k[i] == 0.0 {
-                        continue;
-                    }
-                    let gi = g[i] * self.scale;
+                    let gi = match self.mode {
+                        Mode::All => g[i] * self.scale,
+                        Mode::Subset if k[i] == 0.0 => continue,
+                        Mode::Subset => g[i] * self.scale,
+                        Mode::Multiply => g[i] * self.scale * k[i],
+                    };
                     let new = if self.square { gi * gi } else { gi };
-                    x[i] += (new - x[i]) * self.take_new;
+                    if self.legacy && self.mode != Mode::Subset {
+                        x[i] = x[i] * self.beta + new * self.take_new;
+                    } else {
+                        x[i] += (new - x[i]) * self.take_new;
+                    }
                 }
             });
         Ok(())
     }
 }
 
-/// θ −= lr·(m̂ / (√v̂ + ε) + wd·θ) where kept.
+/// Torch's rule: θ −= lr·(m̂ / (√v̂ + ε) + wd·θ) where kept. The Child-Tuning rule:
+/// θ −= step_size · m / (√v + ε), then θ −= lr·wd·θ.
 struct Step {
     keep: Option<Tensor>,
     inv_bc1: f32,
     inv_bc2: f32,
+    step_size: f32,
     eps: f32,
     lr: f32,
     wd: f32,
+    legacy: bool,
 }
 
 impl InplaceOp3 for Step {
@@ -209,6 +240,13 @@ impl InplaceOp3 for Step {
             let o = c * CHUNK;
             for i in 0..t.len() {
                 if !k.is_empty() && k[o + i] == 0.0 {
+                    continue;
+                }
+                if self.legacy {
+                    t[i] -= self.step_size * (m[o + i] / (v[o + i].sqrt() + self.eps));
+                    if self.wd != 0.0 {
+                        t[i] -= t[i] * (self.lr * self.wd);
+                    }
                     continue;
                 }
                 let m_hat = m[o + i] * self.inv_bc1;

@@ -1,21 +1,28 @@
 //! AdamW with a per-tensor gradient mask: the single optimizer of every method.
 //!
-//! Each trainable tensor may carry a [`Mask`]. A masked-out element never changes: it gets
-//! no Adam update, no weight decay, and its moments stay where they were, so it is
-//! bit-identical to the pre-trained value after any number of steps. Methods differ only
-//! in which tensors are trainable and which masks they carry.
+//! Each trainable tensor may carry a [`Mask`]; methods differ only in which tensors are
+//! trainable, which masks they carry and which [`UpdateRule`] applies. Two families of
+//! mask with different semantics:
 //!
-//! Order inside a step, following the Child-Tuning reference (AliceMind ChildTuning,
-//! `ChildTuningAdamW`) and torch's AdamW:
-//! 1. fixed masks zero the gradients of elements that are not trained, so they do not
-//!    count towards the global norm;
-//! 2. gradients are clipped by their global L2 norm (`max_grad_norm`);
-//! 3. a Bernoulli(p) mask is drawn fresh for this step and survivors are scaled by 1/p
-//!    (Child-Tuning F: after clipping, before the moments);
-//! 4. moments and the decoupled-decay AdamW update apply to the surviving elements only.
+//! - **Subset masks** ([`Mask::Fixed`]: Fisher and random subsets). A masked-out element
+//!   never changes: no gradient (not even into the clipping norm), no Adam update, no
+//!   weight decay, no moment drift. After any number of steps it is bit-identical to the
+//!   pre-trained value, which is what "train only this subset" promises.
+//! - **Child-Tuning's gradient masks** ([`Mask::Gradient`] for Child-Tuning D,
+//!   [`Mask::Bernoulli`] for Child-Tuning F), exactly as the AliceMind reference runs them
+//!   (`ChildTuningAdamW` behind a Trainer): the trainer clips the *full* gradient by its
+//!   global norm; the optimizer then multiplies each gradient by the mask (Bernoulli(p)/p
+//!   drawn fresh each step for F, the fixed top-p mask for D); Adam's moments take that
+//!   masked gradient, zeros included, so an element dropped this step still moves
+//!   through its first moment, and weight decay applies to every decayed element.
 //!
-//! Unlike the reference optimizer, which still decays and (through momentum) moves
-//! elements dropped in a step, a masked element here does not move at all.
+//! Order inside a step:
+//! 1. subset masks zero the gradients of elements that are not trained;
+//! 2. gradients are clipped by their global L2 norm (`max_grad_norm`), as
+//!    `torch.nn.utils.clip_grad_norm_`;
+//! 3. gradient masks multiply the clipped gradients (Bernoulli ones drawn now, survivors
+//!    scaled by 1/p);
+//! 4. the moments and the AdamW update, by the configured [`UpdateRule`].
 
 use std::collections::BTreeMap;
 
@@ -24,17 +31,61 @@ use candle_core::{DType, Tensor, Var};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha12Rng;
 
-use super::fused_adamw::{self as fused, Hyper};
+use super::fused_adamw::{self as fused, Hyper, Keep};
 
-/// Which elements of a trainable tensor may change.
+/// Which elements of a trainable tensor may change, and how.
 #[derive(Debug, Clone)]
 pub enum Mask {
     /// Every element trains.
     Dense,
-    /// A fixed 0/1 tensor of the parameter's shape (Fisher subsets, random subsets, Child-Tuning D).
+    /// A fixed 0/1 subset of the parameter's shape (Fisher and random subsets): elements
+    /// outside it never move.
     Fixed(Tensor),
-    /// A fresh mask every step: each element survives with probability `p`, survivors' gradients scaled by 1/p.
+    /// Child-Tuning D: a fixed 0/1 tensor multiplying the clipped gradient; moments and
+    /// weight decay still apply to every element.
+    Gradient(Tensor),
+    /// Child-Tuning F: each step a fresh mask in which every element survives with
+    /// probability `p` multiplies the clipped gradient, survivors scaled by 1/p; moments
+    /// and weight decay still apply to every element.
     Bernoulli { p: f64 },
+}
+
+/// The masks of a selection: by tensor name, and one for every other trainable tensor
+/// (Child-Tuning F masks them all, including a head made at load time).
+#[derive(Debug, Clone)]
+pub struct MaskPlan {
+    pub named: BTreeMap<String, Mask>,
+    pub rest: Mask,
+}
+
+impl Default for MaskPlan {
+    fn default() -> Self {
+        Self {
+            named: BTreeMap::new(),
+            rest: Mask::Dense,
+        }
+    }
+}
+
+impl From<BTreeMap<String, Mask>> for MaskPlan {
+    fn from(named: BTreeMap<String, Mask>) -> Self {
+        Self {
+            named,
+            rest: Mask::Dense,
+        }
+    }
+}
+
+/// The AdamW arithmetic.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum UpdateRule {
+    /// `torch.optim.AdamW`: decay θ·(1 − lr·wd) first, then θ −= lr·m̂/(√v̂ + ε).
+    #[default]
+    Torch,
+    /// transformers' original `AdamW` as Child-Tuning's `ChildTuningAdamW` computes it:
+    /// θ −= lr·√(1−β2ᵗ)/(1−β1ᵗ) · m/(√v + ε) (ε added before the bias correction), then
+    /// θ −= lr·wd·θ on the updated θ.
+    ChildTuning,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -45,6 +96,7 @@ pub struct AdamWConfig {
     pub weight_decay: f64,
     /// Clip gradients to this global L2 norm; None disables clipping.
     pub max_grad_norm: Option<f64>,
+    pub rule: UpdateRule,
 }
 
 impl Default for AdamWConfig {
@@ -56,6 +108,7 @@ impl Default for AdamWConfig {
             eps: 1e-8,
             weight_decay: 0.0,
             max_grad_norm: Some(1.0),
+            rule: UpdateRule::Torch,
         }
     }
 }
@@ -87,6 +140,9 @@ pub struct OptimizerState {
     pub moments: BTreeMap<String, (Tensor, Tensor)>,
 }
 
+/// Draws a step's Bernoulli mask: (tensor name, shape, keep probability, device) → 0/1.
+type DrawMask<'a> = dyn FnMut(&str, &[usize], f64, &candle_core::Device) -> Result<Tensor> + 'a;
+
 /// A step refused because a gradient was NaN or infinite; nothing was changed.
 #[derive(Debug, Clone)]
 pub struct NonFiniteGradient {
@@ -114,24 +170,29 @@ pub struct StepStats {
 }
 
 impl MaskedAdamW {
-    /// `masks` may name any subset of `vars`; the rest are [`Mask::Dense`].
+    /// `masks.named` may name any subset of `vars`; the others take `masks.rest`.
     /// `decay(name)` says whether weight decay applies (not to biases and LayerNorm).
     pub fn new(
         vars: BTreeMap<String, Var>,
-        mut masks: BTreeMap<String, Mask>,
+        masks: impl Into<MaskPlan>,
         decay: impl Fn(&str) -> bool,
         cfg: AdamWConfig,
         seed: u64,
     ) -> Result<Self> {
+        let MaskPlan {
+            named: mut masks,
+            rest,
+        } = masks.into();
         let mut slots = Vec::with_capacity(vars.len());
         for (name, var) in vars {
             // Masks are built on the CPU; keep each beside its parameter.
-            let mask = match masks.remove(&name).unwrap_or(Mask::Dense) {
+            let mask = match masks.remove(&name).unwrap_or_else(|| rest.clone()) {
                 Mask::Fixed(m) => Mask::Fixed(m.to_device(var.device())?),
+                Mask::Gradient(m) => Mask::Gradient(m.to_device(var.device())?),
                 other => other,
             };
             match &mask {
-                Mask::Fixed(m) if m.dims() != var.dims() => {
+                Mask::Fixed(m) | Mask::Gradient(m) if m.dims() != var.dims() => {
                     bail!(
                         "mask for {name} has shape {:?}, the parameter {:?}",
                         m.dims(),
@@ -173,6 +234,43 @@ impl MaskedAdamW {
     /// One update with learning rate `lr` from per-name gradients. A trainable tensor
     /// with no gradient is left alone, as torch does.
     pub fn step(&mut self, grads: &BTreeMap<String, Tensor>, lr: f64) -> Result<StepStats> {
+        let mut rng = std::mem::replace(&mut self.rng, ChaCha12Rng::seed_from_u64(0));
+        let out = self.step_inner(grads, lr, &mut |_, shape, p, device| {
+            bernoulli(&mut rng, shape, p, device)
+        });
+        self.rng = rng;
+        out
+    }
+
+    /// [`step`](Self::step) with this step's Bernoulli masks given (0/1, by tensor name)
+    /// instead of drawn: for checking the update against a reference implementation that
+    /// drew its own.
+    pub fn step_with_masks(
+        &mut self,
+        grads: &BTreeMap<String, Tensor>,
+        lr: f64,
+        drawn: &BTreeMap<String, Tensor>,
+    ) -> Result<StepStats> {
+        self.step_inner(grads, lr, &mut |name, shape, _, device| {
+            let m = drawn
+                .get(name)
+                .ok_or_else(|| anyhow::anyhow!("no mask given for {name}"))?;
+            if m.dims() != shape {
+                bail!(
+                    "the mask given for {name} has shape {:?}, not {shape:?}",
+                    m.dims()
+                );
+            }
+            Ok(m.to_device(device)?)
+        })
+    }
+
+    fn step_inner(
+        &mut self,
+        grads: &BTreeMap<String, Tensor>,
+        lr: f64,
+        draw: &mut DrawMask,
+    ) -> Result<StepStats> {
         // 1. fixed masks first: untrained elements carry no gradient, not even into the norm.
         let mut gs: Vec<Option<Tensor>> = Vec::with_capacity(self.slots.len());
         for slot in &self.slots {
@@ -218,12 +316,13 @@ impl MaskedAdamW {
         let wd = self.cfg.weight_decay;
         for (slot, g) in self.slots.iter_mut().zip(gs) {
             let Some(g) = g else { continue };
-            // 3. the per-step mask, and which elements may move at all.
+            // 3. which elements may move at all, or the gradient mask of this step.
             let (keep, scale) = match &slot.mask {
-                Mask::Dense => (None, clip),
-                Mask::Fixed(m) => (Some(m.clone()), clip),
+                Mask::Dense => (Keep::All, clip),
+                Mask::Fixed(m) => (Keep::Subset(m.clone()), clip),
+                Mask::Gradient(m) => (Keep::Multiply(m.clone()), clip),
                 Mask::Bernoulli { p } => (
-                    Some(bernoulli(&mut self.rng, g.dims(), *p, g.device())?),
+                    Keep::Multiply(draw(&slot.name, g.dims(), *p, g.device())?),
                     clip / p,
                 ),
             };
@@ -236,18 +335,12 @@ impl MaskedAdamW {
                 lr,
                 weight_decay: if slot.decay { wd } else { 0.0 },
                 scale,
+                rule: self.cfg.rule,
             };
             if fused::applies(slot.var.as_tensor(), &g) {
-                fused::update(
-                    slot.var.as_tensor(),
-                    &slot.m,
-                    &slot.v,
-                    &g,
-                    keep.as_ref(),
-                    &hyper,
-                )?;
+                fused::update(slot.var.as_tensor(), &slot.m, &slot.v, &g, &keep, &hyper)?;
             } else {
-                composed_update(slot, g, keep.as_ref(), &hyper)?;
+                composed_update(slot, g, &keep, &hyper)?;
             }
         }
         Ok(StepStats { grad_norm })
@@ -299,33 +392,65 @@ impl MaskedAdamW {
     }
 }
 
-/// The update from tensor ops, for any device: moments move only where kept,
-/// m += keep ⊙ (1−β1)(g − m), and the update is multiplied by keep.
-fn composed_update(slot: &mut Slot, g: Tensor, keep: Option<&Tensor>, h: &Hyper) -> Result<()> {
+/// The update from tensor ops, for any device. With a subset mask the moments move only
+/// where kept, m += keep ⊙ (1−β1)(g − m), and the update is multiplied by keep; a
+/// gradient mask only multiplies the gradient.
+fn composed_update(slot: &mut Slot, g: Tensor, keep: &Keep, h: &Hyper) -> Result<()> {
     let g = if h.scale != 1.0 { (g * h.scale)? } else { g };
+    let subset = match keep {
+        Keep::All => None,
+        Keep::Subset(k) => Some(k),
+        Keep::Multiply(_) => None,
+    };
     let g = match keep {
-        Some(k) => (g * k)?,
-        None => g,
+        Keep::All => g,
+        Keep::Subset(k) | Keep::Multiply(k) => (g * k)?,
     };
-    let dm = ((&g - &slot.m)? * (1.0 - h.b1))?;
-    let dv = ((g.sqr()? - &slot.v)? * (1.0 - h.b2))?;
-    let (dm, dv) = match keep {
-        Some(k) => ((dm * k)?, (dv * k)?),
-        None => (dm, dv),
-    };
-    slot.m = (&slot.m + dm)?;
-    slot.v = (&slot.v + dv)?;
-    let m_hat = (&slot.m / h.bc1)?;
-    let denom = ((&slot.v / h.bc2)?.sqrt()? + h.eps)?;
-    let mut update = (m_hat / denom)?;
+    if h.rule == UpdateRule::ChildTuning && subset.is_none() {
+        // torch's exp_avg.mul_(β1).add_(g, alpha=1−β1), as the reference computes it.
+        slot.m = ((&slot.m * h.b1)? + (&g * (1.0 - h.b1))?)?;
+        slot.v = ((&slot.v * h.b2)? + (g.sqr()? * (1.0 - h.b2))?)?;
+    } else {
+        let dm = ((&g - &slot.m)? * (1.0 - h.b1))?;
+        let dv = ((g.sqr()? - &slot.v)? * (1.0 - h.b2))?;
+        let (dm, dv) = match subset {
+            Some(k) => ((dm * k)?, (dv * k)?),
+            None => (dm, dv),
+        };
+        slot.m = (&slot.m + dm)?;
+        slot.v = (&slot.v + dv)?;
+    }
     let theta = slot.var.as_tensor();
-    if h.weight_decay != 0.0 {
-        update = (update + (theta * h.weight_decay)?)?;
+    let mut theta_new = match h.rule {
+        UpdateRule::Torch => {
+            let m_hat = (&slot.m / h.bc1)?;
+            let denom = ((&slot.v / h.bc2)?.sqrt()? + h.eps)?;
+            let mut update = (m_hat / denom)?;
+            if h.weight_decay != 0.0 {
+                update = (update + (theta * h.weight_decay)?)?;
+            }
+            if let Some(k) = subset {
+                update = (update * k)?;
+            }
+            (theta - (update * h.lr)?)?
+        }
+        UpdateRule::ChildTuning => {
+            let step_size = h.lr * h.bc2.sqrt() / h.bc1;
+            let mut update = ((&slot.m / (slot.v.sqrt()? + h.eps)?)? * step_size)?;
+            if let Some(k) = subset {
+                update = (update * k)?;
+            }
+            (theta - update)?
+        }
+    };
+    if h.rule == UpdateRule::ChildTuning && h.weight_decay != 0.0 {
+        let mut decay = (&theta_new * (h.lr * h.weight_decay))?;
+        if let Some(k) = subset {
+            decay = (decay * k)?;
+        }
+        theta_new = (theta_new - decay)?;
     }
-    if let Some(k) = keep {
-        update = (update * k)?;
-    }
-    slot.var.set(&(theta - (update * h.lr)?)?)?;
+    slot.var.set(&theta_new)?;
     Ok(())
 }
 
@@ -381,7 +506,30 @@ mod tests {
         };
         let (theta, g, m, v) = (r(-1.0, 1.0), r(-0.1, 0.1), r(-0.01, 0.01), r(0.0, 1e-4));
         let keep = r(0.0, 1.0).ge(0.5).unwrap().to_dtype(DType::F32).unwrap();
-        for (keep, wd, scale) in [(None, 0.01, 1.0), (Some(&keep), 0.0, 0.37 / 0.3)] {
+        let cases = [
+            (Keep::All, 0.01, 1.0, UpdateRule::Torch),
+            (
+                Keep::Subset(keep.clone()),
+                0.0,
+                0.37 / 0.3,
+                UpdateRule::Torch,
+            ),
+            (
+                Keep::Subset(keep.clone()),
+                0.1,
+                0.37,
+                UpdateRule::ChildTuning,
+            ),
+            (
+                Keep::Multiply(keep.clone()),
+                0.1,
+                0.37 / 0.3,
+                UpdateRule::ChildTuning,
+            ),
+            (Keep::All, 0.1, 1.0, UpdateRule::ChildTuning),
+        ];
+        for (keep, wd, scale, rule) in &cases {
+            let (wd, scale, rule) = (*wd, *scale, *rule);
             let h = Hyper {
                 b1: 0.9,
                 b2: 0.999,
@@ -391,6 +539,7 @@ mod tests {
                 lr: 1e-3,
                 weight_decay: wd,
                 scale,
+                rule,
             };
             let mut slot = Slot {
                 name: "w".into(),
@@ -407,14 +556,17 @@ mod tests {
                 v.copy().unwrap(),
             );
             fused::update(ft.as_tensor(), &fm, &fv, &g, keep, &h).unwrap();
-            for (a, b, what) in [
-                (slot.var.as_tensor(), ft.as_tensor(), "theta"),
-                (&slot.m, &fm, "m"),
-                (&slot.v, &fv, "v"),
+            // θ is compared at the scale it had: an update that cancels it to near zero
+            // rounds differently in the last bits of the operands, not of the result.
+            for (a, b, scale, what) in [
+                (slot.var.as_tensor(), ft.as_tensor(), &theta, "theta"),
+                (&slot.m, &fm, &m, "m"),
+                (&slot.v, &fv, &v, "v"),
             ] {
                 let (a, b) = (a.to_vec1::<f32>().unwrap(), b.to_vec1::<f32>().unwrap());
+                let scale = scale.to_vec1::<f32>().unwrap();
                 for i in 0..n {
-                    let tol = 1e-6 * a[i].abs().max(1e-6);
+                    let tol = 1e-6 * a[i].abs().max(scale[i].abs()).max(1e-6);
                     assert!(
                         (a[i] - b[i]).abs() <= tol,
                         "{what}[{i}]: {} vs {}",
@@ -423,7 +575,7 @@ mod tests {
                     );
                 }
             }
-            if let Some(k) = keep {
+            if let Keep::Subset(k) = keep {
                 let k = k.to_vec1::<f32>().unwrap();
                 let (t0, t1) = (theta.to_vec1::<f32>().unwrap(), vals(&ft));
                 let (m0, m1) = (m.to_vec1::<f32>().unwrap(), fm.to_vec1::<f32>().unwrap());
@@ -571,9 +723,49 @@ mod tests {
         // m = (1 − β1) · g / p for survivors.
         let survivor = m.iter().find(|x| **x != 0.0).unwrap();
         assert!((*survivor as f64 - 0.1 / p).abs() < 1e-6, "{survivor}");
-        // Elements dropped this step did not move.
+        // From zero moments, elements dropped in the first step have nothing to move by.
         let moved = vals(&w).iter().filter(|x| **x != 0.0).count() as f64;
         assert_eq!(moved, kept);
+    }
+
+    /// Child-Tuning's reference optimizer updates the moments with the masked gradient,
+    /// zeros included: an element kept in step 1 and dropped in step 2 still moves in
+    /// step 2 (through its first moment), and its moments decay. A subset mask's
+    /// elements would not move at all.
+    #[test]
+    fn a_child_tuning_element_dropped_this_step_still_moves() {
+        let w = var(&[1.0, 1.0]);
+        let mut masks = BTreeMap::new();
+        masks.insert("a.weight".to_string(), Mask::Bernoulli { p: 0.5 });
+        let cfg = AdamWConfig {
+            max_grad_norm: None,
+            weight_decay: 0.1,
+            rule: UpdateRule::ChildTuning,
+            ..Default::default()
+        };
+        let mut o = opt(&[("a.weight", &w)], masks, cfg);
+        let g = grads(&[("a.weight", &[1.0, 1.0])]);
+        let drawn = |a: f32, b: f32| -> BTreeMap<String, Tensor> {
+            [("a.weight".to_string(), t(&[a, b]))].into_iter().collect()
+        };
+        o.step_with_masks(&g, 0.1, &drawn(1.0, 0.0)).unwrap();
+        let after1 = vals(&w);
+        assert!(
+            after1[0] < 0.95,
+            "kept element moved by the step: {after1:?}"
+        );
+        // Dropped, zero moments: only weight decay moves it, θ·(1 − lr·wd).
+        assert!((after1[1] - 0.99).abs() < 1e-7, "{after1:?}");
+        o.step_with_masks(&g, 0.1, &drawn(0.0, 0.0)).unwrap();
+        let after2 = vals(&w);
+        let (m, v) = &o.moments().unwrap()["a.weight"];
+        let (m, v) = (m.to_vec1::<f32>().unwrap(), v.to_vec1::<f32>().unwrap());
+        // m = 0.9 · 0.1 · (1/0.5) after a zero gradient.
+        assert!((m[0] - 0.18).abs() < 1e-6 && v[0] > 0.0, "{m:?} {v:?}");
+        assert!(
+            after2[0] < after1[0] * 0.99 - 0.01,
+            "{after1:?} -> {after2:?}"
+        );
     }
 
     #[test]
@@ -652,6 +844,112 @@ mod tests {
         let mut b = ChaCha12Rng::seed_from_u64(7);
         for _ in 0..100 {
             assert_eq!(a.random::<u64>(), b.random::<u64>());
+        }
+    }
+
+    /// Child-Tuning D and F against the reference: `scripts/child_tuning_reference.py`
+    /// runs AliceMind's `ChildTuningAdamW` update rule behind torch's global-norm clipping
+    /// for five steps on fixed gradients (F with its Bernoulli masks written out), and
+    /// every parameter after every step must agree within 1e-6.
+    #[test]
+    fn child_tuning_matches_the_reference_optimizer() {
+        let path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/fixtures/child-tuning/reference.safetensors"
+        );
+        let bytes = std::fs::read(path).unwrap();
+        let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes).unwrap();
+        let meta = meta.metadata().clone().unwrap();
+        let num = |k: &str| -> f64 { meta[k].parse().unwrap() };
+        let lrs: Vec<f64> = meta["lr"].split(',').map(|x| x.parse().unwrap()).collect();
+        let steps = num("steps") as usize;
+        assert_eq!(lrs.len(), steps);
+        let fx = candle_core::safetensors::load(path, &Device::Cpu).unwrap();
+        let get = |k: String| -> Tensor {
+            fx.get(&k)
+                .unwrap_or_else(|| panic!("fixture lacks {k}"))
+                .clone()
+        };
+        let names: Vec<String> = fx
+            .keys()
+            .filter_map(|k| k.strip_prefix("init.").map(str::to_string))
+            .collect();
+        let cfg = AdamWConfig {
+            beta1: num("beta1"),
+            beta2: num("beta2"),
+            eps: num("eps"),
+            weight_decay: num("weight_decay"),
+            max_grad_norm: Some(num("max_grad_norm")),
+            rule: UpdateRule::ChildTuning,
+        };
+        let p = num("reserve_p");
+        for mode in ["d", "f"] {
+            let vars: BTreeMap<String, Var> = names
+                .iter()
+                .map(|n| {
+                    (
+                        n.clone(),
+                        Var::from_tensor(&get(format!("init.{n}")).copy().unwrap()).unwrap(),
+                    )
+                })
+                .collect();
+            let plan = match mode {
+                "d" => MaskPlan::from(
+                    names
+                        .iter()
+                        .filter(|n| n.starts_with("encoder.layer."))
+                        .map(|n| (n.clone(), Mask::Gradient(get(format!("dmask.{n}")))))
+                        .collect::<BTreeMap<_, _>>(),
+                ),
+                _ => MaskPlan {
+                    named: BTreeMap::new(),
+                    rest: Mask::Bernoulli { p },
+                },
+            };
+            let mut o =
+                MaskedAdamW::new(vars.clone(), plan, crate::methods::decays, cfg, 0).unwrap();
+            for (s, &lr) in lrs.iter().enumerate() {
+                let g: BTreeMap<String, Tensor> = names
+                    .iter()
+                    .map(|n| (n.clone(), get(format!("grad.{s}.{n}"))))
+                    .collect();
+                let drawn: BTreeMap<String, Tensor> = names
+                    .iter()
+                    .map(|n| (n.clone(), get(format!("fmask.{s}.{n}"))))
+                    .collect();
+                o.step_with_masks(&g, lr, &drawn).unwrap();
+                for n in &names {
+                    let want = get(format!("{mode}.{s}.{n}"));
+                    let diff = (vars[n].as_tensor() - &want)
+                        .unwrap()
+                        .abs()
+                        .unwrap()
+                        .flatten_all()
+                        .unwrap()
+                        .max(0)
+                        .unwrap()
+                        .to_scalar::<f32>()
+                        .unwrap();
+                    assert!(diff <= 1e-6, "{mode} step {s} {n}: off by {diff}");
+                }
+            }
+            let moments = o.moments().unwrap();
+            for n in &names {
+                for (which, got) in [("m", &moments[n].0), ("v", &moments[n].1)] {
+                    let want = get(format!("{mode}.{which}.{n}"));
+                    let diff = (got - &want)
+                        .unwrap()
+                        .abs()
+                        .unwrap()
+                        .flatten_all()
+                        .unwrap()
+                        .max(0)
+                        .unwrap()
+                        .to_scalar::<f32>()
+                        .unwrap();
+                    assert!(diff <= 1e-6, "{mode} {which} of {n}: off by {diff}");
+                }
+            }
         }
     }
 }

@@ -6,6 +6,7 @@ mod schedule;
 
 pub use masked_adamw::squared_norm;
 pub use masked_adamw::{
-    AdamWConfig, Mask, MaskedAdamW, NonFiniteGradient, OptimizerState, StepStats,
+    AdamWConfig, Mask, MaskPlan, MaskedAdamW, NonFiniteGradient, OptimizerState, StepStats,
+    UpdateRule,
 };
 pub use schedule::LinearSchedule;

@@ -13,6 +13,78 @@ use crate::methods::Method;
 use crate::model::adapter::TARGETS;
 use crate::model::{AdapterConfig, AdapterKind, InaActivation};
 
+/// Training examples for a Fisher estimate made before training, unless told otherwise.
+/// On all-MiniLM-L6-v2 and RTE, 1024 examples rank LayerNorm elements and components as
+/// the whole training set does (README, Fisher-ranked methods); beyond a few thousand the
+/// estimate costs minutes to hours and changes little.
+pub const FISHER_SAMPLES: usize = 1024;
+
+/// Child-Tuning D's reference estimates Fisher from batch-mean gradients of its training
+/// batch size (16).
+pub const CHILD_TUNING_FISHER_BATCH: usize = 16;
+
+/// A number of examples, or all of them (`all` on the command line and in TOML).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Samples {
+    All,
+    Count(usize),
+}
+
+impl Samples {
+    /// None for all.
+    pub fn limit(self) -> Option<usize> {
+        match self {
+            Samples::All => None,
+            Samples::Count(n) => Some(n),
+        }
+    }
+}
+
+impl std::fmt::Display for Samples {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Samples::All => f.write_str("all"),
+            Samples::Count(n) => write!(f, "{n}"),
+        }
+    }
+}
+
+impl std::str::FromStr for Samples {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        if s.eq_ignore_ascii_case("all") {
+            return Ok(Samples::All);
+        }
+        s.parse()
+            .map(Samples::Count)
+            .map_err(|_| format!("`{s}` is neither a number of examples nor `all`"))
+    }
+}
+
+impl Serialize for Samples {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        match self {
+            Samples::All => s.serialize_str("all"),
+            Samples::Count(n) => s.serialize_u64(*n as u64),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Samples {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Count(usize),
+            Word(String),
+        }
+        match Raw::deserialize(d)? {
+            Raw::Count(n) => Ok(Samples::Count(n)),
+            Raw::Word(w) => w.parse().map_err(serde::de::Error::custom),
+        }
+    }
+}
+
 /// Every setting a run uses. A TOML config holds any subset of these keys.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
@@ -45,8 +117,9 @@ pub struct TrainConfig {
     pub reserve: Option<f64>,
     /// A Fisher file (`peft fisher`) to rank by, instead of estimating it at the start.
     pub fisher: Option<PathBuf>,
-    /// Training examples for the Fisher estimated at the start (None: all).
-    pub fisher_samples: Option<usize>,
+    /// Training examples for the Fisher estimated at the start (None, in runs written
+    /// before the default was bounded: all).
+    pub fisher_samples: Option<Samples>,
     /// Estimate that Fisher from batch-mean gradients of this batch size (Child-Tuning's way).
     pub fisher_batch_mean: Option<usize>,
     /// The adapter of lora and ina runs (rank, alpha, dropout, targets, inhibition).
@@ -138,11 +211,13 @@ pub struct Overrides {
     /// e.g. a --global one) instead of estimating Fisher on the training set first.
     #[arg(long)]
     pub fisher: Option<PathBuf>,
-    /// fisher-layernorm, child-d: training examples for the Fisher estimate [default: all].
+    /// fisher-layernorm, child-d: training examples (a seeded random sample) for the
+    /// Fisher estimate, or `all` [default: 1024].
     #[arg(long)]
-    pub fisher_samples: Option<usize>,
+    pub fisher_samples: Option<Samples>,
     /// fisher-layernorm, child-d: estimate Fisher from batch-mean gradients of this batch
-    /// size, as the Child-Tuning reference does (16) [default: per-example gradients].
+    /// size, as the Child-Tuning reference does [default: 16 for child-d, as its
+    /// reference; per-example gradients for fisher-layernorm].
     #[arg(long)]
     pub fisher_batch_mean: Option<usize>,
     /// lora: adapter rank [default: 8].
@@ -228,10 +303,63 @@ pub struct Overrides {
     pub skip_nonfinite: Option<usize>,
 }
 
+/// The papers' recipes in `configs/`, compiled in: `--config NAME` finds them without the
+/// repository (`--config configs/NAME.toml` reads the file itself).
+pub const RECIPES: &[(&str, &str)] = &[
+    (
+        "child-tuning-d",
+        include_str!("../../configs/child-tuning-d.toml"),
+    ),
+    (
+        "child-tuning-f",
+        include_str!("../../configs/child-tuning-f.toml"),
+    ),
+    ("ina", include_str!("../../configs/ina.toml")),
+    ("ina-paper", include_str!("../../configs/ina-paper.toml")),
+    (
+        "lora-roberta-base",
+        include_str!("../../configs/lora-roberta-base.toml"),
+    ),
+    ("layernorm", include_str!("../../configs/layernorm.toml")),
+    ("bitfit", include_str!("../../configs/bitfit.toml")),
+    ("full", include_str!("../../configs/full.toml")),
+];
+
+/// `peft train --help` for --config, listing [`RECIPES`] (a test keeps the two in step).
+pub const CONFIG_HELP: &str = "TOML file with any of the settings above (snake_case keys); \
+flags override it. The papers' recipes, each citing its source, are in configs/ and built in \
+(--config NAME finds them without the repository):
+  child-tuning-d     Child-Tuning D as its reference code (Xu et al., 2021)
+  child-tuning-f     Child-Tuning F as its reference code (Xu et al., 2021)
+  ina                InA as the authors' code (Kang et al., 2024)
+  ina-paper          InA in the paper's GELU form, on query and key
+  lora-roberta-base  LoRA's GLUE settings for RoBERTa-base (Hu et al., 2022)
+  layernorm          LayerNorm only (ValizadehAslani & Liang, 2024)
+  bitfit             BitFit (Ben Zaken et al., 2022)
+  full               full fine-tuning as BERT's paper (Devlin et al., 2019)";
+
 impl Overrides {
+    /// A TOML file, or the name of a built-in recipe (`child-tuning-d`, `ina`, ...) when no
+    /// such file exists.
+    pub fn from_config(arg: &Path) -> Result<Self> {
+        if !arg.exists() {
+            let name = arg.to_string_lossy();
+            let name = name.strip_suffix(".toml").unwrap_or(&name);
+            let name = name.strip_prefix("configs/").unwrap_or(name);
+            if let Some((_, text)) = RECIPES.iter().find(|(n, _)| *n == name) {
+                return Self::from_toml_text(text, Path::new(&format!("configs/{name}.toml")));
+            }
+        }
+        Self::from_toml_file(arg)
+    }
+
     pub fn from_toml_file(path: &Path) -> Result<Self> {
         let text = std::fs::read_to_string(path).path_context("cannot read config", path)?;
-        toml::from_str(&text).map_err(|e| {
+        Self::from_toml_text(&text, path)
+    }
+
+    fn from_toml_text(text: &str, path: &Path) -> Result<Self> {
+        toml::from_str(text).map_err(|e| {
             let (msg, key) = explain_toml(e.message());
             // serde reports an unknown key at its table: find the key's own line.
             let at = key
@@ -388,9 +516,17 @@ impl Overrides {
             } else {
                 None
             },
+            fisher_samples: (ranked && self.fisher.is_none()).then(|| {
+                self.fisher_samples
+                    .unwrap_or(Samples::Count(FISHER_SAMPLES))
+            }),
+            fisher_batch_mean: match method {
+                Method::ChildD if self.fisher.is_none() => {
+                    Some(self.fisher_batch_mean.unwrap_or(CHILD_TUNING_FISHER_BATCH))
+                }
+                _ => self.fisher_batch_mean,
+            },
             fisher: self.fisher,
-            fisher_samples: self.fisher_samples,
-            fisher_batch_mean: self.fisher_batch_mean,
             lora_r: lora.then(|| self.lora_r.unwrap_or(8)),
             lora_alpha: lora.then(|| self.lora_alpha.unwrap_or(16.0)),
             lora_dropout: lora.then(|| self.lora_dropout.unwrap_or(0.1)),
@@ -595,7 +731,7 @@ impl TrainConfig {
                 }
             }
         }
-        if self.fisher_samples == Some(0) || self.fisher_batch_mean == Some(0) {
+        if self.fisher_samples == Some(Samples::Count(0)) || self.fisher_batch_mean == Some(0) {
             return bad(
                 "fisher_samples/fisher_batch_mean",
                 "must be at least 1".into(),
@@ -650,6 +786,85 @@ mod tests {
         assert_eq!(cfg.task, "rte");
         assert_eq!(cfg.output_dir, PathBuf::from("runs/rte-layernorm-42"));
         assert_eq!(base().resolve().unwrap().lr, Method::Full.default_lr());
+    }
+
+    /// Every file in configs/ is a built-in recipe listed in --help, and each resolves.
+    #[test]
+    fn every_recipe_is_built_in_listed_and_valid() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("configs");
+        let mut files: Vec<String> = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter_map(|f| f.strip_suffix(".toml").map(str::to_string))
+            .collect();
+        files.sort();
+        let mut built_in: Vec<String> = RECIPES.iter().map(|(n, _)| n.to_string()).collect();
+        built_in.sort();
+        assert_eq!(files, built_in);
+        for (name, text) in RECIPES {
+            assert_eq!(
+                *text,
+                std::fs::read_to_string(dir.join(format!("{name}.toml"))).unwrap()
+            );
+            assert!(
+                CONFIG_HELP.contains(&format!("\n  {name} ")),
+                "{name} is not in --help"
+            );
+            let file = Overrides::from_config(Path::new(name)).unwrap();
+            let cfg = base().over(file).resolve().unwrap();
+            assert!(text.contains(&format!("method = \"{}\"", cfg.method)));
+        }
+        let d = base()
+            .over(Overrides::from_config(Path::new("child-tuning-d")).unwrap())
+            .resolve()
+            .unwrap();
+        assert_eq!(
+            (d.lr, d.batch_size, d.epochs, d.warmup_ratio, d.reserve),
+            (4e-5, 16, 3, 0.0, Some(0.3))
+        );
+        assert_eq!(
+            (d.fisher_batch_mean, d.fisher_samples),
+            (Some(16), Some(Samples::All))
+        );
+        let err = Overrides::from_config(Path::new("no-such-recipe"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("no-such-recipe"), "{err}");
+    }
+
+    #[test]
+    fn fisher_samples_default_is_bounded_and_takes_all() {
+        let ranked = |extra: Overrides| {
+            Overrides {
+                method: Some(Method::FisherLayernorm),
+                fraction: Some(0.2),
+                ..base()
+            }
+            .over(extra)
+            .resolve()
+            .unwrap()
+        };
+        let cfg = ranked(Overrides::default());
+        assert_eq!(cfg.fisher_samples, Some(Samples::Count(FISHER_SAMPLES)));
+        assert_eq!(cfg.fisher_batch_mean, None);
+        let all: Overrides = toml::from_str("fisher_samples = \"all\"").unwrap();
+        assert_eq!(ranked(all).fisher_samples, Some(Samples::All));
+        let n: Overrides = toml::from_str("fisher_samples = 200").unwrap();
+        assert_eq!(ranked(n).fisher_samples, Some(Samples::Count(200)));
+        assert!(toml::from_str::<Overrides>("fisher_samples = \"some\"").is_err());
+        assert_eq!("ALL".parse::<Samples>(), Ok(Samples::All));
+        // The saved config round-trips.
+        let cfg = ranked(toml::from_str("fisher_samples = \"all\"").unwrap());
+        let back: TrainConfig =
+            serde_json::from_str(&serde_json::to_string(&cfg).unwrap()).unwrap();
+        assert_eq!(back, cfg);
+        let d = Overrides {
+            method: Some(Method::ChildD),
+            ..base()
+        }
+        .resolve()
+        .unwrap();
+        assert_eq!(d.fisher_batch_mean, Some(CHILD_TUNING_FISHER_BATCH));
     }
 
     #[test]

@@ -98,6 +98,7 @@ pub fn fit(cfg: &TrainConfig, overwrite: bool, resume: bool) -> Result<Summary> 
         eprintln!("the checkpoint's classifier has another number of labels: starting a new head");
     }
     let weights_file = load::weight_file(&model_dir)?;
+    let weights_sha256 = run_dir::sha256_file(&weights_file)?;
     let encoder = TextEncoder::load(&model_dir, &mcfg, cfg.max_seq_len)?;
     let train = Dataset::load(spec, &source, "train", &encoder)?;
     if train.is_empty() {
@@ -113,7 +114,7 @@ pub fn fit(cfg: &TrainConfig, overwrite: bool, resume: bool) -> Result<Summary> 
         Some(fisher_for(
             cfg,
             &mcfg,
-            &weights,
+            (&weights, &weights_sha256),
             spec,
             &train,
             encoder.pad_id(),
@@ -156,7 +157,7 @@ pub fn fit(cfg: &TrainConfig, overwrite: bool, resume: bool) -> Result<Summary> 
         train: cfg.clone(),
         base: BaseModel {
             path: model_dir,
-            sha256: run_dir::sha256_file(&weights_file)?,
+            sha256: weights_sha256,
             weights_file,
         },
         num_labels: spec.num_labels(),
@@ -198,6 +199,7 @@ pub fn fit(cfg: &TrainConfig, overwrite: bool, resume: bool) -> Result<Summary> 
     let adam = AdamWConfig {
         weight_decay: cfg.weight_decay,
         max_grad_norm: (cfg.max_grad_norm > 0.0).then_some(cfg.max_grad_norm),
+        rule: selection.rule,
         ..Default::default()
     };
     let mut opt = MaskedAdamW::new(
@@ -460,11 +462,12 @@ fn worse(a: f64, than: f64) -> bool {
 }
 
 /// The Fisher information that ranks parameters: from --fisher, or estimated on the
-/// training set at the pre-trained weights (with the same seeded head as training).
+/// training set at the pre-trained weights (with the same seeded head as training), or
+/// that estimate from the cache.
 fn fisher_for(
     cfg: &TrainConfig,
     mcfg: &ModelConfig,
-    weights: &HashMap<String, Tensor>,
+    (weights, weights_sha256): (&HashMap<String, Tensor>, &str),
     spec: &TaskSpec,
     train: &Dataset,
     pad: u32,
@@ -473,28 +476,31 @@ fn fisher_for(
     if let Some(path) = &cfg.fisher {
         return Ok(run_dir::load_tensors(path)?.into_iter().collect());
     }
-    let start = Instant::now();
-    let store = ParamStore::new(
-        weights.clone(),
-        device.clone(),
-        cfg.seed,
-        Box::new(|_| true),
-    );
-    let model = Model::load(&store, mcfg, Some(spec.num_labels()))?;
     let estimator = cfg
         .fisher_batch_mean
         .map_or(Estimator::PerExample, |b| Estimator::BatchMean { batch: b });
     let opts = FisherOptions {
-        samples: cfg.fisher_samples,
+        samples: cfg.fisher_samples.and_then(|s| s.limit()),
         estimator,
         seed: cfg.seed,
     };
-    let f = estimate(&model, &store, train, pad, opts, device)?;
-    eprintln!(
-        "Fisher information estimated in {:.1}s",
-        start.elapsed().as_secs_f64()
-    );
-    Ok(f)
+    let key = crate::fisher::cache_key(weights_sha256, train, spec.num_labels(), &opts);
+    crate::fisher::cached(&key, || {
+        let start = Instant::now();
+        let store = ParamStore::new(
+            weights.clone(),
+            device.clone(),
+            cfg.seed,
+            Box::new(|_| true),
+        );
+        let model = Model::load(&store, mcfg, Some(spec.num_labels()))?;
+        let f = estimate(&model, &store, train, pad, opts, device)?;
+        eprintln!(
+            "Fisher information estimated in {:.1}s",
+            start.elapsed().as_secs_f64()
+        );
+        Ok(f)
+    })
 }
 
 /// Dev metrics of every dev split (MNLI has two).
@@ -556,15 +562,17 @@ fn values(vars: &BTreeMap<String, candle_core::Var>) -> HashMap<String, Tensor> 
         .collect()
 }
 
-/// Elements that can change: all of a dense tensor, the ones of a fixed mask.
+/// Elements a gradient reaches: all of a dense tensor (or of one under Child-Tuning F's
+/// per-step mask), the ones of a fixed subset or of Child-Tuning D's gradient mask.
 fn trainable_count(
     vars: &BTreeMap<String, candle_core::Var>,
-    masks: &BTreeMap<String, crate::optim::Mask>,
+    masks: &crate::optim::MaskPlan,
 ) -> Result<usize> {
+    use crate::optim::Mask;
     let mut n = 0;
     for (name, var) in vars {
-        n += match masks.get(name) {
-            Some(crate::optim::Mask::Fixed(m)) => m.sum_all()?.to_scalar::<f32>()? as usize,
+        n += match masks.named.get(name).unwrap_or(&masks.rest) {
+            Mask::Fixed(m) | Mask::Gradient(m) => m.sum_all()?.to_scalar::<f32>()? as usize,
             _ => var.elem_count(),
         };
     }
