@@ -84,3 +84,155 @@ pub fn write(
         serde_json::to_string_pretty(&config)?.as_bytes(),
     )
 }
+
+/// A LoRA adapter saved by Hugging Face PEFT's `save_pretrained` for a sequence
+/// classifier: its settings, and its tensors under this crate's names (adapters as
+/// `encoder.layer.N.<module>.lora_A.weight`, the head from `modules_to_save`).
+pub struct PeftAdapter {
+    pub config: crate::model::AdapterConfig,
+    pub tensors: HashMap<String, Tensor>,
+}
+
+/// Read `dir`'s adapter_config.json and adapter_model.safetensors for a base model of
+/// `arch`. Adapters this crate cannot run the same way are refused by name: other PEFT
+/// types, DoRA, rsLoRA, per-layer ranks or alphas, trained biases, some layers only.
+pub fn read(dir: &Path, arch: Arch) -> Result<PeftAdapter> {
+    use crate::error::user;
+    use crate::model::adapter::TARGETS;
+    use crate::model::{AdapterConfig, AdapterKind};
+    let cfg_path = dir.join(CONFIG);
+    let text = std::fs::read_to_string(&cfg_path)
+        .path_context("not a PEFT adapter directory: cannot read", &cfg_path)?;
+    let cfg: serde_json::Value =
+        serde_json::from_str(&text).map_err(|e| user(format!("{}: {e}", cfg_path.display())))?;
+    let at = |key: &str, why: String| user(format!("{}: `{key}` {why}", cfg_path.display()));
+    let field = |key: &str| cfg.get(key).filter(|v| !v.is_null());
+    match field("peft_type").and_then(|v| v.as_str()) {
+        Some("LORA") => {}
+        other => {
+            return Err(at(
+                "peft_type",
+                format!("is {other:?}; only LORA adapters load"),
+            ))
+        }
+    }
+    if let Some(t) = field("task_type").and_then(|v| v.as_str()) {
+        if t != "SEQ_CLS" {
+            return Err(at(
+                "task_type",
+                format!("is {t}; only sequence-classification (SEQ_CLS) adapters score"),
+            ));
+        }
+    }
+    for (key, why) in [
+        ("use_dora", "DoRA adapters are not supported"),
+        ("use_rslora", "rsLoRA scaling is not supported"),
+        (
+            "fan_in_fan_out",
+            "fan_in_fan_out (Conv1D weights) does not apply to BERT-family models",
+        ),
+    ] {
+        if field(key).and_then(|v| v.as_bool()) == Some(true) {
+            return Err(at(key, format!("is true: {why}")));
+        }
+    }
+    if let Some(b) = field("bias").and_then(|v| v.as_str()) {
+        if b != "none" {
+            return Err(at(
+                "bias",
+                format!("is {b}; adapters with trained biases are not supported"),
+            ));
+        }
+    }
+    for key in ["rank_pattern", "alpha_pattern"] {
+        if field(key)
+            .and_then(|v| v.as_object())
+            .is_some_and(|o| !o.is_empty())
+        {
+            return Err(at(
+                key,
+                "sets per-module ranks or alphas, which are not supported".into(),
+            ));
+        }
+    }
+    if field("layers_to_transform").is_some() {
+        return Err(at(
+            "layers_to_transform",
+            "limits the adapter to some layers, which is not supported".into(),
+        ));
+    }
+    let r = field("r")
+        .and_then(|v| v.as_u64())
+        .filter(|r| *r > 0)
+        .ok_or_else(|| at("r", "is missing or not a positive integer".into()))?
+        as usize;
+    let alpha = field("lora_alpha")
+        .and_then(|v| v.as_f64())
+        .ok_or_else(|| at("lora_alpha", "is missing or not a number".into()))?;
+    let dropout = field("lora_dropout")
+        .and_then(|v| v.as_f64())
+        .unwrap_or(0.0);
+
+    let weights_path = dir.join(WEIGHTS);
+    let raw = run_dir::load_tensors(&weights_path)?;
+    let prefix = format!("{}.", arch.prefix());
+    let mut tensors = HashMap::new();
+    let mut kinds: Vec<String> = Vec::new();
+    for (key, t) in raw {
+        let name = key.strip_prefix("base_model.model.").unwrap_or(&key);
+        // PEFT's copy of a module it trains in full, under the adapter's name.
+        let name = name.replace(".modules_to_save.default.", ".");
+        let name = name.strip_prefix(&prefix).unwrap_or(&name).to_string();
+        if let Some(module) = name
+            .strip_suffix(".lora_A.weight")
+            .or_else(|| name.strip_suffix(".lora_B.weight"))
+        {
+            // The longest of our target names the module path ends with.
+            let kind = TARGETS
+                .iter()
+                .filter(|t| module.ends_with(&format!(".{t}")))
+                .max_by_key(|t| t.len())
+                .ok_or_else(|| {
+                    user(format!(
+                        "{}: `{key}` wraps a module this crate cannot adapt (expected one of {})",
+                        weights_path.display(),
+                        TARGETS.join(", ")
+                    ))
+                })?;
+            if !kinds.iter().any(|k| k == kind) {
+                kinds.push(kind.to_string());
+            }
+        } else if !is_head(&name) {
+            return Err(user(format!(
+                "{}: `{key}` is neither a LoRA tensor nor the classifier",
+                weights_path.display()
+            )));
+        }
+        tensors.insert(name, t);
+    }
+    if kinds.is_empty() {
+        return Err(user(format!(
+            "{}: no lora_A/lora_B tensors",
+            weights_path.display()
+        )));
+    }
+    // A head that exists only in the base (never saved) would not be this adapter's.
+    if !tensors.keys().any(|k| is_head(k)) {
+        return Err(user(format!(
+            "{}: no classifier tensors; save the adapter with modules_to_save=[\"classifier\"] \
+             (PEFT's default for SEQ_CLS)",
+            weights_path.display()
+        )));
+    }
+    kinds.sort_by_key(|k| TARGETS.iter().position(|t| t == k));
+    Ok(PeftAdapter {
+        config: AdapterConfig {
+            kind: AdapterKind::Lora,
+            r,
+            alpha,
+            dropout,
+            targets: kinds,
+        },
+        tensors,
+    })
+}

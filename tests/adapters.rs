@@ -497,3 +497,214 @@ fn lora_runs_export_in_peft_format() {
     assert!(!run.join("adapter_config.json").exists());
     assert!(!run.join("adapter_model.safetensors").exists());
 }
+
+/// `peft eval --model M --task T` scores a sequence-classification checkpoint it did not
+/// train: `peft merge`'s output scores as the run does, a checkpoint whose outputs are in
+/// another label order (named by id2label) scores the same once matched by name, and
+/// labels that match nothing are refused.
+#[test]
+fn eval_scores_classifiers_trained_elsewhere() {
+    let tmp = tempfile::tempdir().unwrap();
+    write_rte(tmp.path(), 32, 16);
+    let model = fixture("tiny-bert");
+    let run = tmp.path().join("run");
+    let mut args = STEPS.to_vec();
+    args.extend_from_slice(&["--method", "full"]);
+    train(&model, tmp.path(), &run, &args);
+    let data = tmp.path().to_str().unwrap();
+    let (run_s, merged) = (run.to_str().unwrap(), tmp.path().join("merged"));
+    ok(peft(&[
+        "merge",
+        "--checkpoint",
+        run_s,
+        "--output",
+        merged.to_str().unwrap(),
+    ]));
+    let preds = |name: &str| tmp.path().join(name).to_string_lossy().into_owned();
+    let by_run = ok(peft(&[
+        "eval",
+        "--checkpoint",
+        run_s,
+        "--json",
+        "--predictions",
+        &preds("run.jsonl"),
+    ]));
+    let score = |dir: &Path, out: &str| {
+        ok(peft(&[
+            "eval",
+            "--model",
+            dir.to_str().unwrap(),
+            "--task",
+            "rte",
+            "--data-dir",
+            data,
+            "--max-seq-len",
+            "32",
+            "--json",
+            "--predictions",
+            &preds(out),
+        ]))
+    };
+    assert_eq!(score(&merged, "merged.jsonl"), by_run);
+    let read = |name: &str| -> Vec<serde_json::Value> {
+        std::fs::read_to_string(tmp.path().join(name))
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    };
+    // Batches of another size may round differently in the last bits.
+    let same = |a: &str, b: &str| {
+        let (a, b) = (read(a), read(b));
+        assert_eq!(a.len(), b.len());
+        for (x, y) in a.iter().zip(&b) {
+            assert_eq!((&x["id"], &x["prediction"]), (&y["id"], &y["prediction"]));
+            let (lx, ly): (Vec<f64>, Vec<f64>) = (
+                serde_json::from_value(x["logits"].clone()).unwrap(),
+                serde_json::from_value(y["logits"].clone()).unwrap(),
+            );
+            assert!(
+                lx.iter().zip(&ly).all(|(p, q)| (p - q).abs() < 1e-5),
+                "{x} vs {y}"
+            );
+        }
+    };
+    same("merged.jsonl", "run.jsonl");
+    assert_eq!(read("run.jsonl").len(), 16);
+
+    // The same classifier with its two outputs swapped and named so.
+    let swapped = tmp.path().join("swapped");
+    std::fs::create_dir_all(&swapped).unwrap();
+    for f in std::fs::read_dir(&merged).unwrap() {
+        let f = f.unwrap();
+        std::fs::copy(f.path(), swapped.join(f.file_name())).unwrap();
+    }
+    let mut weights = tensors(&merged.join("model.safetensors"));
+    let idx = Tensor::new(&[1u32, 0], &Device::Cpu).unwrap();
+    for k in ["classifier.weight", "classifier.bias"] {
+        let t = weights[k].index_select(&idx, 0).unwrap();
+        weights.insert(k.to_string(), t);
+    }
+    candle_core::safetensors::save(&weights, swapped.join("model.safetensors")).unwrap();
+    let set_labels = |names: [&str; 2]| {
+        let path = swapped.join("config.json");
+        let mut cfg: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        cfg["id2label"] = serde_json::json!({"0": names[0], "1": names[1]});
+        std::fs::write(&path, cfg.to_string()).unwrap();
+    };
+    set_labels(["NOT_ENTAILMENT", "entailment"]);
+    assert_eq!(score(&swapped, "swapped.jsonl"), by_run);
+    same("swapped.jsonl", "run.jsonl");
+
+    set_labels(["yes", "no"]);
+    let out = peft(&[
+        "eval",
+        "--model",
+        swapped.to_str().unwrap(),
+        "--task",
+        "rte",
+        "--data-dir",
+        data,
+        "--max-seq-len",
+        "32",
+    ]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("config.json") && err.contains("cannot match"),
+        "{err}"
+    );
+    // WiSE-FT needs a base to interpolate towards.
+    let out = peft(&[
+        "eval",
+        "--model",
+        merged.to_str().unwrap(),
+        "--task",
+        "rte",
+        "--data-dir",
+        data,
+        "--alpha",
+        "0.5",
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+}
+
+/// A LoRA adapter trained and saved by Hugging Face PEFT in Python
+/// (`scripts/peft_adapter_fixture.py`) scores here as it scored there: the same dev
+/// accuracy and every example's probabilities within 1e-5.
+#[test]
+fn eval_scores_a_peft_adapter_as_python_does() {
+    let tmp = tempfile::tempdir().unwrap();
+    let fx = Path::new(&fixture("peft-lora-trained")).to_path_buf();
+    let expected: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(fx.join("expected.json")).unwrap()).unwrap();
+    let preds = tmp.path().join("p.jsonl");
+    let out = ok(peft(&[
+        "eval",
+        "--adapter",
+        fx.to_str().unwrap(),
+        "--model",
+        &fixture("tiny-bert"),
+        "--task",
+        "rte",
+        "--data-dir",
+        fx.join("glue").to_str().unwrap(),
+        "--max-seq-len",
+        "64",
+        "--json",
+        "--predictions",
+        preds.to_str().unwrap(),
+    ]));
+    let metrics: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    let acc = metrics["metrics"]["accuracy"].as_f64().unwrap();
+    let want = expected["accuracy"].as_f64().unwrap();
+    assert!(
+        (acc - want).abs() < 1e-9,
+        "accuracy {acc} vs Python's {want}"
+    );
+    let probs = expected["probabilities"].as_array().unwrap();
+    let lines: Vec<serde_json::Value> = std::fs::read_to_string(&preds)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), probs.len());
+    for (line, p) in lines.iter().zip(probs) {
+        let logits: Vec<f64> = serde_json::from_value(line["logits"].clone()).unwrap();
+        let m = logits.iter().cloned().fold(f64::MIN, f64::max);
+        let z: f64 = logits.iter().map(|l| (l - m).exp()).sum();
+        for (l, p) in logits.iter().zip(p.as_array().unwrap()) {
+            let ours = (l - m).exp() / z;
+            let theirs = p.as_f64().unwrap();
+            assert!((ours - theirs).abs() < 1e-5, "{line}: {ours} vs {theirs}");
+        }
+    }
+    // What cannot run the same way is refused by name.
+    let bad = tmp.path().join("dora");
+    std::fs::create_dir_all(&bad).unwrap();
+    std::fs::copy(
+        fx.join("adapter_model.safetensors"),
+        bad.join("adapter_model.safetensors"),
+    )
+    .unwrap();
+    let mut cfg: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(fx.join("adapter_config.json")).unwrap())
+            .unwrap();
+    cfg["use_dora"] = true.into();
+    std::fs::write(bad.join("adapter_config.json"), cfg.to_string()).unwrap();
+    let out = peft(&[
+        "eval",
+        "--adapter",
+        bad.to_str().unwrap(),
+        "--model",
+        &fixture("tiny-bert"),
+        "--task",
+        "rte",
+        "--data-dir",
+        fx.join("glue").to_str().unwrap(),
+    ]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("use_dora"), "{err}");
+}

@@ -1,6 +1,8 @@
 //! `peft eval`: rebuild a run's model from its base weights plus the trained tensors and
 //! score it on a split; for a test split, write the GLUE submission file. With --alpha,
-//! score interpolations between base and run instead.
+//! score interpolations between base and run instead. Without a run, score a
+//! sequence-classification checkpoint (`--model --task`) or a PEFT LoRA adapter over its
+//! base (`--adapter --model --task`).
 
 use std::fmt::Write as _;
 use std::path::PathBuf;
@@ -8,18 +10,42 @@ use std::path::PathBuf;
 use anyhow::Result;
 use clap::Args;
 
-use crate::cli::weights::RunArgs;
+use crate::cli::weights::{RunWeights, Which};
 use crate::data::{run_task, Problem, Source, CUSTOM};
 use crate::error::user;
 use crate::metrics::{evaluate, Predictions};
 use crate::run_dir;
 use crate::tokenize::TextEncoder;
+use crate::train::config::Overrides;
 use crate::train::dataset::{predict, Dataset};
 
 #[derive(Args, Debug)]
 pub struct EvalArgs {
-    #[command(flatten)]
-    pub run: RunArgs,
+    /// A run directory written by `peft train`.
+    #[arg(long, required_unless_present = "task")]
+    pub checkpoint: Option<PathBuf>,
+    /// Which saved state of the run to use.
+    #[arg(long, value_enum, default_value_t = Which::Best, requires = "checkpoint")]
+    pub which: Which,
+    /// With --checkpoint: the base model, if it moved since training [default: the
+    /// run's]. Without: the model to score, a sequence-classification checkpoint
+    /// (directory or hub id), or the base of --adapter.
+    #[arg(long)]
+    pub model: Option<PathBuf>,
+    /// Branch, tag or commit of a hub --model [default: main].
+    #[arg(long, requires = "model")]
+    pub revision: Option<String>,
+    /// Score --model (or --adapter over it) on this GLUE task; the checkpoint's labels
+    /// (id2label) are matched to the task's by name.
+    #[arg(long, conflicts_with = "checkpoint", requires = "model")]
+    pub task: Option<String>,
+    /// A LoRA adapter directory saved by Hugging Face PEFT (adapter_config.json,
+    /// adapter_model.safetensors with the classifier in modules_to_save), applied to --model.
+    #[arg(long, requires = "task")]
+    pub adapter: Option<PathBuf>,
+    /// Without --checkpoint: truncate inputs to this many tokens [default: 128].
+    #[arg(long, conflicts_with = "checkpoint")]
+    pub max_seq_len: Option<usize>,
     /// dev, test, train, or a split's own name (dev_matched, test_mismatched, ...).
     #[arg(long, default_value = "dev")]
     pub split: String,
@@ -29,9 +55,14 @@ pub struct EvalArgs {
     /// cpu, cuda or cuda:N [default: the run's].
     #[arg(long)]
     pub device: Option<String>,
-    /// Where to write the submission file for a test split [default: in the run directory].
+    /// Where to write the submission file for a test split [default: in the run directory,
+    /// or the current directory without one].
     #[arg(long)]
     pub output: Option<PathBuf>,
+    /// Also write every example's prediction and logits to FILE, one JSON object a line
+    /// ({"split", "id", "prediction", "logits"}, with "alpha" under --alpha).
+    #[arg(long, value_name = "FILE")]
+    pub predictions: Option<PathBuf>,
     /// Print metrics as one JSON object per split.
     #[arg(long)]
     pub json: bool,
@@ -42,9 +73,40 @@ pub struct EvalArgs {
 }
 
 pub fn run(args: EvalArgs) -> Result<()> {
-    let run = args.run.load()?;
+    let run = match &args.checkpoint {
+        Some(dir) => RunWeights::load(
+            dir,
+            args.which,
+            args.model.as_deref(),
+            args.revision.as_deref(),
+        )?,
+        None => {
+            let cfg = Overrides {
+                model: args.model.clone(),
+                revision: args.revision.clone(),
+                task: args.task.clone(),
+                data_dir: args.data_dir.clone(),
+                max_seq_len: args.max_seq_len,
+                ..Default::default()
+            }
+            .resolve()?;
+            if cfg.task == CUSTOM {
+                return Err(user(
+                    "--task custom scores runs of `peft train --task custom` (--checkpoint); \
+                     a checkpoint trained elsewhere is scored on a GLUE task",
+                ));
+            }
+            RunWeights::external(cfg, args.adapter.as_deref())?
+        }
+    };
     let info = &run.info;
     let alphas = match &args.alpha {
+        Some(_) if args.checkpoint.is_none() && args.adapter.is_none() => {
+            return Err(user(
+                "--alpha interpolates between a base model and its fine-tuned weights: it \
+                 needs --checkpoint or --adapter",
+            ))
+        }
         Some(a) => {
             if let Some(bad) = a.iter().find(|v| !v.is_finite()) {
                 return Err(user(format!("--alpha: {bad} is not a finite number")));
@@ -85,9 +147,31 @@ pub fn run(args: EvalArgs) -> Result<()> {
         .iter()
         .map(|s| Dataset::load(spec, &source, s, &encoder))
         .collect::<Result<Vec<_>>>()?;
+    let mut lines = String::new();
     for &alpha in &alphas {
         let model = run.model(alpha, &device)?;
         for (split, data) in splits.iter().zip(&data) {
+            if args.predictions.is_some() {
+                let logits = crate::train::dataset::logits(
+                    &model,
+                    &data.inputs,
+                    encoder.pad_id(),
+                    info.train.eval_batch_size,
+                    &device,
+                )?;
+                for (id, row) in data.ids.iter().zip(&logits) {
+                    let mut v = serde_json::json!({
+                        "split": split,
+                        "id": id,
+                        "prediction": predicted(spec.problem, row),
+                        "logits": row,
+                    });
+                    if args.alpha.is_some() {
+                        v["alpha"] = alpha.into();
+                    }
+                    let _ = writeln!(lines, "{v}");
+                }
+            }
             let preds = predict(
                 &model,
                 data,
@@ -99,7 +183,10 @@ pub fn run(args: EvalArgs) -> Result<()> {
                 let path = match &args.output {
                     Some(p) if p.is_dir() => p.join(spec.submission_name(split)),
                     Some(p) => p.clone(),
-                    None => args.run.checkpoint.join(spec.submission_name(split)),
+                    None => match &args.checkpoint {
+                        Some(dir) => dir.join(spec.submission_name(split)),
+                        None => PathBuf::from(spec.submission_name(split)),
+                    },
                 };
                 run_dir::write_atomic(&path, submission(spec.problem, data, &preds).as_bytes())?;
                 println!(
@@ -118,7 +205,29 @@ pub fn run(args: EvalArgs) -> Result<()> {
             );
         }
     }
+    if let Some(path) = &args.predictions {
+        run_dir::write_atomic(path, lines.as_bytes())?;
+    }
     Ok(())
+}
+
+/// A label's name, or the regression score.
+fn predicted(problem: Problem, logits: &[f32]) -> serde_json::Value {
+    match problem {
+        Problem::Regression { .. } => logits.first().copied().unwrap_or(f32::NAN).into(),
+        Problem::Classification { labels } => {
+            let best = logits
+                .iter()
+                .enumerate()
+                .fold(None, |b: Option<(usize, f32)>, (i, &x)| match b {
+                    Some((_, y)) if y >= x => b,
+                    _ => Some((i, x)),
+                });
+            best.and_then(|(i, _)| labels.get(i).copied())
+                .unwrap_or("?")
+                .into()
+        }
+    }
 }
 
 fn print_metrics(

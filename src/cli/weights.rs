@@ -14,6 +14,7 @@ use crate::model::{
     drop_mismatched_head, load, read_checkpoint, AdapterKind, Model, ModelConfig, ParamStore,
 };
 use crate::run_dir::{self, RunInfo};
+use crate::train::config::TrainConfig;
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
 pub enum Which {
@@ -140,6 +141,82 @@ impl RunWeights {
         })
     }
 
+    /// A model trained elsewhere, scored on `train.task` (a GLUE task; `train.model` at
+    /// `train.revision` is the model): a sequence-classification checkpoint, such as `peft
+    /// merge` writes or the hub holds, its head's outputs put in the task's label order by
+    /// their names in config.json; or, with `adapter`, a LoRA adapter that Hugging Face
+    /// PEFT saved for that model, with its own head.
+    pub fn external(mut train: TrainConfig, adapter: Option<&Path>) -> Result<Self> {
+        let spec = crate::data::run_task(&train, None)?;
+        let model_dir = crate::model::hub::resolve(&train.model, train.revision.as_deref())?;
+        let (config, mut base) = read_checkpoint(&model_dir)?;
+        let weights_file = load::weight_file(&model_dir)?;
+        let num_labels = spec.num_labels();
+        let (trained, file) = match adapter {
+            Some(dir) => {
+                let a = crate::peft_format::read(dir, config.model_type)?;
+                let file = dir.join(crate::peft_format::WEIGHTS);
+                let rows = head_rows(&a.tensors);
+                if rows != Some(num_labels) {
+                    return Err(user(format!(
+                        "{}: the adapter's classifier has {} outputs; task {} has {num_labels}",
+                        file.display(),
+                        rows.map_or("no".into(), |r| r.to_string()),
+                        spec.name
+                    )));
+                }
+                // The adapter's head replaces the base's, whatever its shape.
+                base.retain(|k, _| !is_head(k));
+                train.method = crate::methods::Method::Lora;
+                train.lora_r = Some(a.config.r);
+                train.lora_alpha = Some(a.config.alpha);
+                train.lora_dropout = Some(a.config.dropout);
+                train.lora_targets = Some(a.config.targets.clone());
+                (a.tensors, file)
+            }
+            None => {
+                let origin = model_dir.join("config.json");
+                let Some(rows) = head_rows(&base) else {
+                    return Err(user(format!(
+                        "{}: the model has no classification head (classifier.*); score a                          fine-tuned sequence-classification checkpoint, or a run of `peft train`                          with --checkpoint",
+                        model_dir.display()
+                    )));
+                };
+                let order = crate::data::labels::output_order(
+                    spec,
+                    &id2label(&origin)?,
+                    rows,
+                    &origin.display().to_string(),
+                )?;
+                reorder_head(&mut base, &order)?;
+                (HashMap::new(), weights_file.clone())
+            }
+        };
+        let sha256 = run_dir::sha256_file(&weights_file)?;
+        let info = RunInfo {
+            peft_version: env!("CARGO_PKG_VERSION").to_string(),
+            train,
+            base: run_dir::BaseModel {
+                path: model_dir.clone(),
+                sha256,
+                weights_file,
+            },
+            num_labels,
+            labels: None,
+            total_params: base.values().map(|t| t.elem_count()).sum(),
+            trainable_params: trained.values().map(|t| t.elem_count()).sum(),
+            trainable_tensors: trained.keys().cloned().collect(),
+        };
+        Ok(Self {
+            info,
+            model_dir,
+            config,
+            base,
+            trained,
+            file,
+        })
+    }
+
     /// The model at `alpha` (1: the run), its head sized for the run's task.
     pub fn model(&self, alpha: f64, device: &Device) -> Result<Model> {
         let store = ParamStore::frozen(self.weights(alpha)?, device.clone());
@@ -178,6 +255,59 @@ impl RunWeights {
         }
         Ok(out)
     }
+}
+
+/// The output rows of a classifier head (BERT's `classifier`, RoBERTa's `out_proj`).
+fn head_rows(weights: &HashMap<String, Tensor>) -> Option<usize> {
+    HEAD_OUT
+        .iter()
+        .find_map(|n| weights.get(&format!("{n}.weight")))
+        .and_then(|t| t.dims().first().copied())
+}
+
+const HEAD_OUT: [&str; 2] = ["classifier", "classifier.out_proj"];
+
+/// Put the head's output rows in `order` (row i of the result is row order[i]).
+fn reorder_head(weights: &mut HashMap<String, Tensor>, order: &[usize]) -> Result<()> {
+    if order.iter().enumerate().all(|(i, &o)| i == o) {
+        return Ok(());
+    }
+    let idx = Tensor::new(
+        order.iter().map(|&i| i as u32).collect::<Vec<_>>(),
+        &Device::Cpu,
+    )?;
+    for n in HEAD_OUT {
+        for leaf in ["weight", "bias"] {
+            let key = format!("{n}.{leaf}");
+            if let Some(t) = weights.get(&key) {
+                let t = t.index_select(&idx.to_device(t.device())?, 0)?;
+                weights.insert(key, t);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// `id2label` of a config.json (empty when it has none).
+fn id2label(path: &Path) -> Result<std::collections::BTreeMap<usize, String>> {
+    let text =
+        std::fs::read_to_string(path).map_err(|e| user(format!("{}: {e}", path.display())))?;
+    let v: serde_json::Value =
+        serde_json::from_str(&text).map_err(|e| user(format!("{}: {e}", path.display())))?;
+    let Some(map) = v.get("id2label").and_then(|m| m.as_object()) else {
+        return Ok(Default::default());
+    };
+    map.iter()
+        .map(|(k, name)| {
+            let i = k.parse::<usize>().map_err(|_| {
+                user(format!(
+                    "{}: id2label key `{k}` is not a number",
+                    path.display()
+                ))
+            })?;
+            Ok((i, name.as_str().unwrap_or_default().to_string()))
+        })
+        .collect()
 }
 
 /// The base model of a run: `model` (a directory or a hub id at main) if given, else the

@@ -3,6 +3,7 @@
 
 pub mod custom;
 pub mod hub;
+pub mod labels;
 pub mod tasks;
 pub mod tsv;
 
