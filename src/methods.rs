@@ -62,6 +62,22 @@ impl Method {
         }
     }
 
+    /// [`default_lr`](Self::default_lr) of every method, for `--help`: `2e-5 for full, ...`.
+    pub fn default_lrs() -> String {
+        let mut groups: Vec<(f64, Vec<&str>)> = Vec::new();
+        for m in <Method as ValueEnum>::value_variants() {
+            match groups.iter_mut().find(|(lr, _)| *lr == m.default_lr()) {
+                Some((_, names)) => names.push(m.name()),
+                None => groups.push((m.default_lr(), vec![m.name()])),
+            }
+        }
+        groups
+            .iter()
+            .map(|(lr, names)| format!("{lr:e} for {}", names.join(", ")))
+            .collect::<Vec<_>>()
+            .join("; ")
+    }
+
     pub fn name(self) -> &'static str {
         match self {
             Method::Full => "full",

@@ -85,223 +85,354 @@ impl<'de> Deserialize<'de> for Samples {
     }
 }
 
-/// Every setting a run uses. A TOML config holds any subset of these keys.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields)]
-pub struct TrainConfig {
-    /// Base model: a directory (Hugging Face layout) or a hub id.
-    pub model: PathBuf,
-    /// Branch, tag or commit of a hub model (None: main).
-    #[serde(default)]
-    pub revision: Option<String>,
-    /// Folder in the official glue_data/<TASK>/ layout (None: GLUE from the hub).
-    #[serde(default)]
-    pub data_dir: Option<PathBuf>,
-    /// Canonical task name (rte, stsb, ...), or `custom`.
-    pub task: String,
-    /// custom: the training and dev files, their text columns and label column.
-    #[serde(default, rename = "train", skip_serializing_if = "Option::is_none")]
-    pub train_file: Option<PathBuf>,
-    #[serde(default, rename = "dev", skip_serializing_if = "Option::is_none")]
-    pub dev_file: Option<PathBuf>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub text_columns: Option<Vec<String>>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub label_column: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub problem: Option<CustomProblem>,
-    pub method: Method,
-    /// Share of eligible elements (fisher-layernorm, random-layernorm, random).
-    pub fraction: Option<f64>,
-    /// Child-Tuning's reserve_p (child-f, child-d).
-    pub reserve: Option<f64>,
-    /// A Fisher file (`peft fisher`) to rank by, instead of estimating it at the start.
-    pub fisher: Option<PathBuf>,
-    /// Training examples for the Fisher estimated at the start (None, in runs written
-    /// before the default was bounded: all).
-    pub fisher_samples: Option<Samples>,
-    /// Estimate that Fisher from batch-mean gradients of this batch size (Child-Tuning's way).
-    pub fisher_batch_mean: Option<usize>,
-    /// The adapter of lora and ina runs (rank, alpha, dropout, targets, inhibition).
-    pub lora_r: Option<usize>,
-    pub lora_alpha: Option<f64>,
-    pub lora_dropout: Option<f64>,
-    pub lora_targets: Option<Vec<String>>,
-    pub ina_r: Option<usize>,
-    pub ina_alpha: Option<f64>,
-    pub ina_dropout: Option<f64>,
-    pub ina_targets: Option<Vec<String>>,
-    pub ina_inhibition: Option<f64>,
-    pub ina_activation: Option<InaActivation>,
-    pub epochs: usize,
-    /// Stop after this many optimizer steps (the schedule still spans them).
-    pub max_steps: Option<usize>,
-    pub lr: f64,
-    pub batch_size: usize,
-    /// Micro-batches per optimizer step.
-    pub grad_accum: usize,
-    pub max_seq_len: usize,
-    pub warmup_ratio: f64,
-    pub weight_decay: f64,
-    /// Clip gradients to this global L2 norm; 0 disables clipping.
-    pub max_grad_norm: f64,
-    pub seed: u64,
-    /// Also evaluate every N optimizer steps.
-    pub eval_steps: Option<usize>,
-    pub eval_batch_size: usize,
-    pub device: String,
-    pub output_dir: PathBuf,
-    /// Also save a resumable checkpoint every N optimizer steps (always at each epoch's end).
-    #[serde(default)]
-    pub save_steps: Option<usize>,
-    /// Steps with a NaN or infinite loss or gradient that may be skipped before stopping.
-    #[serde(default)]
-    pub skip_nonfinite: usize,
+/// The training settings, each written once: its help, its flag, its TOML key and saved
+/// name, its type and its default. From this table come [`TrainConfig`] (the resolved
+/// settings a run saves), [`Overrides`] (what a TOML file or the command line may set, all
+/// optional, with `--help` built from the same defaults) and the merge of the two.
+///
+/// A field's rule is one of:
+/// - `default(E)`: always set; E when not given.
+/// - `when(C, E)`: only for runs where C holds (e.g. the method is LoRA), then E when not
+///   given; given when C does not hold, it is refused as a flag of another method.
+/// - `optional(C)`: may be left unset; refused when given while C does not hold.
+/// - `computed(E)`, `computed_opt(E)`: E works it out (from `o`, the overrides, and `c`,
+///   the run's [`Context`]), a value or an Option; `#[shown(D)]` gives `--help` its default.
+macro_rules! settings {
+    (
+        context($o:ident, $c:ident);
+        $(
+            $(#[doc = $doc:literal])*
+            $(#[shown($shown:expr)])?
+            #[arg($($arg:tt)*)]
+            $(#[serde($($serde:tt)*)])*
+            $name:ident : $ty:ty = $rule:ident ( $($val:tt)* );
+        )*
+    ) => {
+        /// Every setting a run uses, resolved: printed at the start, saved as the run's
+        /// `config.json`, read back by `--resume` and `peft eval`.
+        #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+        #[serde(deny_unknown_fields)]
+        pub struct TrainConfig {
+            $(
+                $(#[doc = $doc])*
+                $(#[serde($($serde)*)])*
+                pub $name: settings!(@type $rule $ty),
+            )*
+        }
+
+        /// What a TOML file or the command line may set: the same keys, all optional.
+        /// On the command line the keys are flags (`batch_size` → `--batch-size`).
+        #[derive(Debug, Clone, Default, Serialize, Deserialize, clap::Args)]
+        #[serde(deny_unknown_fields)]
+        pub struct Overrides {
+            $(
+                #[arg($($arg)*, help = help(
+                    &[$($doc),*],
+                    settings!(@either
+                        ($(Some(Shown::shown(&$shown)))?)
+                        (settings!(@shown $rule $ty, ($($val)*))))
+                ))]
+                $(#[serde($($serde)*)])*
+                pub $name: Option<$ty>,
+            )*
+        }
+
+        impl Overrides {
+            /// Keys set here win over `base`.
+            pub fn over(self, base: Overrides) -> Overrides {
+                Overrides { $($name: self.$name.or(base.$name)),* }
+            }
+
+            /// Every field by its rule, once the run's context is known.
+            fn fill(self, $c: &Context) -> Result<TrainConfig> {
+                let $o = self;
+                $( settings!(@check $o $c $name $rule ($($val)*)); )*
+                Ok(TrainConfig {
+                    $( $name: settings!(@value $o $c $name $rule ($($val)*)), )*
+                })
+            }
+        }
+    };
+    (@either ($e:expr) ($f:expr)) => { $e };
+    (@either () ($f:expr)) => { $f };
+    (@type default $ty:ty) => { $ty };
+    (@type computed $ty:ty) => { $ty };
+    (@type computed_opt $ty:ty) => { Option<$ty> };
+    (@type when $ty:ty) => { Option<$ty> };
+    (@type optional $ty:ty) => { Option<$ty> };
+    (@shown default $ty:ty, ($e:expr)) => { Some(<$ty as Shown>::shown(&$e)) };
+    (@shown when $ty:ty, ($cond:expr, $e:expr)) => { Some(<$ty as Shown>::shown(&$e)) };
+    (@shown $rule:ident $ty:ty, ($($t:tt)*)) => { None };
+    (@check $o:ident $c:ident $name:ident when ($cond:expr, $e:expr)) => {
+        applies($o.$name.is_some(), stringify!($name), $cond, $c)?
+    };
+    (@check $o:ident $c:ident $name:ident optional ($cond:expr)) => {
+        applies($o.$name.is_some(), stringify!($name), $cond, $c)?
+    };
+    (@check $o:ident $c:ident $name:ident $rule:ident ($($t:tt)*)) => {};
+    (@value $o:ident $c:ident $name:ident default ($e:expr)) => {
+        $o.$name.clone().unwrap_or_else(|| $e)
+    };
+    (@value $o:ident $c:ident $name:ident when ($cond:expr, $e:expr)) => {
+        if $cond { Some($o.$name.clone().unwrap_or_else(|| $e)) } else { None }
+    };
+    (@value $o:ident $c:ident $name:ident optional ($cond:expr)) => { $o.$name.clone() };
+    (@value $o:ident $c:ident $name:ident computed ($e:expr)) => { $e };
+    (@value $o:ident $c:ident $name:ident computed_opt ($e:expr)) => { $e };
 }
 
-/// What a TOML file or the command line may set: the same keys, all optional.
-/// On the command line the keys are flags (`batch_size` → `--batch-size`).
-#[derive(Debug, Clone, Default, Serialize, Deserialize, clap::Args)]
-#[serde(deny_unknown_fields)]
-pub struct Overrides {
+settings! {
+    context(o, c);
+
     /// Base model: a directory in Hugging Face layout (config.json, model.safetensors,
     /// tokenizer.json), or a hub id such as bert-base-uncased, fetched into the Hugging
     /// Face cache (HF_HUB_OFFLINE=1: the cache only).
     #[arg(long)]
-    pub model: Option<PathBuf>,
+    model: PathBuf = computed(o.model.clone().ok_or_else(|| {
+        user("no model: pass --model DIR (or a hub id) or set `model` in the config")
+    })?);
     /// Branch, tag or commit of a hub --model [default: main].
     #[arg(long)]
-    pub revision: Option<String>,
+    #[serde(default)]
+    revision: String = optional(true);
     /// GLUE data in the official glue_data/<TASK>/ layout [default: $PEFT_GLUE_DIR, else
     /// nyu-mll/glue from the Hugging Face hub].
     #[arg(long)]
-    pub data_dir: Option<PathBuf>,
+    #[serde(default)]
+    data_dir: PathBuf = computed_opt(match c.custom {
+        true => None,
+        false => o.data_dir.clone().or_else(|| std::env::var_os("PEFT_GLUE_DIR").map(PathBuf::from)),
+    });
     /// GLUE task: cola, sst2, mrpc, stsb, qqp, mnli, qnli, rte, wnli (any case, dashes
     /// allowed); or custom, with --train, --dev, --text-columns and --label-column.
     #[arg(long)]
-    pub task: Option<String>,
+    task: String = computed(c.task.to_string());
     /// custom: training file, .csv, .tsv (no quoting, as GLUE) or .jsonl.
     #[arg(long = "train", value_name = "FILE")]
-    #[serde(rename = "train")]
-    pub train_file: Option<PathBuf>,
+    #[serde(default, rename = "train", skip_serializing_if = "Option::is_none")]
+    train_file: PathBuf = optional(c.custom);
     /// custom: dev file, scored after each epoch; its labels must occur in --train.
     #[arg(long = "dev", value_name = "FILE")]
-    #[serde(rename = "dev")]
-    pub dev_file: Option<PathBuf>,
+    #[serde(default, rename = "dev", skip_serializing_if = "Option::is_none")]
+    dev_file: PathBuf = optional(c.custom);
     /// custom: the text column, or two comma-separated for sentence pairs.
     #[arg(long, value_delimiter = ',')]
-    pub text_columns: Option<Vec<String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    text_columns: Vec<String> = optional(c.custom);
     /// custom: the label column.
     #[arg(long)]
-    pub label_column: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    label_column: String = optional(c.custom);
     /// custom: classification (labels are the training file's distinct values) or
-    /// regression (numbers) [default: classification].
+    /// regression (numbers).
     #[arg(long, value_enum)]
-    pub problem: Option<CustomProblem>,
-    /// Which parameters train [default: full].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    problem: CustomProblem = when(c.custom, CustomProblem::Classification);
+    /// Which parameters train.
     #[arg(long, value_enum)]
-    pub method: Option<Method>,
-    /// fisher-layernorm, random-layernorm, random: share of eligible elements that train.
+    method: Method = default(DEFAULT_METHOD);
+    /// fisher-layernorm, random-layernorm, random: share of eligible elements that train
+    /// (required).
     #[arg(long)]
-    pub fraction: Option<f64>,
-    /// child-f, child-d: Child-Tuning's reserve_p [default: 0.3].
+    fraction: f64 = optional(c.method.takes_fraction());
+    /// child-f, child-d: Child-Tuning's reserve_p.
     #[arg(long)]
-    pub reserve: Option<f64>,
+    reserve: f64 = when(c.method.takes_reserve(), 0.3);
     /// fisher-layernorm, child-d: rank by this fisher.safetensors (from `peft fisher`,
     /// e.g. a --global one) instead of estimating Fisher on the training set first.
     #[arg(long)]
-    pub fisher: Option<PathBuf>,
+    fisher: PathBuf = optional(c.method.needs_fisher());
     /// fisher-layernorm, child-d: training examples (a seeded random sample) for the
-    /// Fisher estimate, or `all` [default: 1024].
+    /// Fisher estimate, or `all`.
+    #[shown(FISHER_SAMPLES)]
     #[arg(long)]
-    pub fisher_samples: Option<Samples>,
+    fisher_samples: Samples = computed_opt({
+        applies(o.fisher_samples.is_some(), "fisher_samples", c.method.needs_fisher(), c)?;
+        c.estimates_fisher(&o)
+            .then(|| o.fisher_samples.unwrap_or(Samples::Count(FISHER_SAMPLES)))
+    });
     /// fisher-layernorm, child-d: estimate Fisher from batch-mean gradients of this batch
-    /// size, as the Child-Tuning reference does [default: 16 for child-d, as its
-    /// reference; per-example gradients for fisher-layernorm].
+    /// size, as the Child-Tuning reference does.
+    #[shown(format!(
+        "{CHILD_TUNING_FISHER_BATCH} for child-d, as its reference; per-example gradients \
+         for fisher-layernorm"
+    ))]
     #[arg(long)]
-    pub fisher_batch_mean: Option<usize>,
-    /// lora: adapter rank [default: 8].
+    fisher_batch_mean: usize = computed_opt({
+        applies(o.fisher_batch_mean.is_some(), "fisher_batch_mean", c.method.needs_fisher(), c)?;
+        match c.method {
+            Method::ChildD if c.estimates_fisher(&o) => {
+                Some(o.fisher_batch_mean.unwrap_or(CHILD_TUNING_FISHER_BATCH))
+            }
+            _ => o.fisher_batch_mean,
+        }
+    });
+    /// lora: adapter rank.
     #[arg(long)]
-    pub lora_r: Option<usize>,
-    /// lora: scaling numerator; updates are scaled by alpha/r [default: 16].
+    lora_r: usize = when(c.method == Method::Lora, 8);
+    /// lora: scaling numerator; updates are scaled by alpha/r.
     #[arg(long)]
-    pub lora_alpha: Option<f64>,
-    /// lora: dropout on the adapter's input [default: 0.1].
+    lora_alpha: f64 = when(c.method == Method::Lora, 16.0);
+    /// lora: dropout on the adapter's input.
     #[arg(long)]
-    pub lora_dropout: Option<f64>,
+    lora_dropout: f64 = when(c.method == Method::Lora, 0.1);
     /// lora: modules to wrap, from query, key, value, attention.output.dense,
-    /// intermediate.dense, output.dense [default: query,value].
+    /// intermediate.dense, output.dense (PEFT's defaults for BERT).
     #[arg(long, value_delimiter = ',')]
-    pub lora_targets: Option<Vec<String>>,
-    /// ina: adapter rank [default: 4].
+    lora_targets: Vec<String> = when(c.method == Method::Lora, strings(&["query", "value"]));
+    /// ina: adapter rank.
     #[arg(long)]
-    pub ina_r: Option<usize>,
-    /// ina: scaling numerator, alpha/r [default: 16].
+    ina_r: usize = when(c.method == Method::Ina, 4);
+    /// ina: scaling numerator, alpha/r.
     #[arg(long)]
-    pub ina_alpha: Option<f64>,
-    /// ina: dropout on the adapter's input [default: 0.1].
+    ina_alpha: f64 = when(c.method == Method::Ina, 16.0);
+    /// ina: dropout on the adapter's input.
     #[arg(long)]
-    pub ina_dropout: Option<f64>,
-    /// ina: modules to wrap [default: query,key,value, as the authors' code].
+    ina_dropout: f64 = when(c.method == Method::Ina, 0.1);
+    /// ina: modules to wrap (the authors' code: query, key and value).
     #[arg(long, value_delimiter = ',')]
-    pub ina_targets: Option<Vec<String>>,
-    /// ina: Inh_p, the share of each token's max activation subtracted; 0 is plain LoRA [default: 0.1].
+    ina_targets: Vec<String> = when(c.method == Method::Ina, strings(&["query", "key", "value"]));
+    /// ina: Inh_p, the share of each token's max activation subtracted; 0 is plain LoRA.
     #[arg(long)]
-    pub ina_inhibition: Option<f64>,
-    /// ina: activation after the inhibition [default: leaky-relu, as the authors' code; the paper's text: gelu].
+    ina_inhibition: f64 = when(c.method == Method::Ina, 0.1);
+    /// ina: activation after the inhibition (the authors' code: leaky-relu; the paper's
+    /// text: gelu).
     #[arg(long, value_enum)]
-    pub ina_activation: Option<InaActivation>,
-    /// Passes over the training set [default: 3].
+    ina_activation: InaActivation = when(c.method == Method::Ina, InaActivation::LeakyRelu);
+    /// Passes over the training set.
     #[arg(long)]
-    pub epochs: Option<usize>,
+    epochs: usize = default(3);
     /// Stop after this many optimizer steps; the schedule spans exactly these (smoke tests).
     #[arg(long)]
-    pub max_steps: Option<usize>,
-    /// Peak learning rate [default: 2e-5 for full, 1e-3 for bitfit and layernorm].
+    max_steps: usize = optional(true);
+    /// Peak learning rate.
+    #[shown(Method::default_lrs())]
     #[arg(long)]
-    pub lr: Option<f64>,
-    /// Examples per micro-batch [default: 32].
+    lr: f64 = computed(o.lr.unwrap_or_else(|| c.method.default_lr()));
+    /// Examples per micro-batch.
     #[arg(long)]
-    pub batch_size: Option<usize>,
-    /// Micro-batches per optimizer step [default: 1].
+    batch_size: usize = default(32);
+    /// Micro-batches per optimizer step.
     #[arg(long)]
-    pub grad_accum: Option<usize>,
-    /// Truncate inputs (longest sentence first) to this many tokens [default: 128].
+    grad_accum: usize = default(1);
+    /// Truncate inputs (longest sentence first) to this many tokens.
     #[arg(long)]
-    pub max_seq_len: Option<usize>,
-    /// Share of the steps spent warming the learning rate up from 0 [default: 0.06].
+    max_seq_len: usize = default(128);
+    /// Share of the steps spent warming the learning rate up from 0.
     #[arg(long)]
-    pub warmup_ratio: Option<f64>,
-    /// Decoupled weight decay; never applied to biases and LayerNorm [default: 0.01].
+    warmup_ratio: f64 = default(0.06);
+    /// Decoupled weight decay; never applied to biases and LayerNorm.
     #[arg(long)]
-    pub weight_decay: Option<f64>,
-    /// Clip gradients to this global L2 norm; 0 disables [default: 1.0].
+    weight_decay: f64 = default(0.01);
+    /// Clip gradients to this global L2 norm; 0 disables.
     #[arg(long)]
-    pub max_grad_norm: Option<f64>,
-    /// Seeds data order, head initialisation and dropout [default: 42].
+    max_grad_norm: f64 = default(1.0);
+    /// Seeds data order, head initialisation and dropout.
     #[arg(long)]
-    pub seed: Option<u64>,
+    seed: u64 = default(DEFAULT_SEED);
     /// Also evaluate on dev every N optimizer steps [default: only after each epoch].
     #[arg(long)]
-    pub eval_steps: Option<usize>,
-    /// Examples per batch when scoring [default: 64].
+    eval_steps: usize = optional(true);
+    /// Examples per batch when scoring.
     #[arg(long)]
-    pub eval_batch_size: Option<usize>,
-    /// cpu, cuda or cuda:N [default: cpu].
+    eval_batch_size: usize = default(64);
+    /// cpu, cuda or cuda:N.
     #[arg(long)]
-    pub device: Option<String>,
+    device: String = default("cpu".to_string());
     /// Run directory [default: runs/<task>-<method>-<seed>].
     #[arg(long)]
-    pub output_dir: Option<PathBuf>,
+    output_dir: PathBuf = computed(o.output_dir.clone().unwrap_or_else(|| {
+        PathBuf::from("runs").join(format!(
+            "{}-{}-{}",
+            c.task,
+            c.method,
+            o.seed.unwrap_or(DEFAULT_SEED)
+        ))
+    }));
     /// Save a resumable checkpoint every N optimizer steps, besides each epoch's end
     /// and Ctrl-C [default: only those].
     #[arg(long)]
-    pub save_steps: Option<usize>,
+    #[serde(default)]
+    save_steps: usize = optional(true);
     /// Skip up to N optimizer steps whose loss or gradient is NaN or infinite instead
-    /// of stopping at the first [default: 0].
+    /// of stopping at the first.
     #[arg(long)]
-    pub skip_nonfinite: Option<usize>,
+    #[serde(default)]
+    skip_nonfinite: usize = default(0);
 }
+
+/// What the rules of [`settings!`] may read besides the overrides.
+struct Context {
+    method: Method,
+    custom: bool,
+    /// The canonical task name (or `custom`).
+    task: &'static str,
+}
+
+impl Context {
+    /// Whether the run estimates Fisher information itself (a ranked method without a
+    /// --fisher file).
+    fn estimates_fisher(&self, o: &Overrides) -> bool {
+        self.method.needs_fisher() && o.fisher.is_none()
+    }
+}
+
+/// A flag given for a method it does not apply to is refused, naming both. (The custom
+/// data flags are checked before, with their own message.)
+fn applies(given: bool, key: &str, ok: bool, c: &Context) -> Result<()> {
+    if given && !ok {
+        let flag = key.replace('_', "-");
+        return Err(user(format!(
+            "--{flag} does not apply to --method {}",
+            c.method
+        )));
+    }
+    Ok(())
+}
+
+/// The method and seed when none is given; the table below and the context read them.
+const DEFAULT_METHOD: Method = Method::Full;
+const DEFAULT_SEED: u64 = 42;
+
+/// A field's help: its doc comment, with its default when it has a fixed one.
+fn help(doc: &[&str], default: Option<String>) -> String {
+    let text = doc.iter().map(|l| l.trim()).collect::<Vec<_>>().join(" ");
+    match default {
+        Some(d) => format!("{} [default: {d}]", text.trim_end_matches('.')),
+        None => text,
+    }
+}
+
+fn strings(v: &[&str]) -> Vec<String> {
+    v.iter().map(|s| s.to_string()).collect()
+}
+
+/// How a default shows in `--help`.
+trait Shown {
+    fn shown(&self) -> String;
+}
+
+macro_rules! shown_by_display {
+    ($($t:ty),*) => { $(impl Shown for $t { fn shown(&self) -> String { self.to_string() } })* };
+}
+shown_by_display!(usize, u64, f64, String, Method, Samples);
+
+impl Shown for Vec<String> {
+    fn shown(&self) -> String {
+        self.join(",")
+    }
+}
+
+macro_rules! shown_by_value_enum {
+    ($($t:ty),*) => { $(impl Shown for $t {
+        fn shown(&self) -> String {
+            clap::ValueEnum::to_possible_value(self)
+                .map(|v| v.get_name().to_string())
+                .unwrap_or_default()
+        }
+    })* };
+}
+shown_by_value_enum!(CustomProblem, InaActivation);
 
 /// The papers' recipes in `configs/`, compiled in: `--config NAME` finds them without the
 /// repository (`--config configs/NAME.toml` reads the file itself).
@@ -387,56 +518,6 @@ impl Overrides {
             .unwrap_or(false)
     }
 
-    /// Keys set here win over `base`.
-    pub fn over(self, base: Overrides) -> Overrides {
-        macro_rules! pick {
-            ($($f:ident),*) => { Overrides { $($f: self.$f.or(base.$f)),* } };
-        }
-        pick!(
-            model,
-            revision,
-            data_dir,
-            task,
-            train_file,
-            dev_file,
-            text_columns,
-            label_column,
-            problem,
-            method,
-            fraction,
-            reserve,
-            fisher,
-            fisher_samples,
-            fisher_batch_mean,
-            lora_r,
-            lora_alpha,
-            lora_dropout,
-            lora_targets,
-            ina_r,
-            ina_alpha,
-            ina_dropout,
-            ina_targets,
-            ina_inhibition,
-            ina_activation,
-            epochs,
-            max_steps,
-            lr,
-            batch_size,
-            grad_accum,
-            max_seq_len,
-            warmup_ratio,
-            weight_decay,
-            max_grad_norm,
-            seed,
-            eval_steps,
-            eval_batch_size,
-            device,
-            output_dir,
-            save_steps,
-            skip_nonfinite
-        )
-    }
-
     /// Fill what is unset with defaults and check every value.
     pub fn resolve(self) -> Result<TrainConfig> {
         let task_name = self
@@ -444,124 +525,21 @@ impl Overrides {
             .clone()
             .ok_or_else(|| user("no task: pass --task (e.g. --task rte)"))?;
         let custom = custom_data(&self, &task_name)?;
-        let model = self.model.ok_or_else(|| {
-            user("no model: pass --model DIR (or a hub id) or set `model` in the config")
-        })?;
-        let task_name = match custom {
+        let task = match custom {
             true => CUSTOM,
             false => crate::data::tasks::task(&task_name)?.name,
         };
-        // GLUE without a folder comes from the hub; custom data names its own files.
-        let data_dir = match custom {
-            true => None,
-            false => self
-                .data_dir
-                .or_else(|| std::env::var_os("PEFT_GLUE_DIR").map(PathBuf::from)),
-        };
-        let method = self.method.unwrap_or(Method::Full);
-        let given = |set: bool, flag: &str, ok: bool| -> Result<()> {
-            if set && !ok {
-                return Err(user(format!(
-                    "--{flag} does not apply to --method {method}"
-                )));
-            }
-            Ok(())
-        };
-        given(self.fraction.is_some(), "fraction", method.takes_fraction())?;
-        given(self.reserve.is_some(), "reserve", method.takes_reserve())?;
-        let ranked = method.needs_fisher();
-        given(self.fisher.is_some(), "fisher", ranked)?;
-        given(self.fisher_samples.is_some(), "fisher-samples", ranked)?;
-        given(
-            self.fisher_batch_mean.is_some(),
-            "fisher-batch-mean",
-            ranked,
-        )?;
-        let lora = method == Method::Lora;
-        let ina = method == Method::Ina;
-        given(self.lora_r.is_some(), "lora-r", lora)?;
-        given(self.lora_alpha.is_some(), "lora-alpha", lora)?;
-        given(self.lora_dropout.is_some(), "lora-dropout", lora)?;
-        given(self.lora_targets.is_some(), "lora-targets", lora)?;
-        given(self.ina_r.is_some(), "ina-r", ina)?;
-        given(self.ina_alpha.is_some(), "ina-alpha", ina)?;
-        given(self.ina_dropout.is_some(), "ina-dropout", ina)?;
-        given(self.ina_targets.is_some(), "ina-targets", ina)?;
-        given(self.ina_inhibition.is_some(), "ina-inhibition", ina)?;
-        given(self.ina_activation.is_some(), "ina-activation", ina)?;
-        let strings = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let method = self.method.unwrap_or(DEFAULT_METHOD);
         if method.takes_fraction() && self.fraction.is_none() {
             return Err(user(format!(
                 "--method {method} needs --fraction (e.g. --fraction 0.1)"
             )));
         }
-        let seed = self.seed.unwrap_or(42);
-        let output_dir = self
-            .output_dir
-            .unwrap_or_else(|| PathBuf::from("runs").join(format!("{task_name}-{method}-{seed}")));
-        let cfg = TrainConfig {
-            model,
-            revision: self.revision,
-            data_dir,
-            task: task_name.to_string(),
-            train_file: self.train_file,
-            dev_file: self.dev_file,
-            text_columns: self.text_columns,
-            label_column: self.label_column,
-            problem: custom.then(|| self.problem.unwrap_or(CustomProblem::Classification)),
+        let cfg = self.fill(&Context {
             method,
-            fraction: self.fraction,
-            reserve: if method.takes_reserve() {
-                Some(self.reserve.unwrap_or(0.3))
-            } else {
-                None
-            },
-            fisher_samples: (ranked && self.fisher.is_none()).then(|| {
-                self.fisher_samples
-                    .unwrap_or(Samples::Count(FISHER_SAMPLES))
-            }),
-            fisher_batch_mean: match method {
-                Method::ChildD if self.fisher.is_none() => {
-                    Some(self.fisher_batch_mean.unwrap_or(CHILD_TUNING_FISHER_BATCH))
-                }
-                _ => self.fisher_batch_mean,
-            },
-            fisher: self.fisher,
-            lora_r: lora.then(|| self.lora_r.unwrap_or(8)),
-            lora_alpha: lora.then(|| self.lora_alpha.unwrap_or(16.0)),
-            lora_dropout: lora.then(|| self.lora_dropout.unwrap_or(0.1)),
-            lora_targets: lora.then(|| {
-                self.lora_targets
-                    .clone()
-                    .unwrap_or_else(|| strings(&["query", "value"]))
-            }),
-            ina_r: ina.then(|| self.ina_r.unwrap_or(4)),
-            ina_alpha: ina.then(|| self.ina_alpha.unwrap_or(16.0)),
-            ina_dropout: ina.then(|| self.ina_dropout.unwrap_or(0.1)),
-            ina_targets: ina.then(|| {
-                self.ina_targets
-                    .clone()
-                    .unwrap_or_else(|| strings(&["query", "key", "value"]))
-            }),
-            ina_inhibition: ina.then(|| self.ina_inhibition.unwrap_or(0.1)),
-            ina_activation: ina.then(|| self.ina_activation.unwrap_or(InaActivation::LeakyRelu)),
-            epochs: self.epochs.unwrap_or(3),
-            max_steps: self.max_steps,
-            lr: self.lr.unwrap_or_else(|| method.default_lr()),
-            batch_size: self.batch_size.unwrap_or(32),
-            grad_accum: self.grad_accum.unwrap_or(1),
-            max_seq_len: self.max_seq_len.unwrap_or(128),
-            warmup_ratio: self.warmup_ratio.unwrap_or(0.06),
-            weight_decay: self.weight_decay.unwrap_or(0.01),
-            max_grad_norm: self.max_grad_norm.unwrap_or(1.0),
-            seed,
-            eval_steps: self.eval_steps,
-            eval_batch_size: self.eval_batch_size.unwrap_or(64),
-            device: self.device.unwrap_or_else(|| "cpu".into()),
-            output_dir,
-            save_steps: self.save_steps,
-            skip_nonfinite: self.skip_nonfinite.unwrap_or(0),
-        };
+            custom,
+            task,
+        })?;
         cfg.validate()?;
         Ok(cfg)
     }
