@@ -1,3 +1,7 @@
+// As in the library: every unsafe operation in a block that says why it is sound.
+#![deny(unsafe_op_in_unsafe_fn)]
+#![deny(clippy::undocumented_unsafe_blocks)]
+
 use std::process::ExitCode;
 
 use clap::Parser;
@@ -29,7 +33,9 @@ fn main() -> ExitCode {
 /// from the heap and never trimming it keeps them for reuse.
 fn keep_freed_memory() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: mallopt only changes allocator tuning; called before any threads start.
+    // SAFETY: mallopt takes plain integers and only changes glibc's allocator thresholds
+    // (no pointer is passed, no memory is freed); it is called before any other thread
+    // exists, so no allocation runs concurrently.
     unsafe {
         libc::mallopt(libc::M_MMAP_THRESHOLD, 32 << 20);
         libc::mallopt(libc::M_TRIM_THRESHOLD, i32::MAX);
