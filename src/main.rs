@@ -8,6 +8,7 @@ use clap::Parser;
 use peft::cli::{run, Cli};
 
 fn main() -> ExitCode {
+    end_quietly_on_a_closed_pipe();
     keep_freed_memory();
     let cli = Cli::parse();
     match run(cli) {
@@ -40,5 +41,21 @@ fn keep_freed_memory() {
         libc::mallopt(libc::M_MMAP_THRESHOLD, 32 << 20);
         libc::mallopt(libc::M_TRIM_THRESHOLD, i32::MAX);
         libc::mallopt(libc::M_TOP_PAD, 256 << 20);
+    }
+}
+
+/// `peft predict ... | head -1`: when the reader of stdout goes away, end as `cat` and
+/// `grep` do, by SIGPIPE, silently (the shell reports 141), not with an error message or a
+/// panic. Rust ignores SIGPIPE before `main`, so each write to the closed pipe would fail
+/// with EPIPE, which `println!` turns into a panic; restoring the default action covers
+/// every command and every writer at once, stderr included. Sockets are not affected:
+/// std sends on them with MSG_NOSIGNAL and gets EPIPE as an error.
+fn end_quietly_on_a_closed_pipe() {
+    #[cfg(unix)]
+    // SAFETY: signal(2) with SIG_DFL installs no handler (no code runs in signal context);
+    // it only restores the kernel's default action for SIGPIPE, before any other thread
+    // exists.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
 }
