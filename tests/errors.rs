@@ -413,6 +413,11 @@ fn bad_inputs_exit_2_and_name_the_culprit() {
         names: vec![p(&mixed.join("trainable.safetensors")), s("another task")],
     });
     cases.push(Case {
+        what: "diff against another base model",
+        args: vec![s("diff"), s("--checkpoint"), p(&run), s("--base"), p(&m)],
+        names: vec![s("sha256"), p(&run)],
+    });
+    cases.push(Case {
         what: "resume of a finished run",
         args: vec![s("train"), s("--resume"), p(&run)],
         names: vec![p(&run.join("resume.safetensors"))],
