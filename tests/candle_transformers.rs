@@ -11,7 +11,7 @@ use peft::tokenize::{collate, TextEncoder};
 
 fn compare(dir: &Path, texts: &[(&str, Option<&str>)]) -> f32 {
     let (cfg, weights) = read_checkpoint(dir).unwrap();
-    let enc = TextEncoder::load(dir, &cfg, 128).unwrap();
+    let enc = TextEncoder::load(dir, &cfg, cfg.max_tokens().min(128)).unwrap();
     let encoded: Vec<_> = texts
         .iter()
         .map(|(a, b)| enc.encode(a, *b).unwrap())

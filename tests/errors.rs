@@ -202,6 +202,8 @@ fn bad_inputs_exit_2_and_name_the_culprit() {
             p(out),
             s("--max-steps"),
             s("1"),
+            s("--max-seq-len"),
+            s("16"),
         ];
         a.extend(extra.iter().map(s));
         a
@@ -329,6 +331,57 @@ fn bad_inputs_exit_2_and_name_the_culprit() {
         what: "tokenizer vocabulary larger than the embedding",
         args: model_args(&p(&m), &good, &out("l"), &["--task", "rte"]),
         names: vec![s("tokenizer"), s("vocab")],
+    });
+
+    // --max-seq-len beyond the position table: refused before training, not mid-run.
+    let with_len = |model: &str, out: &Path, len: &str| {
+        let mut a = model_args(model, &good, out, &["--task", "rte"]);
+        let at = a.iter().position(|x| x == "--max-seq-len").unwrap();
+        a[at + 1] = s(len);
+        a
+    };
+    cases.push(Case {
+        what: "--max-seq-len above BERT's max_position_embeddings",
+        args: with_len(&fixture("tiny-bert"), &out("k3"), "65"),
+        names: vec![
+            s("--max-seq-len 65"),
+            s("at most 64 tokens"),
+            s("max_position_embeddings 64"),
+        ],
+    });
+    // RoBERTa's positions start after the padding index: 50 rows hold 48 tokens.
+    cases.push(Case {
+        what: "--max-seq-len above RoBERTa's usable positions",
+        args: with_len(&fixture("tiny-roberta"), &out("k4"), "49"),
+        names: vec![s("--max-seq-len 49"), s("at most 48 tokens")],
+    });
+    let texts = root.join("texts.txt");
+    std::fs::write(&texts, "a cat\n").unwrap();
+    cases.push(Case {
+        what: "embed: --max-seq-len above the position table",
+        args: vec![
+            s("embed"),
+            s("--model"),
+            fixture("tiny-bert"),
+            s("--input"),
+            p(&texts),
+            s("--max-seq-len"),
+            s("65"),
+        ],
+        names: vec![s("--max-seq-len 65"), s("at most 64 tokens")],
+    });
+    cases.push(Case {
+        what: "bench: --seq above the position table",
+        args: vec![
+            s("bench"),
+            s("--model"),
+            fixture("tiny-bert"),
+            s("--seq"),
+            s("65"),
+            s("--steps"),
+            s("1"),
+        ],
+        names: vec![s("--seq 65"), s("at most 64 tokens")],
     });
 
     // --- flags and configs ---
