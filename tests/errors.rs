@@ -333,6 +333,22 @@ fn bad_inputs_exit_2_and_name_the_culprit() {
         names: vec![s("tokenizer"), s("vocab")],
     });
 
+    let m = model_with(root, "dtype", |m| {
+        edit_weights(m, |t| {
+            let k = "bert.encoder.layer.0.output.dense.bias";
+            let w = t[k].to_dtype(candle_core::DType::I64).unwrap();
+            t.insert(k.into(), w);
+        })
+    });
+    cases.push(Case {
+        what: "tensor of an integer dtype",
+        args: model_args(&p(&m), &good, &out("k2"), &["--task", "rte"]),
+        names: vec![
+            p(&m.join("model.safetensors")),
+            s("bert.encoder.layer.0.output.dense.bias"),
+            s("dtype I64"),
+        ],
+    });
     // --max-seq-len beyond the position table: refused before training, not mid-run.
     let with_len = |model: &str, out: &Path, len: &str| {
         let mut a = model_args(model, &good, out, &["--task", "rte"]);
@@ -469,6 +485,32 @@ fn bad_inputs_exit_2_and_name_the_culprit() {
         what: "diff against another base model",
         args: vec![s("diff"), s("--checkpoint"), p(&run), s("--base"), p(&m)],
         names: vec![s("sha256"), p(&run)],
+    });
+    // A run file holding a tensor that is no float (an edited or foreign file).
+    let ints = out("ints");
+    copy_dir(&run, &ints);
+    let file = ints.join("trainable.safetensors");
+    let mut t = tensors(&file);
+    let b = t["classifier.bias"]
+        .to_dtype(candle_core::DType::I64)
+        .unwrap();
+    t.insert("classifier.bias".into(), b);
+    candle_core::safetensors::save(&t, &file).unwrap();
+    cases.push(Case {
+        what: "run tensor of an integer dtype",
+        args: vec![s("eval"), s("--checkpoint"), p(&ints)],
+        names: vec![p(&file), s("classifier.bias"), s("dtype I64")],
+    });
+    cases.push(Case {
+        what: "diff of a run tensor of an integer dtype",
+        args: vec![
+            s("diff"),
+            s("--checkpoint"),
+            p(&ints),
+            s("--which"),
+            s("best"),
+        ],
+        names: vec![p(&file), s("classifier.bias")],
     });
     cases.push(Case {
         what: "resume of a finished run",
