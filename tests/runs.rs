@@ -213,29 +213,40 @@ fn the_same_command_resumes_a_killed_sweep() {
     let full = tmp.path().join("full");
     let args = sweep_args(tmp.path(), &full, "7", &extra);
     ok(peft(&args));
-    let killed = tmp.path().join("killed");
+    // Killed once its first checkpoint is saved. A kill that meets a finished run proves
+    // nothing: the sweep then starts again in a new directory (three tries), and the test
+    // fails rather than pass without a kill mid-run.
+    let killed = (0..3)
+        .find_map(|attempt| {
+            let killed = tmp.path().join(format!("killed-{attempt}"));
+            let args = sweep_args(tmp.path(), &killed, "7", &extra);
+            let mut child = Command::new(env!("CARGO_BIN_EXE_peft"))
+                .args(&args)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap();
+            let ckpt = killed.join("seed-7/resume.safetensors");
+            let t = Instant::now();
+            while !ckpt.exists() && child.try_wait().unwrap().is_none() {
+                assert!(
+                    t.elapsed() < Duration::from_secs(120),
+                    "no checkpoint appeared"
+                );
+                std::thread::sleep(Duration::from_millis(2));
+            }
+            child.kill().unwrap();
+            let status = child.wait().unwrap();
+            let landed = status.signal() == Some(libc::SIGKILL)
+                && ckpt.exists()
+                && !killed.join("seed-7/last.safetensors").exists();
+            if !landed {
+                eprintln!("the kill did not land mid-run ({status:?}): again");
+            }
+            landed.then_some(killed)
+        })
+        .expect("in three tries the run finished before the kill landed");
     let args = sweep_args(tmp.path(), &killed, "7", &extra);
-    let mut child = Command::new(env!("CARGO_BIN_EXE_peft"))
-        .args(&args)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let ckpt = killed.join("seed-7/resume.safetensors");
-    let t = Instant::now();
-    while !ckpt.exists() && child.try_wait().unwrap().is_none() {
-        assert!(
-            t.elapsed() < Duration::from_secs(120),
-            "no checkpoint appeared"
-        );
-        std::thread::sleep(Duration::from_millis(2));
-    }
-    child.kill().unwrap();
-    let status = child.wait().unwrap();
-    if status.success() {
-        eprintln!("the run finished before it could be killed; nothing to resume");
-        return;
-    }
     let shown = ok(peft(&args));
     assert!(shown.contains("summary saved to"), "{shown}");
     assert_eq!(
