@@ -559,21 +559,20 @@ fn predict_labels_pairs_and_single_sentences_as_eval_does() {
 }
 
 /// How `peft` ended with its stdout a pipe whose reader went away: after reading the first
-/// line (`peft ... | head -1`), or before anything was written. Returns the exit status and
-/// stderr.
+/// line (`peft ... | head -1`), or before the command started, so that its first write
+/// meets a closed pipe whatever the scheduling. Returns the exit status and stderr.
 fn with_closed_stdout(args: &[&str], read_first_line: bool) -> (std::process::ExitStatus, String) {
     use std::io::{BufRead, BufReader, Read};
     let (reader, writer) = std::io::pipe().unwrap();
+    let reader = read_first_line.then_some(reader);
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_peft"));
     cmd.args(args).stdout(writer).stderr(Stdio::piped());
     let mut child = cmd.spawn().unwrap();
     drop(cmd); // the parent's copy of the write end
-    if read_first_line {
+    if let Some(reader) = reader {
         let mut line = String::new();
         BufReader::new(reader).read_line(&mut line).unwrap();
         assert!(line.ends_with('\n'), "no first line: {line:?}");
-    } else {
-        drop(reader);
     }
     let mut err = String::new();
     child
@@ -586,7 +585,7 @@ fn with_closed_stdout(args: &[&str], read_first_line: bool) -> (std::process::Ex
 }
 
 /// Ended as Unix tools end on a closed pipe: by SIGPIPE (141 in a shell) and silently.
-/// Every output here is larger than a pipe holds, or written after the reader went, so the
+/// Every output here is larger than a pipe holds, or written after the reader went, so a
 /// write did meet the closed pipe: exit 0 would mean the test missed it.
 fn assert_quiet_sigpipe(what: &str, (status, err): (std::process::ExitStatus, String)) {
     assert!(
