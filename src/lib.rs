@@ -1,5 +1,10 @@
 //! peft: fine-tune BERT and RoBERTa on GLUE, training the whole model or a chosen subset.
 
+// Every unsafe operation sits in its own block with a `// SAFETY:` comment saying why it
+// is sound, even inside an `unsafe fn`.
+#![deny(unsafe_op_in_unsafe_fn)]
+#![deny(clippy::undocumented_unsafe_blocks)]
+
 pub mod bench;
 pub mod cli;
 pub mod components;

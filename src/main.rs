@@ -1,9 +1,14 @@
+// As in the library: every unsafe operation in a block that says why it is sound.
+#![deny(unsafe_op_in_unsafe_fn)]
+#![deny(clippy::undocumented_unsafe_blocks)]
+
 use std::process::ExitCode;
 
 use clap::Parser;
 use peft::cli::{run, Cli};
 
 fn main() -> ExitCode {
+    end_quietly_on_a_closed_pipe();
     keep_freed_memory();
     let cli = Cli::parse();
     match run(cli) {
@@ -29,10 +34,28 @@ fn main() -> ExitCode {
 /// from the heap and never trimming it keeps them for reuse.
 fn keep_freed_memory() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: mallopt only changes allocator tuning; called before any threads start.
+    // SAFETY: mallopt takes plain integers and only changes glibc's allocator thresholds
+    // (no pointer is passed, no memory is freed); it is called before any other thread
+    // exists, so no allocation runs concurrently.
     unsafe {
         libc::mallopt(libc::M_MMAP_THRESHOLD, 32 << 20);
         libc::mallopt(libc::M_TRIM_THRESHOLD, i32::MAX);
         libc::mallopt(libc::M_TOP_PAD, 256 << 20);
+    }
+}
+
+/// `peft predict ... | head -1`: when the reader of stdout goes away, end as `cat` and
+/// `grep` do, by SIGPIPE, silently (the shell reports 141), not with an error message or a
+/// panic. Rust ignores SIGPIPE before `main`, so each write to the closed pipe would fail
+/// with EPIPE, which `println!` turns into a panic; restoring the default action covers
+/// every command and every writer at once, stderr included. Sockets are not affected:
+/// std sends on them with MSG_NOSIGNAL and gets EPIPE as an error.
+fn end_quietly_on_a_closed_pipe() {
+    #[cfg(unix)]
+    // SAFETY: signal(2) with SIG_DFL installs no handler (no code runs in signal context);
+    // it only restores the kernel's default action for SIGPIPE, before any other thread
+    // exists.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
 }

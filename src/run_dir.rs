@@ -14,7 +14,7 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
-use candle_core::{Device, Tensor};
+use candle_core::{DType, Device, Tensor};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
@@ -120,9 +120,32 @@ pub fn save_tensors(path: &Path, tensors: &HashMap<String, Tensor>) -> Result<()
     })
 }
 
+/// The tensors of a run file (`trainable.safetensors`, `last.safetensors`, a Fisher file),
+/// as f32: a file holding a tensor that is not a float is refused, naming the file and the
+/// tensor, and half-precision ones are widened.
 pub fn load_tensors(path: &Path) -> Result<HashMap<String, Tensor>> {
-    candle_core::safetensors::load(path, &Device::Cpu)
-        .map_err(|e| user(format!("cannot read {}: {e}", path.display())))
+    let tensors = candle_core::safetensors::load(path, &Device::Cpu)
+        .map_err(|e| user(format!("cannot read {}: {e}", path.display())))?;
+    tensors
+        .into_iter()
+        .map(|(name, t)| {
+            if !t.dtype().is_float() {
+                return Err(user(format!(
+                    "{}: tensor `{name}` has dtype {:?}; a run's tensors are floats",
+                    path.display(),
+                    t.dtype()
+                )));
+            }
+            let t = t.to_dtype(DType::F32).map_err(|e| {
+                user(format!(
+                    "{}: tensor `{name}` of dtype {:?} cannot be read as f32: {e}",
+                    path.display(),
+                    t.dtype()
+                ))
+            })?;
+            Ok((name, t))
+        })
+        .collect()
 }
 
 /// Add one evaluation to `metrics.jsonl`. The file is rewritten whole (it is small), so

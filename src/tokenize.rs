@@ -55,6 +55,16 @@ impl TextEncoder {
                 "--max-seq-len {max_len} is too short: a pair needs at least 4 tokens for specials"
             );
         }
+        // Longer sequences would index past the position table mid-run.
+        let limit = cfg.max_tokens();
+        if max_len > limit {
+            crate::user_bail!(
+                "--max-seq-len {max_len} is more than the model holds: at most {limit} tokens \
+                 ({}: {})",
+                dir.join("config.json").display(),
+                cfg.describe_max_tokens()
+            );
+        }
         let mut tokenizer = read_tokenizer(dir, cfg.model_type)?;
         let vocab = tokenizer.get_vocab_size(true);
         if vocab > cfg.vocab_size {

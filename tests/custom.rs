@@ -158,3 +158,109 @@ fn regression_from_tsv_and_jsonl() {
         assert_eq!(&eval_dev(&run)["metrics"], dev, "{ext}");
     }
 }
+
+/// `peft predict` on the dev file's texts of a run, one line each (a TAB between a pair's).
+fn predict_dev(
+    run: &Path,
+    dir: &Path,
+    texts: &[(String, String, &str, f32)],
+    pairs: bool,
+) -> Vec<String> {
+    let input = dir.join("dev-texts.txt");
+    let lines: String = texts
+        .iter()
+        .map(|(a, b, ..)| {
+            if pairs {
+                format!("{a}\t{b}\n")
+            } else {
+                format!("{a}\n")
+            }
+        })
+        .collect();
+    std::fs::write(&input, lines).unwrap();
+    ok(peft(&[
+        "predict",
+        "--checkpoint",
+        run.to_str().unwrap(),
+        "--which",
+        "last",
+        "--input",
+        input.to_str().unwrap(),
+    ]))
+    .lines()
+    .map(String::from)
+    .collect()
+}
+
+/// A custom task trained on two text columns takes `a<TAB>b` lines, and labels them as
+/// `peft eval` scores the same examples: predict's labels give eval's dev metrics.
+#[test]
+fn predict_takes_pairs_for_a_custom_pair_task_as_eval_scores_them() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dev = rows(16, 500);
+
+    let run = train_custom(tmp.path(), "tsv", "classification", "first,second");
+    let labels = ["neg", "neutral", "pos"];
+    let id = |l: &str| labels.iter().position(|x| *x == l).unwrap() as u32;
+    let got = predict_dev(&run, tmp.path(), &dev, true);
+    assert_eq!(got.len(), dev.len());
+    let pred: Vec<u32> = got
+        .iter()
+        .map(|l| id(l.split('\t').next().unwrap()))
+        .collect();
+    let gold: Vec<u32> = dev.iter().map(|r| id(r.2)).collect();
+    let scored = eval_dev(&run);
+    let metric = |k: &str| scored["metrics"][k].as_f64().unwrap();
+    assert!((metric("accuracy") - peft::metrics::accuracy(&pred, &gold)).abs() < 1e-12);
+    assert!((metric("macro_f1") - peft::metrics::macro_f1(&pred, &gold)).abs() < 1e-12);
+    // A line with one text is refused for the pair task, naming file and line.
+    let input = tmp.path().join("single.txt");
+    std::fs::write(&input, "the cat\tsat\nthe dog\n").unwrap();
+    let out = peft(&[
+        "predict",
+        "--checkpoint",
+        run.to_str().unwrap(),
+        "--input",
+        input.to_str().unwrap(),
+    ]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("single.txt:2") && err.contains("TAB"), "{err}");
+
+    // Regression on pairs: the scores give eval's Pearson correlation (to the printed
+    // six decimals).
+    let run = train_custom(tmp.path(), "jsonl", "regression", "first,second");
+    let got = predict_dev(&run, tmp.path(), &dev, true);
+    let pred: Vec<f64> = got.iter().map(|l| l.parse().unwrap()).collect();
+    let gold: Vec<f64> = dev.iter().map(|r| f64::from(r.3)).collect();
+    let pearson = eval_dev(&run)["metrics"]["pearson"].as_f64().unwrap();
+    let ours = peft::metrics::pearson(&pred, &gold);
+    assert!(
+        (pearson - ours).abs() < 1e-4,
+        "eval {pearson}, predict {ours}"
+    );
+}
+
+/// A custom task trained on one text column still refuses a line with a TAB.
+#[test]
+fn predict_refuses_pairs_for_a_single_text_custom_task() {
+    let tmp = tempfile::tempdir().unwrap();
+    let run = train_custom(tmp.path(), "tsv", "classification", "first");
+    let dev = rows(16, 500);
+    assert_eq!(predict_dev(&run, tmp.path(), &dev, false).len(), dev.len());
+    let input = tmp.path().join("pairs.txt");
+    std::fs::write(&input, "the cat\tsat\n").unwrap();
+    let out = peft(&[
+        "predict",
+        "--checkpoint",
+        run.to_str().unwrap(),
+        "--input",
+        input.to_str().unwrap(),
+    ]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("pairs.txt:1") && err.contains("one text"),
+        "{err}"
+    );
+}

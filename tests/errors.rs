@@ -202,6 +202,8 @@ fn bad_inputs_exit_2_and_name_the_culprit() {
             p(out),
             s("--max-steps"),
             s("1"),
+            s("--max-seq-len"),
+            s("16"),
         ];
         a.extend(extra.iter().map(s));
         a
@@ -331,6 +333,73 @@ fn bad_inputs_exit_2_and_name_the_culprit() {
         names: vec![s("tokenizer"), s("vocab")],
     });
 
+    let m = model_with(root, "dtype", |m| {
+        edit_weights(m, |t| {
+            let k = "bert.encoder.layer.0.output.dense.bias";
+            let w = t[k].to_dtype(candle_core::DType::I64).unwrap();
+            t.insert(k.into(), w);
+        })
+    });
+    cases.push(Case {
+        what: "tensor of an integer dtype",
+        args: model_args(&p(&m), &good, &out("k2"), &["--task", "rte"]),
+        names: vec![
+            p(&m.join("model.safetensors")),
+            s("bert.encoder.layer.0.output.dense.bias"),
+            s("dtype I64"),
+        ],
+    });
+    // --max-seq-len beyond the position table: refused before training, not mid-run.
+    let with_len = |model: &str, out: &Path, len: &str| {
+        let mut a = model_args(model, &good, out, &["--task", "rte"]);
+        let at = a.iter().position(|x| x == "--max-seq-len").unwrap();
+        a[at + 1] = s(len);
+        a
+    };
+    cases.push(Case {
+        what: "--max-seq-len above BERT's max_position_embeddings",
+        args: with_len(&fixture("tiny-bert"), &out("k3"), "65"),
+        names: vec![
+            s("--max-seq-len 65"),
+            s("at most 64 tokens"),
+            s("max_position_embeddings 64"),
+        ],
+    });
+    // RoBERTa's positions start after the padding index: 50 rows hold 48 tokens.
+    cases.push(Case {
+        what: "--max-seq-len above RoBERTa's usable positions",
+        args: with_len(&fixture("tiny-roberta"), &out("k4"), "49"),
+        names: vec![s("--max-seq-len 49"), s("at most 48 tokens")],
+    });
+    let texts = root.join("texts.txt");
+    std::fs::write(&texts, "a cat\n").unwrap();
+    cases.push(Case {
+        what: "embed: --max-seq-len above the position table",
+        args: vec![
+            s("embed"),
+            s("--model"),
+            fixture("tiny-bert"),
+            s("--input"),
+            p(&texts),
+            s("--max-seq-len"),
+            s("65"),
+        ],
+        names: vec![s("--max-seq-len 65"), s("at most 64 tokens")],
+    });
+    cases.push(Case {
+        what: "bench: --seq above the position table",
+        args: vec![
+            s("bench"),
+            s("--model"),
+            fixture("tiny-bert"),
+            s("--seq"),
+            s("65"),
+            s("--steps"),
+            s("1"),
+        ],
+        names: vec![s("--seq 65"), s("at most 64 tokens")],
+    });
+
     // --- flags and configs ---
     let cfg = root.join("typo.toml");
     std::fs::write(&cfg, "epochs = 2\nlearning_rate = 1e-3\n").unwrap();
@@ -411,6 +480,37 @@ fn bad_inputs_exit_2_and_name_the_culprit() {
         what: "checkpoint of another task",
         args: vec![s("eval"), s("--checkpoint"), p(&mixed)],
         names: vec![p(&mixed.join("trainable.safetensors")), s("another task")],
+    });
+    cases.push(Case {
+        what: "diff against another base model",
+        args: vec![s("diff"), s("--checkpoint"), p(&run), s("--base"), p(&m)],
+        names: vec![s("sha256"), p(&run)],
+    });
+    // A run file holding a tensor that is no float (an edited or foreign file).
+    let ints = out("ints");
+    copy_dir(&run, &ints);
+    let file = ints.join("trainable.safetensors");
+    let mut t = tensors(&file);
+    let b = t["classifier.bias"]
+        .to_dtype(candle_core::DType::I64)
+        .unwrap();
+    t.insert("classifier.bias".into(), b);
+    candle_core::safetensors::save(&t, &file).unwrap();
+    cases.push(Case {
+        what: "run tensor of an integer dtype",
+        args: vec![s("eval"), s("--checkpoint"), p(&ints)],
+        names: vec![p(&file), s("classifier.bias"), s("dtype I64")],
+    });
+    cases.push(Case {
+        what: "diff of a run tensor of an integer dtype",
+        args: vec![
+            s("diff"),
+            s("--checkpoint"),
+            p(&ints),
+            s("--which"),
+            s("best"),
+        ],
+        names: vec![p(&file), s("classifier.bias")],
     });
     cases.push(Case {
         what: "resume of a finished run",

@@ -233,6 +233,9 @@ fn fisher_command_writes_ranked_components_and_a_global_fisher() {
         data,
         "--task",
         "rte",
+        // tiny-bert holds 64 positions; the default is 128.
+        "--max-seq-len",
+        "32",
         "--output",
         one.to_str().unwrap(),
     ]));
@@ -259,6 +262,8 @@ fn fisher_command_writes_ranked_components_and_a_global_fisher() {
         "--global",
         "--samples",
         "6",
+        "--max-seq-len",
+        "32",
         "--output",
         glob.to_str().unwrap(),
     ]));

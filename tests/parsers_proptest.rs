@@ -1,11 +1,14 @@
 //! Property tests for what reads user files: the GLUE TSV reader and the TOML config
 //! parser. Whatever the bytes, they return a value or a user error (exit 2), never panic;
 //! and well-formed rows come back exactly as written. The case count is kept small for
-//! the normal suite; PROPTEST_CASES raises it for a longer fuzzing run.
+//! the normal suite; PROPTEST_CASES raises it for a longer fuzzing run. Also the real GLUE
+//! files, where PEFT_GLUE_DIR points at them.
+
+mod common;
 
 use std::path::Path;
 
-use peft::data::tasks::{read_split, task, Label};
+use peft::data::tasks::{all, read_split, task, Label, Problem};
 use peft::error::is_user_error;
 use peft::train::config::Overrides;
 use proptest::prelude::*;
@@ -108,5 +111,100 @@ proptest! {
                 prop_assert!(e.to_string().contains("c.toml"), "{e}");
             }
         }
+    }
+}
+
+/// Row and label counts of the real files, from `shared/data/glue/SOURCES.md`
+/// (official row counts only where no copy was available to count labels).
+type LabelCounts = &'static [(&'static str, usize)];
+const EXPECTED: &[(&str, &str, usize, LabelCounts)] = &[
+    ("cola", "train", 8551, &[("1", 6023), ("0", 2528)]),
+    ("cola", "dev", 1043, &[("1", 721), ("0", 322)]),
+    ("sst2", "train", 67349, &[("1", 37569), ("0", 29780)]),
+    ("sst2", "dev", 872, &[("1", 444), ("0", 428)]),
+    ("mrpc", "train", 3668, &[("1", 2474), ("0", 1194)]),
+    ("mrpc", "dev", 408, &[("1", 279), ("0", 129)]),
+    ("stsb", "train", 5749, &[]),
+    ("stsb", "dev", 1500, &[]),
+    ("qqp", "train", 363846, &[]),
+    ("qqp", "dev", 40430, &[]),
+    ("mnli", "train", 392702, &[]),
+    ("mnli", "dev_matched", 9815, &[]),
+    ("mnli", "dev_mismatched", 9832, &[]),
+    ("qnli", "train", 104743, &[]),
+    (
+        "qnli",
+        "dev",
+        5463,
+        &[("entailment", 2702), ("not_entailment", 2761)],
+    ),
+    (
+        "rte",
+        "train",
+        2490,
+        &[("entailment", 1249), ("not_entailment", 1241)],
+    ),
+    (
+        "rte",
+        "dev",
+        277,
+        &[("entailment", 146), ("not_entailment", 131)],
+    ),
+    ("wnli", "train", 635, &[("0", 323), ("1", 312)]),
+    ("wnli", "dev", 71, &[("0", 40), ("1", 31)]),
+];
+
+/// Gated on PEFT_GLUE_DIR (`common::data_dir`): the real GLUE files read to the official
+/// row and label counts.
+#[test]
+fn real_glue_files_when_available() {
+    let Some(root) = common::data_dir("PEFT_GLUE_DIR") else {
+        return;
+    };
+    let root = root.as_path();
+    let mut checked = 0;
+    for spec in all() {
+        for split in spec.splits() {
+            if !spec.split_path(root, split).exists() {
+                continue;
+            }
+            let examples = read_split(spec, root, split).unwrap();
+            checked += 1;
+            let Some((.., rows, labels)) = EXPECTED
+                .iter()
+                .find(|(t, s, ..)| *t == spec.name && *s == split)
+            else {
+                continue;
+            };
+            assert_eq!(examples.len(), *rows, "{} {split}", spec.name);
+            let Problem::Classification { labels: names } = spec.problem else {
+                assert!(examples.iter().all(|e| matches!(e.label, Label::Score(_))));
+                continue;
+            };
+            for (name, count) in labels.iter() {
+                let id = names.iter().position(|n| n == name).unwrap() as u32;
+                let n = examples
+                    .iter()
+                    .filter(|e| e.label == Label::Class(id))
+                    .count();
+                assert_eq!(n, *count, "{} {split} label {name}", spec.name);
+            }
+        }
+    }
+    eprintln!("checked {checked} GLUE files under {}", root.display());
+    assert!(checked > 0, "no GLUE files found under {}", root.display());
+
+    // CoLA dev ends without a newline: its last row must still be whole.
+    if let Ok(cola) = read_split(task("cola").unwrap(), root, "dev") {
+        let first = &cola[0];
+        assert_eq!(
+            first.text_a,
+            "The sailors rode the breeze clear of the rocks."
+        );
+        let last = &cola[1042];
+        assert_eq!(
+            (last.id.as_str(), last.text_a.as_str()),
+            ("1042", "John talked to Bill about himself.")
+        );
     }
 }

@@ -4,6 +4,7 @@
 
 mod common;
 
+use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -77,8 +78,58 @@ fn wait_for(path: &Path, child: &mut Child) -> bool {
 }
 
 fn signal(child: &Child, sig: i32) {
-    // SAFETY: kill(2) on our own child's pid.
+    // SAFETY: kill(2) takes plain integers; the pid is our own child's, not yet waited
+    // for, so it cannot have been reused by another process.
     assert_eq!(unsafe { libc::kill(child.id() as i32, sig) }, 0);
+}
+
+/// Start `args` (a new run into `out`) and press Ctrl-C once its first checkpoint is
+/// saved. Returns stderr once the interrupt landed mid-run: exit 130 with the checkpoint
+/// in place. A run that ended on its own before the signal proves nothing, so the run is
+/// started again in a cleared directory (three tries) rather than the test passing.
+fn interrupt_mid_run(args: &[String], out: &Path) -> String {
+    for _ in 0..3 {
+        let _ = std::fs::remove_dir_all(out);
+        let mut child = spawn(args);
+        if !wait_for(&out.join(RESUME), &mut child) {
+            let o = child.wait_with_output().unwrap();
+            panic!(
+                "the run ended before its first checkpoint: {:?}\n{}",
+                o.status,
+                String::from_utf8_lossy(&o.stderr)
+            );
+        }
+        signal(&child, libc::SIGINT);
+        let o = child.wait_with_output().unwrap();
+        let err = String::from_utf8_lossy(&o.stderr).into_owned();
+        if o.status.success() {
+            eprintln!("the run finished before the interrupt landed: trying again");
+            continue;
+        }
+        assert_eq!(o.status.code(), Some(130), "{err}");
+        assert!(
+            out.join(RESUME).exists(),
+            "no checkpoint after the interrupt"
+        );
+        assert!(
+            !out.join("last.safetensors").exists(),
+            "the interrupted run wrote its final tensors"
+        );
+        return err;
+    }
+    panic!("three runs finished before an interrupt landed mid-run");
+}
+
+/// SIGKILL the child now; whether the kill landed mid-run: the process died of it, with
+/// a checkpoint in place and the final tensors not yet written. False when the run had
+/// ended on its own first (or was past writing its final tensors).
+fn kill_mid_run(child: &mut Child, out: &Path) -> bool {
+    // An exited child not yet waited for keeps its pid, so this never hits another process.
+    signal(child, libc::SIGKILL);
+    let status = child.wait().unwrap();
+    status.signal() == Some(libc::SIGKILL)
+        && out.join(RESUME).exists()
+        && !out.join("last.safetensors").exists()
 }
 
 /// The uninterrupted run: its metrics and final tensors.
@@ -118,18 +169,9 @@ fn ctrl_c_saves_a_checkpoint_that_resumes_to_the_same_run() {
     let (reference, _) = reference(tmp.path(), tmp.path());
 
     let out = tmp.path().join("interrupted");
-    let mut child = spawn(&args(tmp.path(), &out, &[]));
     // The first epoch's checkpoint shows training is under way.
-    assert!(
-        wait_for(&out.join(RESUME), &mut child),
-        "finished before the signal"
-    );
-    signal(&child, libc::SIGINT);
-    let o = child.wait_with_output().unwrap();
-    let err = String::from_utf8_lossy(&o.stderr);
-    assert_eq!(o.status.code(), Some(130), "{err}");
+    let err = interrupt_mid_run(&args(tmp.path(), &out, &[]), &out);
     assert!(err.contains("peft train --resume"), "{err}");
-    assert!(out.join(RESUME).exists());
     let done = metrics(&out).len();
     assert!(
         done < metrics(&reference).len(),
@@ -154,22 +196,41 @@ fn sigkill_at_any_step_resumes_to_the_same_run_and_never_truncates_a_file() {
     write_rte(tmp.path(), 48, 20);
     let (reference, took) = reference(tmp.path(), tmp.path());
 
-    let out = tmp.path().join("killed");
-    let mut next = args(tmp.path(), &out, &["--save-steps", "1"]);
-    let mut kills = 0;
-    // Kill at a different point each time (a fixed sequence, so a failure repeats).
-    for frac in [0.35, 0.2, 0.5, 0.3] {
+    // Four kills, each a fraction of the uninterrupted run's time after the process
+    // starts (a fixed sequence, so a failure repeats), adding up to well under the whole
+    // run. Should one meet a run already over (a machine suddenly faster), the sequence
+    // starts again in a new directory with the waits halved: the test never passes on
+    // fewer kills than it claims.
+    let mut scale = 1.0;
+    for attempt in 0..3 {
+        let out = tmp.path().join(format!("killed-{attempt}"));
+        if !kill_four_times(tmp.path(), &out, took, scale) {
+            eprintln!("a kill met a finished run: again with the waits halved");
+            scale /= 2.0;
+            continue;
+        }
+        ok(peft(
+            &resume(&out).iter().map(String::as_str).collect::<Vec<_>>(),
+        ));
+        assert_same_run(&reference, &out);
+        return;
+    }
+    panic!("in three tries the run always finished before four kills landed");
+}
+
+/// Train into `out` and SIGKILL it four times, resuming after each kill; false as soon as
+/// a kill does not land mid-run. After every kill each file in place must be whole.
+fn kill_four_times(data: &Path, out: &Path, took: Duration, scale: f64) -> bool {
+    let mut next = args(data, out, &["--save-steps", "1"]);
+    for frac in [0.2, 0.1, 0.25, 0.15] {
         let mut child = spawn(&next);
         if !wait_for(&out.join(RESUME), &mut child) {
-            break;
+            return false;
         }
-        std::thread::sleep(took.mul_f64(frac));
-        if child.try_wait().unwrap().is_some() {
-            break;
+        std::thread::sleep(took.mul_f64(frac * scale));
+        if !kill_mid_run(&mut child, out) {
+            return false;
         }
-        signal(&child, libc::SIGKILL);
-        child.wait().unwrap();
-        kills += 1;
         // Whatever the moment, every file in place is whole.
         for f in ["trainable.safetensors", RESUME] {
             let path = out.join(f);
@@ -185,13 +246,9 @@ fn sigkill_at_any_step_resumes_to_the_same_run_and_never_truncates_a_file() {
         {
             serde_json::from_str::<serde_json::Value>(line).expect("a whole metrics line");
         }
-        next = resume(&out);
+        next = resume(out);
     }
-    assert!(kills >= 2, "only {kills} kills landed mid-run");
-    if out.join(RESUME).exists() {
-        ok(peft(&next.iter().map(String::as_str).collect::<Vec<_>>()));
-    }
-    assert_same_run(&reference, &out);
+    true
 }
 
 #[test]
@@ -199,10 +256,7 @@ fn a_full_disk_during_a_save_leaves_the_previous_checkpoint() {
     let tmp = tempfile::tempdir().unwrap();
     write_rte(tmp.path(), 48, 20);
     let out = tmp.path().join("run");
-    let mut child = spawn(&args(tmp.path(), &out, &[]));
-    assert!(wait_for(&out.join(RESUME), &mut child));
-    signal(&child, libc::SIGINT);
-    assert_eq!(child.wait().unwrap().code(), Some(130));
+    interrupt_mid_run(&args(tmp.path(), &out, &[]), &out);
     let before: Vec<(PathBuf, Vec<u8>)> = [RESUME, "trainable.safetensors"]
         .iter()
         .map(|f| (out.join(f), std::fs::read(out.join(f)).unwrap()))

@@ -3,6 +3,7 @@
 
 mod common;
 
+use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -212,29 +213,40 @@ fn the_same_command_resumes_a_killed_sweep() {
     let full = tmp.path().join("full");
     let args = sweep_args(tmp.path(), &full, "7", &extra);
     ok(peft(&args));
-    let killed = tmp.path().join("killed");
+    // Killed once its first checkpoint is saved. A kill that meets a finished run proves
+    // nothing: the sweep then starts again in a new directory (three tries), and the test
+    // fails rather than pass without a kill mid-run.
+    let killed = (0..3)
+        .find_map(|attempt| {
+            let killed = tmp.path().join(format!("killed-{attempt}"));
+            let args = sweep_args(tmp.path(), &killed, "7", &extra);
+            let mut child = Command::new(env!("CARGO_BIN_EXE_peft"))
+                .args(&args)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap();
+            let ckpt = killed.join("seed-7/resume.safetensors");
+            let t = Instant::now();
+            while !ckpt.exists() && child.try_wait().unwrap().is_none() {
+                assert!(
+                    t.elapsed() < Duration::from_secs(120),
+                    "no checkpoint appeared"
+                );
+                std::thread::sleep(Duration::from_millis(2));
+            }
+            child.kill().unwrap();
+            let status = child.wait().unwrap();
+            let landed = status.signal() == Some(libc::SIGKILL)
+                && ckpt.exists()
+                && !killed.join("seed-7/last.safetensors").exists();
+            if !landed {
+                eprintln!("the kill did not land mid-run ({status:?}): again");
+            }
+            landed.then_some(killed)
+        })
+        .expect("in three tries the run finished before the kill landed");
     let args = sweep_args(tmp.path(), &killed, "7", &extra);
-    let mut child = Command::new(env!("CARGO_BIN_EXE_peft"))
-        .args(&args)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let ckpt = killed.join("seed-7/resume.safetensors");
-    let t = Instant::now();
-    while !ckpt.exists() && child.try_wait().unwrap().is_none() {
-        assert!(
-            t.elapsed() < Duration::from_secs(120),
-            "no checkpoint appeared"
-        );
-        std::thread::sleep(Duration::from_millis(2));
-    }
-    child.kill().unwrap();
-    let status = child.wait().unwrap();
-    if status.success() {
-        eprintln!("the run finished before it could be killed; nothing to resume");
-        return;
-    }
     let shown = ok(peft(&args));
     assert!(shown.contains("summary saved to"), "{shown}");
     assert_eq!(
@@ -544,4 +556,92 @@ fn predict_labels_pairs_and_single_sentences_as_eval_does() {
             .collect();
         assert_eq!(written, got, "{task}");
     }
+}
+
+/// How `peft` ended with its stdout a pipe whose reader went away: after reading the first
+/// line (`peft ... | head -1`), or before the command started, so that its first write
+/// meets a closed pipe whatever the scheduling. Returns the exit status and stderr.
+fn with_closed_stdout(args: &[&str], read_first_line: bool) -> (std::process::ExitStatus, String) {
+    use std::io::{BufRead, BufReader, Read};
+    let (reader, writer) = std::io::pipe().unwrap();
+    let reader = read_first_line.then_some(reader);
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_peft"));
+    cmd.args(args).stdout(writer).stderr(Stdio::piped());
+    let mut child = cmd.spawn().unwrap();
+    drop(cmd); // the parent's copy of the write end
+    if let Some(reader) = reader {
+        let mut line = String::new();
+        BufReader::new(reader).read_line(&mut line).unwrap();
+        assert!(line.ends_with('\n'), "no first line: {line:?}");
+    }
+    let mut err = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
+    (child.wait().unwrap(), err)
+}
+
+/// Ended as Unix tools end on a closed pipe: by SIGPIPE (141 in a shell) and silently.
+/// Every output here is larger than a pipe holds, or written after the reader went, so a
+/// write did meet the closed pipe: exit 0 would mean the test missed it.
+fn assert_quiet_sigpipe(what: &str, (status, err): (std::process::ExitStatus, String)) {
+    assert!(
+        status.signal() == Some(libc::SIGPIPE) || status.code() == Some(141),
+        "{what}: {status:?}, stderr:\n{err}"
+    );
+    assert!(err.is_empty(), "{what} wrote to stderr:\n{err}");
+}
+
+#[test]
+fn a_closed_stdout_ends_every_command_quietly() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    write_rte(root, 40, 16);
+    let run = root.join("run");
+    train(
+        &fixture("tiny-bert"),
+        root,
+        &run,
+        &["--task", "rte", "--method", "layernorm", "--max-steps", "2"],
+    );
+    // 20,000 predictions (some 400 KB) and 2,000 embeddings (some 700 KB): more than a
+    // pipe's 64 KB, so the command is still writing when the reader goes.
+    let pairs: String = (0..20_000)
+        .map(|i| {
+            format!(
+                "{}\t{}\n",
+                sentence(i, 3 + i % 5),
+                sentence(i + 1, 2 + i % 3)
+            )
+        })
+        .collect();
+    let input = root.join("pairs.txt");
+    std::fs::write(&input, &pairs).unwrap();
+    let texts: String = (0..2_000).map(|i| sentence(i, 2 + i % 7) + "\n").collect();
+    let single = root.join("texts.txt");
+    std::fs::write(&single, texts).unwrap();
+
+    let predict = ["predict", "--checkpoint", s(&run), "--input", s(&input)];
+    let embed = [
+        "embed",
+        "--model",
+        Box::leak(fixture("tiny-bert").into_boxed_str()),
+        "--input",
+        s(&single),
+        "--max-seq-len",
+        "32",
+    ];
+    for read_first_line in [true, false] {
+        assert_quiet_sigpipe("predict", with_closed_stdout(&predict, read_first_line));
+        assert_quiet_sigpipe("embed", with_closed_stdout(&embed, read_first_line));
+    }
+    let report = ["report", s(&run), "--format", "markdown"];
+    assert_quiet_sigpipe("report", with_closed_stdout(&report, false));
+    // The seeds sweep prints a line per seed and the table of the seeds.
+    let sweep = root.join("sweep");
+    let args = sweep_args(root, &sweep, "1", &["--max-steps", "1"]);
+    assert_quiet_sigpipe("train --seeds", with_closed_stdout(&args, false));
 }

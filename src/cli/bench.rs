@@ -49,6 +49,15 @@ pub fn run(args: BenchArgs) -> Result<()> {
     let device = crate::device::parse(&args.device)?;
     let model_dir = crate::model::hub::resolve(&args.model, args.revision.as_deref())?;
     let (cfg, weights) = read_checkpoint(&model_dir)?;
+    if args.seq > cfg.max_tokens() {
+        crate::user_bail!(
+            "--seq {} is more than the model holds: at most {} tokens ({}: {})",
+            args.seq,
+            cfg.max_tokens(),
+            model_dir.join("config.json").display(),
+            cfg.describe_max_tokens()
+        );
+    }
     let shape = (args.batch, args.seq);
     let tokens = (args.batch * args.seq) as f64;
     println!(

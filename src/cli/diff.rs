@@ -8,18 +8,16 @@ use anyhow::Result;
 use candle_core::DType;
 use clap::Args;
 
-use crate::cli::weights::Which;
+use crate::cli::weights::{RunWeights, Which};
 use crate::components::aggregate;
-use crate::error::user;
-use crate::model::{drop_mismatched_head, read_checkpoint};
-use crate::run_dir::{self, RunInfo};
 
 #[derive(Args, Debug)]
 pub struct DiffArgs {
     /// A run directory written by `peft train`.
     #[arg(long)]
     pub checkpoint: PathBuf,
-    /// The base model, a directory or a hub id [default: the run's].
+    /// The base model, a directory or a hub id, if it moved since training; its weights
+    /// must be the ones the run trained from (sha256) [default: the run's].
     #[arg(long)]
     pub base: Option<PathBuf>,
     /// Which saved state to compare.
@@ -31,26 +29,16 @@ pub struct DiffArgs {
 }
 
 pub fn run(args: DiffArgs) -> Result<()> {
-    let info = RunInfo::load(&args.checkpoint)?;
-    let base_dir = crate::cli::weights::base_dir(&info, args.base.as_deref())?;
-    let (_, mut base) = read_checkpoint(&base_dir)?;
-    // A head made for another label set has nothing to compare with.
-    drop_mismatched_head(&mut base, info.num_labels);
-    let file = args.checkpoint.join(args.which.file_name());
-    let trained = run_dir::load_tensors(&file)?;
+    // As `peft eval` reads a run: the base must be the one it trained from (sha256), its
+    // tensors of the base's shapes and the task's head; a head made for another label set
+    // is dropped from the base, having nothing to compare with.
+    let run = RunWeights::load(&args.checkpoint, args.which, args.base.as_deref(), None)?;
+    let (base, trained) = (&run.base, &run.trained);
     // Per tensor: (‖ΔW‖², n) and (‖W‖², n) and (Σ|ΔW|, n), aggregated by component.
     let (mut delta_sq, mut base_sq, mut delta_abs) =
         (BTreeMap::new(), BTreeMap::new(), BTreeMap::new());
-    for (name, t) in &trained {
+    for (name, t) in trained {
         let Some(b) = base.get(name) else { continue }; // a new head has no base
-        if b.dims() != t.dims() {
-            return Err(user(format!(
-                "{}: `{name}` has shape {:?}, the base {:?}",
-                file.display(),
-                t.dims(),
-                b.dims()
-            )));
-        }
         let d = (t.to_dtype(DType::F64)? - b.to_dtype(DType::F64)?)?;
         let n = t.elem_count();
         delta_sq.insert(name.clone(), (d.sqr()?.sum_all()?.to_scalar::<f64>()?, n));

@@ -37,9 +37,10 @@ pub struct EmbedArgs {
     /// How to pool token states into one vector.
     #[arg(long, value_enum, default_value_t = Pooling::Mean)]
     pub pooling: Pooling,
-    /// Truncate each input (longest sentence first for pairs) to this many tokens.
-    #[arg(long, default_value_t = 128)]
-    pub max_seq_len: usize,
+    /// Truncate each input (longest sentence first for pairs) to this many tokens
+    /// [default: 128, or the model's limit if lower].
+    #[arg(long)]
+    pub max_seq_len: Option<usize>,
     /// Scale each embedding to unit L2 norm.
     #[arg(long)]
     pub normalize: bool,
@@ -65,7 +66,8 @@ pub fn run(args: EmbedArgs) -> Result<()> {
     let (cfg, weights) = read_checkpoint(&model_dir)?;
     let store = ParamStore::frozen(weights, device.clone());
     let model = Model::load(&store, &cfg, None)?;
-    let encoder = TextEncoder::load(&model_dir, &cfg, args.max_seq_len)?;
+    let max_len = args.max_seq_len.unwrap_or(cfg.max_tokens().min(128));
+    let encoder = TextEncoder::load(&model_dir, &cfg, max_len)?;
 
     let mut inputs = Vec::new();
     for (i, line) in text.lines().enumerate() {

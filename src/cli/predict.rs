@@ -198,4 +198,28 @@ mod tests {
         let err = parse_lines("a\n\nb\n", p, sst).unwrap_err().to_string();
         assert!(err.contains("in.txt:2: empty line"), "{err}");
     }
+
+    #[test]
+    fn custom_tasks_take_as_many_texts_as_they_trained_on() {
+        use crate::data::custom::{spec, CustomProblem};
+        let p = Path::new("in.txt");
+        let labels = ["neg".to_string(), "pos".to_string()];
+        let columns = |c: &[&str]| c.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let problem = CustomProblem::Classification;
+        let pair = spec(problem, Some(&labels), &columns(&["a", "b"])).unwrap();
+        assert_eq!(
+            parse_lines("x\ty\n", p, pair).unwrap(),
+            vec![("x", Some("y"))]
+        );
+        let err = parse_lines("x\n", p, pair).unwrap_err().to_string();
+        assert!(
+            err.contains("in.txt:1") && err.contains("two texts"),
+            "{err}"
+        );
+        let single = spec(problem, Some(&labels), &columns(&["a"])).unwrap();
+        assert_eq!(parse_lines("x\n", p, single).unwrap(), vec![("x", None)]);
+        assert!(parse_lines("x\ty\n", p, single).is_err());
+        let scores = spec(CustomProblem::Regression, None, &columns(&["a", "b"])).unwrap();
+        assert!(parse_lines("x\ty\n", p, scores).is_ok());
+    }
 }

@@ -328,10 +328,15 @@ impl CustomData {
     }
 }
 
-/// The task of a custom run. The registry's tasks are `'static`; a custom task is built
-/// once per command from its labels, so it is leaked to live as long, which keeps every
-/// consumer of [`TaskSpec`] unchanged.
-pub fn spec(problem: CustomProblem, labels: Option<&[String]>) -> Result<&'static TaskSpec> {
+/// The task of a custom run, with its text columns (one, or two for pairs). The
+/// registry's tasks are `'static`; a custom task is built once per command from its
+/// labels and columns, so it is leaked to live as long, which keeps every consumer of
+/// [`TaskSpec`] unchanged.
+pub fn spec(
+    problem: CustomProblem,
+    labels: Option<&[String]>,
+    text_columns: &[String],
+) -> Result<&'static TaskSpec> {
     let (problem, metrics, main_metric): (Problem, &'static [Metric], Metric) = match problem {
         CustomProblem::Classification => {
             let Some(labels) = labels else {
@@ -358,11 +363,13 @@ pub fn spec(problem: CustomProblem, labels: Option<&[String]>) -> Result<&'stati
             Metric::Pearson,
         ),
     };
-    // Columns are named by the config, not the registry: the layouts are unused.
-    let unused = Layout::Named {
+    // The reader takes its columns from the config; the layout records them so that
+    // what asks whether the task is one of pairs (`peft predict`) gets the answer.
+    let leak = |s: &String| &*Box::leak(s.clone().into_boxed_str());
+    let columns = Layout::Named {
         id: None,
-        text_a: "",
-        text_b: None,
+        text_a: text_columns.first().map_or("", leak),
+        text_b: text_columns.get(1).map(leak),
         label: None,
     };
     Ok(Box::leak(Box::new(TaskSpec {
@@ -373,8 +380,8 @@ pub fn spec(problem: CustomProblem, labels: Option<&[String]>) -> Result<&'stati
         main_metric,
         dev_splits: &["dev"],
         test_splits: &[],
-        labelled: unused,
-        test: unused,
+        labelled: columns,
+        test: columns,
     })))
 }
 
@@ -445,7 +452,7 @@ mod tests {
             let d = f.data(name, name, &["a", "b"], Classification);
             let labels = d.labels().unwrap().unwrap();
             assert_eq!(labels, ["neg", "pos"]);
-            let spec = spec(Classification, Some(&labels)).unwrap();
+            let spec = spec(Classification, Some(&labels), &d.text_columns).unwrap();
             let got = d.read_split(spec, "dev").unwrap();
             let second = if name == "t.tsv" {
                 "two\\nlines"
@@ -484,7 +491,7 @@ mod tests {
         f.write("bad.tsv", "a\ty\nx\t0.5\ny\tlots\n");
         let d = f.data("r.tsv", "r.tsv", &["a"], Regression);
         assert_eq!(d.labels().unwrap(), None);
-        let spec = spec(Regression, None).unwrap();
+        let spec = spec(Regression, None, &d.text_columns).unwrap();
         let got = d.read_split(spec, "train").unwrap();
         assert_eq!(got[1], ex("1", "y", None, Label::Score(-2.0)));
         let d = f.data("r.tsv", "bad.tsv", &["a"], Regression);
@@ -514,7 +521,7 @@ mod tests {
         f.write("kind.jsonl", "{\"text\": 3, \"y\": \"pos\"}\n");
         f.write("data.txt", "text,y\n");
         let labels = vec!["neg".to_string(), "pos".to_string()];
-        let spec = spec(Classification, Some(&labels)).unwrap();
+        let spec = spec(Classification, Some(&labels), &["text".to_string()]).unwrap();
         let read = |train: &str, dev: &str| {
             let d = f.data(train, dev, &["text"], Classification);
             d.labels().and_then(|_| d.read_split(spec, "dev"))

@@ -85,7 +85,11 @@ impl Source {
 /// labels the run found in its training file (`RunInfo::labels`).
 pub fn run_task(cfg: &TrainConfig, labels: Option<&[String]>) -> Result<&'static TaskSpec> {
     if cfg.task == CUSTOM {
-        custom::spec(cfg.problem.unwrap_or(CustomProblem::Classification), labels)
+        custom::spec(
+            cfg.problem.unwrap_or(CustomProblem::Classification),
+            labels,
+            cfg.text_columns.as_deref().unwrap_or_default(),
+        )
     } else {
         task(&cfg.task)
     }

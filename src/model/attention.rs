@@ -104,11 +104,40 @@ impl AttentionOp {
     }
 }
 
-/// (batch, seq, heads·dim) of a q, k or v layout.
-fn dims(l: &Layout) -> candle_core::Result<(usize, usize, usize)> {
-    match l.dims() {
+/// (batch, seq, heads·dim) of a q, k or v shape.
+fn dims(s: &Shape) -> candle_core::Result<(usize, usize, usize)> {
+    match s.dims() {
         &[b, t, h] => Ok((b, t, h)),
         d => candle_core::bail!("attention: expected (batch, seq, hidden), got {d:?}"),
+    }
+}
+
+impl AttentionOp {
+    /// (batch, seq, hidden) of q, k and v, which must agree, with hidden a whole number of
+    /// heads and a mask of (batch, seq): the kernels index rows and heads by these alone.
+    fn check(&self, q: &Shape, k: &Shape, v: &Shape) -> candle_core::Result<(usize, usize, usize)> {
+        let (b, t, hd) = dims(q)?;
+        if dims(k)? != (b, t, hd) || dims(v)? != (b, t, hd) {
+            candle_core::bail!(
+                "attention: q {:?}, k {:?} and v {:?} differ",
+                q.dims(),
+                k.dims(),
+                v.dims()
+            );
+        }
+        if self.mask.len() != b * t {
+            candle_core::bail!(
+                "attention: a mask of {} elements for (batch, seq) = ({b}, {t})",
+                self.mask.len()
+            );
+        }
+        if self.heads == 0 || !hd.is_multiple_of(self.heads) {
+            candle_core::bail!(
+                "attention: hidden size {hd} is not a multiple of {} heads",
+                self.heads
+            );
+        }
+        Ok((b, t, hd))
     }
 }
 
@@ -126,10 +155,7 @@ impl CustomOp3 for AttentionOp {
         vs: &CpuStorage,
         vl: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let (b, t, hd) = dims(ql)?;
-        if dims(kl)? != (b, t, hd) || dims(vl)? != (b, t, hd) || self.mask.len() != b * t {
-            candle_core::bail!("attention: q, k, v and mask shapes differ");
-        }
+        let (b, t, hd) = self.check(ql.shape(), kl.shape(), vl.shape())?;
         let (q, k, v) = (slice(qs, ql)?, slice(ks, kl)?, slice(vs, vl)?);
         let (heads, d) = (self.heads, hd / self.heads);
         let mut out = vec![0f32; b * t * hd];
@@ -165,7 +191,14 @@ impl CustomOp3 for AttentionOp {
         _res: &Tensor,
         g: &Tensor,
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let (b, t, hd) = q.dims3()?;
+        let (b, t, hd) = self.check(q.shape(), k.shape(), v.shape())?;
+        if g.shape() != q.shape() {
+            candle_core::bail!(
+                "attention backward: gradient {:?} against output {:?}",
+                g.dims(),
+                q.dims()
+            );
+        }
         let (heads, d) = (self.heads, hd / self.heads);
         let n = b * t * hd;
         let (mut dq, mut dk, mut dv) = (vec![0f32; n], vec![0f32; n], vec![0f32; n]);
@@ -280,6 +313,14 @@ pub(crate) fn attention(
     scale: f64,
     dropout: Option<DropoutOp>,
 ) -> candle_core::Result<Tensor> {
+    let (b, t, _) = q.dims3()?;
+    if mask.dims() != [b, t] {
+        candle_core::bail!(
+            "attention: mask {:?} for q {:?}; expected (batch, seq)",
+            mask.dims(),
+            q.dims()
+        );
+    }
     let tracked = super::ops::records(&[q, k, v]);
     let op = AttentionOp {
         heads,
@@ -356,6 +397,33 @@ mod tests {
                 assert!(d < 1e-5, "p {p}: d{name} differs by {d}");
             }
         }
+    }
+
+    #[test]
+    fn shapes_the_kernel_cannot_index_are_refused() {
+        let mask = Tensor::ones((2, 4), DType::F32, &Device::Cpu).unwrap();
+        let x = rand(&[2, 4, 6], 5);
+        // 6 is no whole number of 4 heads (the last two columns were left at zero), and
+        // 0 heads divided by zero.
+        assert!(attention(&x, &x, &x, &mask, 4, 0.5, None).is_err());
+        assert!(attention(&x, &x, &x, &mask, 0, 0.5, None).is_err());
+        // q, k and v of different shapes.
+        let other = rand(&[2, 3, 6], 6);
+        assert!(attention(&x, &other, &x, &mask, 3, 0.5, None).is_err());
+        assert!(attention(&x, &x, &other, &mask, 3, 0.5, None).is_err());
+        // A mask with batch·seq elements, transposed.
+        let flipped = Tensor::ones((4, 2), DType::F32, &Device::Cpu).unwrap();
+        assert!(attention(&x, &x, &x, &flipped, 3, 0.5, None).is_err());
+        // Backward with a gradient of another shape.
+        let op = AttentionOp {
+            heads: 3,
+            scale: 0.5,
+            mask: vec![1.0; 8],
+            dropout: None,
+        };
+        let y = attention(&x, &x, &x, &mask, 3, 0.5, None).unwrap();
+        assert!(op.bwd(&x, &x, &x, &y, &rand(&[2, 4, 3], 7)).is_err());
+        assert!(op.bwd(&x, &x, &x, &y, &y).is_ok());
     }
 
     #[test]

@@ -123,6 +123,30 @@ impl ModelConfig {
         Ok(())
     }
 
+    /// The most tokens a sequence may have: the rows of the position table it can use.
+    /// BERT numbers positions from 0; RoBERTa from pad_token_id + 1 (transformers'
+    /// `create_position_ids_from_input_ids`), so roberta-base's 514 rows hold 512 tokens.
+    pub fn max_tokens(&self) -> usize {
+        match self.model_type {
+            Arch::Bert => self.max_position_embeddings,
+            Arch::Roberta => self
+                .max_position_embeddings
+                .saturating_sub(self.pad_token_id as usize + 1),
+        }
+    }
+
+    /// `max_tokens` and where it comes from, for messages.
+    pub fn describe_max_tokens(&self) -> String {
+        match self.model_type {
+            Arch::Bert => format!("max_position_embeddings {}", self.max_position_embeddings),
+            Arch::Roberta => format!(
+                "max_position_embeddings {} less pad_token_id {} + 1: RoBERTa's positions \
+                 start after the padding index",
+                self.max_position_embeddings, self.pad_token_id
+            ),
+        }
+    }
+
     pub fn head_dim(&self) -> usize {
         self.hidden_size / self.num_attention_heads
     }
@@ -148,6 +172,19 @@ mod tests {
         assert_eq!(cfg.type_vocab_size, 2);
         assert_eq!(cfg.head_dim(), 4);
         assert_eq!(cfg.classifier_dropout(), 0.1);
+    }
+
+    #[test]
+    fn usable_positions_of_bert_and_roberta() {
+        let bert = ModelConfig::parse(BERT).unwrap();
+        assert_eq!(bert.max_tokens(), 20);
+        let roberta = ModelConfig::parse(&BERT.replace("\"bert\"", "\"roberta\"").replace(
+            "\"max_position_embeddings\":20",
+            "\"max_position_embeddings\":514,\"pad_token_id\":1",
+        ))
+        .unwrap();
+        assert_eq!(roberta.max_tokens(), 512);
+        assert!(roberta.describe_max_tokens().contains("514"));
     }
 
     #[test]

@@ -52,7 +52,9 @@ pub(super) fn dropout(
         .contiguous_offsets()
         .ok_or_else(|| candle_core::Error::Msg("dropout: not contiguous".into()))?;
     let x = s.as_cuda_slice::<f32>()?.slice(start..);
-    // SAFETY: the kernel writes every element.
+    // SAFETY: `alloc` leaves the n floats uninitialised; nothing reads y before the kernel
+    // below has written every one of them (its grid-stride loop covers i < n whatever the
+    // launch size), and if the launch fails y is dropped unread.
     let y = unsafe { dev.alloc::<f32>(n)? };
     let func = dev.get_or_load_custom_func("peft_dropout", "peft_dropout", dropout_ptx()?)?;
     let (n64, key, threshold, scale) = (n as u64, op.key, op.threshold, op.scale());
@@ -63,7 +65,10 @@ pub(super) fn dropout(
     b.arg(&key);
     b.arg(&threshold);
     b.arg(&scale);
-    // SAFETY: the arguments match the kernel's signature; x and y hold n elements.
+    // SAFETY: the arguments are pushed in the order and types of `peft_dropout`'s
+    // signature (two f32 device pointers, three u64, an f32); y holds n floats, and x,
+    // the contiguous tensor's view from its start offset, at least n (the layout's
+    // elements), so the kernel's indices i < n stay inside both.
     unsafe { b.launch(LaunchConfig::for_num_elems(n as u32)) }.w()?;
     Ok((
         CudaStorage::wrap_cuda_slice(y, dev.clone()),

@@ -25,7 +25,9 @@ pub fn weight_file(dir: &Path) -> Result<PathBuf> {
 
 /// Load every float tensor of the checkpoint as f32 on the CPU, keyed by canonical name.
 /// Tensors that are not part of an encoder or a classification head (MLM heads, buffers)
-/// are dropped.
+/// are dropped; so are integer buffers among them (`embeddings.token_type_ids`), but a
+/// parameter (`.weight`, `.bias`, `.gamma`, `.beta`) that is not a float is refused,
+/// naming the file and the tensor.
 pub fn read_weights(dir: &Path, arch: Arch) -> Result<HashMap<String, Tensor>> {
     let path = weight_file(dir)?;
     let raw: Vec<(String, Tensor)> = if path.extension().is_some_and(|e| e == "safetensors") {
@@ -43,11 +45,31 @@ pub fn read_weights(dir: &Path, arch: Arch) -> Result<HashMap<String, Tensor>> {
             continue;
         };
         if !t.dtype().is_float() {
+            if is_parameter(&canon) {
+                return Err(user(format!(
+                    "{}: tensor `{name}` has dtype {:?}; a parameter must be a float \
+                     (f32, f16, bf16 or f64)",
+                    path.display(),
+                    t.dtype()
+                )));
+            }
             continue;
         }
-        out.insert(canon, t.to_dtype(DType::F32)?);
+        let t = t.to_dtype(DType::F32).map_err(|e| {
+            user(format!(
+                "{}: tensor `{name}` of dtype {:?} cannot be read as f32: {e}",
+                path.display(),
+                t.dtype()
+            ))
+        })?;
+        out.insert(canon, t);
     }
     Ok(out)
+}
+
+/// Whether a canonical name is a learned parameter rather than a buffer.
+fn is_parameter(canon: &str) -> bool {
+    [".weight", ".bias"].iter().any(|s| canon.ends_with(s))
 }
 
 /// `bert.encoder.layer.0.attention.output.LayerNorm.gamma` → `encoder.layer.0.attention.output.LayerNorm.weight`.
@@ -104,5 +126,46 @@ mod tests {
             Some("encoder.layer.1.attention.self.key.bias")
         );
         assert_eq!(canonical_name("lm_head.dense.weight", Arch::Roberta), None);
+    }
+
+    /// The tiny BERT fixture with `edit` applied to its tensors, in a temporary directory.
+    fn fixture_with(edit: impl FnOnce(&mut HashMap<String, Tensor>)) -> tempfile::TempDir {
+        let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny-bert");
+        let dir = tempfile::tempdir().unwrap();
+        let mut t =
+            candle_core::safetensors::load(src.join("model.safetensors"), &Device::Cpu).unwrap();
+        edit(&mut t);
+        candle_core::safetensors::save(&t, dir.path().join("model.safetensors")).unwrap();
+        dir
+    }
+
+    #[test]
+    fn a_parameter_of_an_integer_dtype_is_a_user_error_naming_file_and_tensor() {
+        let name = "bert.encoder.layer.0.output.dense.bias";
+        let dir = fixture_with(|t| {
+            let int = t[name].to_dtype(DType::I64).unwrap();
+            t.insert(name.into(), int);
+        });
+        let err = read_weights(dir.path(), Arch::Bert).unwrap_err();
+        assert!(crate::error::is_user_error(&err), "{err:#}");
+        let msg = format!("{err:#}");
+        assert!(
+            msg.contains("model.safetensors") && msg.contains(name) && msg.contains("I64"),
+            "{msg}"
+        );
+        // Integer buffers are no parameters: dropped, as before.
+        let dir = fixture_with(|t| {
+            let ids = Tensor::zeros((1, 4), DType::I64, &Device::Cpu).unwrap();
+            t.insert("bert.embeddings.token_type_ids".into(), ids);
+        });
+        let w = read_weights(dir.path(), Arch::Bert).unwrap();
+        assert!(!w.contains_key("embeddings.token_type_ids"));
+        // Half precision is a float: read as f32.
+        let dir = fixture_with(|t| {
+            let half = t[name].to_dtype(DType::F16).unwrap();
+            t.insert(name.into(), half);
+        });
+        let w = read_weights(dir.path(), Arch::Bert).unwrap();
+        assert_eq!(w["encoder.layer.0.output.dense.bias"].dtype(), DType::F32);
     }
 }

@@ -161,13 +161,16 @@ impl Linear {
     /// Fold leading dims into one so that each product is a single 2-D gemm against Wᵀ (a
     /// strided view, no copy) instead of a batched matmul with a broadcast weight.
     fn on_rows(&self, x: &Tensor, f: impl FnOnce(&Tensor) -> Result<Tensor>) -> Result<Tensor> {
-        let dims = x.dims().to_vec();
-        let d_in = dims[dims.len() - 1];
-        let rows: usize = dims[..dims.len() - 1].iter().product();
+        let Some((&d_in, lead)) = x.dims().split_last() else {
+            anyhow::bail!(
+                "linear: a scalar input; expected (..., {})",
+                self.weight.dim(1)?
+            );
+        };
+        let rows: usize = lead.iter().product();
         let y = f(&x.reshape((rows, d_in))?)?;
-        let mut out = dims;
-        let last = out.len() - 1;
-        out[last] = self.weight.dim(0)?;
+        let mut out = lead.to_vec();
+        out.push(self.weight.dim(0)?);
         Ok(y.reshape(out)?)
     }
 }
@@ -237,6 +240,56 @@ mod tests {
         let zeros = a.iter().filter(|v| **v == 0.0).count() as f64 / 4096.0;
         assert!((zeros - 0.25).abs() < 0.03, "dropped {zeros}");
         assert!(a.iter().all(|v| *v == 0.0 || (*v - 4.0 / 3.0).abs() < 1e-6));
+    }
+
+    #[test]
+    fn layer_norm_refuses_an_input_its_gain_and_bias_do_not_fit() {
+        let dev = &Device::Cpu;
+        let t = |shape: &[usize]| Tensor::ones(shape, DType::F32, dev).unwrap();
+        let ln = LayerNorm::new(t(&[4]), t(&[4]), 1e-12);
+        // The kernel wrote rows of 4: 8 of these 10 outputs, the rest uninitialised.
+        let err = ln.forward(&t(&[2, 5])).unwrap_err().to_string();
+        assert!(err.contains("[2, 5]") && err.contains("[4]"), "{err}");
+        // As many elements as two rows of 4, in rows of 8: normalised over the wrong rows.
+        assert!(ln.forward(&t(&[2, 8])).is_err());
+        assert!(ln.forward(&Tensor::new(1f32, dev).unwrap()).is_err());
+        // A bias shorter than the gain left each row's tail unwritten.
+        let short_bias = LayerNorm::new(t(&[5]), t(&[4]), 1e-12);
+        assert!(short_bias.forward(&t(&[2, 5])).is_err());
+        let empty = LayerNorm::new(t(&[0]), t(&[0]), 1e-12);
+        assert!(empty.forward(&t(&[2, 0])).is_err());
+        // A gain of another dtype, and one that trains (the recording path).
+        let f64_gain = LayerNorm::new(Tensor::ones(4, DType::F64, dev).unwrap(), t(&[4]), 1e-12);
+        assert!(f64_gain.forward(&t(&[2, 4])).is_err());
+        let var = candle_core::Var::ones(4, DType::F32, dev).unwrap();
+        let trained = LayerNorm::new(var.as_tensor().clone(), t(&[4]), 1e-12);
+        assert!(trained.forward(&t(&[3, 5])).is_err());
+        assert_eq!(trained.forward(&t(&[3, 4])).unwrap().dims(), &[3, 4]);
+        // A non-contiguous gain is made contiguous, not refused.
+        let strided = Tensor::ones((4, 2), DType::F32, dev).unwrap();
+        let ln = LayerNorm::new(
+            strided.narrow(1, 0, 1).unwrap().squeeze(1).unwrap(),
+            t(&[4]),
+            1e-12,
+        );
+        assert_eq!(ln.forward(&t(&[2, 4])).unwrap().dims(), &[2, 4]);
+    }
+
+    #[test]
+    fn linear_refuses_inputs_of_another_width_and_scalars() {
+        let dev = &Device::Cpu;
+        let lin = Linear::new(
+            Tensor::ones((3, 2), DType::F32, dev).unwrap(),
+            Some(Tensor::zeros(3, DType::F32, dev).unwrap()),
+        );
+        let x = Tensor::ones((4, 5), DType::F32, dev).unwrap();
+        assert!(lin.forward(&x, &Ctx::eval()).is_err());
+        let z = Tensor::ones((4, 5), DType::F32, dev).unwrap();
+        assert!(lin
+            .forward_after(&z, Activation::Gelu, &Ctx::eval())
+            .is_err());
+        let scalar = Tensor::new(1f32, dev).unwrap();
+        assert!(lin.forward(&scalar, &Ctx::eval()).is_err());
     }
 
     #[test]

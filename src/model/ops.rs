@@ -90,7 +90,8 @@ pub(crate) fn fused(t: &Tensor) -> bool {
 /// LayerNorm outputs was some 3% of an inference forward in `perf`.
 ///
 /// # Safety
-/// `fill` must write every element of each chunk it is given.
+/// `fill` must write every element of each chunk it is given (or panic: then the vector
+/// is dropped before its length is set, and nothing uninitialised is read).
 unsafe fn par_fill(
     n: usize,
     chunk: usize,
@@ -98,12 +99,39 @@ unsafe fn par_fill(
 ) -> Vec<f32> {
     let mut v = Vec::with_capacity(n);
     v.spare_capacity_mut()[..n]
-        .par_chunks_mut(chunk)
+        .par_chunks_mut(chunk.max(1))
         .enumerate()
         .for_each(|(i, c)| fill(i, c));
-    // SAFETY: the caller's contract: all n elements were written.
+    // SAFETY: the capacity is at least n, and every one of the n elements was written: the
+    // chunks cover [0, n) and the caller's `fill` writes each chunk whole.
     unsafe { v.set_len(n) };
     v
+}
+
+/// Fail with a candle error naming the op unless `ok`: shape checks at the kernels' entry.
+fn ensure(ok: bool, msg: impl FnOnce() -> String) -> candle_core::Result<()> {
+    if ok {
+        Ok(())
+    } else {
+        Err(candle_core::Error::Msg(msg()))
+    }
+}
+
+/// The normalised size d of LayerNorm over x's last dimension, checked against the
+/// gain's and bias's lengths: the kernel writes whole rows of d, so a mismatch would
+/// leave part of its output unwritten.
+fn layer_norm_dim(x: &Shape, w: &Shape, b: &Shape) -> candle_core::Result<usize> {
+    let d = x.dims().last().copied().unwrap_or(0);
+    ensure(d > 0 && w.dims() == [d] && b.dims() == [d], || {
+        format!(
+            "layer_norm: input {:?} against gain {:?} and bias {:?}: the last dimension \
+                 must be non-zero and equal both lengths",
+            x.dims(),
+            w.dims(),
+            b.dims()
+        )
+    })?;
+    Ok(d)
 }
 
 // ---------------------------------------------------------------- LayerNorm
@@ -126,10 +154,12 @@ impl CustomOp3 for LayerNormOp {
         bs: &CpuStorage,
         bl: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let d = layer_norm_dim(xl.shape(), wl.shape(), bl.shape())?;
         let (x, w, b) = (slice(xs, xl)?, slice(ws, wl)?, slice(bs, bl)?);
-        let d = w.len();
         // Blocks of 64 rows: whole rows per task, few enough tasks to schedule cheaply.
-        // SAFETY: the kernel writes every element of its block.
+        // SAFETY: x holds whole rows of d = w.len() = b.len() (checked above), so each
+        // block o is whole rows too, the slice of x beside it has o's length, and
+        // `simd::layer_norm` writes every element of such an o (or panics).
         let out = unsafe {
             par_fill(x.len(), 64 * d, |i, o| {
                 simd::layer_norm(o, &x[i * 64 * d..][..o.len()], w, b, self.eps)
@@ -142,11 +172,18 @@ impl CustomOp3 for LayerNormOp {
         &self,
         x: &Tensor,
         w: &Tensor,
-        _b: &Tensor,
+        b: &Tensor,
         _res: &Tensor,
         g: &Tensor,
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let d = w.elem_count();
+        let d = layer_norm_dim(x.shape(), w.shape(), b.shape())?;
+        ensure(g.shape() == x.shape(), || {
+            format!(
+                "layer_norm backward: gradient {:?} against input {:?}",
+                g.dims(),
+                x.dims()
+            )
+        })?;
         let eps = self.eps;
         let (dx, dw, db) = with_slice(x, |x| {
             with_slice(w, |w| {
@@ -185,11 +222,12 @@ impl CustomOp3 for LayerNormOp {
 /// LayerNorm over the last dimension.
 pub fn layer_norm(x: &Tensor, w: &Tensor, b: &Tensor, eps: f64) -> Result<Tensor> {
     if fused(x) {
-        let (x, op) = (x.contiguous()?, LayerNormOp { eps: eps as f32 });
-        return Ok(if records(&[&x, w, b]) {
-            x.apply_op3(w, b, op)?
+        let (x, w, b) = (x.contiguous()?, w.contiguous()?, b.contiguous()?);
+        let op = LayerNormOp { eps: eps as f32 };
+        return Ok(if records(&[&x, &w, &b]) {
+            x.apply_op3(&w, &b, op)?
         } else {
-            x.apply_op3_no_bwd(w, b, &op)?
+            x.apply_op3_no_bwd(&w, &b, &op)?
         });
     }
     let mean = x.mean_keepdim(D::Minus1)?;
@@ -228,7 +266,8 @@ impl CustomOp1 for GeluErf {
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
         let x = slice(s, l)?;
-        // SAFETY: the kernel writes every element of its chunk.
+        // SAFETY: chunk i of the output is beside x's elements [4096·i, 4096·i + o.len()),
+        // of o's length, and `simd::gelu` writes every element of an o as long as its x.
         let out = unsafe {
             par_fill(x.len(), 4096, |i, o| {
                 simd::gelu(o, &x[i * 4096..][..o.len()])
@@ -238,6 +277,13 @@ impl CustomOp1 for GeluErf {
     }
 
     fn bwd(&self, x: &Tensor, _res: &Tensor, g: &Tensor) -> candle_core::Result<Option<Tensor>> {
+        ensure(g.shape() == x.shape(), || {
+            format!(
+                "gelu backward: gradient {:?} against input {:?}",
+                g.dims(),
+                x.dims()
+            )
+        })?;
         let dx = with_slice(x, |x| {
             with_slice(g, |g| {
                 let mut dx = vec![0f32; x.len()];
@@ -291,8 +337,9 @@ impl DropoutOp {
 
     /// o = x/keep where element `base + j` survives, else 0.
     pub(crate) fn apply_row(&self, o: &mut [f32], x: &[f32], base: u64) {
-        // SAFETY: the kernel writes only values through the view.
         simd::dropout(
+            // SAFETY: `simd::dropout` writes only initialised floats through the view, so o
+            // stays initialised.
             unsafe { simd::as_uninit(o) },
             x,
             self.key,
@@ -303,7 +350,8 @@ impl DropoutOp {
     }
 
     fn apply(&self, x: &[f32]) -> Vec<f32> {
-        // SAFETY: the kernel writes every element of its chunk.
+        // SAFETY: chunk c of the output is beside x's elements [4096·c, 4096·c + o.len()),
+        // of o's length, and `simd::dropout` writes every element of an o as long as its x.
         unsafe {
             par_fill(x.len(), 4096, |c, o| {
                 let at = c * 4096;
@@ -379,15 +427,17 @@ impl CustomOp2 for DropoutAddOp {
         rs: &CpuStorage,
         rl: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
+        ensure(yl.shape() == rl.shape(), || {
+            format!("dropout_add: {:?} against {:?}", yl.dims(), rl.dims())
+        })?;
         let (y, r) = (slice(ys, yl)?, slice(rs, rl)?);
-        if yl.shape() != rl.shape() {
-            candle_core::bail!("dropout_add: {:?} against {:?}", yl.shape(), rl.shape());
-        }
         let (key, threshold, scale) = match &self.dropout {
             Some(d) => (Some(d.key), d.threshold, d.scale),
             None => (None, 0, 1.0),
         };
-        // SAFETY: the kernel writes every element of its chunk.
+        // SAFETY: y and r have one shape (checked above), so one length; chunk c of the
+        // output is beside their elements [4096·c, 4096·c + o.len()), and
+        // `simd::dropout_add` writes every element of an o as long as its y and r.
         let out = unsafe {
             par_fill(y.len(), 4096, |c, o| {
                 let at = c * 4096;
@@ -473,22 +523,30 @@ fn gemm_linear(
                 }),
             }
         }
-        // SAFETY: every element was just written.
+        // SAFETY: y's length is a multiple of d_out (whole rows: the chunks are `block`
+        // rows, the last what is left), so the loop above wrote every element; f32 and
+        // MaybeUninit<f32> have one layout, and the borrow of y moves into the new view.
         let y = unsafe { &mut *(y as *mut [MaybeUninit<f32>] as *mut [f32]) };
         let rows = y.len() / d_out;
+        if d_in == 0 {
+            return; // an empty sum: y is the bias rows
+        }
         let x = &x[i * block * d_in..][..rows * d_in];
         let fx;
         let x = match prologue {
-            // SAFETY: the prologues are elementwise kernels that write every element.
             Some(f) => {
-                fx = unsafe { par_fill(x.len(), x.len().max(1), |_, o| f(o, x)) };
+                // SAFETY: one chunk, the whole of x's length, and the prologues are
+                // elementwise kernels that write every element of an o as long as their x.
+                fx = unsafe { par_fill(x.len(), x.len(), |_, o| f(o, x)) };
                 &fx[..]
             }
             None => x,
         };
-        // SAFETY: y holds (rows, out) and x (rows, in) row-major (whole rows of the asserted
-        // sizes); Wᵀ is read from row-major W (row stride 1, column stride in). y is
-        // initialised and read (alpha 1).
+        // SAFETY: y holds (rows, out) and x (rows, in) row-major: rows·d_out and rows·d_in
+        // elements (x sliced to exactly that above); W holds d_out·d_in (asserted), read as
+        // Wᵀ (row stride 1, column stride in). So every index gemm forms from these
+        // dimensions and strides is in bounds. y is initialised (read with alpha 1) and
+        // exclusively borrowed; x and W are shared and do not overlap it.
         unsafe {
             gemm::gemm(
                 rows,
@@ -513,8 +571,9 @@ fn gemm_linear(
             );
         }
     };
-    // SAFETY: `fill` writes every element of its chunk (the bias or zero rows).
-    unsafe { par_fill(rows * d_out, (block * d_out).max(1), fill) }
+    // SAFETY: `fill` writes every element of its chunk: whole rows of d_out (chunks of
+    // `block` rows), each set to the bias or zero before gemm adds onto it.
+    unsafe { par_fill(rows * d_out, block * d_out, fill) }
 }
 
 /// y = x·Wᵀ + b in one op for every combination of what trains. Forward is one gemm onto
@@ -564,7 +623,15 @@ impl CustomOp3 for LinearOp {
         g: &Tensor,
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let (d_out, d_in) = w.dims2()?;
-        let rows = g.elem_count() / d_out;
+        let (rows, x_in) = x.dims2()?;
+        ensure(x_in == d_in && g.dims() == [rows, d_out], || {
+            format!(
+                "linear backward: input {:?}, weight {:?}, gradient {:?}",
+                x.dims(),
+                w.dims(),
+                g.dims()
+            )
+        })?;
         let (dx, dw, db) = with_slice(g, |g| {
             with_slice(x, |x| {
                 with_slice(w, |w| {
@@ -582,7 +649,9 @@ impl CustomOp3 for LinearOp {
                     let dw = self.w_grad.then(|| {
                         let gelu;
                         let x = if self.gelu_input {
-                            // SAFETY: the kernel writes every element of its chunk.
+                            // SAFETY: chunk c of the output is beside x's elements
+                            // [4096·c, 4096·c + o.len()), of o's length, and `simd::gelu`
+                            // writes every element of an o as long as its x.
                             gelu = unsafe {
                                 par_fill(x.len(), 4096, |c, o| {
                                     simd::gelu(o, &x[c * 4096..][..o.len()])
@@ -658,8 +727,17 @@ pub(crate) fn gemm_into(
     if m == 0 || n == 0 {
         return;
     }
-    let last = |rs: usize, cs: usize, r: usize, c: usize| (r.max(1) - 1) * rs + (c.max(1) - 1) * cs;
-    assert!(dst.len() > last(dst_rs, 1, m, n), "gemm: dst out of bounds");
+    // Whether a (r, c) matrix at these strides fits in `len` elements: its last element,
+    // (r − 1)·rs + (c − 1)·cs, is an index of the slice (no overflow: r and c are ≥ 1).
+    let fits = |len: usize, rs: usize, cs: usize, r: usize, c: usize| {
+        (r - 1)
+            .checked_mul(rs)
+            .zip((c - 1).checked_mul(cs))
+            .and_then(|(a, b)| a.checked_add(b))
+            .is_some_and(|last| last < len)
+    };
+    // The callers check their shapes first: these are the last line against a bug.
+    assert!(fits(dst.len(), dst_rs, 1, m, n), "gemm: dst out of bounds");
     if k == 0 {
         dst.chunks_mut(dst_rs)
             .take(m)
@@ -667,15 +745,17 @@ pub(crate) fn gemm_into(
         return;
     }
     assert!(
-        lhs.0.len() > last(lhs.1, lhs.2, m, k),
+        fits(lhs.0.len(), lhs.1, lhs.2, m, k),
         "gemm: lhs out of bounds"
     );
     assert!(
-        rhs.0.len() > last(rhs.1, rhs.2, k, n),
+        fits(rhs.0.len(), rhs.1, rhs.2, k, n),
         "gemm: rhs out of bounds"
     );
-    // SAFETY: the asserts keep every element the strides reach inside dst, lhs and rhs;
-    // dst is exclusively borrowed and does not overlap the shared lhs and rhs.
+    // SAFETY: m, n, k ≥ 1, and the asserts put the last element each matrix's strides
+    // reach (so every element, the strides being non-negative) inside dst, lhs and rhs;
+    // dst is exclusively borrowed, so it does not overlap the shared lhs and rhs; with
+    // read_dst false gemm only writes dst.
     unsafe {
         gemm::gemm(
             m,
@@ -858,6 +938,89 @@ pub(crate) mod tests {
         assert!(max_diff(&f.1, &c.1) < 1e-4, "dx {}", max_diff(&f.1, &c.1));
         assert!(max_diff(&f.2, &c.2) < 1e-4, "dw");
         assert!(max_diff(&f.3, &c.3) < 1e-4, "db");
+    }
+
+    #[test]
+    fn kernels_refuse_shapes_they_cannot_fill() {
+        let (x, w) = (rand(&[3, 4], 50), rand(&[4], 51));
+        // LayerNorm: a gain or bias of another length, forward and backward.
+        assert!(layer_norm(&x, &rand(&[5], 52), &w, 1e-5).is_err());
+        assert!(layer_norm(&x, &w, &rand(&[3], 52), 1e-5).is_err());
+        assert!(layer_norm(&rand(&[12], 53), &w, &w, 1e-5).is_err());
+        let op = LayerNormOp { eps: 1e-5 };
+        let y = layer_norm(&x, &w, &w, 1e-5).unwrap();
+        assert!(op.bwd(&x, &w, &w, &y, &rand(&[3, 5], 54)).is_err());
+        assert!(op.bwd(&x, &w, &rand(&[3], 55), &y, &y).is_err());
+        assert!(op.bwd(&x, &w, &w, &y, &y).is_ok());
+        // GELU's and the linear's backward: a gradient of another shape.
+        assert!(GeluErf.bwd(&x, &x, &rand(&[3, 3], 56)).is_err());
+        let (wl, b) = (rand(&[2, 4], 57), rand(&[2], 58));
+        let lin = LinearOp {
+            gelu_input: false,
+            x_grad: true,
+            w_grad: true,
+            b_grad: true,
+        };
+        let out = linear(&x, &wl, Some(&b)).unwrap();
+        assert!(lin.bwd(&x, &wl, &b, &out, &rand(&[3, 3], 59)).is_err());
+        assert!(lin.bwd(&x, &rand(&[2, 5], 60), &b, &out, &out).is_err());
+        assert!(lin.bwd(&x, &wl, &b, &out, &out).is_ok());
+        // The linear's forward: another width, another bias length.
+        assert!(linear(&x, &rand(&[2, 5], 61), Some(&b)).is_err());
+        assert!(linear(&x, &wl, Some(&rand(&[3], 62))).is_err());
+        // dropout + residual of two shapes with one element count.
+        let op = DropoutOp::new(0.1, 1);
+        assert!(dropout_add(&x, &rand(&[4, 3], 63), Some(op)).is_err());
+    }
+
+    #[test]
+    fn a_linear_without_inputs_is_its_bias() {
+        let x = Tensor::zeros((3, 0), DType::F32, &Device::Cpu).unwrap();
+        let w = Tensor::zeros((2, 0), DType::F32, &Device::Cpu).unwrap();
+        let b = rand(&[2], 64);
+        let y = linear(&x, &w, Some(&b)).unwrap();
+        let want = b.unsqueeze(0).unwrap().broadcast_as((3, 2)).unwrap();
+        assert_eq!(max_diff(&y, &want), 0.0);
+    }
+
+    #[test]
+    fn gemm_refuses_strides_that_leave_its_slices() {
+        let run = |dst_len: usize, lhs_len: usize| {
+            std::panic::catch_unwind(|| {
+                let mut dst = vec![0f32; dst_len];
+                let (lhs, rhs) = (vec![1f32; lhs_len], vec![1f32; 6]);
+                gemm_into(
+                    &mut dst,
+                    3,
+                    2,
+                    2,
+                    3,
+                    (&lhs, 2, 1),
+                    (&rhs, 3, 1),
+                    gemm::Parallelism::None,
+                );
+                dst
+            })
+        };
+        assert_eq!(run(6, 4).unwrap(), vec![2.0; 6]);
+        assert!(run(5, 4).is_err(), "dst one short");
+        assert!(run(6, 3).is_err(), "lhs one short");
+        // Strides whose last index overflows usize are refused, not wrapped.
+        let huge = std::panic::catch_unwind(|| {
+            let mut dst = vec![0f32; 4];
+            let one = [1f32; 3];
+            gemm_into(
+                &mut dst,
+                usize::MAX,
+                3,
+                1,
+                1,
+                (&one, 1, 1),
+                (&one, 1, 1),
+                gemm::Parallelism::None,
+            );
+        });
+        assert!(huge.is_err());
     }
 
     #[test]

@@ -9,7 +9,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Mutex;
 
-use anyhow::{anyhow, Result};
+use anyhow::Result;
 use candle_core::{DType, Device, Tensor, Var};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -223,10 +223,10 @@ fn check_shape(name: &str, t: &Tensor, shape: &[usize]) -> Result<()> {
         )));
     }
     if !t.dtype().is_float() {
-        return Err(anyhow!(
-            "tensor `{name}` has dtype {:?}, expected a float",
+        return Err(user(format!(
+            "tensor `{name}` has dtype {:?} in the checkpoint; a parameter must be a float",
             t.dtype()
-        ));
+        )));
     }
     Ok(())
 }

@@ -17,7 +17,9 @@ const LANES: usize = 16;
 /// # Safety
 /// Nothing may write `MaybeUninit::uninit()` through the view: `v` must stay initialised.
 pub unsafe fn as_uninit(v: &mut [f32]) -> &mut [MaybeUninit<f32>] {
-    // SAFETY: same layout; the caller keeps every element initialised.
+    // SAFETY: f32 and MaybeUninit<f32> have one size, alignment and layout, so the cast
+    // slice covers exactly v's elements; the exclusive borrow of v moves into the view,
+    // and the caller's contract keeps every element initialised when v is used again.
     unsafe { &mut *(v as *mut [f32] as *mut [MaybeUninit<f32>]) }
 }
 
@@ -40,12 +42,20 @@ macro_rules! multiversion {
                 unsafe fn avx512($($arg: $ty),*) $(-> $ret)? {
                     imp($($arg),*)
                 }
-                if std::is_x86_feature_detected!("avx512f") && std::is_x86_feature_detected!("avx512dq") {
-                    // SAFETY: the CPU has AVX-512F and DQ, and with them AVX2 and FMA.
+                let avx2_fma = std::is_x86_feature_detected!("avx2")
+                    && std::is_x86_feature_detected!("fma");
+                if avx2_fma
+                    && std::is_x86_feature_detected!("avx512f")
+                    && std::is_x86_feature_detected!("avx512dq")
+                {
+                    // SAFETY: calling a `target_feature` function is sound when the CPU has
+                    // every feature it enables: AVX-512F, DQ, AVX2 and FMA, all detected
+                    // just above. Its body is the safe `imp`.
                     return unsafe { avx512($($arg),*) };
                 }
-                if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
-                    // SAFETY: the CPU has the features `avx2` is compiled for.
+                if avx2_fma {
+                    // SAFETY: the CPU has AVX2 and FMA (detected above), all that `avx2`
+                    // enables. Its body is the safe `imp`.
                     return unsafe { avx2($($arg),*) };
                 }
             }
@@ -181,7 +191,7 @@ pub fn keeps(key: u64, threshold: u64, i: u64) -> bool {
 
 multiversion! {
     /// o = x·scale where dropout keeps element `base + j`, else 0 (not x·0, which is NaN
-    /// for an infinite x).
+    /// for an infinite x). Writes every element of o; panics unless x is as long.
     pub fn dropout(
         o: &mut [MaybeUninit<f32>],
         x: &[f32],
@@ -190,6 +200,7 @@ multiversion! {
         scale: f32,
         base: u64
     ) {
+        assert_eq!(o.len(), x.len(), "dropout: output and input lengths differ");
         for (j, (o, &v)) in o.iter_mut().zip(x).enumerate() {
             o.write(if keeps(key, threshold, base + j as u64) { v * scale } else { 0.0 });
         }
@@ -198,6 +209,7 @@ multiversion! {
 
 multiversion! {
     /// o = dropout(x) + r, as `dropout` then an add would give; with key None, x + r.
+    /// Writes every element of o; panics unless x and r are as long.
     pub fn dropout_add(
         o: &mut [MaybeUninit<f32>],
         x: &[f32],
@@ -207,6 +219,7 @@ multiversion! {
         scale: f32,
         base: u64
     ) {
+        assert!(o.len() == x.len() && o.len() == r.len(), "dropout_add: lengths differ");
         match key {
             Some(key) => {
                 for (j, ((o, &v), &r)) in o.iter_mut().zip(x).zip(r).enumerate() {
@@ -269,9 +282,17 @@ multiversion! {
 }
 
 multiversion! {
-    /// o = (x − mean)/std · w + b over rows of w.len(); writes every element of o.
+    /// o = (x − mean)/std · w + b over rows of w.len(). Writes every element of o; panics
+    /// unless o and x are as long, a whole number of non-empty rows, and b is as long as w.
     pub fn layer_norm(o: &mut [MaybeUninit<f32>], x: &[f32], w: &[f32], b: &[f32], eps: f32) {
         let d = w.len();
+        assert!(
+            d > 0 && b.len() == d && o.len() == x.len() && o.len().is_multiple_of(d),
+            "layer_norm: rows of {d} against {} inputs, {} outputs and a bias of {}",
+            x.len(),
+            o.len(),
+            b.len()
+        );
         for (o, r) in o.chunks_exact_mut(d).zip(x.chunks_exact(d)) {
             let (mean, rstd) = row_stats(r, eps);
             for (((o, &x), &w), &b) in o.iter_mut().zip(r).zip(w).zip(b) {
@@ -329,8 +350,9 @@ multiversion! {
 }
 
 multiversion! {
-    /// o = x · Φ(x), exact GELU; writes every element of o.
+    /// o = x · Φ(x), exact GELU. Writes every element of o; panics unless x is as long.
     pub fn gelu(o: &mut [MaybeUninit<f32>], x: &[f32]) {
+        assert_eq!(o.len(), x.len(), "gelu: output and input lengths differ");
         for (o, &v) in o.iter_mut().zip(x) {
             o.write(0.5 * v * (1.0 + erf(v * FRAC_1_SQRT_2)));
         }
@@ -413,7 +435,7 @@ mod tests {
         let x: Vec<f32> = (0..1000).map(|i| (i as f32 - 500.0) / 125.0).collect();
         let g: Vec<f32> = (0..1000).map(|i| 1.0 + (i % 3) as f32).collect();
         let (mut y, mut d) = (vec![0f32; 1000], vec![0f32; 1000]);
-        // SAFETY: the kernel writes only values.
+        // SAFETY: `gelu` writes only initialised floats through the view.
         gelu(unsafe { as_uninit(&mut y) }, &x);
         gelu_backward(&mut d, &x, &g);
         for i in 0..1000 {

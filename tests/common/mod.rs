@@ -2,10 +2,31 @@
 #![allow(dead_code)]
 
 use std::collections::HashMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use candle_core::{Device, Tensor};
+
+/// The folder a data-gated test runs on, from the environment variable `var`
+/// (`PEFT_MINILM_DIR`, `PEFT_GLUE_DIR`). Unset, the test is skipped: None, with a note on
+/// stderr, so that `cargo test` runs on a machine without the data. Under
+/// `scripts/test.sh` (and so CI), which sets `PEFT_REQUIRE_DATA=1`, an unset variable
+/// fails the test instead: a skipped check there would pass in silence. A variable set
+/// to a path that is not a directory fails it either way.
+pub fn data_dir(var: &str) -> Option<PathBuf> {
+    let required = std::env::var_os("PEFT_REQUIRE_DATA").is_some_and(|v| v == "1");
+    let Some(dir) = std::env::var_os(var).map(PathBuf::from) else {
+        assert!(
+            !required,
+            "{var} is not set, and PEFT_REQUIRE_DATA=1 says this test must run on its data \
+             (scripts/test.sh sets both; unset PEFT_REQUIRE_DATA to skip the test)"
+        );
+        eprintln!("{var} is not set: skipping this test (PEFT_REQUIRE_DATA=1 fails it instead)");
+        return None;
+    };
+    assert!(dir.is_dir(), "{var}={} is not a directory", dir.display());
+    Some(dir)
+}
 
 pub fn peft(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_peft"))
