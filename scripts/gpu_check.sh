@@ -4,12 +4,13 @@
 #
 #   scripts/gpu_check.sh PEFT PARITY GLUE_DIR MINILM_DIR OUT_DIR
 #
-# PEFT is `cargo build --release --features cuda`'s binary, PARITY tests/parity.rs built the
-# same way (`cargo test --release --features cuda --test parity --no-run`), GLUE_DIR holds
+# PEFT is `cargo build --release --features cuda`'s binary, PARITY the integration tests built
+# the same way (`cargo test --release --features cuda --test it --no-run`; step 1 runs their
+# parity module), GLUE_DIR holds
 # RTE, MINILM_DIR all-MiniLM-L6-v2's config and tokenizer (the weights are drawn at random
 # here: speed depends on shapes only). Each step runs even if an earlier one failed; the
 # log and the runs' metrics land in OUT_DIR.
-#   1. tests/parity.rs on the GPU: forward and every gradient against transformers.
+#   1. tests/it/parity.rs on the GPU: forward and every gradient against transformers.
 #   2. every method trains a few steps on the GPU (tiny BERT), and a short full run gives
 #      the same losses on the GPU as on the CPU.
 #   3. one RTE epoch, full and layernorm, peft against scripts/torch_epoch.py.
@@ -24,7 +25,7 @@ step() { echo; echo "== $* ($(date +%T))"; }
 
 step "1. parity on the GPU"
 nvidia-smi -L
-PEFT_TEST_DEVICE=cuda timeout 300 "$PARITY" --test-threads 1 || echo "FAILED: parity on cuda"
+PEFT_TEST_DEVICE=cuda timeout 300 "$PARITY" parity:: --test-threads 1 || echo "FAILED: parity on cuda"
 
 step "2. every method on the GPU, tiny BERT, 6 steps"
 for m in full bitfit layernorm lora ina child-f child-d fisher-layernorm random-layernorm random; do

@@ -8,7 +8,7 @@
     python scripts/peft_roundtrip.py compare RUN MERGED
         Load our LoRA run directory with PeftModel.from_pretrained over its base and
         compare its logits with transformers' on `peft merge --checkpoint RUN --which best`
-        output MERGED (which tests/adapters.rs holds to our own adapter forward within 1e-5).
+        output MERGED (which tests/it/adapters.rs holds to our own adapter forward within 1e-5).
 
 Made with torch 2.x, transformers 5.24.0, peft 0.21.2.
 """

@@ -2,7 +2,7 @@
 //!
 //! candle's fused `LayerNorm` and `softmax_last_dim` record no backward op: gradients
 //! upstream of them silently vanish. Everything here is composed of ops whose backward
-//! candle implements; the golden gradient tests in `tests/parity.rs` hold it to that.
+//! candle implements; the golden gradient tests in `tests/it/parity.rs` hold it to that.
 
 use std::cell::Cell;
 

@@ -5,7 +5,7 @@
 //! float input, frozen or not. These kernels do each in one parallel pass and record a
 //! backward that returns only what is needed: a frozen matmul returns no weight gradient,
 //! and the attention mask and dropout mask get none. On other devices (CUDA) the same
-//! functions fall back to differentiable compositions. `tests/parity.rs` checks the
+//! functions fall back to differentiable compositions. `tests/it/parity.rs` checks the
 //! gradients of both paths against transformers; the unit tests here check each kernel
 //! against its composition.
 
@@ -75,7 +75,7 @@ pub(crate) fn records(inputs: &[&Tensor]) -> bool {
 }
 
 /// Run `f` with this thread's ops built from candle's compositions, as on CUDA, so that
-/// the CPU test suite checks that path against transformers too (tests/parity.rs).
+/// the CPU test suite checks that path against transformers too (tests/it/parity.rs).
 #[doc(hidden)]
 pub fn with_composed_ops<R>(f: impl FnOnce() -> R) -> R {
     with_switch(&COMPOSED, f)
@@ -580,7 +580,7 @@ fn gemm_linear(
 /// the bias rows; backward computes by direct gemm calls only what trains: dx = dy·W if x
 /// needs it, dW = dyᵀ·x if W trains, db = Σ dy if b does. candle's matmul + broadcast_add
 /// instead zero-fill each product, add the bias in a second pass, and compute and keep a
-/// gradient for W even when nobody trains it (`tests/frozen.rs`).
+/// gradient for W even when nobody trains it (`tests/it/frozen.rs`).
 struct LinearOp {
     /// y = GELU(x)·Wᵀ + b instead, exact GELU: the feed-forward block's output dense with
     /// its activation inside. GELU(x) then exists only per thread in the forward and is

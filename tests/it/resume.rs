@@ -2,14 +2,12 @@
 //! uninterrupted run, so does a SIGKILL at any moment (no file is ever left truncated),
 //! a full disk leaves the previous checkpoint intact, and a NaN stops training cleanly.
 
-mod common;
-
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 
 const RESUME: &str = "resume.safetensors";
 

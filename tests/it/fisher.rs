@@ -1,8 +1,6 @@
 //! Per-example Fisher information against transformers: the golden fixtures hold the mean
 //! of squared per-example gradients over the batch's first three examples.
 
-mod common;
-
 use std::path::Path;
 
 use candle_core::{DType, Device};
@@ -115,9 +113,9 @@ fn per_example_fisher_matches_squared_per_example_gradients() {
 #[test]
 fn train_caches_its_fisher_estimate_and_reuses_it() {
     let tmp = tempfile::tempdir().unwrap();
-    common::write_rte(tmp.path(), 24, 8);
+    crate::common::write_rte(tmp.path(), 24, 8);
     let cache = tmp.path().join("cache");
-    let model = common::fixture("tiny-bert");
+    let model = crate::common::fixture("tiny-bert");
     let data = tmp.path().to_string_lossy().into_owned();
     let run = |out: &str, extra: &[&str]| -> String {
         let mut args: Vec<String> = [
@@ -142,7 +140,7 @@ fn train_caches_its_fisher_estimate_and_reuses_it() {
         .map(|s| s.to_string())
         .collect();
         args.push(tmp.path().join(out).to_string_lossy().into_owned());
-        args.extend(common::SMALL.iter().map(|s| s.to_string()));
+        args.extend(crate::common::SMALL.iter().map(|s| s.to_string()));
         args.extend(extra.iter().map(|s| s.to_string()));
         let o = std::process::Command::new(env!("CARGO_BIN_EXE_peft"))
             .args(&args)
@@ -167,7 +165,8 @@ fn train_caches_its_fisher_estimate_and_reuses_it() {
         !second.contains("training examples,"),
         "estimated again: {second}"
     );
-    let tensors = |d: &str| common::tensors(&tmp.path().join(d).join("trainable.safetensors"));
+    let tensors =
+        |d: &str| crate::common::tensors(&tmp.path().join(d).join("trainable.safetensors"));
     let (a, b) = (tensors("a"), tensors("b"));
     for (k, t) in &a {
         let d = (t - &b[k]).unwrap().abs().unwrap().sum_all().unwrap();

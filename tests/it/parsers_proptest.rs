@@ -4,8 +4,6 @@
 //! the normal suite; PROPTEST_CASES raises it for a longer fuzzing run. Also the real GLUE
 //! files, where PEFT_GLUE_DIR points at them.
 
-mod common;
-
 use std::path::Path;
 
 use peft::data::tasks::{all, read_split, task, Label, Problem};
@@ -154,11 +152,11 @@ const EXPECTED: &[(&str, &str, usize, LabelCounts)] = &[
     ("wnli", "dev", 71, &[("0", 40), ("1", 31)]),
 ];
 
-/// Gated on PEFT_GLUE_DIR (`common::data_dir`): the real GLUE files read to the official
+/// Gated on PEFT_GLUE_DIR (`crate::common::data_dir`): the real GLUE files read to the official
 /// row and label counts.
 #[test]
 fn real_glue_files_when_available() {
-    let Some(root) = common::data_dir("PEFT_GLUE_DIR") else {
+    let Some(root) = crate::common::data_dir("PEFT_GLUE_DIR") else {
         return;
     };
     let root = root.as_path();

@@ -1,11 +1,9 @@
 //! Every bad input a user can hand the binary: exit code 2 and one message that names the
 //! culprit (file and line, key or tensor), never a panic or a backtrace.
 
-mod common;
-
 use std::path::{Path, PathBuf};
 
-use common::*;
+use crate::common::*;
 
 struct Case {
     what: &'static str,

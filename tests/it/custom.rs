@@ -1,11 +1,9 @@
 //! `--task custom`: training and re-scoring on the user's own CSV, TSV and JSON Lines
 //! files, for classification and regression.
 
-mod common;
-
 use std::path::Path;
 
-use common::*;
+use crate::common::*;
 
 /// Rows of (text a, text b, class label, score) from the tiny vocabulary.
 fn rows(n: usize, offset: usize) -> Vec<(String, String, &'static str, f32)> {

@@ -1,11 +1,9 @@
 //! `peft train` and `peft eval` end to end on the tiny fixture models and tiny GLUE-format
 //! files the tests write.
 
-mod common;
-
 use std::path::{Path, PathBuf};
 
-use common::*;
+use crate::common::*;
 
 #[test]
 fn layernorm_run_saves_only_layernorm_and_head_and_eval_reproduces_it() {

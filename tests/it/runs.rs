@@ -1,14 +1,12 @@
 //! Sweeps over seeds, reports of run directories, and predictions of a run on new text,
 //! through the binary on the tiny fixtures.
 
-mod common;
-
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 
 fn s(p: &Path) -> &str {
     p.to_str().unwrap()

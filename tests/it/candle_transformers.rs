@@ -1,8 +1,6 @@
 //! Inference cross-check against candle-transformers' own BertModel on the same weights.
 //! (It cannot train, and has no RoBERTa, so it only checks BERT forward.)
 
-mod common;
-
 use std::path::Path;
 
 use candle_core::{DType, Device};
@@ -79,10 +77,10 @@ fn tiny_bert_matches_candle_transformers() {
     assert!(d <= 1e-4, "differs from candle-transformers by {d}");
 }
 
-/// Gated on PEFT_MINILM_DIR (see tests/cli.rs and `common::data_dir`).
+/// Gated on PEFT_MINILM_DIR (see tests/cli.rs and `crate::common::data_dir`).
 #[test]
 fn minilm_matches_candle_transformers() {
-    let Some(dir) = common::data_dir("PEFT_MINILM_DIR") else {
+    let Some(dir) = crate::common::data_dir("PEFT_MINILM_DIR") else {
         return;
     };
     let d = compare(&dir, TEXTS);

@@ -2,11 +2,9 @@
 //! the hub's layout, with downloads forbidden (HF_HUB_OFFLINE=1): no test touches the
 //! network.
 
-mod common;
-
 use std::path::Path;
 
-use common::*;
+use crate::common::*;
 
 const GLUE: &str = "datasets--nyu-mll--glue";
 const GLUE_SHA: &str = "fedcba9876543210fedcba9876543210fedcba98";
@@ -93,14 +91,10 @@ fn glue_on_hub(cache: &Path, tsv: &Path) {
 
 fn train_args<'a>(out: &'a str, task: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
     let mut a = vec!["train", "--task", task, "--output-dir", out];
-    a.extend_from_slice(&common::SMALL);
+    a.extend_from_slice(&crate::common::SMALL);
     a.extend_from_slice(&["--max-steps", "4", "--eval-steps", "2"]);
     a.extend_from_slice(extra);
     a
-}
-
-fn stderr(o: &std::process::Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
 }
 
 #[test]

@@ -15,10 +15,10 @@ use peft::loss;
 use peft::model::{read_checkpoint, with_composed_ops, Arch, Batch, Ctx, Model, ParamStore};
 use peft::tokenize::{collate, TextEncoder};
 
+use crate::common::{max_abs, max_abs_diff};
+
 fn fixture(kind: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures")
-        .join(format!("tiny-{kind}"))
+    crate::common::fixture_dir(&format!("tiny-{kind}"))
 }
 
 fn golden(kind: &str) -> HashMap<String, Tensor> {
@@ -51,33 +51,6 @@ fn golden_batch(g: &HashMap<String, Tensor>) -> Batch {
 /// mathematically zero (softmax ignores a per-row shift) and transformers' value is float
 /// noise near 1e-10, so a 1e-3 relative error there means 1e-8 absolute.
 const GRAD_FLOOR: f32 = 1e-5;
-
-fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
-    assert_eq!(a.dims(), b.dims());
-    (a.to_device(&Device::Cpu).unwrap() - b.to_device(&Device::Cpu).unwrap())
-        .unwrap()
-        .abs()
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .max(0)
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap()
-}
-
-fn max_abs(a: &Tensor) -> f32 {
-    a.to_device(&Device::Cpu)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .max(0)
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap()
-}
 
 /// Forward and gradients of the classification model against transformers.
 fn check_classification(kind: &str) {

@@ -2,13 +2,11 @@
 //! a run trains and saves only adapters and head, `peft eval` reproduces it, `peft merge`
 //! folds LoRA into plain weights, and `peft eval --alpha` interpolates.
 
-mod common;
-
 use std::collections::HashMap;
 use std::path::Path;
 
+use crate::common::*;
 use candle_core::{Device, Tensor};
-use common::*;
 use peft::cli::weights::RunWeights;
 use peft::cli::weights::Which;
 use peft::model::{
@@ -49,18 +47,7 @@ fn batch(dir: &Path, cfg: &ModelConfig) -> Batch {
     collate(&refs, enc.pad_id(), &Device::Cpu).unwrap()
 }
 
-fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
-    (a - b)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .max(0)
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap()
-}
+use crate::common::max_abs_diff as max_diff;
 
 fn abs_sum(t: &Tensor) -> f32 {
     t.abs()
@@ -256,11 +243,6 @@ fn dir_logits(dir: &Path) -> Tensor {
     let (cfg, w) = read_checkpoint(dir).unwrap();
     let model = Model::load(&ParamStore::frozen(w, Device::Cpu), &cfg, Some(2)).unwrap();
     model.logits(&batch(dir, &cfg), &Ctx::eval()).unwrap()
-}
-
-fn bits(t: &Tensor) -> Vec<u32> {
-    let v = t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
-    v.iter().map(|x| x.to_bits()).collect()
 }
 
 fn merge(run: &Path, out: &Path, extra: &[&str]) -> std::process::Output {

@@ -4,27 +4,9 @@
 //! and run only when PEFT_MINILM_DIR points at it; scripts/test.sh (and so .ci/run) sets
 //! it, with PEFT_REQUIRE_DATA=1 so that they fail rather than skip without it.
 
-mod common;
+use std::path::Path;
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
-
-fn peft(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_peft"))
-        .args(args)
-        .output()
-        .expect("run peft")
-}
-
-fn fixture(kind: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures")
-        .join(kind)
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
+use crate::common::{fixture_dir as fixture, peft, stderr};
 
 fn read_embeddings(path: &Path) -> Vec<Vec<f64>> {
     std::fs::read_to_string(path)
@@ -174,7 +156,7 @@ fn embed_reports_bad_input_clearly() {
 /// (tests/fixtures/minilm/reference.json, made by scripts/minilm_reference.py).
 #[test]
 fn embed_matches_transformers_on_minilm() {
-    let Some(dir) = common::data_dir("PEFT_MINILM_DIR") else {
+    let Some(dir) = crate::common::data_dir("PEFT_MINILM_DIR") else {
         return;
     };
     let dir = dir.to_str().unwrap();

@@ -2,13 +2,11 @@
 //! bit-identical to the base, and `peft eval` reproduces the run (PEFT's
 //! test_custom_models idea: one table of methods, generic checks over each row).
 
-mod common;
-
 use std::collections::HashMap;
 use std::path::Path;
 
+use crate::common::*;
 use candle_core::Tensor;
-use common::*;
 
 /// Elements of `trained` that differ from the base tensor of the same canonical name.
 fn changed(

@@ -35,6 +35,43 @@ pub fn peft(args: &[&str]) -> Output {
         .expect("run peft")
 }
 
+/// A fixture directory, as a path.
+pub fn fixture_dir(kind: &str) -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(kind)
+}
+
+pub fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// The largest |a − b| (on the CPU; shapes must agree).
+pub fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
+    assert_eq!(a.dims(), b.dims());
+    max_abs(&(a.to_device(&Device::Cpu).unwrap() - b.to_device(&Device::Cpu).unwrap()).unwrap())
+}
+
+/// The largest |a| (on the CPU).
+pub fn max_abs(a: &Tensor) -> f32 {
+    a.to_device(&Device::Cpu)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .max(0)
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap()
+}
+
+/// A tensor's values as bit patterns, for exact comparisons.
+pub fn bits(t: &Tensor) -> Vec<u32> {
+    let v = t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+    v.iter().map(|x| x.to_bits()).collect()
+}
+
 pub fn fixture(kind: &str) -> String {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("tests/fixtures")

@@ -1,0 +1,20 @@
+//! The integration tests: one crate (one binary to link), a module per area, sharing
+//! the helpers in `common`. Most run the real `peft` binary on tiny fixtures.
+
+mod common;
+
+mod adapters;
+mod backprop;
+mod candle_transformers;
+mod cli;
+mod custom;
+mod errors;
+mod fisher;
+mod frozen;
+mod hub;
+mod methods;
+mod parity;
+mod parsers_proptest;
+mod resume;
+mod runs;
+mod train;
