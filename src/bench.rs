@@ -100,7 +100,7 @@ impl Forward {
     pub fn run(&self) -> Result<()> {
         // Copy to the CPU so a GPU run is timed to completion, not to the launch.
         self.model
-            .logits(&self.batch, &Ctx::eval())?
+            .logits(&self.batch, &Ctx::inference())?
             .to_device(&Device::Cpu)?;
         Ok(())
     }

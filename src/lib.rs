@@ -13,6 +13,7 @@ pub mod device;
 pub mod error;
 pub mod fisher;
 pub mod hub;
+pub mod kernels;
 pub mod loss;
 pub mod methods;
 pub mod metrics;

@@ -119,7 +119,7 @@ pub fn embed(
     let mut order: Vec<usize> = (0..inputs.len()).collect();
     order.sort_by_key(|&i| inputs[i].len());
     let mut out = vec![Vec::new(); inputs.len()];
-    let ctx = Ctx::eval();
+    let ctx = Ctx::inference();
     for chunk in order.chunks(batch_size) {
         let examples: Vec<&Encoded> = chunk.iter().map(|&i| &inputs[i]).collect();
         let batch = collate(&examples, pad_id, device)?;

@@ -6,11 +6,11 @@ use candle_core::Tensor;
 
 use super::adapter::AdapterConfig;
 
-use super::attention;
 use super::config::{Activation, ModelConfig};
 use super::nn::{Ctx, Dropout, LayerNorm, Linear};
-use super::ops;
 use super::params::Path;
+use crate::kernels::attention;
+use crate::kernels::ops;
 
 pub struct SelfAttention {
     query: Linear,

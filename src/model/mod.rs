@@ -4,30 +4,25 @@
 //! hands out a frozen tensor or a trainable variable; nothing here knows which.
 
 pub mod adapter;
-mod attention;
 pub mod config;
-#[cfg(feature = "cuda")]
-mod cuda;
 mod embeddings;
 mod heads;
 pub mod hub;
 mod layer;
 pub mod load;
 pub mod nn;
-pub(crate) mod ops;
 pub mod params;
-mod simd;
 
 use std::path::Path as FsPath;
 
 use anyhow::Result;
 use candle_core::{Device, Tensor};
 
+pub use crate::kernels::with_composed_ops;
 pub use adapter::{AdapterConfig, AdapterKind, InaActivation};
 pub use config::{Activation, Arch, ModelConfig};
 pub use heads::INIT_STD;
 pub use nn::Ctx;
-pub use ops::with_composed_ops;
 pub use params::{Init, ParamStore, Path};
 
 use embeddings::Embeddings;
@@ -119,6 +114,13 @@ impl Model {
     }
 
     pub fn forward(&self, batch: &Batch, ctx: &Ctx) -> Result<Output> {
+        if !ctx.records_graph() {
+            return crate::kernels::without_graph(|| self.forward_tracked(batch, ctx));
+        }
+        self.forward_tracked(batch, ctx)
+    }
+
+    fn forward_tracked(&self, batch: &Batch, ctx: &Ctx) -> Result<Output> {
         let mut x = self
             .embeddings
             .forward(&batch.input_ids, &batch.token_type_ids, ctx)?;

@@ -11,33 +11,52 @@ use candle_core::Tensor;
 
 use super::adapter::{Adapter, AdapterConfig};
 use super::config::Activation;
-use super::ops;
 use super::params::{Init, Path};
+use crate::kernels::ops;
 
-/// Per-forward state: training or inference, and the seed of the dropout masks (candle's
-/// own CPU generator cannot be seeded). Each dropout call gets the next key, so a run with
-/// the same seed draws the same masks, whatever the thread count.
+/// Per-forward state: training (dropout on) or not, whether the forward records a graph
+/// for a backward pass, and the seed of the dropout masks (candle's own CPU generator
+/// cannot be seeded). Each dropout call gets the next key, so a run with the same seed
+/// draws the same masks, whatever the thread count.
 pub struct Ctx {
     train: bool,
+    graph: bool,
     seed: u64,
     calls: Cell<u64>,
 }
 
 impl Ctx {
+    /// Dropout off, a graph recorded (per-example Fisher takes gradients this way).
     pub fn eval() -> Self {
         Self {
             train: false,
+            graph: true,
             seed: 0,
             calls: Cell::new(0),
+        }
+    }
+
+    /// Dropout off and no graph, as torch.no_grad: scoring and embedding. Even with
+    /// trainable variables among the weights (an evaluation mid-training), nothing of the
+    /// forward is kept for a backward pass.
+    pub fn inference() -> Self {
+        Self {
+            graph: false,
+            ..Self::eval()
         }
     }
 
     pub fn train(seed: u64) -> Self {
         Self {
             train: true,
+            graph: true,
             seed,
             calls: Cell::new(0),
         }
+    }
+
+    pub fn records_graph(&self) -> bool {
+        self.graph
     }
 
     pub fn is_train(&self) -> bool {

@@ -31,7 +31,8 @@ use candle_core::{DType, Tensor, Var};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha12Rng;
 
-use super::fused_adamw::{self as fused, Hyper, Keep};
+pub use crate::kernels::adamw::UpdateRule;
+use crate::kernels::adamw::{self as fused, Hyper, Keep};
 
 /// Which elements of a trainable tensor may change, and how.
 #[derive(Debug, Clone)]
@@ -74,18 +75,6 @@ impl From<BTreeMap<String, Mask>> for MaskPlan {
             rest: Mask::Dense,
         }
     }
-}
-
-/// The AdamW arithmetic.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum UpdateRule {
-    /// `torch.optim.AdamW`: decay θ·(1 − lr·wd) first, then θ −= lr·m̂/(√v̂ + ε).
-    #[default]
-    Torch,
-    /// transformers' original `AdamW` as Child-Tuning's `ChildTuningAdamW` computes it:
-    /// θ −= lr·√(1−β2ᵗ)/(1−β1ᵗ) · m/(√v + ε) (ε added before the bias correction), then
-    /// θ −= lr·wd·θ on the updated θ.
-    ChildTuning,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -883,6 +872,8 @@ mod tests {
             rule: UpdateRule::ChildTuning,
         };
         let p = num("reserve_p");
+        // The reference's groups: no decay for biases and LayerNorm.
+        let decays = |n: &str| !(n.ends_with(".bias") || n.contains("LayerNorm."));
         for mode in ["d", "f"] {
             let vars: BTreeMap<String, Var> = names
                 .iter()
@@ -906,8 +897,7 @@ mod tests {
                     rest: Mask::Bernoulli { p },
                 },
             };
-            let mut o =
-                MaskedAdamW::new(vars.clone(), plan, crate::methods::decays, cfg, 0).unwrap();
+            let mut o = MaskedAdamW::new(vars.clone(), plan, decays, cfg, 0).unwrap();
             for (s, &lr) in lrs.iter().enumerate() {
                 let g: BTreeMap<String, Tensor> = names
                     .iter()

@@ -1,6 +1,5 @@
 //! The one optimizer every method trains through, and its learning-rate schedule.
 
-mod fused_adamw;
 mod masked_adamw;
 mod schedule;
 

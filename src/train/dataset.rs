@@ -90,14 +90,14 @@ pub fn predict(
     batch_size: usize,
     device: &Device,
 ) -> Result<Predictions> {
-    let ctx = Ctx::eval();
+    let ctx = Ctx::inference();
     let regression = model.num_labels() == Some(1);
     let mut classes = vec![0u32; data.len()];
     let mut scores = vec![0f32; data.len()];
     for idx in batches::sorted(&data.lengths(), batch_size) {
         let examples: Vec<&Encoded> = idx.iter().map(|&i| &data.inputs[i]).collect();
         let batch = collate(&examples, pad_id, device)?;
-        let logits = crate::model::ops::without_graph(|| model.logits(&batch, &ctx))?.detach();
+        let logits = model.logits(&batch, &ctx)?.detach();
         if regression {
             for (&i, s) in idx
                 .iter()
@@ -127,7 +127,7 @@ pub fn logits(
     batch_size: usize,
     device: &Device,
 ) -> Result<Vec<Vec<f32>>> {
-    let ctx = Ctx::eval();
+    let ctx = Ctx::inference();
     let lengths: Vec<usize> = inputs.iter().map(Encoded::len).collect();
     let mut out = vec![Vec::new(); inputs.len()];
     for idx in batches::sorted(&lengths, batch_size) {

@@ -10,15 +10,26 @@ use anyhow::Result;
 use candle_core::{CpuStorage, DType, InplaceOp3, Layout, Storage, Tensor};
 use rayon::prelude::*;
 
-use super::masked_adamw::UpdateRule;
-use crate::model::ops::slice;
+use super::ops::slice;
 
 /// Elements per parallel task: big enough to amortise scheduling, small enough to split
 /// a LayerNorm-sized tensor into a few tasks.
 const CHUNK: usize = 1 << 14;
 
+/// The AdamW arithmetic.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum UpdateRule {
+    /// `torch.optim.AdamW`: decay θ·(1 − lr·wd) first, then θ −= lr·m̂/(√v̂ + ε).
+    #[default]
+    Torch,
+    /// transformers' original `AdamW` as Child-Tuning's `ChildTuningAdamW` computes it:
+    /// θ −= lr·√(1−β2ᵗ)/(1−β1ᵗ) · m/(√v + ε) (ε added before the bias correction), then
+    /// θ −= lr·wd·θ on the updated θ.
+    ChildTuning,
+}
+
 /// The constants of one step for one tensor.
-pub(super) struct Hyper {
+pub struct Hyper {
     pub b1: f64,
     pub b2: f64,
     pub bc1: f64,
@@ -33,7 +44,7 @@ pub(super) struct Hyper {
 }
 
 /// What a mask does to one tensor's update.
-pub(super) enum Keep {
+pub enum Keep {
     /// No mask: every element moves.
     All,
     /// A subset (0/1): elements outside it do not move at all, moments included.
@@ -43,7 +54,7 @@ pub(super) enum Keep {
     Multiply(Tensor),
 }
 
-pub(super) fn applies(theta: &Tensor, g: &Tensor) -> bool {
+pub fn applies(theta: &Tensor, g: &Tensor) -> bool {
     theta.device().is_cpu()
         && theta.dtype() == DType::F32
         && g.dtype() == DType::F32
@@ -51,7 +62,7 @@ pub(super) fn applies(theta: &Tensor, g: &Tensor) -> bool {
 }
 
 /// Update `m`, `v` and `theta` in place under `keep`.
-pub(super) fn update(
+pub fn update(
     theta: &Tensor,
     m: &Tensor,
     v: &Tensor,
@@ -109,7 +120,7 @@ enum Mode {
 
 /// Σ g² in f64, for f32 CPU tensors (None otherwise): partial sums over fixed chunks,
 /// added in order, so the result does not depend on thread scheduling.
-pub(super) fn squared_norm(g: &Tensor) -> Result<Option<f64>> {
+pub fn squared_norm(g: &Tensor) -> Result<Option<f64>> {
     if !g.device().is_cpu() || g.dtype() != DType::F32 {
         return Ok(None);
     }

@@ -12,8 +12,6 @@ use candle_core::cuda_backend::cudarc::driver::{LaunchConfig, PushKernelArg};
 use candle_core::cuda_backend::{cudarc, WrapErr};
 use candle_core::{CudaStorage, Layout, Shape};
 
-use super::ops::DropoutOp;
-
 const DROPOUT: &str = r#"
 extern "C" __global__ void peft_dropout(const float* x, float* y, unsigned long long n,
         unsigned long long key, unsigned long long threshold, float scale) {
@@ -40,9 +38,10 @@ fn dropout_ptx() -> candle_core::Result<&'static str> {
     .map_err(|e| candle_core::Error::Msg(format!("compiling the dropout kernel: {e}")))
 }
 
-/// `op` applied to a contiguous f32 tensor on the GPU.
+/// Dropout (the mask key, the keep threshold, the survivors' scale) applied to a
+/// contiguous f32 tensor on the GPU.
 pub(super) fn dropout(
-    op: &DropoutOp,
+    (key, threshold, scale): (u64, u64, f32),
     s: &CudaStorage,
     l: &Layout,
 ) -> candle_core::Result<(CudaStorage, Shape)> {
@@ -57,7 +56,7 @@ pub(super) fn dropout(
     // launch size), and if the launch fails y is dropped unread.
     let y = unsafe { dev.alloc::<f32>(n)? };
     let func = dev.get_or_load_custom_func("peft_dropout", "peft_dropout", dropout_ptx()?)?;
-    let (n64, key, threshold, scale) = (n as u64, op.key, op.threshold, op.scale());
+    let n64 = n as u64;
     let mut b = func.builder();
     b.arg(&x);
     b.arg(&y);

@@ -339,8 +339,8 @@ pub(crate) fn attention(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::ops;
-    use crate::model::ops::tests::{max_diff, probe_grads, rand};
+    use crate::kernels::ops;
+    use crate::kernels::ops::tests::{max_diff, probe_grads, rand};
     use candle_core::{Device, Var};
 
     /// The composed candle ops the fused op replaces, dropout drawn with the same key.

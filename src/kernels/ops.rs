@@ -383,7 +383,7 @@ impl CustomOp1 for DropoutOp {
         s: &candle_core::CudaStorage,
         l: &Layout,
     ) -> candle_core::Result<(candle_core::CudaStorage, Shape)> {
-        super::cuda::dropout(self, s, l)
+        super::cuda::dropout((self.key, self.threshold, self.scale()), s, l)
     }
 
     /// The same mask, applied to the gradient.
