@@ -19,7 +19,7 @@ use anyhow::{bail, Result};
 use candle_core::{Tensor, D};
 use serde::{Deserialize, Serialize};
 
-use super::nn::{Ctx, Dropout};
+use super::ctx::{Ctx, Dropout};
 use super::params::{Init, Path};
 
 /// Modules an adapter may wrap, by their path inside a layer.

@@ -5,6 +5,7 @@
 
 pub mod adapter;
 pub mod config;
+mod ctx;
 mod embeddings;
 mod heads;
 pub mod hub;

@@ -4,103 +4,14 @@
 //! upstream of them silently vanish. Everything here is composed of ops whose backward
 //! candle implements; the golden gradient tests in `tests/it/parity.rs` hold it to that.
 
-use std::cell::Cell;
-
 use anyhow::Result;
 use candle_core::Tensor;
 
 use super::adapter::{Adapter, AdapterConfig};
+pub use super::ctx::{Ctx, Dropout};
 use super::config::Activation;
 use super::params::{Init, Path};
 use crate::kernels::ops;
-
-/// Per-forward state: training (dropout on) or not, whether the forward records a graph
-/// for a backward pass, and the seed of the dropout masks (candle's own CPU generator
-/// cannot be seeded). Each dropout call gets the next key, so a run with the same seed
-/// draws the same masks, whatever the thread count.
-pub struct Ctx {
-    train: bool,
-    graph: bool,
-    seed: u64,
-    calls: Cell<u64>,
-}
-
-impl Ctx {
-    /// Dropout off, a graph recorded (per-example Fisher takes gradients this way).
-    pub fn eval() -> Self {
-        Self {
-            train: false,
-            graph: true,
-            seed: 0,
-            calls: Cell::new(0),
-        }
-    }
-
-    /// Dropout off and no graph, as torch.no_grad: scoring and embedding. Even with
-    /// trainable variables among the weights (an evaluation mid-training), nothing of the
-    /// forward is kept for a backward pass.
-    pub fn inference() -> Self {
-        Self {
-            graph: false,
-            ..Self::eval()
-        }
-    }
-
-    pub fn train(seed: u64) -> Self {
-        Self {
-            train: true,
-            graph: true,
-            seed,
-            calls: Cell::new(0),
-        }
-    }
-
-    pub fn records_graph(&self) -> bool {
-        self.graph
-    }
-
-    pub fn is_train(&self) -> bool {
-        self.train
-    }
-
-    /// Dropout draws so far: with the seed, all a resumed run needs to draw the same masks.
-    pub fn calls(&self) -> u64 {
-        self.calls.get()
-    }
-
-    pub fn set_calls(&self, calls: u64) {
-        self.calls.set(calls);
-    }
-
-    fn next_key(&self) -> u64 {
-        let n = self.calls.get();
-        self.calls.set(n + 1);
-        self.seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ n
-    }
-}
-
-#[derive(Debug, Clone, Copy)]
-pub struct Dropout {
-    p: f64,
-}
-
-impl Dropout {
-    pub fn new(p: f64) -> Self {
-        Self { p }
-    }
-
-    pub fn forward(&self, x: &Tensor, ctx: &Ctx) -> Result<Tensor> {
-        if !ctx.train || self.p == 0.0 {
-            return Ok(x.clone());
-        }
-        ops::dropout(x, self.p, ctx.next_key())
-    }
-
-    /// The mask `forward` would draw, for a fused op to apply itself (None: no dropout).
-    pub(crate) fn op(&self, ctx: &Ctx) -> Option<ops::DropoutOp> {
-        (ctx.train && self.p != 0.0).then(|| ops::DropoutOp::new(self.p, ctx.next_key()))
-    }
-}
 
 /// y = x Wᵀ + b over the last dimension, W of shape (out, in) as in torch.
 #[derive(Debug, Clone)]
