@@ -22,11 +22,11 @@ use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
 
+use crate::data::dataset::Dataset;
 use crate::data::Label;
 use crate::loss;
 use crate::model::{Ctx, Model, ParamStore};
 use crate::tokenize::{collate, Encoded};
-use crate::train::dataset::Dataset;
 
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Estimator {
@@ -201,7 +201,7 @@ pub fn cached(
     };
     let path = dir.join("fisher").join(format!("{key}.safetensors"));
     if path.exists() {
-        match crate::run_dir::load_tensors(&path) {
+        match crate::run::dir::load_tensors(&path) {
             Ok(t) => {
                 eprintln!(
                     "Fisher information: reusing {} (same weights, data and estimator)",
@@ -217,7 +217,7 @@ pub fn cached(
         .map_err(anyhow::Error::from)
         .and_then(|()| {
             let tensors = f.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
-            crate::run_dir::save_tensors(&path, &tensors)
+            crate::run::dir::save_tensors(&path, &tensors)
         });
     match saved {
         Ok(()) => eprintln!("Fisher information: cached in {}", path.display()),

@@ -58,6 +58,19 @@ pub fn sample_std(values: &[f64]) -> Option<f64> {
     Some((ss / (values.len() - 1) as f64).sqrt())
 }
 
+/// 1234567 → "1,234,567".
+pub fn thousands(n: usize) -> String {
+    let s = n.to_string();
+    let mut out = String::new();
+    for (i, c) in s.chars().enumerate() {
+        if i > 0 && (s.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -8,8 +8,8 @@ use anyhow::Result;
 use candle_core::DType;
 use clap::Args;
 
-use crate::cli::weights::{RunWeights, Which};
 use crate::components::aggregate;
+use crate::run::weights::{RunWeights, Which};
 
 #[derive(Args, Debug)]
 pub struct DiffArgs {

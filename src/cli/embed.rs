@@ -7,20 +7,14 @@ use std::io::{BufWriter, Write};
 use std::path::PathBuf;
 
 use anyhow::{Context, Result};
-use candle_core::{DType, IndexOp, Tensor, D};
-use clap::{Args, ValueEnum};
+use clap::Args;
+
+use crate::embed::embed;
+pub use crate::embed::Pooling;
 
 use crate::error::{user, PathContext};
-use crate::model::{read_checkpoint, Ctx, Model, ParamStore};
-use crate::tokenize::{collate, Encoded, TextEncoder};
-
-#[derive(Debug, Clone, Copy, ValueEnum)]
-pub enum Pooling {
-    /// Mean of the last hidden state over real (non-padding) tokens.
-    Mean,
-    /// The first token's last hidden state ([CLS] / <s>).
-    Cls,
-}
+use crate::model::{read_checkpoint, Model, ParamStore};
+use crate::tokenize::TextEncoder;
 
 #[derive(Args, Debug)]
 pub struct EmbedArgs {
@@ -104,41 +98,4 @@ pub fn run(args: EmbedArgs) -> Result<()> {
     }
     out.flush().context("writing embeddings")?;
     Ok(())
-}
-
-/// Embeddings in input order. Inputs are batched by length so padding stays small.
-pub fn embed(
-    model: &Model,
-    inputs: &[Encoded],
-    pad_id: u32,
-    pooling: Pooling,
-    normalize: bool,
-    batch_size: usize,
-    device: &candle_core::Device,
-) -> Result<Vec<Vec<f32>>> {
-    let mut order: Vec<usize> = (0..inputs.len()).collect();
-    order.sort_by_key(|&i| inputs[i].len());
-    let mut out = vec![Vec::new(); inputs.len()];
-    let ctx = Ctx::inference();
-    for chunk in order.chunks(batch_size) {
-        let examples: Vec<&Encoded> = chunk.iter().map(|&i| &inputs[i]).collect();
-        let batch = collate(&examples, pad_id, device)?;
-        let hidden = model.forward(&batch, &ctx)?.last_hidden_state;
-        let mut pooled = match pooling {
-            Pooling::Cls => hidden.i((.., 0))?,
-            Pooling::Mean => {
-                let mask = batch.attention_mask.to_dtype(DType::F32)?.unsqueeze(2)?;
-                let sum = hidden.broadcast_mul(&mask)?.sum(1)?;
-                sum.broadcast_div(&mask.sum(1)?)?
-            }
-        };
-        if normalize {
-            let norm = pooled.sqr()?.sum_keepdim(D::Minus1)?.sqrt()?;
-            pooled = pooled.broadcast_div(&Tensor::maximum(&norm, 1e-12)?)?;
-        }
-        for (row, &i) in pooled.to_vec2::<f32>()?.into_iter().zip(chunk) {
-            out[i] = row;
-        }
-    }
-    Ok(out)
 }

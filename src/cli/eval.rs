@@ -10,14 +10,14 @@ use std::path::PathBuf;
 use anyhow::Result;
 use clap::Args;
 
-use crate::cli::weights::{RunWeights, Which};
-use crate::data::{run_task, Problem, Source, CUSTOM};
+use crate::data::{Problem, Source, CUSTOM};
 use crate::error::user;
 use crate::metrics::{evaluate, Predictions};
-use crate::run_dir;
+use crate::run::dir as run_dir;
+use crate::run::weights::{RunWeights, Which};
+use crate::settings::Overrides;
 use crate::tokenize::TextEncoder;
-use crate::train::config::Overrides;
-use crate::train::dataset::{predict, Dataset};
+use crate::{data::dataset::Dataset, eval::predict};
 
 #[derive(Args, Debug)]
 pub struct EvalArgs {
@@ -121,7 +121,7 @@ pub fn run(args: EvalArgs) -> Result<()> {
         None => vec![1.0],
     };
     let device = crate::device::parse(args.device.as_deref().unwrap_or(&info.train.device))?;
-    let spec = run_task(&info.train, info.labels.as_deref())?;
+    let spec = info.train.task_spec(info.labels.as_deref())?;
     let encoder = TextEncoder::load(&run.model_dir, &run.config, info.train.max_seq_len)?;
     let source = match &args.data_dir {
         Some(_) if info.train.task == CUSTOM => {
@@ -130,7 +130,7 @@ pub fn run(args: EvalArgs) -> Result<()> {
             ))
         }
         Some(dir) => Source::GlueDir(dir.clone()),
-        None => Source::of(&info.train)?,
+        None => info.train.source()?,
     };
     let splits: Vec<String> = match args.split.as_str() {
         "dev" => spec.dev_splits.iter().map(|s| s.to_string()).collect(),
@@ -152,7 +152,7 @@ pub fn run(args: EvalArgs) -> Result<()> {
         let model = run.model(alpha, &device)?;
         for (split, data) in splits.iter().zip(&data) {
             if args.predictions.is_some() {
-                let logits = crate::train::dataset::logits(
+                let logits = crate::eval::logits(
                     &model,
                     &data.inputs,
                     encoder.pad_id(),

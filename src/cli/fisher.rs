@@ -10,13 +10,13 @@ use candle_core::Tensor;
 use clap::Args;
 
 use crate::components::{aggregate, Table};
+use crate::data::dataset::Dataset;
 use crate::data::{task, Source, CUSTOM};
 use crate::error::PathContext;
 use crate::fisher::{estimate, global, totals, Estimator, FisherOptions};
 use crate::model::{drop_mismatched_head, read_checkpoint, Model, ParamStore};
-use crate::run_dir;
+use crate::run::dir as run_dir;
 use crate::tokenize::TextEncoder;
-use crate::train::dataset::Dataset;
 
 #[derive(Args, Debug)]
 pub struct FisherArgs {

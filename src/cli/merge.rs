@@ -9,12 +9,12 @@ use candle_core::Tensor;
 use clap::Args;
 use serde_json::{json, Value};
 
-use crate::cli::weights::{fold_adapters, RunArgs};
-use crate::data::{run_task, Problem};
+use crate::data::Problem;
 use crate::error::{user, PathContext};
 use crate::methods::is_head;
 use crate::model::Arch;
-use crate::run_dir;
+use crate::run::dir as run_dir;
+use {crate::cli::run_args::RunArgs, crate::run::weights::fold_adapters};
 
 /// Tokenizer files a model directory may carry; whichever the base has are copied.
 const TOKENIZER_FILES: &[&str] = &[
@@ -74,7 +74,7 @@ pub fn run(args: MergeArgs) -> Result<()> {
     let text = std::fs::read_to_string(&base_cfg).path_context("cannot read", &base_cfg)?;
     let mut cfg: Value =
         serde_json::from_str(&text).map_err(|e| user(format!("{}: {e}", base_cfg.display())))?;
-    let spec = run_task(&run.info.train, run.info.labels.as_deref())?;
+    let spec = run.info.train.task_spec(run.info.labels.as_deref())?;
     set_task(&mut cfg, arch, spec.problem, run.info.num_labels)?;
     run_dir::write_atomic(
         &args.output.join("config.json"),

@@ -8,9 +8,10 @@ pub mod fisher;
 pub mod merge;
 pub mod predict;
 pub mod report;
+pub mod run_args;
+mod single;
 pub mod sweep;
 pub mod train;
-pub mod weights;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};

@@ -9,12 +9,12 @@ use std::path::{Path, PathBuf};
 use anyhow::Result;
 use clap::Args;
 
-use crate::cli::weights::RunArgs;
+use crate::cli::run_args::RunArgs;
 use crate::data::tasks::{Layout, Problem, TaskSpec};
 use crate::error::{user, PathContext};
-use crate::run_dir;
+use crate::eval::logits;
+use crate::run::dir as run_dir;
 use crate::tokenize::TextEncoder;
-use crate::train::dataset::logits;
 
 #[derive(Args, Debug)]
 pub struct PredictArgs {
@@ -42,7 +42,7 @@ pub fn run(args: PredictArgs) -> Result<()> {
         std::fs::read_to_string(&args.input).path_context("cannot read input", &args.input)?;
     // The task decides how many texts a line holds; check them before loading a model.
     let info = run_dir::RunInfo::load(&args.run.checkpoint)?;
-    let spec = crate::data::run_task(&info.train, info.labels.as_deref())?;
+    let spec = info.train.task_spec(info.labels.as_deref())?;
     let lines = parse_lines(&text, &args.input, spec)?;
 
     let run = args.run.load()?;

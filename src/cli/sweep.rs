@@ -13,13 +13,14 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Result;
 
-use super::train::{catch_ctrl_c, train_one, TrainArgs};
+use super::single::{catch_ctrl_c, train_one};
 use crate::error::user;
 use crate::report::runs::Run;
 use crate::report::summary::SweepSummary;
-use crate::run_dir::{self, RunInfo};
-use crate::train::checkpoint::RESUME;
-use crate::train::config::TrainConfig;
+use crate::run::checkpoint::RESUME;
+use crate::run::dir::{self as run_dir, RunInfo};
+use crate::settings::Overrides;
+use crate::settings::TrainConfig;
 use crate::train::fit::Interrupted;
 
 pub const SUMMARY: &str = "summary.json";
@@ -32,14 +33,13 @@ enum Plan {
     Keep,
 }
 
-pub fn run(args: &TrainArgs, seeds: &[u64]) -> Result<()> {
+pub fn run(base: Overrides, overwrite: bool, seeds: &[u64]) -> Result<()> {
     for (i, s) in seeds.iter().enumerate() {
         if seeds[..i].contains(s) {
             crate::user_bail!("--seeds: seed {s} is listed twice");
         }
     }
     // A `seed` in the --config file gives way to --seeds, as to any flag.
-    let base = args.overrides()?;
     let first = base.clone().resolve()?;
     let sweep = base
         .output_dir
@@ -65,7 +65,7 @@ pub fn run(args: &TrainArgs, seeds: &[u64]) -> Result<()> {
     // could have refused at once.
     let plans = cfgs
         .iter()
-        .map(|c| plan(c, args.overwrite))
+        .map(|c| plan(c, overwrite))
         .collect::<Result<Vec<_>>>()?;
 
     catch_ctrl_c();
@@ -82,7 +82,7 @@ pub fn run(args: &TrainArgs, seeds: &[u64]) -> Result<()> {
                 println!("already finished with these settings: kept");
                 Ok(())
             }
-            Plan::Train => train_one(cfg, args.overwrite, false),
+            Plan::Train => train_one(cfg, overwrite, false),
             Plan::Resume => train_one(cfg, false, true),
         };
         if let Err(e) = done {

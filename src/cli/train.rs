@@ -2,22 +2,19 @@
 
 use std::path::PathBuf;
 
-use std::sync::atomic::Ordering;
-
 use anyhow::Result;
 use clap::Args;
 
-use crate::data::run_task;
-use crate::run_dir::RunInfo;
-use crate::train::config::{Overrides, TrainConfig};
-use crate::train::fit::{describe, fit, INTERRUPTED};
+use super::single::{catch_ctrl_c, train_one};
+use crate::run::dir::RunInfo;
+use crate::settings::Overrides;
 
 #[derive(Args, Debug)]
 pub struct TrainArgs {
     #[command(flatten)]
     pub settings: Overrides,
     /// TOML file with any of the settings above, or a built-in recipe's name.
-    #[arg(long, long_help = crate::train::config::CONFIG_HELP)]
+    #[arg(long, long_help = crate::settings::CONFIG_HELP)]
     pub config: Option<PathBuf>,
     /// Replace a run already in the output directory.
     #[arg(long)]
@@ -33,7 +30,7 @@ pub struct TrainArgs {
 
 pub fn run(args: TrainArgs) -> Result<()> {
     if let Some(seeds) = &args.seeds {
-        return super::sweep::run(&args, seeds);
+        return super::sweep::run(args.overrides()?, args.overwrite, seeds);
     }
     let cfg = match &args.resume {
         Some(dir) => {
@@ -62,35 +59,5 @@ impl TrainArgs {
             None => Overrides::default(),
         };
         Ok(self.settings.clone().over(file))
-    }
-}
-
-/// Print the config, train, print the best and last evaluations.
-pub fn train_one(cfg: &TrainConfig, overwrite: bool, resume: bool) -> Result<()> {
-    println!(
-        "# resolved config (usable as --config)\n{}",
-        toml::to_string(cfg)?.trim_end()
-    );
-    let summary = fit(cfg, overwrite, resume)?;
-    let spec = run_task(cfg, summary.info.labels.as_deref())?;
-    println!("best: {}", describe(spec, &summary.best));
-    println!("last: {}", describe(spec, &summary.last));
-    println!("run saved to {}", cfg.output_dir.display());
-    Ok(())
-}
-
-/// The first Ctrl-C asks the loop to finish its step and save a resumable checkpoint;
-/// a second one stops at once.
-pub fn catch_ctrl_c() {
-    let installed = ctrlc::set_handler(|| {
-        if INTERRUPTED.swap(true, Ordering::SeqCst) {
-            std::process::exit(130);
-        }
-        eprintln!(
-            "\ninterrupt: finishing this step and saving a checkpoint (Ctrl-C again to quit now)"
-        );
-    });
-    if let Err(e) = installed {
-        eprintln!("warning: Ctrl-C will stop without a checkpoint: {e}");
     }
 }

@@ -95,4 +95,3 @@ impl Dropout {
         (ctx.train && self.p != 0.0).then(|| ops::DropoutOp::new(self.p, ctx.next_key()))
     }
 }
-

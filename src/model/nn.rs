@@ -8,8 +8,8 @@ use anyhow::Result;
 use candle_core::Tensor;
 
 use super::adapter::{Adapter, AdapterConfig};
-pub use super::ctx::{Ctx, Dropout};
 use super::config::Activation;
+pub use super::ctx::{Ctx, Dropout};
 use super::params::{Init, Path};
 use crate::kernels::ops;
 

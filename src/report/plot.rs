@@ -15,7 +15,7 @@ use plotters::style::text_anchor::{HPos, Pos, VPos};
 use super::runs::{main_metric, Run};
 use super::table::medians;
 use crate::error::user;
-use crate::train::fit::EvalRecord;
+use crate::run::record::EvalRecord;
 
 const FONT: &[u8] = include_bytes!("../../assets/fonts/DejaVuSans.ttf");
 const WIDTH: u32 = 1400;
@@ -75,7 +75,7 @@ pub fn plot(runs: &[Run], path: &Path) -> Result<()> {
             encode_png(&rgb, size)?
         }
     };
-    crate::run_dir::write_atomic(path, &bytes)
+    crate::run::dir::write_atomic(path, &bytes)
 }
 
 fn drawing(e: impl std::fmt::Display) -> anyhow::Error {

@@ -10,9 +10,9 @@ use anyhow::Result;
 use serde::Deserialize;
 
 use crate::error::{user, PathContext};
-use crate::run_dir;
-use crate::train::checkpoint::RESUME;
-use crate::train::fit::EvalRecord;
+use crate::run::checkpoint::RESUME;
+use crate::run::dir as run_dir;
+use crate::run::record::EvalRecord;
 
 #[derive(Debug, Clone, Deserialize)]
 pub struct RunTrain {
@@ -168,7 +168,7 @@ pub fn flat_metrics(dev: &BTreeMap<String, BTreeMap<String, f64>>) -> Vec<(Strin
 pub fn main_metric(train: &RunTrain, r: &EvalRecord) -> Option<(String, f64)> {
     match crate::data::tasks::task(&train.task) {
         Ok(spec) => {
-            let v = crate::train::fit::main_score(spec, &r.dev);
+            let v = crate::run::record::main_score(spec, &r.dev);
             v.is_finite()
                 .then(|| (spec.main_metric.key().to_string(), v))
         }

@@ -4,7 +4,8 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
 use super::runs::{flat_metrics, main_metric, Run};
-use crate::train::fit::{thousands, EvalRecord};
+use crate::run::record::EvalRecord;
+use crate::stats::thousands;
 
 /// Rows of cells under a header; `numeric` columns align right.
 pub struct Table {

@@ -10,36 +10,23 @@ use candle_core::{Device, Tensor};
 use indicatif::{ProgressBar, ProgressStyle};
 use rand::rngs::StdRng;
 use rand::SeedableRng;
-use serde::{Deserialize, Serialize};
 
-use super::batches;
-use super::checkpoint::{self, Progress, RESUME};
-use super::config::TrainConfig;
-use super::dataset::{predict, Dataset};
-use crate::data::{run_task, Source, TaskSpec};
+use crate::data::batches;
+use crate::data::dataset::Dataset;
+use crate::data::TaskSpec;
+use crate::eval::score;
 use crate::fisher::{estimate, Estimator, FisherOptions};
 use crate::loss;
 use crate::methods::{self, MethodSpec};
-use crate::metrics::evaluate;
 use crate::model::ModelConfig;
 use crate::model::{drop_mismatched_head, load, read_checkpoint, Ctx, Model, ParamStore};
 use crate::optim::{AdamWConfig, MaskedAdamW, NonFiniteGradient};
-use crate::run_dir::{self, BaseModel, RunInfo};
+use crate::run::checkpoint::{self, Progress, RESUME};
+use crate::run::dir::{self as run_dir, BaseModel, RunInfo};
+use crate::run::record::{describe, main_score, EvalRecord};
+use crate::settings::TrainConfig;
+use crate::stats::thousands;
 use crate::tokenize::{collate, Encoded, TextEncoder};
-
-/// One evaluation: dev metrics per split, and where training stood.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct EvalRecord {
-    pub step: usize,
-    pub epoch: f64,
-    pub train_loss: f64,
-    pub lr: f64,
-    pub dev: BTreeMap<String, BTreeMap<String, f64>>,
-    pub elapsed_s: f64,
-    pub train_tokens_per_s: f64,
-    pub train_examples_per_s: f64,
-    pub best: bool,
-}
 
 pub struct Summary {
     pub info: RunInfo,
@@ -89,9 +76,9 @@ pub fn fit(cfg: &TrainConfig, overwrite: bool, resume: bool) -> Result<Summary> 
         None
     };
     let device = crate::device::parse(&cfg.device)?;
-    let source = Source::of(cfg)?;
+    let source = cfg.source()?;
     let labels = source.labels()?;
-    let spec = run_task(cfg, labels.as_deref())?;
+    let spec = cfg.task_spec(labels.as_deref())?;
     let model_dir = crate::model::hub::resolve(&cfg.model, cfg.revision.as_deref())?;
     let (mcfg, mut weights) = read_checkpoint(&model_dir)?;
     if drop_mismatched_head(&mut weights, spec.num_labels()) {
@@ -180,7 +167,7 @@ pub fn fit(cfg: &TrainConfig, overwrite: bool, resume: bool) -> Result<Summary> 
         if saved.labels != info.labels {
             crate::user_bail!(
                 "{}: the labels of the training data changed since the run started ({:?} then, {:?} now)",
-                Source::of(cfg)?.describe(),
+                cfg.source()?.describe(),
                 saved.labels.unwrap_or_default(),
                 info.labels.clone().unwrap_or_default()
             );
@@ -397,7 +384,7 @@ pub fn fit(cfg: &TrainConfig, overwrite: bool, resume: bool) -> Result<Summary> 
     run_dir::save_tensors(&out.join(run_dir::LAST), &values(&vars))?;
     // PEFT's format carries one state: the best, which `peft eval` scores by default.
     let best_tensors = run_dir::load_tensors(&out.join(run_dir::BEST))?;
-    crate::peft_format::write(out, &info, mcfg.model_type, &best_tensors)?;
+    crate::run::peft_format::write(out, &info, mcfg.model_type, &best_tensors)?;
     // The run is complete: the resume state (moments included) is no longer needed.
     let resume_file = out.join(RESUME);
     if resume_file.exists() {
@@ -503,59 +490,6 @@ fn fisher_for(
     })
 }
 
-/// Dev metrics of every dev split (MNLI has two).
-pub fn score(
-    model: &Model,
-    devs: &[Dataset],
-    spec: &TaskSpec,
-    pad: u32,
-    batch_size: usize,
-    device: &Device,
-) -> Result<BTreeMap<String, BTreeMap<String, f64>>> {
-    let mut out = BTreeMap::new();
-    for d in devs {
-        let preds = predict(model, d, pad, batch_size, device)?;
-        out.insert(d.split.clone(), evaluate(spec, &preds, &d.labels)?);
-    }
-    Ok(out)
-}
-
-/// The number that picks the best evaluation: the task's main metric on its first dev split.
-pub fn main_score(spec: &TaskSpec, dev: &BTreeMap<String, BTreeMap<String, f64>>) -> f64 {
-    dev.get(spec.dev_splits[0])
-        .and_then(|m| m.get(spec.main_metric.key()))
-        .copied()
-        .unwrap_or(f64::NEG_INFINITY)
-}
-
-/// `epoch 1.00 step 78 | loss 0.6912 | dev accuracy 52.71 | 2150 tok/s | 42s`
-pub fn describe(spec: &TaskSpec, r: &EvalRecord) -> String {
-    let mut dev = String::new();
-    for (split, metrics) in &r.dev {
-        let shown: Vec<String> = spec
-            .metrics
-            .iter()
-            .map(|m| format!("{} {:.2}", m.key(), 100.0 * metrics[m.key()]))
-            .collect();
-        let label = if r.dev.len() > 1 {
-            format!("{split} ")
-        } else {
-            "dev ".into()
-        };
-        dev.push_str(&format!("{label}{} ", shown.join(" ")));
-    }
-    format!(
-        "epoch {:.2} step {} | loss {:.4} | {}| {:.0} tok/s | {:.0}s{}",
-        r.epoch,
-        r.step,
-        r.train_loss,
-        dev,
-        r.train_tokens_per_s,
-        r.elapsed_s,
-        if r.best { " *" } else { "" }
-    )
-}
-
 fn values(vars: &BTreeMap<String, candle_core::Var>) -> HashMap<String, Tensor> {
     vars.iter()
         .map(|(k, v)| (k.clone(), v.as_tensor().detach()))
@@ -587,16 +521,4 @@ fn progress(epoch: usize, epochs: usize, steps: u64) -> ProgressBar {
     bar.set_style(style);
     bar.set_prefix(format!("epoch {epoch}/{epochs}"));
     bar
-}
-
-pub fn thousands(n: usize) -> String {
-    let s = n.to_string();
-    let mut out = String::new();
-    for (i, c) in s.chars().enumerate() {
-        if i > 0 && (s.len() - i).is_multiple_of(3) {
-            out.push(',');
-        }
-        out.push(c);
-    }
-    out
 }

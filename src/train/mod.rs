@@ -1,8 +1,4 @@
 //! Fine-tuning: the data path TSV → task → tokenizer → bucketed batches → model → loss →
 //! masked AdamW, with evaluation on dev and a self-describing run directory.
 
-pub mod batches;
-pub mod checkpoint;
-pub mod config;
-pub mod dataset;
 pub mod fit;

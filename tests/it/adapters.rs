@@ -7,12 +7,12 @@ use std::path::Path;
 
 use crate::common::*;
 use candle_core::{Device, Tensor};
-use peft::cli::weights::RunWeights;
-use peft::cli::weights::Which;
 use peft::model::{
     drop_mismatched_head, read_checkpoint, AdapterConfig, AdapterKind, Batch, Ctx, InaActivation,
     Model, ModelConfig, ParamStore,
 };
+use peft::run::weights::RunWeights;
+use peft::run::weights::Which;
 use peft::tokenize::{collate, TextEncoder};
 
 fn lora(r: usize, targets: &[&str]) -> AdapterConfig {

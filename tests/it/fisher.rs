@@ -4,11 +4,11 @@
 use std::path::Path;
 
 use candle_core::{DType, Device};
+use peft::data::dataset::Dataset;
 use peft::data::tasks::Label;
 use peft::fisher::{estimate, Estimator, FisherOptions};
 use peft::model::{read_checkpoint, Arch, Model, ParamStore};
 use peft::tokenize::Encoded;
-use peft::train::dataset::Dataset;
 
 fn check(kind: &str) {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR"))

@@ -8,7 +8,7 @@ use std::path::Path;
 
 use peft::data::tasks::{all, read_split, task, Label, Problem};
 use peft::error::is_user_error;
-use peft::train::config::Overrides;
+use peft::settings::Overrides;
 use proptest::prelude::*;
 
 fn config() -> ProptestConfig {

@@ -258,8 +258,8 @@ fn shipped_configs_parse_and_resolve() {
     for entry in std::fs::read_dir(&dir).unwrap() {
         let path = entry.unwrap().path();
         if path.extension().is_some_and(|e| e == "toml") {
-            let o = peft::train::config::Overrides::from_toml_file(&path).unwrap();
-            let flags = peft::train::config::Overrides {
+            let o = peft::settings::Overrides::from_toml_file(&path).unwrap();
+            let flags = peft::settings::Overrides {
                 model: Some("m".into()),
                 task: Some("rte".into()),
                 data_dir: Some("d".into()),

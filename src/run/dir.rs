@@ -19,12 +19,13 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::error::{user, PathContext};
-use crate::train::config::TrainConfig;
+use crate::settings::TrainConfig;
 
 pub const CONFIG: &str = "config.json";
 pub const METRICS: &str = "metrics.jsonl";
 pub const BEST: &str = "trainable.safetensors";
 pub const LAST: &str = "last.safetensors";
+pub const RESUME: &str = "resume.safetensors";
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct BaseModel {
@@ -62,7 +63,7 @@ pub fn check_free(dir: &Path, overwrite: bool) -> Result<()> {
         return Err(user(format!(
             "{} already holds a run; pass --overwrite to replace it{}",
             dir.display(),
-            if dir.join(crate::train::checkpoint::RESUME).exists() {
+            if dir.join(RESUME).exists() {
                 ", or --resume to continue it"
             } else {
                 ""
@@ -76,7 +77,7 @@ pub fn check_free(dir: &Path, overwrite: bool) -> Result<()> {
 pub fn prepare(dir: &Path, overwrite: bool) -> Result<()> {
     check_free(dir, overwrite)?;
     std::fs::create_dir_all(dir).path_context("cannot create run directory", dir)?;
-    for f in [METRICS, BEST, LAST, crate::train::checkpoint::RESUME] {
+    for f in [METRICS, BEST, LAST, RESUME] {
         let p = dir.join(f);
         if p.exists() {
             std::fs::remove_file(&p).path_context("cannot remove", &p)?;

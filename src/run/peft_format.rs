@@ -13,7 +13,7 @@ use serde_json::json;
 use crate::error::PathContext;
 use crate::methods::is_head;
 use crate::model::{AdapterKind, Arch};
-use crate::run_dir::{self, RunInfo};
+use crate::run::dir::{self as run_dir, RunInfo};
 
 pub const CONFIG: &str = "adapter_config.json";
 pub const WEIGHTS: &str = "adapter_model.safetensors";

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use anyhow::Result;
 use serde::{Deserialize, Serialize};
 
-use crate::data::{CustomProblem, CUSTOM};
+use crate::data::{CustomData, CustomProblem, Source, TaskSpec, CUSTOM};
 use crate::error::{user, PathContext};
 use crate::methods::Method;
 use crate::model::adapter::TARGETS;
@@ -439,21 +439,21 @@ shown_by_value_enum!(CustomProblem, InaActivation);
 pub const RECIPES: &[(&str, &str)] = &[
     (
         "child-tuning-d",
-        include_str!("../../configs/child-tuning-d.toml"),
+        include_str!("../configs/child-tuning-d.toml"),
     ),
     (
         "child-tuning-f",
-        include_str!("../../configs/child-tuning-f.toml"),
+        include_str!("../configs/child-tuning-f.toml"),
     ),
-    ("ina", include_str!("../../configs/ina.toml")),
-    ("ina-paper", include_str!("../../configs/ina-paper.toml")),
+    ("ina", include_str!("../configs/ina.toml")),
+    ("ina-paper", include_str!("../configs/ina-paper.toml")),
     (
         "lora-roberta-base",
-        include_str!("../../configs/lora-roberta-base.toml"),
+        include_str!("../configs/lora-roberta-base.toml"),
     ),
-    ("layernorm", include_str!("../../configs/layernorm.toml")),
-    ("bitfit", include_str!("../../configs/bitfit.toml")),
-    ("full", include_str!("../../configs/full.toml")),
+    ("layernorm", include_str!("../configs/layernorm.toml")),
+    ("bitfit", include_str!("../configs/bitfit.toml")),
+    ("full", include_str!("../configs/full.toml")),
 ];
 
 /// `peft train --help` for --config, listing [`RECIPES`] (a test keeps the two in step).
@@ -626,6 +626,41 @@ fn explain_toml(msg: &str) -> (String, Option<String>) {
 }
 
 impl TrainConfig {
+    /// Where this run's examples come from.
+    pub fn source(&self) -> Result<Source> {
+        if self.task != CUSTOM {
+            return Ok(self
+                .data_dir
+                .clone()
+                .map_or(Source::GlueHub, Source::GlueDir));
+        }
+        let need = |v: Option<&PathBuf>, flag: &str| {
+            v.cloned()
+                .ok_or_else(|| user(format!("--task custom needs --{flag} FILE")))
+        };
+        Ok(Source::Custom(CustomData {
+            train: need(self.train_file.as_ref(), "train")?,
+            dev: need(self.dev_file.as_ref(), "dev")?,
+            text_columns: self.text_columns.clone().unwrap_or_default(),
+            label_column: self.label_column.clone().unwrap_or_default(),
+            problem: self.problem.unwrap_or(CustomProblem::Classification),
+        }))
+    }
+
+    /// The task of a run: a GLUE task from the registry, or custom data with the class
+    /// labels the run found in its training file (`RunInfo::labels`).
+    pub fn task_spec(&self, labels: Option<&[String]>) -> Result<&'static TaskSpec> {
+        if self.task == CUSTOM {
+            crate::data::custom::spec(
+                self.problem.unwrap_or(CustomProblem::Classification),
+                labels,
+                self.text_columns.as_deref().unwrap_or_default(),
+            )
+        } else {
+            crate::data::task(&self.task)
+        }
+    }
+
     /// The adapter a lora or ina run adds.
     pub fn adapter(&self) -> Option<AdapterConfig> {
         match self.method {

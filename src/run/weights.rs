@@ -1,4 +1,4 @@
-//! A run's weights as `peft eval` and `peft merge` rebuild them: the base checkpoint, the
+//! A run's weights as `peft eval`, `peft merge`, `peft diff` and `peft predict` rebuild them: the base checkpoint, the
 //! trained tensors, and WiSE-FT interpolation between the two (Wortsman et al., 2022).
 
 use std::collections::HashMap;
@@ -6,15 +6,15 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Result;
 use candle_core::{Device, Tensor};
-use clap::{Args, ValueEnum};
+use clap::ValueEnum;
 
+use super::dir::{self as run_dir, RunInfo};
 use crate::error::user;
 use crate::methods::is_head;
 use crate::model::{
     drop_mismatched_head, load, read_checkpoint, AdapterKind, Model, ModelConfig, ParamStore,
 };
-use crate::run_dir::{self, RunInfo};
-use crate::train::config::TrainConfig;
+use crate::settings::TrainConfig;
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
 pub enum Which {
@@ -30,34 +30,6 @@ impl Which {
             Which::Best => run_dir::BEST,
             Which::Last => run_dir::LAST,
         }
-    }
-}
-
-/// The flags that pick a run's weights, shared by every command that rebuilds a run.
-#[derive(Args, Debug)]
-pub struct RunArgs {
-    /// A run directory written by `peft train`.
-    #[arg(long)]
-    pub checkpoint: PathBuf,
-    /// Which saved state to use.
-    #[arg(long, value_enum, default_value_t = Which::Best)]
-    pub which: Which,
-    /// Base model directory or hub id, if it moved since training [default: the run's].
-    #[arg(long)]
-    pub model: Option<PathBuf>,
-    /// Branch, tag or commit of a hub --model [default: main].
-    #[arg(long, requires = "model")]
-    pub revision: Option<String>,
-}
-
-impl RunArgs {
-    pub fn load(&self) -> Result<RunWeights> {
-        RunWeights::load(
-            &self.checkpoint,
-            self.which,
-            self.model.as_deref(),
-            self.revision.as_deref(),
-        )
     }
 }
 
@@ -147,15 +119,15 @@ impl RunWeights {
     /// their names in config.json; or, with `adapter`, a LoRA adapter that Hugging Face
     /// PEFT saved for that model, with its own head.
     pub fn external(mut train: TrainConfig, adapter: Option<&Path>) -> Result<Self> {
-        let spec = crate::data::run_task(&train, None)?;
+        let spec = train.task_spec(None)?;
         let model_dir = crate::model::hub::resolve(&train.model, train.revision.as_deref())?;
         let (config, mut base) = read_checkpoint(&model_dir)?;
         let weights_file = load::weight_file(&model_dir)?;
         let num_labels = spec.num_labels();
         let (trained, file) = match adapter {
             Some(dir) => {
-                let a = crate::peft_format::read(dir, config.model_type)?;
-                let file = dir.join(crate::peft_format::WEIGHTS);
+                let a = crate::run::peft_format::read(dir, config.model_type)?;
+                let file = dir.join(crate::run::peft_format::WEIGHTS);
                 let rows = head_rows(&a.tensors);
                 if rows != Some(num_labels) {
                     return Err(user(format!(

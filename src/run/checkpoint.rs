@@ -15,12 +15,12 @@ use anyhow::Result;
 use candle_core::{Device, Tensor, Var};
 use serde::{Deserialize, Serialize};
 
-use super::fit::EvalRecord;
+use super::dir::replace_file;
+use super::record::EvalRecord;
 use crate::error::user;
 use crate::optim::OptimizerState;
-use crate::run_dir::replace_file;
 
-pub const RESUME: &str = "resume.safetensors";
+pub use super::dir::RESUME;
 const FORMAT: &str = "peft-resume-1";
 
 /// Where training stands after an optimizer step.

@@ -1,0 +1,40 @@
+//! One training run as the command line shows it: the resolved config, the fit, the best
+//! and last evaluations; and Ctrl-C, which asks the loop for a checkpoint.
+
+use std::sync::atomic::Ordering;
+
+use anyhow::Result;
+
+use crate::run::record::describe;
+use crate::settings::TrainConfig;
+use crate::train::fit::{fit, INTERRUPTED};
+
+/// Print the config, train, print the best and last evaluations.
+pub fn train_one(cfg: &TrainConfig, overwrite: bool, resume: bool) -> Result<()> {
+    println!(
+        "# resolved config (usable as --config)\n{}",
+        toml::to_string(cfg)?.trim_end()
+    );
+    let summary = fit(cfg, overwrite, resume)?;
+    let spec = cfg.task_spec(summary.info.labels.as_deref())?;
+    println!("best: {}", describe(spec, &summary.best));
+    println!("last: {}", describe(spec, &summary.last));
+    println!("run saved to {}", cfg.output_dir.display());
+    Ok(())
+}
+
+/// The first Ctrl-C asks the loop to finish its step and save a resumable checkpoint;
+/// a second one stops at once.
+pub fn catch_ctrl_c() {
+    let installed = ctrlc::set_handler(|| {
+        if INTERRUPTED.swap(true, Ordering::SeqCst) {
+            std::process::exit(130);
+        }
+        eprintln!(
+            "\ninterrupt: finishing this step and saving a checkpoint (Ctrl-C again to quit now)"
+        );
+    });
+    if let Err(e) = installed {
+        eprintln!("warning: Ctrl-C will stop without a checkpoint: {e}");
+    }
+}

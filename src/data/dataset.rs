@@ -1,0 +1,80 @@
+//! A task split, tokenized: ids, inputs and labels in file order.
+
+use anyhow::Result;
+use candle_core::{Device, Tensor};
+
+use super::tasks::{Label, TaskSpec};
+use super::Source;
+use crate::tokenize::{Encoded, TextEncoder};
+
+pub struct Dataset {
+    pub split: String,
+    pub ids: Vec<String>,
+    pub inputs: Vec<Encoded>,
+    pub labels: Vec<Label>,
+}
+
+impl Dataset {
+    pub fn load(
+        spec: &TaskSpec,
+        source: &Source,
+        split: &str,
+        encoder: &TextEncoder,
+    ) -> Result<Self> {
+        let examples = source.read(spec, split)?;
+        let mut inputs = Vec::with_capacity(examples.len());
+        for e in &examples {
+            inputs.push(encoder.encode(&e.text_a, e.text_b.as_deref())?);
+        }
+        Ok(Self {
+            split: split.to_string(),
+            ids: examples.iter().map(|e| e.id.clone()).collect(),
+            labels: examples.into_iter().map(|e| e.label).collect(),
+            inputs,
+        })
+    }
+
+    pub fn len(&self) -> usize {
+        self.inputs.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.inputs.is_empty()
+    }
+
+    pub fn lengths(&self) -> Vec<usize> {
+        self.inputs.iter().map(|e| e.len()).collect()
+    }
+
+    /// Labels of `idx` as the loss wants them: u32 classes or f32 scores.
+    pub fn label_tensor(&self, idx: &[usize], device: &Device) -> Result<Tensor> {
+        match self.labels.first() {
+            Some(Label::Score(_)) => {
+                let v: Vec<f32> = idx
+                    .iter()
+                    .map(|&i| match self.labels[i] {
+                        Label::Score(s) => Ok(s),
+                        ref l => Err(anyhow::anyhow!(
+                            "example {} has label {l:?}, expected a score",
+                            self.ids[i]
+                        )),
+                    })
+                    .collect::<Result<_>>()?;
+                Ok(Tensor::new(v, device)?)
+            }
+            _ => {
+                let v: Vec<u32> = idx
+                    .iter()
+                    .map(|&i| match self.labels[i] {
+                        Label::Class(c) => Ok(c),
+                        ref l => Err(anyhow::anyhow!(
+                            "example {} has label {l:?}, expected a class",
+                            self.ids[i]
+                        )),
+                    })
+                    .collect::<Result<_>>()?;
+                Ok(Tensor::new(v, device)?)
+            }
+        }
+    }
+}

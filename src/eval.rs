@@ -1,0 +1,94 @@
+//! Scoring a model on a task's data: predictions (no dropout, no graph), raw logits in
+//! the same batches, and dev metrics per split.
+
+use std::collections::BTreeMap;
+
+use anyhow::Result;
+use candle_core::{DType, Device, D};
+
+use crate::data::batches;
+use crate::data::dataset::Dataset;
+use crate::data::TaskSpec;
+use crate::metrics::{evaluate, Predictions};
+use crate::model::{Ctx, Model};
+use crate::tokenize::{collate, Encoded};
+
+/// The model's predictions for every example, in file order.
+pub fn predict(
+    model: &Model,
+    data: &Dataset,
+    pad_id: u32,
+    batch_size: usize,
+    device: &Device,
+) -> Result<Predictions> {
+    let ctx = Ctx::inference();
+    let regression = model.num_labels() == Some(1);
+    let mut classes = vec![0u32; data.len()];
+    let mut scores = vec![0f32; data.len()];
+    for idx in batches::sorted(&data.lengths(), batch_size) {
+        let examples: Vec<&Encoded> = idx.iter().map(|&i| &data.inputs[i]).collect();
+        let batch = collate(&examples, pad_id, device)?;
+        let logits = model.logits(&batch, &ctx)?.detach();
+        if regression {
+            for (&i, s) in idx
+                .iter()
+                .zip(logits.squeeze(1)?.to_dtype(DType::F32)?.to_vec1::<f32>()?)
+            {
+                scores[i] = s;
+            }
+        } else {
+            for (&i, c) in idx.iter().zip(logits.argmax(D::Minus1)?.to_vec1::<u32>()?) {
+                classes[i] = c;
+            }
+        }
+    }
+    Ok(if regression {
+        Predictions::Scores(scores)
+    } else {
+        Predictions::Classes(classes)
+    })
+}
+
+/// Each input's logits, in input order, batched exactly as [`predict`] batches a split,
+/// so the same texts get the same numbers (and classes) as `peft eval` gives them.
+pub fn logits(
+    model: &Model,
+    inputs: &[Encoded],
+    pad_id: u32,
+    batch_size: usize,
+    device: &Device,
+) -> Result<Vec<Vec<f32>>> {
+    let ctx = Ctx::inference();
+    let lengths: Vec<usize> = inputs.iter().map(Encoded::len).collect();
+    let mut out = vec![Vec::new(); inputs.len()];
+    for idx in batches::sorted(&lengths, batch_size) {
+        let examples: Vec<&Encoded> = idx.iter().map(|&i| &inputs[i]).collect();
+        let batch = collate(&examples, pad_id, device)?;
+        let rows = model
+            .logits(&batch, &ctx)?
+            .detach()
+            .to_dtype(DType::F32)?
+            .to_vec2::<f32>()?;
+        for (&i, row) in idx.iter().zip(rows) {
+            out[i] = row;
+        }
+    }
+    Ok(out)
+}
+
+/// Dev metrics of every dev split (MNLI has two).
+pub fn score(
+    model: &Model,
+    devs: &[Dataset],
+    spec: &TaskSpec,
+    pad: u32,
+    batch_size: usize,
+    device: &Device,
+) -> Result<BTreeMap<String, BTreeMap<String, f64>>> {
+    let mut out = BTreeMap::new();
+    for d in devs {
+        let preds = predict(model, d, pad, batch_size, device)?;
+        out.insert(d.split.clone(), evaluate(spec, &preds, &d.labels)?);
+    }
+    Ok(out)
+}

@@ -1,0 +1,9 @@
+//! A run on disk: the run directory's schema and atomic files (`dir`), the resumable
+//! checkpoint, the evaluation records, Hugging Face PEFT's adapter format, and a run's
+//! weights rebuilt from its base model and trained tensors.
+
+pub mod checkpoint;
+pub mod dir;
+pub mod peft_format;
+pub mod record;
+pub mod weights;
