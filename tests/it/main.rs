@@ -4,6 +4,7 @@
 mod common;
 
 mod adapters;
+mod architecture;
 mod backprop;
 mod candle_transformers;
 mod cli;
