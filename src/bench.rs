@@ -11,10 +11,10 @@ use rand::{Rng, SeedableRng};
 
 use crate::loss;
 use crate::methods::{self, Method, MethodSpec};
-use crate::model::{
-    AdapterConfig, AdapterKind, Batch, Ctx, InaActivation, Model, ModelConfig, ParamStore,
-};
+use crate::model::{Batch, Ctx, Model, ModelConfig, ParamStore};
 use crate::optim::{AdamWConfig, MaskedAdamW};
+use crate::settings::TrainConfig;
+use crate::train::session::{Session, Trainable};
 
 /// One training step of `method`, ready to repeat on the same batch.
 pub struct TrainStep {
@@ -43,14 +43,21 @@ impl TrainStep {
             seed: 0,
         };
         let sel = methods::select(&spec, weights, None)?;
-        let store = ParamStore::new(weights.clone(), device.clone(), 0, sel.trainable);
-        let model = Model::load_with_adapters(&store, cfg, Some(2), adapters(method).as_ref())?;
-        let vars = store.vars();
-        let adam = AdamWConfig {
-            rule: sel.rule,
-            ..Default::default()
-        };
-        let opt = MaskedAdamW::new(vars.clone(), sel.masks, methods::decays, adam, 0)?;
+        // The adapters a run of this method gets by default.
+        let adapter = TrainConfig::default_adapter(*method);
+        let Session {
+            trainable: Trainable { model, vars, .. },
+            opt,
+            ..
+        } = Session::new(
+            weights.clone(),
+            (cfg, 2),
+            sel,
+            adapter.as_ref(),
+            device,
+            (0, 0),
+            AdamWConfig::default(),
+        )?;
         let labels = Tensor::new((0..b as u32).map(|i| i % 2).collect::<Vec<_>>(), device)?;
         Ok(Self {
             model,
@@ -104,25 +111,6 @@ impl Forward {
             .to_device(&Device::Cpu)?;
         Ok(())
     }
-}
-
-/// PEFT's LoRA defaults (r 8, alpha 16, query and value); InA at the same rank.
-fn adapters(method: &Method) -> Option<AdapterConfig> {
-    let kind = match method {
-        Method::Lora => AdapterKind::Lora,
-        Method::Ina => AdapterKind::Ina {
-            inhibition: 0.3,
-            activation: InaActivation::Gelu,
-        },
-        _ => return None,
-    };
-    Some(AdapterConfig {
-        kind,
-        r: 8,
-        alpha: 16.0,
-        dropout: 0.1,
-        targets: vec!["query".into(), "value".into()],
-    })
 }
 
 fn random_batch(cfg: &ModelConfig, b: usize, t: usize, device: &Device) -> Result<Batch> {

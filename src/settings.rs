@@ -626,6 +626,26 @@ fn explain_toml(msg: &str) -> (String, Option<String>) {
 }
 
 impl TrainConfig {
+    /// The adapter a run of `method` adds when it sets none of its flags (None for
+    /// methods without adapters): the defaults of the settings table.
+    pub fn default_adapter(method: Method) -> Option<AdapterConfig> {
+        let o = Overrides {
+            method: Some(method),
+            ..Default::default()
+        };
+        let c = Context {
+            method,
+            custom: false,
+            task: "rte",
+        };
+        // Only the model is required and has no default; any path stands in for it.
+        let o = Overrides {
+            model: Some(PathBuf::new()),
+            ..o
+        };
+        o.fill(&c).ok()?.adapter()
+    }
+
     /// Where this run's examples come from.
     pub fn source(&self) -> Result<Source> {
         if self.task != CUSTOM {

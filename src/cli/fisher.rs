@@ -14,9 +14,10 @@ use crate::data::dataset::Dataset;
 use crate::data::{task, Source, CUSTOM};
 use crate::error::PathContext;
 use crate::fisher::{estimate, global, totals, Estimator, FisherOptions};
-use crate::model::{drop_mismatched_head, read_checkpoint, Model, ParamStore};
+use crate::model::{drop_mismatched_head, read_checkpoint};
 use crate::run::dir as run_dir;
 use crate::tokenize::TextEncoder;
+use crate::train::session::Trainable;
 
 #[derive(Args, Debug)]
 pub struct FisherArgs {
@@ -99,11 +100,10 @@ pub fn run(args: FisherArgs) -> Result<()> {
         let data = Dataset::load(spec, &source, "train", &encoder)?;
         let mut weights = base.clone();
         drop_mismatched_head(&mut weights, spec.num_labels());
-        let store = ParamStore::new(weights, device.clone(), args.seed, Box::new(|_| true));
-        let model = Model::load(&store, &cfg, Some(spec.num_labels()))?;
+        let t = Trainable::everything(weights, &cfg, Some(spec.num_labels()), &device, args.seed)?;
         let n = opts.samples.unwrap_or(data.len()).min(data.len());
         let start = Instant::now();
-        let f = estimate(&model, &store, &data, encoder.pad_id(), opts, &device)?;
+        let f = estimate(&t.model, &t.store, &data, encoder.pad_id(), opts, &device)?;
         let secs = start.elapsed().as_secs_f64();
         eprintln!(
             "{}: Fisher from {n} training examples ({:?}) in {secs:.1}s",

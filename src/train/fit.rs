@@ -19,7 +19,7 @@ use crate::fisher::{estimate, Estimator, FisherOptions};
 use crate::loss;
 use crate::methods::{self, MethodSpec};
 use crate::model::ModelConfig;
-use crate::model::{drop_mismatched_head, load, read_checkpoint, Ctx, Model, ParamStore};
+use crate::model::{drop_mismatched_head, load, read_checkpoint, Ctx};
 use crate::optim::{AdamWConfig, MaskedAdamW, NonFiniteGradient};
 use crate::run::checkpoint::{self, Progress, RESUME};
 use crate::run::dir::{self as run_dir, BaseModel, RunInfo};
@@ -27,6 +27,7 @@ use crate::run::record::{describe, main_score, EvalRecord};
 use crate::settings::TrainConfig;
 use crate::stats::thousands;
 use crate::tokenize::{collate, Encoded, TextEncoder};
+use crate::train::session::{Session, Trainable};
 
 pub struct Summary {
     pub info: RunInfo,
@@ -118,16 +119,26 @@ pub fn fit(cfg: &TrainConfig, overwrite: bool, resume: bool) -> Result<Summary> 
     };
     let selection = methods::select(&method, &weights, fisher.as_ref())?;
     drop(fisher);
-    let store = ParamStore::new(weights, device.clone(), cfg.seed, selection.trainable);
-    let model = Model::load_with_adapters(
-        &store,
-        &mcfg,
-        Some(spec.num_labels()),
+    let (order_seed, dropout_seed, mask_seed) = seeds(cfg.seed);
+    let adam = AdamWConfig {
+        weight_decay: cfg.weight_decay,
+        max_grad_norm: (cfg.max_grad_norm > 0.0).then_some(cfg.max_grad_norm),
+        ..Default::default()
+    };
+    let Session {
+        trainable: Trainable { store, model, vars },
+        mut opt,
+        trainable_params,
+    } = Session::new(
+        weights,
+        (&mcfg, spec.num_labels()),
+        selection,
         cfg.adapter().as_ref(),
+        &device,
+        (cfg.seed, mask_seed),
+        adam,
     )?;
-    let vars = store.vars();
     let total_params: usize = store.all().values().map(|t| t.elem_count()).sum();
-    let trainable_params = trainable_count(&vars, &selection.masks)?;
     eprintln!(
         "trainable parameters: {} of {} ({:.3}%) in {} tensors",
         thousands(trainable_params),
@@ -182,20 +193,6 @@ pub fn fit(cfg: &TrainConfig, overwrite: bool, resume: bool) -> Result<Summary> 
         None
     };
 
-    let (order_seed, dropout_seed, mask_seed) = seeds(cfg.seed);
-    let adam = AdamWConfig {
-        weight_decay: cfg.weight_decay,
-        max_grad_norm: (cfg.max_grad_norm > 0.0).then_some(cfg.max_grad_norm),
-        rule: selection.rule,
-        ..Default::default()
-    };
-    let mut opt = MaskedAdamW::new(
-        vars.clone(),
-        selection.masks,
-        methods::decays,
-        adam,
-        mask_seed,
-    )?;
     let batches_per_epoch = train.len().div_ceil(cfg.batch_size);
     let steps_per_epoch = batches_per_epoch.div_ceil(cfg.grad_accum);
     let total = cfg.max_steps.unwrap_or(cfg.epochs * steps_per_epoch);
@@ -474,14 +471,14 @@ fn fisher_for(
     let key = crate::fisher::cache_key(weights_sha256, train, spec.num_labels(), &opts);
     crate::fisher::cached(&key, || {
         let start = Instant::now();
-        let store = ParamStore::new(
+        let t = Trainable::everything(
             weights.clone(),
-            device.clone(),
+            mcfg,
+            Some(spec.num_labels()),
+            device,
             cfg.seed,
-            Box::new(|_| true),
-        );
-        let model = Model::load(&store, mcfg, Some(spec.num_labels()))?;
-        let f = estimate(&model, &store, train, pad, opts, device)?;
+        )?;
+        let f = estimate(&t.model, &t.store, train, pad, opts, device)?;
         eprintln!(
             "Fisher information estimated in {:.1}s",
             start.elapsed().as_secs_f64()
@@ -494,23 +491,6 @@ fn values(vars: &BTreeMap<String, candle_core::Var>) -> HashMap<String, Tensor> 
     vars.iter()
         .map(|(k, v)| (k.clone(), v.as_tensor().detach()))
         .collect()
-}
-
-/// Elements a gradient reaches: all of a dense tensor (or of one under Child-Tuning F's
-/// per-step mask), the ones of a fixed subset or of Child-Tuning D's gradient mask.
-fn trainable_count(
-    vars: &BTreeMap<String, candle_core::Var>,
-    masks: &crate::optim::MaskPlan,
-) -> Result<usize> {
-    use crate::optim::Mask;
-    let mut n = 0;
-    for (name, var) in vars {
-        n += match masks.named.get(name).unwrap_or(&masks.rest) {
-            Mask::Fixed(m) | Mask::Gradient(m) => m.sum_all()?.to_scalar::<f32>()? as usize,
-            _ => var.elem_count(),
-        };
-    }
-    Ok(n)
 }
 
 fn progress(epoch: usize, epochs: usize, steps: u64) -> ProgressBar {

@@ -2,3 +2,4 @@
 //! masked AdamW, with evaluation on dev and a self-describing run directory.
 
 pub mod fit;
+pub mod session;
