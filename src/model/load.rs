@@ -55,16 +55,20 @@ pub fn read_weights(dir: &Path, arch: Arch) -> Result<HashMap<String, Tensor>> {
             }
             continue;
         }
-        let t = t.to_dtype(DType::F32).map_err(|e| {
-            user(format!(
-                "{}: tensor `{name}` of dtype {:?} cannot be read as f32: {e}",
-                path.display(),
-                t.dtype()
-            ))
-        })?;
-        out.insert(canon, t);
+        out.insert(canon, as_f32(&path, &name, t)?);
     }
     Ok(out)
+}
+
+/// A float tensor of `file` widened or narrowed to f32, the file and tensor named if not.
+pub fn as_f32(file: &Path, name: &str, t: Tensor) -> Result<Tensor> {
+    t.to_dtype(DType::F32).map_err(|e| {
+        user(format!(
+            "{}: tensor `{name}` of dtype {:?} cannot be read as f32: {e}",
+            file.display(),
+            t.dtype()
+        ))
+    })
 }
 
 /// Whether a canonical name is a learned parameter rather than a buffer.

@@ -836,6 +836,8 @@ mod tests {
         }
     }
 
+    use crate::kernels::ops::tests::max_diff;
+
     /// Child-Tuning D and F against the reference: `scripts/child_tuning_reference.py`
     /// runs AliceMind's `ChildTuningAdamW` update rule behind torch's global-norm clipping
     /// for five steps on fixed gradients (F with its Bernoulli masks written out), and
@@ -910,16 +912,7 @@ mod tests {
                 o.step_with_masks(&g, lr, &drawn).unwrap();
                 for n in &names {
                     let want = get(format!("{mode}.{s}.{n}"));
-                    let diff = (vars[n].as_tensor() - &want)
-                        .unwrap()
-                        .abs()
-                        .unwrap()
-                        .flatten_all()
-                        .unwrap()
-                        .max(0)
-                        .unwrap()
-                        .to_scalar::<f32>()
-                        .unwrap();
+                    let diff = max_diff(vars[n].as_tensor(), &want);
                     assert!(diff <= 1e-6, "{mode} step {s} {n}: off by {diff}");
                 }
             }
@@ -927,16 +920,7 @@ mod tests {
             for n in &names {
                 for (which, got) in [("m", &moments[n].0), ("v", &moments[n].1)] {
                     let want = get(format!("{mode}.{which}.{n}"));
-                    let diff = (got - &want)
-                        .unwrap()
-                        .abs()
-                        .unwrap()
-                        .flatten_all()
-                        .unwrap()
-                        .max(0)
-                        .unwrap()
-                        .to_scalar::<f32>()
-                        .unwrap();
+                    let diff = max_diff(got, &want);
                     assert!(diff <= 1e-6, "{mode} {which} of {n}: off by {diff}");
                 }
             }

@@ -14,7 +14,7 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
-use candle_core::{DType, Device, Tensor};
+use candle_core::{Device, Tensor};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
@@ -137,13 +137,7 @@ pub fn load_tensors(path: &Path) -> Result<HashMap<String, Tensor>> {
                     t.dtype()
                 )));
             }
-            let t = t.to_dtype(DType::F32).map_err(|e| {
-                user(format!(
-                    "{}: tensor `{name}` of dtype {:?} cannot be read as f32: {e}",
-                    path.display(),
-                    t.dtype()
-                ))
-            })?;
+            let t = crate::model::load::as_f32(path, &name, t)?;
             Ok((name, t))
         })
         .collect()

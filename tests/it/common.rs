@@ -171,6 +171,18 @@ pub fn train(model: &str, data: &Path, out: &Path, extra: &[&str]) -> String {
     ok(peft(&args))
 }
 
+/// `peft eval --checkpoint RUN --json`'s dev accuracy: what the run re-scores to.
+pub fn eval_accuracy(run: &Path) -> f64 {
+    let shown = ok(peft(&[
+        "eval",
+        "--checkpoint",
+        run.to_str().unwrap(),
+        "--json",
+    ]));
+    let v: serde_json::Value = serde_json::from_str(shown.trim()).unwrap();
+    v["metrics"]["accuracy"].as_f64().unwrap()
+}
+
 /// metrics.jsonl without the timing fields, which differ run to run.
 pub fn metrics(out: &Path) -> Vec<serde_json::Value> {
     std::fs::read_to_string(out.join("metrics.jsonl"))

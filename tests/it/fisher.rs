@@ -71,24 +71,8 @@ fn check(kind: &str) {
             format!("fisher.{prefix}{name}")
         };
         let reference = &g[&key];
-        let max = reference
-            .abs()
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .max(0)
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap();
-        let diff = (ours - reference)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .max(0)
-            .unwrap();
-        let rel = diff.to_scalar::<f32>().unwrap() / max.max(1e-10);
+        let rel = crate::common::max_abs_diff(ours, reference)
+            / crate::common::max_abs(reference).max(1e-10);
         assert!(
             rel < 1e-3,
             "{kind} Fisher of {name} differs by {rel} (relative)"

@@ -140,18 +140,7 @@ fn every_method_trains_only_what_it_selects() {
             ["accuracy"]
             .as_f64()
             .unwrap();
-        let shown = ok(peft(&[
-            "eval",
-            "--checkpoint",
-            out.to_str().unwrap(),
-            "--json",
-        ]));
-        let v: serde_json::Value = serde_json::from_str(shown.trim()).unwrap();
-        assert_eq!(
-            v["metrics"]["accuracy"].as_f64().unwrap(),
-            acc,
-            "{flags:?}: eval differs"
-        );
+        assert_eq!(eval_accuracy(&out), acc, "{flags:?}: eval differs");
     }
 }
 

@@ -51,15 +51,8 @@ fn layernorm_run_saves_only_layernorm_and_head_and_eval_reproduces_it() {
     assert_eq!(m.len(), 2, "one evaluation per epoch");
     let best = m.iter().find(|r| r["best"].as_bool().unwrap()).unwrap();
     let best_acc = best["dev"]["dev"]["accuracy"].as_f64().unwrap();
-    let shown = ok(peft(&[
-        "eval",
-        "--checkpoint",
-        out.to_str().unwrap(),
-        "--json",
-    ]));
-    let v: serde_json::Value = serde_json::from_str(shown.trim()).unwrap();
     assert_eq!(
-        v["metrics"]["accuracy"].as_f64().unwrap(),
+        eval_accuracy(&out),
         best_acc,
         "peft eval must reproduce the run's metrics"
     );
