@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
-use candle_core::{Device, Tensor};
+use candle_core::{Device, Tensor, Var};
 use indicatif::{ProgressBar, ProgressStyle};
 use rand::rngs::StdRng;
 use rand::SeedableRng;
@@ -19,8 +19,8 @@ use crate::fisher::{estimate, Estimator, FisherOptions};
 use crate::loss;
 use crate::methods::{self, MethodSpec};
 use crate::model::ModelConfig;
-use crate::model::{drop_mismatched_head, load, read_checkpoint, Ctx};
-use crate::optim::{AdamWConfig, MaskedAdamW, NonFiniteGradient};
+use crate::model::{drop_mismatched_head, load, read_checkpoint, Ctx, Model};
+use crate::optim::{AdamWConfig, LinearSchedule, MaskedAdamW, NonFiniteGradient};
 use crate::run::checkpoint::{self, Progress, RESUME};
 use crate::run::dir::{self as run_dir, BaseModel, RunInfo};
 use crate::run::record::{describe, main_score, EvalRecord};
@@ -68,330 +68,426 @@ fn seeds(seed: u64) -> (u64, u64, u64) {
 /// Train `cfg` into its output directory: a new run, or with `resume` the run already
 /// there, continued from its `resume.safetensors`.
 pub fn fit(cfg: &TrainConfig, overwrite: bool, resume: bool) -> Result<Summary> {
-    let out = &cfg.output_dir;
-    // Before the slow loading: a run that cannot start should say so at once.
-    let resumed = if resume {
-        Some((RunInfo::load(out)?, checkpoint::load(&out.join(RESUME))?))
-    } else {
-        run_dir::check_free(out, overwrite)?;
-        None
-    };
-    let device = crate::device::parse(&cfg.device)?;
-    let source = cfg.source()?;
-    let labels = source.labels()?;
-    let spec = cfg.task_spec(labels.as_deref())?;
-    let model_dir = crate::model::hub::resolve(&cfg.model, cfg.revision.as_deref())?;
-    let (mcfg, mut weights) = read_checkpoint(&model_dir)?;
-    if drop_mismatched_head(&mut weights, spec.num_labels()) {
-        eprintln!("the checkpoint's classifier has another number of labels: starting a new head");
-    }
-    let weights_file = load::weight_file(&model_dir)?;
-    let weights_sha256 = run_dir::sha256_file(&weights_file)?;
-    let encoder = TextEncoder::load(&model_dir, &mcfg, cfg.max_seq_len)?;
-    let train = Dataset::load(spec, &source, "train", &encoder)?;
-    if train.is_empty() {
-        crate::user_bail!("{}: the train split is empty", source.describe());
-    }
-    let devs = spec
-        .dev_splits
-        .iter()
-        .map(|s| Dataset::load(spec, &source, s, &encoder))
-        .collect::<Result<Vec<_>>>()?;
-
-    let fisher = if cfg.method.needs_fisher() {
-        Some(fisher_for(
-            cfg,
-            &mcfg,
-            (&weights, &weights_sha256),
-            spec,
-            &train,
-            encoder.pad_id(),
-            &device,
-        )?)
-    } else {
-        None
-    };
-    let method = MethodSpec {
-        method: cfg.method,
-        fraction: cfg.fraction.unwrap_or(1.0),
-        reserve: cfg.reserve.unwrap_or(1.0),
-        seed: cfg.seed,
-    };
-    let selection = methods::select(&method, &weights, fisher.as_ref())?;
-    drop(fisher);
-    let (order_seed, dropout_seed, mask_seed) = seeds(cfg.seed);
-    let adam = AdamWConfig {
-        weight_decay: cfg.weight_decay,
-        max_grad_norm: (cfg.max_grad_norm > 0.0).then_some(cfg.max_grad_norm),
-        ..Default::default()
-    };
-    let Session {
-        trainable: Trainable { store, model, vars },
-        mut opt,
-        trainable_params,
-    } = Session::new(
-        weights,
-        (&mcfg, spec.num_labels()),
-        selection,
-        cfg.adapter().as_ref(),
-        &device,
-        (cfg.seed, mask_seed),
-        adam,
-    )?;
-    let total_params: usize = store.all().values().map(|t| t.elem_count()).sum();
-    eprintln!(
-        "trainable parameters: {} of {} ({:.3}%) in {} tensors",
-        thousands(trainable_params),
-        thousands(total_params),
-        100.0 * trainable_params as f64 / total_params as f64,
-        vars.len()
-    );
-    for name in store.created() {
-        eprintln!("initialised {name} (not in the checkpoint)");
-    }
-
-    let info = RunInfo {
-        peft_version: env!("CARGO_PKG_VERSION").to_string(),
-        train: cfg.clone(),
-        base: BaseModel {
-            path: model_dir,
-            sha256: weights_sha256,
-            weights_file,
-        },
-        num_labels: spec.num_labels(),
-        labels,
-        total_params,
-        trainable_params,
-        trainable_tensors: vars.keys().cloned().collect(),
-    };
-    let resumed = if let Some((saved, state)) = resumed {
-        if saved.base.sha256 != info.base.sha256 {
-            crate::user_bail!(
-                "{}: the base model's weights changed since the run started (sha256 {} then, {} now)",
-                info.base.weights_file.display(),
-                saved.base.sha256,
-                info.base.sha256
-            );
-        }
-        // Custom labels come from the training file: if it changed, head rows would
-        // silently mean other classes.
-        if saved.labels != info.labels {
-            crate::user_bail!(
-                "{}: the labels of the training data changed since the run started ({:?} then, {:?} now)",
-                cfg.source()?.describe(),
-                saved.labels.unwrap_or_default(),
-                info.labels.clone().unwrap_or_default()
-            );
-        }
-        Some(state)
-    } else {
-        run_dir::prepare(out, overwrite)?;
-        run_dir::write_atomic(
-            &out.join(run_dir::CONFIG),
-            serde_json::to_string_pretty(&info)?.as_bytes(),
-        )?;
-        None
-    };
-
-    let batches_per_epoch = train.len().div_ceil(cfg.batch_size);
-    let steps_per_epoch = batches_per_epoch.div_ceil(cfg.grad_accum);
-    let total = cfg.max_steps.unwrap_or(cfg.epochs * steps_per_epoch);
-    let schedule = crate::optim::LinearSchedule::new(cfg.lr, cfg.warmup_ratio, total);
-    let ctx = Ctx::train(dropout_seed);
-    let mut order_rng = StdRng::seed_from_u64(order_seed);
-    let lengths = train.lengths();
-    let regression = spec.num_labels() == 1;
-    let pad = encoder.pad_id();
-
-    let mut p = Progress {
-        step: 0,
-        epoch: 0,
-        steps_in_epoch: 0,
-        dropout_calls: 0,
-        skipped: 0,
-        loss_sum: 0.0,
-        loss_n: 0,
-        tokens: 0,
-        examples: 0,
-        train_time: 0.0,
-        elapsed_s: 0.0,
-        best: None,
-        last: None,
-    };
-    if let Some(r) = resumed {
-        restore_params(&vars, &r.params)?;
-        opt.restore(r.optimizer)?;
-        ctx.set_calls(r.progress.dropout_calls);
-        p = r.progress;
-        run_dir::truncate_metrics(out, p.step)?;
-        // Each epoch's order draws from one stream: replay the finished epochs' draws.
-        for _ in 0..p.epoch {
-            batches::bucketed(&lengths, cfg.batch_size, &mut order_rng);
-        }
-        eprintln!("resuming at step {} of {total}", p.step);
-    }
-    let start = Instant::now() - std::time::Duration::from_secs_f64(p.elapsed_s);
-    let epochs = total.div_ceil(steps_per_epoch);
-    let save = |p: &mut Progress, opt: &MaskedAdamW| -> Result<()> {
-        p.dropout_calls = ctx.calls();
-        p.elapsed_s = start.elapsed().as_secs_f64();
-        checkpoint::save(&out.join(RESUME), &vars, &opt.state()?, p)
-    };
+    let (mut run, mut p) = Run::prepare(cfg, overwrite, resume)?;
+    let epochs = run.total.div_ceil(run.steps_per_epoch);
     'epochs: for epoch in p.epoch..epochs {
-        let order = batches::bucketed(&lengths, cfg.batch_size, &mut order_rng);
+        let order = batches::bucketed(&run.lengths, cfg.batch_size, &mut run.order_rng);
         if epoch != p.epoch {
             p.epoch = epoch;
             p.steps_in_epoch = 0;
         }
-        let in_epoch = steps_per_epoch.min(total - (p.step - p.steps_in_epoch));
+        let in_epoch = run
+            .steps_per_epoch
+            .min(run.total - (p.step - p.steps_in_epoch));
         let bar = progress(epoch + 1, epochs, in_epoch as u64);
         bar.set_position(p.steps_in_epoch as u64);
         for group in order.chunks(cfg.grad_accum).skip(p.steps_in_epoch) {
-            let t0 = Instant::now();
-            let mut acc: BTreeMap<String, Tensor> = BTreeMap::new();
-            let (mut group_loss, mut group_tokens, mut group_examples) = (0.0f64, 0usize, 0usize);
-            for idx in group {
-                let inputs: Vec<&Encoded> = idx.iter().map(|&i| &train.inputs[i]).collect();
-                let batch = collate(&inputs, pad, &device)?;
-                let labels = train.label_tensor(idx, &device)?;
-                let logits = model.logits(&batch, &ctx)?;
-                let loss = if regression {
-                    loss::mse(&logits, &labels)?
-                } else {
-                    loss::cross_entropy(&logits, &labels)?
-                };
-                group_loss += loss.to_scalar::<f32>()? as f64;
-                let grads = (loss / group.len() as f64)?.backward()?;
-                for (name, var) in &vars {
-                    if let Some(g) = grads.get(var.as_tensor()) {
-                        let sum = match acc.remove(name) {
-                            Some(a) => (a + g)?,
-                            None => g.clone(),
-                        };
-                        acc.insert(name.clone(), sum);
-                    }
-                }
-                group_tokens += inputs.iter().map(|e| e.len()).sum::<usize>();
-                group_examples += inputs.len();
-            }
-            let lr = schedule.lr(p.step);
-            let stepped = if group_loss.is_finite() {
-                opt.step(&acc, lr).map(|_| ())
-            } else {
-                Err(largest_gradient(&acc)?.into())
-            };
-            p.step += 1;
-            p.steps_in_epoch += 1;
-            match stepped {
-                Ok(()) => {
-                    p.loss_sum += group_loss;
-                    p.loss_n += group.len();
-                }
-                Err(e) => {
-                    let Some(nf) = e.downcast_ref::<NonFiniteGradient>() else {
-                        return Err(e);
-                    };
-                    let what = format!(
-                        "step {}: loss {:.6}, gradient not finite (largest: {}, norm {})",
-                        p.step,
-                        group_loss / group.len() as f64,
-                        nf.param,
-                        nf.norm
-                    );
-                    if p.skipped >= cfg.skip_nonfinite {
-                        bar.abandon();
-                        bail!(
-                            "{what}. Training stopped before this step changed anything; the \
-                             checkpoints already in {} are untouched (lower --lr, or pass \
-                             --skip-nonfinite N to skip up to N such steps)",
-                            out.display()
-                        );
-                    }
-                    p.skipped += 1;
-                    bar.suspend(|| {
-                        eprintln!(
-                            "{what}: step skipped ({} of at most {})",
-                            p.skipped, cfg.skip_nonfinite
-                        )
-                    });
-                }
-            }
-            p.tokens += group_tokens;
-            p.examples += group_examples;
-            p.train_time += t0.elapsed().as_secs_f64();
-            bar.set_message(format!(
-                "loss {:.4} lr {lr:.2e} {:.0} ex/s",
-                p.loss_sum / p.loss_n.max(1) as f64,
-                p.examples as f64 / p.train_time
-            ));
+            let lr = run.step(group, &mut p, &bar)?;
             bar.inc(1);
             let step = p.step;
-            let end_of_epoch = step.is_multiple_of(steps_per_epoch) || step == total;
-            let periodic = cfg.eval_steps.is_some_and(|n| step.is_multiple_of(n));
-            if end_of_epoch || periodic {
-                bar.suspend(|| -> Result<()> {
-                    let dev = score(&model, &devs, spec, pad, cfg.eval_batch_size, &device)?;
-                    let main = main_score(spec, &dev);
-                    let improved = p
-                        .best
-                        .as_ref()
-                        .is_none_or(|b| main > main_score(spec, &b.dev));
-                    let record = EvalRecord {
-                        step,
-                        epoch: step as f64 / steps_per_epoch as f64,
-                        train_loss: p.loss_sum / p.loss_n.max(1) as f64,
-                        lr,
-                        dev,
-                        elapsed_s: start.elapsed().as_secs_f64(),
-                        train_tokens_per_s: p.tokens as f64 / p.train_time,
-                        train_examples_per_s: p.examples as f64 / p.train_time,
-                        best: improved,
-                    };
-                    (p.loss_sum, p.loss_n) = (0.0, 0);
-                    run_dir::append_metrics(out, &serde_json::to_value(&record)?)?;
-                    eprintln!("{}", describe(spec, &record));
-                    if improved {
-                        run_dir::save_tensors(&out.join(run_dir::BEST), &values(&vars))?;
-                        p.best = Some(record.clone());
-                    }
-                    p.last = Some(record);
-                    Ok(())
-                })?;
+            let end_of_epoch = step.is_multiple_of(run.steps_per_epoch) || step == run.total;
+            if end_of_epoch || cfg.eval_steps.is_some_and(|n| step.is_multiple_of(n)) {
+                bar.suspend(|| run.evaluate(&mut p, lr))?;
             }
-            if step >= total {
+            if step >= run.total {
                 bar.finish_and_clear();
                 break 'epochs;
             }
             let interrupted = INTERRUPTED.load(Ordering::SeqCst);
             if interrupted || end_of_epoch || cfg.save_steps.is_some_and(|n| step.is_multiple_of(n))
             {
-                save(&mut p, &opt)?;
+                run.checkpoint(&mut p)?;
             }
             if interrupted {
                 bar.abandon();
                 return Err(Interrupted {
                     step,
-                    dir: out.clone(),
+                    dir: cfg.output_dir.clone(),
                 }
                 .into());
             }
         }
         bar.finish_and_clear();
     }
-    run_dir::save_tensors(&out.join(run_dir::LAST), &values(&vars))?;
-    // PEFT's format carries one state: the best, which `peft eval` scores by default.
-    let best_tensors = run_dir::load_tensors(&out.join(run_dir::BEST))?;
-    crate::run::peft_format::write(out, &info, mcfg.model_type, &best_tensors)?;
-    // The run is complete: the resume state (moments included) is no longer needed.
-    let resume_file = out.join(RESUME);
-    if resume_file.exists() {
-        std::fs::remove_file(&resume_file)
-            .with_context(|| format!("removing {}", resume_file.display()))?;
+    run.finish(p)
+}
+
+/// A run ready to train: its data, model, optimizer and schedule, and where it writes.
+struct Run<'a> {
+    cfg: &'a TrainConfig,
+    info: RunInfo,
+    spec: &'static TaskSpec,
+    model_type: crate::model::Arch,
+    device: Device,
+    train: Dataset,
+    lengths: Vec<usize>,
+    devs: Vec<Dataset>,
+    pad: u32,
+    model: Model,
+    vars: BTreeMap<String, Var>,
+    opt: MaskedAdamW,
+    ctx: Ctx,
+    order_rng: StdRng,
+    schedule: LinearSchedule,
+    steps_per_epoch: usize,
+    total: usize,
+    start: Instant,
+}
+
+impl<'a> Run<'a> {
+    /// Load the data and the model, select and build what trains, write the run's
+    /// config.json (or, resuming, check the run against it and restore its state).
+    fn prepare(cfg: &'a TrainConfig, overwrite: bool, resume: bool) -> Result<(Self, Progress)> {
+        let out = &cfg.output_dir;
+        // Before the slow loading: a run that cannot start should say so at once.
+        let resumed = if resume {
+            Some((RunInfo::load(out)?, checkpoint::load(&out.join(RESUME))?))
+        } else {
+            run_dir::check_free(out, overwrite)?;
+            None
+        };
+        let device = crate::device::parse(&cfg.device)?;
+        let source = cfg.source()?;
+        let labels = source.labels()?;
+        let spec = cfg.task_spec(labels.as_deref())?;
+        let model_dir = crate::model::hub::resolve(&cfg.model, cfg.revision.as_deref())?;
+        let (mcfg, mut weights) = read_checkpoint(&model_dir)?;
+        if drop_mismatched_head(&mut weights, spec.num_labels()) {
+            eprintln!(
+                "the checkpoint's classifier has another number of labels: starting a new head"
+            );
+        }
+        let weights_file = load::weight_file(&model_dir)?;
+        let weights_sha256 = run_dir::sha256_file(&weights_file)?;
+        let encoder = TextEncoder::load(&model_dir, &mcfg, cfg.max_seq_len)?;
+        let train = Dataset::load(spec, &source, "train", &encoder)?;
+        if train.is_empty() {
+            crate::user_bail!("{}: the train split is empty", source.describe());
+        }
+        let devs = spec
+            .dev_splits
+            .iter()
+            .map(|s| Dataset::load(spec, &source, s, &encoder))
+            .collect::<Result<Vec<_>>>()?;
+
+        let fisher = if cfg.method.needs_fisher() {
+            Some(fisher_for(
+                cfg,
+                &mcfg,
+                (&weights, &weights_sha256),
+                spec,
+                &train,
+                encoder.pad_id(),
+                &device,
+            )?)
+        } else {
+            None
+        };
+        let method = MethodSpec {
+            method: cfg.method,
+            fraction: cfg.fraction.unwrap_or(1.0),
+            reserve: cfg.reserve.unwrap_or(1.0),
+            seed: cfg.seed,
+        };
+        let selection = methods::select(&method, &weights, fisher.as_ref())?;
+        drop(fisher);
+        let (order_seed, dropout_seed, mask_seed) = seeds(cfg.seed);
+        let adam = AdamWConfig {
+            weight_decay: cfg.weight_decay,
+            max_grad_norm: (cfg.max_grad_norm > 0.0).then_some(cfg.max_grad_norm),
+            ..Default::default()
+        };
+        let Session {
+            trainable: Trainable { store, model, vars },
+            mut opt,
+            trainable_params,
+        } = Session::new(
+            weights,
+            (&mcfg, spec.num_labels()),
+            selection,
+            cfg.adapter().as_ref(),
+            &device,
+            (cfg.seed, mask_seed),
+            adam,
+        )?;
+        let total_params: usize = store.all().values().map(|t| t.elem_count()).sum();
+        eprintln!(
+            "trainable parameters: {} of {} ({:.3}%) in {} tensors",
+            thousands(trainable_params),
+            thousands(total_params),
+            100.0 * trainable_params as f64 / total_params as f64,
+            vars.len()
+        );
+        for name in store.created() {
+            eprintln!("initialised {name} (not in the checkpoint)");
+        }
+
+        let info = RunInfo {
+            peft_version: env!("CARGO_PKG_VERSION").to_string(),
+            train: cfg.clone(),
+            base: BaseModel {
+                path: model_dir,
+                sha256: weights_sha256,
+                weights_file,
+            },
+            num_labels: spec.num_labels(),
+            labels,
+            total_params,
+            trainable_params,
+            trainable_tensors: vars.keys().cloned().collect(),
+        };
+        let resumed = match resumed {
+            Some((saved, state)) => {
+                same_base_and_labels(cfg, &saved, &info)?;
+                Some(state)
+            }
+            None => {
+                run_dir::prepare(out, overwrite)?;
+                run_dir::write_atomic(
+                    &out.join(run_dir::CONFIG),
+                    serde_json::to_string_pretty(&info)?.as_bytes(),
+                )?;
+                None
+            }
+        };
+
+        let batches_per_epoch = train.len().div_ceil(cfg.batch_size);
+        let steps_per_epoch = batches_per_epoch.div_ceil(cfg.grad_accum);
+        let total = cfg.max_steps.unwrap_or(cfg.epochs * steps_per_epoch);
+        let ctx = Ctx::train(dropout_seed);
+        let mut order_rng = StdRng::seed_from_u64(order_seed);
+        let lengths = train.lengths();
+        let mut p = Progress {
+            step: 0,
+            epoch: 0,
+            steps_in_epoch: 0,
+            dropout_calls: 0,
+            skipped: 0,
+            loss_sum: 0.0,
+            loss_n: 0,
+            tokens: 0,
+            examples: 0,
+            train_time: 0.0,
+            elapsed_s: 0.0,
+            best: None,
+            last: None,
+        };
+        if let Some(r) = resumed {
+            restore_params(&vars, &r.params)?;
+            opt.restore(r.optimizer)?;
+            ctx.set_calls(r.progress.dropout_calls);
+            p = r.progress;
+            run_dir::truncate_metrics(out, p.step)?;
+            // Each epoch's order draws from one stream: replay the finished epochs' draws.
+            for _ in 0..p.epoch {
+                batches::bucketed(&lengths, cfg.batch_size, &mut order_rng);
+            }
+            eprintln!("resuming at step {} of {total}", p.step);
+        }
+        let start = Instant::now() - std::time::Duration::from_secs_f64(p.elapsed_s);
+        let run = Run {
+            cfg,
+            info,
+            spec,
+            model_type: mcfg.model_type,
+            device,
+            train,
+            lengths,
+            devs,
+            pad: encoder.pad_id(),
+            model,
+            vars,
+            opt,
+            ctx,
+            order_rng,
+            schedule: LinearSchedule::new(cfg.lr, cfg.warmup_ratio, total),
+            steps_per_epoch,
+            total,
+            start,
+        };
+        Ok((run, p))
     }
-    match (p.best, p.last) {
-        (Some(best), Some(last)) => Ok(Summary { info, best, last }),
-        _ => bail!("training ended without an evaluation"),
+
+    /// One optimizer step over a group of micro-batches (their gradients summed), or a
+    /// skipped one if the loss or gradient was not finite and --skip-nonfinite allows it.
+    /// Returns the step's learning rate.
+    fn step(&mut self, group: &[Vec<usize>], p: &mut Progress, bar: &ProgressBar) -> Result<f64> {
+        let t0 = Instant::now();
+        let regression = self.spec.num_labels() == 1;
+        let mut acc: BTreeMap<String, Tensor> = BTreeMap::new();
+        let (mut group_loss, mut group_tokens, mut group_examples) = (0.0f64, 0usize, 0usize);
+        for idx in group {
+            let inputs: Vec<&Encoded> = idx.iter().map(|&i| &self.train.inputs[i]).collect();
+            let batch = collate(&inputs, self.pad, &self.device)?;
+            let labels = self.train.label_tensor(idx, &self.device)?;
+            let logits = self.model.logits(&batch, &self.ctx)?;
+            let loss = if regression {
+                loss::mse(&logits, &labels)?
+            } else {
+                loss::cross_entropy(&logits, &labels)?
+            };
+            group_loss += loss.to_scalar::<f32>()? as f64;
+            let grads = (loss / group.len() as f64)?.backward()?;
+            for (name, var) in &self.vars {
+                if let Some(g) = grads.get(var.as_tensor()) {
+                    let sum = match acc.remove(name) {
+                        Some(a) => (a + g)?,
+                        None => g.clone(),
+                    };
+                    acc.insert(name.clone(), sum);
+                }
+            }
+            group_tokens += inputs.iter().map(|e| e.len()).sum::<usize>();
+            group_examples += inputs.len();
+        }
+        let lr = self.schedule.lr(p.step);
+        let stepped = if group_loss.is_finite() {
+            self.opt.step(&acc, lr).map(|_| ())
+        } else {
+            Err(largest_gradient(&acc)?.into())
+        };
+        p.step += 1;
+        p.steps_in_epoch += 1;
+        match stepped {
+            Ok(()) => {
+                p.loss_sum += group_loss;
+                p.loss_n += group.len();
+            }
+            Err(e) => {
+                let Some(nf) = e.downcast_ref::<NonFiniteGradient>() else {
+                    return Err(e);
+                };
+                let what = format!(
+                    "step {}: loss {:.6}, gradient not finite (largest: {}, norm {})",
+                    p.step,
+                    group_loss / group.len() as f64,
+                    nf.param,
+                    nf.norm
+                );
+                if p.skipped >= self.cfg.skip_nonfinite {
+                    bar.abandon();
+                    bail!(
+                        "{what}. Training stopped before this step changed anything; the \
+                         checkpoints already in {} are untouched (lower --lr, or pass \
+                         --skip-nonfinite N to skip up to N such steps)",
+                        self.cfg.output_dir.display()
+                    );
+                }
+                p.skipped += 1;
+                bar.suspend(|| {
+                    eprintln!(
+                        "{what}: step skipped ({} of at most {})",
+                        p.skipped, self.cfg.skip_nonfinite
+                    )
+                });
+            }
+        }
+        p.tokens += group_tokens;
+        p.examples += group_examples;
+        p.train_time += t0.elapsed().as_secs_f64();
+        bar.set_message(format!(
+            "loss {:.4} lr {lr:.2e} {:.0} ex/s",
+            p.loss_sum / p.loss_n.max(1) as f64,
+            p.examples as f64 / p.train_time
+        ));
+        Ok(lr)
     }
+
+    /// Score the dev splits, record the evaluation, keep the tensors if it is the best.
+    fn evaluate(&self, p: &mut Progress, lr: f64) -> Result<()> {
+        let (spec, out) = (self.spec, &self.cfg.output_dir);
+        let dev = score(
+            &self.model,
+            &self.devs,
+            spec,
+            self.pad,
+            self.cfg.eval_batch_size,
+            &self.device,
+        )?;
+        let main = main_score(spec, &dev);
+        let improved = p
+            .best
+            .as_ref()
+            .is_none_or(|b| main > main_score(spec, &b.dev));
+        let record = EvalRecord {
+            step: p.step,
+            epoch: p.step as f64 / self.steps_per_epoch as f64,
+            train_loss: p.loss_sum / p.loss_n.max(1) as f64,
+            lr,
+            dev,
+            elapsed_s: self.start.elapsed().as_secs_f64(),
+            train_tokens_per_s: p.tokens as f64 / p.train_time,
+            train_examples_per_s: p.examples as f64 / p.train_time,
+            best: improved,
+        };
+        (p.loss_sum, p.loss_n) = (0.0, 0);
+        run_dir::append_metrics(out, &serde_json::to_value(&record)?)?;
+        eprintln!("{}", describe(spec, &record));
+        if improved {
+            run_dir::save_tensors(&out.join(run_dir::BEST), &values(&self.vars))?;
+            p.best = Some(record.clone());
+        }
+        p.last = Some(record);
+        Ok(())
+    }
+
+    /// Save what `--resume` needs to continue from here.
+    fn checkpoint(&self, p: &mut Progress) -> Result<()> {
+        p.dropout_calls = self.ctx.calls();
+        p.elapsed_s = self.start.elapsed().as_secs_f64();
+        checkpoint::save(
+            &self.cfg.output_dir.join(RESUME),
+            &self.vars,
+            &self.opt.state()?,
+            p,
+        )
+    }
+
+    /// The final tensors, PEFT's format of the best state, and no resume state left.
+    fn finish(self, p: Progress) -> Result<Summary> {
+        let out = &self.cfg.output_dir;
+        run_dir::save_tensors(&out.join(run_dir::LAST), &values(&self.vars))?;
+        // PEFT's format carries one state: the best, which `peft eval` scores by default.
+        let best_tensors = run_dir::load_tensors(&out.join(run_dir::BEST))?;
+        crate::run::peft_format::write(out, &self.info, self.model_type, &best_tensors)?;
+        // The run is complete: the resume state (moments included) is no longer needed.
+        let resume_file = out.join(RESUME);
+        if resume_file.exists() {
+            std::fs::remove_file(&resume_file)
+                .with_context(|| format!("removing {}", resume_file.display()))?;
+        }
+        match (p.best, p.last) {
+            (Some(best), Some(last)) => Ok(Summary {
+                info: self.info,
+                best,
+                last,
+            }),
+            _ => bail!("training ended without an evaluation"),
+        }
+    }
+}
+
+/// A resumed run must train on the base weights and labels it started with.
+fn same_base_and_labels(cfg: &TrainConfig, saved: &RunInfo, info: &RunInfo) -> Result<()> {
+    if saved.base.sha256 != info.base.sha256 {
+        crate::user_bail!(
+            "{}: the base model's weights changed since the run started (sha256 {} then, {} now)",
+            info.base.weights_file.display(),
+            saved.base.sha256,
+            info.base.sha256
+        );
+    }
+    // Custom labels come from the training file: if it changed, head rows would
+    // silently mean other classes.
+    if saved.labels != info.labels {
+        crate::user_bail!(
+            "{}: the labels of the training data changed since the run started ({:?} then, {:?} now)",
+            cfg.source()?.describe(),
+            saved.labels.clone().unwrap_or_default(),
+            info.labels.clone().unwrap_or_default()
+        );
+    }
+    Ok(())
 }
 
 /// A resumed run's tensors replace the freshly built ones, name for name.
