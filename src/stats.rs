@@ -3,7 +3,19 @@
 //! Seeds are few (three to five), so the sample (n − 1) standard deviation is the honest
 //! spread; with one seed it is undefined and reported as such rather than as 0.
 
+use candle_core::{Device, Tensor};
 use serde::Serialize;
+
+/// The largest |x| of a tensor of any shape and device (as f32): what the parity checks
+/// and the kernels' own tests compare by.
+pub fn max_abs(t: &Tensor) -> candle_core::Result<f32> {
+    t.to_device(&Device::Cpu)?
+        .to_dtype(candle_core::DType::F32)?
+        .abs()?
+        .flatten_all()?
+        .max(0)?
+        .to_scalar::<f32>()
+}
 
 /// Median, mean and spread of one metric over several runs.
 #[derive(Debug, Clone, PartialEq, Serialize)]

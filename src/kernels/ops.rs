@@ -871,16 +871,7 @@ pub(crate) mod tests {
     }
 
     pub(crate) fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
-        (a - b)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .max(0)
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap()
+        crate::stats::max_abs(&(a - b).unwrap()).unwrap()
     }
 
     /// Gradients of sum(f(x) ⊙ probe) through the fused op and through the composition.

@@ -54,16 +54,7 @@ pub fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
 
 /// The largest |a| (on the CPU).
 pub fn max_abs(a: &Tensor) -> f32 {
-    a.to_device(&Device::Cpu)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .max(0)
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap()
+    peft::stats::max_abs(a).unwrap()
 }
 
 /// A tensor's values as bit patterns, for exact comparisons.
