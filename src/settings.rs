@@ -630,19 +630,16 @@ impl TrainConfig {
     /// The adapter a run of `method` adds when it sets none of its flags (None for
     /// methods without adapters): the defaults of the settings table.
     pub fn default_adapter(method: Method) -> Option<AdapterConfig> {
+        // The model has no default; any path stands in for it, as "rte" for the task.
         let o = Overrides {
             method: Some(method),
+            model: Some(PathBuf::new()),
             ..Default::default()
         };
         let c = Context {
             method,
             custom: false,
             task: "rte",
-        };
-        // Only the model is required and has no default; any path stands in for it.
-        let o = Overrides {
-            model: Some(PathBuf::new()),
-            ..o
         };
         o.fill(&c).ok()?.adapter()
     }
@@ -864,6 +861,23 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("no-such-recipe"), "{err}");
+    }
+
+    /// `peft bench` builds a method's adapter from these: they must be a run's defaults.
+    #[test]
+    fn default_adapters_are_a_runs_defaults() {
+        for m in [Method::Lora, Method::Ina, Method::Full] {
+            let run = Overrides {
+                method: Some(m),
+                ..base()
+            }
+            .resolve()
+            .unwrap()
+            .adapter();
+            assert_eq!(TrainConfig::default_adapter(m), run);
+        }
+        assert!(TrainConfig::default_adapter(Method::Full).is_none());
+        assert_eq!(TrainConfig::default_adapter(Method::Ina).unwrap().r, 4);
     }
 
     #[test]

@@ -31,7 +31,8 @@ pub struct Cli {
 pub enum Command {
     /// Fine-tune on a GLUE task and save a run directory.
     Train(Box<train::TrainArgs>),
-    /// Re-score a saved run on a split, or write its GLUE test submission.
+    /// Re-score a saved run (or a classifier or PEFT adapter trained elsewhere) on a split,
+    /// or write its GLUE test submission.
     Eval(eval::EvalArgs),
     /// Estimate the diagonal Fisher information of every parameter and rank components.
     Fisher(fisher::FisherArgs),

@@ -175,7 +175,7 @@ fn sum(v: &[f32]) -> f32 {
 
 /// A counter-based hash (SplitMix64's finaliser): dropout's mask bit of element i
 /// depends only on (seed, call, i), so masks are the same whatever the thread count or
-/// device (src/model/cuda.rs computes the same).
+/// device (src/kernels/cuda.rs computes the same).
 #[inline(always)]
 pub fn mix(mut z: u64) -> u64 {
     z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
