@@ -122,7 +122,7 @@ fn read_tokenizer(dir: &Path, arch: Arch) -> Result<Tokenizer> {
             .map_err(|e| user(format!("cannot read {}: {e}", json.display())));
     }
     match arch {
-        Arch::Bert => {
+        Arch::Bert | Arch::Electra => {
             let vocab = dir.join("vocab.txt");
             if !vocab.is_file() {
                 crate::user_bail!("{}: no tokenizer.json or vocab.txt", dir.display());

@@ -48,7 +48,9 @@ pub fn run(args: BenchArgs) -> Result<()> {
     }
     let device = crate::device::parse(&args.device)?;
     let model_dir = crate::model::hub::resolve(&args.model, args.revision.as_deref())?;
-    let (cfg, weights) = read_checkpoint(&model_dir)?;
+    let (cfg, mut weights) = read_checkpoint(&model_dir)?;
+    // The benchmark's head has two outputs; a classifier made for another count is not it.
+    crate::model::drop_mismatched_head(&mut weights, 2);
     if args.seq > cfg.max_tokens() {
         crate::user_bail!(
             "--seq {} is more than the model holds: at most {} tokens ({}: {})",

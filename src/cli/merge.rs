@@ -118,6 +118,7 @@ fn set_task(cfg: &mut Value, arch: Arch, problem: Problem, num_labels: usize) ->
     let architecture = match arch {
         Arch::Bert => "BertForSequenceClassification",
         Arch::Roberta => "RobertaForSequenceClassification",
+        Arch::Electra => "ElectraForSequenceClassification",
     };
     obj.insert("architectures".into(), json!([architecture]));
     let names: Vec<String> = match problem {

@@ -12,6 +12,9 @@ use crate::error::{user, PathContext};
 pub enum Arch {
     Bert,
     Roberta,
+    /// ELECTRA's discriminator: BERT's encoder, embeddings that may be narrower than it
+    /// (with a projection between), and a RoBERTa-like head with GELU.
+    Electra,
 }
 
 impl Arch {
@@ -20,6 +23,7 @@ impl Arch {
         match self {
             Arch::Bert => "bert",
             Arch::Roberta => "roberta",
+            Arch::Electra => "electra",
         }
     }
 }
@@ -48,6 +52,9 @@ pub struct ModelConfig {
     #[serde(default = "default_act")]
     pub hidden_act: Activation,
     pub max_position_embeddings: usize,
+    /// ELECTRA: the width of the embeddings, projected to hidden_size when it differs.
+    #[serde(default)]
+    pub embedding_size: Option<usize>,
     #[serde(default = "default_type_vocab")]
     pub type_vocab_size: usize,
     #[serde(default = "default_eps")]
@@ -87,13 +94,16 @@ impl ModelConfig {
     pub fn parse(text: &str) -> Result<Self, String> {
         let raw: serde_json::Value = serde_json::from_str(text).map_err(|e| e.to_string())?;
         match raw.get("model_type").and_then(|v| v.as_str()) {
-            Some("bert") | Some("roberta") => {}
+            Some("bert") | Some("roberta") | Some("electra") => {}
             Some(other) => {
                 return Err(format!(
-                    "model_type \"{other}\" is not supported (expected \"bert\" or \"roberta\")"
+                    "model_type \"{other}\" is not supported (expected \"bert\", \"roberta\" \
+                     or \"electra\")"
                 ))
             }
-            None => return Err("no model_type (expected \"bert\" or \"roberta\")".into()),
+            None => {
+                return Err("no model_type (expected \"bert\", \"roberta\" or \"electra\")".into())
+            }
         }
         let cfg: ModelConfig = serde_json::from_value(raw).map_err(|e| e.to_string())?;
         cfg.validate()?;
@@ -128,7 +138,7 @@ impl ModelConfig {
     /// `create_position_ids_from_input_ids`), so roberta-base's 514 rows hold 512 tokens.
     pub fn max_tokens(&self) -> usize {
         match self.model_type {
-            Arch::Bert => self.max_position_embeddings,
+            Arch::Bert | Arch::Electra => self.max_position_embeddings,
             Arch::Roberta => self
                 .max_position_embeddings
                 .saturating_sub(self.pad_token_id as usize + 1),
@@ -138,13 +148,20 @@ impl ModelConfig {
     /// `max_tokens` and where it comes from, for messages.
     pub fn describe_max_tokens(&self) -> String {
         match self.model_type {
-            Arch::Bert => format!("max_position_embeddings {}", self.max_position_embeddings),
+            Arch::Bert | Arch::Electra => {
+                format!("max_position_embeddings {}", self.max_position_embeddings)
+            }
             Arch::Roberta => format!(
                 "max_position_embeddings {} less pad_token_id {} + 1: RoBERTa's positions \
                  start after the padding index",
                 self.max_position_embeddings, self.pad_token_id
             ),
         }
+    }
+
+    /// The embeddings' width (ELECTRA's embedding_size, else hidden_size).
+    pub fn embedding_width(&self) -> usize {
+        self.embedding_size.unwrap_or(self.hidden_size)
     }
 
     pub fn head_dim(&self) -> usize {

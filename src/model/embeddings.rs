@@ -1,4 +1,5 @@
-//! Word + position + token-type embeddings → LayerNorm → dropout.
+//! Word + position + token-type embeddings → LayerNorm → dropout (ELECTRA's may be
+//! narrower than the encoder; the model projects them).
 
 use anyhow::Result;
 use candle_core::{DType, Tensor};
@@ -19,7 +20,7 @@ pub struct Embeddings {
 
 impl Embeddings {
     pub fn load(path: &Path, cfg: &ModelConfig) -> Result<Self> {
-        let h = cfg.hidden_size;
+        let h = cfg.embedding_width();
         Ok(Self {
             word: path.get("word_embeddings.weight", &[cfg.vocab_size, h])?,
             position: path.get(
@@ -46,7 +47,7 @@ impl Embeddings {
         let max_pos = self.position.dim(0)?;
         let positions = self.position_ids(input_ids)?;
         let last = match self.arch {
-            Arch::Bert => t,
+            Arch::Bert | Arch::Electra => t,
             Arch::Roberta => t + self.pad_id as usize + 1,
         };
         if last > max_pos {
@@ -67,7 +68,7 @@ impl Embeddings {
     fn position_ids(&self, input_ids: &Tensor) -> Result<Tensor> {
         let (b, t) = input_ids.dims2()?;
         match self.arch {
-            Arch::Bert => Ok(Tensor::arange(0u32, t as u32, input_ids.device())?
+            Arch::Bert | Arch::Electra => Ok(Tensor::arange(0u32, t as u32, input_ids.device())?
                 .unsqueeze(0)?
                 .broadcast_as((b, t))?
                 .contiguous()?),

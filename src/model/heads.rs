@@ -2,6 +2,7 @@
 //!
 //! BERT: pooler (first token → dense → tanh) → dropout → `classifier`.
 //! RoBERTa: first token → dropout → `classifier.dense` → tanh → dropout → `classifier.out_proj`.
+//! ELECTRA: the same with GELU (erf) instead of tanh.
 //! A head the checkpoint lacks starts from N(0, 0.02) weights and zero biases, as
 //! transformers' `_init_weights` does. Regression (STS-B) is a head with one output.
 
@@ -37,10 +38,13 @@ pub enum Head {
         classifier: Linear,
         dropout: Dropout,
     },
-    Roberta {
+    /// RoBERTa's and ELECTRA's: on the first token, through a hidden dense layer.
+    Dense {
         dense: Linear,
         out_proj: Linear,
         dropout: Dropout,
+        /// ELECTRA's GELU; RoBERTa's tanh otherwise.
+        gelu: bool,
     },
 }
 
@@ -54,10 +58,11 @@ impl Head {
                 classifier: Linear::load_or_init(&cls, h, num_labels, INIT_STD)?,
                 dropout,
             },
-            Arch::Roberta => Head::Roberta {
+            Arch::Roberta | Arch::Electra => Head::Dense {
                 dense: Linear::load_or_init(&cls.pp("dense"), h, h, INIT_STD)?,
                 out_proj: Linear::load_or_init(&cls.pp("out_proj"), h, num_labels, INIT_STD)?,
                 dropout,
+                gelu: cfg.model_type == Arch::Electra,
             },
         })
     }
@@ -65,7 +70,7 @@ impl Head {
     pub fn num_labels(&self) -> usize {
         let out = match self {
             Head::Bert { classifier, .. } => classifier,
-            Head::Roberta { out_proj, .. } => out_proj,
+            Head::Dense { out_proj, .. } => out_proj,
         };
         out.weight().dims()[0]
     }
@@ -81,14 +86,20 @@ impl Head {
                     pooled.ok_or_else(|| anyhow::anyhow!("BERT head needs the pooler output"))?;
                 classifier.forward(&dropout.forward(pooled, ctx)?, ctx)
             }
-            Head::Roberta {
+            Head::Dense {
                 dense,
                 out_proj,
                 dropout,
+                gelu,
             } => {
                 let x = dropout.forward(&hidden.i((.., 0))?, ctx)?;
-                let x = dropout.forward(&dense.forward(&x, ctx)?.tanh()?, ctx)?;
-                out_proj.forward(&x, ctx)
+                let z = dense.forward(&x, ctx)?;
+                let z = if *gelu {
+                    super::nn::activate(&z, super::config::Activation::Gelu)?
+                } else {
+                    z.tanh()?
+                };
+                out_proj.forward(&dropout.forward(&z, ctx)?, ctx)
             }
         }
     }

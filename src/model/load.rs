@@ -81,7 +81,13 @@ fn is_parameter(canon: &str) -> bool {
 pub fn canonical_name(name: &str, arch: Arch) -> Option<String> {
     let prefix = format!("{}.", arch.prefix());
     let name = name.strip_prefix(&prefix).unwrap_or(name);
-    let keep = ["embeddings.", "encoder.", "pooler.", "classifier."];
+    let keep = [
+        "embeddings.",
+        "embeddings_project.",
+        "encoder.",
+        "pooler.",
+        "classifier.",
+    ];
     if !keep.iter().any(|k| name.starts_with(k)) || name.ends_with("position_ids") {
         return None;
     }

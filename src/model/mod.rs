@@ -1,4 +1,4 @@
-//! Our BERT/RoBERTa encoder, its heads, and checkpoint loading.
+//! Our BERT/RoBERTa/ELECTRA encoder, its heads, and checkpoint loading.
 //!
 //! Every parameter is fetched by its Hugging Face name through a [`ParamStore`], which
 //! hands out a frozen tensor or a trainable variable; nothing here knows which.
@@ -65,6 +65,8 @@ pub struct Output {
 pub struct Model {
     config: ModelConfig,
     embeddings: Embeddings,
+    /// ELECTRA's projection from narrower embeddings to the encoder's width.
+    project: Option<nn::Linear>,
     layers: Vec<Layer>,
     pooler: Option<Pooler>,
     head: Option<Head>,
@@ -86,6 +88,10 @@ impl Model {
     ) -> Result<Self> {
         let root = store.root();
         let embeddings = Embeddings::load(&root.pp("embeddings"), cfg)?;
+        let (e, h) = (cfg.embedding_width(), cfg.hidden_size);
+        let project = (e != h)
+            .then(|| nn::Linear::load(&root.pp("embeddings_project"), e, h))
+            .transpose()?;
         let layers = (0..cfg.num_hidden_layers)
             .map(|i| Layer::load(&root.pp(format!("encoder.layer.{i}")), cfg, adapters))
             .collect::<Result<Vec<_>>>()?;
@@ -99,6 +105,7 @@ impl Model {
         Ok(Self {
             config: cfg.clone(),
             embeddings,
+            project,
             layers,
             pooler,
             head,
@@ -125,6 +132,9 @@ impl Model {
         let mut x = self
             .embeddings
             .forward(&batch.input_ids, &batch.token_type_ids, ctx)?;
+        if let Some(p) = &self.project {
+            x = p.forward(&x, ctx)?;
+        }
         let mask = &batch.attention_mask;
         for layer in &self.layers {
             x = layer.forward(&x, mask, ctx)?;

@@ -5,7 +5,8 @@ safetensors (see scripts/reference_venv.sh):
 
     python tests/golden/make_golden.py
 
-It writes tests/fixtures/tiny-bert/ and tests/fixtures/tiny-roberta/: a tiny random
+It writes tests/fixtures/tiny-bert/, tiny-roberta/ and tiny-electra/ (`python
+tests/golden/make_golden.py electra` for one of them): a tiny random
 checkpoint in Hugging Face layout (config.json, model.safetensors, tokenizer files)
 and golden.safetensors with a fixed batch, its outputs and the gradients of the
 loss with respect to every parameter. Everything is seeded; rerunning rewrites the
@@ -25,6 +26,8 @@ from transformers import (
     AutoTokenizer,
     BertConfig,
     BertForSequenceClassification,
+    ElectraConfig,
+    ElectraForSequenceClassification,
     RobertaConfig,
     RobertaForSequenceClassification,
 )
@@ -139,6 +142,15 @@ def build(kind):
                          hidden_act="gelu", num_labels=3, pad_token_id=0,
                          layer_norm_eps=1e-12)
         cls = BertForSequenceClassification
+    elif kind == "electra":
+        # A discriminator with embeddings narrower than the encoder, so the projection
+        # between them (embeddings_project) is exercised, as in ELECTRA-small.
+        tok = bert_tokenizer(out)
+        cfg = ElectraConfig(vocab_size=len(tok), embedding_size=16, hidden_size=32,
+                            num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
+                            max_position_embeddings=64, type_vocab_size=2, hidden_act="gelu",
+                            num_labels=3, pad_token_id=0, layer_norm_eps=1e-12)
+        cls = ElectraForSequenceClassification
     else:
         tok = roberta_tokenizer(out)
         cfg = RobertaConfig(vocab_size=len(tok), hidden_size=32, num_hidden_layers=2,
@@ -149,7 +161,7 @@ def build(kind):
         cls = RobertaForSequenceClassification
     cfg._attn_implementation = "eager"
     model = cls(cfg)
-    perturb(model, seed=1 if kind == "bert" else 2)
+    perturb(model, seed={"bert": 1, "roberta": 2, "electra": 4}[kind])
     model.eval()  # no dropout: the goldens are deterministic
     model.save_pretrained(out, safe_serialization=True)
     if kind == "bert":
@@ -180,12 +192,11 @@ def build(kind):
     labels = torch.tensor([i % 3 for i in range(n)], dtype=torch.long)
 
     kwargs = dict(input_ids=input_ids, attention_mask=attention_mask)
-    if kind == "bert":
+    if kind in ("bert", "electra"):
         kwargs["token_type_ids"] = token_type_ids
     out_cls = model(**kwargs, labels=labels, output_hidden_states=True)
     out_cls.loss.backward()
-    base = model.bert if kind == "bert" else model.roberta
-    enc_out = base(**kwargs) if kind == "bert" else None
+    enc_out = model.bert(**kwargs) if kind == "bert" else None
 
     tensors = {
         "input_ids": input_ids,

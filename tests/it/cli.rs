@@ -197,3 +197,32 @@ fn embed_matches_transformers_on_minilm() {
         );
     }
 }
+
+/// `peft bench` on each family's tiny checkpoint, whose 3-label heads are not the
+/// benchmark's: every method steps and inference runs.
+#[test]
+fn bench_runs_on_every_family() {
+    for family in ["tiny-bert", "tiny-roberta", "tiny-electra"] {
+        let out = peft(&[
+            "bench",
+            "--model",
+            fixture(family).to_str().unwrap(),
+            "--batch",
+            "2",
+            "--seq",
+            "16",
+            "--steps",
+            "1",
+            "--method",
+            "full,layernorm,lora,ina,child-f",
+        ]);
+        assert!(out.status.success(), "{family}: {}", stderr(&out));
+        let text = String::from_utf8_lossy(&out.stdout);
+        for row in ["full", "layernorm", "lora", "ina", "child-f", "inference"] {
+            assert!(
+                text.lines().any(|l| l.starts_with(row)),
+                "{family}: no {row} row in {text}"
+            );
+        }
+    }
+}

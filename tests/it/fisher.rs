@@ -7,7 +7,7 @@ use candle_core::{DType, Device};
 use peft::data::dataset::Dataset;
 use peft::data::tasks::Label;
 use peft::fisher::{estimate, Estimator, FisherOptions};
-use peft::model::{read_checkpoint, Arch, Model, ParamStore};
+use peft::model::{read_checkpoint, Model, ParamStore};
 use peft::tokenize::Encoded;
 
 fn check(kind: &str) {
@@ -59,10 +59,7 @@ fn check(kind: &str) {
         seed: 1,
     };
     let fisher = estimate(&model, &store, &data, cfg.pad_token_id, opts, &Device::Cpu).unwrap();
-    let prefix = match cfg.model_type {
-        Arch::Bert => "bert.",
-        Arch::Roberta => "roberta.",
-    };
+    let prefix = format!("{}.", cfg.model_type.prefix());
     let mut checked = 0;
     for (name, ours) in &fisher {
         let key = if name.starts_with("classifier") {
@@ -89,6 +86,7 @@ fn check(kind: &str) {
 fn per_example_fisher_matches_squared_per_example_gradients() {
     check("tiny-bert");
     check("tiny-roberta");
+    check("tiny-electra");
 }
 
 /// `peft train` with a Fisher-ranked method and no --fisher: a bounded sample by default,

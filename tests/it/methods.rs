@@ -16,7 +16,7 @@ fn changed(
 ) -> (usize, usize) {
     let (mut moved, mut total) = (0, 0);
     for (name, t) in trained.iter().filter(|(n, _)| pick(n)) {
-        let b = &base[&format!("bert.{name}")];
+        let b = &base[name];
         let a = t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
         let c = b.flatten_all().unwrap().to_vec1::<f32>().unwrap();
         moved += a
@@ -39,12 +39,20 @@ fn in_layers(n: &str) -> bool {
 
 type Row = (&'static [&'static str], fn(&str) -> bool, f64);
 
+/// Every method on every model family: BERT, RoBERTa and ELECTRA.
 #[test]
 fn every_method_trains_only_what_it_selects() {
+    for family in ["tiny-bert", "tiny-roberta", "tiny-electra"] {
+        every_method_on(family);
+    }
+}
+
+fn every_method_on(family: &str) {
     let tmp = tempfile::tempdir().unwrap();
     write_rte(tmp.path(), 48, 16);
-    let model = fixture("tiny-bert");
-    let base = tensors(&Path::new(&model).join("model.safetensors"));
+    let model = fixture(family);
+    // By canonical name (no bert./roberta./electra. prefix), as runs save them.
+    let (_, base) = peft::model::read_checkpoint(Path::new(&model)).unwrap();
     // (flags, which tensors may change, the largest share of them that may change)
     let table: &[Row] = &[
         (&["--method", "layernorm"], is_ln, 1.0),
@@ -107,11 +115,11 @@ fn every_method_trains_only_what_it_selects() {
         train(&model, tmp.path(), &out, &args);
         let trained = tensors(&out.join("last.safetensors"));
         let (moved, total) = changed(&trained, &base, pick);
-        assert!(moved > 0, "{flags:?}: nothing moved");
+        assert!(moved > 0, "{family} {flags:?}: nothing moved");
         let limit = (share * total as f64).round() as usize;
         assert!(
             moved <= limit,
-            "{flags:?}: {moved} of {total} elements moved, at most {limit} may"
+            "{family} {flags:?}: {moved} of {total} elements moved, at most {limit} may"
         );
         // Nothing outside the selection moved (frozen tensors are not even saved).
         for name in trained.keys() {
@@ -119,8 +127,9 @@ fn every_method_trains_only_what_it_selects() {
                 pick(name)
                     || name.starts_with("classifier.")
                     || name.starts_with("embeddings.")
+                    || name.starts_with("embeddings_project.")
                     || name.starts_with("pooler."),
-                "{flags:?}: {name} was trained"
+                "{family} {flags:?}: {name} was trained"
             );
         }
         let info: serde_json::Value =
@@ -331,4 +340,48 @@ fn diff_ranks_what_training_moved() {
         .map(|r| r["relative_change"].as_f64().unwrap())
         .collect();
     assert!(rel.windows(2).all(|w| w[0] >= w[1]));
+}
+
+/// LoRA and InA on RoBERTa and ELECTRA as on BERT: only the adapters and the head train,
+/// B leaves zero, and `peft eval` reproduces the run.
+#[test]
+fn adapters_train_on_every_family() {
+    for family in ["tiny-roberta", "tiny-electra"] {
+        let tmp = tempfile::tempdir().unwrap();
+        write_rte(tmp.path(), 32, 16);
+        let model = fixture(family);
+        for method in ["lora", "ina"] {
+            let out = tmp.path().join(method);
+            let args = [
+                "--task",
+                "rte",
+                "--max-steps",
+                "4",
+                "--lr",
+                "1e-2",
+                "--warmup-ratio",
+                "0",
+                "--method",
+                method,
+            ];
+            train(&model, tmp.path(), &out, &args);
+            let trained = tensors(&out.join("last.safetensors"));
+            for name in trained.keys() {
+                assert!(
+                    name.contains(".lora_") || name.starts_with("classifier."),
+                    "{family} {method}: {name} was trained"
+                );
+            }
+            let moved_b = trained
+                .iter()
+                .filter(|(n, _)| n.ends_with("lora_B.weight"))
+                .filter(|(_, t)| crate::common::max_abs(t) > 0.0)
+                .count();
+            assert!(moved_b > 0, "{family} {method}: no B left zero");
+            let m = metrics(&out);
+            let best = m.iter().find(|r| r["best"].as_bool().unwrap()).unwrap();
+            let acc = best["dev"]["dev"]["accuracy"].as_f64().unwrap();
+            assert_eq!(eval_accuracy(&out), acc, "{family} {method}: eval differs");
+        }
+    }
 }

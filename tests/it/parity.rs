@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device, Tensor};
 use peft::loss;
-use peft::model::{read_checkpoint, with_composed_ops, Arch, Batch, Ctx, Model, ParamStore};
+use peft::model::{read_checkpoint, with_composed_ops, Batch, Ctx, Model, ParamStore};
 use peft::tokenize::{collate, TextEncoder};
 
 use crate::common::{max_abs, max_abs_diff};
@@ -82,10 +82,7 @@ fn check_classification(kind: &str) {
     assert!(d <= 1e-4, "{kind} loss differs by {d}");
 
     let grads = l.backward().unwrap();
-    let prefix = match cfg.model_type {
-        Arch::Bert => "bert.",
-        Arch::Roberta => "roberta.",
-    };
+    let prefix = format!("{}.", cfg.model_type.prefix());
     let vars = store.vars();
     let mut checked = 0;
     for (name, var) in &vars {
@@ -122,6 +119,15 @@ fn bert_forward_and_gradients_match_transformers() {
 #[test]
 fn roberta_forward_and_gradients_match_transformers() {
     check_classification("roberta");
+}
+
+/// ELECTRA's discriminator, with embeddings narrower than the encoder (the projection
+/// between them) and its GELU head.
+#[test]
+fn electra_forward_and_gradients_match_transformers() {
+    check_classification("electra");
+    check_regression("electra");
+    check_tokenizer(&fixture("electra"), "electra");
 }
 
 /// A one-output head with mean squared error, as transformers does for STS-B.
@@ -172,7 +178,7 @@ fn roberta_regression_matches_transformers() {
 #[test]
 fn composed_ops_match_transformers() {
     with_composed_ops(|| {
-        for kind in ["bert", "roberta"] {
+        for kind in ["bert", "roberta", "electra"] {
             check_classification(kind);
             check_regression(kind);
         }
