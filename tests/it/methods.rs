@@ -37,6 +37,18 @@ fn in_layers(n: &str) -> bool {
     n.starts_with("encoder.layer.")
 }
 
+/// Four steps on RTE at a learning rate that moves what trains, no warm-up.
+const FOUR_STEPS: [&str; 8] = [
+    "--task",
+    "rte",
+    "--max-steps",
+    "4",
+    "--lr",
+    "1e-2",
+    "--warmup-ratio",
+    "0",
+];
+
 type Row = (&'static [&'static str], fn(&str) -> bool, f64);
 
 /// Every method on every model family: BERT, RoBERTa and ELECTRA.
@@ -101,16 +113,7 @@ fn every_method_on(family: &str) {
     ];
     for (i, (flags, pick, share)) in table.iter().enumerate() {
         let out = tmp.path().join(format!("run{i}"));
-        let mut args = vec![
-            "--task",
-            "rte",
-            "--max-steps",
-            "4",
-            "--lr",
-            "1e-2",
-            "--warmup-ratio",
-            "0",
-        ];
+        let mut args = FOUR_STEPS.to_vec();
         args.extend_from_slice(flags);
         train(&model, tmp.path(), &out, &args);
         let trained = tensors(&out.join("last.safetensors"));
@@ -163,22 +166,15 @@ fn child_d_decays_masked_out_weights_as_its_reference() {
     let model = fixture("tiny-bert");
     let base = tensors(&Path::new(&model).join("model.safetensors"));
     let out = tmp.path().join("run");
-    let args = [
-        "--task",
-        "rte",
-        "--max-steps",
-        "4",
-        "--lr",
-        "1e-2",
-        "--warmup-ratio",
-        "0",
+    let mut args = FOUR_STEPS.to_vec();
+    args.extend_from_slice(&[
         "--method",
         "child-d",
         "--reserve",
         "0.3",
         "--weight-decay",
         "0.1",
-    ];
+    ]);
     train(&model, tmp.path(), &out, &args);
     let trained = tensors(&out.join("last.safetensors"));
     let (mut ratios, mut still, mut moved_no_decay) = (Vec::new(), 0, 0);
@@ -352,18 +348,8 @@ fn adapters_train_on_every_family() {
         let model = fixture(family);
         for method in ["lora", "ina"] {
             let out = tmp.path().join(method);
-            let args = [
-                "--task",
-                "rte",
-                "--max-steps",
-                "4",
-                "--lr",
-                "1e-2",
-                "--warmup-ratio",
-                "0",
-                "--method",
-                method,
-            ];
+            let mut args = FOUR_STEPS.to_vec();
+            args.extend_from_slice(&["--method", method]);
             train(&model, tmp.path(), &out, &args);
             let trained = tensors(&out.join("last.safetensors"));
             for name in trained.keys() {
