@@ -8,8 +8,8 @@ it (r 4, alpha 8, query and value, classifier in modules_to_save) with torch Ada
 it with save_pretrained, reloads it from disk the way a user would (fresh base +
 PeftModel.from_pretrained) and scores the dev split. Everything goes to
 tests/fixtures/peft-lora-trained/:
-    glue/RTE/{train,dev}.tsv, adapter_config.json, adapter_model.safetensors,
-    expected.json (dev accuracy, softmax probabilities and logits per dev row, versions).
+    adapter_config.json, adapter_model.safetensors, and expected.json (the dev rows,
+    dev accuracy, softmax probabilities and logits per dev row, versions).
 CPU, float32, seeded.
 """
 
@@ -52,13 +52,6 @@ def make_rows(rng: random.Random, n: int):
         label = LABELS[0] if kind in (0, 2) else LABELS[1]
         rows.append(("the " + " ".join(s1), " ".join(s2), label))
     return rows
-
-
-def write_tsv(path: Path, rows) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    lines = ["index\tsentence1\tsentence2\tlabel"]
-    lines += [f"{i}\t{a}\t{b}\t{y}" for i, (a, b, y) in enumerate(rows)]
-    path.write_text("\n".join(lines) + "\n")
 
 
 def batches(tok, rows, size):
@@ -128,8 +121,6 @@ def evaluate(tok, dev_rows) -> dict:
 def main():
     rng = random.Random(0)
     train_rows, dev_rows = make_rows(rng, 64), make_rows(rng, 24)
-    write_tsv(OUT / "glue" / "RTE" / "train.tsv", train_rows)
-    write_tsv(OUT / "glue" / "RTE" / "dev.tsv", dev_rows)
     tok = AutoTokenizer.from_pretrained(TINY_BERT)
     train(tok, train_rows)
     with safe_open(OUT / "adapter_model.safetensors", "pt") as f:
@@ -140,6 +131,9 @@ def main():
     assert any("classifier" in k for k in keys), "classifier head not saved"
     assert any("lora_B" in k for k in keys) and any("lora_A" in k for k in keys)
     expected = evaluate(tok, dev_rows)
+    # The dev rows themselves: the Rust test writes them as RTE's dev.tsv (no GLUE-format
+    # file is committed).
+    expected["dev"] = [list(r) for r in dev_rows]
     (OUT / "expected.json").write_text(json.dumps(expected, indent=1) + "\n")
     print(f"dev accuracy {expected['accuracy']:.4f} over {len(dev_rows)} rows")
     for p in sorted(OUT.rglob("*")):

@@ -92,3 +92,29 @@ pub fn score(
     }
     Ok(out)
 }
+
+/// The first largest logit and its softmax probability, in f64 for a stable sum.
+pub fn softmax_top(logits: &[f32]) -> Option<(usize, f64)> {
+    let (best, &max) = logits
+        .iter()
+        .enumerate()
+        .reduce(|a, b| if b.1 > a.1 { b } else { a })?;
+    let max = max as f64;
+    let sum: f64 = logits.iter().map(|&l| (l as f64 - max).exp()).sum();
+    Some((best, 1.0 / sum))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn softmax_of_the_largest_logit() {
+        let (i, p) = softmax_top(&[0.0, 2.0f32.ln()]).unwrap();
+        assert_eq!(i, 1);
+        assert!((p - 2.0 / 3.0).abs() < 1e-7, "{p}");
+        // Ties go to the first label, as argmax does.
+        assert_eq!(softmax_top(&[1.0, 1.0]), Some((0, 0.5)));
+        assert_eq!(softmax_top(&[]), None);
+    }
+}

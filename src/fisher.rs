@@ -179,10 +179,12 @@ pub fn cache_key(
         x.type_ids.iter().for_each(|i| h.update(i.to_le_bytes()));
         match label {
             Label::Class(c) => {
-                h.update([1u8].into_iter().chain(c.to_le_bytes()).collect::<Vec<_>>())
+                h.update([1u8]);
+                h.update(c.to_le_bytes());
             }
             Label::Score(v) => {
-                h.update([2u8].into_iter().chain(v.to_le_bytes()).collect::<Vec<_>>())
+                h.update([2u8]);
+                h.update(v.to_le_bytes());
             }
             Label::None => h.update([0u8]),
         }

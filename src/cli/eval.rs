@@ -215,18 +215,10 @@ pub fn run(args: EvalArgs) -> Result<()> {
 fn predicted(problem: Problem, logits: &[f32]) -> serde_json::Value {
     match problem {
         Problem::Regression { .. } => logits.first().copied().unwrap_or(f32::NAN).into(),
-        Problem::Classification { labels } => {
-            let best = logits
-                .iter()
-                .enumerate()
-                .fold(None, |b: Option<(usize, f32)>, (i, &x)| match b {
-                    Some((_, y)) if y >= x => b,
-                    _ => Some((i, x)),
-                });
-            best.and_then(|(i, _)| labels.get(i).copied())
-                .unwrap_or("?")
-                .into()
-        }
+        Problem::Classification { labels } => crate::eval::softmax_top(logits)
+            .and_then(|(i, _)| labels.get(i).copied())
+            .unwrap_or("?")
+            .into(),
     }
 }
 

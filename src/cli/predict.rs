@@ -137,8 +137,8 @@ fn format_row(problem: Problem, logits: &[f32]) -> Result<String> {
             Ok(format!("{s:.6}"))
         }
         Problem::Classification { labels } => {
-            let (best, p) =
-                softmax_top(logits).ok_or_else(|| anyhow::anyhow!("the head gave no logits"))?;
+            let (best, p) = crate::eval::softmax_top(logits)
+                .ok_or_else(|| anyhow::anyhow!("the head gave no logits"))?;
             let name = labels
                 .get(best)
                 .ok_or_else(|| anyhow::anyhow!("the head has more outputs than labels"))?;
@@ -147,31 +147,10 @@ fn format_row(problem: Problem, logits: &[f32]) -> Result<String> {
     }
 }
 
-/// The first largest logit and its softmax probability, in f64 for a stable sum.
-fn softmax_top(logits: &[f32]) -> Option<(usize, f64)> {
-    let (best, &max) = logits
-        .iter()
-        .enumerate()
-        .reduce(|a, b| if b.1 > a.1 { b } else { a })?;
-    let max = max as f64;
-    let sum: f64 = logits.iter().map(|&l| (l as f64 - max).exp()).sum();
-    Some((best, 1.0 / sum))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::data::tasks::task;
-
-    #[test]
-    fn softmax_of_the_largest_logit() {
-        let (i, p) = softmax_top(&[0.0, 2.0f32.ln()]).unwrap();
-        assert_eq!(i, 1);
-        assert!((p - 2.0 / 3.0).abs() < 1e-7, "{p}");
-        // Ties go to the first label, as argmax does.
-        assert_eq!(softmax_top(&[1.0, 1.0]), Some((0, 0.5)));
-        assert_eq!(softmax_top(&[]), None);
-    }
 
     #[test]
     fn lines_must_match_the_task() {

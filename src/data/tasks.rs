@@ -34,7 +34,7 @@ pub enum Metric {
 }
 
 impl Metric {
-    /// The key under which [`crate::metrics::evaluate`] reports this metric.
+    /// The key under which the metric is reported (by `evaluate` in metrics.rs).
     pub fn key(self) -> &'static str {
         match self {
             Metric::Accuracy => "accuracy",

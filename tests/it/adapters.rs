@@ -621,6 +621,20 @@ fn eval_scores_a_peft_adapter_as_python_does() {
     let fx = Path::new(&fixture("peft-lora-trained")).to_path_buf();
     let expected: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(fx.join("expected.json")).unwrap()).unwrap();
+    // The dev rows Python scored, as RTE's dev.tsv.
+    let mut tsv = String::from("index\tsentence1\tsentence2\tlabel\n");
+    for (i, row) in expected["dev"].as_array().unwrap().iter().enumerate() {
+        let f: Vec<&str> = row
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_str().unwrap())
+            .collect();
+        tsv.push_str(&format!("{i}\t{}\t{}\t{}\n", f[0], f[1], f[2]));
+    }
+    let glue = tmp.path().join("glue");
+    std::fs::create_dir_all(glue.join("RTE")).unwrap();
+    std::fs::write(glue.join("RTE/dev.tsv"), tsv).unwrap();
     let preds = tmp.path().join("p.jsonl");
     let out = ok(peft(&[
         "eval",
@@ -631,7 +645,7 @@ fn eval_scores_a_peft_adapter_as_python_does() {
         "--task",
         "rte",
         "--data-dir",
-        fx.join("glue").to_str().unwrap(),
+        glue.to_str().unwrap(),
         "--max-seq-len",
         "64",
         "--json",
@@ -684,7 +698,7 @@ fn eval_scores_a_peft_adapter_as_python_does() {
         "--task",
         "rte",
         "--data-dir",
-        fx.join("glue").to_str().unwrap(),
+        glue.to_str().unwrap(),
     ]);
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{err}");
