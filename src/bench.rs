@@ -51,7 +51,7 @@ impl TrainStep {
             ..
         } = Session::new(
             weights.clone(),
-            (cfg, 2),
+            (cfg, crate::model::HeadKind::Classes(2)),
             sel,
             adapter.as_ref(),
             device,

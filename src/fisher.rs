@@ -25,7 +25,7 @@ use rand::SeedableRng;
 use crate::data::dataset::Dataset;
 use crate::data::Label;
 use crate::loss;
-use crate::model::{Ctx, Model, ParamStore};
+use crate::model::{Ctx, HeadKind, Model, ParamStore};
 use crate::tokenize::{collate, Encoded};
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -54,7 +54,9 @@ pub fn estimate(
     device: &Device,
 ) -> Result<BTreeMap<String, Tensor>> {
     let vars = store.vars();
-    let regression = model.num_labels() == Some(1);
+    let head = model
+        .head_kind()
+        .ok_or_else(|| anyhow::anyhow!("Fisher information needs a model with a task head"))?;
     let mut order: Vec<usize> = (0..data.len()).collect();
     order.shuffle(&mut StdRng::seed_from_u64(opts.seed));
     order.truncate(opts.samples.unwrap_or(usize::MAX).min(data.len()));
@@ -106,10 +108,10 @@ pub fn estimate(
         let batch = collate(&inputs, pad, device)?;
         let labels = data.label_tensor(idx, device)?;
         let logits = model.logits(&batch, &ctx)?;
-        let l = if regression {
-            (loss::mse(&logits, &labels)? * 0.5)?
-        } else {
-            loss::cross_entropy(&logits, &labels)?
+        let l = match head {
+            // A Gaussian's log-likelihood: half the squared error.
+            HeadKind::Classes(1) => (loss::mse(&logits, &labels)? * 0.5)?,
+            _ => loss::for_head(head, &logits, &labels, &batch.attention_mask)?,
         };
         let grads = l.backward()?;
         for (name, var) in &vars {
@@ -185,6 +187,11 @@ pub fn cache_key(
             Label::Score(v) => {
                 h.update([2u8]);
                 h.update(v.to_le_bytes());
+            }
+            Label::Span { start, end } => {
+                h.update([3u8]);
+                h.update(start.to_le_bytes());
+                h.update(end.to_le_bytes());
             }
             Label::None => h.update([0u8]),
         }

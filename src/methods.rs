@@ -268,7 +268,7 @@ pub struct Selection {
 }
 
 pub fn is_head(name: &str) -> bool {
-    name.starts_with("classifier.")
+    name.starts_with("classifier.") || name.starts_with("qa_outputs.")
 }
 
 pub fn is_layernorm(name: &str) -> bool {

@@ -7,11 +7,13 @@ use std::path::{Path, PathBuf};
 use anyhow::Result;
 use serde::{Deserialize, Serialize};
 
+use crate::data::squad::{SpanOptions, MAX_ANSWER_LENGTH, N_BEST};
 use crate::data::{CustomData, CustomProblem, Source, TaskSpec, CUSTOM};
 use crate::error::{user, PathContext};
 use crate::methods::Method;
 use crate::model::adapter::TARGETS;
 use crate::model::{AdapterConfig, AdapterKind, InaActivation};
+use crate::tokenize::DOC_STRIDE;
 
 /// Training examples for a Fisher estimate made before training, unless told otherwise.
 /// On all-MiniLM-L6-v2 and RTE, 1024 examples pick 99% of the LayerNorm elements (and
@@ -197,25 +199,31 @@ settings! {
     #[serde(default)]
     revision: String = optional(true);
     /// GLUE data in the official glue_data/<TASK>/ layout [default: $PEFT_GLUE_DIR, else
-    /// nyu-mll/glue from the Hugging Face hub].
+    /// nyu-mll/glue from the Hugging Face hub]; SQuAD: a folder with the official
+    /// train-v1.1.json and dev-v1.1.json (or -v2.0) [default: rajpurkar/squad(_v2) from
+    /// the hub].
     #[arg(long)]
     #[serde(default)]
-    data_dir: PathBuf = computed_opt(match c.custom {
-        true => None,
-        false => o.data_dir.clone().or_else(|| std::env::var_os("PEFT_GLUE_DIR").map(PathBuf::from)),
+    data_dir: PathBuf = computed_opt(match (c.custom, c.qa) {
+        (true, _) => None,
+        (false, true) => o.data_dir.clone(),
+        (false, false) => o.data_dir.clone().or_else(|| std::env::var_os("PEFT_GLUE_DIR").map(PathBuf::from)),
     });
-    /// GLUE task: cola, sst2, mrpc, stsb, qqp, mnli, qnli, rte, wnli (any case, dashes
-    /// allowed); or custom, with --train, --dev, --text-columns and --label-column.
+    /// Task: the GLUE tasks cola, sst2, mrpc, stsb, qqp, mnli, qnli, rte, wnli; squad
+    /// (v1.1) or squad_v2 (any case, dashes allowed); or custom, with --train, --dev,
+    /// --text-columns and --label-column.
     #[arg(long)]
     task: String = computed(c.task.to_string());
-    /// custom: training file, .csv, .tsv (no quoting, as GLUE) or .jsonl.
+    /// custom: training file, .csv, .tsv (no quoting, as GLUE) or .jsonl; squad: a
+    /// training file in the official JSON format.
     #[arg(long = "train", value_name = "FILE")]
     #[serde(default, rename = "train", skip_serializing_if = "Option::is_none")]
-    train_file: PathBuf = optional(c.custom);
+    train_file: PathBuf = optional(c.custom || c.qa);
     /// custom: dev file, scored after each epoch; its labels must occur in --train.
+    /// squad: a dev file in the official JSON format.
     #[arg(long = "dev", value_name = "FILE")]
     #[serde(default, rename = "dev", skip_serializing_if = "Option::is_none")]
-    dev_file: PathBuf = optional(c.custom);
+    dev_file: PathBuf = optional(c.custom || c.qa);
     /// custom: the text column, or two comma-separated for sentence pairs.
     #[arg(long, value_delimiter = ',')]
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -310,6 +318,24 @@ settings! {
     #[shown(Method::default_lrs())]
     #[arg(long)]
     lr: f64 = computed(o.lr.unwrap_or_else(|| c.method.default_lr()));
+    /// squad: tokens shared by neighbouring windows of a long context.
+    #[arg(long)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    doc_stride: usize = when(c.qa, DOC_STRIDE);
+    /// squad: the largest start and end logits of each window combined into candidate
+    /// answers.
+    #[arg(long)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    n_best: usize = when(c.qa, N_BEST);
+    /// squad: the longest answer, in tokens.
+    #[arg(long)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    max_answer_length: usize = when(c.qa, MAX_ANSWER_LENGTH);
+    /// squad_v2: answer nothing when the null score beats the best answer's by more than
+    /// this (dev metrics report the best one as best_f1_thresh).
+    #[arg(long)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    null_threshold: f64 = when(c.task == "squad_v2", 0.0);
     /// Examples per micro-batch.
     #[arg(long)]
     batch_size: usize = default(32);
@@ -366,6 +392,8 @@ settings! {
 struct Context {
     method: Method,
     custom: bool,
+    /// A question-answering task (SQuAD).
+    qa: bool,
     /// The canonical task name (or `custom`).
     task: &'static str,
 }
@@ -536,9 +564,11 @@ impl Overrides {
                 "--method {method} needs --fraction (e.g. --fraction 0.1)"
             )));
         }
+        let qa = !custom && crate::data::tasks::task(task)?.is_qa();
         let cfg = self.fill(&Context {
             method,
             custom,
+            qa,
             task,
         })?;
         cfg.validate()?;
@@ -550,6 +580,9 @@ impl Overrides {
 /// when it is.
 fn custom_data(o: &Overrides, task: &str) -> Result<bool> {
     let custom = task.eq_ignore_ascii_case(CUSTOM);
+    if !custom && crate::data::tasks::task(task).is_ok_and(|t| t.is_qa()) {
+        return qa_files(o);
+    }
     let flags = [
         ("--train", o.train_file.is_some()),
         ("--dev", o.dev_file.is_some()),
@@ -586,6 +619,30 @@ fn custom_data(o: &Overrides, task: &str) -> Result<bool> {
         )));
     }
     Ok(true)
+}
+
+/// SQuAD reads --train and --dev together, in the official format, instead of --data-dir.
+fn qa_files(o: &Overrides) -> Result<bool> {
+    let columns = [
+        ("--text-columns", o.text_columns.is_some()),
+        ("--label-column", o.label_column.is_some()),
+        ("--problem", o.problem.is_some()),
+    ];
+    if let Some((flag, _)) = columns.iter().find(|(_, set)| *set) {
+        return Err(user(format!(
+            "{flag} applies to --task custom; SQuAD reads official-format JSON (--train FILE \
+             --dev FILE, or --data-dir)"
+        )));
+    }
+    match (&o.train_file, &o.dev_file, &o.data_dir) {
+        (Some(_), None, _) | (None, Some(_), _) => Err(user(
+            "SQuAD from your own files needs both --train FILE and --dev FILE",
+        )),
+        (Some(_), Some(_), Some(_)) => Err(user(
+            "--data-dir and --train/--dev both name SQuAD files: give one or the other",
+        )),
+        _ => Ok(false),
+    }
 }
 
 /// serde names an unknown key and lists the valid ones; say which one was meant.
@@ -639,6 +696,7 @@ impl TrainConfig {
         let c = Context {
             method,
             custom: false,
+            qa: false,
             task: "rte",
         };
         o.fill(&c).ok()?.adapter()
@@ -646,6 +704,14 @@ impl TrainConfig {
 
     /// Where this run's examples come from.
     pub fn source(&self) -> Result<Source> {
+        if let (false, Some(train), Some(dev)) =
+            (self.task == CUSTOM, &self.train_file, &self.dev_file)
+        {
+            return Ok(Source::QaFiles {
+                train: train.clone(),
+                dev: dev.clone(),
+            });
+        }
         if self.task != CUSTOM {
             return Ok(self
                 .data_dir
@@ -677,6 +743,28 @@ impl TrainConfig {
         } else {
             crate::data::task(&self.task)
         }
+    }
+
+    /// How a SQuAD run picks its answers (for other tasks, the defaults: unused).
+    pub fn span_options(&self) -> SpanOptions {
+        SpanOptions {
+            n_best: self.n_best.unwrap_or(N_BEST),
+            max_answer_length: self.max_answer_length.unwrap_or(MAX_ANSWER_LENGTH),
+            null_threshold: self.null_threshold.unwrap_or(0.0),
+            v2: self.task == "squad_v2",
+        }
+    }
+
+    /// The run's tokenizer: `max_seq_len` tokens, SQuAD windows `doc_stride` apart.
+    pub fn encoder(
+        &self,
+        dir: &Path,
+        model: &crate::model::ModelConfig,
+    ) -> Result<crate::tokenize::TextEncoder> {
+        Ok(
+            crate::tokenize::TextEncoder::load(dir, model, self.max_seq_len)?
+                .with_doc_stride(self.doc_stride.unwrap_or(DOC_STRIDE)),
+        )
     }
 
     /// The adapter a lora or ina run adds.

@@ -46,7 +46,12 @@ pub struct TextEncoder {
     /// RoBERTa has one token type: its tokenizer's pair type ids must not reach the model.
     single_type: bool,
     max_len: usize,
+    /// SQuAD: tokens shared by neighbouring windows of a context.
+    doc_stride: usize,
 }
+
+/// transformers' run_qa.py default `--doc_stride`.
+pub const DOC_STRIDE: usize = 128;
 
 impl TextEncoder {
     pub fn load(dir: &Path, cfg: &ModelConfig, max_len: usize) -> Result<Self> {
@@ -88,7 +93,14 @@ impl TextEncoder {
             pad_id: cfg.pad_token_id,
             single_type: cfg.type_vocab_size == 1,
             max_len,
+            doc_stride: DOC_STRIDE,
         })
+    }
+
+    /// Windows of SQuAD contexts overlap by `stride` tokens.
+    pub fn with_doc_stride(mut self, stride: usize) -> Self {
+        self.doc_stride = stride;
+        self
     }
 
     pub fn max_len(&self) -> usize {
@@ -112,6 +124,89 @@ impl TextEncoder {
             enc.get_type_ids().to_vec()
         };
         Ok(Encoded { ids, type_ids })
+    }
+}
+
+/// A question-context pair tokenized as windows over the context, as transformers' fast
+/// tokenizers make them for run_qa.py (`truncation="only_second"`, `stride`,
+/// `return_overflowing_tokens`, `return_offsets_mapping`).
+pub struct QaEncoder {
+    tokenizer: Tokenizer,
+    single_type: bool,
+    max_len: usize,
+    stride: usize,
+}
+
+/// One window of a question-context pair.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Window {
+    pub encoded: Encoded,
+    /// Per token, the context characters it covers; None for the question and specials.
+    pub offsets: Vec<Option<(usize, usize)>>,
+}
+
+impl TextEncoder {
+    /// Windows of `max_len` tokens over the context, overlapping by the doc stride.
+    pub fn qa(&self) -> Result<QaEncoder> {
+        let stride = self.doc_stride;
+        if stride >= self.max_len {
+            crate::user_bail!(
+                "--doc-stride {stride} must be less than --max-seq-len {}",
+                self.max_len
+            );
+        }
+        let mut tokenizer = self.tokenizer.clone();
+        tokenizer
+            .with_truncation(Some(TruncationParams {
+                max_length: self.max_len,
+                strategy: TruncationStrategy::OnlySecond,
+                stride,
+                direction: TruncationDirection::Right,
+            }))
+            .map_err(|e| anyhow::anyhow!("setting truncation: {e}"))?;
+        Ok(QaEncoder {
+            tokenizer,
+            single_type: self.single_type,
+            max_len: self.max_len,
+            stride,
+        })
+    }
+}
+
+impl QaEncoder {
+    pub fn windows(&self, question: &str, context: &str) -> Result<Vec<Window>> {
+        let enc = self
+            .tokenizer
+            .encode_char_offsets((question, context), true)
+            .map_err(|e| {
+                user(format!(
+                    "question {question:?} does not leave room for its context in                      --max-seq-len {} with --doc-stride {} ({e})",
+                    self.max_len, self.stride
+                ))
+            })?;
+        let mut first = enc.clone();
+        let rest = first.take_overflowing();
+        Ok(std::iter::once(first)
+            .chain(rest)
+            .map(|e| {
+                let ids = e.get_ids().to_vec();
+                let type_ids = if self.single_type {
+                    vec![0; ids.len()]
+                } else {
+                    e.get_type_ids().to_vec()
+                };
+                let offsets = e
+                    .get_sequence_ids()
+                    .iter()
+                    .zip(e.get_offsets())
+                    .map(|(s, o)| (*s == Some(1)).then_some(*o))
+                    .collect();
+                Window {
+                    encoded: Encoded { ids, type_ids },
+                    offsets,
+                }
+            })
+            .collect())
     }
 }
 

@@ -16,7 +16,6 @@ use crate::metrics::{evaluate, Predictions};
 use crate::run::dir as run_dir;
 use crate::run::weights::{RunWeights, Which};
 use crate::settings::Overrides;
-use crate::tokenize::TextEncoder;
 use crate::{data::dataset::Dataset, eval::predict};
 
 #[derive(Args, Debug)]
@@ -60,7 +59,9 @@ pub struct EvalArgs {
     #[arg(long)]
     pub output: Option<PathBuf>,
     /// Also write every example's prediction and logits to FILE, one JSON object a line
-    /// ({"split", "id", "prediction", "logits"}, with "alpha" under --alpha).
+    /// ({"split", "id", "prediction", "logits"}, with "alpha" under --alpha). SQuAD: the
+    /// official predictions file ({"question id": "answer"}), and for squad_v2 the null
+    /// score differences beside it (FILE.null_odds.json, the official --na-prob-file).
     #[arg(long, value_name = "FILE")]
     pub predictions: Option<PathBuf>,
     /// Print metrics as one JSON object per split.
@@ -122,7 +123,7 @@ pub fn run(args: EvalArgs) -> Result<()> {
     };
     let device = crate::device::parse(args.device.as_deref().unwrap_or(&info.train.device))?;
     let spec = info.train.task_spec(info.labels.as_deref())?;
-    let encoder = TextEncoder::load(&run.model_dir, &run.config, info.train.max_seq_len)?;
+    let encoder = info.train.encoder(&run.model_dir, &run.config)?;
     let source = match &args.data_dir {
         Some(_) if info.train.task == CUSTOM => {
             return Err(user(
@@ -147,6 +148,9 @@ pub fn run(args: EvalArgs) -> Result<()> {
         .iter()
         .map(|s| Dataset::load(spec, &source, s, &encoder))
         .collect::<Result<Vec<_>>>()?;
+    if spec.is_qa() {
+        return answers(&args, &run, &data, &alphas, &device, encoder.pad_id());
+    }
     let mut lines = String::new();
     for &alpha in &alphas {
         let model = run.model(alpha, &device)?;
@@ -211,9 +215,76 @@ pub fn run(args: EvalArgs) -> Result<()> {
     Ok(())
 }
 
+/// SQuAD: answer every question, score the answers as the official script does, and
+/// with --predictions write them in its format (`{"question id": "answer"}`), the null
+/// score differences beside them for 2.0 (`FILE` → `FILE.null_odds.json`, its
+/// `--na-prob-file`).
+fn answers(
+    args: &EvalArgs,
+    run: &RunWeights,
+    data: &[Dataset],
+    alphas: &[f64],
+    device: &candle_core::Device,
+    pad: u32,
+) -> Result<()> {
+    let train = &run.info.train;
+    let opts = train.span_options();
+    if args.predictions.is_some() && alphas.len() > 1 {
+        return Err(user(
+            "--predictions writes one answer per question: score one --alpha at a time",
+        ));
+    }
+    for &alpha in alphas {
+        let model = run.model(alpha, device)?;
+        for d in data {
+            let qa =
+                d.qa.as_ref()
+                    .ok_or_else(|| anyhow::anyhow!("a SQuAD split without questions"))?;
+            let logits =
+                crate::eval::spans::window_logits(&model, d, pad, train.eval_batch_size, device)?;
+            let a = crate::eval::spans::answers(qa, &logits, opts);
+            let metrics = crate::metrics::squad::dev_metrics(
+                &qa.examples,
+                &a.map(),
+                opts.v2.then_some(&a.null_diff[..]),
+                opts.v2,
+            );
+            if let Some(path) = &args.predictions {
+                let file: serde_json::Map<String, serde_json::Value> = a
+                    .text
+                    .iter()
+                    .map(|(id, t)| (id.clone(), t.clone().into()))
+                    .collect();
+                run_dir::write_atomic(path, serde_json::to_string(&file)?.as_bytes())?;
+                if opts.v2 {
+                    let odds: serde_json::Map<String, serde_json::Value> = a
+                        .null_diff
+                        .iter()
+                        .map(|(id, v)| (id.clone(), (*v).into()))
+                        .collect();
+                    let mut name = path.as_os_str().to_owned();
+                    name.push(".null_odds.json");
+                    run_dir::write_atomic(
+                        &PathBuf::from(name),
+                        serde_json::to_string(&odds)?.as_bytes(),
+                    )?;
+                }
+            }
+            print_metrics(
+                &d.split,
+                &metrics,
+                args.alpha.is_some().then_some(alpha),
+                args.json,
+            );
+        }
+    }
+    Ok(())
+}
+
 /// A label's name, or the regression score.
 fn predicted(problem: Problem, logits: &[f32]) -> serde_json::Value {
     match problem {
+        Problem::Span { .. } => serde_json::Value::Null,
         Problem::Regression { .. } => logits.first().copied().unwrap_or(f32::NAN).into(),
         Problem::Classification { labels } => crate::eval::softmax_top(logits)
             .and_then(|(i, _)| labels.get(i).copied())
@@ -237,7 +308,10 @@ fn print_metrics(
     } else {
         let shown: Vec<String> = metrics
             .iter()
-            .map(|(k, v)| format!("{k} {:.2}", 100.0 * v))
+            .map(|(k, v)| match crate::metrics::squad::is_fraction(k) {
+                true => format!("{k} {:.2}", 100.0 * v),
+                false => format!("{k} {v}"),
+            })
             .collect();
         let at = alpha.map(|a| format!("alpha {a} ")).unwrap_or_default();
         println!("{at}{split}: {}", shown.join(" "));

@@ -100,7 +100,7 @@ pub fn run(args: FisherArgs) -> Result<()> {
         let data = Dataset::load(spec, &source, "train", &encoder)?;
         let mut weights = base.clone();
         drop_mismatched_head(&mut weights, spec.num_labels());
-        let t = Trainable::everything(weights, &cfg, Some(spec.num_labels()), &device, args.seed)?;
+        let t = Trainable::everything(weights, &cfg, Some(spec.head()), &device, args.seed)?;
         let n = opts.samples.unwrap_or(data.len()).min(data.len());
         let start = Instant::now();
         let f = estimate(&t.model, &t.store, &data, encoder.pad_id(), opts, &device)?;

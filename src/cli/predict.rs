@@ -2,7 +2,9 @@
 //!
 //! Input: one example per line, a TAB between the two texts of a pair task. Output: one
 //! TSV line per input line, in order and without a header, so `paste input out` lines up:
-//! the label's name and its softmax probability, or for regression the score.
+//! the label's name and its softmax probability, or for regression the score. A SQuAD
+//! run reads `question TAB context` lines and writes each answer (empty for none), for
+//! squad_v2 with the null score difference its threshold was compared with.
 
 use std::path::{Path, PathBuf};
 
@@ -10,11 +12,15 @@ use anyhow::Result;
 use clap::Args;
 
 use crate::cli::run_args::RunArgs;
+use crate::data::dataset::Dataset;
+use crate::data::squad::{featurize, Featurized, QaExample};
 use crate::data::tasks::{Layout, Problem, TaskSpec};
 use crate::error::{user, PathContext};
-use crate::eval::logits;
+use crate::eval::{logits, spans};
+use crate::model::Model;
 use crate::run::dir as run_dir;
 use crate::tokenize::TextEncoder;
+use candle_core::Device;
 
 #[derive(Args, Debug)]
 pub struct PredictArgs {
@@ -48,26 +54,85 @@ pub fn run(args: PredictArgs) -> Result<()> {
     let run = args.run.load()?;
     let device = crate::device::parse(args.device.as_deref().unwrap_or(&run.info.train.device))?;
     let model = run.model(1.0, &device)?;
-    let encoder = TextEncoder::load(&run.model_dir, &run.config, run.info.train.max_seq_len)?;
+    let encoder = run.info.train.encoder(&run.model_dir, &run.config)?;
+    let batch = args.batch_size.unwrap_or(run.info.train.eval_batch_size);
+    let out = if spec.is_qa() {
+        answers(&run.info.train, &model, &encoder, &lines, batch, &device)?
+    } else {
+        labels(spec, &model, &encoder, &lines, batch, &device)?
+    };
+    match &args.output {
+        Some(p) => {
+            run_dir::write_atomic(p, out.as_bytes())?;
+            eprintln!("wrote {} predictions to {}", lines.len(), p.display());
+        }
+        None => print!("{out}"),
+    }
+    Ok(())
+}
+
+/// One `label<TAB>probability` (or score) line per input line.
+fn labels(
+    spec: &TaskSpec,
+    model: &Model,
+    encoder: &TextEncoder,
+    lines: &[(&str, Option<&str>)],
+    batch: usize,
+    device: &Device,
+) -> Result<String> {
     let inputs = lines
         .iter()
         .map(|(a, b)| encoder.encode(a, *b))
         .collect::<Result<Vec<_>>>()?;
-    let batch = args.batch_size.unwrap_or(run.info.train.eval_batch_size);
-    let rows = logits(&model, &inputs, encoder.pad_id(), batch, &device)?;
+    let rows = logits(model, &inputs, encoder.pad_id(), batch, device)?;
     let mut out = String::new();
     for row in &rows {
         out.push_str(&format_row(spec.problem, row)?);
         out.push('\n');
     }
-    match &args.output {
-        Some(p) => {
-            run_dir::write_atomic(p, out.as_bytes())?;
-            eprintln!("wrote {} predictions to {}", rows.len(), p.display());
+    Ok(out)
+}
+
+/// One answer line per `question<TAB>context` line: the answer (tabs and line breaks as
+/// spaces, so lines stay aligned), and for squad_v2 a TAB and the null score difference.
+fn answers(
+    train: &crate::settings::TrainConfig,
+    model: &Model,
+    encoder: &TextEncoder,
+    lines: &[(&str, Option<&str>)],
+    batch: usize,
+    device: &Device,
+) -> Result<String> {
+    let examples: Vec<QaExample> = lines
+        .iter()
+        .enumerate()
+        .map(|(i, (q, c))| QaExample {
+            id: (i + 1).to_string(),
+            question: q.to_string(),
+            context: c.unwrap_or_default().to_string(),
+            answers: Vec::new(),
+        })
+        .collect();
+    let Featurized { qa, inputs, .. } = featurize(examples, &encoder.qa()?)?;
+    let data = Dataset {
+        split: "input".into(),
+        ids: Vec::new(),
+        labels: Vec::new(),
+        inputs,
+        qa: None,
+    };
+    let logits = spans::window_logits(model, &data, encoder.pad_id(), batch, device)?;
+    let opts = train.span_options();
+    let a = spans::answers(&qa, &logits, opts);
+    let mut out = String::new();
+    for (i, (_, text)) in a.text.iter().enumerate() {
+        out.push_str(&text.replace(['\t', '\n', '\r'], " "));
+        if let Some((_, diff)) = a.null_diff.get(i) {
+            out.push_str(&format!("\t{diff:.6}"));
         }
-        None => print!("{out}"),
+        out.push('\n');
     }
-    Ok(())
+    Ok(out)
 }
 
 fn pair_task(spec: &TaskSpec) -> bool {
@@ -130,6 +195,7 @@ fn parse_lines<'a>(
 /// `label<TAB>probability`, or the score for regression.
 fn format_row(problem: Problem, logits: &[f32]) -> Result<String> {
     match problem {
+        Problem::Span { .. } => anyhow::bail!("answers are not rows of logits"),
         Problem::Regression { .. } => {
             let s = logits
                 .first()

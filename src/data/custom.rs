@@ -115,6 +115,7 @@ impl CustomData {
         for (i, raw) in rows.into_iter().enumerate() {
             let at = |msg: String| user(format!("{}:{}: {msg}", path.display(), raw.line));
             let label = match spec.problem {
+                Problem::Span { .. } => anyhow::bail!("custom data has no answers"),
                 Problem::Classification { labels } => {
                     match labels.iter().position(|l| *l == raw.label) {
                         Some(id) => Label::Class(id as u32),

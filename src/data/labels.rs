@@ -21,6 +21,13 @@ pub fn output_order(
     origin: &str,
 ) -> Result<Vec<usize>> {
     let labels: &[&str] = match spec.problem {
+        // Start and end: the order every question-answering head has.
+        Problem::Span { .. } if outputs == 2 => return Ok(vec![0, 1]),
+        Problem::Span { .. } => {
+            return Err(user(format!(
+                "{origin}: the question-answering head has {outputs} outputs, not 2 (start, end)"
+            )))
+        }
         Problem::Regression { .. } => {
             if outputs != 1 {
                 return Err(user(format!(

@@ -1,11 +1,14 @@
-//! Task data: the GLUE task registry, the places GLUE is read from (the official TSV
-//! files, or the hub's parquet files), and the user's own files (`--task custom`).
+//! Task data: the task registry, the places GLUE and SQuAD are read from (the official
+//! files, or the hub's parquet files), and the user's own files (`--task custom`, or
+//! SQuAD-format `--train`/`--dev`).
 
 pub mod batches;
 pub mod custom;
 pub mod dataset;
 pub mod hub;
 pub mod labels;
+pub mod squad;
+pub mod squad_hub;
 pub mod tasks;
 pub mod tsv;
 
@@ -19,11 +22,18 @@ pub use tasks::{all, read_split, task, Example, Label, Layout, Metric, Problem, 
 /// Where a task's examples come from.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Source {
-    /// The official `glue_data/<TASK>/<split>.tsv` files under this folder.
+    /// The official `glue_data/<TASK>/<split>.tsv` files under this folder, or SQuAD's
+    /// `<split>-v1.1.json`/`<split>-v2.0.json`.
     GlueDir(PathBuf),
-    /// `nyu-mll/glue` on the Hugging Face hub, through the cache.
+    /// The task's dataset on the Hugging Face hub (`nyu-mll/glue`, `rajpurkar/squad`,
+    /// `rajpurkar/squad_v2`), through the cache.
     GlueHub,
     Custom(CustomData),
+    /// SQuAD-format JSON files of the user's.
+    QaFiles {
+        train: PathBuf,
+        dev: PathBuf,
+    },
 }
 
 impl Source {
@@ -47,6 +57,31 @@ impl Source {
             Source::GlueDir(dir) => tasks::read_split(spec, dir, split),
             Source::GlueHub => hub::read_split(spec, split),
             Source::Custom(c) => c.read_split(spec, split),
+            Source::QaFiles { .. } => Err(anyhow::anyhow!(
+                "{}: SQuAD files hold questions, read with read_qa",
+                self.describe()
+            )),
+        }
+    }
+
+    /// The questions of a SQuAD split.
+    pub fn read_qa(&self, spec: &TaskSpec, split: &str) -> Result<Vec<squad::QaExample>> {
+        let Problem::Span { v2 } = spec.problem else {
+            anyhow::bail!("{} is not a question-answering task", spec.name);
+        };
+        if !spec.splits().any(|s| s == split) {
+            crate::user_bail!(
+                "task {} has no split `{split}`; valid splits: train, dev",
+                spec.name
+            );
+        }
+        match self {
+            Source::GlueDir(dir) => squad::read_json(&spec.split_path(dir, split), v2),
+            Source::GlueHub => squad_hub::read_split(v2, split),
+            Source::QaFiles { train, dev } => {
+                squad::read_json(if split == "train" { train } else { dev }, v2)
+            }
+            Source::Custom(_) => Err(anyhow::anyhow!("custom data holds no questions")),
         }
     }
 
@@ -56,6 +91,7 @@ impl Source {
             Source::GlueDir(dir) => dir.display().to_string(),
             Source::GlueHub => hub::GLUE_REPO.to_string(),
             Source::Custom(c) => c.train.display().to_string(),
+            Source::QaFiles { train, .. } => train.display().to_string(),
         }
     }
 }

@@ -1,4 +1,5 @@
-//! The nine GLUE tasks: where their files live, what their columns are, how they are scored.
+//! The nine GLUE tasks and SQuAD 1.1/2.0: where their files live, what their columns are,
+//! how they are scored.
 //!
 //! Adding a task means adding one entry to [`TASKS`]. Label ids follow Hugging Face
 //! `datasets` (`glue`), so that heads and predictions line up with models trained there.
@@ -9,6 +10,7 @@ use anyhow::Result;
 
 use super::tsv::{Header, TsvReader};
 use crate::error::user;
+use crate::model::HeadKind;
 
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Problem {
@@ -19,6 +21,11 @@ pub enum Problem {
     Regression {
         min: f32,
         max: f32,
+    },
+    /// Extractive question answering: a start and an end token per window (SQuAD);
+    /// `v2` when questions may have no answer.
+    Span {
+        v2: bool,
     },
 }
 
@@ -31,6 +38,12 @@ pub enum Metric {
     Mcc,
     Pearson,
     Spearman,
+    /// SQuAD 1.1's `exact_match`.
+    ExactMatch,
+    /// SQuAD 2.0's `exact`.
+    Exact,
+    /// SQuAD's token F1 (either version).
+    SpanF1,
 }
 
 impl Metric {
@@ -43,6 +56,9 @@ impl Metric {
             Metric::Mcc => "mcc",
             Metric::Pearson => "pearson",
             Metric::Spearman => "spearman",
+            Metric::ExactMatch => "exact_match",
+            Metric::Exact => "exact",
+            Metric::SpanF1 => "f1",
         }
     }
 }
@@ -95,6 +111,11 @@ pub struct TaskSpec {
 pub enum Label {
     Class(u32),
     Score(f32),
+    /// The tokens where the answer starts and ends in a SQuAD window (0, 0: none).
+    Span {
+        start: u32,
+        end: u32,
+    },
     /// Test splits are unlabelled.
     None,
 }
@@ -277,7 +298,39 @@ static TASKS: &[TaskSpec] = &[
         labelled: pair("sentence1", "sentence2", Some("label")),
         test: pair("sentence1", "sentence2", None),
     },
+    squad("squad", false),
+    squad("squad_v2", true),
 ];
+
+/// SQuAD: the official JSON files, `<split>-v1.1.json` or `<split>-v2.0.json` (see
+/// [`super::squad`]); the layout names the hub's columns.
+const fn squad(name: &'static str, v2: bool) -> TaskSpec {
+    TaskSpec {
+        name,
+        dir: if v2 { "SQuAD-v2" } else { "SQuAD" },
+        problem: Problem::Span { v2 },
+        metrics: if v2 {
+            &[Metric::Exact, Metric::SpanF1]
+        } else {
+            &[Metric::ExactMatch, Metric::SpanF1]
+        },
+        main_metric: Metric::SpanF1,
+        dev_splits: DEV,
+        test_splits: &[],
+        labelled: Layout::Named {
+            id: Some("id"),
+            text_a: "question",
+            text_b: Some("context"),
+            label: Some("answers"),
+        },
+        test: Layout::Named {
+            id: Some("id"),
+            text_a: "question",
+            text_b: Some("context"),
+            label: None,
+        },
+    }
+}
 
 pub fn all() -> &'static [TaskSpec] {
     TASKS
@@ -286,13 +339,16 @@ pub fn all() -> &'static [TaskSpec] {
 /// Looks a task up ignoring case, `-` and `_`: `RTE`, `sts-b`, `SST_2` all work.
 pub fn task(name: &str) -> Result<&'static TaskSpec> {
     let key = normalize(name);
-    TASKS.iter().find(|t| t.name == key).ok_or_else(|| {
-        let names: Vec<&str> = TASKS.iter().map(|t| t.name).collect();
-        user(format!(
+    TASKS
+        .iter()
+        .find(|t| normalize(t.name) == key)
+        .ok_or_else(|| {
+            let names: Vec<&str> = TASKS.iter().map(|t| t.name).collect();
+            user(format!(
             "unknown task `{name}`; valid tasks: {}, or custom (your own files: --train, --dev)",
             names.join(", ")
         ))
-    })
+        })
 }
 
 fn normalize(name: &str) -> String {
@@ -308,7 +364,22 @@ impl TaskSpec {
         match self.problem {
             Problem::Classification { labels } => labels.len(),
             Problem::Regression { .. } => 1,
+            // transformers' question-answering heads: start and end logits per token.
+            Problem::Span { .. } => 2,
         }
+    }
+
+    /// The head a model needs for this task.
+    pub fn head(&self) -> HeadKind {
+        match self.problem {
+            Problem::Span { .. } => HeadKind::Span,
+            _ => HeadKind::Classes(self.num_labels()),
+        }
+    }
+
+    /// SQuAD's tasks, scored by answers rather than labels.
+    pub fn is_qa(&self) -> bool {
+        matches!(self.problem, Problem::Span { .. })
     }
 
     /// `train`, then the dev splits, then the test splits.
@@ -319,7 +390,12 @@ impl TaskSpec {
     }
 
     pub fn split_path(&self, data_dir: &Path, split: &str) -> PathBuf {
-        data_dir.join(self.dir).join(format!("{split}.tsv"))
+        match self.problem {
+            Problem::Span { v2 } => {
+                data_dir.join(format!("{split}-{}.json", if v2 { "v2.0" } else { "v1.1" }))
+            }
+            _ => data_dir.join(self.dir).join(format!("{split}.tsv")),
+        }
     }
 
     /// File name the GLUE leaderboard expects for predictions on `split`: `RTE.tsv`,
@@ -369,6 +445,7 @@ impl TaskSpec {
                 )),
                 Err(_) => Err(format!("{} score `{value}` is not a number", self.dir)),
             },
+            Problem::Span { .. } => Err(format!("{} has answers, not labels", self.dir)),
         }
     }
 }
@@ -473,23 +550,24 @@ mod tests {
         ] {
             assert_eq!(task(query).unwrap().name, name, "{query}");
         }
-        let err = task("squad").unwrap_err();
+        assert_eq!(task("SQuAD-v2").unwrap().name, "squad_v2");
+        let err = task("squad3").unwrap_err();
         assert!(is_user_error(&err));
         assert_eq!(
             err.to_string(),
-            "unknown task `squad`; valid tasks: cola, sst2, mrpc, stsb, qqp, mnli, qnli, rte, wnli, \
-             or custom (your own files: --train, --dev)"
+            "unknown task `squad3`; valid tasks: cola, sst2, mrpc, stsb, qqp, mnli, qnli, rte, wnli, \
+             squad, squad_v2, or custom (your own files: --train, --dev)"
         );
     }
 
     #[test]
     fn registry_is_consistent() {
-        assert_eq!(all().len(), 9);
+        assert_eq!(all().len(), 11);
         for t in all() {
-            assert_eq!(normalize(t.name), t.name);
+            assert_eq!(normalize(t.name), t.name.replace('_', ""));
             assert_eq!(
                 normalize(t.dir),
-                t.name,
+                normalize(t.name),
                 "dir and name must look each other up"
             );
             assert!(t.metrics.contains(&t.main_metric), "{}", t.name);
@@ -520,6 +598,8 @@ mod tests {
         assert_eq!(task("mnli").unwrap().num_labels(), 3);
         assert_eq!(task("qnli").unwrap().num_labels(), 2);
         assert_eq!(task("stsb").unwrap().num_labels(), 1);
+        assert_eq!(task("squad").unwrap().num_labels(), 2);
+        assert!(task("squad_v2").unwrap().is_qa() && !task("qnli").unwrap().is_qa());
     }
 
     #[test]

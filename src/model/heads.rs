@@ -3,6 +3,8 @@
 //! BERT: pooler (first token → dense → tanh) → dropout → `classifier`.
 //! RoBERTa: first token → dropout → `classifier.dense` → tanh → dropout → `classifier.out_proj`.
 //! ELECTRA: the same with GELU (erf) instead of tanh.
+//! Question answering (all three): `qa_outputs`, a start and an end logit per token, with
+//! no pooler and no dropout, as transformers' `*ForQuestionAnswering`.
 //! A head the checkpoint lacks starts from N(0, 0.02) weights and zero biases, as
 //! transformers' `_init_weights` does. Regression (STS-B) is a head with one output.
 
@@ -33,7 +35,24 @@ impl Pooler {
     }
 }
 
+/// What a model's head predicts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HeadKind {
+    /// One logit per class from the first token; 1 is regression.
+    Classes(usize),
+    /// A start and an end logit per token (extractive question answering).
+    Span,
+}
+
+impl From<usize> for HeadKind {
+    fn from(n: usize) -> Self {
+        HeadKind::Classes(n)
+    }
+}
+
 pub enum Head {
+    /// `qa_outputs` on every token: (batch, seq, 2).
+    Span { qa_outputs: Linear },
     Bert {
         classifier: Linear,
         dropout: Dropout,
@@ -49,8 +68,16 @@ pub enum Head {
 }
 
 impl Head {
-    pub fn load(path: &Path, cfg: &ModelConfig, num_labels: usize) -> Result<Self> {
+    pub fn load(path: &Path, cfg: &ModelConfig, kind: HeadKind) -> Result<Self> {
         let h = cfg.hidden_size;
+        let num_labels = match kind {
+            HeadKind::Span => {
+                return Ok(Head::Span {
+                    qa_outputs: Linear::load_or_init(&path.pp("qa_outputs"), h, 2, INIT_STD)?,
+                })
+            }
+            HeadKind::Classes(n) => n,
+        };
         let dropout = Dropout::new(cfg.classifier_dropout());
         let cls = path.pp("classifier");
         Ok(match cfg.model_type {
@@ -67,17 +94,19 @@ impl Head {
         })
     }
 
-    pub fn num_labels(&self) -> usize {
+    pub(crate) fn kind(&self) -> HeadKind {
         let out = match self {
+            Head::Span { .. } => return HeadKind::Span,
             Head::Bert { classifier, .. } => classifier,
             Head::Dense { out_proj, .. } => out_proj,
         };
-        out.weight().dims()[0]
+        HeadKind::Classes(out.weight().dims()[0])
     }
 
     /// `pooled` is the BERT pooler output; RoBERTa reads the first token of `hidden`.
     pub fn forward(&self, hidden: &Tensor, pooled: Option<&Tensor>, ctx: &Ctx) -> Result<Tensor> {
         match self {
+            Head::Span { qa_outputs } => qa_outputs.forward(hidden, ctx),
             Head::Bert {
                 classifier,
                 dropout,

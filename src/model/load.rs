@@ -87,6 +87,7 @@ pub fn canonical_name(name: &str, arch: Arch) -> Option<String> {
         "encoder.",
         "pooler.",
         "classifier.",
+        "qa_outputs.",
     ];
     if !keep.iter().any(|k| name.starts_with(k)) || name.ends_with("position_ids") {
         return None;

@@ -22,7 +22,7 @@ use candle_core::{Device, Tensor};
 pub use crate::kernels::with_composed_ops;
 pub use adapter::{AdapterConfig, AdapterKind, InaActivation};
 pub use config::{Activation, Arch, ModelConfig};
-pub use heads::INIT_STD;
+pub use heads::{HeadKind, INIT_STD};
 pub use nn::Ctx;
 pub use params::{Init, ParamStore, Path};
 
@@ -76,14 +76,14 @@ impl Model {
     /// Build the encoder, and a head with `num_labels` outputs if asked (1 = regression).
     /// BERT's pooler is loaded when the checkpoint has one or a head needs it.
     pub fn load(store: &ParamStore, cfg: &ModelConfig, num_labels: Option<usize>) -> Result<Self> {
-        Self::load_with_adapters(store, cfg, num_labels, None)
+        Self::load_with_adapters(store, cfg, num_labels.map(HeadKind::Classes), None)
     }
 
     /// As [`Model::load`], with LoRA or InA adapters on the targeted linear layers.
     pub fn load_with_adapters(
         store: &ParamStore,
         cfg: &ModelConfig,
-        num_labels: Option<usize>,
+        head: Option<HeadKind>,
         adapters: Option<&AdapterConfig>,
     ) -> Result<Self> {
         let root = store.root();
@@ -95,13 +95,15 @@ impl Model {
         let layers = (0..cfg.num_hidden_layers)
             .map(|i| Layer::load(&root.pp(format!("encoder.layer.{i}")), cfg, adapters))
             .collect::<Result<Vec<_>>>()?;
-        let wants_pooler = cfg.model_type == Arch::Bert && num_labels.is_some();
+        // BERT's classifier reads the pooler; its question-answering head does not.
+        let wants_pooler =
+            cfg.model_type == Arch::Bert && matches!(head, Some(HeadKind::Classes(_)));
         let pooler = if wants_pooler || root.contains("pooler.dense.weight") {
             Some(Pooler::load(&root.pp("pooler"), cfg)?)
         } else {
             None
         };
-        let head = num_labels.map(|n| Head::load(&root, cfg, n)).transpose()?;
+        let head = head.map(|k| Head::load(&root, cfg, k)).transpose()?;
         Ok(Self {
             config: cfg.clone(),
             embeddings,
@@ -116,9 +118,16 @@ impl Model {
         &self.config
     }
 
-    /// Outputs of the task head, if the model has one.
+    /// Outputs of the classification head, if the model has one.
     pub fn num_labels(&self) -> Option<usize> {
-        self.head.as_ref().map(|h| h.num_labels())
+        match self.head_kind()? {
+            HeadKind::Classes(n) => Some(n),
+            HeadKind::Span => None,
+        }
+    }
+
+    pub fn head_kind(&self) -> Option<HeadKind> {
+        self.head.as_ref().map(Head::kind)
     }
 
     pub fn forward(&self, batch: &Batch, ctx: &Ctx) -> Result<Output> {
@@ -156,7 +165,7 @@ impl Model {
         })
     }
 
-    /// Logits of the task head: (batch, num_labels).
+    /// Logits of the task head: (batch, num_labels), or (batch, seq, 2) for spans.
     pub fn logits(&self, batch: &Batch, ctx: &Ctx) -> Result<Tensor> {
         self.forward(batch, ctx)?
             .logits

@@ -77,9 +77,13 @@ impl RunWeights {
         let trained = run_dir::load_tensors(&file)?;
         // A head with another number of outputs is another task's (copied files, an edited
         // config.json): say so rather than fail later on a shape.
-        let head = ["classifier.weight", "classifier.out_proj.weight"]
-            .iter()
-            .find_map(|n| trained.get(*n).map(|t| (*n, t.dims().first().copied())));
+        let head = [
+            "classifier.weight",
+            "classifier.out_proj.weight",
+            "qa_outputs.weight",
+        ]
+        .iter()
+        .find_map(|n| trained.get(*n).map(|t| (*n, t.dims().first().copied())));
         if let Some((name, Some(rows))) = head {
             if rows != info.num_labels {
                 return Err(user(format!(
@@ -150,7 +154,9 @@ impl RunWeights {
                 let origin = model_dir.join("config.json");
                 let Some(rows) = head_rows(&base) else {
                     return Err(user(format!(
-                        "{}: the model has no classification head (classifier.*); score a                          fine-tuned sequence-classification checkpoint, or a run of `peft train`                          with --checkpoint",
+                        "{}: the model has no task head (classifier.* or qa_outputs.*); score a \
+                         fine-tuned sequence-classification or question-answering checkpoint, \
+                         or a run of `peft train` with --checkpoint",
                         model_dir.display()
                     )));
                 };
@@ -193,12 +199,12 @@ impl RunWeights {
     pub fn model(&self, alpha: f64, device: &Device) -> Result<Model> {
         let store = ParamStore::frozen(self.weights(alpha)?, device.clone());
         let adapter = self.info.train.adapter();
-        let model = Model::load_with_adapters(
-            &store,
-            &self.config,
-            Some(self.info.num_labels),
-            adapter.as_ref(),
-        )?;
+        let head = self
+            .info
+            .train
+            .task_spec(self.info.labels.as_deref())?
+            .head();
+        let model = Model::load_with_adapters(&store, &self.config, Some(head), adapter.as_ref())?;
         // A tensor made up now would be a random one: the files are not this model's run.
         if let Some(name) = store.created().first() {
             return Err(user(format!(
@@ -229,7 +235,8 @@ impl RunWeights {
     }
 }
 
-/// The output rows of a classifier head (BERT's `classifier`, RoBERTa's `out_proj`).
+/// The output rows of a task head (BERT's `classifier`, RoBERTa's `out_proj`, any
+/// question-answering model's `qa_outputs`).
 fn head_rows(weights: &HashMap<String, Tensor>) -> Option<usize> {
     HEAD_OUT
         .iter()
@@ -237,7 +244,7 @@ fn head_rows(weights: &HashMap<String, Tensor>) -> Option<usize> {
         .and_then(|t| t.dims().first().copied())
 }
 
-const HEAD_OUT: [&str; 2] = ["classifier", "classifier.out_proj"];
+const HEAD_OUT: [&str; 3] = ["classifier", "classifier.out_proj", "qa_outputs"];
 
 /// Put the head's output rows in `order` (row i of the result is row order[i]).
 fn reorder_head(weights: &mut HashMap<String, Tensor>, order: &[usize]) -> Result<()> {

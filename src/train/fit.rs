@@ -26,7 +26,7 @@ use crate::run::dir::{self as run_dir, BaseModel, RunInfo};
 use crate::run::record::{describe, main_score, EvalRecord};
 use crate::settings::TrainConfig;
 use crate::stats::thousands;
-use crate::tokenize::{collate, Encoded, TextEncoder};
+use crate::tokenize::{collate, Encoded};
 use crate::train::session::{Session, Trainable};
 
 pub struct Summary {
@@ -159,7 +159,7 @@ impl<'a> Run<'a> {
         }
         let weights_file = load::weight_file(&model_dir)?;
         let weights_sha256 = run_dir::sha256_file(&weights_file)?;
-        let encoder = TextEncoder::load(&model_dir, &mcfg, cfg.max_seq_len)?;
+        let encoder = cfg.encoder(&model_dir, &mcfg)?;
         let train = Dataset::load(spec, &source, "train", &encoder)?;
         if train.is_empty() {
             crate::user_bail!("{}: the train split is empty", source.describe());
@@ -203,7 +203,7 @@ impl<'a> Run<'a> {
             trainable_params,
         } = Session::new(
             weights,
-            (&mcfg, spec.num_labels()),
+            (&mcfg, spec.head()),
             selection,
             cfg.adapter().as_ref(),
             &device,
@@ -313,7 +313,6 @@ impl<'a> Run<'a> {
     /// Returns the step's learning rate.
     fn step(&mut self, group: &[Vec<usize>], p: &mut Progress, bar: &ProgressBar) -> Result<f64> {
         let t0 = Instant::now();
-        let regression = self.spec.num_labels() == 1;
         let mut acc: BTreeMap<String, Tensor> = BTreeMap::new();
         let (mut group_loss, mut group_tokens, mut group_examples) = (0.0f64, 0usize, 0usize);
         for idx in group {
@@ -321,11 +320,7 @@ impl<'a> Run<'a> {
             let batch = collate(&inputs, self.pad, &self.device)?;
             let labels = self.train.label_tensor(idx, &self.device)?;
             let logits = self.model.logits(&batch, &self.ctx)?;
-            let loss = if regression {
-                loss::mse(&logits, &labels)?
-            } else {
-                loss::cross_entropy(&logits, &labels)?
-            };
+            let loss = loss::for_head(self.spec.head(), &logits, &labels, &batch.attention_mask)?;
             group_loss += loss.to_scalar::<f32>()? as f64;
             let grads = (loss / group.len() as f64)?.backward()?;
             for (name, var) in &self.vars {
@@ -399,7 +394,7 @@ impl<'a> Run<'a> {
         let dev = score(
             &self.model,
             &self.devs,
-            spec,
+            (spec, self.cfg.span_options()),
             self.pad,
             self.cfg.eval_batch_size,
             &self.device,
@@ -567,13 +562,7 @@ fn fisher_for(
     let key = crate::fisher::cache_key(weights_sha256, train, spec.num_labels(), &opts);
     crate::fisher::cached(&key, || {
         let start = Instant::now();
-        let t = Trainable::everything(
-            weights.clone(),
-            mcfg,
-            Some(spec.num_labels()),
-            device,
-            cfg.seed,
-        )?;
+        let t = Trainable::everything(weights.clone(), mcfg, Some(spec.head()), device, cfg.seed)?;
         let f = estimate(&t.model, &t.store, train, pad, opts, device)?;
         eprintln!(
             "Fisher information estimated in {:.1}s",

@@ -10,7 +10,7 @@ use candle_core::{Device, Tensor, Var};
 
 use crate::methods::{self, Selection};
 use crate::model::params::Predicate;
-use crate::model::{AdapterConfig, Model, ModelConfig, ParamStore};
+use crate::model::{AdapterConfig, HeadKind, Model, ModelConfig, ParamStore};
 use crate::optim::{AdamWConfig, Mask, MaskPlan, MaskedAdamW};
 
 /// Parameters (frozen tensors and trainable variables) and the model built over them.
@@ -34,14 +34,14 @@ impl Trainable {
     pub fn new(
         weights: HashMap<String, Tensor>,
         cfg: &ModelConfig,
-        num_labels: Option<usize>,
+        head: Option<HeadKind>,
         trainable: Predicate,
         adapter: Option<&AdapterConfig>,
         device: &Device,
         seed: u64,
     ) -> Result<Self> {
         let store = ParamStore::new(weights, device.clone(), seed, trainable);
-        let model = Model::load_with_adapters(&store, cfg, num_labels, adapter)?;
+        let model = Model::load_with_adapters(&store, cfg, head, adapter)?;
         let vars = store.vars();
         Ok(Self { store, model, vars })
     }
@@ -50,28 +50,20 @@ impl Trainable {
     pub fn everything(
         weights: HashMap<String, Tensor>,
         cfg: &ModelConfig,
-        num_labels: Option<usize>,
+        head: Option<HeadKind>,
         device: &Device,
         seed: u64,
     ) -> Result<Self> {
-        Self::new(
-            weights,
-            cfg,
-            num_labels,
-            Box::new(|_| true),
-            None,
-            device,
-            seed,
-        )
+        Self::new(weights, cfg, head, Box::new(|_| true), None, device, seed)
     }
 }
 
 impl Session {
-    /// The selection's model (of `cfg`, with a head of `num_labels` outputs) and optimizer
+    /// The selection's model (of `cfg`, with a `head`) and optimizer
     /// (`adam`'s rule gives way to the selection's).
     pub fn new(
         weights: HashMap<String, Tensor>,
-        (cfg, num_labels): (&ModelConfig, usize),
+        (cfg, head): (&ModelConfig, HeadKind),
         selection: Selection,
         adapter: Option<&AdapterConfig>,
         device: &Device,
@@ -83,15 +75,7 @@ impl Session {
             masks,
             rule,
         } = selection;
-        let trainable = Trainable::new(
-            weights,
-            cfg,
-            Some(num_labels),
-            trainable,
-            adapter,
-            device,
-            seed,
-        )?;
+        let trainable = Trainable::new(weights, cfg, Some(head), trainable, adapter, device, seed)?;
         let trainable_params = trainable_count(&trainable.vars, &masks)?;
         let adam = AdamWConfig { rule, ..adam };
         let opt = MaskedAdamW::new(

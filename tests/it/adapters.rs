@@ -77,7 +77,7 @@ fn an_untrained_adapter_changes_nothing_and_gets_gradient() {
         let want = plain.logits(&b, &Ctx::eval()).unwrap();
         for ad in &configs {
             let store = trainable(weights.clone());
-            let model = Model::load_with_adapters(&store, &cfg, Some(3), Some(ad)).unwrap();
+            let model = Model::load_with_adapters(&store, &cfg, Some(3.into()), Some(ad)).unwrap();
             let got = model.logits(&b, &Ctx::eval()).unwrap();
             let d = max_diff(&got, &want);
             assert!(d <= 1e-6, "{kind} {:?}: logits moved by {d}", ad.kind);
@@ -231,9 +231,13 @@ fn run_logits(model_dir: &str, run: &Path, adapter: Option<&AdapterConfig>) -> T
     let (cfg, mut w) = read_checkpoint(Path::new(model_dir)).unwrap();
     drop_mismatched_head(&mut w, 2);
     w.extend(tensors(&run.join("last.safetensors")));
-    let model =
-        Model::load_with_adapters(&ParamStore::frozen(w, Device::Cpu), &cfg, Some(2), adapter)
-            .unwrap();
+    let model = Model::load_with_adapters(
+        &ParamStore::frozen(w, Device::Cpu),
+        &cfg,
+        Some(2.into()),
+        adapter,
+    )
+    .unwrap();
     model
         .logits(&batch(Path::new(model_dir), &cfg), &Ctx::eval())
         .unwrap()

@@ -50,6 +50,7 @@ fn check(kind: &str) {
         ids: vec!["0".into(), "1".into(), "2".into()],
         inputs,
         labels: labels[..3].iter().map(|&c| Label::Class(c)).collect(),
+        qa: None,
     };
     let store = ParamStore::new(weights, Device::Cpu, 0, Box::new(|_| true));
     let model = Model::load(&store, &cfg, Some(3)).unwrap();

@@ -10,6 +10,8 @@ use anyhow::{bail, ensure, Result};
 
 use crate::data::{Label, Metric, Problem, TaskSpec};
 
+pub mod squad;
+
 /// A model's outputs on a split, before scoring.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Predictions {
@@ -199,6 +201,9 @@ pub fn evaluate(
                     Metric::Pearson | Metric::Spearman => {
                         bail!("{}: {m} needs regression scores", spec.name)
                     }
+                    Metric::ExactMatch | Metric::Exact | Metric::SpanF1 => {
+                        bail!("{}: {m} scores answers (eval::spans)", spec.name)
+                    }
                 };
                 out.insert(m.key().to_string(), value);
             }
@@ -218,6 +223,9 @@ pub fn evaluate(
                     Metric::Spearman => spearman(&pred, &gold),
                     Metric::Accuracy | Metric::F1 | Metric::MacroF1 | Metric::Mcc => {
                         bail!("{}: {m} needs class predictions", spec.name)
+                    }
+                    Metric::ExactMatch | Metric::Exact | Metric::SpanF1 => {
+                        bail!("{}: {m} scores answers (eval::spans)", spec.name)
                     }
                 };
                 out.insert(m.key().to_string(), value);

@@ -1,5 +1,7 @@
 //! Scoring a model on a task's data: predictions (no dropout, no graph), raw logits in
-//! the same batches, and dev metrics per split.
+//! the same batches, and dev metrics per split; SQuAD's answers in [`spans`].
+
+pub mod spans;
 
 use std::collections::BTreeMap;
 
@@ -8,6 +10,7 @@ use candle_core::{DType, Device, D};
 
 use crate::data::batches;
 use crate::data::dataset::Dataset;
+use crate::data::squad::SpanOptions;
 use crate::data::TaskSpec;
 use crate::metrics::{evaluate, Predictions};
 use crate::model::{Ctx, Model};
@@ -76,19 +79,35 @@ pub fn logits(
     Ok(out)
 }
 
-/// Dev metrics of every dev split (MNLI has two).
+/// Dev metrics of every dev split (MNLI has two); SQuAD's answers picked by `spans`.
 pub fn score(
     model: &Model,
     devs: &[Dataset],
-    spec: &TaskSpec,
+    (spec, spans): (&TaskSpec, SpanOptions),
     pad: u32,
     batch_size: usize,
     device: &Device,
 ) -> Result<BTreeMap<String, BTreeMap<String, f64>>> {
     let mut out = BTreeMap::new();
     for d in devs {
-        let preds = predict(model, d, pad, batch_size, device)?;
-        out.insert(d.split.clone(), evaluate(spec, &preds, &d.labels)?);
+        let metrics = match &d.qa {
+            Some(qa) => {
+                let logits = spans::window_logits(model, d, pad, batch_size, device)?;
+                let a = spans::answers(qa, &logits, spans);
+                crate::metrics::squad::dev_metrics(
+                    &qa.examples,
+                    &a.map(),
+                    spans.v2.then_some(&a.null_diff[..]),
+                    spans.v2,
+                )
+            }
+            None => evaluate(
+                spec,
+                &predict(model, d, pad, batch_size, device)?,
+                &d.labels,
+            )?,
+        };
+        out.insert(d.split.clone(), metrics);
     }
     Ok(out)
 }
