@@ -55,10 +55,13 @@ pub fn run(args: MergeArgs) -> Result<()> {
     prepare(&args.output, args.overwrite)?;
 
     let arch = run.config.model_type;
+    let spec = run.info.train.task_spec(run.info.labels.as_deref())?;
+    // RobertaForSequenceClassification and every *ForQuestionAnswering have no pooler;
+    // transformers would warn about the unused tensors.
+    let pooler = arch != Arch::Roberta && !spec.is_qa();
     let named = weights
         .into_iter()
-        // RobertaForSequenceClassification has no pooler; transformers would warn.
-        .filter(|(n, _)| !(arch == Arch::Roberta && n.starts_with("pooler.")))
+        .filter(|(n, _)| pooler || !n.starts_with("pooler."))
         .map(|(n, t)| {
             let hf = if is_head(&n) {
                 n
@@ -74,7 +77,6 @@ pub fn run(args: MergeArgs) -> Result<()> {
     let text = std::fs::read_to_string(&base_cfg).path_context("cannot read", &base_cfg)?;
     let mut cfg: Value =
         serde_json::from_str(&text).map_err(|e| user(format!("{}: {e}", base_cfg.display())))?;
-    let spec = run.info.train.task_spec(run.info.labels.as_deref())?;
     set_task(&mut cfg, arch, spec.problem, run.info.num_labels)?;
     run_dir::write_atomic(
         &args.output.join("config.json"),
@@ -115,12 +117,16 @@ fn set_task(cfg: &mut Value, arch: Arch, problem: Problem, num_labels: usize) ->
     let obj = cfg
         .as_object_mut()
         .ok_or_else(|| user("the base model's config.json is not a JSON object"))?;
-    let architecture = match arch {
-        Arch::Bert => "BertForSequenceClassification",
-        Arch::Roberta => "RobertaForSequenceClassification",
-        Arch::Electra => "ElectraForSequenceClassification",
+    let head = match problem {
+        Problem::Span { .. } => "ForQuestionAnswering",
+        _ => "ForSequenceClassification",
     };
-    obj.insert("architectures".into(), json!([architecture]));
+    let family = match arch {
+        Arch::Bert => "Bert",
+        Arch::Roberta => "Roberta",
+        Arch::Electra => "Electra",
+    };
+    obj.insert("architectures".into(), json!([format!("{family}{head}")]));
     let names: Vec<String> = match problem {
         Problem::Classification { labels } if labels.len() == num_labels => {
             labels.iter().map(|s| s.to_string()).collect()
@@ -176,5 +182,16 @@ mod tests {
         assert_eq!(cfg["problem_type"], "regression");
         assert_eq!(cfg["id2label"], json!({"0": "LABEL_0"}));
         assert_eq!(cfg["label2id"], json!({"LABEL_0": 0}));
+
+        set_task(
+            &mut cfg,
+            Arch::Electra,
+            task("squad_v2").unwrap().problem,
+            2,
+        )
+        .unwrap();
+        assert_eq!(cfg["architectures"], json!(["ElectraForQuestionAnswering"]));
+        assert_eq!(cfg["num_labels"], 2);
+        assert!(cfg.get("problem_type").is_none());
     }
 }

@@ -98,7 +98,9 @@ impl Model {
         // BERT's classifier reads the pooler; its question-answering head does not.
         let wants_pooler =
             cfg.model_type == Arch::Bert && matches!(head, Some(HeadKind::Classes(_)));
-        let pooler = if wants_pooler || root.contains("pooler.dense.weight") {
+        let pooler = if wants_pooler
+            || (head != Some(HeadKind::Span) && root.contains("pooler.dense.weight"))
+        {
             Some(Pooler::load(&root.pp("pooler"), cfg)?)
         } else {
             None

@@ -62,15 +62,20 @@ pub fn write(
     } else {
         cfg.targets.clone()
     };
+    let qa = info.train.task_spec(info.labels.as_deref())?.is_qa();
+    let (task_type, head) = match qa {
+        true => ("QUESTION_ANS", "qa_outputs"),
+        false => ("SEQ_CLS", "classifier"),
+    };
     let config = json!({
         "peft_type": "LORA",
-        "task_type": "SEQ_CLS",
+        "task_type": task_type,
         "base_model_name_or_path": info.base.path,
         "r": cfg.r,
         "lora_alpha": cfg.alpha,
         "lora_dropout": cfg.dropout,
         "target_modules": targets,
-        "modules_to_save": ["classifier"],
+        "modules_to_save": [head],
         "bias": "none",
         "fan_in_fan_out": false,
         "init_lora_weights": true,

@@ -1,4 +1,5 @@
-//! Golden parity with Hugging Face transformers on tiny random BERT and RoBERTa.
+//! Golden parity with Hugging Face transformers on tiny random BERT, RoBERTa and ELECTRA,
+//! with classification, regression and question-answering heads.
 //!
 //! Fixtures come from tests/golden/make_golden.py: weights, a batch of singles and pairs,
 //! and transformers' hidden states, logits, loss and the gradient of the loss for every
@@ -12,7 +13,7 @@ use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device, Tensor};
 use peft::loss;
-use peft::model::{read_checkpoint, with_composed_ops, Batch, Ctx, Model, ParamStore};
+use peft::model::{read_checkpoint, with_composed_ops, Batch, Ctx, HeadKind, Model, ParamStore};
 use peft::tokenize::{collate, TextEncoder};
 
 use crate::common::{max_abs, max_abs_diff};
@@ -183,6 +184,108 @@ fn composed_ops_match_transformers() {
             check_regression(kind);
         }
     });
+}
+
+/// transformers' `*ForQuestionAnswering` on the same encoder: start and end logits per
+/// token, the mean of the two cross-entropies, every gradient (tests/golden/make_qa_golden.py).
+fn check_span(kind: &str) {
+    let (cfg, mut weights) = read_checkpoint(&fixture(kind)).unwrap();
+    let g: HashMap<String, Tensor> =
+        candle_core::safetensors::load(fixture(kind).join("qa_golden.safetensors"), &Device::Cpu)
+            .unwrap();
+    // *ForQuestionAnswering has neither pooler nor classifier.
+    weights.retain(|k, _| !k.starts_with("classifier") && !k.starts_with("pooler"));
+    for name in ["qa_outputs.weight", "qa_outputs.bias"] {
+        weights.insert(name.to_string(), g[name].clone());
+    }
+    let store = ParamStore::new(weights, device(), 0, Box::new(|_| true));
+    let model = Model::load_with_adapters(&store, &cfg, Some(HeadKind::Span), None).unwrap();
+    assert!(store.created().is_empty(), "{:?}", store.created());
+    let batch = golden_batch(&g);
+    let logits = model.logits(&batch, &Ctx::eval()).unwrap();
+    for (side, key) in ["start_logits", "end_logits"].iter().enumerate() {
+        let ours = logits.narrow(2, side, 1).unwrap().squeeze(2).unwrap();
+        let d = max_abs_diff(&ours, &g[*key]);
+        assert!(d <= 1e-4, "{kind} {key} differ by {d}");
+    }
+    let positions = on_device(&g, "positions", DType::U32);
+    let l = loss::span(&logits, &positions, &batch.attention_mask).unwrap();
+    let d = max_abs_diff(&l.reshape(1).unwrap(), &g["loss"]);
+    assert!(d <= 1e-4, "{kind} span loss differs by {d}");
+    let grads = l.backward().unwrap();
+    let prefix = format!("{}.", cfg.model_type.prefix());
+    let vars = store.vars();
+    for (name, var) in &vars {
+        let key = match name.starts_with("qa_outputs") {
+            true => format!("grad.{name}"),
+            false => format!("grad.{prefix}{name}"),
+        };
+        let reference = g.get(&key).unwrap_or_else(|| panic!("no golden {key}"));
+        let ours = grads
+            .get(var.as_tensor())
+            .unwrap_or_else(|| panic!("{kind}: no gradient reached {name}"));
+        // Some gradients are zero up to float noise: the key bias (softmax ignores a
+        // shift per query), and the last LayerNorm's and qa_outputs' biases (each
+        // window's softmax over tokens sums to one, so their gradients over tokens cancel).
+        if max_abs(reference) < 1e-6 {
+            let a = max_abs(ours);
+            assert!(a < 1e-6, "{kind} {name}: {a}, transformers' is 0");
+            continue;
+        }
+        let rel = max_abs_diff(ours, reference) / max_abs(reference).max(GRAD_FLOOR);
+        assert!(
+            rel <= 1e-3,
+            "{kind} span gradient of {name} differs by {rel}"
+        );
+    }
+    let expected = g.keys().filter(|k| k.starts_with("grad.")).count();
+    assert_eq!(
+        vars.len(),
+        expected,
+        "{kind}: every golden gradient is checked"
+    );
+}
+
+#[test]
+fn question_answering_heads_match_transformers() {
+    for kind in ["bert", "roberta", "electra"] {
+        check_span(kind);
+    }
+    with_composed_ops(|| check_span("bert"));
+}
+
+/// Padding is left out of the span softmax: a padded batch's loss is the mean of its
+/// windows' losses alone.
+#[test]
+fn span_loss_ignores_padding() {
+    let (cfg, mut weights) = read_checkpoint(&fixture("bert")).unwrap();
+    weights.retain(|k, _| !k.starts_with("classifier") && !k.starts_with("pooler"));
+    let store = ParamStore::new(weights, Device::Cpu, 5, Box::new(|_| false));
+    let model = Model::load_with_adapters(&store, &cfg, Some(HeadKind::Span), None).unwrap();
+    let enc = TextEncoder::load(&fixture("bert"), &cfg, 32).unwrap();
+    let a = enc
+        .encode("Who sat?", Some("The cat sat on the mat."))
+        .unwrap();
+    let b = enc.encode("Where?", Some("Paris.")).unwrap();
+    assert!(a.len() > b.len() + 3, "b must be padded");
+    let labels =
+        |rows: &[[u32; 2]]| Tensor::from_vec(rows.concat(), (rows.len(), 2), &Device::Cpu).unwrap();
+    let one = |e: &peft::tokenize::Encoded, y: [u32; 2]| {
+        let batch = collate(&[e], enc.pad_id(), &Device::Cpu).unwrap();
+        let logits = model.logits(&batch, &Ctx::eval()).unwrap();
+        loss::span(&logits, &labels(&[y]), &batch.attention_mask)
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap()
+    };
+    let batch = collate(&[&a, &b], enc.pad_id(), &Device::Cpu).unwrap();
+    let logits = model.logits(&batch, &Ctx::eval()).unwrap();
+    let both = loss::span(&logits, &labels(&[[7, 9], [5, 5]]), &batch.attention_mask)
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap();
+    let mean = (one(&a, [7, 9]) + one(&b, [5, 5])) / 2.0;
+    assert!((both - mean).abs() < 1e-5, "{both} vs {mean}");
 }
 
 #[derive(serde::Deserialize)]
