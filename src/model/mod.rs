@@ -190,19 +190,29 @@ pub fn read_checkpoint(
     Ok((cfg, weights))
 }
 
-/// Drop a checkpoint's classification head if it was made for another number of labels,
-/// so a fresh one is initialised (transformers' `ignore_mismatched_sizes`). Returns
-/// whether it dropped one.
-pub fn drop_mismatched_head(
-    weights: &mut std::collections::HashMap<String, Tensor>,
-    num_labels: usize,
-) -> bool {
-    let out = ["classifier.weight", "classifier.out_proj.weight"]
-        .iter()
-        .find_map(|n| weights.get(*n));
-    match out {
-        Some(w) if w.dims().first() != Some(&num_labels) => {
-            weights.retain(|k, _| !k.starts_with("classifier."));
+/// Fit a checkpoint's head tensors to the `head` a run builds: tensors of another kind of
+/// head go (a classifier and the pooler under a question-answering head, which has
+/// neither; `qa_outputs` under a classifier), and so does a head of the right kind made for
+/// another number of outputs, so that a fresh one is initialised (transformers'
+/// `ignore_mismatched_sizes`). Returns whether it dropped a head of the right kind.
+pub fn fit_head(weights: &mut std::collections::HashMap<String, Tensor>, head: HeadKind) -> bool {
+    let (outputs, names, prefixes): (usize, &[&str], &[&str]) = match head {
+        HeadKind::Span => {
+            weights.retain(|k, _| !k.starts_with("classifier.") && !k.starts_with("pooler."));
+            (2, &["qa_outputs.weight"], &["qa_outputs."])
+        }
+        HeadKind::Classes(n) => {
+            weights.retain(|k, _| !k.starts_with("qa_outputs."));
+            (
+                n,
+                &["classifier.weight", "classifier.out_proj.weight"],
+                &["classifier."],
+            )
+        }
+    };
+    match names.iter().find_map(|n| weights.get(*n)) {
+        Some(w) if w.dims().first() != Some(&outputs) => {
+            weights.retain(|k, _| !prefixes.iter().any(|p| k.starts_with(p)));
             true
         }
         _ => false,

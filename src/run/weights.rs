@@ -11,9 +11,7 @@ use clap::ValueEnum;
 use super::dir::{self as run_dir, RunInfo};
 use crate::error::user;
 use crate::methods::is_head;
-use crate::model::{
-    drop_mismatched_head, load, read_checkpoint, AdapterKind, Model, ModelConfig, ParamStore,
-};
+use crate::model::{fit_head, load, read_checkpoint, AdapterKind, Model, ModelConfig, ParamStore};
 use crate::settings::TrainConfig;
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -72,7 +70,10 @@ impl RunWeights {
         }
         let (config, mut base) = read_checkpoint(&model_dir)?;
         // The run saved its own head; the base's may be for another label set.
-        drop_mismatched_head(&mut base, info.num_labels);
+        fit_head(
+            &mut base,
+            info.train.task_spec(info.labels.as_deref())?.head(),
+        );
         let file = checkpoint.join(which.file_name());
         let trained = run_dir::load_tensors(&file)?;
         // A head with another number of outputs is another task's (copied files, an edited

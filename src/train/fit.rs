@@ -19,7 +19,7 @@ use crate::fisher::{estimate, Estimator, FisherOptions};
 use crate::loss;
 use crate::methods::{self, MethodSpec};
 use crate::model::ModelConfig;
-use crate::model::{drop_mismatched_head, load, read_checkpoint, Ctx, Model};
+use crate::model::{fit_head, load, read_checkpoint, Ctx, Model};
 use crate::optim::{AdamWConfig, LinearSchedule, MaskedAdamW, NonFiniteGradient};
 use crate::run::checkpoint::{self, Progress, RESUME};
 use crate::run::dir::{self as run_dir, BaseModel, RunInfo};
@@ -152,10 +152,8 @@ impl<'a> Run<'a> {
         let spec = cfg.task_spec(labels.as_deref())?;
         let model_dir = crate::model::hub::resolve(&cfg.model, cfg.revision.as_deref())?;
         let (mcfg, mut weights) = read_checkpoint(&model_dir)?;
-        if drop_mismatched_head(&mut weights, spec.num_labels()) {
-            eprintln!(
-                "the checkpoint's classifier has another number of labels: starting a new head"
-            );
+        if fit_head(&mut weights, spec.head()) {
+            eprintln!("the checkpoint's head has another number of outputs: starting a new head");
         }
         let weights_file = load::weight_file(&model_dir)?;
         let weights_sha256 = run_dir::sha256_file(&weights_file)?;

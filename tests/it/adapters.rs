@@ -8,8 +8,8 @@ use std::path::Path;
 use crate::common::*;
 use candle_core::{Device, Tensor};
 use peft::model::{
-    drop_mismatched_head, read_checkpoint, AdapterConfig, AdapterKind, Batch, Ctx, InaActivation,
-    Model, ModelConfig, ParamStore,
+    fit_head, read_checkpoint, AdapterConfig, AdapterKind, Batch, Ctx, InaActivation, Model,
+    ModelConfig, ParamStore,
 };
 use peft::run::weights::RunWeights;
 use peft::run::weights::Which;
@@ -229,7 +229,7 @@ fn adapter_flags_are_checked() {
 /// Logits of a run rebuilt as `peft eval` does: base, then the saved tensors, adapters on.
 fn run_logits(model_dir: &str, run: &Path, adapter: Option<&AdapterConfig>) -> Tensor {
     let (cfg, mut w) = read_checkpoint(Path::new(model_dir)).unwrap();
-    drop_mismatched_head(&mut w, 2);
+    fit_head(&mut w, 2.into());
     w.extend(tensors(&run.join("last.safetensors")));
     let model = Model::load_with_adapters(
         &ParamStore::frozen(w, Device::Cpu),

@@ -290,3 +290,48 @@ pub fn peft_offline(cache: &Path, args: &[&str]) -> Output {
         .output()
         .expect("run peft")
 }
+
+/// SQuAD-format `train-<version>.json` and `dev-<version>.json` (version v1.1 or v2.0):
+/// each context is a long sentence from the tiny vocabulary (several windows at
+/// `--max-seq-len 32`); each question asks for the words after its first two, the answer
+/// is the next one to three words. In v2.0 every fourth question is unanswerable.
+pub fn write_squad(dir: &Path, version: &str, n_train: usize, n_dev: usize) {
+    for (split, n, offset) in [("train", n_train, 0), ("dev", n_dev, 700)] {
+        let mut paragraphs = Vec::new();
+        for i in 0..n {
+            let words: Vec<String> = sentence(i + offset, 24 + i % 20)
+                .split(' ')
+                .map(str::to_string)
+                .collect();
+            let context = words.join(" ");
+            let k = 2 + (i * 5) % (words.len() - 6);
+            let question = format!("{} {} ?", words[k - 2], words[k - 1]);
+            let answer = words[k..k + 1 + i % 3].join(" ");
+            let start = words[..k].iter().map(|w| w.len() + 1).sum::<usize>();
+            let impossible = version == "v2.0" && i % 4 == 3;
+            let answers = if impossible {
+                serde_json::json!([])
+            } else {
+                serde_json::json!([{ "text": answer, "answer_start": start }])
+            };
+            paragraphs.push(serde_json::json!({
+                "context": context,
+                "qas": [{
+                    "id": format!("{split}-{i}"),
+                    "question": question,
+                    "answers": answers,
+                    "is_impossible": impossible,
+                }],
+            }));
+        }
+        let file = serde_json::json!({
+            "version": version,
+            "data": [{ "title": "tiny", "paragraphs": paragraphs }],
+        });
+        std::fs::write(
+            dir.join(format!("{split}-{version}.json")),
+            serde_json::to_string(&file).unwrap(),
+        )
+        .unwrap();
+    }
+}

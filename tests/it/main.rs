@@ -18,4 +18,6 @@ mod parity;
 mod parsers_proptest;
 mod resume;
 mod runs;
+mod squad;
+mod squad_reference;
 mod train;

@@ -49,19 +49,74 @@ const FOUR_STEPS: [&str; 8] = [
     "0",
 ];
 
+/// The same on SQuAD 2.0: windows of 32 tokens.
+const FOUR_QA_STEPS: [&str; 8] = [
+    "--task",
+    "squad_v2",
+    "--max-steps",
+    "4",
+    "--lr",
+    "1e-2",
+    "--warmup-ratio",
+    "0",
+];
+
+fn is_head(n: &str) -> bool {
+    n.starts_with("classifier.") || n.starts_with("qa_outputs.")
+}
+
 type Row = (&'static [&'static str], fn(&str) -> bool, f64);
 
-/// Every method on every model family: BERT, RoBERTa and ELECTRA.
+/// A task type: its data, its four steps, the dev metric `peft eval` must reproduce.
+struct Task {
+    write: fn(&Path),
+    steps: [&'static str; 8],
+    metric: &'static str,
+}
+
+const RTE: Task = Task {
+    write: |d| write_rte(d, 48, 16),
+    steps: FOUR_STEPS,
+    metric: "accuracy",
+};
+
+const SQUAD_V2: Task = Task {
+    write: |d| write_squad(d, "v2.0", 24, 12),
+    steps: FOUR_QA_STEPS,
+    metric: "f1",
+};
+
+/// The dev metric `peft eval --checkpoint RUN --json` re-scores a run to.
+fn eval_metric(run: &Path, metric: &str) -> f64 {
+    let shown = ok(peft(&[
+        "eval",
+        "--checkpoint",
+        run.to_str().unwrap(),
+        "--json",
+    ]));
+    let v: serde_json::Value = serde_json::from_str(shown.trim()).unwrap();
+    v["metrics"][metric].as_f64().unwrap()
+}
+
+/// Every method on every model family (BERT, RoBERTa, ELECTRA) and task type
+/// (classification, question answering).
 #[test]
 fn every_method_trains_only_what_it_selects() {
     for family in ["tiny-bert", "tiny-roberta", "tiny-electra"] {
-        every_method_on(family);
+        every_method_on(family, &RTE);
     }
 }
 
-fn every_method_on(family: &str) {
+#[test]
+fn every_method_trains_only_what_it_selects_on_squad() {
+    for family in ["tiny-bert", "tiny-roberta", "tiny-electra"] {
+        every_method_on(family, &SQUAD_V2);
+    }
+}
+
+fn every_method_on(family: &str, task: &Task) {
     let tmp = tempfile::tempdir().unwrap();
-    write_rte(tmp.path(), 48, 16);
+    (task.write)(tmp.path());
     let model = fixture(family);
     // By canonical name (no bert./roberta./electra. prefix), as runs save them.
     let (_, base) = peft::model::read_checkpoint(Path::new(&model)).unwrap();
@@ -92,7 +147,7 @@ fn every_method_on(family: &str) {
         ),
         (
             &["--method", "random", "--fraction", "0.1"],
-            |n| !n.starts_with("classifier."),
+            |n| !is_head(n),
             0.1,
         ),
         // Without weight decay Child-Tuning D's masked-out elements never move (their
@@ -113,7 +168,7 @@ fn every_method_on(family: &str) {
     ];
     for (i, (flags, pick, share)) in table.iter().enumerate() {
         let out = tmp.path().join(format!("run{i}"));
-        let mut args = FOUR_STEPS.to_vec();
+        let mut args = task.steps.to_vec();
         args.extend_from_slice(flags);
         train(&model, tmp.path(), &out, &args);
         let trained = tensors(&out.join("last.safetensors"));
@@ -128,7 +183,7 @@ fn every_method_on(family: &str) {
         for name in trained.keys() {
             assert!(
                 pick(name)
-                    || name.starts_with("classifier.")
+                    || is_head(name)
                     || name.starts_with("embeddings.")
                     || name.starts_with("embeddings_project.")
                     || name.starts_with("pooler."),
@@ -148,11 +203,15 @@ fn every_method_on(family: &str) {
             assert_eq!(counted, limit + head, "{flags:?}: trainable count");
         }
         let m = metrics(&out);
-        let acc = m.iter().find(|r| r["best"].as_bool().unwrap()).unwrap()["dev"]["dev"]
-            ["accuracy"]
+        let best = m.iter().find(|r| r["best"].as_bool().unwrap()).unwrap()["dev"]["dev"]
+            [task.metric]
             .as_f64()
             .unwrap();
-        assert_eq!(eval_accuracy(&out), acc, "{flags:?}: eval differs");
+        assert_eq!(
+            eval_metric(&out, task.metric),
+            best,
+            "{family} {flags:?}: eval differs"
+        );
     }
 }
 
@@ -338,23 +397,31 @@ fn diff_ranks_what_training_moved() {
     assert!(rel.windows(2).all(|w| w[0] >= w[1]));
 }
 
-/// LoRA and InA on RoBERTa and ELECTRA as on BERT: only the adapters and the head train,
+/// LoRA and InA on RoBERTa and ELECTRA as on BERT, and on SQuAD on all three: only the
+/// adapters and the head train,
 /// B leaves zero, and `peft eval` reproduces the run.
 #[test]
 fn adapters_train_on_every_family() {
-    for family in ["tiny-roberta", "tiny-electra"] {
+    let families = [
+        ("tiny-roberta", &RTE),
+        ("tiny-electra", &RTE),
+        ("tiny-bert", &SQUAD_V2),
+        ("tiny-roberta", &SQUAD_V2),
+        ("tiny-electra", &SQUAD_V2),
+    ];
+    for (family, task) in families {
         let tmp = tempfile::tempdir().unwrap();
-        write_rte(tmp.path(), 32, 16);
+        (task.write)(tmp.path());
         let model = fixture(family);
         for method in ["lora", "ina"] {
             let out = tmp.path().join(method);
-            let mut args = FOUR_STEPS.to_vec();
+            let mut args = task.steps.to_vec();
             args.extend_from_slice(&["--method", method]);
             train(&model, tmp.path(), &out, &args);
             let trained = tensors(&out.join("last.safetensors"));
             for name in trained.keys() {
                 assert!(
-                    name.contains(".lora_") || name.starts_with("classifier."),
+                    name.contains(".lora_") || is_head(name),
                     "{family} {method}: {name} was trained"
                 );
             }
@@ -366,8 +433,12 @@ fn adapters_train_on_every_family() {
             assert!(moved_b > 0, "{family} {method}: no B left zero");
             let m = metrics(&out);
             let best = m.iter().find(|r| r["best"].as_bool().unwrap()).unwrap();
-            let acc = best["dev"]["dev"]["accuracy"].as_f64().unwrap();
-            assert_eq!(eval_accuracy(&out), acc, "{family} {method}: eval differs");
+            let score = best["dev"]["dev"][task.metric].as_f64().unwrap();
+            assert_eq!(
+                eval_metric(&out, task.metric),
+                score,
+                "{family} {method}: eval differs"
+            );
         }
     }
 }
