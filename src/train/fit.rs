@@ -71,7 +71,9 @@ pub fn fit(cfg: &TrainConfig, overwrite: bool, resume: bool) -> Result<Summary> 
     let (mut run, mut p) = Run::prepare(cfg, overwrite, resume)?;
     let epochs = run.total.div_ceil(run.steps_per_epoch);
     'epochs: for epoch in p.epoch..epochs {
-        let order = batches::bucketed(&run.lengths, cfg.batch_size, &mut run.order_rng);
+        // Batches of the step's size, each cut into micro-batches: a step sees the same
+        // examples whatever --grad-accum splits it into.
+        let order = batches::bucketed(&run.lengths, run.step_size(), &mut run.order_rng);
         if epoch != p.epoch {
             p.epoch = epoch;
             p.steps_in_epoch = 0;
@@ -81,8 +83,12 @@ pub fn fit(cfg: &TrainConfig, overwrite: bool, resume: bool) -> Result<Summary> 
             .min(run.total - (p.step - p.steps_in_epoch));
         let bar = progress(epoch + 1, epochs, in_epoch as u64);
         bar.set_position(p.steps_in_epoch as u64);
-        for group in order.chunks(cfg.grad_accum).skip(p.steps_in_epoch) {
-            let lr = run.step(group, &mut p, &bar)?;
+        for step_batch in order.iter().skip(p.steps_in_epoch) {
+            let group: Vec<Vec<usize>> = step_batch
+                .chunks(cfg.batch_size)
+                .map(<[usize]>::to_vec)
+                .collect();
+            let lr = run.step(&group, &mut p, &bar)?;
             bar.inc(1);
             let step = p.step;
             let end_of_epoch = step.is_multiple_of(run.steps_per_epoch) || step == run.total;
@@ -249,8 +255,7 @@ impl<'a> Run<'a> {
             }
         };
 
-        let batches_per_epoch = train.len().div_ceil(cfg.batch_size);
-        let steps_per_epoch = batches_per_epoch.div_ceil(cfg.grad_accum);
+        let steps_per_epoch = train.len().div_ceil(cfg.batch_size * cfg.grad_accum);
         let total = cfg.max_steps.unwrap_or(cfg.epochs * steps_per_epoch);
         let ctx = Ctx::train(dropout_seed);
         let mut order_rng = StdRng::seed_from_u64(order_seed);
@@ -278,7 +283,7 @@ impl<'a> Run<'a> {
             run_dir::truncate_metrics(out, p.step)?;
             // Each epoch's order draws from one stream: replay the finished epochs' draws.
             for _ in 0..p.epoch {
-                batches::bucketed(&lengths, cfg.batch_size, &mut order_rng);
+                batches::bucketed(&lengths, cfg.batch_size * cfg.grad_accum, &mut order_rng);
             }
             eprintln!("resuming at step {} of {total}", p.step);
         }
@@ -306,21 +311,30 @@ impl<'a> Run<'a> {
         Ok((run, p))
     }
 
-    /// One optimizer step over a group of micro-batches (their gradients summed), or a
+    /// Examples per optimizer step.
+    fn step_size(&self) -> usize {
+        self.cfg.batch_size * self.cfg.grad_accum
+    }
+
+    /// One optimizer step over a group of micro-batches (the gradient of the mean loss
+    /// over all their examples, as one batch of them all would give), or a
     /// skipped one if the loss or gradient was not finite and --skip-nonfinite allows it.
     /// Returns the step's learning rate.
     fn step(&mut self, group: &[Vec<usize>], p: &mut Progress, bar: &ProgressBar) -> Result<f64> {
         let t0 = Instant::now();
         let mut acc: BTreeMap<String, Tensor> = BTreeMap::new();
         let (mut group_loss, mut group_tokens, mut group_examples) = (0.0f64, 0usize, 0usize);
+        let in_step: usize = group.iter().map(Vec::len).sum();
         for idx in group {
             let inputs: Vec<&Encoded> = idx.iter().map(|&i| &self.train.inputs[i]).collect();
             let batch = collate(&inputs, self.pad, &self.device)?;
             let labels = self.train.label_tensor(idx, &self.device)?;
             let logits = self.model.logits(&batch, &self.ctx)?;
             let loss = loss::for_head(self.spec.head(), &logits, &labels, &batch.attention_mask)?;
-            group_loss += loss.to_scalar::<f32>()? as f64;
-            let grads = (loss / group.len() as f64)?.backward()?;
+            // Each micro-batch's mean, weighted by its share of the step's examples.
+            let share = idx.len() as f64 / in_step as f64;
+            group_loss += loss.to_scalar::<f32>()? as f64 * share;
+            let grads = (loss * share)?.backward()?;
             for (name, var) in &self.vars {
                 if let Some(g) = grads.get(var.as_tensor()) {
                     let sum = match acc.remove(name) {
@@ -344,7 +358,7 @@ impl<'a> Run<'a> {
         match stepped {
             Ok(()) => {
                 p.loss_sum += group_loss;
-                p.loss_n += group.len();
+                p.loss_n += 1;
             }
             Err(e) => {
                 let Some(nf) = e.downcast_ref::<NonFiniteGradient>() else {
@@ -352,10 +366,7 @@ impl<'a> Run<'a> {
                 };
                 let what = format!(
                     "step {}: loss {:.6}, gradient not finite (largest: {}, norm {})",
-                    p.step,
-                    group_loss / group.len() as f64,
-                    nf.param,
-                    nf.norm
+                    p.step, group_loss, nf.param, nf.norm
                 );
                 if p.skipped >= self.cfg.skip_nonfinite {
                     bar.abandon();

@@ -268,3 +268,83 @@ fn shipped_configs_parse_and_resolve() {
     }
     assert!(n >= 3, "expected the method configs in configs/");
 }
+
+/// `--grad-accum N` makes the same update as one batch N times larger: a step sees the
+/// same examples (batches are drawn at the step's size, then cut into micro-batches) and
+/// the gradient of their mean loss. With dropout off, only float rounding (other padding,
+/// another summation order) may differ. An uneven cut (3 micro-batches of 11 for 32
+/// examples) weighs each micro-batch by its size.
+#[test]
+fn gradient_accumulation_equals_one_larger_batch() {
+    let tmp = tempfile::tempdir().unwrap();
+    write_rte(tmp.path(), 32, 8);
+    // The tiny BERT without dropout, so that micro-batches draw no masks of their own.
+    let model = tmp.path().join("model");
+    std::fs::create_dir(&model).unwrap();
+    for entry in std::fs::read_dir(fixture_dir("tiny-bert")).unwrap() {
+        let p = entry.unwrap().path();
+        std::fs::copy(&p, model.join(p.file_name().unwrap())).unwrap();
+    }
+    let cfg_path = model.join("config.json");
+    let mut cfg: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&cfg_path).unwrap()).unwrap();
+    cfg["hidden_dropout_prob"] = 0.0.into();
+    cfg["attention_probs_dropout_prob"] = 0.0.into();
+    std::fs::write(&cfg_path, cfg.to_string()).unwrap();
+    let run = |name: &str, batch: &str, accum: &str| {
+        let out = tmp.path().join(name);
+        ok(peft(&[
+            "train",
+            "--model",
+            model.to_str().unwrap(),
+            "--data-dir",
+            tmp.path().to_str().unwrap(),
+            "--task",
+            "rte",
+            "--method",
+            "full",
+            "--lr",
+            "1e-3",
+            "--max-steps",
+            "2",
+            "--warmup-ratio",
+            "0",
+            "--max-seq-len",
+            "32",
+            "--batch-size",
+            batch,
+            "--grad-accum",
+            accum,
+            "--output-dir",
+            out.to_str().unwrap(),
+        ]));
+        tensors(&out.join("last.safetensors"))
+    };
+    let one = run("one", "32", "1");
+    let base = tensors(&fixture_dir("tiny-bert").join("model.safetensors"));
+    for (name, accum) in [
+        ("four", run("four", "8", "4")),
+        ("uneven", run("uneven", "11", "3")),
+    ] {
+        assert_eq!(accum.len(), one.len());
+        for (k, t) in &one {
+            // The key bias's gradient is zero but for float noise (softmax ignores a
+            // shift per query), and Adam scales noise up to steps of lr: it moves, by
+            // amounts no two summation orders share.
+            if k.ends_with("key.bias") {
+                continue;
+            }
+            let d = max_abs_diff(t, &accum[k]);
+            // Relative to how far the step moved the tensor.
+            let moved = base
+                .get(&format!("bert.{k}"))
+                .or_else(|| base.get(k.as_str()))
+                .filter(|b| b.dims() == t.dims())
+                .map_or_else(|| max_abs(t), |b| max_abs_diff(t, b));
+            assert!(
+                d <= 1e-4 * moved.max(1e-6) + 1e-7,
+                "{name}: {k} differs by {d} (the steps moved it by {moved})"
+            );
+        }
+    }
+}
