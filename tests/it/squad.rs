@@ -241,3 +241,139 @@ fn squad_input_errors_name_the_file_and_question() {
     let e = stderr(&o);
     assert!(e.contains("dev-v2.0.json: line 1"), "{e}");
 }
+
+/// SQuAD-format JSON examples as `rajpurkar/squad_v2`'s parquet holds them: `id`,
+/// `title`, `context`, `question`, and `answers` a struct of two lists, written with the
+/// nesting and optional fields pyarrow gives `datasets` files.
+fn write_squad_parquet(json_file: &Path, parquet_file: &Path) {
+    use parquet::data_type::{ByteArray, ByteArrayType, Int32Type};
+    use parquet::file::properties::WriterProperties;
+    use parquet::file::writer::SerializedFileWriter;
+    use std::sync::Arc;
+
+    let v = json(json_file);
+    let mut rows = Vec::new();
+    for article in v["data"].as_array().unwrap() {
+        for p in article["paragraphs"].as_array().unwrap() {
+            for q in p["qas"].as_array().unwrap() {
+                rows.push((
+                    q["id"].as_str().unwrap().to_string(),
+                    article["title"].as_str().unwrap().to_string(),
+                    p["context"].as_str().unwrap().to_string(),
+                    q["question"].as_str().unwrap().to_string(),
+                    q["answers"].as_array().unwrap().clone(),
+                ));
+            }
+        }
+    }
+    let schema = "message schema {
+        OPTIONAL BYTE_ARRAY id (STRING);
+        OPTIONAL BYTE_ARRAY title (STRING);
+        OPTIONAL BYTE_ARRAY context (STRING);
+        OPTIONAL BYTE_ARRAY question (STRING);
+        OPTIONAL group answers {
+            OPTIONAL group text (LIST) { REPEATED group list { OPTIONAL BYTE_ARRAY element (STRING); } }
+            OPTIONAL group answer_start (LIST) { REPEATED group list { OPTIONAL INT32 element; } }
+        }
+    }";
+    let schema = Arc::new(parquet::schema::parser::parse_message_type(schema).unwrap());
+    std::fs::create_dir_all(parquet_file.parent().unwrap()).unwrap();
+    let file = std::fs::File::create(parquet_file).unwrap();
+    let props = Arc::new(WriterProperties::builder().build());
+    let mut w = SerializedFileWriter::new(file, schema, props).unwrap();
+    let mut rg = w.next_row_group().unwrap();
+    for col in 0..4 {
+        let data: Vec<ByteArray> = rows
+            .iter()
+            .map(|r| ByteArray::from([&r.0, &r.1, &r.2, &r.3][col].as_str()))
+            .collect();
+        let mut cw = rg.next_column().unwrap().unwrap();
+        cw.typed::<ByteArrayType>()
+            .write_batch(&data, Some(&vec![1; rows.len()]), None)
+            .unwrap();
+        cw.close().unwrap();
+    }
+    // A list's levels: definition 4 for an element, 2 for an empty list; repetition 1 for
+    // every element after a row's first.
+    let levels = || {
+        let (mut def, mut rep) = (Vec::new(), Vec::new());
+        for r in &rows {
+            if r.4.is_empty() {
+                def.push(2);
+                rep.push(0);
+            }
+            for i in 0..r.4.len() {
+                def.push(4);
+                rep.push(i16::from(i > 0));
+            }
+        }
+        (def, rep)
+    };
+    let (def, rep) = levels();
+    let texts: Vec<ByteArray> = rows
+        .iter()
+        .flat_map(|r| r.4.iter().map(|a| ByteArray::from(a["text"].as_str().unwrap())))
+        .collect();
+    let mut cw = rg.next_column().unwrap().unwrap();
+    cw.typed::<ByteArrayType>()
+        .write_batch(&texts, Some(&def), Some(&rep))
+        .unwrap();
+    cw.close().unwrap();
+    let starts: Vec<i32> = rows
+        .iter()
+        .flat_map(|r| r.4.iter().map(|a| a["answer_start"].as_i64().unwrap() as i32))
+        .collect();
+    let mut cw = rg.next_column().unwrap().unwrap();
+    cw.typed::<Int32Type>()
+        .write_batch(&starts, Some(&def), Some(&rep))
+        .unwrap();
+    cw.close().unwrap();
+    rg.close().unwrap();
+    w.close().unwrap();
+}
+
+/// Without --data-dir, SQuAD comes from the hub's parquet (here a cache folder, offline):
+/// the same examples as the JSON files, so the same run.
+#[test]
+fn squad_from_the_hub_trains_like_the_json_files() {
+    let tmp = tempfile::tempdir().unwrap();
+    write_squad(tmp.path(), "v2.0", 24, 12);
+    let cache = tmp.path().join("cache");
+    let snap = hub_snapshot(
+        &cache,
+        "datasets--rajpurkar--squad_v2",
+        "00112233445566778899aabbccddeeff00112233",
+    );
+    for (split, hub) in [("train", "train"), ("dev", "validation")] {
+        write_squad_parquet(
+            &tmp.path().join(format!("{split}-v2.0.json")),
+            &snap.join(format!("squad_v2/{hub}-00000-of-00001.parquet")),
+        );
+    }
+    let mut args = QA_STEPS.to_vec();
+    args.extend_from_slice(&["--method", "bitfit"]);
+    let local = tmp.path().join("local");
+    train(&fixture("tiny-bert"), tmp.path(), &local, &args);
+    let hub = tmp.path().join("hub");
+    let model = fixture("tiny-bert");
+    let mut hub_args = vec![
+        "train",
+        "--model",
+        &model,
+        "--output-dir",
+        hub.to_str().unwrap(),
+    ];
+    hub_args.extend_from_slice(&SMALL);
+    hub_args.extend_from_slice(&args);
+    let o = peft_offline(&cache, &hub_args);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(best_dev(&hub), best_dev(&local));
+    let (a, b) = (
+        tensors(&hub.join("last.safetensors")),
+        tensors(&local.join("last.safetensors")),
+    );
+    assert_eq!(a.len(), b.len());
+    for (k, t) in &a {
+        assert_eq!(bits(t), bits(&b[k]), "{k}");
+    }
+}
