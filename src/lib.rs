@@ -15,6 +15,7 @@ pub mod embed;
 pub mod error;
 pub mod eval;
 pub mod fisher;
+pub mod grid;
 pub mod hub;
 pub mod kernels;
 pub mod loss;

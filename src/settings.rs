@@ -556,7 +556,7 @@ impl Overrides {
         Self::from_toml_text(&text, path)
     }
 
-    fn from_toml_text(text: &str, path: &Path) -> Result<Self> {
+    pub fn from_toml_text(text: &str, path: &Path) -> Result<Self> {
         toml::from_str(text).map_err(|e| {
             let (msg, key) = explain_toml(e.message());
             // serde reports an unknown key at its table: find the key's own line.

@@ -5,6 +5,7 @@ pub mod diff;
 pub mod embed;
 pub mod eval;
 pub mod fisher;
+pub mod grid;
 pub mod merge;
 pub mod predict;
 pub mod report;
@@ -48,6 +49,9 @@ pub enum Command {
     Predict(predict::PredictArgs),
     /// Table (and plots) of run directories: trainable share, dev metrics, speed.
     Report(report::ReportArgs),
+    /// A plan of runs (tasks × methods × settings × seeds): list, run one cell or all, or
+    /// write a Slurm or Kubernetes job for them.
+    Grid(grid::GridArgs),
 }
 
 pub fn run(cli: Cli) -> Result<()> {
@@ -61,5 +65,6 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Merge(args) => merge::run(args),
         Command::Predict(args) => predict::run(args),
         Command::Report(args) => report::run(args),
+        Command::Grid(args) => grid::run(args),
     }
 }

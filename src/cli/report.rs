@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use anyhow::Result;
 use clap::{Args, ValueEnum};
 
-use crate::report::{plot, runs, table};
+use crate::report::{best_lr, plot, runs, table};
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
 pub enum Format {
@@ -36,6 +36,7 @@ pub fn run(args: ReportArgs) -> Result<()> {
     }
     let runs = runs::collect(&args.runs)?;
     let several_seeds = table::medians(&runs).values().any(|(_, v)| v.len() > 1);
+    let grid = best_lr::applies(&runs);
     match args.format {
         Format::Text => {
             print!("{}", table::runs_table(&runs).text());
@@ -45,6 +46,13 @@ pub fn run(args: ReportArgs) -> Result<()> {
                 );
                 print!("{}", table::groups_table(&runs).text());
             }
+            if grid {
+                println!(
+                    "\nbest learning rate per task and method: median of the seeds' best dev \
+                     metric x100"
+                );
+                print!("{}", best_lr::table(&runs).text());
+            }
         }
         Format::Markdown => {
             print!("{}", table::runs_table(&runs).markdown());
@@ -53,6 +61,13 @@ pub fn run(args: ReportArgs) -> Result<()> {
                     "\nFinal dev metric ×100 across finished runs of the same task and method:\n"
                 );
                 print!("{}", table::groups_table(&runs).markdown());
+            }
+            if grid {
+                println!(
+                    "\nBest learning rate per task and method: median of the seeds' best dev \
+                     metric ×100:\n"
+                );
+                print!("{}", best_lr::table(&runs).markdown());
             }
         }
         Format::Csv => print!("{}", table::csv(&runs)),

@@ -19,6 +19,11 @@ pub struct RunTrain {
     pub task: String,
     pub method: String,
     pub seed: u64,
+    #[serde(default)]
+    pub lr: f64,
+    /// Every setting, as saved: what tells a grid's runs apart.
+    #[serde(flatten)]
+    pub settings: BTreeMap<String, serde_json::Value>,
 }
 
 #[derive(Debug, Clone, Deserialize)]

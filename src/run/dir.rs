@@ -90,7 +90,9 @@ pub fn prepare(dir: &Path, overwrite: bool) -> Result<()> {
 /// place: a crash or a full disk leaves the previous file as it was, never a truncated one.
 pub fn replace_file(path: &Path, write: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
     let mut name = path.file_name().unwrap_or_default().to_os_string();
-    name.push(".tmp");
+    // The process id keeps two processes writing one file (grid cells sharing a Fisher
+    // cache entry) off each other's temporary file; the last rename wins whole.
+    name.push(format!(".{}.tmp", std::process::id()));
     let tmp = path.with_file_name(name);
     let result = write(&tmp).and_then(|()| {
         std::fs::File::open(&tmp)

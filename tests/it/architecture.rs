@@ -16,7 +16,7 @@ const LAYERS: &[&[&str]] = &[
     &["settings"],
     &["run"],
     &["eval", "fisher", "embed", "components"],
-    &["train", "bench"],
+    &["train", "bench", "grid"],
     &["report"],
     &["cli"],
 ];

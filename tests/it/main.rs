@@ -12,6 +12,7 @@ mod custom;
 mod errors;
 mod fisher;
 mod frozen;
+mod grid;
 mod hub;
 mod methods;
 mod parity;

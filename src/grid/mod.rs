@@ -1,0 +1,397 @@
+//! `peft grid`: a paper's table as a plan of independent runs (cells), each a process any
+//! scheduler can start: Slurm job arrays, Kubernetes indexed Jobs, GNU parallel, or
+//! `peft grid --workers N` here.
+//!
+//! A plan is a TOML file:
+//!
+//! ```toml
+//! output_dir = "runs/grid"
+//! [base]            # any training setting, as in --config
+//! model = "sentence-transformers/all-MiniLM-L6-v2"
+//! task = "rte"
+//! [grid]            # settings with a list of values each: their cross product
+//! method = ["layernorm", "bitfit"]
+//! seed = [1, 2, 3]
+//! ```
+//!
+//! `method` may instead be a table of methods, each with settings of its own to cross
+//! (`[grid.method.lora] lr = [5e-4, 1e-3]`; `[grid.method.bitfit]` alone adds none).
+//!
+//! Cells are ordered by method (as listed), then by the other grid keys in alphabetical
+//! order with `seed` last, the first key varying slowest, each key's values as listed. A
+//! cell's run directory is `output_dir/<task>-<method>-<key><value>...-<hash>`: the values
+//! it was given and eight hex digits of the sha256 of all its resolved settings, so the
+//! same settings find the same directory on every machine and at every run of the plan,
+//! and a cell whose settings changed (say, `epochs` in `[base]`) gets a new one.
+
+pub mod cell;
+pub mod emit;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use anyhow::Result;
+use sha2::{Digest, Sha256};
+use toml::{Table, Value};
+
+use crate::error::{user, PathContext};
+use crate::settings::{Overrides, TrainConfig};
+
+/// One run of the plan.
+#[derive(Debug, Clone)]
+pub struct Cell {
+    pub index: usize,
+    /// Its run directory's name.
+    pub name: String,
+    /// The grid values it was given, as `key=value`, in plan order.
+    pub values: Vec<(String, String)>,
+    pub cfg: TrainConfig,
+}
+
+#[derive(Debug, Clone)]
+pub struct Plan {
+    pub path: PathBuf,
+    pub output_dir: PathBuf,
+    pub cells: Vec<Cell>,
+}
+
+/// The settings a method crosses: (key, values) in plan order.
+type Axes = Vec<(String, Vec<Value>)>;
+
+impl Plan {
+    pub fn load(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path).path_context("cannot read plan", path)?;
+        Self::parse(&text, path)
+    }
+
+    pub fn parse(text: &str, path: &Path) -> Result<Self> {
+        let at = |msg: String| user(format!("{}: {msg}", path.display()));
+        let mut top: Table = toml::from_str(text).map_err(|e| at(e.message().to_string()))?;
+        let output_dir = match top.remove("output_dir") {
+            Some(Value::String(s)) => PathBuf::from(s),
+            Some(other) => return Err(at(format!("output_dir must be a path, not {other}"))),
+            None => return Err(at("no output_dir: where the cells' runs go".into())),
+        };
+        let base = match top.remove("base") {
+            Some(Value::Table(t)) => t,
+            Some(_) => return Err(at("[base] must be a table of settings".into())),
+            None => Table::new(),
+        };
+        let mut grid = match top.remove("grid") {
+            Some(Value::Table(t)) => t,
+            Some(_) => return Err(at("[grid] must be a table of settings and lists".into())),
+            None => Table::new(),
+        };
+        if let Some(key) = top.keys().next() {
+            return Err(at(format!(
+                "unknown key `{key}`; a plan has output_dir, [base] and [grid]"
+            )));
+        }
+        for key in ["output_dir", "seeds", "resume", "overwrite"] {
+            if base.contains_key(key) || grid.contains_key(key) {
+                return Err(at(format!(
+                    "`{key}` is not a setting of a cell: the plan's output_dir holds the runs, \
+                     and list seeds as `seed = [...]` under [grid]"
+                )));
+            }
+        }
+        let methods = methods(grid.remove("method"), &at)?;
+        let shared = axes(&grid, "[grid]", &at)?;
+        let mut cells = Vec::new();
+        for (method, own) in methods {
+            let mut ax: Axes = shared.clone();
+            for (k, v) in own {
+                match ax.iter_mut().find(|(key, _)| *key == k) {
+                    Some(slot) => slot.1 = v,
+                    None => ax.push((k, v)),
+                }
+            }
+            order(&mut ax);
+            for combo in product(&ax) {
+                let mut table = base.clone();
+                let mut values = Vec::new();
+                if let Some(m) = &method {
+                    table.insert("method".into(), Value::String(m.clone()));
+                    values.push(("method".to_string(), m.clone()));
+                }
+                for ((key, _), v) in ax.iter().zip(&combo) {
+                    table.insert(key.clone(), v.clone());
+                    values.push((key.clone(), shown(v)));
+                }
+                let index = cells.len();
+                let cfg = resolve(table.clone(), &output_dir, "", index, path)?;
+                let name = name(&cfg, &values)?;
+                let cfg = resolve(table, &output_dir, &name, index, path)?;
+                if let Some(same) = cells.iter().find(|c: &&Cell| c.name == name) {
+                    return Err(at(format!(
+                        "cells {} and {index} have the same settings ({name}): a value is \
+                         listed twice",
+                        same.index
+                    )));
+                }
+                cells.push(Cell {
+                    index,
+                    name,
+                    values,
+                    cfg,
+                });
+            }
+        }
+        Ok(Self {
+            path: path.to_path_buf(),
+            output_dir,
+            cells,
+        })
+    }
+
+    pub fn cell(&self, index: usize) -> Result<&Cell> {
+        self.cells.get(index).ok_or_else(|| {
+            user(format!(
+                "{}: no cell {index}; the plan has {} (0 to {})",
+                self.path.display(),
+                self.cells.len(),
+                self.cells.len().saturating_sub(1)
+            ))
+        })
+    }
+}
+
+/// `method` under [grid]: a list of names, a table of names with settings of their own,
+/// or absent (the base's method).
+fn methods(
+    v: Option<Value>,
+    at: &impl Fn(String) -> anyhow::Error,
+) -> Result<Vec<(Option<String>, Axes)>> {
+    match v {
+        None => Ok(vec![(None, Vec::new())]),
+        Some(Value::Array(names)) => names
+            .into_iter()
+            .map(|n| match n {
+                Value::String(s) => Ok((Some(s), Vec::new())),
+                other => Err(at(format!("[grid] method: `{other}` is not a method name"))),
+            })
+            .collect(),
+        Some(Value::Table(t)) => t
+            .into_iter()
+            .map(|(m, own)| match own {
+                Value::Table(own) => Ok((
+                    Some(m.clone()),
+                    axes(&own, &format!("[grid.method.{m}]"), at)?,
+                )),
+                _ => Err(at(format!("[grid.method.{m}] must be a table of lists"))),
+            })
+            .collect(),
+        Some(other) => Err(at(format!(
+            "[grid] method must be a list of methods or a table of them, not {other}"
+        ))),
+    }
+}
+
+fn axes(t: &Table, table: &str, at: &impl Fn(String) -> anyhow::Error) -> Result<Axes> {
+    t.iter()
+        .map(|(k, v)| match v {
+            Value::Array(a) if !a.is_empty() => Ok((k.clone(), a.clone())),
+            Value::Array(_) => Err(at(format!("{table} {k}: an empty list makes no cells"))),
+            other => Err(at(format!(
+                "{table} {k} = {other}: grid values are lists (`{k} = [{other}]`); a single \
+                 value goes under [base]"
+            ))),
+        })
+        .collect()
+}
+
+/// Alphabetical, `seed` last: seeds of one setting sit together.
+fn order(ax: &mut Axes) {
+    ax.sort_by(|a, b| (a.0 == "seed", &a.0).cmp(&(b.0 == "seed", &b.0)));
+}
+
+/// The cross product, the first axis varying slowest.
+fn product(ax: &Axes) -> Vec<Vec<Value>> {
+    ax.iter().fold(vec![Vec::new()], |acc, (_, values)| {
+        acc.iter()
+            .flat_map(|prefix| {
+                values.iter().map(move |v| {
+                    let mut p = prefix.clone();
+                    p.push(v.clone());
+                    p
+                })
+            })
+            .collect()
+    })
+}
+
+fn shown(v: &Value) -> String {
+    match v {
+        Value::String(s) => s.clone(),
+        Value::Array(a) => a.iter().map(shown).collect::<Vec<_>>().join(","),
+        other => other.to_string(),
+    }
+}
+
+/// A cell's settings resolved as `peft train --config` would resolve them, its runs in
+/// `output_dir/name`.
+fn resolve(
+    mut table: Table,
+    output_dir: &Path,
+    name: &str,
+    index: usize,
+    path: &Path,
+) -> Result<TrainConfig> {
+    table.insert(
+        "output_dir".into(),
+        Value::String(output_dir.join(name).to_string_lossy().into_owned()),
+    );
+    let text = toml::to_string(&table)?;
+    let o = Overrides::from_toml_text(&text, path)
+        .and_then(|o| o.resolve())
+        .map_err(|e| user(format!("{}: cell {index}: {e}", path.display())))?;
+    Ok(o)
+}
+
+/// `<task>-<method>-<key><value>...-<hash>`: what tells the cell apart at a glance, and
+/// the hash of everything else.
+fn name(cfg: &TrainConfig, values: &[(String, String)]) -> Result<String> {
+    let mut json = serde_json::to_value(cfg)?;
+    if let Some(o) = json.as_object_mut() {
+        o.remove("output_dir");
+    }
+    // serde_json's map is ordered by key: the same settings, the same bytes.
+    let digest = Sha256::digest(json.to_string().as_bytes());
+    let hash: String = digest.iter().take(4).map(|b| format!("{b:02x}")).collect();
+    let mut parts = vec![cfg.task.clone(), cfg.method.to_string()];
+    parts.extend(
+        values
+            .iter()
+            .filter(|(k, _)| k != "task" && k != "method")
+            .map(|(k, v)| format!("{k}{v}")),
+    );
+    parts.push(hash);
+    let safe: String = parts
+        .join("-")
+        .chars()
+        .map(|c| match c {
+            'a'..='z' | 'A'..='Z' | '0'..='9' | '.' | '_' | '+' | '-' | ',' => c,
+            _ => '_',
+        })
+        .collect();
+    Ok(safe)
+}
+
+/// The plan's cells as `grid.json` in its output_dir records them: index, run directory
+/// and grid values. `peft report` reads runs, not this; it is for people and scripts.
+pub fn index_json(plan: &Plan) -> serde_json::Value {
+    let cells: Vec<serde_json::Value> = plan
+        .cells
+        .iter()
+        .map(|c| {
+            let values: BTreeMap<&str, &str> = c
+                .values
+                .iter()
+                .map(|(k, v)| (k.as_str(), v.as_str()))
+                .collect();
+            serde_json::json!({ "index": c.index, "dir": c.cfg.output_dir, "values": values })
+        })
+        .collect();
+    serde_json::json!({ "plan": plan.path, "cells": cells })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn plan(text: &str) -> Result<Plan> {
+        Plan::parse(text, Path::new("plan.toml"))
+    }
+
+    const ISSUE: &str = r#"
+output_dir = "runs/grid"
+[base]
+model = "sentence-transformers/all-MiniLM-L6-v2"
+task = "rte"
+epochs = 5
+[grid]
+method = ["layernorm", "bitfit"]
+seed = [1, 2, 3]
+"#;
+
+    #[test]
+    fn the_cross_product_in_its_documented_order() {
+        let p = plan(ISSUE).unwrap();
+        let got: Vec<(String, u64)> = p
+            .cells
+            .iter()
+            .map(|c| (c.cfg.method.to_string(), c.cfg.seed))
+            .collect();
+        let want: Vec<(String, u64)> = ["layernorm", "bitfit"]
+            .iter()
+            .flat_map(|m| (1..=3).map(move |s| (m.to_string(), s)))
+            .collect();
+        assert_eq!(got, want);
+        assert!(p
+            .cells
+            .iter()
+            .all(|c| c.cfg.epochs == 5 && c.cfg.task == "rte"));
+        assert!(
+            p.cells[0].name.starts_with("rte-layernorm-seed1-"),
+            "{}",
+            p.cells[0].name
+        );
+        assert_eq!(
+            p.cells[4].cfg.output_dir,
+            Path::new("runs/grid").join(&p.cells[4].name)
+        );
+        // The same plan names the same directories; another base setting, others.
+        let again = plan(ISSUE).unwrap();
+        assert_eq!(p.cells[2].name, again.cells[2].name);
+        let changed = plan(&ISSUE.replace("epochs = 5", "epochs = 6")).unwrap();
+        assert_ne!(p.cells[2].name, changed.cells[2].name);
+    }
+
+    #[test]
+    fn per_method_settings_and_alphabetical_keys_with_seed_last() {
+        let p = plan(
+            r#"
+output_dir = "g"
+[base]
+model = "m"
+[grid]
+task = ["rte", "stsb"]
+seed = [1, 2]
+lr = [1e-3]
+[grid.method.bitfit]
+[grid.method.lora]
+lr = [5e-4, 1e-3]
+lora_r = [4]
+"#,
+        )
+        .unwrap();
+        let rows: Vec<String> = p
+            .cells
+            .iter()
+            .map(|c| {
+                let v: Vec<String> = c.values.iter().map(|(k, v)| format!("{k}={v}")).collect();
+                v.join(" ")
+            })
+            .collect();
+        assert_eq!(rows.len(), 2 * 2 + 2 * 2 * 2);
+        assert_eq!(rows[0], "method=bitfit lr=0.001 task=rte seed=1");
+        assert_eq!(rows[3], "method=bitfit lr=0.001 task=stsb seed=2");
+        assert_eq!(rows[4], "method=lora lora_r=4 lr=0.0005 task=rte seed=1");
+        assert_eq!(rows[11], "method=lora lora_r=4 lr=0.001 task=stsb seed=2");
+        assert_eq!(p.cells[4].cfg.lora_r, Some(4));
+    }
+
+    #[test]
+    fn plan_errors_name_the_key() {
+        let err = |t: &str| plan(t).unwrap_err().to_string();
+        assert!(err("[grid]\nseed=[1]").contains("no output_dir"));
+        assert!(err("output_dir='g'\n[grid]\nseed=1").contains("grid values are lists"));
+        assert!(err("output_dir='g'\n[grid]\nseed=[]").contains("empty list"));
+        assert!(err("output_dir='g'\nfoo=1").contains("unknown key `foo`"));
+        let e = err("output_dir='g'\n[base]\nmodel='m'\ntask='rte'\n[grid]\nlrr=[1]");
+        assert!(e.contains("cell 0") && e.contains("lrr"), "{e}");
+        let e = err("output_dir='g'\n[base]\nmodel='m'\ntask='rte'\n[grid]\nseed=[1,1]");
+        assert!(e.contains("listed twice"), "{e}");
+        assert!(err("output_dir='g'\n[grid]\nseeds=[1]").contains("seed = [...]"));
+    }
+}

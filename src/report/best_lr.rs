@@ -1,0 +1,156 @@
+//! A grid's table as the seed papers report theirs: for each task and method (and any
+//! other setting the grid varied), the learning rate whose median dev score over seeds is
+//! best, and that median with its spread. Each run's score is its task's main metric at
+//! its best evaluation (the state `trainable.safetensors` holds).
+
+use std::collections::BTreeMap;
+
+use super::runs::{main_metric, Run};
+use super::table::Table;
+use crate::stats::Spread;
+
+/// Settings that say nothing about what was trained: where it went and how it was run.
+const IGNORED: &[&str] = &[
+    "seed",
+    "lr",
+    "output_dir",
+    "device",
+    "eval_batch_size",
+    "save_steps",
+    "eval_steps",
+];
+
+/// One row: a task, a method, the other settings that vary, and per learning rate the
+/// seeds' scores.
+struct Group {
+    task: String,
+    method: String,
+    others: String,
+    metric: String,
+    by_lr: BTreeMap<String, (f64, Vec<f64>)>,
+}
+
+fn groups(runs: &[Run]) -> Vec<Group> {
+    let finished: Vec<&Run> = runs.iter().filter(|r| r.finished).collect();
+    // Settings that differ among the runs of one task and method (besides the ignored).
+    let mut values: BTreeMap<(String, String, String), Vec<String>> = BTreeMap::new();
+    for r in &finished {
+        for (k, v) in &r.train.settings {
+            if !IGNORED.contains(&k.as_str()) {
+                values
+                    .entry((r.train.task.clone(), r.train.method.clone(), k.clone()))
+                    .or_default()
+                    .push(v.to_string());
+            }
+        }
+    }
+    let varies = |task: &str, method: &str, key: &str| {
+        values
+            .get(&(task.to_string(), method.to_string(), key.to_string()))
+            .is_some_and(|v| v.iter().any(|x| *x != v[0]))
+    };
+    let mut out: Vec<Group> = Vec::new();
+    for r in finished {
+        let Some((metric, score)) = r.best().and_then(|b| main_metric(&r.train, b)) else {
+            continue;
+        };
+        let (task, method) = (&r.train.task, &r.train.method);
+        let others: Vec<String> = r
+            .train
+            .settings
+            .iter()
+            .filter(|(k, _)| varies(task, method, k))
+            .map(|(k, v)| format!("{k}={}", v.to_string().trim_matches('"')))
+            .collect();
+        let others = others.join(" ");
+        let i = match out
+            .iter()
+            .position(|g| g.task == *task && g.method == *method && g.others == others)
+        {
+            Some(i) => i,
+            None => {
+                out.push(Group {
+                    task: task.clone(),
+                    method: method.clone(),
+                    others,
+                    metric,
+                    by_lr: BTreeMap::new(),
+                });
+                out.len() - 1
+            }
+        };
+        out[i]
+            .by_lr
+            .entry(format!("{:e}", r.train.lr))
+            .or_insert_with(|| (r.train.lr, Vec::new()))
+            .1
+            .push(score);
+    }
+    out.sort_by(|a, b| (&a.task, &a.method, &a.others).cmp(&(&b.task, &b.method, &b.others)));
+    out
+}
+
+/// Whether the runs form a grid worth this table: some task and method ran with more
+/// than one seed.
+pub fn applies(runs: &[Run]) -> bool {
+    groups(runs)
+        .iter()
+        .any(|g| g.by_lr.values().any(|(_, s)| s.len() > 1))
+}
+
+pub fn table(runs: &[Run]) -> Table {
+    let rows = groups(runs)
+        .into_iter()
+        .map(|g| {
+            let spreads: Vec<(f64, Spread)> = g
+                .by_lr
+                .values()
+                .filter_map(|(lr, s)| Spread::of(s).map(|sp| (*lr, sp)))
+                .collect();
+            // Ties go to the smaller learning rate (the map is in lr order).
+            let best = spreads.iter().fold(None::<&(f64, Spread)>, |b, x| match b {
+                Some(b) if b.1.median >= x.1.median => Some(b),
+                _ => Some(x),
+            });
+            let tried: Vec<String> = spreads
+                .iter()
+                .map(|(lr, s)| format!("{lr:e}: {:.2} (n={})", 100.0 * s.median, s.n))
+                .collect();
+            match best {
+                Some((lr, s)) => vec![
+                    g.task,
+                    g.method,
+                    g.others,
+                    g.metric,
+                    format!("{lr:e}"),
+                    s.n.to_string(),
+                    format!("{:.2}", 100.0 * s.median),
+                    format!("{:.2}–{:.2}", 100.0 * s.min, 100.0 * s.max),
+                    s.std
+                        .map_or_else(|| "-".into(), |v| format!("{:.2}", 100.0 * v)),
+                    tried.join(", "),
+                ],
+                None => Vec::new(),
+            }
+        })
+        .filter(|r| !r.is_empty())
+        .collect();
+    Table {
+        header: vec![
+            "task",
+            "method",
+            "settings",
+            "metric",
+            "best lr",
+            "seeds",
+            "median",
+            "range",
+            "std",
+            "median per lr",
+        ],
+        numeric: vec![
+            false, false, false, false, true, true, true, true, true, false,
+        ],
+        rows,
+    }
+}
