@@ -52,6 +52,8 @@ pub fn run(args: ReportArgs) -> Result<()> {
                      metric x100"
                 );
                 print!("{}", best_lr::table(&runs).text());
+                println!();
+                print!("{}", best_lr::wide(&runs).text());
             }
         }
         Format::Markdown => {
@@ -68,6 +70,8 @@ pub fn run(args: ReportArgs) -> Result<()> {
                      metric ×100:\n"
                 );
                 print!("{}", best_lr::table(&runs).markdown());
+                println!("\nAs the papers lay it out (median ± std over seeds, at the best lr):\n");
+                print!("{}", best_lr::wide(&runs).markdown());
             }
         }
         Format::Csv => print!("{}", table::csv(&runs)),

@@ -6,7 +6,7 @@
 use std::collections::BTreeMap;
 
 use super::runs::{main_metric, Run};
-use super::table::Table;
+use super::table::{names, Table};
 use crate::stats::Spread;
 
 /// Settings that say nothing about what was trained: where it went and how it was run.
@@ -98,20 +98,71 @@ pub fn applies(runs: &[Run]) -> bool {
         .any(|g| g.by_lr.values().any(|(_, s)| s.len() > 1))
 }
 
+/// Each learning rate's spread over seeds, in the order of the group's map, and the one
+/// with the best median (ties go to the first).
+fn spreads(g: &Group) -> (Vec<(f64, Spread)>, Option<usize>) {
+    let spreads: Vec<(f64, Spread)> = g
+        .by_lr
+        .values()
+        .filter_map(|(lr, s)| Spread::of(s).map(|sp| (*lr, sp)))
+        .collect();
+    let best = (0..spreads.len()).fold(None::<usize>, |b, i| match b {
+        Some(b) if spreads[b].1.median >= spreads[i].1.median => Some(b),
+        _ => Some(i),
+    });
+    (spreads, best)
+}
+
+/// The papers' shape: a row per method (and other varied settings), a column per task,
+/// each cell the best learning rate's median over seeds ×100 with its standard deviation.
+pub fn wide(runs: &[Run]) -> Table {
+    let gs = groups(runs);
+    let mut tasks: Vec<String> = gs.iter().map(|g| g.task.clone()).collect();
+    tasks.sort();
+    tasks.dedup();
+    let mut rows: Vec<(String, Vec<String>)> = Vec::new();
+    for g in &gs {
+        let label = match g.others.is_empty() {
+            true => g.method.clone(),
+            false => format!("{} {}", g.method, g.others),
+        };
+        let (spreads, best) = spreads(g);
+        let Some(b) = best else { continue };
+        let s = &spreads[b].1;
+        let cell = match s.std {
+            Some(sd) => format!("{:.2} ± {:.2}", 100.0 * s.median, 100.0 * sd),
+            None => format!("{:.2}", 100.0 * s.median),
+        };
+        let col = tasks.iter().position(|t| *t == g.task).unwrap_or(0);
+        let i = match rows.iter().position(|(l, _)| *l == label) {
+            Some(i) => i,
+            None => {
+                rows.push((label, vec!["-".to_string(); tasks.len()]));
+                rows.len() - 1
+            }
+        };
+        rows[i].1[col] = cell;
+    }
+    let mut header = vec!["method".to_string()];
+    header.extend(tasks.iter().cloned());
+    Table {
+        numeric: std::iter::once(false)
+            .chain(tasks.iter().map(|_| true))
+            .collect(),
+        header,
+        rows: rows
+            .into_iter()
+            .map(|(l, cells)| std::iter::once(l).chain(cells).collect())
+            .collect(),
+    }
+}
+
 pub fn table(runs: &[Run]) -> Table {
     let rows = groups(runs)
         .into_iter()
         .map(|g| {
-            let spreads: Vec<(f64, Spread)> = g
-                .by_lr
-                .values()
-                .filter_map(|(lr, s)| Spread::of(s).map(|sp| (*lr, sp)))
-                .collect();
-            // Ties go to the smaller learning rate (the map is in lr order).
-            let best = spreads.iter().fold(None::<&(f64, Spread)>, |b, x| match b {
-                Some(b) if b.1.median >= x.1.median => Some(b),
-                _ => Some(x),
-            });
+            let (spreads, best) = spreads(&g);
+            let best = best.map(|i| &spreads[i]);
             let tried: Vec<String> = spreads
                 .iter()
                 .map(|(lr, s)| format!("{lr:e}: {:.2} (n={})", 100.0 * s.median, s.n))
@@ -136,7 +187,7 @@ pub fn table(runs: &[Run]) -> Table {
         .filter(|r| !r.is_empty())
         .collect();
     Table {
-        header: vec![
+        header: names(&[
             "task",
             "method",
             "settings",
@@ -147,7 +198,7 @@ pub fn table(runs: &[Run]) -> Table {
             "range",
             "std",
             "median per lr",
-        ],
+        ]),
         numeric: vec![
             false, false, false, false, true, true, true, true, true, false,
         ],

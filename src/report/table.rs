@@ -7,9 +7,14 @@ use super::runs::{flat_metrics, main_metric, Run};
 use crate::run::record::EvalRecord;
 use crate::stats::thousands;
 
+/// Column names as a table's header.
+pub fn names(h: &[&str]) -> Vec<String> {
+    h.iter().map(|s| s.to_string()).collect()
+}
+
 /// Rows of cells under a header; `numeric` columns align right.
 pub struct Table {
-    pub header: Vec<&'static str>,
+    pub header: Vec<String>,
     pub numeric: Vec<bool>,
     pub rows: Vec<Vec<String>>,
 }
@@ -21,7 +26,7 @@ impl Table {
                 self.rows
                     .iter()
                     .map(|r| r[c].chars().count())
-                    .chain([self.header[c].len()])
+                    .chain([self.header[c].chars().count()])
                     .max()
                     .unwrap_or(0)
             })
@@ -40,8 +45,7 @@ impl Table {
                 .collect();
             padded.join("  ").trim_end().to_string() + "\n"
         };
-        let head: Vec<String> = self.header.iter().map(|h| h.to_string()).collect();
-        let mut out = line(&head);
+        let mut out = line(&self.header);
         for r in &self.rows {
             out.push_str(&line(r));
         }
@@ -81,7 +85,7 @@ fn step(r: Option<&EvalRecord>) -> String {
 
 /// One row per run, for the text and Markdown formats.
 pub fn runs_table(runs: &[Run]) -> Table {
-    let header = vec![
+    let header = names(&[
         "run",
         "task",
         "method",
@@ -97,7 +101,7 @@ pub fn runs_table(runs: &[Run]) -> Table {
         "status",
         "train min",
         "train tok/s",
-    ];
+    ]);
     let numeric = vec![
         false, false, false, true, true, true, false, true, true, true, true, true, false, true,
         true,
@@ -166,7 +170,7 @@ pub fn groups_table(runs: &[Run]) -> Table {
         })
         .collect();
     Table {
-        header: vec![
+        header: names(&[
             "task",
             "method",
             "metric",
@@ -174,7 +178,7 @@ pub fn groups_table(runs: &[Run]) -> Table {
             "median",
             "std",
             "final per run",
-        ],
+        ]),
         numeric: vec![false, false, false, true, true, true, false],
         rows,
     }
@@ -261,7 +265,7 @@ mod tests {
     #[test]
     fn text_aligns_numbers_right_and_markdown_escapes_pipes() {
         let t = Table {
-            header: vec!["name", "n"],
+            header: names(&["name", "n"]),
             numeric: vec![false, true],
             rows: vec![
                 vec!["a|b".into(), "5".into()],

@@ -204,6 +204,7 @@ lr = [1e-3, 3e-2]
     let table = report
         .split("Best learning rate")
         .nth(1)
+        .and_then(|t| t.split("As the papers lay it out").next())
         .unwrap_or_else(|| panic!("{report}"));
     let ln: Vec<&str> = table
         .lines()
@@ -217,6 +218,14 @@ lr = [1e-3, 3e-2]
         ln[0]
     );
     assert!(table.lines().any(|l| l.contains("| bitfit |")), "{table}");
+    // The papers' layout: a row per method, a column per task.
+    let wide = report.split("As the papers lay it out").nth(1).unwrap();
+    assert!(wide.contains("| method | rte |"), "{wide}");
+    assert!(
+        wide.lines()
+            .any(|l| l.starts_with("| layernorm | ") && l.contains(" ± ")),
+        "{wide}"
+    );
 
     let slurm = ok(peft(&["grid", p, "--emit", "slurm"]));
     assert!(slurm.starts_with("#!/bin/bash"), "{slurm}");
