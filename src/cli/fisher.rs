@@ -71,7 +71,14 @@ pub fn run(args: FisherArgs) -> Result<()> {
             "--tasks with several tasks needs --global (one Fisher averaged over them)"
         );
     }
-    let source = Source::glue(args.data_dir.clone());
+    // SQuAD reads --data-dir or the hub; $PEFT_GLUE_DIR is GLUE's.
+    let source_of = |qa: bool| match qa {
+        true => args
+            .data_dir
+            .clone()
+            .map_or(Source::GlueHub, Source::GlueDir),
+        false => Source::glue(args.data_dir.clone()),
+    };
     let device = crate::device::parse(&args.device)?;
     let estimator = match args.batch_mean {
         Some(0) => crate::user_bail!("--batch-mean must be at least 1"),
@@ -97,7 +104,7 @@ pub fn run(args: FisherArgs) -> Result<()> {
             );
         }
         let spec = task(t)?;
-        let data = Dataset::load(spec, &source, "train", &encoder)?;
+        let data = Dataset::load(spec, &source_of(spec.is_qa()), "train", &encoder)?;
         let mut weights = base.clone();
         fit_head(&mut weights, spec.head());
         let t = Trainable::everything(weights, &cfg, Some(spec.head()), &device, args.seed)?;
