@@ -19,12 +19,25 @@ pub fn component(name: &str) -> (&'static str, Option<usize>) {
         "token type embeddings"
     } else if name.starts_with("embeddings.LayerNorm") {
         "embeddings LayerNorm"
-    } else if name.contains(".attention.self.query.") {
+    } else if name.starts_with("embeddings.embed_proj") {
+        "embeddings projection"
+    } else if name.starts_with("encoder.rel_embeddings") {
+        "relative embeddings"
+    } else if name.starts_with("encoder.LayerNorm") {
+        "relative embeddings LayerNorm"
+    } else if in_attention(name, &["query", "query_proj", "q_bias"]) {
         "query"
-    } else if name.contains(".attention.self.key.") {
+    } else if in_attention(name, &["key", "key_proj"]) {
         "key"
-    } else if name.contains(".attention.self.value.") {
+    } else if in_attention(name, &["value", "value_proj", "v_bias"]) {
         "value"
+    } else if in_attention(name, &["in_proj"]) {
+        "query, key and value"
+    } else if in_attention(
+        name,
+        &["pos_key_proj", "pos_query_proj", "pos_proj", "pos_q_proj"],
+    ) {
+        "position projections"
     } else if name.contains(".attention.output.dense.") {
         "attention output dense"
     } else if name.contains(".attention.output.LayerNorm.") {
@@ -43,6 +56,19 @@ pub fn component(name: &str) -> (&'static str, Option<usize>) {
         "other"
     };
     (kind, layer)
+}
+
+/// Whether `name` is one of `modules` of a layer's `attention.self` (BERT's `query`,
+/// DeBERTa's `query_proj` and its v1 `q_bias`), or a parameter of one.
+fn in_attention(name: &str, modules: &[&str]) -> bool {
+    name.split_once(".attention.self.")
+        .is_some_and(|(_, rest)| {
+            let module = rest
+                .strip_suffix(".weight")
+                .or(rest.strip_suffix(".bias"))
+                .unwrap_or(rest);
+            modules.contains(&module)
+        })
 }
 
 /// Totals of one statistic over a component: sum, element count, mean.
@@ -110,6 +136,47 @@ mod tests {
         );
         assert_eq!(component("classifier.out_proj.weight"), ("head", None));
         assert_eq!(component("pooler.dense.weight"), ("pooler", None));
+        assert_eq!(
+            component("encoder.layer.2.attention.self.query.bias"),
+            ("query", Some(2))
+        );
+    }
+
+    #[test]
+    fn deberta_names_map_to_components() {
+        for (name, kind) in [
+            ("encoder.layer.1.attention.self.query_proj.weight", "query"),
+            ("encoder.layer.1.attention.self.q_bias", "query"),
+            ("encoder.layer.1.attention.self.key_proj.bias", "key"),
+            ("encoder.layer.1.attention.self.value_proj.weight", "value"),
+            ("encoder.layer.1.attention.self.v_bias", "value"),
+            (
+                "encoder.layer.1.attention.self.in_proj.weight",
+                "query, key and value",
+            ),
+            (
+                "encoder.layer.1.attention.self.pos_key_proj.bias",
+                "position projections",
+            ),
+            (
+                "encoder.layer.1.attention.self.pos_q_proj.weight",
+                "position projections",
+            ),
+        ] {
+            assert_eq!(component(name), (kind, Some(1)), "{name}");
+        }
+        assert_eq!(
+            component("encoder.rel_embeddings.weight"),
+            ("relative embeddings", None)
+        );
+        assert_eq!(
+            component("encoder.LayerNorm.bias"),
+            ("relative embeddings LayerNorm", None)
+        );
+        assert_eq!(
+            component("embeddings.embed_proj.weight"),
+            ("embeddings projection", None)
+        );
     }
 
     #[test]

@@ -282,8 +282,10 @@ pub fn is_encoder_layer(name: &str) -> bool {
     name.starts_with("encoder.layer.")
 }
 
+/// A bias: `….bias`, and DeBERTa v1's query and value biases (`attention.self.q_bias`,
+/// `v_bias`), which sit beside its fused, bias-free `in_proj`.
 pub fn is_bias(name: &str) -> bool {
-    name.ends_with(".bias")
+    name.ends_with(".bias") || name.ends_with("_bias")
 }
 
 /// transformers' convention: no weight decay on biases and LayerNorm parameters.
@@ -479,6 +481,8 @@ mod tests {
     fn decay_rule() {
         assert!(decays("encoder.layer.0.attention.self.query.weight"));
         assert!(!decays("encoder.layer.0.attention.self.query.bias"));
+        assert!(!decays("encoder.layer.0.attention.self.q_bias"));
+        assert!(is_bias("encoder.layer.0.attention.self.v_bias"));
         assert!(!decays("embeddings.LayerNorm.weight"));
     }
 }

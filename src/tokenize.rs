@@ -1,7 +1,8 @@
 //! Text → token ids, and token ids → padded batches.
 //!
-//! Reads `tokenizer.json`, or builds the tokenizer from `vocab.txt` (BERT WordPiece) or
-//! `vocab.json` + `merges.txt` (RoBERTa byte-level BPE). Any padding or truncation
+//! Reads `tokenizer.json`, or builds the tokenizer from `vocab.txt` (BERT WordPiece),
+//! `vocab.json` + `merges.txt` (RoBERTa's and DeBERTa v1's byte-level BPE) or `spm.model`
+//! (DeBERTa v2/v3's SentencePiece Unigram; `deberta.rs`). Any padding or truncation
 //! stored in the file is replaced by ours: truncation longest-first to `max_len`, and
 //! padding to the longest sequence of each batch at collate time.
 
@@ -23,6 +24,9 @@ use tokenizers::{
 
 use crate::error::user;
 use crate::model::{Arch, Batch, ModelConfig};
+
+mod deberta;
+mod spm;
 
 /// One tokenized example.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -294,6 +298,21 @@ fn read_tokenizer(dir: &Path, arch: Arch) -> Result<Tokenizer> {
                 .collect();
             tok.add_special_tokens(&specials);
             Ok(tok)
+        }
+        Arch::DebertaV2 => {
+            if !dir.join("spm.model").is_file() {
+                crate::user_bail!("{}: no tokenizer.json or spm.model", dir.display());
+            }
+            deberta::from_spm(dir)
+        }
+        Arch::Deberta => {
+            if !dir.join("vocab.json").is_file() || !dir.join("merges.txt").is_file() {
+                crate::user_bail!(
+                    "{}: no tokenizer.json, nor vocab.json with merges.txt",
+                    dir.display()
+                );
+            }
+            deberta::from_bpe(dir)
         }
     }
 }

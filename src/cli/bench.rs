@@ -10,6 +10,7 @@ use clap::Args;
 use crate::bench::{Forward, TrainStep};
 use crate::methods::Method;
 use crate::model::read_checkpoint;
+use crate::settings::TrainConfig;
 
 #[derive(Args, Debug)]
 pub struct BenchArgs {
@@ -59,6 +60,15 @@ pub fn run(args: BenchArgs) -> Result<()> {
             model_dir.join("config.json").display(),
             cfg.describe_max_tokens()
         );
+    }
+    // A method whose default adapters this family cannot take (DeBERTa v1 has no query
+    // or value module) fails before the others are timed, not after.
+    for m in args.method.iter().filter(|_| !args.inference_only) {
+        for t in TrainConfig::default_adapter(*m).map_or(Vec::new(), |a| a.targets) {
+            if let Err(e) = cfg.model_type.adapter_module(&t) {
+                crate::user_bail!("--method {m}: {e}");
+            }
+        }
     }
     let shape = (args.batch, args.seq);
     let tokens = (args.batch * args.seq) as f64;

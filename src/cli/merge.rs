@@ -11,7 +11,6 @@ use serde_json::{json, Value};
 
 use crate::data::Problem;
 use crate::error::{user, PathContext};
-use crate::methods::is_head;
 use crate::model::Arch;
 use crate::run::dir as run_dir;
 use {crate::cli::run_args::RunArgs, crate::run::weights::fold_adapters};
@@ -62,14 +61,7 @@ pub fn run(args: MergeArgs) -> Result<()> {
     let named = weights
         .into_iter()
         .filter(|(n, _)| pooler || !n.starts_with("pooler."))
-        .map(|(n, t)| {
-            let hf = if is_head(&n) {
-                n
-            } else {
-                format!("{}.{n}", arch.prefix())
-            };
-            (hf, t)
-        })
+        .map(|(n, t)| (arch.task_model_name(&n), t))
         .collect::<std::collections::HashMap<String, Tensor>>();
     run_dir::save_tensors(&args.output.join("model.safetensors"), &named)?;
 
@@ -121,11 +113,7 @@ fn set_task(cfg: &mut Value, arch: Arch, problem: Problem, num_labels: usize) ->
         Problem::Span { .. } => "ForQuestionAnswering",
         _ => "ForSequenceClassification",
     };
-    let family = match arch {
-        Arch::Bert => "Bert",
-        Arch::Roberta => "Roberta",
-        Arch::Electra => "Electra",
-    };
+    let family = arch.family();
     obj.insert("architectures".into(), json!([format!("{family}{head}")]));
     let names: Vec<String> = match problem {
         Problem::Classification { labels } if labels.len() == num_labels => {

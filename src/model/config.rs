@@ -1,10 +1,12 @@
-//! `config.json` of a Hugging Face BERT or RoBERTa checkpoint.
+//! `config.json` of a Hugging Face BERT, RoBERTa, ELECTRA or DeBERTa checkpoint.
 
 use std::path::Path;
 
 use anyhow::Result;
 use serde::{Deserialize, Serialize};
 
+pub use super::activation::Activation;
+use super::deberta::{DebertaConfig, Dims};
 use crate::error::{user, PathContext};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -15,7 +17,17 @@ pub enum Arch {
     /// ELECTRA's discriminator: BERT's encoder, embeddings that may be narrower than it
     /// (with a projection between), and a RoBERTa-like head with GELU.
     Electra,
+    /// DeBERTa v1 (microsoft/deberta-base, -large): disentangled attention over relative
+    /// positions, query, key and value fused into one `in_proj`.
+    Deberta,
+    /// DeBERTa v2 and v3 (microsoft/deberta-v3-base): the same attention with separate
+    /// `query_proj`, `key_proj`, `value_proj` and log-bucketed relative positions.
+    #[serde(rename = "deberta-v2")]
+    DebertaV2,
 }
+
+/// Every `model_type` this crate reads, as config.json spells it.
+const MODEL_TYPES: &[&str] = &["bert", "roberta", "electra", "deberta", "deberta-v2"];
 
 impl Arch {
     /// The prefix transformers puts before encoder weights in task models.
@@ -24,20 +36,58 @@ impl Arch {
             Arch::Bert => "bert",
             Arch::Roberta => "roberta",
             Arch::Electra => "electra",
+            Arch::Deberta | Arch::DebertaV2 => "deberta",
         }
     }
-}
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub enum Activation {
-    /// Exact GELU with erf, transformers' "gelu".
-    #[serde(rename = "gelu")]
-    Gelu,
-    /// The tanh approximation: "gelu_new", "gelu_pytorch_tanh", "gelu_fast".
-    #[serde(rename = "gelu_new", alias = "gelu_pytorch_tanh", alias = "gelu_fast")]
-    GeluTanh,
-    #[serde(rename = "relu")]
-    Relu,
+    pub fn is_deberta(self) -> bool {
+        matches!(self, Arch::Deberta | Arch::DebertaV2)
+    }
+
+    /// transformers' class-name stem: `{family}ForSequenceClassification`.
+    pub fn family(self) -> &'static str {
+        match self {
+            Arch::Bert => "Bert",
+            Arch::Roberta => "Roberta",
+            Arch::Electra => "Electra",
+            Arch::Deberta => "Deberta",
+            Arch::DebertaV2 => "DebertaV2",
+        }
+    }
+
+    /// The name transformers' task models (`*ForSequenceClassification`,
+    /// `*ForQuestionAnswering`) give a canonical tensor: the encoder's under the family's
+    /// prefix; the head's as it is, and so DeBERTa's pooler, which sits beside its encoder
+    /// (`pooler.dense`, where BERT has `bert.pooler.dense`).
+    pub fn task_model_name(self, canonical: &str) -> String {
+        let beside = ["classifier.", "qa_outputs."]
+            .iter()
+            .any(|p| canonical.starts_with(p))
+            || (self.is_deberta() && canonical.starts_with("pooler."));
+        match beside {
+            true => canonical.to_string(),
+            false => format!("{}.{canonical}", self.prefix()),
+        }
+    }
+
+    /// The module inside an encoder layer that an adapter target (one of
+    /// [`super::adapter::TARGETS`], the names users pass: `query`, `output.dense`) wraps.
+    /// The one place where families name their projections differently: DeBERTa v2's
+    /// `query` is `attention.self.query_proj`; DeBERTa v1 fuses query, key and value into
+    /// one `in_proj`, which no per-projection adapter can wrap, so those are refused.
+    pub fn adapter_module(self, target: &str) -> Result<String, String> {
+        let projection = matches!(target, "query" | "key" | "value");
+        match self {
+            Arch::Deberta if projection => Err(format!(
+                "adapter target `{target}`: DeBERTa v1 computes query, key and value with \
+                 one fused `attention.self.in_proj`, which a {target}-only adapter cannot \
+                 wrap; target attention.output.dense, intermediate.dense or output.dense"
+            )),
+            Arch::DebertaV2 if projection => Ok(format!("attention.self.{target}_proj")),
+            _ if projection => Ok(format!("attention.self.{target}")),
+            _ => Ok(target.to_string()),
+        }
+    }
 }
 
 /// The fields of config.json the encoder needs; others are ignored.
@@ -68,6 +118,9 @@ pub struct ModelConfig {
     /// transformers uses hidden_dropout_prob when this is null.
     #[serde(default)]
     pub classifier_dropout: Option<f64>,
+    /// DeBERTa's own fields (relative attention, pooler), for the two DeBERTa families.
+    #[serde(skip)]
+    pub deberta: Option<DebertaConfig>,
 }
 
 fn default_act() -> Activation {
@@ -92,21 +145,40 @@ impl ModelConfig {
     }
 
     pub fn parse(text: &str) -> Result<Self, String> {
-        let raw: serde_json::Value = serde_json::from_str(text).map_err(|e| e.to_string())?;
-        match raw.get("model_type").and_then(|v| v.as_str()) {
-            Some("bert") | Some("roberta") | Some("electra") => {}
+        let mut raw: serde_json::Value = serde_json::from_str(text).map_err(|e| e.to_string())?;
+        let expected = || {
+            let quoted: Vec<String> = MODEL_TYPES.iter().map(|t| format!("\"{t}\"")).collect();
+            format!("expected one of {}", quoted.join(", "))
+        };
+        let deberta = match raw.get("model_type").and_then(|v| v.as_str()) {
+            Some(t) if MODEL_TYPES.contains(&t) => t.starts_with("deberta"),
             Some(other) => {
                 return Err(format!(
-                    "model_type \"{other}\" is not supported (expected \"bert\", \"roberta\" \
-                     or \"electra\")"
+                    "model_type \"{other}\" is not supported ({})",
+                    expected()
                 ))
             }
-            None => {
-                return Err("no model_type (expected \"bert\", \"roberta\" or \"electra\")".into())
+            None => return Err(format!("no model_type ({})", expected())),
+        };
+        if deberta {
+            // DebertaConfig's defaults differ from BertConfig's for these two.
+            if let Some(obj) = raw.as_object_mut() {
+                obj.entry("type_vocab_size").or_insert(0.into());
+                obj.entry("layer_norm_eps").or_insert(1e-7.into());
             }
         }
-        let cfg: ModelConfig = serde_json::from_value(raw).map_err(|e| e.to_string())?;
+        let mut cfg: ModelConfig =
+            serde_json::from_value(raw.clone()).map_err(|e| e.to_string())?;
         cfg.validate()?;
+        if deberta {
+            let dims = Dims {
+                v2: cfg.model_type == Arch::DebertaV2,
+                hidden_size: cfg.hidden_size,
+                head_dim: cfg.head_dim(),
+                max_position_embeddings: cfg.max_position_embeddings,
+            };
+            cfg.deberta = Some(DebertaConfig::parse(raw, dims)?);
+        }
         Ok(cfg)
     }
 
@@ -136,9 +208,13 @@ impl ModelConfig {
     /// The most tokens a sequence may have: the rows of the position table it can use.
     /// BERT numbers positions from 0; RoBERTa from pad_token_id + 1 (transformers'
     /// `create_position_ids_from_input_ids`), so roberta-base's 514 rows hold 512 tokens.
+    /// DeBERTa's relative positions have no such table, but its tokenizers stop at
+    /// max_position_embeddings (512) all the same.
     pub fn max_tokens(&self) -> usize {
         match self.model_type {
-            Arch::Bert | Arch::Electra => self.max_position_embeddings,
+            Arch::Bert | Arch::Electra | Arch::Deberta | Arch::DebertaV2 => {
+                self.max_position_embeddings
+            }
             Arch::Roberta => self
                 .max_position_embeddings
                 .saturating_sub(self.pad_token_id as usize + 1),
@@ -148,7 +224,7 @@ impl ModelConfig {
     /// `max_tokens` and where it comes from, for messages.
     pub fn describe_max_tokens(&self) -> String {
         match self.model_type {
-            Arch::Bert | Arch::Electra => {
+            Arch::Bert | Arch::Electra | Arch::Deberta | Arch::DebertaV2 => {
                 format!("max_position_embeddings {}", self.max_position_embeddings)
             }
             Arch::Roberta => format!(
@@ -159,17 +235,44 @@ impl ModelConfig {
         }
     }
 
-    /// The embeddings' width (ELECTRA's embedding_size, else hidden_size).
+    /// The embeddings' width (ELECTRA's and DeBERTa's embedding_size, else hidden_size).
     pub fn embedding_width(&self) -> usize {
         self.embedding_size.unwrap_or(self.hidden_size)
+    }
+
+    /// Whether the encoder built from this config never reads the tensor `name`
+    /// (canonical): DeBERTa's absolute positions without `position_biased_input`, token
+    /// types when `type_vocab_size` is 0. transformers skips the first on loading.
+    pub fn leaves_out(&self, name: &str) -> bool {
+        match name {
+            "embeddings.position_embeddings.weight" => self
+                .deberta
+                .as_ref()
+                .is_some_and(|d| !d.position_biased_input),
+            "embeddings.token_type_embeddings.weight" => self.type_vocab_size == 0,
+            _ => false,
+        }
+    }
+
+    /// DeBERTa's settings; an error for the other families (a caller's bug).
+    pub fn deberta(&self) -> anyhow::Result<&DebertaConfig> {
+        self.deberta
+            .as_ref()
+            .ok_or_else(|| anyhow::anyhow!("{:?} has no DeBERTa settings", self.model_type))
     }
 
     pub fn head_dim(&self) -> usize {
         self.hidden_size / self.num_attention_heads
     }
 
+    /// The dropout before the classifier: `classifier_dropout`, DeBERTa's `cls_dropout`,
+    /// else hidden_dropout_prob.
     pub fn classifier_dropout(&self) -> f64 {
-        self.classifier_dropout.unwrap_or(self.hidden_dropout_prob)
+        let own = match &self.deberta {
+            Some(d) => d.cls_dropout,
+            None => self.classifier_dropout,
+        };
+        own.unwrap_or(self.hidden_dropout_prob)
     }
 }
 
@@ -205,9 +308,49 @@ mod tests {
     }
 
     #[test]
+    fn task_model_names_and_adapter_modules_per_family() {
+        assert_eq!(
+            Arch::Bert.task_model_name("pooler.dense.weight"),
+            "bert.pooler.dense.weight"
+        );
+        // DeBERTa's ContextPooler sits beside the encoder, as the head does.
+        assert_eq!(
+            Arch::DebertaV2.task_model_name("pooler.dense.weight"),
+            "pooler.dense.weight"
+        );
+        assert_eq!(
+            Arch::Deberta.task_model_name("encoder.rel_embeddings.weight"),
+            "deberta.encoder.rel_embeddings.weight"
+        );
+        assert_eq!(
+            Arch::Roberta.task_model_name("qa_outputs.bias"),
+            "qa_outputs.bias"
+        );
+        let module = |a: Arch, t: &str| a.adapter_module(t);
+        assert_eq!(module(Arch::Bert, "query").unwrap(), "attention.self.query");
+        assert_eq!(
+            module(Arch::DebertaV2, "value").unwrap(),
+            "attention.self.value_proj"
+        );
+        assert_eq!(
+            module(Arch::DebertaV2, "output.dense").unwrap(),
+            "output.dense"
+        );
+        assert_eq!(
+            module(Arch::Deberta, "intermediate.dense").unwrap(),
+            "intermediate.dense"
+        );
+        let err = module(Arch::Deberta, "key").unwrap_err();
+        assert!(err.contains("`key`") && err.contains("in_proj"), "{err}");
+    }
+
+    #[test]
     fn rejects_unknown_model_type() {
         let err = ModelConfig::parse(&BERT.replace("\"bert\"", "\"gpt2\"")).unwrap_err();
-        assert!(err.contains("gpt2"), "{err}");
+        assert!(
+            err.contains("gpt2") && err.contains("\"deberta-v2\""),
+            "{err}"
+        );
     }
 
     #[test]
@@ -217,5 +360,128 @@ mod tests {
         )
         .unwrap_err();
         assert!(err.contains("num_attention_heads"), "{err}");
+    }
+}
+
+#[cfg(test)]
+mod deberta_tests {
+    //! DeBERTa's fields, read through ModelConfig as a checkpoint's are.
+
+    use super::*;
+    use crate::model::deberta::RelativeConfig;
+
+    /// deberta-v3-base's config.json, as the hub ships it.
+    const V3_BASE: &str = r#"{"model_type": "deberta-v2", "attention_probs_dropout_prob": 0.1,
+        "hidden_act": "gelu", "hidden_dropout_prob": 0.1, "hidden_size": 768,
+        "initializer_range": 0.02, "intermediate_size": 3072, "max_position_embeddings": 512,
+        "relative_attention": true, "position_buckets": 256, "norm_rel_ebd": "layer_norm",
+        "share_att_key": true, "pos_att_type": "p2c|c2p", "layer_norm_eps": 1e-7,
+        "max_relative_positions": -1, "position_biased_input": false,
+        "num_attention_heads": 12, "num_hidden_layers": 12, "type_vocab_size": 0,
+        "vocab_size": 128100}"#;
+
+    /// deberta-base's (v1).
+    const V1_BASE: &str = r#"{"model_type": "deberta", "attention_probs_dropout_prob": 0.1,
+        "hidden_act": "gelu", "hidden_dropout_prob": 0.1, "hidden_size": 768,
+        "initializer_range": 0.02, "intermediate_size": 3072, "max_position_embeddings": 512,
+        "relative_attention": true, "pos_att_type": "c2p|p2c", "layer_norm_eps": 1e-7,
+        "max_relative_positions": -1, "position_biased_input": false,
+        "num_attention_heads": 12, "num_hidden_layers": 12, "type_vocab_size": 0,
+        "vocab_size": 50265}"#;
+
+    fn parse(text: &str) -> Result<ModelConfig, String> {
+        ModelConfig::parse(text)
+    }
+
+    #[test]
+    fn reads_deberta_v3_base() {
+        let cfg = parse(V3_BASE).unwrap();
+        assert_eq!(cfg.model_type, Arch::DebertaV2);
+        let d = cfg.deberta().unwrap();
+        assert_eq!(
+            d.relative,
+            Some(RelativeConfig {
+                span: 256,
+                buckets: Some((256, 512)),
+                layer_norm: true
+            })
+        );
+        assert!(d.c2p && d.p2c && d.share_att_key && !d.position_biased_input);
+        assert_eq!(d.scale_factor, 3);
+        assert_eq!(d.pooler_act, Activation::Gelu);
+        assert_eq!(cfg.type_vocab_size, 0);
+        assert_eq!(cfg.classifier_dropout(), 0.1);
+    }
+
+    #[test]
+    fn reads_deberta_v1_base_without_buckets() {
+        let cfg = parse(V1_BASE).unwrap();
+        let d = cfg.deberta().unwrap();
+        assert_eq!(
+            d.relative,
+            Some(RelativeConfig {
+                span: 512,
+                buckets: None,
+                layer_norm: false
+            })
+        );
+        assert!(d.c2p && d.p2c && !d.share_att_key);
+        // Defaults: DebertaConfig's, not BertConfig's.
+        let bare = parse(
+            r#"{"model_type": "deberta", "vocab_size": 10, "hidden_size": 8,
+            "num_hidden_layers": 1, "num_attention_heads": 2, "intermediate_size": 16,
+            "max_position_embeddings": 20}"#,
+        )
+        .unwrap();
+        assert_eq!(bare.type_vocab_size, 0);
+        assert_eq!(bare.layer_norm_eps, 1e-7);
+        let d = bare.deberta().unwrap();
+        assert_eq!(d.relative, None);
+        assert_eq!(d.scale_factor, 1);
+        assert!(d.position_biased_input);
+    }
+
+    #[test]
+    fn refuses_what_is_not_implemented_by_name() {
+        let with = |base: &str, extra: &str| {
+            let text = base.replacen('{', &format!("{{{extra}, "), 1);
+            parse(&text).unwrap_err()
+        };
+        for (base, extra, name) in [
+            (V3_BASE, r#""conv_kernel_size": 3"#, "conv_kernel_size 3"),
+            (
+                V3_BASE,
+                r#""attention_head_size": 32"#,
+                "attention_head_size 32",
+            ),
+            (
+                V3_BASE,
+                r#""pooler_hidden_size": 1024"#,
+                "pooler_hidden_size 1024",
+            ),
+            (V1_BASE, r#""talking_head": true"#, "talking_head"),
+            (V3_BASE, r#""pooler_dropout": 1.5"#, "pooler_dropout"),
+        ] {
+            let err = with(base, extra);
+            assert!(err.contains(name), "{extra}: {err}");
+        }
+        let err = parse(&V1_BASE.replace("c2p|p2c", "c2p|p2p")).unwrap_err();
+        assert!(err.contains("pos_att_type \"p2p\""), "{err}");
+        let err = parse(&V3_BASE.replace("\"layer_norm\"", "\"rms\"")).unwrap_err();
+        assert!(err.contains("norm_rel_ebd \"rms\""), "{err}");
+        let err = parse(&V3_BASE.replace("256", "1")).unwrap_err();
+        assert!(err.contains("position_buckets 1"), "{err}");
+        // A convolution of size 0 is none: transformers builds none either.
+        assert!(parse(&V3_BASE.replacen('{', r#"{"conv_kernel_size": 0, "#, 1)).is_ok());
+    }
+
+    #[test]
+    fn pos_att_type_as_a_list_and_one_term() {
+        let cfg = parse(&V3_BASE.replace(r#""p2c|c2p""#, r#"["c2p"]"#)).unwrap();
+        let d = cfg.deberta().unwrap();
+        assert!(d.c2p && !d.p2c);
+        assert_eq!(d.scale_factor, 2);
+        let cfg = parse(&V3_BASE.replace(r#""p2c|c2p""#, "null")).unwrap();
+        assert_eq!(cfg.deberta().unwrap().scale_factor, 1);
     }
 }

@@ -1,17 +1,24 @@
 //! Word + position + token-type embeddings → LayerNorm → dropout (ELECTRA's may be
 //! narrower than the encoder; the model projects them).
+//!
+//! DeBERTa leaves out what its config turns off (absolute positions without
+//! `position_biased_input`, token types when `type_vocab_size` is 0), projects narrower
+//! embeddings with `embed_proj` before the LayerNorm rather than after, and zeroes the
+//! padding rows after it.
 
 use anyhow::Result;
 use candle_core::{DType, Tensor};
 
 use super::config::{Arch, ModelConfig};
-use super::nn::{Ctx, Dropout, LayerNorm};
+use super::nn::{Ctx, Dropout, LayerNorm, Linear};
 use super::params::Path;
 
 pub struct Embeddings {
     word: Tensor,
-    position: Tensor,
-    token_type: Tensor,
+    position: Option<Tensor>,
+    token_type: Option<Tensor>,
+    /// DeBERTa's `embed_proj` (no bias): embedding_size → hidden_size before the LayerNorm.
+    project: Option<Linear>,
     layer_norm: LayerNorm,
     dropout: Dropout,
     arch: Arch,
@@ -20,63 +27,95 @@ pub struct Embeddings {
 
 impl Embeddings {
     pub fn load(path: &Path, cfg: &ModelConfig) -> Result<Self> {
-        let h = cfg.embedding_width();
+        let e = cfg.embedding_width();
+        let deberta = cfg.deberta.as_ref();
+        let has_positions = deberta.is_none_or(|d| d.position_biased_input);
+        let project = match deberta {
+            Some(_) if e != cfg.hidden_size => Some(Linear::load_without_bias(
+                &path.pp("embed_proj"),
+                e,
+                cfg.hidden_size,
+            )?),
+            _ => None,
+        };
+        let normed = if project.is_some() {
+            cfg.hidden_size
+        } else {
+            e
+        };
         Ok(Self {
-            word: path.get("word_embeddings.weight", &[cfg.vocab_size, h])?,
-            position: path.get(
-                "position_embeddings.weight",
-                &[cfg.max_position_embeddings, h],
-            )?,
-            token_type: path.get("token_type_embeddings.weight", &[cfg.type_vocab_size, h])?,
-            layer_norm: LayerNorm::load(&path.pp("LayerNorm"), h, cfg.layer_norm_eps)?,
+            word: path.get("word_embeddings.weight", &[cfg.vocab_size, e])?,
+            position: has_positions
+                .then(|| {
+                    path.get(
+                        "position_embeddings.weight",
+                        &[cfg.max_position_embeddings, e],
+                    )
+                })
+                .transpose()?,
+            token_type: (cfg.type_vocab_size > 0)
+                .then(|| path.get("token_type_embeddings.weight", &[cfg.type_vocab_size, e]))
+                .transpose()?,
+            project,
+            layer_norm: LayerNorm::load(&path.pp("LayerNorm"), normed, cfg.layer_norm_eps)?,
             dropout: Dropout::new(cfg.hidden_dropout_prob),
             arch: cfg.model_type,
             pad_id: cfg.pad_token_id,
         })
     }
 
-    /// `input_ids`, `token_type_ids`: (batch, seq) u32.
+    /// `input_ids`, `token_type_ids`: (batch, seq) u32; `mask`: (batch, seq), 1 for real
+    /// tokens.
     pub fn forward(
         &self,
         input_ids: &Tensor,
         token_type_ids: &Tensor,
+        mask: &Tensor,
         ctx: &Ctx,
     ) -> Result<Tensor> {
         let (b, t) = input_ids.dims2()?;
-        let h = self.word.dim(1)?;
-        let max_pos = self.position.dim(0)?;
-        let positions = self.position_ids(input_ids)?;
-        let last = match self.arch {
-            Arch::Bert | Arch::Electra => t,
-            Arch::Roberta => t + self.pad_id as usize + 1,
-        };
-        if last > max_pos {
-            anyhow::bail!("sequence of {t} tokens exceeds max_position_embeddings {max_pos}; lower --max-seq-len");
+        let e = self.word.dim(1)?;
+        let mut x = self.word.index_select(&input_ids.flatten_all()?, 0)?;
+        if let Some(types) = &self.token_type {
+            x = (x + types.index_select(&token_type_ids.flatten_all()?, 0)?)?;
         }
-        let words = self.word.index_select(&input_ids.flatten_all()?, 0)?;
-        let types = self
-            .token_type
-            .index_select(&token_type_ids.flatten_all()?, 0)?;
-        let pos = self.position.index_select(&positions.flatten_all()?, 0)?;
-        let x = ((words + types)? + pos)?.reshape((b, t, h))?;
-        let x = self.layer_norm.forward(&x)?;
+        if let Some(position) = &self.position {
+            let max_pos = position.dim(0)?;
+            let last = match self.arch {
+                Arch::Roberta => t + self.pad_id as usize + 1,
+                _ => t,
+            };
+            if last > max_pos {
+                anyhow::bail!("sequence of {t} tokens exceeds max_position_embeddings {max_pos}; lower --max-seq-len");
+            }
+            let positions = self.position_ids(input_ids)?;
+            x = (x + position.index_select(&positions.flatten_all()?, 0)?)?;
+        }
+        let mut x = x.reshape((b, t, e))?;
+        if let Some(p) = &self.project {
+            x = p.forward(&x, ctx)?;
+        }
+        let mut x = self.layer_norm.forward(&x)?;
+        if self.arch.is_deberta() {
+            x = x.broadcast_mul(&mask.to_dtype(DType::F32)?.unsqueeze(2)?)?;
+        }
         self.dropout.forward(&x, ctx)
     }
 
-    /// BERT counts positions from 0. RoBERTa counts real tokens from pad_id + 1 and gives
-    /// padding the pad id, as transformers' `create_position_ids_from_input_ids`.
+    /// BERT and DeBERTa count positions from 0. RoBERTa counts real tokens from pad_id + 1
+    /// and gives padding the pad id, as transformers' `create_position_ids_from_input_ids`.
     fn position_ids(&self, input_ids: &Tensor) -> Result<Tensor> {
         let (b, t) = input_ids.dims2()?;
         match self.arch {
-            Arch::Bert | Arch::Electra => Ok(Tensor::arange(0u32, t as u32, input_ids.device())?
-                .unsqueeze(0)?
-                .broadcast_as((b, t))?
-                .contiguous()?),
             Arch::Roberta => {
                 let real = input_ids.ne(self.pad_id)?.to_dtype(DType::F32)?;
                 let counted = (real.cumsum(1)? * &real)?;
                 Ok((counted + self.pad_id as f64)?.to_dtype(DType::U32)?)
             }
+            _ => Ok(Tensor::arange(0u32, t as u32, input_ids.device())?
+                .unsqueeze(0)?
+                .broadcast_as((b, t))?
+                .contiguous()?),
         }
     }
 }

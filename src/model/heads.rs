@@ -3,7 +3,9 @@
 //! BERT: pooler (first token → dense → tanh) → dropout → `classifier`.
 //! RoBERTa: first token → dropout → `classifier.dense` → tanh → dropout → `classifier.out_proj`.
 //! ELECTRA: the same with GELU (erf) instead of tanh.
-//! Question answering (all three): `qa_outputs`, a start and an end logit per token, with
+//! DeBERTa: ContextPooler (first token → dropout `pooler_dropout` → `pooler.dense` →
+//! `pooler_hidden_act`) → dropout (`cls_dropout`) → `classifier`, as BERT's otherwise.
+//! Question answering (every family): `qa_outputs`, a start and an end logit per token, with
 //! no pooler and no dropout, as transformers' `*ForQuestionAnswering`.
 //! A head the checkpoint lacks starts from N(0, 0.02) weights and zero biases, as
 //! transformers' `_init_weights` does. Regression (STS-B) is a head with one output.
@@ -11,27 +13,38 @@
 use anyhow::Result;
 use candle_core::{IndexOp, Tensor};
 
-use super::config::{Arch, ModelConfig};
+use super::config::{Activation, Arch, ModelConfig};
 use super::nn::{Ctx, Dropout, Linear};
 use super::params::Path;
 
 /// transformers' `initializer_range` default.
 pub const INIT_STD: f64 = 0.02;
 
+/// The first token through `pooler.dense` and an activation: BERT's tanh, DeBERTa's
+/// `pooler_hidden_act` after its `pooler_dropout`.
 pub struct Pooler {
     dense: Linear,
+    act: Activation,
+    dropout: Dropout,
 }
 
 impl Pooler {
     pub fn load(path: &Path, cfg: &ModelConfig) -> Result<Self> {
         let h = cfg.hidden_size;
+        let (act, p) = match &cfg.deberta {
+            Some(d) => (d.pooler_act, d.pooler_dropout),
+            None => (Activation::Tanh, 0.0),
+        };
         Ok(Self {
             dense: Linear::load_or_init(&path.pp("dense"), h, h, INIT_STD)?,
+            act,
+            dropout: Dropout::new(p),
         })
     }
 
     pub fn forward(&self, hidden: &Tensor, ctx: &Ctx) -> Result<Tensor> {
-        Ok(self.dense.forward(&hidden.i((.., 0))?, ctx)?.tanh()?)
+        let first = self.dropout.forward(&hidden.i((.., 0))?, ctx)?;
+        super::nn::activate(&self.dense.forward(&first, ctx)?, self.act)
     }
 }
 
@@ -53,7 +66,8 @@ impl From<usize> for HeadKind {
 pub enum Head {
     /// `qa_outputs` on every token: (batch, seq, 2).
     Span { qa_outputs: Linear },
-    Bert {
+    /// BERT's and DeBERTa's: on the pooler's output.
+    Pooled {
         classifier: Linear,
         dropout: Dropout,
     },
@@ -81,7 +95,7 @@ impl Head {
         let dropout = Dropout::new(cfg.classifier_dropout());
         let cls = path.pp("classifier");
         Ok(match cfg.model_type {
-            Arch::Bert => Head::Bert {
+            Arch::Bert | Arch::Deberta | Arch::DebertaV2 => Head::Pooled {
                 classifier: Linear::load_or_init(&cls, h, num_labels, INIT_STD)?,
                 dropout,
             },
@@ -97,22 +111,23 @@ impl Head {
     pub(crate) fn kind(&self) -> HeadKind {
         let out = match self {
             Head::Span { .. } => return HeadKind::Span,
-            Head::Bert { classifier, .. } => classifier,
+            Head::Pooled { classifier, .. } => classifier,
             Head::Dense { out_proj, .. } => out_proj,
         };
         HeadKind::Classes(out.weight().dims()[0])
     }
 
-    /// `pooled` is the BERT pooler output; RoBERTa reads the first token of `hidden`.
+    /// `pooled` is the pooler's output (BERT, DeBERTa); RoBERTa reads the first token of
+    /// `hidden`.
     pub fn forward(&self, hidden: &Tensor, pooled: Option<&Tensor>, ctx: &Ctx) -> Result<Tensor> {
         match self {
             Head::Span { qa_outputs } => qa_outputs.forward(hidden, ctx),
-            Head::Bert {
+            Head::Pooled {
                 classifier,
                 dropout,
             } => {
                 let pooled =
-                    pooled.ok_or_else(|| anyhow::anyhow!("BERT head needs the pooler output"))?;
+                    pooled.ok_or_else(|| anyhow::anyhow!("this head needs the pooler output"))?;
                 classifier.forward(&dropout.forward(pooled, ctx)?, ctx)
             }
             Head::Dense {
@@ -124,7 +139,7 @@ impl Head {
                 let x = dropout.forward(&hidden.i((.., 0))?, ctx)?;
                 let z = dense.forward(&x, ctx)?;
                 let z = if *gelu {
-                    super::nn::activate(&z, super::config::Activation::Gelu)?
+                    super::nn::activate(&z, Activation::Gelu)?
                 } else {
                     z.tanh()?
                 };

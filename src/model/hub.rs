@@ -18,10 +18,12 @@ const REQUIRED: &[&[&[&str]]] = &[
         &["tokenizer.json"],
         &["vocab.txt"],
         &["vocab.json", "merges.txt"],
+        &["spm.model"],
     ],
 ];
 
-/// Read when present: `do_lower_case` for a vocab.txt tokenizer, special tokens.
+/// Read when present: `do_lower_case` for a vocab.txt or spm.model tokenizer, special
+/// tokens.
 const OPTIONAL: &[&str] = &["tokenizer_config.json", "special_tokens_map.json"];
 
 /// The directory `--model` names: an existing path as given, otherwise the snapshot of
@@ -73,7 +75,7 @@ pub fn resolve(model: &Path, revision: Option<&str>) -> Result<PathBuf> {
     let absent = missing(on_hub);
     if !absent.is_empty() {
         crate::user_bail!(
-            "{}: the repository has no {}; is it a BERT or RoBERTa model?",
+            "{}: the repository has no {}; is it a BERT, RoBERTa, ELECTRA or DeBERTa model?",
             repo.describe(),
             absent.join(", ")
         );
@@ -114,7 +116,7 @@ mod tests {
             [
                 "config.json",
                 "model.safetensors (or pytorch_model.bin)",
-                "tokenizer.json (or vocab.txt, or vocab.json with merges.txt)"
+                "tokenizer.json (or vocab.txt, or vocab.json with merges.txt, or spm.model)"
             ]
         );
         let roberta = [
@@ -126,6 +128,9 @@ mod tests {
         assert!(missing(|f| roberta.contains(&f)).is_empty());
         let half = ["config.json", "model.safetensors", "vocab.json"];
         assert_eq!(missing(|f| half.contains(&f)).len(), 1);
+        // deberta-v3's files.
+        let v3 = ["config.json", "pytorch_model.bin", "spm.model"];
+        assert!(missing(|f| v3.contains(&f)).is_empty());
     }
 
     #[test]

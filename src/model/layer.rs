@@ -1,5 +1,6 @@
 //! One transformer layer: self-attention, then the feed-forward block, each followed by
-//! dropout, a residual and a post-LayerNorm (BERT and RoBERTa are post-norm).
+//! dropout, a residual and a post-LayerNorm (BERT, RoBERTa and DeBERTa are post-norm).
+//! DeBERTa's layer differs only in its attention (`disentangled.rs`).
 
 use anyhow::Result;
 use candle_core::Tensor;
@@ -7,8 +8,10 @@ use candle_core::Tensor;
 use super::adapter::AdapterConfig;
 
 use super::config::{Activation, ModelConfig};
+use super::disentangled::Disentangled;
 use super::nn::{Ctx, Dropout, LayerNorm, Linear};
 use super::params::Path;
+use super::relative::Positions;
 use crate::kernels::attention;
 use crate::kernels::ops;
 
@@ -121,8 +124,14 @@ impl AddNorm {
     }
 }
 
+/// BERT's attention, or DeBERTa's over content and relative positions.
+enum Attention {
+    Bert(SelfAttention),
+    Disentangled(Disentangled),
+}
+
 pub struct Layer {
-    attention: SelfAttention,
+    attention: Attention,
     attention_output: AddNorm,
     intermediate: Linear,
     act: Activation,
@@ -134,8 +143,12 @@ impl Layer {
         let att = path.pp("attention");
         let inter = path.pp("intermediate").pp("dense");
         let inter_adapter = adapters.filter(|a| a.wraps("intermediate.dense"));
+        let attention = match cfg.model_type.is_deberta() {
+            true => Attention::Disentangled(Disentangled::load(&att.pp("self"), cfg, adapters)?),
+            false => Attention::Bert(SelfAttention::load(&att.pp("self"), cfg, adapters)?),
+        };
         Ok(Self {
-            attention: SelfAttention::load(&att.pp("self"), cfg, adapters)?,
+            attention,
             attention_output: AddNorm::load(
                 &att.pp("output"),
                 "attention.output",
@@ -156,8 +169,18 @@ impl Layer {
         })
     }
 
-    pub fn forward(&self, x: &Tensor, mask: &Tensor, ctx: &Ctx) -> Result<Tensor> {
-        let a = self.attention.forward(x, mask, ctx)?;
+    /// `positions`: DeBERTa's relative embeddings of this forward (None for the others).
+    pub fn forward(
+        &self,
+        x: &Tensor,
+        mask: &Tensor,
+        positions: Option<&Positions>,
+        ctx: &Ctx,
+    ) -> Result<Tensor> {
+        let a = match &self.attention {
+            Attention::Bert(att) => att.forward(x, mask, ctx)?,
+            Attention::Disentangled(att) => att.forward(x, mask, positions, ctx)?,
+        };
         let h = self.attention_output.forward(&a, x, ctx)?;
         let z = self.intermediate.forward(&h, ctx)?;
         self.output.forward_after(&z, self.act, &h, ctx)

@@ -1,11 +1,14 @@
-//! Our BERT/RoBERTa/ELECTRA encoder, its heads, and checkpoint loading.
+//! Our BERT/RoBERTa/ELECTRA/DeBERTa encoder, its heads, and checkpoint loading.
 //!
 //! Every parameter is fetched by its Hugging Face name through a [`ParamStore`], which
 //! hands out a frozen tensor or a trainable variable; nothing here knows which.
 
+mod activation;
 pub mod adapter;
 pub mod config;
 mod ctx;
+pub mod deberta;
+mod disentangled;
 mod embeddings;
 mod heads;
 pub mod hub;
@@ -13,6 +16,7 @@ mod layer;
 pub mod load;
 pub mod nn;
 pub mod params;
+pub mod relative;
 
 use std::path::Path as FsPath;
 
@@ -29,6 +33,7 @@ pub use params::{Init, ParamStore, Path};
 use embeddings::Embeddings;
 use heads::{Head, Pooler};
 use layer::Layer;
+use relative::RelativeEmbeddings;
 
 /// A padded batch of token ids, as the model consumes it.
 #[derive(Debug, Clone)]
@@ -68,6 +73,8 @@ pub struct Model {
     /// ELECTRA's projection from narrower embeddings to the encoder's width.
     project: Option<nn::Linear>,
     layers: Vec<Layer>,
+    /// DeBERTa's relative position embeddings, shared by every layer.
+    relative: Option<RelativeEmbeddings>,
     pooler: Option<Pooler>,
     head: Option<Head>,
 }
@@ -86,18 +93,36 @@ impl Model {
         head: Option<HeadKind>,
         adapters: Option<&AdapterConfig>,
     ) -> Result<Self> {
+        if let Some(a) = adapters {
+            for t in &a.targets {
+                cfg.model_type
+                    .adapter_module(t)
+                    .map_err(crate::error::user)?;
+            }
+        }
         let root = store.root();
         let embeddings = Embeddings::load(&root.pp("embeddings"), cfg)?;
         let (e, h) = (cfg.embedding_width(), cfg.hidden_size);
-        let project = (e != h)
+        // DeBERTa projects inside its embeddings (embed_proj), before their LayerNorm.
+        let project = (e != h && !cfg.model_type.is_deberta())
             .then(|| nn::Linear::load(&root.pp("embeddings_project"), e, h))
             .transpose()?;
         let layers = (0..cfg.num_hidden_layers)
             .map(|i| Layer::load(&root.pp(format!("encoder.layer.{i}")), cfg, adapters))
             .collect::<Result<Vec<_>>>()?;
-        // BERT's classifier reads the pooler; its question-answering head does not.
-        let wants_pooler =
-            cfg.model_type == Arch::Bert && matches!(head, Some(HeadKind::Classes(_)));
+        let relative = match cfg.deberta.as_ref().and_then(|d| d.relative) {
+            Some(r) => Some(RelativeEmbeddings::load(
+                &root.pp("encoder"),
+                r,
+                h,
+                cfg.layer_norm_eps,
+            )?),
+            None => None,
+        };
+        // BERT's and DeBERTa's classifiers read the pooler; their question-answering
+        // heads do not.
+        let pooled_head = matches!(cfg.model_type, Arch::Bert | Arch::Deberta | Arch::DebertaV2);
+        let wants_pooler = pooled_head && matches!(head, Some(HeadKind::Classes(_)));
         let pooler = if wants_pooler
             || (head != Some(HeadKind::Span) && root.contains("pooler.dense.weight"))
         {
@@ -111,6 +136,7 @@ impl Model {
             embeddings,
             project,
             layers,
+            relative,
             pooler,
             head,
         })
@@ -140,15 +166,20 @@ impl Model {
     }
 
     fn forward_tracked(&self, batch: &Batch, ctx: &Ctx) -> Result<Output> {
+        let mask = &batch.attention_mask;
         let mut x = self
             .embeddings
-            .forward(&batch.input_ids, &batch.token_type_ids, ctx)?;
+            .forward(&batch.input_ids, &batch.token_type_ids, mask, ctx)?;
         if let Some(p) = &self.project {
             x = p.forward(&x, ctx)?;
         }
-        let mask = &batch.attention_mask;
+        let positions = self
+            .relative
+            .as_ref()
+            .map(|r| r.positions(x.dim(1)?, x.device()))
+            .transpose()?;
         for layer in &self.layers {
-            x = layer.forward(&x, mask, ctx)?;
+            x = layer.forward(&x, mask, positions.as_ref(), ctx)?;
         }
         let pooled = self
             .pooler
@@ -186,7 +217,10 @@ pub fn read_checkpoint(
         )));
     }
     let cfg = ModelConfig::load(dir)?;
-    let weights = load::read_weights(dir, cfg.model_type)?;
+    let mut weights = load::read_weights(dir, cfg.model_type)?;
+    // Tables the config turns off (DeBERTa checkpoints may still hold them) would be
+    // parameters no forward reads, yet methods would select and count them.
+    weights.retain(|name, _| !cfg.leaves_out(name));
     Ok((cfg, weights))
 }
 

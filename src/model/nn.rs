@@ -50,6 +50,12 @@ impl Linear {
         Ok(Self::new(weight, Some(bias)))
     }
 
+    /// Load `{path}.weight` of a layer built without bias (DeBERTa's `in_proj`, `pos_proj`,
+    /// `embed_proj`).
+    pub fn load_without_bias(path: &Path, d_in: usize, d_out: usize) -> Result<Self> {
+        Ok(Self::new(path.get("weight", &[d_out, d_in])?, None))
+    }
+
     /// Load if present, else initialise as transformers does for a new head.
     pub fn load_or_init(path: &Path, d_in: usize, d_out: usize, std: f64) -> Result<Self> {
         let weight = path.get_or_init("weight", &[d_out, d_in], Init::Normal(std))?;
@@ -138,6 +144,7 @@ pub fn activate(x: &Tensor, act: Activation) -> Result<Tensor> {
         Activation::Gelu => ops::gelu_erf(x),
         Activation::GeluTanh => Ok(x.gelu()?),
         Activation::Relu => Ok(x.relu()?),
+        Activation::Tanh => Ok(x.tanh()?),
     }
 }
 

@@ -10,7 +10,7 @@ use anyhow::Result;
 use candle_core::Tensor;
 use serde_json::json;
 
-use crate::error::PathContext;
+use crate::error::{user, PathContext};
 use crate::methods::is_head;
 use crate::model::{AdapterKind, Arch};
 use crate::run::dir::{self as run_dir, RunInfo};
@@ -41,11 +41,7 @@ pub fn write(
     let tensors: HashMap<String, Tensor> = trained
         .iter()
         .map(|(n, t)| {
-            let name = if is_head(n) {
-                format!("base_model.model.{n}")
-            } else {
-                format!("base_model.model.{}.{n}", arch.prefix())
-            };
+            let name = format!("base_model.model.{}", arch.task_model_name(n));
             (name, t.clone())
         })
         .collect();
@@ -60,13 +56,29 @@ pub fn write(
         v.sort();
         v
     } else {
-        cfg.targets.clone()
+        // PEFT matches a suffix of the module's path: the projections by their own names
+        // (DeBERTa's `query` is `query_proj`), the dense layers as our targets name them.
+        cfg.targets
+            .iter()
+            .map(|t| {
+                let module = arch.adapter_module(t).map_err(user)?;
+                Ok(module
+                    .strip_prefix("attention.self.")
+                    .unwrap_or(&module)
+                    .to_string())
+            })
+            .collect::<Result<_>>()?
     };
     let qa = info.train.task_spec(info.labels.as_deref())?.is_qa();
     let (task_type, head) = match qa {
         true => ("QUESTION_ANS", "qa_outputs"),
         false => ("SEQ_CLS", "classifier"),
     };
+    // A pooler the base lacked (DeBERTa's always) was created and trained with the head.
+    let mut saved = vec![head];
+    if trained.keys().any(|n| n.starts_with("pooler.")) {
+        saved.push("pooler");
+    }
     let config = json!({
         "peft_type": "LORA",
         "task_type": task_type,
@@ -75,7 +87,7 @@ pub fn write(
         "lora_alpha": cfg.alpha,
         "lora_dropout": cfg.dropout,
         "target_modules": targets,
-        "modules_to_save": [head],
+        "modules_to_save": saved,
         "bias": "none",
         "fan_in_fan_out": false,
         "init_lora_weights": true,
@@ -102,7 +114,6 @@ pub struct PeftAdapter {
 /// `arch`. Adapters this crate cannot run the same way are refused by name: other PEFT
 /// types, DoRA, rsLoRA, per-layer ranks or alphas, trained biases, some layers only.
 pub fn read(dir: &Path, arch: Arch) -> Result<PeftAdapter> {
-    use crate::error::user;
     use crate::model::adapter::TARGETS;
     use crate::model::{AdapterConfig, AdapterKind};
     let cfg_path = dir.join(CONFIG);
@@ -192,11 +203,14 @@ pub fn read(dir: &Path, arch: Arch) -> Result<PeftAdapter> {
             .strip_suffix(".lora_A.weight")
             .or_else(|| name.strip_suffix(".lora_B.weight"))
         {
-            // The longest of our target names the module path ends with.
+            // The target whose module (in this family's names) is the longest the path
+            // ends with.
             let kind = TARGETS
                 .iter()
-                .filter(|t| module.ends_with(&format!(".{t}")))
-                .max_by_key(|t| t.len())
+                .filter_map(|t| Some((t, arch.adapter_module(t).ok()?)))
+                .filter(|(_, m)| module.ends_with(&format!(".{m}")))
+                .max_by_key(|(_, m)| m.len())
+                .map(|(t, _)| t)
                 .ok_or_else(|| {
                     user(format!(
                         "{}: `{key}` wraps a module this crate cannot adapt (expected one of {})",
@@ -207,7 +221,7 @@ pub fn read(dir: &Path, arch: Arch) -> Result<PeftAdapter> {
             if !kinds.iter().any(|k| k == kind) {
                 kinds.push(kind.to_string());
             }
-        } else if !is_head(&name) {
+        } else if !is_head(&name) && !name.starts_with("pooler.") {
             return Err(user(format!(
                 "{}: `{key}` is neither a LoRA tensor nor the classifier",
                 weights_path.display()

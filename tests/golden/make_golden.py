@@ -1,16 +1,21 @@
 """Build the golden fixtures the Rust parity tests compare against.
 
 Run from the repository root with a Python that has torch, transformers and
-safetensors (see scripts/reference_venv.sh):
+safetensors (see scripts/reference_venv.sh), and sentencepiece for tiny-deberta-v2's
+spm.model:
 
     python tests/golden/make_golden.py
 
-It writes tests/fixtures/tiny-bert/, tiny-roberta/ and tiny-electra/ (`python
-tests/golden/make_golden.py electra` for one of them): a tiny random
+It writes tests/fixtures/tiny-bert/, tiny-roberta/, tiny-electra/, tiny-deberta-v2/,
+tiny-deberta-v2-abs/ and tiny-deberta/ (`python tests/golden/make_golden.py electra` for
+one of them; with no argument, BERT and RoBERTa): a tiny random
 checkpoint in Hugging Face layout (config.json, model.safetensors, tokenizer files)
 and golden.safetensors with a fixed batch, its outputs and the gradients of the
 loss with respect to every parameter. Everything is seeded; rerunning rewrites the
-same numbers up to torch's own nondeterminism (none on CPU for these ops).
+same numbers up to torch's own nondeterminism (none on CPU for these ops). The DeBERTa
+fixtures without tokenizer.json (deberta-v2: spm.model; deberta: vocab.json with
+merges.txt) also get tokenizer_golden.json: transformers' ids, type ids and offsets on
+texts where tokenizers part ways.
 """
 
 import json
@@ -21,11 +26,15 @@ import sys
 import torch
 from safetensors.torch import save_file
 from tokenizers import BertWordPieceTokenizer, ByteLevelBPETokenizer
-from tokenizers.processors import RobertaProcessing
+from tokenizers.processors import RobertaProcessing, TemplateProcessing
 from transformers import (
     AutoTokenizer,
     BertConfig,
     BertForSequenceClassification,
+    DebertaConfig,
+    DebertaForSequenceClassification,
+    DebertaV2Config,
+    DebertaV2ForSequenceClassification,
     ElectraConfig,
     ElectraForSequenceClassification,
     RobertaConfig,
@@ -60,6 +69,16 @@ PAIRS = [
      "Dogs ran."),
     ("Is it true?", "It is not true, because the sun and the moon are not stars and the sea is blue."),
 ]
+
+
+def bucket_tables():
+    """transformers' log-bucketed relative positions for every distance up to 1023, at
+    this fixture's setting and at deberta-v3's (256 buckets, max_relative_positions 512):
+    the float arithmetic of the bucket formula is checked where it rounds for real."""
+    from transformers.models.deberta_v2.modeling_deberta_v2 import make_log_bucket_position
+    rel = torch.arange(-1023, 1024)
+    return {f"buckets.{b}.{m}": make_log_bucket_position(rel, b, m).to(torch.int64)
+            for b, m in [(8, 16), (256, 512)]}
 
 
 def write_tokenizer_config(out, cfg):
@@ -102,6 +121,114 @@ def roberta_tokenizer(out):
                                  "mask_token": "<mask>"})
     tok = AutoTokenizer.from_pretrained(out)
     return tok
+
+
+def deberta_config(kind, vocab_size):
+    """DeBERTa's tiny checkpoints, each with its family's tokenizer files as the hub ships
+    them (deberta-v2-abs: tiny-bert's WordPiece tokenizer.json).
+
+    deberta-v2: as microsoft/deberta-v3-*: log-bucketed relative positions (8 buckets of
+    16 positions, so the 24-token batch reaches the log buckets and the clamp), shared
+    attention keys, both disentangled terms, a LayerNorm on the relative embeddings, no
+    absolute positions and no token types; embeddings narrower than the encoder, so that
+    `embed_proj` runs.
+    deberta-v2-abs: the other branches of the same code: separate position projections
+    (pos_key_proj, pos_query_proj), unbucketed relative positions, absolute position and
+    token-type embeddings, `pos_att_type` as the "p2c|c2p" string of older configs, no
+    LayerNorm on the relative embeddings, a tanh pooler.
+    deberta: v1 as microsoft/deberta-base: the fused in_proj with q_bias and v_bias,
+    pos_proj and pos_q_proj; max_relative_positions 8, less than the batch's length, so
+    the attention span is cut and the relative positions clamp."""
+    common = dict(vocab_size=vocab_size, hidden_size=32, num_hidden_layers=2,
+                  num_attention_heads=4, intermediate_size=64, max_position_embeddings=64,
+                  hidden_act="gelu", num_labels=3, pad_token_id=0, layer_norm_eps=1e-7)
+    if kind == "deberta-v2":
+        return DebertaV2Config(**common, embedding_size=16, type_vocab_size=0,
+                               relative_attention=True, position_buckets=8,
+                               max_relative_positions=16, share_att_key=True,
+                               pos_att_type=["p2c", "c2p"], norm_rel_ebd="layer_norm",
+                               position_biased_input=False), DebertaV2ForSequenceClassification
+    if kind == "deberta-v2-abs":
+        return DebertaV2Config(**common, type_vocab_size=2, relative_attention=True,
+                               max_relative_positions=-1, share_att_key=False,
+                               pos_att_type="p2c|c2p", norm_rel_ebd="none",
+                               position_biased_input=True, pooler_hidden_act="tanh"), \
+            DebertaV2ForSequenceClassification
+    assert kind == "deberta"
+    return DebertaConfig(**common, type_vocab_size=0, relative_attention=True,
+                         max_relative_positions=8, pos_att_type="c2p|p2c",
+                         position_biased_input=False), DebertaForSequenceClassification
+
+
+def corpus():
+    return SENTENCES + [a for a, _ in PAIRS] + [b for _, b in PAIRS] + [" ".join(WORDS)]
+
+
+def deberta_v3_tokenizer(out):
+    """A SentencePiece Unigram model trained on the tests' texts and laid out as
+    microsoft/deberta-v3-* ship theirs: spm.model ([PAD] 0, [CLS] 1, [SEP] 2, [UNK] 3) and
+    tokenizer_config.json, no tokenizer.json; transformers adds [MASK] after the pieces.
+    One training thread, so that rerunning writes the same pieces and scores."""
+    import sentencepiece as spm
+    prefix = os.path.join(out, "spm")
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(corpus() * 4), model_prefix=prefix, model_type="unigram",
+        vocab_size=200, hard_vocab_limit=False, character_coverage=1.0, num_threads=1,
+        pad_id=0, bos_id=1, eos_id=2, unk_id=3, pad_piece="[PAD]", bos_piece="[CLS]",
+        eos_piece="[SEP]", unk_piece="[UNK]", minloglevel=2)
+    os.remove(prefix + ".vocab")
+    write_tokenizer_config(out, {"tokenizer_class": "DebertaV2Tokenizer", "do_lower_case": False,
+                                 "vocab_type": "spm"})
+    return AutoTokenizer.from_pretrained(out)
+
+
+def deberta_pairs(tok):
+    """transformers 5's DebertaTokenizer joins a pair as RoBERTa does ([CLS] A [SEP] [SEP] B
+    [SEP], one token type); DeBERTa's own code and transformers 4 join it as
+    [CLS] A [SEP] B [SEP] with types 0 and 1, as deberta-v2's tokenizer still does."""
+    tok.backend_tokenizer.post_processor = TemplateProcessing(
+        single="[CLS]:0 $A:0 [SEP]:0", pair="[CLS]:0 $A:0 [SEP]:0 $B:1 [SEP]:1",
+        special_tokens=[(t, tok.convert_tokens_to_ids(t)) for t in ("[CLS]", "[SEP]")])
+    return tok
+
+
+def deberta_v1_tokenizer(out):
+    """GPT-2's byte-level BPE as microsoft/deberta-base ships it: vocab.json with [PAD],
+    [CLS], [SEP] and [UNK] first, merges.txt, no tokenizer.json; [MASK] is added after."""
+    bpe = ByteLevelBPETokenizer()
+    bpe.train_from_iterator(corpus() * 4, vocab_size=420, min_frequency=1,
+                            special_tokens=["[PAD]", "[CLS]", "[SEP]", "[UNK]"])
+    bpe.save_model(out)
+    write_tokenizer_config(out, {"tokenizer_class": "DebertaTokenizer", "do_lower_case": False,
+                                 "vocab_type": "gpt2"})
+    return deberta_pairs(AutoTokenizer.from_pretrained(out))
+
+
+# Texts where tokenizers part ways: whitespace runs, tabs and newlines, leading and trailing
+# spaces, composed and decomposed accents, compatibility characters (NFC keeps them, NFKC
+# would not), case, special tokens written in the text.
+TRICKY = [
+    ("  Leading and trailing spaces  ", None),
+    ("Tabs\tand\nnew lines,   runs   of spaces.", None),
+    ("Caf\u00e9 na\u00efve", "cafe\u0301 and e\u0301"),
+    ("The \ufb01sh \u2460 \u216b", "UPPER lower MiXeD"),
+    ("Where is the cat?", "The cat sat on the mat in the house."),
+    ("[CLS] and [SEP] in the text [MASK] too", None),
+]
+
+
+def tokenizer_golden(tok, out):
+    """tokenizer_golden.json: transformers' ids, type ids and character offsets for TRICKY,
+    for the tokenizer files that have no tokenizer.json."""
+    rows = []
+    for a, b in TRICKY:
+        enc = tok(a, b, return_offsets_mapping=True)
+        rows.append({"first": a, "second": b, "ids": enc["input_ids"],
+                     "type_ids": enc["token_type_ids"],
+                     "offsets": [list(o) for o in enc["offset_mapping"]],
+                     "sequence_ids": enc.sequence_ids()})
+    with open(os.path.join(out, "tokenizer_golden.json"), "w") as f:
+        f.write("[\n" + ",\n".join(json.dumps(r) for r in rows) + "\n]\n")
 
 
 def perturb(model, seed):
@@ -151,6 +278,12 @@ def build(kind):
                             max_position_embeddings=64, type_vocab_size=2, hidden_act="gelu",
                             num_labels=3, pad_token_id=0, layer_norm_eps=1e-12)
         cls = ElectraForSequenceClassification
+    elif kind.startswith("deberta"):
+        make = {"deberta-v2": deberta_v3_tokenizer, "deberta": deberta_v1_tokenizer}
+        tok = make.get(kind, bert_tokenizer)(out)
+        if kind in make:
+            tokenizer_golden(tok, out)
+        cfg, cls = deberta_config(kind, len(tok))
     else:
         tok = roberta_tokenizer(out)
         cfg = RobertaConfig(vocab_size=len(tok), hidden_size=32, num_hidden_layers=2,
@@ -161,7 +294,9 @@ def build(kind):
         cls = RobertaForSequenceClassification
     cfg._attn_implementation = "eager"
     model = cls(cfg)
-    perturb(model, seed={"bert": 1, "roberta": 2, "electra": 4}[kind])
+    seeds = {"bert": 1, "roberta": 2, "electra": 4, "deberta-v2": 5, "deberta-v2-abs": 6,
+             "deberta": 7}
+    perturb(model, seed=seeds[kind])
     model.eval()  # no dropout: the goldens are deterministic
     model.save_pretrained(out, safe_serialization=True)
     if kind == "bert":
@@ -192,7 +327,7 @@ def build(kind):
     labels = torch.tensor([i % 3 for i in range(n)], dtype=torch.long)
 
     kwargs = dict(input_ids=input_ids, attention_mask=attention_mask)
-    if kind in ("bert", "electra"):
+    if kind != "roberta":
         kwargs["token_type_ids"] = token_type_ids
     out_cls = model(**kwargs, labels=labels, output_hidden_states=True)
     out_cls.loss.backward()
@@ -209,6 +344,8 @@ def build(kind):
     }
     if enc_out is not None:
         tensors["pooler_output"] = enc_out.pooler_output.detach()
+    if kind == "deberta-v2":
+        tensors.update(bucket_tables())
     for name, p in model.named_parameters():
         if p.grad is not None:
             tensors["grad." + name] = p.grad.detach().clone()

@@ -2,9 +2,10 @@
 
 Run from the repository root with the reference venv, after make_golden.py:
 
-    python tests/golden/make_qa_golden.py
+    python tests/golden/make_qa_golden.py [KIND...]
 
-For each tiny checkpoint in tests/fixtures/tiny-{bert,roberta,electra}/ it builds
+For each tiny checkpoint in tests/fixtures/tiny-{bert,roberta,electra,deberta-v2,
+deberta-v2-abs,deberta}/ it builds
 transformers' *ForQuestionAnswering on the same encoder weights with a seeded
 `qa_outputs` head, runs it on question-context pairs cut to one length (no padding:
 transformers keeps padding in the span softmax, which peft leaves out, and the two agree
@@ -13,18 +14,26 @@ positions, the head, start and end logits, the loss and every parameter's gradie
 """
 
 import os
+import sys
 
 import torch
 from safetensors.torch import save_file
 from transformers import (
     AutoTokenizer,
     BertForQuestionAnswering,
+    DebertaForQuestionAnswering,
+    DebertaV2ForQuestionAnswering,
     ElectraForQuestionAnswering,
     RobertaForQuestionAnswering,
 )
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from make_golden import deberta_pairs  # noqa: E402
+
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "fixtures")
 LENGTH = 20
+# The tiny SentencePiece vocabulary spells most words letter by letter.
+LENGTHS = {"deberta-v2": 40}
 QUESTIONS = ["Where is the cat?", "Who walked?", "What is the capital of France?"]
 CONTEXT = ("The cat sat on the mat in the house. A man walked his dog in the park near the "
            "river. Paris is the capital of France and London is in England.")
@@ -32,21 +41,27 @@ CLASSES = {
     "bert": BertForQuestionAnswering,
     "roberta": RobertaForQuestionAnswering,
     "electra": ElectraForQuestionAnswering,
+    "deberta-v2": DebertaV2ForQuestionAnswering,
+    "deberta-v2-abs": DebertaV2ForQuestionAnswering,
+    "deberta": DebertaForQuestionAnswering,
 }
 
 
 def build(kind):
     d = os.path.join(ROOT, f"tiny-{kind}")
     tok = AutoTokenizer.from_pretrained(d)
+    if kind == "deberta":
+        tok = deberta_pairs(tok)
     torch.manual_seed(11)
     model = CLASSES[kind].from_pretrained(d, attn_implementation="eager", num_labels=2)
     with torch.no_grad():
         model.qa_outputs.weight.normal_(0.0, 0.3)
         model.qa_outputs.bias.normal_(0.0, 0.3)
     model.eval()
+    length = LENGTHS.get(kind, LENGTH)
     enc = tok(QUESTIONS, [CONTEXT] * len(QUESTIONS), truncation="only_second",
-              max_length=LENGTH, return_tensors="pt")
-    assert enc["input_ids"].shape == (len(QUESTIONS), LENGTH)
+              max_length=length, return_tensors="pt")
+    assert enc["input_ids"].shape == (len(QUESTIONS), length)
     assert bool(enc["attention_mask"].all()), "the windows must not be padded"
     starts = torch.tensor([0, 12, 15])
     ends = torch.tensor([0, 14, 17])
@@ -75,5 +90,5 @@ def build(kind):
 
 
 if __name__ == "__main__":
-    for kind in CLASSES:
+    for kind in sys.argv[1:] or CLASSES:
         build(kind)

@@ -184,7 +184,7 @@ fn offline_cache_misses_exit_2_naming_what_is_missing() {
             train_args(out, "rte", &["--model", "test-org/no-tokenizer"]),
             vec![
                 "test-org/no-tokenizer at revision main".into(),
-                "tokenizer.json (or vocab.txt, or vocab.json with merges.txt)".into(),
+                "tokenizer.json (or vocab.txt, or vocab.json with merges.txt, or spm.model)".into(),
                 "HF_HUB_OFFLINE=1".into(),
                 cache
                     .join("models--test-org--no-tokenizer")

@@ -98,20 +98,43 @@ fn eval_metric(run: &Path, metric: &str) -> f64 {
     v["metrics"][metric].as_f64().unwrap()
 }
 
-/// Every method on every model family (BERT, RoBERTa, ELECTRA) and task type
-/// (classification, question answering).
+/// Every model family the methods run on: BERT, RoBERTa, ELECTRA, DeBERTa v3 and v1.
+const FAMILIES: [&str; 5] = [
+    "tiny-bert",
+    "tiny-roberta",
+    "tiny-electra",
+    "tiny-deberta-v2",
+    "tiny-deberta",
+];
+
+/// Every method on every model family and task type (classification, question
+/// answering).
 #[test]
 fn every_method_trains_only_what_it_selects() {
-    for family in ["tiny-bert", "tiny-roberta", "tiny-electra"] {
+    for family in FAMILIES {
         every_method_on(family, &RTE);
     }
 }
 
 #[test]
 fn every_method_trains_only_what_it_selects_on_squad() {
-    for family in ["tiny-bert", "tiny-roberta", "tiny-electra"] {
+    for family in FAMILIES {
         every_method_on(family, &SQUAD_V2);
     }
+}
+
+/// Outside the encoder's layers, not the head: embeddings, ELECTRA's projection after
+/// them, the pooler, DeBERTa's relative embeddings and their LayerNorm.
+fn beside_layers(n: &str) -> bool {
+    [
+        "embeddings.",
+        "embeddings_project.",
+        "pooler.",
+        "encoder.rel_embeddings.",
+        "encoder.LayerNorm.",
+    ]
+    .iter()
+    .any(|p| n.starts_with(p))
 }
 
 fn every_method_on(family: &str, task: &Task) {
@@ -182,11 +205,7 @@ fn every_method_on(family: &str, task: &Task) {
         // Nothing outside the selection moved (frozen tensors are not even saved).
         for name in trained.keys() {
             assert!(
-                pick(name)
-                    || is_head(name)
-                    || name.starts_with("embeddings.")
-                    || name.starts_with("embeddings_project.")
-                    || name.starts_with("pooler."),
+                pick(name) || is_head(name) || beside_layers(name),
                 "{family} {flags:?}: {name} was trained"
             );
         }
@@ -397,19 +416,25 @@ fn diff_ranks_what_training_moved() {
     assert!(rel.windows(2).all(|w| w[0] >= w[1]));
 }
 
-/// LoRA and InA on RoBERTa and ELECTRA as on BERT, and on SQuAD on all three: only the
-/// adapters and the head train,
-/// B leaves zero, and `peft eval` reproduces the run.
+/// LoRA and InA on RoBERTa, ELECTRA and DeBERTa as on BERT, and on SQuAD on all: only the
+/// adapters and the head train, B leaves zero, and `peft eval` reproduces the run. The
+/// default targets (query, value; InA's query, key, value) are DeBERTa v2's `query_proj`
+/// and so on; DeBERTa v1 fuses those into `in_proj`, so it takes the dense layers.
 #[test]
 fn adapters_train_on_every_family() {
-    let families = [
-        ("tiny-roberta", &RTE),
-        ("tiny-electra", &RTE),
-        ("tiny-bert", &SQUAD_V2),
-        ("tiny-roberta", &SQUAD_V2),
-        ("tiny-electra", &SQUAD_V2),
+    const DENSE: &str = "attention.output.dense,intermediate.dense,output.dense";
+    let families: [(&str, &Task, Option<&str>); 9] = [
+        ("tiny-roberta", &RTE, None),
+        ("tiny-electra", &RTE, None),
+        ("tiny-deberta-v2", &RTE, None),
+        ("tiny-deberta", &RTE, Some(DENSE)),
+        ("tiny-bert", &SQUAD_V2, None),
+        ("tiny-roberta", &SQUAD_V2, None),
+        ("tiny-electra", &SQUAD_V2, None),
+        ("tiny-deberta-v2", &SQUAD_V2, None),
+        ("tiny-deberta", &SQUAD_V2, Some(DENSE)),
     ];
-    for (family, task) in families {
+    for (family, task, targets) in families {
         let tmp = tempfile::tempdir().unwrap();
         (task.write)(tmp.path());
         let model = fixture(family);
@@ -417,6 +442,10 @@ fn adapters_train_on_every_family() {
             let out = tmp.path().join(method);
             let mut args = task.steps.to_vec();
             args.extend_from_slice(&["--method", method]);
+            let flag = format!("--{method}-targets");
+            if let Some(t) = targets {
+                args.extend_from_slice(&[&flag, t]);
+            }
             train(&model, tmp.path(), &out, &args);
             let trained = tensors(&out.join("last.safetensors"));
             for name in trained.keys() {
@@ -441,4 +470,37 @@ fn adapters_train_on_every_family() {
             );
         }
     }
+}
+
+/// DeBERTa v1 has no query or value module of its own for an adapter to wrap: LoRA's
+/// default targets are refused by name, as a user error, before anything trains.
+#[test]
+fn adapters_on_deberta_v1_projections_are_refused_by_name() {
+    let tmp = tempfile::tempdir().unwrap();
+    write_rte(tmp.path(), 16, 8);
+    let out = tmp.path().join("run");
+    let model = fixture("tiny-deberta");
+    let run = peft(&[
+        "train",
+        "--model",
+        &model,
+        "--data-dir",
+        tmp.path().to_str().unwrap(),
+        "--output-dir",
+        out.to_str().unwrap(),
+        "--task",
+        "rte",
+        "--max-steps",
+        "1",
+        "--max-seq-len",
+        "16",
+        "--method",
+        "lora",
+    ]);
+    assert_eq!(run.status.code(), Some(2), "{}", stderr(&run));
+    let err = stderr(&run);
+    assert!(
+        err.contains("adapter target `query`") && err.contains("in_proj"),
+        "{err}"
+    );
 }

@@ -1,5 +1,6 @@
-//! Golden parity with Hugging Face transformers on tiny random BERT, RoBERTa and ELECTRA,
-//! with classification, regression and question-answering heads.
+//! Golden parity with Hugging Face transformers on tiny random BERT, RoBERTa, ELECTRA and
+//! DeBERTa (v1, and v2/v3 in two configurations), with classification, regression and
+//! question-answering heads.
 //!
 //! Fixtures come from tests/golden/make_golden.py: weights, a batch of singles and pairs,
 //! and transformers' hidden states, logits, loss and the gradient of the loss for every
@@ -83,15 +84,10 @@ fn check_classification(kind: &str) {
     assert!(d <= 1e-4, "{kind} loss differs by {d}");
 
     let grads = l.backward().unwrap();
-    let prefix = format!("{}.", cfg.model_type.prefix());
     let vars = store.vars();
     let mut checked = 0;
     for (name, var) in &vars {
-        let key = if name.starts_with("classifier") {
-            format!("grad.{name}")
-        } else {
-            format!("grad.{prefix}{name}")
-        };
+        let key = format!("grad.{}", cfg.model_type.task_model_name(name));
         let reference = g
             .get(&key)
             .unwrap_or_else(|| panic!("no golden gradient {key}"));
@@ -176,10 +172,102 @@ fn roberta_regression_matches_transformers() {
     check_regression("roberta");
 }
 
+/// DeBERTa v3's configuration (log-bucketed relative positions, shared attention keys,
+/// relative embeddings normalised, no absolute positions nor token types, `embed_proj`),
+/// and v2's other branches (separate position projections, plain distances, absolute
+/// positions and token types, a tanh pooler): padding rows included, since the encoder
+/// masks (query, key) pairs as transformers does.
+#[test]
+fn deberta_v2_forward_and_gradients_match_transformers() {
+    for kind in ["deberta-v2", "deberta-v2-abs"] {
+        check_classification(kind);
+        check_regression(kind);
+    }
+    check_tokenizer(&fixture("deberta-v2"), "deberta-v2");
+}
+
+/// DeBERTa v1: the fused `in_proj` with `q_bias` and `v_bias`, `pos_proj` and
+/// `pos_q_proj`, a relative window narrower than the batch.
+#[test]
+fn deberta_forward_and_gradients_match_transformers() {
+    check_classification("deberta");
+    check_regression("deberta");
+    check_tokenizer(&fixture("deberta"), "deberta");
+}
+
+/// One text (or pair) as transformers tokenized it (tokenizer_golden.json).
+#[derive(serde::Deserialize)]
+struct TokenizedRow {
+    first: String,
+    second: Option<String>,
+    ids: Vec<u32>,
+    type_ids: Vec<u32>,
+    offsets: Vec<(usize, usize)>,
+    sequence_ids: Vec<Option<usize>>,
+}
+
+/// DeBERTa's tokenizers with no tokenizer.json, built from what the hub ships: v3's
+/// spm.model and v1's vocab.json with merges.txt. Ids, type ids and, for pairs, the
+/// context's character offsets (SQuAD cuts answers by them) against transformers, on
+/// whitespace runs, tabs, newlines, accents composed and not, compatibility characters,
+/// case and special tokens in the text.
+#[test]
+fn deberta_tokenizers_from_spm_and_bpe_files_match_transformers() {
+    for kind in ["deberta-v2", "deberta"] {
+        let dir = fixture(kind);
+        assert!(!dir.join("tokenizer.json").exists(), "{kind}");
+        let (cfg, _) = read_checkpoint(&dir).unwrap();
+        let rows: Vec<TokenizedRow> = serde_json::from_str(
+            &std::fs::read_to_string(dir.join("tokenizer_golden.json")).unwrap(),
+        )
+        .unwrap();
+        let enc = TextEncoder::load(&dir, &cfg, 64).unwrap();
+        let qa = TextEncoder::load(&dir, &cfg, 64)
+            .unwrap()
+            .with_doc_stride(4)
+            .qa()
+            .unwrap();
+        for row in &rows {
+            let what = format!("{kind} {:?} / {:?}", row.first, row.second);
+            let got = enc.encode(&row.first, row.second.as_deref()).unwrap();
+            assert_eq!(got.ids, row.ids, "{what}: ids");
+            assert_eq!(got.type_ids, row.type_ids, "{what}: type ids");
+            let Some(context) = &row.second else { continue };
+            let windows = qa.windows(&row.first, context).unwrap();
+            assert_eq!(windows.len(), 1, "{what}");
+            assert_eq!(windows[0].encoded.ids, row.ids, "{what}: window ids");
+            let want: Vec<Option<(usize, usize)>> = row
+                .offsets
+                .iter()
+                .zip(&row.sequence_ids)
+                .map(|(o, s)| (*s == Some(1)).then_some(*o))
+                .collect();
+            assert_eq!(windows[0].offsets, want, "{what}: context offsets");
+        }
+    }
+}
+
+/// transformers' `make_log_bucket_position` at every distance up to 1023, for the tiny
+/// fixture's setting and deberta-v3's (256 buckets over 512 positions), where its f32
+/// arithmetic rounds for real.
+#[test]
+fn deberta_log_buckets_match_transformers() {
+    let g = golden("deberta-v2");
+    for (buckets, max) in [(8, 16), (256, 512)] {
+        let want = g[&format!("buckets.{buckets}.{max}")]
+            .to_vec1::<i64>()
+            .unwrap();
+        let ours: Vec<i64> = (-1023..=1023)
+            .map(|d| peft::model::relative::log_bucket(d, buckets, max))
+            .collect();
+        assert_eq!(ours, want, "buckets {buckets}, max {max}");
+    }
+}
+
 #[test]
 fn composed_ops_match_transformers() {
     with_composed_ops(|| {
-        for kind in ["bert", "roberta", "electra"] {
+        for kind in ["bert", "roberta", "electra", "deberta-v2", "deberta"] {
             check_classification(kind);
             check_regression(kind);
         }
@@ -213,13 +301,9 @@ fn check_span(kind: &str) {
     let d = max_abs_diff(&l.reshape(1).unwrap(), &g["loss"]);
     assert!(d <= 1e-4, "{kind} span loss differs by {d}");
     let grads = l.backward().unwrap();
-    let prefix = format!("{}.", cfg.model_type.prefix());
     let vars = store.vars();
     for (name, var) in &vars {
-        let key = match name.starts_with("qa_outputs") {
-            true => format!("grad.{name}"),
-            false => format!("grad.{prefix}{name}"),
-        };
+        let key = format!("grad.{}", cfg.model_type.task_model_name(name));
         let reference = g.get(&key).unwrap_or_else(|| panic!("no golden {key}"));
         let ours = grads
             .get(var.as_tensor())
@@ -248,10 +332,21 @@ fn check_span(kind: &str) {
 
 #[test]
 fn question_answering_heads_match_transformers() {
-    for kind in ["bert", "roberta", "electra"] {
+    for kind in [
+        "bert",
+        "roberta",
+        "electra",
+        "deberta-v2",
+        "deberta-v2-abs",
+        "deberta",
+    ] {
         check_span(kind);
     }
-    with_composed_ops(|| check_span("bert"));
+    with_composed_ops(|| {
+        for kind in ["bert", "deberta-v2", "deberta"] {
+            check_span(kind);
+        }
+    });
 }
 
 /// Padding is left out of the span softmax: a padded batch's loss is the mean of its

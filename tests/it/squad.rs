@@ -312,7 +312,10 @@ fn write_squad_parquet(json_file: &Path, parquet_file: &Path) {
     let (def, rep) = levels();
     let texts: Vec<ByteArray> = rows
         .iter()
-        .flat_map(|r| r.4.iter().map(|a| ByteArray::from(a["text"].as_str().unwrap())))
+        .flat_map(|r| {
+            r.4.iter()
+                .map(|a| ByteArray::from(a["text"].as_str().unwrap()))
+        })
         .collect();
     let mut cw = rg.next_column().unwrap().unwrap();
     cw.typed::<ByteArrayType>()
@@ -321,7 +324,10 @@ fn write_squad_parquet(json_file: &Path, parquet_file: &Path) {
     cw.close().unwrap();
     let starts: Vec<i32> = rows
         .iter()
-        .flat_map(|r| r.4.iter().map(|a| a["answer_start"].as_i64().unwrap() as i32))
+        .flat_map(|r| {
+            r.4.iter()
+                .map(|a| a["answer_start"].as_i64().unwrap() as i32)
+        })
         .collect();
     let mut cw = rg.next_column().unwrap().unwrap();
     cw.typed::<Int32Type>()
