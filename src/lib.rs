@@ -1,5 +1,5 @@
-//! peft: fine-tune BERT, RoBERTa and ELECTRA on GLUE, training the whole model or a chosen
-//! subset.
+//! peft: fine-tune BERT, RoBERTa, ELECTRA and DeBERTa on GLUE and SQuAD, training the whole
+//! model or a chosen subset.
 
 // Every unsafe operation sits in its own block with a `// SAFETY:` comment saying why it
 // is sound, even inside an `unsafe fn`.

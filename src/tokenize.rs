@@ -99,7 +99,9 @@ impl TextEncoder {
             pad_id: cfg.pad_token_id,
             single_type: cfg.type_vocab_size == 1,
             max_len,
-            doc_stride: DOC_STRIDE,
+            // run_qa's stride, or half the window when that is shorter (the settings pass
+            // their own).
+            doc_stride: DOC_STRIDE.min(max_len / 2),
         })
     }
 

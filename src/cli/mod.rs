@@ -21,7 +21,7 @@ use clap::{Parser, Subcommand};
 #[command(
     name = "peft",
     version,
-    about = "Fine-tune BERT and RoBERTa on GLUE, all of the model or a chosen subset"
+    about = "Fine-tune BERT, RoBERTa, ELECTRA and DeBERTa on GLUE and SQuAD, all of the model or a chosen subset"
 )]
 pub struct Cli {
     #[command(subcommand)]
@@ -30,7 +30,7 @@ pub struct Cli {
 
 #[derive(Subcommand, Debug)]
 pub enum Command {
-    /// Fine-tune on a GLUE task and save a run directory.
+    /// Fine-tune on a GLUE or SQuAD task (or your own data) and save a run directory.
     Train(Box<train::TrainArgs>),
     /// Re-score a saved run (or a classifier or PEFT adapter trained elsewhere) on a split,
     /// or write its GLUE test submission.
