@@ -203,7 +203,7 @@ pub fn medians(runs: &[Run]) -> BTreeMap<(String, String), (String, Vec<f64>)> {
 /// for spreadsheets and pandas rather than for reading.
 pub fn csv(runs: &[Run]) -> String {
     let mut out = String::from(
-        "run,dir,task,method,seed,trainable_params,total_params,trainable_share,metric,\
+        "run,dir,task,method,seed,lr,trainable_params,total_params,trainable_share,metric,\
          best,best_step,final,final_step,epochs,finished,train_seconds,train_tokens_per_s\n",
     );
     let num = |v: Option<f64>| v.map_or_else(String::new, |v| v.to_string());
@@ -223,6 +223,7 @@ pub fn csv(runs: &[Run]) -> String {
                 csv_field(&run.train.task),
                 csv_field(&run.train.method),
                 run.train.seed.to_string(),
+                run.train.lr.to_string(),
                 run.trainable_params.to_string(),
                 run.total_params.to_string(),
                 run.share().to_string(),

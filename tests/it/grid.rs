@@ -227,6 +227,24 @@ lr = [1e-3, 3e-2]
         "{wide}"
     );
 
+    // The per-run CSV carries each run's learning rate, for spreadsheets.
+    let csv = ok(peft(&[
+        "report",
+        tmp.path().join("grid").to_str().unwrap(),
+        "--format",
+        "csv",
+    ]));
+    let header: Vec<&str> = csv.lines().next().unwrap().split(',').collect();
+    let lr = header.iter().position(|h| *h == "lr").unwrap();
+    let mut lrs: Vec<&str> = csv
+        .lines()
+        .skip(1)
+        .map(|l| l.split(',').nth(lr).unwrap())
+        .collect();
+    lrs.sort();
+    lrs.dedup();
+    assert_eq!(lrs, ["0.001", "0.03"], "{csv}");
+
     let slurm = ok(peft(&["grid", p, "--emit", "slurm"]));
     assert!(slurm.starts_with("#!/bin/bash"), "{slurm}");
     assert!(slurm.contains("#SBATCH --array=0-5"), "{slurm}");
