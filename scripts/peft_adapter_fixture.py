@@ -1,6 +1,7 @@
 """Make a trained LoRA adapter with Hugging Face PEFT, and what PEFT predicts with it.
 
-    python scripts/peft_adapter_fixture.py
+    python scripts/peft_adapter_fixture.py            # tests/fixtures/peft-lora-trained/
+    python scripts/peft_adapter_fixture.py --rslora   # tests/fixtures/peft-rslora-trained/
 
 On tests/fixtures/tiny-bert: writes a small RTE-format data set (sentence2 is entailed
 iff its first word occurs in sentence1 and it has no "not"), trains a PEFT LoRA model on
@@ -10,11 +11,13 @@ PeftModel.from_pretrained) and scores the dev split. Everything goes to
 tests/fixtures/peft-lora-trained/:
     adapter_config.json, adapter_model.safetensors, and expected.json (the dev rows,
     dev accuracy, softmax probabilities and logits per dev row, versions).
-CPU, float32, seeded.
+With --rslora the adapter scales by alpha/sqrt(r) (PEFT's use_rslora) and goes to
+tests/fixtures/peft-rslora-trained/. CPU, float32, seeded.
 """
 
 import json
 import random
+import sys
 from pathlib import Path
 
 import peft
@@ -26,7 +29,8 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY_BERT = ROOT / "tests" / "fixtures" / "tiny-bert"
-OUT = ROOT / "tests" / "fixtures" / "peft-lora-trained"
+RSLORA = "--rslora" in sys.argv[1:]
+OUT = ROOT / "tests" / "fixtures" / ("peft-rslora-trained" if RSLORA else "peft-lora-trained")
 LABELS = ["entailment", "not_entailment"]  # label id = index
 WORDS = (
     "cat dog man woman sat ran saw house car city river red blue big small happy sad old new"
@@ -73,7 +77,8 @@ def base_model():
 def train(tok, train_rows) -> None:
     torch.manual_seed(0)
     cfg = LoraConfig(
-        task_type="SEQ_CLS", r=4, lora_alpha=8, lora_dropout=0.0, target_modules=["query", "value"]
+        task_type="SEQ_CLS", r=4, lora_alpha=8, lora_dropout=0.0, target_modules=["query", "value"],
+        use_rslora=RSLORA,
     )
     model = get_peft_model(base_model(), cfg)
     model.print_trainable_parameters()

@@ -285,6 +285,10 @@ settings! {
     /// lora: dropout on the adapter's input.
     #[arg(long)]
     lora_dropout: f64 = when(c.method == Method::Lora, 0.1);
+    /// lora: rsLoRA, scaling updates by alpha/√r rather than alpha/r (PEFT's use_rslora).
+    #[arg(long, num_args = 0..=1, default_missing_value = "true")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    lora_rslora: bool = when(c.method == Method::Lora, false);
     /// lora: modules to wrap, from query, key, value, attention.output.dense,
     /// intermediate.dense, output.dense (PEFT's defaults for BERT).
     #[arg(long, value_delimiter = ',')]
@@ -482,7 +486,7 @@ trait Shown {
 macro_rules! shown_by_display {
     ($($t:ty),*) => { $(impl Shown for $t { fn shown(&self) -> String { self.to_string() } })* };
 }
-shown_by_display!(usize, u64, f64, String, Method, Samples);
+shown_by_display!(usize, u64, f64, bool, String, Method, Samples);
 
 impl Shown for Vec<String> {
     fn shown(&self) -> String {
@@ -814,6 +818,7 @@ impl TrainConfig {
                 alpha: self.lora_alpha?,
                 dropout: self.lora_dropout?,
                 targets: self.lora_targets.clone()?,
+                rslora: self.lora_rslora.unwrap_or(false),
             }),
             Method::Ina => Some(AdapterConfig {
                 kind: AdapterKind::Ina {
@@ -824,6 +829,7 @@ impl TrainConfig {
                 alpha: self.ina_alpha?,
                 dropout: self.ina_dropout?,
                 targets: self.ina_targets.clone()?,
+                rslora: false,
             }),
             _ => None,
         }

@@ -1,6 +1,8 @@
 //! Low-rank adapters on a frozen linear layer: LoRA and InA.
 //!
 //! LoRA (Hu et al., 2021; as Hugging Face PEFT builds it): y = W₀x + b₀ + (α/r)·B·A·dropout(x),
+//! or with rsLoRA (Kalajdzievski, 2023; PEFT's `use_rslora`) scaled by α/√r instead, so
+//! that the update's size does not shrink as the rank grows,
 //! A (r × in) Kaiming-uniform (bound 1/√in, torch's `kaiming_uniform_(a=√5)`), B (out × r)
 //! zero, so an untrained adapter changes nothing.
 //!
@@ -58,6 +60,9 @@ pub struct AdapterConfig {
     pub dropout: f64,
     /// From [`TARGETS`].
     pub targets: Vec<String>,
+    /// Scale by alpha/√r (rsLoRA) rather than alpha/r.
+    #[serde(default)]
+    pub rslora: bool,
 }
 
 impl AdapterConfig {
@@ -70,7 +75,10 @@ impl AdapterConfig {
     }
 
     pub fn scale(&self) -> f64 {
-        self.alpha / self.r as f64
+        match self.rslora {
+            true => self.alpha / (self.r as f64).sqrt(),
+            false => self.alpha / self.r as f64,
+        }
     }
 }
 

@@ -92,7 +92,7 @@ pub fn write(
         "fan_in_fan_out": false,
         "init_lora_weights": true,
         "inference_mode": true,
-        "use_rslora": false,
+        "use_rslora": cfg.rslora,
         "use_dora": false,
     });
     run_dir::save_tensors(&dir.join(WEIGHTS), &tensors)?;
@@ -112,7 +112,7 @@ pub struct PeftAdapter {
 
 /// Read `dir`'s adapter_config.json and adapter_model.safetensors for a base model of
 /// `arch`. Adapters this crate cannot run the same way are refused by name: other PEFT
-/// types, DoRA, rsLoRA, per-layer ranks or alphas, trained biases, some layers only.
+/// types, DoRA, per-layer ranks or alphas, trained biases, some layers only.
 pub fn read(dir: &Path, arch: Arch) -> Result<PeftAdapter> {
     use crate::model::adapter::TARGETS;
     use crate::model::{AdapterConfig, AdapterKind};
@@ -142,7 +142,6 @@ pub fn read(dir: &Path, arch: Arch) -> Result<PeftAdapter> {
     }
     for (key, why) in [
         ("use_dora", "DoRA adapters are not supported"),
-        ("use_rslora", "rsLoRA scaling is not supported"),
         (
             "fan_in_fan_out",
             "fan_in_fan_out (Conv1D weights) does not apply to BERT-family models",
@@ -251,6 +250,7 @@ pub fn read(dir: &Path, arch: Arch) -> Result<PeftAdapter> {
             alpha,
             dropout,
             targets: kinds,
+            rslora: field("use_rslora").and_then(|v| v.as_bool()) == Some(true),
         },
         tensors,
     })

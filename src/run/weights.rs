@@ -149,6 +149,7 @@ impl RunWeights {
                 train.lora_alpha = Some(a.config.alpha);
                 train.lora_dropout = Some(a.config.dropout);
                 train.lora_targets = Some(a.config.targets.clone());
+                train.lora_rslora = Some(a.config.rslora);
                 (a.tensors, file)
             }
             None => {

@@ -22,6 +22,7 @@ fn lora(r: usize, targets: &[&str]) -> AdapterConfig {
         alpha: 16.0,
         dropout: 0.1,
         targets: targets.iter().map(|s| s.to_string()).collect(),
+        rslora: false,
     }
 }
 
@@ -618,11 +619,17 @@ fn eval_scores_classifiers_trained_elsewhere() {
 
 /// A LoRA adapter trained and saved by Hugging Face PEFT in Python
 /// (`scripts/peft_adapter_fixture.py`) scores here as it scored there: the same dev
-/// accuracy and every example's probabilities within 1e-5.
+/// accuracy and every example's probabilities within 1e-5. Also with rsLoRA's scaling
+/// (`--rslora`: alpha/√r), which the plain LoRA scale would get wrong.
 #[test]
 fn eval_scores_a_peft_adapter_as_python_does() {
+    scores_as_python("peft-rslora-trained");
+    scores_as_python("peft-lora-trained");
+}
+
+fn scores_as_python(name: &str) {
     let tmp = tempfile::tempdir().unwrap();
-    let fx = Path::new(&fixture("peft-lora-trained")).to_path_buf();
+    let fx = Path::new(&fixture(name)).to_path_buf();
     let expected: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(fx.join("expected.json")).unwrap()).unwrap();
     // The dev rows Python scored, as RTE's dev.tsv.
@@ -707,4 +714,61 @@ fn eval_scores_a_peft_adapter_as_python_does() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{err}");
     assert!(err.contains("use_dora"), "{err}");
+}
+
+/// rsLoRA (`--lora-rslora`, alpha/√r) trains, exports PEFT's `use_rslora`, and the exported
+/// adapter, read back with `eval --adapter`, scores as the run; `--lora-rslora` is LoRA's
+/// flag only. (PEFT itself loads the export: `scripts/peft_roundtrip.py compare`, 6e-8.)
+#[test]
+fn rslora_trains_exports_and_reads_back() {
+    let tmp = tempfile::tempdir().unwrap();
+    write_rte(tmp.path(), 48, 16);
+    let out = tmp.path().join("run");
+    let args = [
+        "--task",
+        "rte",
+        "--method",
+        "lora",
+        "--lora-rslora",
+        "--lora-r",
+        "4",
+        "--max-steps",
+        "4",
+        "--lr",
+        "1e-2",
+    ];
+    train(&fixture("tiny-bert"), tmp.path(), &out, &args);
+    let cfg: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("adapter_config.json")).unwrap())
+            .unwrap();
+    assert_eq!(cfg["use_rslora"], true);
+    let run = eval_accuracy(&out);
+    let shown = ok(peft(&[
+        "eval",
+        "--adapter",
+        out.to_str().unwrap(),
+        "--model",
+        &fixture("tiny-bert"),
+        "--task",
+        "rte",
+        "--data-dir",
+        tmp.path().to_str().unwrap(),
+        "--max-seq-len",
+        "32",
+        "--json",
+    ]));
+    let v: serde_json::Value = serde_json::from_str(shown.trim()).unwrap();
+    assert_eq!(v["metrics"]["accuracy"].as_f64().unwrap(), run);
+    let o = peft(&[
+        "train",
+        "--model",
+        &fixture("tiny-bert"),
+        "--task",
+        "rte",
+        "--method",
+        "bitfit",
+        "--lora-rslora",
+    ]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("--lora-rslora does not apply to --method bitfit"));
 }
