@@ -37,7 +37,7 @@ impl TrainStep {
         // Child-Tuning's default reserve and a tenth for the subset methods; the
         // Fisher-ranked ones need a Fisher file and are refused by `select`.
         let spec = MethodSpec {
-            method: *method,
+            method: (*method).into(),
             fraction: 0.1,
             reserve: 0.3,
             seed: 0,

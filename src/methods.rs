@@ -144,10 +144,130 @@ impl std::fmt::Display for Method {
     }
 }
 
-/// A method with its settings.
-#[derive(Debug, Clone, Copy)]
+/// What `--method` names: one method, or a union of methods joined by `+`
+/// (`lora+layernorm`: the adapters, LayerNorm and the head train). A union trains every
+/// element any of its methods trains. Combinations that make no sense are refused when
+/// parsed: `full` (already everything) or Child-Tuning (its own optimizer) with anything,
+/// two adapter kinds, two masked subsets (they would mask the same tensors).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Methods(Vec<Method>);
+
+impl Methods {
+    pub fn one(m: Method) -> Self {
+        Methods(vec![m])
+    }
+
+    /// The methods, in the order given.
+    pub fn parts(&self) -> &[Method] {
+        &self.0
+    }
+
+    pub fn has(&self, m: Method) -> bool {
+        self.0.contains(&m)
+    }
+
+    pub fn needs_fisher(&self) -> bool {
+        self.0.iter().any(|m| m.needs_fisher())
+    }
+
+    pub fn takes_fraction(&self) -> bool {
+        self.0.iter().any(|m| m.takes_fraction())
+    }
+
+    pub fn takes_reserve(&self) -> bool {
+        self.0.iter().any(|m| m.takes_reserve())
+    }
+
+    /// The first method's: `lora+layernorm` trains at LoRA's rate unless told otherwise.
+    pub fn default_lr(&self) -> f64 {
+        self.0[0].default_lr()
+    }
+
+    fn check(parts: Vec<Method>) -> std::result::Result<Self, String> {
+        let joined = || parts.iter().map(|m| m.name()).collect::<Vec<_>>().join("+");
+        if parts.len() > 1 {
+            for (i, m) in parts.iter().enumerate() {
+                if parts[..i].contains(m) {
+                    return Err(format!("{}: {m} is listed twice", joined()));
+                }
+                if matches!(m, Method::Full | Method::ChildF | Method::ChildD) {
+                    return Err(format!(
+                        "{}: {m} does not combine with other methods ({})",
+                        joined(),
+                        match m {
+                            Method::Full => "it already trains every parameter",
+                            _ => "Child-Tuning runs its own optimizer over every parameter",
+                        }
+                    ));
+                }
+            }
+            let count = |f: fn(&Method) -> bool| parts.iter().filter(|m| f(m)).count();
+            if count(|m| matches!(m, Method::Lora | Method::Ina)) > 1 {
+                return Err(format!("{}: one adapter kind at a time", joined()));
+            }
+            if count(|m| m.takes_fraction()) > 1 {
+                return Err(format!(
+                    "{}: two masked subsets would mask the same tensors",
+                    joined()
+                ));
+            }
+        }
+        Ok(Methods(parts))
+    }
+}
+
+impl From<Method> for Methods {
+    fn from(m: Method) -> Self {
+        Methods::one(m)
+    }
+}
+
+impl std::fmt::Display for Methods {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let names: Vec<&str> = self.0.iter().map(|m| m.name()).collect();
+        f.write_str(&names.join("+"))
+    }
+}
+
+impl std::str::FromStr for Methods {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        let parts = s
+            .split('+')
+            .map(|p| {
+                <Method as ValueEnum>::from_str(p.trim(), true).map_err(|_| {
+                    let valid: Vec<&str> =
+                        Method::value_variants().iter().map(|m| m.name()).collect();
+                    format!(
+                        "unknown method `{}`; valid methods: {}, or several joined by + \
+                         (lora+layernorm)",
+                        p.trim(),
+                        valid.join(", ")
+                    )
+                })
+            })
+            .collect::<std::result::Result<Vec<_>, _>>()?;
+        Methods::check(parts)
+    }
+}
+
+impl Serialize for Methods {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        s.serialize_str(&self.to_string())
+    }
+}
+
+impl<'de> Deserialize<'de> for Methods {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+/// A method (or a union of them) with its settings.
+#[derive(Debug, Clone)]
 pub struct MethodSpec {
-    pub method: Method,
+    pub method: Methods,
     /// Share of eligible elements for the subset methods.
     pub fraction: f64,
     /// Child-Tuning's reserve_p.
@@ -155,19 +275,65 @@ pub struct MethodSpec {
     pub seed: u64,
 }
 
-/// The selection of any method. `base` holds the checkpoint's tensors (for shapes);
-/// `fisher` is required by the Fisher-ranked methods.
+/// The selection of any method or union of methods. `base` holds the checkpoint's
+/// tensors (for shapes); `fisher` is required by the Fisher-ranked methods.
 pub fn select(
     spec: &MethodSpec,
     base: &HashMap<String, Tensor>,
     fisher: Option<&BTreeMap<String, Tensor>>,
 ) -> Result<Selection> {
-    let mut sel = spec.method.select(base.keys());
+    let parts: Vec<Selection> = spec
+        .method
+        .parts()
+        .iter()
+        .map(|&m| select_one(m, spec, base, fisher))
+        .collect::<Result<_>>()?;
+    Ok(union(parts))
+}
+
+/// Every element any part trains: a tensor one part trains whole loses the mask another
+/// part gave it. (Parsing refused the unions where two parts would mask one tensor, and
+/// Child-Tuning's rule, which never combines.)
+fn union(mut parts: Vec<Selection>) -> Selection {
+    if parts.len() == 1 {
+        return parts.remove(0);
+    }
+    let mut masks = MaskPlan::default();
+    for (i, p) in parts.iter().enumerate() {
+        for (name, mask) in &p.masks.named {
+            let whole_elsewhere = parts
+                .iter()
+                .enumerate()
+                .any(|(j, q)| j != i && (q.trainable)(name) && !q.masks.named.contains_key(name));
+            if !whole_elsewhere {
+                masks.named.insert(name.clone(), mask.clone());
+            }
+        }
+    }
+    let predicates: Vec<Predicate> = parts.into_iter().map(|p| p.trainable).collect();
+    Selection {
+        trainable: Box::new(move |n| predicates.iter().any(|p| p(n))),
+        masks,
+        rule: UpdateRule::Torch,
+    }
+}
+
+fn select_one(
+    method: Method,
+    spec: &MethodSpec,
+    base: &HashMap<String, Tensor>,
+    fisher: Option<&BTreeMap<String, Tensor>>,
+) -> Result<Selection> {
+    let spec = &MethodSpec {
+        method: Methods::one(method),
+        ..spec.clone()
+    };
+    let mut sel = method.select(base.keys());
     // Elements eligible for the mask, in a fixed (name) order.
     let eligible: Vec<(&String, &Tensor)> = {
         let mut v: Vec<(&String, &Tensor)> = base
             .iter()
-            .filter(|(n, _)| match spec.method {
+            .filter(|(n, _)| match method {
                 Method::FisherLayernorm | Method::RandomLayernorm => is_layernorm(n),
                 Method::Random => !is_head(n),
                 Method::ChildF | Method::ChildD => is_encoder_layer(n),
@@ -179,7 +345,7 @@ pub fn select(
     };
     let total: usize = eligible.iter().map(|(_, t)| t.elem_count()).sum();
     let keep_of = |share: f64| ((share * total as f64).round() as usize).clamp(1, total.max(1));
-    let keep: Vec<bool> = match spec.method {
+    let keep: Vec<bool> = match method {
         Method::Full | Method::Bitfit | Method::Layernorm | Method::Lora | Method::Ina => {
             return Ok(sel)
         }
@@ -197,9 +363,8 @@ pub fn select(
             keep
         }
         Method::FisherLayernorm | Method::ChildD => {
-            let fisher =
-                fisher.ok_or_else(|| anyhow!("{} needs Fisher information", spec.method))?;
-            let share = if spec.method == Method::ChildD {
+            let fisher = fisher.ok_or_else(|| anyhow!("{method} needs Fisher information"))?;
+            let share = if method == Method::ChildD {
                 spec.reserve
             } else {
                 spec.fraction
@@ -232,7 +397,7 @@ pub fn select(
         let m = Tensor::from_vec(m, t.dims(), &Device::Cpu)?;
         // Child-Tuning D's mask gates the gradient, as its reference optimizer does;
         // the subset methods' elements outside the mask never move.
-        let mask = match spec.method {
+        let mask = match method {
             Method::ChildD => Mask::Gradient(m),
             _ => Mask::Fixed(m),
         };
@@ -387,7 +552,7 @@ mod tests {
             Tensor::new(&[3f32, 7., 0., 4.], &Device::Cpu).unwrap(),
         );
         let spec = MethodSpec {
-            method: Method::FisherLayernorm,
+            method: Method::FisherLayernorm.into(),
             fraction: 0.5,
             reserve: 0.3,
             seed: 0,
@@ -415,7 +580,7 @@ mod tests {
     #[test]
     fn random_layernorm_keeps_the_same_count_seeded() {
         let spec = MethodSpec {
-            method: Method::RandomLayernorm,
+            method: Method::RandomLayernorm.into(),
             fraction: 0.25,
             reserve: 0.3,
             seed: 5,
@@ -430,7 +595,7 @@ mod tests {
     fn child_tuning_masks_as_the_reference_optimizer() {
         // F: a fresh Bernoulli mask on every trainable tensor, head and embeddings included.
         let spec = MethodSpec {
-            method: Method::ChildF,
+            method: Method::ChildF.into(),
             fraction: 1.0,
             reserve: 0.3,
             seed: 0,
@@ -442,7 +607,7 @@ mod tests {
         assert!((sel.trainable)("embeddings.LayerNorm.weight"));
         // D: a gradient mask on encoder-layer tensors only, top 30% of their Fisher.
         let spec = MethodSpec {
-            method: Method::ChildD,
+            method: Method::ChildD.into(),
             ..spec
         };
         assert!(
@@ -484,5 +649,62 @@ mod tests {
         assert!(!decays("encoder.layer.0.attention.self.q_bias"));
         assert!(is_bias("encoder.layer.0.attention.self.v_bias"));
         assert!(!decays("embeddings.LayerNorm.weight"));
+    }
+
+    #[test]
+    fn unions_parse_and_senseless_ones_are_refused() {
+        let m: Methods = "lora+LayerNorm".parse().unwrap();
+        assert_eq!(m.to_string(), "lora+layernorm");
+        assert!(m.has(Method::Lora) && m.has(Method::Layernorm) && !m.needs_fisher());
+        assert_eq!(m.default_lr(), Method::Lora.default_lr());
+        let err = |s: &str| s.parse::<Methods>().unwrap_err();
+        assert!(err("full+bitfit").contains("already trains every parameter"));
+        assert!(err("layernorm+child-f").contains("its own optimizer"));
+        assert!(err("lora+ina").contains("one adapter kind"));
+        assert!(err("random+fisher-layernorm").contains("two masked subsets"));
+        assert!(err("bitfit+bitfit").contains("listed twice"));
+        assert!(err("lora+bias").contains("unknown method `bias`"));
+        assert_eq!(
+            "child-d".parse::<Methods>().unwrap(),
+            Methods::one(Method::ChildD)
+        );
+    }
+
+    /// A union trains what either part trains; a tensor one part trains whole keeps no
+    /// mask from the other (bitfit's LayerNorm biases under random-layernorm).
+    #[test]
+    fn a_union_trains_what_either_part_trains() {
+        let t = |n: usize| Tensor::zeros(n, DType::F32, &Device::Cpu).unwrap();
+        let base: HashMap<String, Tensor> = [
+            ("embeddings.LayerNorm.weight", t(4)),
+            ("embeddings.LayerNorm.bias", t(4)),
+            ("encoder.layer.0.output.dense.bias", t(4)),
+            ("encoder.layer.0.output.dense.weight", t(8)),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect();
+        let spec = MethodSpec {
+            method: "bitfit+random-layernorm".parse().unwrap(),
+            fraction: 0.5,
+            reserve: 1.0,
+            seed: 3,
+        };
+        let sel = select(&spec, &base, None).unwrap();
+        for (name, trains) in [
+            ("embeddings.LayerNorm.weight", true),
+            ("embeddings.LayerNorm.bias", true),
+            ("encoder.layer.0.output.dense.bias", true),
+            ("encoder.layer.0.output.dense.weight", false),
+            ("classifier.weight", true),
+        ] {
+            assert_eq!((sel.trainable)(name), trains, "{name}");
+        }
+        let masks = ones(&sel);
+        assert_eq!(
+            masks.keys().collect::<Vec<_>>(),
+            ["embeddings.LayerNorm.weight"]
+        );
+        assert!(matches!(sel.rule, UpdateRule::Torch));
     }
 }

@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 use crate::data::squad::{SpanOptions, MAX_ANSWER_LENGTH, N_BEST};
 use crate::data::{CustomData, CustomProblem, Source, TaskSpec, CUSTOM};
 use crate::error::{user, PathContext};
-use crate::methods::Method;
+use crate::methods::{Method, Methods};
 use crate::model::adapter::TARGETS;
 use crate::model::{AdapterConfig, AdapterKind, InaActivation};
 use crate::tokenize::DOC_STRIDE;
@@ -237,9 +237,11 @@ settings! {
     #[arg(long, value_enum)]
     #[serde(default, skip_serializing_if = "Option::is_none")]
     problem: CustomProblem = when(c.custom, CustomProblem::Classification);
-    /// Which parameters train.
-    #[arg(long, value_enum)]
-    method: Method = default(DEFAULT_METHOD);
+    /// Which parameters train: full, bitfit, layernorm, fisher-layernorm, random-layernorm,
+    /// random, child-f, child-d, lora or ina; or a union of them joined by `+`
+    /// (lora+layernorm: the adapters, every LayerNorm and the head).
+    #[arg(long)]
+    method: Methods = default(Methods::one(DEFAULT_METHOD));
     /// fisher-layernorm, random-layernorm, random: share of eligible elements that train
     /// (required).
     #[arg(long)]
@@ -269,49 +271,48 @@ settings! {
     #[arg(long)]
     fisher_batch_mean: usize = computed_opt({
         applies(o.fisher_batch_mean.is_some(), "fisher_batch_mean", c.method.needs_fisher(), c)?;
-        match c.method {
-            Method::ChildD if c.estimates_fisher(&o) => {
-                Some(o.fisher_batch_mean.unwrap_or(CHILD_TUNING_FISHER_BATCH))
-            }
-            _ => o.fisher_batch_mean,
+        if c.method.has(Method::ChildD) && c.estimates_fisher(&o) {
+            Some(o.fisher_batch_mean.unwrap_or(CHILD_TUNING_FISHER_BATCH))
+        } else {
+            o.fisher_batch_mean
         }
     });
     /// lora: adapter rank.
     #[arg(long)]
-    lora_r: usize = when(c.method == Method::Lora, 8);
+    lora_r: usize = when(c.method.has(Method::Lora), 8);
     /// lora: scaling numerator; updates are scaled by alpha/r.
     #[arg(long)]
-    lora_alpha: f64 = when(c.method == Method::Lora, 16.0);
+    lora_alpha: f64 = when(c.method.has(Method::Lora), 16.0);
     /// lora: dropout on the adapter's input.
     #[arg(long)]
-    lora_dropout: f64 = when(c.method == Method::Lora, 0.1);
+    lora_dropout: f64 = when(c.method.has(Method::Lora), 0.1);
     /// lora: rsLoRA, scaling updates by alpha/√r rather than alpha/r (PEFT's use_rslora).
     #[arg(long, num_args = 0..=1, default_missing_value = "true")]
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    lora_rslora: bool = when(c.method == Method::Lora, false);
+    lora_rslora: bool = when(c.method.has(Method::Lora), false);
     /// lora: modules to wrap, from query, key, value, attention.output.dense,
     /// intermediate.dense, output.dense (PEFT's defaults for BERT).
     #[arg(long, value_delimiter = ',')]
-    lora_targets: Vec<String> = when(c.method == Method::Lora, strings(&["query", "value"]));
+    lora_targets: Vec<String> = when(c.method.has(Method::Lora), strings(&["query", "value"]));
     /// ina: adapter rank.
     #[arg(long)]
-    ina_r: usize = when(c.method == Method::Ina, 4);
+    ina_r: usize = when(c.method.has(Method::Ina), 4);
     /// ina: scaling numerator, alpha/r.
     #[arg(long)]
-    ina_alpha: f64 = when(c.method == Method::Ina, 16.0);
+    ina_alpha: f64 = when(c.method.has(Method::Ina), 16.0);
     /// ina: dropout on the adapter's input.
     #[arg(long)]
-    ina_dropout: f64 = when(c.method == Method::Ina, 0.1);
+    ina_dropout: f64 = when(c.method.has(Method::Ina), 0.1);
     /// ina: modules to wrap (the authors' code: query, key and value).
     #[arg(long, value_delimiter = ',')]
-    ina_targets: Vec<String> = when(c.method == Method::Ina, strings(&["query", "key", "value"]));
+    ina_targets: Vec<String> = when(c.method.has(Method::Ina), strings(&["query", "key", "value"]));
     /// ina: Inh_p, the share of each token's max activation subtracted; 0 is plain LoRA.
     #[arg(long)]
-    ina_inhibition: f64 = when(c.method == Method::Ina, 0.1);
+    ina_inhibition: f64 = when(c.method.has(Method::Ina), 0.1);
     /// ina: activation after the inhibition (the authors' code: leaky-relu; the paper's
     /// text: gelu).
     #[arg(long, value_enum)]
-    ina_activation: InaActivation = when(c.method == Method::Ina, InaActivation::LeakyRelu);
+    ina_activation: InaActivation = when(c.method.has(Method::Ina), InaActivation::LeakyRelu);
     /// Passes over the training set.
     #[arg(long)]
     epochs: usize = default(3);
@@ -414,7 +415,7 @@ settings! {
 
 /// What the rules of [`settings!`] may read besides the overrides.
 struct Context {
-    method: Method,
+    method: Methods,
     custom: bool,
     /// A question-answering task (SQuAD).
     qa: bool,
@@ -486,7 +487,7 @@ trait Shown {
 macro_rules! shown_by_display {
     ($($t:ty),*) => { $(impl Shown for $t { fn shown(&self) -> String { self.to_string() } })* };
 }
-shown_by_display!(usize, u64, f64, bool, String, Method, Samples);
+shown_by_display!(usize, u64, f64, bool, String, Method, Methods, Samples);
 
 impl Shown for Vec<String> {
     fn shown(&self) -> String {
@@ -600,7 +601,7 @@ impl Overrides {
             true => CUSTOM,
             false => crate::data::tasks::task(&task_name)?.name,
         };
-        let method = self.method.unwrap_or(DEFAULT_METHOD);
+        let method = self.method.clone().unwrap_or(Methods::one(DEFAULT_METHOD));
         if method.takes_fraction() && self.fraction.is_none() {
             return Err(user(format!(
                 "--method {method} needs --fraction (e.g. --fraction 0.1)"
@@ -729,9 +730,10 @@ impl TrainConfig {
     /// The adapter a run of `method` adds when it sets none of its flags (None for
     /// methods without adapters): the defaults of the settings table.
     pub fn default_adapter(method: Method) -> Option<AdapterConfig> {
+        let method = Methods::one(method);
         // The model has no default; any path stands in for it, as "rte" for the task.
         let o = Overrides {
-            method: Some(method),
+            method: Some(method.clone()),
             model: Some(PathBuf::new()),
             ..Default::default()
         };
@@ -809,9 +811,13 @@ impl TrainConfig {
         )
     }
 
-    /// The adapter a lora or ina run adds.
+    /// The adapter a run with lora or ina adds.
     pub fn adapter(&self) -> Option<AdapterConfig> {
-        match self.method {
+        let m = &self.method;
+        let adapter = [Method::Lora, Method::Ina]
+            .into_iter()
+            .find(|a| m.has(*a))?;
+        match adapter {
             Method::Lora => Some(AdapterConfig {
                 kind: AdapterKind::Lora,
                 r: self.lora_r?,
@@ -944,7 +950,7 @@ mod tests {
         let cfg = flags.over(file).resolve().unwrap();
         assert_eq!(
             (cfg.lr, cfg.epochs, cfg.method),
-            (0.5, 2, Method::Layernorm)
+            (0.5, 2, Method::Layernorm.into())
         );
         assert_eq!(cfg.task, "rte");
         assert_eq!(cfg.output_dir, PathBuf::from("runs/rte-layernorm-42"));
@@ -1000,7 +1006,7 @@ mod tests {
     fn default_adapters_are_a_runs_defaults() {
         for m in [Method::Lora, Method::Ina, Method::Full] {
             let run = Overrides {
-                method: Some(m),
+                method: Some(m.into()),
                 ..base()
             }
             .resolve()
@@ -1016,7 +1022,7 @@ mod tests {
     fn fisher_samples_default_is_bounded_and_takes_all() {
         let ranked = |extra: Overrides| {
             Overrides {
-                method: Some(Method::FisherLayernorm),
+                method: Some(Method::FisherLayernorm.into()),
                 fraction: Some(0.2),
                 ..base()
             }
@@ -1039,7 +1045,7 @@ mod tests {
             serde_json::from_str(&serde_json::to_string(&cfg).unwrap()).unwrap();
         assert_eq!(back, cfg);
         let d = Overrides {
-            method: Some(Method::ChildD),
+            method: Some(Method::ChildD.into()),
             ..base()
         }
         .resolve()

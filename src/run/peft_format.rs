@@ -19,7 +19,9 @@ pub const CONFIG: &str = "adapter_config.json";
 pub const WEIGHTS: &str = "adapter_model.safetensors";
 
 /// Write the adapter and head of a LoRA run; other runs have nothing PEFT could load
-/// (and lose any such files an overwritten LoRA run left behind).
+/// (and lose any such files an overwritten LoRA run left behind). A union with LoRA
+/// (`lora+layernorm`) trained more than a LoRA adapter holds: it is not exported, rather
+/// than exported without the rest (`peft merge` writes it whole).
 pub fn write(
     dir: &Path,
     info: &RunInfo,
@@ -27,7 +29,7 @@ pub fn write(
     trained: &HashMap<String, Tensor>,
 ) -> Result<()> {
     let cfg = match info.train.adapter() {
-        Some(cfg) if cfg.kind == AdapterKind::Lora => cfg,
+        Some(cfg) if cfg.kind == AdapterKind::Lora && info.train.method.parts().len() == 1 => cfg,
         _ => {
             for f in [CONFIG, WEIGHTS] {
                 let p = dir.join(f);

@@ -144,7 +144,7 @@ impl RunWeights {
                 }
                 // The adapter's head replaces the base's, whatever its shape.
                 base.retain(|k, _| !is_head(k));
-                train.method = crate::methods::Method::Lora;
+                train.method = crate::methods::Method::Lora.into();
                 train.lora_r = Some(a.config.r);
                 train.lora_alpha = Some(a.config.alpha);
                 train.lora_dropout = Some(a.config.dropout);

@@ -188,7 +188,7 @@ impl<'a> Run<'a> {
             None
         };
         let method = MethodSpec {
-            method: cfg.method,
+            method: cfg.method.clone(),
             fraction: cfg.fraction.unwrap_or(1.0),
             reserve: cfg.reserve.unwrap_or(1.0),
             seed: cfg.seed,

@@ -504,3 +504,62 @@ fn adapters_on_deberta_v1_projections_are_refused_by_name() {
         "{err}"
     );
 }
+
+/// (method, what its non-adapter part trains, the adapter tensors' mark)
+type UnionRow = (&'static str, fn(&str) -> bool, &'static str);
+
+/// A union of methods trains what each part trains, on two families: LoRA with every
+/// LayerNorm (what the InA authors do for RoBERTa and SQuAD), InA with the biases. Only
+/// those tensors (and the head) move; no PEFT export claims to hold the run; `peft eval`
+/// reproduces it.
+#[test]
+fn unions_of_methods_train_what_each_part_trains() {
+    for family in ["tiny-bert", "tiny-roberta"] {
+        let tmp = tempfile::tempdir().unwrap();
+        write_rte(tmp.path(), 48, 16);
+        let model = fixture(family);
+        let (_, base) = peft::model::read_checkpoint(Path::new(&model)).unwrap();
+        let rows: [UnionRow; 2] = [
+            ("lora+layernorm", is_ln, ".lora_"),
+            ("ina+bitfit", |n: &str| n.ends_with(".bias"), ".lora_"),
+        ];
+        for (method, part, adapter) in rows {
+            let out = tmp.path().join(method);
+            let mut args = FOUR_STEPS.to_vec();
+            args.extend_from_slice(&["--method", method]);
+            train(&model, tmp.path(), &out, &args);
+            let trained = tensors(&out.join("last.safetensors"));
+            for name in trained.keys() {
+                assert!(
+                    name.contains(adapter) || part(name) || is_head(name),
+                    "{family} {method}: {name} was trained"
+                );
+            }
+            assert!(
+                trained.keys().any(|n| n.contains(adapter)),
+                "{method}: no adapter"
+            );
+            let (moved, total) = changed(&trained, &base, part);
+            assert!(
+                moved > total / 2,
+                "{family} {method}: {moved} of {total} moved"
+            );
+            assert!(
+                !out.join("adapter_config.json").exists(),
+                "{method}: exported"
+            );
+            let best = metrics(&out)
+                .into_iter()
+                .find(|r| r["best"].as_bool().unwrap())
+                .unwrap()["dev"]["dev"]["accuracy"]
+                .as_f64()
+                .unwrap();
+            assert_eq!(eval_accuracy(&out), best, "{family} {method}");
+        }
+        let o = peft(&[
+            "train", "--model", &model, "--task", "rte", "--method", "lora+ina",
+        ]);
+        assert_eq!(o.status.code(), Some(2));
+        assert!(stderr(&o).contains("one adapter kind"), "{}", stderr(&o));
+    }
+}
