@@ -48,6 +48,8 @@ pub enum Method {
     Lora,
     /// InA inhibition adapters on --ina-targets (Kang et al., 2024).
     Ina,
+    /// IA3 scaling vectors on --ia3-targets (Liu et al., 2022), as PEFT's IA3.
+    Ia3,
 }
 
 impl Method {
@@ -58,6 +60,8 @@ impl Method {
         match self {
             Method::Full | Method::ChildF | Method::ChildD => 2e-5,
             Method::Lora | Method::Ina => 5e-4,
+            // T-Few's rate for IA3 (Liu et al., 2022).
+            Method::Ia3 => 3e-3,
             _ => 1e-3,
         }
     }
@@ -90,6 +94,7 @@ impl Method {
             Method::ChildD => "child-d",
             Method::Lora => "lora",
             Method::Ina => "ina",
+            Method::Ia3 => "ia3",
         }
     }
 
@@ -118,7 +123,7 @@ impl Method {
             Method::Bitfit => is_bias,
             Method::Layernorm | Method::FisherLayernorm | Method::RandomLayernorm => is_layernorm,
             // Adapter weights are new to the checkpoint, and new parameters always train.
-            Method::Lora | Method::Ina => |_| false,
+            Method::Lora | Method::Ina | Method::Ia3 => |_| false,
             _ => |_| true,
         };
         Selection {
@@ -202,7 +207,7 @@ impl Methods {
                 }
             }
             let count = |f: fn(&Method) -> bool| parts.iter().filter(|m| f(m)).count();
-            if count(|m| matches!(m, Method::Lora | Method::Ina)) > 1 {
+            if count(|m| matches!(m, Method::Lora | Method::Ina | Method::Ia3)) > 1 {
                 return Err(format!("{}: one adapter kind at a time", joined()));
             }
             if count(|m| m.takes_fraction()) > 1 {
@@ -346,9 +351,12 @@ fn select_one(
     let total: usize = eligible.iter().map(|(_, t)| t.elem_count()).sum();
     let keep_of = |share: f64| ((share * total as f64).round() as usize).clamp(1, total.max(1));
     let keep: Vec<bool> = match method {
-        Method::Full | Method::Bitfit | Method::Layernorm | Method::Lora | Method::Ina => {
-            return Ok(sel)
-        }
+        Method::Full
+        | Method::Bitfit
+        | Method::Layernorm
+        | Method::Lora
+        | Method::Ina
+        | Method::Ia3 => return Ok(sel),
         // Every tensor the optimizer holds, the head and pooler included.
         Method::ChildF => {
             sel.masks.rest = Mask::Bernoulli { p: spec.reserve };

@@ -11,7 +11,7 @@ use crate::data::squad::{SpanOptions, MAX_ANSWER_LENGTH, N_BEST};
 use crate::data::{CustomData, CustomProblem, Source, TaskSpec, CUSTOM};
 use crate::error::{user, PathContext};
 use crate::methods::{Method, Methods};
-use crate::model::adapter::TARGETS;
+use crate::model::adapter::{IA3_TARGETS, TARGETS};
 use crate::model::{AdapterConfig, AdapterKind, InaActivation};
 use crate::tokenize::DOC_STRIDE;
 
@@ -238,7 +238,7 @@ settings! {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     problem: CustomProblem = when(c.custom, CustomProblem::Classification);
     /// Which parameters train: full, bitfit, layernorm, fisher-layernorm, random-layernorm,
-    /// random, child-f, child-d, lora or ina; or a union of them joined by `+`
+    /// random, child-f, child-d, lora, ina or ia3; or a union of them joined by `+`
     /// (lora+layernorm: the adapters, every LayerNorm and the head).
     #[arg(long)]
     method: Methods = default(Methods::one(DEFAULT_METHOD));
@@ -313,6 +313,11 @@ settings! {
     /// text: gelu).
     #[arg(long, value_enum)]
     ina_activation: InaActivation = when(c.method.has(Method::Ina), InaActivation::LeakyRelu);
+    /// ia3: modules to scale, matched by suffix as PEFT matches them (`output.dense` is
+    /// both dense output layers, which scale their input; the rest scale their output).
+    #[arg(long, value_delimiter = ',')]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    ia3_targets: Vec<String> = when(c.method.has(Method::Ia3), strings(IA3_TARGETS));
     /// Passes over the training set.
     #[arg(long)]
     epochs: usize = default(3);
@@ -814,7 +819,7 @@ impl TrainConfig {
     /// The adapter a run with lora or ina adds.
     pub fn adapter(&self) -> Option<AdapterConfig> {
         let m = &self.method;
-        let adapter = [Method::Lora, Method::Ina]
+        let adapter = [Method::Lora, Method::Ina, Method::Ia3]
             .into_iter()
             .find(|a| m.has(*a))?;
         match adapter {
@@ -835,6 +840,14 @@ impl TrainConfig {
                 alpha: self.ina_alpha?,
                 dropout: self.ina_dropout?,
                 targets: self.ina_targets.clone()?,
+                rslora: false,
+            }),
+            Method::Ia3 => Some(AdapterConfig {
+                kind: AdapterKind::Ia3,
+                r: 0,
+                alpha: 0.0,
+                dropout: 0.0,
+                targets: self.ia3_targets.clone()?,
                 rslora: false,
             }),
             _ => None,
@@ -872,7 +885,23 @@ impl TrainConfig {
                 }
             }
         }
-        if let Some(a) = self.adapter() {
+        if let Some(a) = self.adapter().filter(|a| a.kind == AdapterKind::Ia3) {
+            for t in &a.targets {
+                if !IA3_TARGETS.contains(&t.as_str()) && !TARGETS.contains(&t.as_str()) {
+                    return bad(
+                        "ia3_targets",
+                        format!(
+                            "unknown module `{t}` (expected one of {})",
+                            TARGETS.join(", ")
+                        ),
+                    );
+                }
+            }
+            if a.targets.is_empty() {
+                return bad("ia3_targets", "name at least one module".into());
+            }
+        }
+        if let Some(a) = self.adapter().filter(|a| a.kind != AdapterKind::Ia3) {
             if a.r == 0 {
                 return bad("lora_r/ina_r", "the rank must be at least 1".into());
             }

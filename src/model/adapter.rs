@@ -14,6 +14,14 @@
 //! the authors' current code uses f = LeakyReLU(0.01) on query, key and value and falls
 //! back to plain LoRA (no f) when Inh_p = 0. Both are available.
 //!
+//! IA3 (Liu et al., 2022, "Few-Shot Parameter-Efficient Fine-Tuning is Better and Cheaper
+//! than In-Context Learning"; as PEFT's `IA3Config` builds it): a learned vector per wrapped
+//! layer, starting at one, that scales its output (key, value: y = (W₀x + b₀)·l) or, for
+//! the feed-forward layers, its input (y = W₀(x·l) + b₀). PEFT's defaults for BERT wrap
+//! `key`, `value` and `output.dense`, matched by suffix, so the attention's output dense
+//! layer too; `feedforward_modules = ["output.dense"]` makes both dense output layers scale
+//! their input. The vectors are `….ia3_l`, shaped as PEFT's: (out, 1) or (1, in).
+//!
 //! Parameters hang under the wrapped layer with PEFT's names:
 //! `encoder.layer.0.attention.self.query.lora_A.weight`, `... .lora_B.weight`.
 
@@ -49,7 +57,12 @@ pub enum AdapterKind {
         inhibition: f64,
         activation: InaActivation,
     },
+    /// Scaling vectors; r, alpha and dropout do not apply.
+    Ia3,
 }
+
+/// PEFT's IA3 targets for BERT-family models (matched by suffix, as PEFT matches them).
+pub const IA3_TARGETS: &[&str] = &["key", "value", "output.dense"];
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct AdapterConfig {
@@ -69,9 +82,11 @@ impl AdapterConfig {
     /// Whether the module at `rel` (its path inside a layer, e.g. `attention.self.query`)
     /// takes an adapter.
     pub fn wraps(&self, rel: &str) -> bool {
-        self.targets
-            .iter()
-            .any(|t| rel == t || rel.strip_prefix("attention.self.") == Some(t.as_str()))
+        self.targets.iter().any(|t| match self.kind {
+            // PEFT matches IA3 targets by suffix: `output.dense` is both dense outputs.
+            AdapterKind::Ia3 => rel == t || rel.ends_with(&format!(".{t}")),
+            _ => rel == t || rel.strip_prefix("attention.self.") == Some(t.as_str()),
+        })
     }
 
     pub fn scale(&self) -> f64 {
@@ -135,6 +150,43 @@ impl Adapter {
             }
             _ => Ok((self.b.matmul(&self.a)? * self.scale)?),
         }
+    }
+}
+
+/// An IA3 vector on one linear layer.
+#[derive(Debug, Clone)]
+pub struct Ia3 {
+    /// (out, 1) scaling the output, or (1, in) scaling the input.
+    l: Tensor,
+    input: bool,
+}
+
+impl Ia3 {
+    /// `{path}.ia3_l`, ones when new. Dense output layers (`….output.dense`, the attention's
+    /// and the feed-forward's) scale their input, as PEFT's `feedforward_modules` default.
+    pub fn load(path: &Path, d_in: usize, d_out: usize) -> Result<Self> {
+        let input = path.name("weight").ends_with("output.dense.weight");
+        let shape = if input { [1, d_in] } else { [d_out, 1] };
+        Ok(Self {
+            l: path.get_or_init("ia3_l", &shape, Init::Ones)?,
+            input,
+        })
+    }
+
+    /// x·l for a layer that scales its input (rows, in); x otherwise.
+    pub fn before(&self, x: &Tensor) -> Result<Tensor> {
+        Ok(match self.input {
+            true => x.broadcast_mul(&self.l)?,
+            false => x.clone(),
+        })
+    }
+
+    /// y·l for a layer that scales its output (rows, out); y otherwise.
+    pub fn after(&self, y: &Tensor) -> Result<Tensor> {
+        Ok(match self.input {
+            true => y.clone(),
+            false => y.broadcast_mul(&self.l.t()?)?,
+        })
     }
 }
 

@@ -7,7 +7,7 @@
 use anyhow::Result;
 use candle_core::Tensor;
 
-use super::adapter::{Adapter, AdapterConfig};
+use super::adapter::{Adapter, AdapterConfig, AdapterKind, Ia3};
 use super::config::Activation;
 pub use super::ctx::{Ctx, Dropout};
 use super::params::{Init, Path};
@@ -19,6 +19,7 @@ pub struct Linear {
     weight: Tensor,
     bias: Option<Tensor>,
     adapter: Option<Adapter>,
+    ia3: Option<Ia3>,
 }
 
 impl Linear {
@@ -27,14 +28,19 @@ impl Linear {
             weight,
             bias,
             adapter: None,
+            ia3: None,
         }
     }
 
-    /// Wrap with a LoRA or InA adapter under `path` (`….lora_A.weight`, `….lora_B.weight`).
+    /// Wrap with a LoRA or InA adapter under `path` (`….lora_A.weight`, `….lora_B.weight`),
+    /// or an IA3 vector (`….ia3_l`).
     pub fn with_adapter(mut self, path: &Path, cfg: Option<&AdapterConfig>) -> Result<Self> {
         if let Some(cfg) = cfg {
             let (d_out, d_in) = self.weight.dims2()?;
-            self.adapter = Some(Adapter::load(path, d_in, d_out, cfg)?);
+            match cfg.kind {
+                AdapterKind::Ia3 => self.ia3 = Some(Ia3::load(path, d_in, d_out)?),
+                _ => self.adapter = Some(Adapter::load(path, d_in, d_out, cfg)?),
+            }
         }
         Ok(self)
     }
@@ -75,11 +81,23 @@ impl Linear {
 impl Linear {
     pub fn forward(&self, x: &Tensor, ctx: &Ctx) -> Result<Tensor> {
         self.on_rows(x, |x| {
+            let scaled;
+            let x = match &self.ia3 {
+                Some(s) => {
+                    scaled = s.before(x)?;
+                    &scaled
+                }
+                None => x,
+            };
             let y = ops::linear(x, &self.weight, self.bias.as_ref())?;
-            Ok(match &self.adapter {
+            let y = match &self.adapter {
                 Some(a) => (y + a.forward(x, ctx)?)?,
                 None => y,
-            })
+            };
+            match &self.ia3 {
+                Some(s) => s.after(&y),
+                None => Ok(y),
+            }
         })
     }
 
@@ -87,7 +105,7 @@ impl Linear {
     /// act(z) (no adapter), so that it is never stored.
     pub fn forward_after(&self, z: &Tensor, act: Activation, ctx: &Ctx) -> Result<Tensor> {
         match (&self.adapter, act, &self.bias) {
-            (None, Activation::Gelu, Some(b)) => {
+            (None, Activation::Gelu, Some(b)) if self.ia3.is_none() => {
                 self.on_rows(z, |z| ops::gelu_linear(z, &self.weight, b))
             }
             _ => self.forward(&activate(z, act)?, ctx),

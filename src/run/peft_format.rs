@@ -28,8 +28,12 @@ pub fn write(
     arch: Arch,
     trained: &HashMap<String, Tensor>,
 ) -> Result<()> {
+    let single = info.train.method.parts().len() == 1;
     let cfg = match info.train.adapter() {
-        Some(cfg) if cfg.kind == AdapterKind::Lora && info.train.method.parts().len() == 1 => cfg,
+        Some(cfg) if cfg.kind == AdapterKind::Ia3 && single => {
+            return write_ia3(dir, info, arch, trained, &cfg)
+        }
+        Some(cfg) if cfg.kind == AdapterKind::Lora && single => cfg,
         _ => {
             for f in [CONFIG, WEIGHTS] {
                 let p = dir.join(f);
@@ -96,6 +100,76 @@ pub fn write(
         "inference_mode": true,
         "use_rslora": cfg.rslora,
         "use_dora": false,
+    });
+    run_dir::save_tensors(&dir.join(WEIGHTS), &tensors)?;
+    run_dir::write_atomic(
+        &dir.join(CONFIG),
+        serde_json::to_string_pretty(&config)?.as_bytes(),
+    )
+}
+
+/// The head PEFT keeps in full (`modules_to_save`) and the task type it records.
+fn head_of(
+    info: &RunInfo,
+    trained: &HashMap<String, Tensor>,
+) -> Result<(&'static str, Vec<&'static str>)> {
+    let qa = info.train.task_spec(info.labels.as_deref())?.is_qa();
+    let (task_type, head) = match qa {
+        true => ("QUESTION_ANS", "qa_outputs"),
+        false => ("SEQ_CLS", "classifier"),
+    };
+    let mut saved = vec![head];
+    if trained.keys().any(|n| n.starts_with("pooler.")) {
+        saved.push("pooler");
+    }
+    Ok((task_type, saved))
+}
+
+/// An IA3 run as PEFT's `IA3Config` saves one: its targets matched by suffix as ours are,
+/// `feedforward_modules` the dense output layers (which scale their input), the vectors
+/// as `….ia3_l`.
+fn write_ia3(
+    dir: &Path,
+    info: &RunInfo,
+    arch: Arch,
+    trained: &HashMap<String, Tensor>,
+    cfg: &crate::model::AdapterConfig,
+) -> Result<()> {
+    let tensors: HashMap<String, Tensor> = trained
+        .iter()
+        .map(|(n, t)| {
+            (
+                format!("base_model.model.{}", arch.task_model_name(n)),
+                t.clone(),
+            )
+        })
+        .collect();
+    let targets: Vec<String> = cfg
+        .targets
+        .iter()
+        .map(|t| {
+            let module = arch.adapter_module(t).map_err(user)?;
+            Ok(module
+                .strip_prefix("attention.self.")
+                .unwrap_or(&module)
+                .to_string())
+        })
+        .collect::<Result<_>>()?;
+    let feedforward: Vec<&String> = targets
+        .iter()
+        .filter(|t| t.ends_with("output.dense"))
+        .collect();
+    let (task_type, saved) = head_of(info, trained)?;
+    let config = json!({
+        "peft_type": "IA3",
+        "task_type": task_type,
+        "base_model_name_or_path": info.base.path,
+        "target_modules": targets,
+        "feedforward_modules": feedforward,
+        "modules_to_save": saved,
+        "fan_in_fan_out": false,
+        "init_ia3_weights": true,
+        "inference_mode": true,
     });
     run_dir::save_tensors(&dir.join(WEIGHTS), &tensors)?;
     run_dir::write_atomic(

@@ -219,7 +219,8 @@ impl RunWeights {
 
     /// Base plus trained tensors at θ₀ + alpha·(θ − θ₀). The head and anything the base
     /// lacks stay as trained: there is no θ₀ to move towards. An adapter's θ₀ is a zero
-    /// delta, reached by scaling B (its A alone changes nothing while B is zero).
+    /// delta, reached by scaling B (its A alone changes nothing while B is zero); IA3's is
+    /// a vector of ones.
     pub fn weights(&self, alpha: f64) -> Result<HashMap<String, Tensor>> {
         let mut out = self.base.clone();
         for (name, t) in &self.trained {
@@ -229,6 +230,8 @@ impl RunWeights {
                 Some(b) if alpha == 0.0 => b.clone(),
                 Some(b) => (b + ((t - b)? * alpha)?)?,
                 None if name.ends_with(".lora_B.weight") => (t * alpha)?,
+                // IA3's θ₀ is a vector of ones: 1 + alpha·(l − 1).
+                None if name.ends_with(".ia3_l") => t.affine(alpha, 1.0 - alpha)?,
                 None => t.clone(),
             };
             out.insert(name.clone(), w);
@@ -311,6 +314,9 @@ pub fn fold_adapters(weights: &mut HashMap<String, Tensor>, info: &RunInfo) -> R
     let Some(cfg) = info.train.adapter() else {
         return Ok(());
     };
+    if cfg.kind == AdapterKind::Ia3 {
+        return fold_ia3(weights);
+    }
     if let AdapterKind::Ina { inhibition, .. } = cfg.kind {
         if inhibition != 0.0 {
             return Err(user(format!(
@@ -345,6 +351,44 @@ pub fn fold_adapters(weights: &mut HashMap<String, Tensor>, info: &RunInfo) -> R
         let zero = delta.abs()?.sum_all()?.to_scalar::<f32>()? == 0.0;
         let merged = if zero { w } else { (w + delta)? };
         weights.insert(format!("{module}.weight"), merged);
+    }
+    Ok(())
+}
+
+/// IA3 folded into the weights it scales: W·diag(l) for a layer that scales its input,
+/// diag(l)·W and l·b for one that scales its output (PEFT's `merge`).
+pub fn fold_ia3(weights: &mut HashMap<String, Tensor>) -> Result<()> {
+    let wrapped: Vec<String> = weights
+        .keys()
+        .filter_map(|k| k.strip_suffix(".ia3_l").map(str::to_string))
+        .collect();
+    for module in wrapped {
+        let missing = |leaf: &str| user(format!("the run has no `{module}.{leaf}`"));
+        let l = weights
+            .remove(&format!("{module}.ia3_l"))
+            .ok_or_else(|| missing("ia3_l"))?;
+        let w = weights
+            .get(&format!("{module}.weight"))
+            .ok_or_else(|| missing("weight"))?
+            .clone();
+        let (out, inp) = w.dims2()?;
+        let scaled = match l.dims() {
+            [1, n] if *n == inp => w.broadcast_mul(&l)?,
+            [n, 1] if *n == out => {
+                let bias = format!("{module}.bias");
+                if let Some(b) = weights.get(&bias) {
+                    let b = b.mul(&l.flatten_all()?)?;
+                    weights.insert(bias, b);
+                }
+                w.broadcast_mul(&l)?
+            }
+            d => {
+                return Err(user(format!(
+                    "`{module}.ia3_l` has shape {d:?}, the weight ({out}, {inp})"
+                )))
+            }
+        };
+        weights.insert(format!("{module}.weight"), scaled);
     }
     Ok(())
 }

@@ -416,8 +416,9 @@ fn diff_ranks_what_training_moved() {
     assert!(rel.windows(2).all(|w| w[0] >= w[1]));
 }
 
-/// LoRA and InA on RoBERTa, ELECTRA and DeBERTa as on BERT, and on SQuAD on all: only the
-/// adapters and the head train, B leaves zero, and `peft eval` reproduces the run. The
+/// LoRA, InA and IA3 on RoBERTa, ELECTRA and DeBERTa as on BERT, and on SQuAD on all: only
+/// the adapters and the head train, B leaves zero (IA3's vectors leave one), and `peft
+/// eval` reproduces the run. The
 /// default targets (query, value; InA's query, key, value) are DeBERTa v2's `query_proj`
 /// and so on; DeBERTa v1 fuses those into `in_proj`, so it takes the dense layers.
 #[test]
@@ -438,8 +439,12 @@ fn adapters_train_on_every_family() {
         let tmp = tempfile::tempdir().unwrap();
         (task.write)(tmp.path());
         let model = fixture(family);
-        for method in ["lora", "ina"] {
+        for method in ["lora", "ina", "ia3"] {
             let out = tmp.path().join(method);
+            let (mark, moves) = match method {
+                "ia3" => (".ia3_l", "ia3_l"),
+                _ => (".lora_", "lora_B.weight"),
+            };
             let mut args = task.steps.to_vec();
             args.extend_from_slice(&["--method", method]);
             let flag = format!("--{method}-targets");
@@ -450,16 +455,18 @@ fn adapters_train_on_every_family() {
             let trained = tensors(&out.join("last.safetensors"));
             for name in trained.keys() {
                 assert!(
-                    name.contains(".lora_") || is_head(name),
+                    name.contains(mark) || is_head(name),
                     "{family} {method}: {name} was trained"
                 );
             }
-            let moved_b = trained
+            // LoRA's B starts at zero, IA3's vectors at one: both must have left.
+            let start = if method == "ia3" { 1.0 } else { 0.0 };
+            let moved = trained
                 .iter()
-                .filter(|(n, _)| n.ends_with("lora_B.weight"))
-                .filter(|(_, t)| crate::common::max_abs(t) > 0.0)
+                .filter(|(n, _)| n.ends_with(moves))
+                .filter(|(_, t)| crate::common::max_abs(&(*t - start).unwrap()) > 0.0)
                 .count();
-            assert!(moved_b > 0, "{family} {method}: no B left zero");
+            assert!(moved > 0, "{family} {method}: nothing left its start");
             let m = metrics(&out);
             let best = m.iter().find(|r| r["best"].as_bool().unwrap()).unwrap();
             let score = best["dev"]["dev"][task.metric].as_f64().unwrap();
