@@ -10,7 +10,8 @@ scale their input and key and value their output. The vectors start at one; here
 set to 1 + 0.2·N(0, 1) (seeded) so that they matter, and the head is seeded too. On the
 golden batch of tests/fixtures/tiny-bert (labels i mod 2), in eval mode, it writes
 tests/fixtures/ia3/reference.safetensors: every vector and the head under peft's names,
-the logits, the loss and every trainable gradient (`grad.<name>`).
+the logits, the loss and every trainable gradient (`grad.<name>`); and the adapter as
+PEFT's save_pretrained writes it, in tests/fixtures/ia3/adapter/.
 Made with torch 2.15, transformers 5.24, peft 0.21.2.
 """
 
@@ -59,6 +60,8 @@ def main():
         tensors[ours(n)] = p.detach().clone()
         tensors["grad." + ours(n)] = p.grad.detach().clone()
     save_file({k: v.contiguous() for k, v in tensors.items()}, OUT / "reference.safetensors")
+    model.save_pretrained(OUT / "adapter")
+    (OUT / "adapter" / "README.md").unlink(missing_ok=True)
     print(f"loss {out.loss.item():.6f}; trainable: {len(names)} tensors")
     for n in sorted(names):
         print(f"  {n} {list(tensors[n].shape)}")

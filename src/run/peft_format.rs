@@ -201,10 +201,11 @@ pub fn read(dir: &Path, arch: Arch) -> Result<PeftAdapter> {
     let field = |key: &str| cfg.get(key).filter(|v| !v.is_null());
     match field("peft_type").and_then(|v| v.as_str()) {
         Some("LORA") => {}
+        Some("IA3") => return read_ia3(dir, arch, &cfg, &at),
         other => {
             return Err(at(
                 "peft_type",
-                format!("is {other:?}; only LORA adapters load"),
+                format!("is {other:?}; only LORA and IA3 adapters load"),
             ))
         }
     }
@@ -327,6 +328,109 @@ pub fn read(dir: &Path, arch: Arch) -> Result<PeftAdapter> {
             dropout,
             targets: kinds,
             rslora: field("use_rslora").and_then(|v| v.as_bool()) == Some(true),
+        },
+        tensors,
+    })
+}
+
+/// An IA3 adapter PEFT saved: its targets (a list, matched by suffix as ours are) must
+/// make the dense output layers, and only those, its `feedforward_modules`, as our IA3
+/// does; the vectors are `….ia3_l`.
+fn read_ia3(
+    dir: &Path,
+    arch: Arch,
+    cfg: &serde_json::Value,
+    at: &impl Fn(&str, String) -> anyhow::Error,
+) -> Result<PeftAdapter> {
+    use crate::model::adapter::{IA3_TARGETS, TARGETS};
+    use crate::model::{AdapterConfig, AdapterKind};
+    let list = |key: &str| -> Result<Vec<String>> {
+        match cfg.get(key) {
+            Some(serde_json::Value::Array(a)) => a
+                .iter()
+                .map(|v| {
+                    v.as_str()
+                        .map(str::to_string)
+                        .ok_or_else(|| at(key, "holds a non-string".into()))
+                })
+                .collect(),
+            Some(serde_json::Value::Null) | None => Ok(Vec::new()),
+            Some(other) => Err(at(
+                key,
+                format!("is {other}; a list of module names is supported"),
+            )),
+        }
+    };
+    // PEFT writes the module names; ours are the user's (`key`, not DeBERTa's `key_proj`).
+    let targets: Vec<String> = list("target_modules")?
+        .into_iter()
+        .map(|t| {
+            IA3_TARGETS
+                .iter()
+                .chain(TARGETS)
+                .find(|ours| {
+                    arch.adapter_module(ours).ok().is_some_and(|m| {
+                        m == t || m.strip_prefix("attention.self.") == Some(t.as_str())
+                    })
+                })
+                .map(|s| s.to_string())
+                .ok_or_else(|| {
+                    at(
+                        "target_modules",
+                        format!("names `{t}`, which this crate cannot scale"),
+                    )
+                })
+        })
+        .collect::<Result<_>>()?;
+    if targets.is_empty() {
+        return Err(at("target_modules", "is empty".into()));
+    }
+    let mut feedforward = list("feedforward_modules")?;
+    feedforward.sort();
+    let mut ours: Vec<String> = targets
+        .iter()
+        .filter(|t| t.ends_with("output.dense"))
+        .cloned()
+        .collect();
+    ours.sort();
+    if feedforward != ours {
+        return Err(at(
+            "feedforward_modules",
+            format!(
+                "is {feedforward:?}; this crate's IA3 scales the input of the dense output \
+                 layers among its targets ({ours:?}) and the output of the rest"
+            ),
+        ));
+    }
+    let weights_path = dir.join(WEIGHTS);
+    let prefix = format!("{}.", arch.prefix());
+    let mut tensors = HashMap::new();
+    for (key, t) in run_dir::load_tensors(&weights_path)? {
+        let name = key.strip_prefix("base_model.model.").unwrap_or(&key);
+        let name = name.replace(".modules_to_save.default.", ".");
+        let name = name.strip_prefix(&prefix).unwrap_or(&name).to_string();
+        if !name.ends_with(".ia3_l") && !is_head(&name) && !name.starts_with("pooler.") {
+            return Err(user(format!(
+                "{}: `{key}` is neither an IA3 vector nor the head",
+                weights_path.display()
+            )));
+        }
+        tensors.insert(name, t);
+    }
+    if !tensors.keys().any(|k| k.ends_with(".ia3_l")) {
+        return Err(user(format!(
+            "{}: no ia3_l tensors",
+            weights_path.display()
+        )));
+    }
+    Ok(PeftAdapter {
+        config: AdapterConfig {
+            kind: AdapterKind::Ia3,
+            r: 0,
+            alpha: 0.0,
+            dropout: 0.0,
+            targets,
+            rslora: false,
         },
         tensors,
     })

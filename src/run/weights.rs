@@ -144,12 +144,17 @@ impl RunWeights {
                 }
                 // The adapter's head replaces the base's, whatever its shape.
                 base.retain(|k, _| !is_head(k));
-                train.method = crate::methods::Method::Lora.into();
-                train.lora_r = Some(a.config.r);
-                train.lora_alpha = Some(a.config.alpha);
-                train.lora_dropout = Some(a.config.dropout);
-                train.lora_targets = Some(a.config.targets.clone());
-                train.lora_rslora = Some(a.config.rslora);
+                if a.config.kind == AdapterKind::Ia3 {
+                    train.method = crate::methods::Method::Ia3.into();
+                    train.ia3_targets = Some(a.config.targets.clone());
+                } else {
+                    train.method = crate::methods::Method::Lora.into();
+                    train.lora_r = Some(a.config.r);
+                    train.lora_alpha = Some(a.config.alpha);
+                    train.lora_dropout = Some(a.config.dropout);
+                    train.lora_targets = Some(a.config.targets.clone());
+                    train.lora_rslora = Some(a.config.rslora);
+                }
                 (a.tensors, file)
             }
             None => {

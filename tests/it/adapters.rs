@@ -834,3 +834,75 @@ fn ia3_matches_peft() {
     let d = max_abs_diff(&plain.logits(&batch, &Ctx::eval()).unwrap(), &logits);
     assert!(d < 1e-5, "merged logits differ by {d}");
 }
+
+/// An IA3 adapter PEFT saved (save_pretrained, scripts/ia3_reference.py) reads back with
+/// PEFT's vectors and head under our names and gives PEFT's logits; an IA3 run's own
+/// export, read back with `eval --adapter`, scores as the run.
+#[test]
+fn ia3_adapters_read_back() {
+    let fx = Path::new(&fixture("ia3")).to_path_buf();
+    let r = candle_core::safetensors::load(fx.join("reference.safetensors"), &Device::Cpu).unwrap();
+    let a = peft::run::peft_format::read(&fx.join("adapter"), peft::model::Arch::Bert).unwrap();
+    assert_eq!(a.config.kind, AdapterKind::Ia3);
+    let mut targets = a.config.targets.clone();
+    targets.sort();
+    assert_eq!(targets, ["key", "output.dense", "value"]);
+    assert_eq!(a.tensors.len(), 10);
+    for (name, t) in &a.tensors {
+        assert_eq!(max_abs_diff(t, &r[name]), 0.0, "{name}");
+    }
+    let dir = Path::new(&fixture("tiny-bert")).to_path_buf();
+    let (cfg, mut weights) = read_checkpoint(&dir).unwrap();
+    weights.retain(|k, _| !k.starts_with("classifier"));
+    weights.extend(a.tensors);
+    let model = Model::load_with_adapters(
+        &ParamStore::frozen(weights, Device::Cpu),
+        &cfg,
+        Some(2.into()),
+        Some(&a.config),
+    )
+    .unwrap();
+    let g: HashMap<String, Tensor> =
+        candle_core::safetensors::load(dir.join("golden.safetensors"), &Device::Cpu).unwrap();
+    let batch = Batch {
+        input_ids: g["input_ids"].to_dtype(DType::U32).unwrap(),
+        token_type_ids: g["token_type_ids"].to_dtype(DType::U32).unwrap(),
+        attention_mask: g["attention_mask"].to_dtype(DType::F32).unwrap(),
+    };
+    let d = max_abs_diff(&model.logits(&batch, &Ctx::eval()).unwrap(), &r["logits"]);
+    assert!(d < 1e-5, "logits differ by {d}");
+
+    let tmp = tempfile::tempdir().unwrap();
+    write_rte(tmp.path(), 48, 16);
+    let out = tmp.path().join("run");
+    let args = [
+        "--task",
+        "rte",
+        "--method",
+        "ia3",
+        "--max-steps",
+        "4",
+        "--lr",
+        "3e-2",
+    ];
+    train(&fixture("tiny-bert"), tmp.path(), &out, &args);
+    let shown = ok(peft(&[
+        "eval",
+        "--adapter",
+        out.to_str().unwrap(),
+        "--model",
+        &fixture("tiny-bert"),
+        "--task",
+        "rte",
+        "--data-dir",
+        tmp.path().to_str().unwrap(),
+        "--max-seq-len",
+        "32",
+        "--json",
+    ]));
+    let v: serde_json::Value = serde_json::from_str(shown.trim()).unwrap();
+    assert_eq!(
+        v["metrics"]["accuracy"].as_f64().unwrap(),
+        eval_accuracy(&out)
+    );
+}
