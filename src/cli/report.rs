@@ -28,6 +28,10 @@ pub struct ReportArgs {
     /// Also draw loss and dev metric against step, and methods per task: FILE.png or FILE.svg.
     #[arg(long, value_name = "FILE")]
     pub plot: Option<PathBuf>,
+    /// Only the grid's table: per task and method the best learning rate's median over
+    /// seeds (in CSV one row per task, method and setting, numbers as recorded).
+    #[arg(long)]
+    pub grid: bool,
 }
 
 pub fn run(args: ReportArgs) -> Result<()> {
@@ -35,6 +39,27 @@ pub fn run(args: ReportArgs) -> Result<()> {
         plot::format_of(p)?;
     }
     let runs = runs::collect(&args.runs)?;
+    if args.grid {
+        if !best_lr::applies(&runs) {
+            crate::user_bail!(
+                "--grid: no task and method here has finished runs of more than one seed"
+            );
+        }
+        match args.format {
+            Format::Text => print!("{}", best_lr::table(&runs).text()),
+            Format::Markdown => print!(
+                "{}\n{}",
+                best_lr::table(&runs).markdown(),
+                best_lr::wide(&runs).markdown()
+            ),
+            Format::Csv => print!("{}", best_lr::csv(&runs)),
+        }
+        if let Some(p) = &args.plot {
+            plot::plot(&runs, p)?;
+            eprintln!("plot written to {}", p.display());
+        }
+        return Ok(());
+    }
     let several_seeds = table::medians(&runs).values().any(|(_, v)| v.len() > 1);
     let grid = best_lr::applies(&runs);
     match args.format {

@@ -205,3 +205,32 @@ pub fn table(runs: &[Run]) -> Table {
         rows,
     }
 }
+
+/// The table in long form for spreadsheets: one row per task, method and setting, the
+/// numbers as recorded (fractions).
+pub fn csv(runs: &[Run]) -> String {
+    let mut out = String::from("task,method,settings,metric,best_lr,seeds,median,min,max,std\n");
+    for g in groups(runs) {
+        let (spreads, best) = spreads(&g);
+        let Some((lr, s)) = best.map(|i| &spreads[i]) else {
+            continue;
+        };
+        let field = |v: &str| match v.contains([',', '"']) {
+            true => format!("\"{}\"", v.replace('"', "\"\"")),
+            false => v.to_string(),
+        };
+        out.push_str(&format!(
+            "{},{},{},{},{lr},{},{},{},{},{}\n",
+            field(&g.task),
+            field(&g.method),
+            field(&g.others),
+            field(&g.metric),
+            s.n,
+            s.median,
+            s.min,
+            s.max,
+            s.std.map_or_else(String::new, |v| v.to_string())
+        ));
+    }
+    out
+}

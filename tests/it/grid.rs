@@ -245,6 +245,29 @@ lr = [1e-3, 3e-2]
     lrs.dedup();
     assert_eq!(lrs, ["0.001", "0.03"], "{csv}");
 
+    // The grid's table alone, as CSV: one row per task and method, the best lr's median.
+    let table = ok(peft(&[
+        "report",
+        tmp.path().join("grid").to_str().unwrap(),
+        "--grid",
+        "--format",
+        "csv",
+    ]));
+    let rows: Vec<&str> = table.lines().collect();
+    assert_eq!(
+        rows[0],
+        "task,method,settings,metric,best_lr,seeds,median,min,max,std"
+    );
+    assert_eq!(rows.len(), 3, "{table}");
+    let ln: Vec<&str> = rows
+        .iter()
+        .find(|r| r.starts_with("rte,layernorm,"))
+        .unwrap()
+        .split(',')
+        .collect();
+    assert_eq!(ln[5], "2");
+    assert!(["0.001", "0.03"].contains(&ln[4]), "{table}");
+
     let slurm = ok(peft(&["grid", p, "--emit", "slurm"]));
     assert!(slurm.starts_with("#!/bin/bash"), "{slurm}");
     assert!(slurm.contains("#SBATCH --array=0-5"), "{slurm}");
