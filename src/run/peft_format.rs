@@ -11,7 +11,7 @@ use candle_core::Tensor;
 use serde_json::json;
 
 use crate::error::{user, PathContext};
-use crate::methods::is_head;
+use crate::methods::{is_head, is_layernorm};
 use crate::model::{AdapterKind, Arch};
 use crate::run::dir::{self as run_dir, RunInfo};
 
@@ -34,6 +34,13 @@ pub fn write(
             return write_ia3(dir, info, arch, trained, &cfg)
         }
         Some(cfg) if cfg.kind == AdapterKind::Lora && single => cfg,
+        None if !trained.is_empty()
+            && trained
+                .keys()
+                .all(|n| is_layernorm(n) || is_head(n) || n.starts_with("pooler.")) =>
+        {
+            return write_ln_tuning(dir, info, arch, trained)
+        }
         _ => {
             for f in [CONFIG, WEIGHTS] {
                 let p = dir.join(f);
@@ -125,6 +132,47 @@ fn head_of(
     Ok((task_type, saved))
 }
 
+/// A run that trained LayerNorm only (layernorm, or a LayerNorm subset) as PEFT's
+/// `LNTuningConfig` saves one: every `LayerNorm` module's tensors as
+/// `….LayerNorm.ln_tuning_layers.{weight,bias}` (a subset's untouched elements hold their
+/// pre-trained values, so the model is the same), the head in `modules_to_save`.
+fn write_ln_tuning(
+    dir: &Path,
+    info: &RunInfo,
+    arch: Arch,
+    trained: &HashMap<String, Tensor>,
+) -> Result<()> {
+    let tensors: HashMap<String, Tensor> = trained
+        .iter()
+        .map(|(n, t)| {
+            let name = match n.rsplit_once('.') {
+                Some((module, leaf)) if is_layernorm(n) => {
+                    format!("{module}.ln_tuning_layers.{leaf}")
+                }
+                _ => n.clone(),
+            };
+            (
+                format!("base_model.model.{}", arch.task_model_name(&name)),
+                t.clone(),
+            )
+        })
+        .collect();
+    let (task_type, saved) = head_of(info, trained)?;
+    let config = json!({
+        "peft_type": "LN_TUNING",
+        "task_type": task_type,
+        "base_model_name_or_path": info.base.path,
+        "target_modules": ["LayerNorm"],
+        "modules_to_save": saved,
+        "inference_mode": true,
+    });
+    run_dir::save_tensors(&dir.join(WEIGHTS), &tensors)?;
+    run_dir::write_atomic(
+        &dir.join(CONFIG),
+        serde_json::to_string_pretty(&config)?.as_bytes(),
+    )
+}
+
 /// An IA3 run as PEFT's `IA3Config` saves one: its targets matched by suffix as ours are,
 /// `feedforward_modules` the dense output layers (which scale their input), the vectors
 /// as `….ia3_l`.
@@ -182,7 +230,8 @@ fn write_ia3(
 /// classifier: its settings, and its tensors under this crate's names (adapters as
 /// `encoder.layer.N.<module>.lora_A.weight`, the head from `modules_to_save`).
 pub struct PeftAdapter {
-    pub config: crate::model::AdapterConfig,
+    /// None for LN tuning, whose tensors replace the base's LayerNorms.
+    pub config: Option<crate::model::AdapterConfig>,
     pub tensors: HashMap<String, Tensor>,
 }
 
@@ -202,10 +251,11 @@ pub fn read(dir: &Path, arch: Arch) -> Result<PeftAdapter> {
     match field("peft_type").and_then(|v| v.as_str()) {
         Some("LORA") => {}
         Some("IA3") => return read_ia3(dir, arch, &cfg, &at),
+        Some("LN_TUNING") => return read_ln_tuning(dir, arch),
         other => {
             return Err(at(
                 "peft_type",
-                format!("is {other:?}; only LORA and IA3 adapters load"),
+                format!("is {other:?}; only LORA, IA3 and LN_TUNING adapters load"),
             ))
         }
     }
@@ -321,14 +371,14 @@ pub fn read(dir: &Path, arch: Arch) -> Result<PeftAdapter> {
     }
     kinds.sort_by_key(|k| TARGETS.iter().position(|t| t == k));
     Ok(PeftAdapter {
-        config: AdapterConfig {
+        config: Some(AdapterConfig {
             kind: AdapterKind::Lora,
             r,
             alpha,
             dropout,
             targets: kinds,
             rslora: field("use_rslora").and_then(|v| v.as_bool()) == Some(true),
-        },
+        }),
         tensors,
     })
 }
@@ -424,14 +474,46 @@ fn read_ia3(
         )));
     }
     Ok(PeftAdapter {
-        config: AdapterConfig {
+        config: Some(AdapterConfig {
             kind: AdapterKind::Ia3,
             r: 0,
             alpha: 0.0,
             dropout: 0.0,
             targets,
             rslora: false,
-        },
+        }),
+        tensors,
+    })
+}
+
+/// An LN-tuning adapter PEFT saved: its `….ln_tuning_layers.{weight,bias}` are the
+/// LayerNorms to use, under our names, with the head.
+fn read_ln_tuning(dir: &Path, arch: Arch) -> Result<PeftAdapter> {
+    let weights_path = dir.join(WEIGHTS);
+    let prefix = format!("{}.", arch.prefix());
+    let mut tensors = HashMap::new();
+    for (key, t) in run_dir::load_tensors(&weights_path)? {
+        let name = key.strip_prefix("base_model.model.").unwrap_or(&key);
+        let name = name
+            .replace(".modules_to_save.default.", ".")
+            .replace(".ln_tuning_layers.", ".");
+        let name = name.strip_prefix(&prefix).unwrap_or(&name).to_string();
+        if !is_layernorm(&name) && !is_head(&name) && !name.starts_with("pooler.") {
+            return Err(user(format!(
+                "{}: `{key}` is neither a LayerNorm nor the head",
+                weights_path.display()
+            )));
+        }
+        tensors.insert(name, t);
+    }
+    if !tensors.keys().any(|k| is_layernorm(k)) {
+        return Err(user(format!(
+            "{}: no ln_tuning_layers tensors",
+            weights_path.display()
+        )));
+    }
+    Ok(PeftAdapter {
+        config: None,
         tensors,
     })
 }

@@ -144,16 +144,21 @@ impl RunWeights {
                 }
                 // The adapter's head replaces the base's, whatever its shape.
                 base.retain(|k, _| !is_head(k));
-                if a.config.kind == AdapterKind::Ia3 {
-                    train.method = crate::methods::Method::Ia3.into();
-                    train.ia3_targets = Some(a.config.targets.clone());
-                } else {
-                    train.method = crate::methods::Method::Lora.into();
-                    train.lora_r = Some(a.config.r);
-                    train.lora_alpha = Some(a.config.alpha);
-                    train.lora_dropout = Some(a.config.dropout);
-                    train.lora_targets = Some(a.config.targets.clone());
-                    train.lora_rslora = Some(a.config.rslora);
+                match &a.config {
+                    // LayerNorm tensors that replace the base's.
+                    None => train.method = crate::methods::Method::Layernorm.into(),
+                    Some(c) if c.kind == AdapterKind::Ia3 => {
+                        train.method = crate::methods::Method::Ia3.into();
+                        train.ia3_targets = Some(c.targets.clone());
+                    }
+                    Some(c) => {
+                        train.method = crate::methods::Method::Lora.into();
+                        train.lora_r = Some(c.r);
+                        train.lora_alpha = Some(c.alpha);
+                        train.lora_dropout = Some(c.dropout);
+                        train.lora_targets = Some(c.targets.clone());
+                        train.lora_rslora = Some(c.rslora);
+                    }
                 }
                 (a.tensors, file)
             }

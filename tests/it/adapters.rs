@@ -843,8 +843,9 @@ fn ia3_adapters_read_back() {
     let fx = Path::new(&fixture("ia3")).to_path_buf();
     let r = candle_core::safetensors::load(fx.join("reference.safetensors"), &Device::Cpu).unwrap();
     let a = peft::run::peft_format::read(&fx.join("adapter"), peft::model::Arch::Bert).unwrap();
-    assert_eq!(a.config.kind, AdapterKind::Ia3);
-    let mut targets = a.config.targets.clone();
+    let c = a.config.clone().unwrap();
+    assert_eq!(c.kind, AdapterKind::Ia3);
+    let mut targets = c.targets.clone();
     targets.sort();
     assert_eq!(targets, ["key", "output.dense", "value"]);
     assert_eq!(a.tensors.len(), 10);
@@ -859,7 +860,7 @@ fn ia3_adapters_read_back() {
         &ParamStore::frozen(weights, Device::Cpu),
         &cfg,
         Some(2.into()),
-        Some(&a.config),
+        Some(&c),
     )
     .unwrap();
     let g: HashMap<String, Tensor> =
@@ -905,4 +906,53 @@ fn ia3_adapters_read_back() {
         v["metrics"]["accuracy"].as_f64().unwrap(),
         eval_accuracy(&out)
     );
+}
+
+/// A LayerNorm-only run (all of it, or a Fisher or random subset) is exported as PEFT's
+/// LN tuning (`peft_type` LN_TUNING, `….LayerNorm.ln_tuning_layers.*`, which PEFT loads to
+/// our merged model's logits exactly: `scripts/peft_roundtrip.py compare`), and read back
+/// by `eval --adapter` it scores as the run.
+#[test]
+fn layernorm_runs_export_ln_tuning_and_read_back() {
+    let tmp = tempfile::tempdir().unwrap();
+    write_rte(tmp.path(), 48, 16);
+    for method in [
+        &["--method", "layernorm"][..],
+        &["--method", "random-layernorm", "--fraction", "0.3"],
+    ] {
+        let out = tmp.path().join(method[1]);
+        let mut args = vec!["--task", "rte", "--max-steps", "4", "--lr", "3e-2"];
+        args.extend_from_slice(method);
+        train(&fixture("tiny-bert"), tmp.path(), &out, &args);
+        let cfg: serde_json::Value = serde_json::from_str(
+            &std::fs::read_to_string(out.join("adapter_config.json")).unwrap(),
+        )
+        .unwrap();
+        assert_eq!(cfg["peft_type"], "LN_TUNING");
+        let saved = tensors(&out.join("adapter_model.safetensors"));
+        assert!(saved.contains_key(
+            "base_model.model.bert.encoder.layer.1.output.LayerNorm.ln_tuning_layers.weight"
+        ));
+        assert!(saved.contains_key("base_model.model.classifier.weight"));
+        let shown = ok(peft(&[
+            "eval",
+            "--adapter",
+            out.to_str().unwrap(),
+            "--model",
+            &fixture("tiny-bert"),
+            "--task",
+            "rte",
+            "--data-dir",
+            tmp.path().to_str().unwrap(),
+            "--max-seq-len",
+            "32",
+            "--json",
+        ]));
+        let v: serde_json::Value = serde_json::from_str(shown.trim()).unwrap();
+        assert_eq!(
+            v["metrics"]["accuracy"].as_f64().unwrap(),
+            eval_accuracy(&out),
+            "{method:?}"
+        );
+    }
 }
