@@ -82,16 +82,7 @@ pub fn write(
             })
             .collect::<Result<_>>()?
     };
-    let qa = info.train.task_spec(info.labels.as_deref())?.is_qa();
-    let (task_type, head) = match qa {
-        true => ("QUESTION_ANS", "qa_outputs"),
-        false => ("SEQ_CLS", "classifier"),
-    };
-    // A pooler the base lacked (DeBERTa's always) was created and trained with the head.
-    let mut saved = vec![head];
-    if trained.keys().any(|n| n.starts_with("pooler.")) {
-        saved.push("pooler");
-    }
+    let (task_type, saved) = head_of(info, trained)?;
     let config = json!({
         "peft_type": "LORA",
         "task_type": task_type,
@@ -108,11 +99,7 @@ pub fn write(
         "use_rslora": cfg.rslora,
         "use_dora": false,
     });
-    run_dir::save_tensors(&dir.join(WEIGHTS), &tensors)?;
-    run_dir::write_atomic(
-        &dir.join(CONFIG),
-        serde_json::to_string_pretty(&config)?.as_bytes(),
-    )
+    save(dir, &tensors, &config)
 }
 
 /// The head PEFT keeps in full (`modules_to_save`) and the task type it records.
@@ -125,11 +112,21 @@ fn head_of(
         true => ("QUESTION_ANS", "qa_outputs"),
         false => ("SEQ_CLS", "classifier"),
     };
+    // A pooler the base lacked (DeBERTa's always) was created and trained with the head.
     let mut saved = vec![head];
     if trained.keys().any(|n| n.starts_with("pooler.")) {
         saved.push("pooler");
     }
     Ok((task_type, saved))
+}
+
+/// The adapter's tensors and config.json, each written atomically.
+fn save(dir: &Path, tensors: &HashMap<String, Tensor>, config: &serde_json::Value) -> Result<()> {
+    run_dir::save_tensors(&dir.join(WEIGHTS), tensors)?;
+    run_dir::write_atomic(
+        &dir.join(CONFIG),
+        serde_json::to_string_pretty(config)?.as_bytes(),
+    )
 }
 
 /// A run that trained LayerNorm only (layernorm, or a LayerNorm subset) as PEFT's
@@ -166,11 +163,7 @@ fn write_ln_tuning(
         "modules_to_save": saved,
         "inference_mode": true,
     });
-    run_dir::save_tensors(&dir.join(WEIGHTS), &tensors)?;
-    run_dir::write_atomic(
-        &dir.join(CONFIG),
-        serde_json::to_string_pretty(&config)?.as_bytes(),
-    )
+    save(dir, &tensors, &config)
 }
 
 /// An IA3 run as PEFT's `IA3Config` saves one: its targets matched by suffix as ours are,
@@ -219,11 +212,7 @@ fn write_ia3(
         "init_ia3_weights": true,
         "inference_mode": true,
     });
-    run_dir::save_tensors(&dir.join(WEIGHTS), &tensors)?;
-    run_dir::write_atomic(
-        &dir.join(CONFIG),
-        serde_json::to_string_pretty(&config)?.as_bytes(),
-    )
+    save(dir, &tensors, &config)
 }
 
 /// A LoRA adapter saved by Hugging Face PEFT's `save_pretrained` for a sequence

@@ -743,22 +743,7 @@ fn rslora_trains_exports_and_reads_back() {
             .unwrap();
     assert_eq!(cfg["use_rslora"], true);
     let run = eval_accuracy(&out);
-    let shown = ok(peft(&[
-        "eval",
-        "--adapter",
-        out.to_str().unwrap(),
-        "--model",
-        &fixture("tiny-bert"),
-        "--task",
-        "rte",
-        "--data-dir",
-        tmp.path().to_str().unwrap(),
-        "--max-seq-len",
-        "32",
-        "--json",
-    ]));
-    let v: serde_json::Value = serde_json::from_str(shown.trim()).unwrap();
-    assert_eq!(v["metrics"]["accuracy"].as_f64().unwrap(), run);
+    assert_eq!(adapter_accuracy(&out, tmp.path()), run);
     let o = peft(&[
         "train",
         "--model",
@@ -887,25 +872,7 @@ fn ia3_adapters_read_back() {
         "3e-2",
     ];
     train(&fixture("tiny-bert"), tmp.path(), &out, &args);
-    let shown = ok(peft(&[
-        "eval",
-        "--adapter",
-        out.to_str().unwrap(),
-        "--model",
-        &fixture("tiny-bert"),
-        "--task",
-        "rte",
-        "--data-dir",
-        tmp.path().to_str().unwrap(),
-        "--max-seq-len",
-        "32",
-        "--json",
-    ]));
-    let v: serde_json::Value = serde_json::from_str(shown.trim()).unwrap();
-    assert_eq!(
-        v["metrics"]["accuracy"].as_f64().unwrap(),
-        eval_accuracy(&out)
-    );
+    assert_eq!(adapter_accuracy(&out, tmp.path()), eval_accuracy(&out));
 }
 
 /// A LayerNorm-only run (all of it, or a Fisher or random subset) is exported as PEFT's
@@ -934,25 +901,31 @@ fn layernorm_runs_export_ln_tuning_and_read_back() {
             "base_model.model.bert.encoder.layer.1.output.LayerNorm.ln_tuning_layers.weight"
         ));
         assert!(saved.contains_key("base_model.model.classifier.weight"));
-        let shown = ok(peft(&[
-            "eval",
-            "--adapter",
-            out.to_str().unwrap(),
-            "--model",
-            &fixture("tiny-bert"),
-            "--task",
-            "rte",
-            "--data-dir",
-            tmp.path().to_str().unwrap(),
-            "--max-seq-len",
-            "32",
-            "--json",
-        ]));
-        let v: serde_json::Value = serde_json::from_str(shown.trim()).unwrap();
         assert_eq!(
-            v["metrics"]["accuracy"].as_f64().unwrap(),
+            adapter_accuracy(&out, tmp.path()),
             eval_accuracy(&out),
             "{method:?}"
         );
     }
+}
+
+/// RTE dev accuracy of `peft eval --adapter RUN` over the tiny BERT, data in `data`: the
+/// run's own PEFT export, read back as a model trained elsewhere would be.
+fn adapter_accuracy(run: &Path, data: &Path) -> f64 {
+    let shown = ok(peft(&[
+        "eval",
+        "--adapter",
+        run.to_str().unwrap(),
+        "--model",
+        &fixture("tiny-bert"),
+        "--task",
+        "rte",
+        "--data-dir",
+        data.to_str().unwrap(),
+        "--max-seq-len",
+        "32",
+        "--json",
+    ]));
+    let v: serde_json::Value = serde_json::from_str(shown.trim()).unwrap();
+    v["metrics"]["accuracy"].as_f64().unwrap()
 }
