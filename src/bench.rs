@@ -218,6 +218,8 @@ mod tests {
             Method::Layernorm,
             Method::ChildF,
             Method::Lora,
+            Method::Dora,
+            Method::Ia3,
         ] {
             let mut step = TrainStep::new(&cfg, &w, &method, &Device::Cpu, (2, 8)).unwrap();
             step.run().unwrap();

@@ -46,6 +46,9 @@ pub enum Method {
     ChildD,
     /// LoRA adapters on --lora-targets (Hu et al., 2021); only adapters and head train.
     Lora,
+    /// DoRA (Liu et al., 2024): LoRA's direction plus a learned magnitude per output row,
+    /// as PEFT's use_dora; the --lora-* settings apply.
+    Dora,
     /// InA inhibition adapters on --ina-targets (Kang et al., 2024).
     Ina,
     /// IA3 scaling vectors on --ia3-targets (Liu et al., 2022), as PEFT's IA3.
@@ -59,7 +62,7 @@ impl Method {
     pub fn default_lr(self) -> f64 {
         match self {
             Method::Full | Method::ChildF | Method::ChildD => 2e-5,
-            Method::Lora | Method::Ina => 5e-4,
+            Method::Lora | Method::Dora | Method::Ina => 5e-4,
             // T-Few's rate for IA3 (Liu et al., 2022).
             Method::Ia3 => 3e-3,
             _ => 1e-3,
@@ -93,9 +96,18 @@ impl Method {
             Method::ChildF => "child-f",
             Method::ChildD => "child-d",
             Method::Lora => "lora",
+            Method::Dora => "dora",
             Method::Ina => "ina",
             Method::Ia3 => "ia3",
         }
+    }
+
+    /// Whether the method adds adapters (at most one kind per run).
+    pub fn is_adapter(self) -> bool {
+        matches!(
+            self,
+            Method::Lora | Method::Dora | Method::Ina | Method::Ia3
+        )
     }
 
     /// Whether the selection ranks parameters by Fisher information.
@@ -123,7 +135,7 @@ impl Method {
             Method::Bitfit => is_bias,
             Method::Layernorm | Method::FisherLayernorm | Method::RandomLayernorm => is_layernorm,
             // Adapter weights are new to the checkpoint, and new parameters always train.
-            Method::Lora | Method::Ina | Method::Ia3 => |_| false,
+            Method::Lora | Method::Dora | Method::Ina | Method::Ia3 => |_| false,
             _ => |_| true,
         };
         Selection {
@@ -171,6 +183,11 @@ impl Methods {
         self.0.contains(&m)
     }
 
+    /// Whether a part is LoRA or DoRA, which share the --lora-* settings.
+    pub fn lora(&self) -> bool {
+        self.has(Method::Lora) || self.has(Method::Dora)
+    }
+
     pub fn needs_fisher(&self) -> bool {
         self.0.iter().any(|m| m.needs_fisher())
     }
@@ -207,7 +224,7 @@ impl Methods {
                 }
             }
             let count = |f: fn(&Method) -> bool| parts.iter().filter(|m| f(m)).count();
-            if count(|m| matches!(m, Method::Lora | Method::Ina | Method::Ia3)) > 1 {
+            if count(|m| m.is_adapter()) > 1 {
                 return Err(format!("{}: one adapter kind at a time", joined()));
             }
             if count(|m| m.takes_fraction()) > 1 {
@@ -355,6 +372,7 @@ fn select_one(
         | Method::Bitfit
         | Method::Layernorm
         | Method::Lora
+        | Method::Dora
         | Method::Ina
         | Method::Ia3 => return Ok(sel),
         // Every tensor the optimizer holds, the head and pooler included.

@@ -277,23 +277,23 @@ settings! {
             o.fisher_batch_mean
         }
     });
-    /// lora: adapter rank.
+    /// lora, dora: adapter rank.
     #[arg(long)]
-    lora_r: usize = when(c.method.has(Method::Lora), 8);
-    /// lora: scaling numerator; updates are scaled by alpha/r.
+    lora_r: usize = when(c.method.lora(), 8);
+    /// lora, dora: scaling numerator; updates are scaled by alpha/r.
     #[arg(long)]
-    lora_alpha: f64 = when(c.method.has(Method::Lora), 16.0);
-    /// lora: dropout on the adapter's input.
+    lora_alpha: f64 = when(c.method.lora(), 16.0);
+    /// lora, dora: dropout on the adapter's input.
     #[arg(long)]
-    lora_dropout: f64 = when(c.method.has(Method::Lora), 0.1);
-    /// lora: rsLoRA, scaling updates by alpha/√r rather than alpha/r (PEFT's use_rslora).
+    lora_dropout: f64 = when(c.method.lora(), 0.1);
+    /// lora, dora: rsLoRA, scaling updates by alpha/√r rather than alpha/r (PEFT's use_rslora).
     #[arg(long, num_args = 0..=1, default_missing_value = "true")]
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    lora_rslora: bool = when(c.method.has(Method::Lora), false);
-    /// lora: modules to wrap, from query, key, value, attention.output.dense,
+    lora_rslora: bool = when(c.method.lora(), false);
+    /// lora, dora: modules to wrap, from query, key, value, attention.output.dense,
     /// intermediate.dense, output.dense (PEFT's defaults for BERT).
     #[arg(long, value_delimiter = ',')]
-    lora_targets: Vec<String> = when(c.method.has(Method::Lora), strings(&["query", "value"]));
+    lora_targets: Vec<String> = when(c.method.lora(), strings(&["query", "value"]));
     /// ina: adapter rank.
     #[arg(long)]
     ina_r: usize = when(c.method.has(Method::Ina), 4);
@@ -816,15 +816,18 @@ impl TrainConfig {
         )
     }
 
-    /// The adapter a run with lora or ina adds.
+    /// The adapter a run with lora, dora, ina or ia3 adds.
     pub fn adapter(&self) -> Option<AdapterConfig> {
         let m = &self.method;
-        let adapter = [Method::Lora, Method::Ina, Method::Ia3]
+        let adapter = [Method::Lora, Method::Dora, Method::Ina, Method::Ia3]
             .into_iter()
             .find(|a| m.has(*a))?;
         match adapter {
-            Method::Lora => Some(AdapterConfig {
-                kind: AdapterKind::Lora,
+            Method::Lora | Method::Dora => Some(AdapterConfig {
+                kind: match adapter {
+                    Method::Dora => AdapterKind::Dora,
+                    _ => AdapterKind::Lora,
+                },
                 r: self.lora_r?,
                 alpha: self.lora_alpha?,
                 dropout: self.lora_dropout?,

@@ -22,6 +22,14 @@
 //! layer too; `feedforward_modules = ["output.dense"]` makes both dense output layers scale
 //! their input. The vectors are `….ia3_l`, shaped as PEFT's: (out, 1) or (1, in).
 //!
+//! DoRA (Liu et al., 2024, "DoRA: Weight-Decomposed Low-Rank Adaptation"; PEFT's
+//! `use_dora`): LoRA's direction with a learned magnitude per output row,
+//! y = m ⊙ (W₀ + s·B·A)x / ‖W₀ + s·B·A‖ + b₀, the row norms treated as constants in the
+//! backward (the paper's section 4.3, as PEFT does) and m starting at ‖W₀‖, so that an
+//! untrained adapter again changes nothing. PEFT computes it as a correction to the frozen
+//! layer's output y₀: y₀ + (g − 1)·(y₀ − b₀) + g·s·B·A·x with g = m/‖W₀ + s·B·A‖; with
+//! dropout on, x is the dropped input in both terms (PEFT's `lora_dropout` path).
+//!
 //! Parameters hang under the wrapped layer with PEFT's names:
 //! `encoder.layer.0.attention.self.query.lora_A.weight`, `... .lora_B.weight`.
 
@@ -59,6 +67,8 @@ pub enum AdapterKind {
     },
     /// Scaling vectors; r, alpha and dropout do not apply.
     Ia3,
+    /// LoRA plus a magnitude vector, `….lora_magnitude_vector`.
+    Dora,
 }
 
 /// PEFT's IA3 targets for BERT-family models (matched by suffix, as PEFT matches them).
@@ -104,12 +114,26 @@ pub struct Adapter {
     scale: f64,
     dropout: Dropout,
     kind: AdapterKind,
+    /// DoRA's m, (out,).
+    magnitude: Option<Tensor>,
 }
 
 impl Adapter {
-    pub fn load(path: &Path, d_in: usize, d_out: usize, cfg: &AdapterConfig) -> Result<Self> {
+    /// The adapter on the frozen `weight` (out × in) under `path`.
+    pub fn load(path: &Path, weight: &Tensor, cfg: &AdapterConfig) -> Result<Self> {
+        let (d_out, d_in) = weight.dims2()?;
         let bound = 1.0 / (d_in as f64).sqrt();
+        let magnitude = match cfg.kind {
+            // ‖W₀ + s·B·A‖ with B = 0 (PEFT's `update_layer`).
+            AdapterKind::Dora => Some(path.get_or_compute(
+                "lora_magnitude_vector",
+                &[d_out],
+                || Ok(row_norms(weight)?),
+            )?),
+            _ => None,
+        };
         Ok(Self {
+            magnitude,
             a: path
                 .pp("lora_A")
                 .get_or_init("weight", &[cfg.r, d_in], Init::Uniform(bound))?,
@@ -119,6 +143,45 @@ impl Adapter {
             scale: cfg.scale(),
             dropout: Dropout::new(cfg.dropout),
             kind: cfg.kind,
+        })
+    }
+
+    /// The wrapped layer's output: `y` = W₀x + b₀ (rows, out) plus the adapter's part.
+    pub fn add_to(
+        &self,
+        x: &Tensor,
+        y: Tensor,
+        weight: &Tensor,
+        bias: Option<&Tensor>,
+        ctx: &Ctx,
+    ) -> Result<Tensor> {
+        let Some(m) = &self.magnitude else {
+            return Ok((y + self.forward(x, ctx)?)?);
+        };
+        let dropped = self.dropout.active(ctx);
+        let x = self.dropout.forward(x, ctx)?;
+        let lora = x.matmul(&self.a.t()?)?.matmul(&self.b.t()?)?;
+        // The norm of the adapted weight, detached: no gradient flows through it.
+        let adapted = (weight + self.delta_weight()?.detach())?;
+        let g = m.div(&row_norms(&adapted)?.detach())?.unsqueeze(0)?;
+        // W₀x without the bias: from y when x is the layer's own input, else anew.
+        let base = match (dropped, bias) {
+            (true, _) => x.matmul(&weight.t()?)?,
+            (false, Some(b)) => y.broadcast_sub(b)?,
+            (false, None) => y.clone(),
+        };
+        let correction =
+            (base.broadcast_mul(&(&g - 1.0)?)? + lora.broadcast_mul(&(g * self.scale)?)?)?;
+        Ok((y + correction)?)
+    }
+
+    /// The merged weight, what `peft merge` writes: W₀ + s·B·A, and for DoRA that scaled
+    /// to m per row.
+    pub fn merged_weight(&self, weight: &Tensor) -> Result<Tensor> {
+        let adapted = (weight + self.delta_weight()?)?;
+        Ok(match &self.magnitude {
+            Some(m) => adapted.broadcast_mul(&m.div(&row_norms(&adapted)?)?.unsqueeze(1)?)?,
+            None => adapted,
         })
     }
 
@@ -188,6 +251,11 @@ impl Ia3 {
             false => y.broadcast_mul(&self.l.t()?)?,
         })
     }
+}
+
+/// The L2 norm of each row of a matrix (out, in): (out,).
+pub fn row_norms(w: &Tensor) -> candle_core::Result<Tensor> {
+    w.sqr()?.sum(1)?.sqrt()
 }
 
 fn leaky_relu(x: &Tensor, slope: f64) -> candle_core::Result<Tensor> {

@@ -90,6 +90,11 @@ impl Dropout {
         ops::dropout(x, self.p, ctx.next_key())
     }
 
+    /// Whether `forward` drops anything under `ctx`.
+    pub fn active(&self, ctx: &Ctx) -> bool {
+        ctx.train && self.p != 0.0
+    }
+
     /// The mask `forward` would draw, for a fused op to apply itself (None: no dropout).
     pub(crate) fn op(&self, ctx: &Ctx) -> Option<ops::DropoutOp> {
         (ctx.train && self.p != 0.0).then(|| ops::DropoutOp::new(self.p, ctx.next_key()))

@@ -39,7 +39,7 @@ impl Linear {
             let (d_out, d_in) = self.weight.dims2()?;
             match cfg.kind {
                 AdapterKind::Ia3 => self.ia3 = Some(Ia3::load(path, d_in, d_out)?),
-                _ => self.adapter = Some(Adapter::load(path, d_in, d_out, cfg)?),
+                _ => self.adapter = Some(Adapter::load(path, &self.weight, cfg)?),
             }
         }
         Ok(self)
@@ -91,7 +91,7 @@ impl Linear {
             };
             let y = ops::linear(x, &self.weight, self.bias.as_ref())?;
             let y = match &self.adapter {
-                Some(a) => (y + a.forward(x, ctx)?)?,
+                Some(a) => a.add_to(x, y, &self.weight, self.bias.as_ref(), ctx)?,
                 None => y,
             };
             match &self.ia3 {

@@ -210,6 +210,23 @@ impl<'a> Path<'a> {
         self.store.register(&name, t)
     }
 
+    /// The checkpoint's tensor, or else `value()` (of `shape`) as a new parameter.
+    pub fn get_or_compute(
+        &self,
+        leaf: &str,
+        shape: &[usize],
+        value: impl FnOnce() -> Result<Tensor>,
+    ) -> Result<Tensor> {
+        let name = self.name(leaf);
+        if self.store.base.contains_key(&name) {
+            return self.get(leaf, shape);
+        }
+        let t = value()?;
+        check_shape(&name, &t, shape)?;
+        self.store.lock().created.push(name.clone());
+        self.store.register(&name, t)
+    }
+
     pub fn contains(&self, leaf: &str) -> bool {
         self.store.base.contains_key(&self.name(leaf))
     }

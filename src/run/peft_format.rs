@@ -33,7 +33,7 @@ pub fn write(
         Some(cfg) if cfg.kind == AdapterKind::Ia3 && single => {
             return write_ia3(dir, info, arch, trained, &cfg)
         }
-        Some(cfg) if cfg.kind == AdapterKind::Lora && single => cfg,
+        Some(cfg) if matches!(cfg.kind, AdapterKind::Lora | AdapterKind::Dora) && single => cfg,
         None if !trained.is_empty()
             && trained
                 .keys()
@@ -97,7 +97,7 @@ pub fn write(
         "init_lora_weights": true,
         "inference_mode": true,
         "use_rslora": cfg.rslora,
-        "use_dora": false,
+        "use_dora": cfg.kind == AdapterKind::Dora,
     });
     save(dir, &tensors, &config)
 }
@@ -226,7 +226,7 @@ pub struct PeftAdapter {
 
 /// Read `dir`'s adapter_config.json and adapter_model.safetensors for a base model of
 /// `arch`. Adapters this crate cannot run the same way are refused by name: other PEFT
-/// types, DoRA, per-layer ranks or alphas, trained biases, some layers only.
+/// types, per-layer ranks or alphas, trained biases, some layers only.
 pub fn read(dir: &Path, arch: Arch) -> Result<PeftAdapter> {
     use crate::model::adapter::TARGETS;
     use crate::model::{AdapterConfig, AdapterKind};
@@ -256,17 +256,13 @@ pub fn read(dir: &Path, arch: Arch) -> Result<PeftAdapter> {
             ));
         }
     }
-    for (key, why) in [
-        ("use_dora", "DoRA adapters are not supported"),
-        (
+    if field("fan_in_fan_out").and_then(|v| v.as_bool()) == Some(true) {
+        return Err(at(
             "fan_in_fan_out",
-            "fan_in_fan_out (Conv1D weights) does not apply to BERT-family models",
-        ),
-    ] {
-        if field(key).and_then(|v| v.as_bool()) == Some(true) {
-            return Err(at(key, format!("is true: {why}")));
-        }
+            "is true: fan_in_fan_out (Conv1D weights) does not apply to BERT-family models".into(),
+        ));
     }
+    let dora = field("use_dora").and_then(|v| v.as_bool()) == Some(true);
     if let Some(b) = field("bias").and_then(|v| v.as_str()) {
         if b != "none" {
             return Err(at(
@@ -314,9 +310,18 @@ pub fn read(dir: &Path, arch: Arch) -> Result<PeftAdapter> {
         // PEFT's copy of a module it trains in full, under the adapter's name.
         let name = name.replace(".modules_to_save.default.", ".");
         let name = name.strip_prefix(&prefix).unwrap_or(&name).to_string();
+        let magnitude = name.strip_suffix(".lora_magnitude_vector");
+        if magnitude.is_some() && !dora {
+            return Err(user(format!(
+                "{}: `{key}` is a DoRA magnitude, but {} does not set `use_dora`",
+                weights_path.display(),
+                cfg_path.display()
+            )));
+        }
         if let Some(module) = name
             .strip_suffix(".lora_A.weight")
             .or_else(|| name.strip_suffix(".lora_B.weight"))
+            .or(magnitude)
         {
             // The target whose module (in this family's names) is the longest the path
             // ends with.
@@ -359,9 +364,26 @@ pub fn read(dir: &Path, arch: Arch) -> Result<PeftAdapter> {
         )));
     }
     kinds.sort_by_key(|k| TARGETS.iter().position(|t| t == k));
+    if dora {
+        // Each lora_A needs its magnitude: without it the layer would start from ‖W₀‖.
+        if let Some(k) = tensors.keys().find(|k| {
+            k.strip_suffix(".lora_A.weight")
+                .is_some_and(|m| !tensors.contains_key(&format!("{m}.lora_magnitude_vector")))
+        }) {
+            return Err(user(format!(
+                "{}: `{k}` has no lora_magnitude_vector beside it, which a DoRA adapter \
+                 (`use_dora`) needs",
+                weights_path.display()
+            )));
+        }
+    }
     Ok(PeftAdapter {
         config: Some(AdapterConfig {
-            kind: AdapterKind::Lora,
+            kind: if dora {
+                AdapterKind::Dora
+            } else {
+                AdapterKind::Lora
+            },
             r,
             alpha,
             dropout,

@@ -152,7 +152,10 @@ impl RunWeights {
                         train.ia3_targets = Some(c.targets.clone());
                     }
                     Some(c) => {
-                        train.method = crate::methods::Method::Lora.into();
+                        train.method = match c.kind {
+                            AdapterKind::Dora => crate::methods::Method::Dora.into(),
+                            _ => crate::methods::Method::Lora.into(),
+                        };
                         train.lora_r = Some(c.r);
                         train.lora_alpha = Some(c.alpha);
                         train.lora_dropout = Some(c.dropout);
@@ -240,6 +243,18 @@ impl RunWeights {
                 Some(b) if alpha == 0.0 => b.clone(),
                 Some(b) => (b + ((t - b)? * alpha)?)?,
                 None if name.ends_with(".lora_B.weight") => (t * alpha)?,
+                // DoRA's θ₀ is ‖W₀‖ per row (with B scaled as above, the norm it divides by
+                // moves too; at alpha 0 the layer is W₀ again).
+                None if name.ends_with(".lora_magnitude_vector") => {
+                    let module = name.trim_end_matches(".lora_magnitude_vector");
+                    match self.base.get(&format!("{module}.weight")) {
+                        Some(w) => {
+                            let m0 = crate::model::adapter::row_norms(w)?;
+                            (&m0 + ((t - &m0)? * alpha)?)?
+                        }
+                        None => t.clone(),
+                    }
+                }
                 // IA3's θ₀ is a vector of ones: 1 + alpha·(l − 1).
                 None if name.ends_with(".ia3_l") => t.affine(alpha, 1.0 - alpha)?,
                 None => t.clone(),
@@ -318,7 +333,8 @@ pub fn base_dir(info: &RunInfo, model: Option<&Path>) -> Result<PathBuf> {
     crate::model::hub::resolve(&info.train.model, info.train.revision.as_deref())
 }
 
-/// Fold every LoRA pair into the weight it wraps, W₀ + (α/r)·B·A, and drop the pair.
+/// Fold every LoRA pair into the weight it wraps, W₀ + (α/r)·B·A (DoRA's rows then scaled
+/// to their magnitudes), and drop the pair.
 /// InA's thresholded activation is not linear, so only inhibition 0 (plain LoRA) folds.
 pub fn fold_adapters(weights: &mut HashMap<String, Tensor>, info: &RunInfo) -> Result<()> {
     let Some(cfg) = info.train.adapter() else {
@@ -336,6 +352,11 @@ pub fn fold_adapters(weights: &mut HashMap<String, Tensor>, info: &RunInfo) -> R
             )));
         }
     }
+    fold_lora(weights, cfg.scale())
+}
+
+/// Fold LoRA (and DoRA) adapters scaled by `scale` into the weights they wrap.
+pub fn fold_lora(weights: &mut HashMap<String, Tensor>, scale: f64) -> Result<()> {
     let wrapped: Vec<String> = weights
         .keys()
         .filter_map(|k| k.strip_suffix(".lora_A.weight").map(str::to_string))
@@ -348,7 +369,7 @@ pub fn fold_adapters(weights: &mut HashMap<String, Tensor>, info: &RunInfo) -> R
         let a = take(weights, "lora_A.weight")?;
         let b = take(weights, "lora_B.weight")?;
         let w = take(weights, "weight")?;
-        let delta = (b.matmul(&a)? * cfg.scale())?;
+        let delta = (b.matmul(&a)? * scale)?;
         if delta.dims() != w.dims() {
             return Err(user(format!(
                 "`{module}`: the adapter's B·A has shape {:?}, the weight {:?}",
@@ -360,6 +381,14 @@ pub fn fold_adapters(weights: &mut HashMap<String, Tensor>, info: &RunInfo) -> R
         // still flip −0.0 to +0.0.
         let zero = delta.abs()?.sum_all()?.to_scalar::<f32>()? == 0.0;
         let merged = if zero { w } else { (w + delta)? };
+        // DoRA: each row scaled to its magnitude, m/‖W₀ + s·B·A‖ (PEFT's merge).
+        let merged = match weights.remove(&format!("{module}.lora_magnitude_vector")) {
+            Some(m) => {
+                let g = m.div(&crate::model::adapter::row_norms(&merged)?)?;
+                merged.broadcast_mul(&g.unsqueeze(1)?)?
+            }
+            None => merged,
+        };
         weights.insert(format!("{module}.weight"), merged);
     }
     Ok(())

@@ -758,38 +758,45 @@ fn rslora_trains_exports_and_reads_back() {
     assert!(stderr(&o).contains("--lora-rslora does not apply to --method bitfit"));
 }
 
-/// IA3 as PEFT's IA3Config builds it for BERT (scripts/ia3_reference.py): vectors on key
-/// and value scale their output, on both dense output layers (PEFT matches
-/// `output.dense` by suffix) their input. Logits and loss within 1e-5 of PEFT's, the
-/// gradient of every vector and of the head within 1e-4 relative; and the run folded
-/// into its weights (`merge`) gives the same logits.
-#[test]
-fn ia3_matches_peft() {
-    let fx = Path::new(&fixture("ia3")).join("reference.safetensors");
+/// The model of tiny-bert with `adapter` and the learned tensors of
+/// `tests/fixtures/<fx>/reference.safetensors` (a PEFT model's, by our names): its logits,
+/// loss and the gradient of every trainable tensor must be PEFT's (logits and loss within
+/// 1e-5, gradients within 1e-4 relative). Returns the weights and the golden batch, with
+/// the reference, for the caller's merge check.
+fn matches_reference(
+    fx: &str,
+    adapter: &AdapterConfig,
+    learned: fn(&str) -> bool,
+    count: usize,
+) -> (
+    HashMap<String, Tensor>,
+    Batch,
+    HashMap<String, Tensor>,
+    ModelConfig,
+    Tensor,
+) {
+    let fx = Path::new(&fixture(fx)).join("reference.safetensors");
     let r = candle_core::safetensors::load(&fx, &Device::Cpu).unwrap();
     let dir = Path::new(&fixture("tiny-bert")).to_path_buf();
     let (cfg, mut weights) = peft::model::read_checkpoint(&dir).unwrap();
     weights.retain(|k, _| !k.starts_with("classifier"));
-    let learned: Vec<&String> = r
+    let names: Vec<&String> = r
         .keys()
-        .filter(|k| {
-            !k.starts_with("grad.") && (k.ends_with("ia3_l") || k.starts_with("classifier"))
-        })
+        .filter(|k| !k.starts_with("grad.") && (learned(k) || k.starts_with("classifier")))
         .collect();
-    assert_eq!(learned.len(), 10, "{learned:?}");
-    for k in &learned {
+    assert_eq!(names.len(), count, "{names:?}");
+    for k in &names {
         weights.insert(k.to_string(), r[*k].clone());
     }
     let store = ParamStore::new(
         weights.clone(),
         Device::Cpu,
         0,
-        Box::new(|n| n.ends_with("ia3_l") || n.starts_with("classifier")),
+        Box::new(move |n| learned(n) || n.starts_with("classifier")),
     );
-    let ia3 = peft::settings::TrainConfig::default_adapter(peft::methods::Method::Ia3).unwrap();
-    let model = Model::load_with_adapters(&store, &cfg, Some(2.into()), Some(&ia3)).unwrap();
+    let model = Model::load_with_adapters(&store, &cfg, Some(2.into()), Some(adapter)).unwrap();
     assert!(store.created().is_empty(), "{:?}", store.created());
-    assert_eq!(store.vars().len(), 10);
+    assert_eq!(store.vars().len(), count);
     let g: std::collections::HashMap<String, Tensor> =
         candle_core::safetensors::load(dir.join("golden.safetensors"), &Device::Cpu).unwrap();
     let batch = Batch {
@@ -811,13 +818,49 @@ fn ia3_matches_peft() {
         let rel = max_abs_diff(got, want) / max_abs(want).max(1e-6);
         assert!(rel < 1e-4, "gradient of {name} differs by {rel}");
     }
+    (weights, batch, r, cfg, logits)
+}
+
+/// IA3 as PEFT's IA3Config builds it for BERT (scripts/ia3_reference.py): vectors on key
+/// and value scale their output, on both dense output layers (PEFT matches
+/// `output.dense` by suffix) their input. Logits, loss and gradients as PEFT's; and the run
+/// folded into its weights (`merge`) gives the same logits.
+#[test]
+fn ia3_matches_peft() {
+    let ia3 = peft::settings::TrainConfig::default_adapter(peft::methods::Method::Ia3).unwrap();
+    let (mut merged, batch, _, cfg, logits) =
+        matches_reference("ia3", &ia3, |k| k.ends_with("ia3_l"), 10);
     // Folded into the weights, as `peft merge` writes them: the same logits.
-    let mut merged = weights;
     peft::run::weights::fold_ia3(&mut merged).unwrap();
     assert!(!merged.keys().any(|k| k.ends_with("ia3_l")));
     let plain = Model::load(&ParamStore::frozen(merged, Device::Cpu), &cfg, Some(2)).unwrap();
     let d = max_abs_diff(&plain.logits(&batch, &Ctx::eval()).unwrap(), &logits);
     assert!(d < 1e-5, "merged logits differ by {d}");
+}
+
+/// DoRA as PEFT's `use_dora` builds it (scripts/dora_reference.py: r 4, alpha 8 on query and
+/// value, A, B and magnitudes perturbed so that each matters): logits, loss and gradients
+/// as PEFT's, the norm detached as PEFT detaches it (a norm in the graph changes the
+/// gradient of A by 6%). Folded (`merge`), the logits
+/// equal PEFT's merge_and_unload.
+#[test]
+fn dora_matches_peft() {
+    let dora = AdapterConfig {
+        kind: AdapterKind::Dora,
+        alpha: 8.0,
+        dropout: 0.0,
+        ..lora(4, &["query", "value"])
+    };
+    let (mut merged, batch, r, cfg, logits) =
+        matches_reference("dora", &dora, |k| k.contains(".lora_"), 14);
+    peft::run::weights::fold_lora(&mut merged, dora.scale()).unwrap();
+    assert!(!merged.keys().any(|k| k.contains(".lora_")));
+    let plain = Model::load(&ParamStore::frozen(merged, Device::Cpu), &cfg, Some(2)).unwrap();
+    let folded = plain.logits(&batch, &Ctx::eval()).unwrap();
+    let d = max_abs_diff(&folded, &r["merged_logits"]);
+    assert!(d < 1e-5, "merged logits differ from PEFT's merge by {d}");
+    let d = max_abs_diff(&folded, &logits);
+    assert!(d < 1e-5, "merged logits differ from the adapter's by {d}");
 }
 
 /// An IA3 adapter PEFT saved (save_pretrained, scripts/ia3_reference.py) reads back with
@@ -873,6 +916,93 @@ fn ia3_adapters_read_back() {
     ];
     train(&fixture("tiny-bert"), tmp.path(), &out, &args);
     assert_eq!(adapter_accuracy(&out, tmp.path()), eval_accuracy(&out));
+}
+
+/// A DoRA adapter PEFT saved (`use_dora`, `….lora_magnitude_vector`) reads back with
+/// PEFT's tensors and gives PEFT's logits; a DoRA run exports `use_dora` with its
+/// magnitudes, which `eval --adapter` scores as the run, and `merge` folds the run into
+/// plain weights that score the same.
+#[test]
+fn dora_adapters_export_and_read_back() {
+    let fx = Path::new(&fixture("dora")).to_path_buf();
+    let r = candle_core::safetensors::load(fx.join("reference.safetensors"), &Device::Cpu).unwrap();
+    let a = peft::run::peft_format::read(&fx.join("adapter"), peft::model::Arch::Bert).unwrap();
+    let c = a.config.clone().unwrap();
+    assert_eq!((c.kind, c.r, c.alpha), (AdapterKind::Dora, 4, 8.0));
+    assert_eq!(a.tensors.len(), 14);
+    for (name, t) in &a.tensors {
+        assert_eq!(max_abs_diff(t, &r[name]), 0.0, "{name}");
+    }
+    let dir = Path::new(&fixture("tiny-bert")).to_path_buf();
+    let (cfg, mut weights) = read_checkpoint(&dir).unwrap();
+    weights.retain(|k, _| !k.starts_with("classifier"));
+    weights.extend(a.tensors);
+    let store = ParamStore::frozen(weights, Device::Cpu);
+    let model = Model::load_with_adapters(&store, &cfg, Some(2.into()), Some(&c)).unwrap();
+    assert!(store.created().is_empty(), "{:?}", store.created());
+    let g: HashMap<String, Tensor> =
+        candle_core::safetensors::load(dir.join("golden.safetensors"), &Device::Cpu).unwrap();
+    let batch = Batch {
+        input_ids: g["input_ids"].to_dtype(DType::U32).unwrap(),
+        token_type_ids: g["token_type_ids"].to_dtype(DType::U32).unwrap(),
+        attention_mask: g["attention_mask"].to_dtype(DType::F32).unwrap(),
+    };
+    let d = max_abs_diff(&model.logits(&batch, &Ctx::eval()).unwrap(), &r["logits"]);
+    assert!(d < 1e-5, "logits differ by {d}");
+
+    let tmp = tempfile::tempdir().unwrap();
+    write_rte(tmp.path(), 48, 16);
+    let out = tmp.path().join("run");
+    let args = [
+        "--task",
+        "rte",
+        "--method",
+        "dora",
+        "--max-steps",
+        "4",
+        "--lr",
+        "3e-2",
+    ];
+    train(&fixture("tiny-bert"), tmp.path(), &out, &args);
+    let cfg: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("adapter_config.json")).unwrap())
+            .unwrap();
+    assert_eq!(cfg["use_dora"], true);
+    let saved = tensors(&out.join("adapter_model.safetensors"));
+    let magnitudes = saved
+        .keys()
+        .filter(|k| k.ends_with(".lora_magnitude_vector"))
+        .count();
+    assert_eq!(magnitudes, 4, "{:?}", saved.keys());
+    let accuracy = eval_accuracy(&out);
+    assert_eq!(adapter_accuracy(&out, tmp.path()), accuracy);
+    let merged = tmp.path().join("merged");
+    ok(merge(&out, &merged, &[]));
+    assert!(!tensors(&merged.join("model.safetensors"))
+        .keys()
+        .any(|k| k.contains("lora_")));
+    let dora = AdapterConfig {
+        kind: AdapterKind::Dora,
+        ..lora(8, &["query", "value"])
+    };
+    let want = run_logits(&fixture("tiny-bert"), &out, Some(&dora));
+    let d = max_diff(&dir_logits(&merged), &want);
+    assert!(d <= 1e-5, "merged logits differ by {d}");
+    // WiSE-FT at 0 is the base model: B zero, each magnitude back at its row's ‖W₀‖.
+    let rw = RunWeights::load(&out, Which::Last, None, None).unwrap();
+    let zero = rw.weights(0.0).unwrap();
+    let m = "encoder.layer.1.attention.self.value";
+    let m0 = peft::model::adapter::row_norms(&zero[&format!("{m}.weight")]).unwrap();
+    assert_eq!(
+        max_diff(&zero[&format!("{m}.lora_magnitude_vector")], &m0),
+        0.0
+    );
+    assert!(
+        max_diff(
+            &saved[&format!("base_model.model.bert.{m}.lora_magnitude_vector")],
+            &m0
+        ) > 0.0
+    );
 }
 
 /// A LayerNorm-only run (all of it, or a Fisher or random subset) is exported as PEFT's

@@ -439,7 +439,7 @@ fn adapters_train_on_every_family() {
         let tmp = tempfile::tempdir().unwrap();
         (task.write)(tmp.path());
         let model = fixture(family);
-        for method in ["lora", "ina", "ia3"] {
+        for method in ["lora", "dora", "ina", "ia3"] {
             let out = tmp.path().join(method);
             let (mark, moves) = match method {
                 "ia3" => (".ia3_l", "ia3_l"),
@@ -447,7 +447,7 @@ fn adapters_train_on_every_family() {
             };
             let mut args = task.steps.to_vec();
             args.extend_from_slice(&["--method", method]);
-            let flag = format!("--{method}-targets");
+            let flag = format!("--{}-targets", method.replace("dora", "lora"));
             if let Some(t) = targets {
                 args.extend_from_slice(&[&flag, t]);
             }
