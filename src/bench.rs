@@ -220,6 +220,7 @@ mod tests {
             Method::Lora,
             Method::Dora,
             Method::Ia3,
+            Method::Loreft,
         ] {
             let mut step = TrainStep::new(&cfg, &w, &method, &Device::Cpu, (2, 8)).unwrap();
             step.run().unwrap();

@@ -53,6 +53,9 @@ pub enum Method {
     Ina,
     /// IA3 scaling vectors on --ia3-targets (Liu et al., 2022), as PEFT's IA3.
     Ia3,
+    /// LoReFT (Wu et al., 2024): low-rank edits of the hidden states at --loreft-layers
+    /// and --loreft-positions, as pyreft's LoreftIntervention.
+    Loreft,
 }
 
 impl Method {
@@ -65,6 +68,8 @@ impl Method {
             Method::Lora | Method::Dora | Method::Ina => 5e-4,
             // T-Few's rate for IA3 (Liu et al., 2022).
             Method::Ia3 => 3e-3,
+            // pyreft's GLUE runs (RoBERTa-base).
+            Method::Loreft => 6e-4,
             _ => 1e-3,
         }
     }
@@ -99,6 +104,7 @@ impl Method {
             Method::Dora => "dora",
             Method::Ina => "ina",
             Method::Ia3 => "ia3",
+            Method::Loreft => "loreft",
         }
     }
 
@@ -106,7 +112,7 @@ impl Method {
     pub fn is_adapter(self) -> bool {
         matches!(
             self,
-            Method::Lora | Method::Dora | Method::Ina | Method::Ia3
+            Method::Lora | Method::Dora | Method::Ina | Method::Ia3 | Method::Loreft
         )
     }
 
@@ -135,7 +141,7 @@ impl Method {
             Method::Bitfit => is_bias,
             Method::Layernorm | Method::FisherLayernorm | Method::RandomLayernorm => is_layernorm,
             // Adapter weights are new to the checkpoint, and new parameters always train.
-            Method::Lora | Method::Dora | Method::Ina | Method::Ia3 => |_| false,
+            Method::Lora | Method::Dora | Method::Ina | Method::Ia3 | Method::Loreft => |_| false,
             _ => |_| true,
         };
         Selection {
@@ -374,7 +380,8 @@ fn select_one(
         | Method::Lora
         | Method::Dora
         | Method::Ina
-        | Method::Ia3 => return Ok(sel),
+        | Method::Ia3
+        | Method::Loreft => return Ok(sel),
         // Every tensor the optimizer holds, the head and pooler included.
         Method::ChildF => {
             sel.masks.rest = Mask::Bernoulli { p: spec.reserve };

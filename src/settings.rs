@@ -12,6 +12,7 @@ use crate::data::{CustomData, CustomProblem, Source, TaskSpec, CUSTOM};
 use crate::error::{user, PathContext};
 use crate::methods::{Method, Methods};
 use crate::model::adapter::{IA3_TARGETS, TARGETS};
+use crate::model::reft::Positions;
 use crate::model::{AdapterConfig, AdapterKind, InaActivation};
 use crate::tokenize::DOC_STRIDE;
 
@@ -318,6 +319,24 @@ settings! {
     #[arg(long, value_delimiter = ',')]
     #[serde(default, skip_serializing_if = "Option::is_none")]
     ia3_targets: Vec<String> = when(c.method.has(Method::Ia3), strings(IA3_TARGETS));
+    /// loreft: rank of the rotation R (pyreft's low_rank_dimension; its GLUE runs use 1).
+    #[arg(long)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    loreft_r: usize = when(c.method.has(Method::Loreft), 1);
+    /// loreft: layers whose output is edited, `all` or 0-based indices.
+    #[arg(long, value_delimiter = ',')]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    loreft_layers: Vec<String> = when(c.method.has(Method::Loreft), strings(&["all"]));
+    /// loreft: tokens edited, as pyreft writes them: fN (the first N), lN (the last N real
+    /// tokens, the final separator included) or fN+lM, each group with its own
+    /// intervention; at most half of a sequence each (pyreft's GLUE runs: f1).
+    #[arg(long)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    loreft_positions: String = when(c.method.has(Method::Loreft), "f1".to_string());
+    /// loreft: dropout on the edited states (pyreft's GLUE runs: 0.05).
+    #[arg(long)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    loreft_dropout: f64 = when(c.method.has(Method::Loreft), 0.05);
     /// Passes over the training set.
     #[arg(long)]
     epochs: usize = default(3);
@@ -819,9 +838,15 @@ impl TrainConfig {
     /// The adapter a run with lora, dora, ina or ia3 adds.
     pub fn adapter(&self) -> Option<AdapterConfig> {
         let m = &self.method;
-        let adapter = [Method::Lora, Method::Dora, Method::Ina, Method::Ia3]
-            .into_iter()
-            .find(|a| m.has(*a))?;
+        let adapter = [
+            Method::Lora,
+            Method::Dora,
+            Method::Ina,
+            Method::Ia3,
+            Method::Loreft,
+        ]
+        .into_iter()
+        .find(|a| m.has(*a))?;
         match adapter {
             Method::Lora | Method::Dora => Some(AdapterConfig {
                 kind: match adapter {
@@ -845,6 +870,20 @@ impl TrainConfig {
                 targets: self.ina_targets.clone()?,
                 rslora: false,
             }),
+            Method::Loreft => {
+                let p = Positions::parse(self.loreft_positions.as_deref()?).ok()?;
+                Some(AdapterConfig {
+                    kind: AdapterKind::Loreft {
+                        first: p.first,
+                        last: p.last,
+                    },
+                    r: self.loreft_r?,
+                    alpha: 0.0,
+                    dropout: self.loreft_dropout?,
+                    targets: self.loreft_layers.clone()?,
+                    rslora: false,
+                })
+            }
             Method::Ia3 => Some(AdapterConfig {
                 kind: AdapterKind::Ia3,
                 r: 0,
@@ -904,7 +943,35 @@ impl TrainConfig {
                 return bad("ia3_targets", "name at least one module".into());
             }
         }
-        if let Some(a) = self.adapter().filter(|a| a.kind != AdapterKind::Ia3) {
+        if let Some(p) = &self.loreft_positions {
+            Positions::parse(p).map_err(|e| user(format!("loreft_positions: {e}")))?;
+        }
+        if let Some(a) = self
+            .adapter()
+            .filter(|a| matches!(a.kind, AdapterKind::Loreft { .. }))
+        {
+            if a.r == 0 {
+                return bad("loreft_r", "the rank must be at least 1".into());
+            }
+            if !(0.0..1.0).contains(&a.dropout) {
+                return bad("loreft_dropout", format!("{} is outside [0, 1)", a.dropout));
+            }
+            if a.targets.is_empty() {
+                return bad("loreft_layers", "name at least one layer, or `all`".into());
+            }
+            for t in &a.targets {
+                if t != "all" && t.parse::<usize>().is_err() {
+                    return bad(
+                        "loreft_layers",
+                        format!("`{t}` is neither `all` nor a layer index"),
+                    );
+                }
+            }
+        }
+        if let Some(a) = self
+            .adapter()
+            .filter(|a| !matches!(a.kind, AdapterKind::Ia3 | AdapterKind::Loreft { .. }))
+        {
             if a.r == 0 {
                 return bad("lora_r/ina_r", "the rank must be at least 1".into());
             }

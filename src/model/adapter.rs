@@ -69,6 +69,12 @@ pub enum AdapterKind {
     Ia3,
     /// LoRA plus a magnitude vector, `….lora_magnitude_vector`.
     Dora,
+    /// Interventions on layer outputs (`model::reft`), not on linear layers: `targets`
+    /// are layers (`all` or indices), `r` the rank, at the first and last tokens.
+    Loreft {
+        first: usize,
+        last: usize,
+    },
 }
 
 /// PEFT's IA3 targets for BERT-family models (matched by suffix, as PEFT matches them).
@@ -95,6 +101,7 @@ impl AdapterConfig {
         self.targets.iter().any(|t| match self.kind {
             // PEFT matches IA3 targets by suffix: `output.dense` is both dense outputs.
             AdapterKind::Ia3 => rel == t || rel.ends_with(&format!(".{t}")),
+            AdapterKind::Loreft { .. } => false,
             _ => rel == t || rel.strip_prefix("attention.self.") == Some(t.as_str()),
         })
     }

@@ -16,6 +16,7 @@ mod layer;
 pub mod load;
 pub mod nn;
 pub mod params;
+pub mod reft;
 pub mod relative;
 
 use std::path::Path as FsPath;
@@ -73,6 +74,9 @@ pub struct Model {
     /// ELECTRA's projection from narrower embeddings to the encoder's width.
     project: Option<nn::Linear>,
     layers: Vec<Layer>,
+    /// LoReFT's tokens, and its interventions after each layer (empty without LoReFT).
+    positions: Option<reft::Positions>,
+    interventions: Vec<Vec<reft::Loreft>>,
     /// DeBERTa's relative position embeddings, shared by every layer.
     relative: Option<RelativeEmbeddings>,
     pooler: Option<Pooler>,
@@ -93,7 +97,7 @@ impl Model {
         head: Option<HeadKind>,
         adapters: Option<&AdapterConfig>,
     ) -> Result<Self> {
-        if let Some(a) = adapters {
+        if let Some(a) = adapters.filter(|a| !matches!(a.kind, AdapterKind::Loreft { .. })) {
             for t in &a.targets {
                 cfg.model_type
                     .adapter_module(t)
@@ -110,6 +114,17 @@ impl Model {
         let layers = (0..cfg.num_hidden_layers)
             .map(|i| Layer::load(&root.pp(format!("encoder.layer.{i}")), cfg, adapters))
             .collect::<Result<Vec<_>>>()?;
+        let (positions, interventions) = match adapters.map(|a| (a, a.kind)) {
+            Some((a, AdapterKind::Loreft { first, last })) => {
+                let positions = reft::Positions { first, last };
+                let n = cfg.num_hidden_layers;
+                (
+                    Some(positions),
+                    reft::load_layers(&root, n, h, a, positions)?,
+                )
+            }
+            _ => (None, vec![Vec::new(); cfg.num_hidden_layers]),
+        };
         let relative = match cfg.deberta.as_ref().and_then(|d| d.relative) {
             Some(r) => Some(RelativeEmbeddings::load(
                 &root.pp("encoder"),
@@ -136,6 +151,8 @@ impl Model {
             embeddings,
             project,
             layers,
+            positions,
+            interventions,
             relative,
             pooler,
             head,
@@ -178,8 +195,19 @@ impl Model {
             .as_ref()
             .map(|r| r.positions(x.dim(1)?, x.device()))
             .transpose()?;
-        for layer in &self.layers {
+        let edited = match self.positions {
+            Some(p) => p.masks(mask)?,
+            None => Vec::new(),
+        };
+        for (layer, interventions) in self.layers.iter().zip(&self.interventions) {
             x = layer.forward(&x, mask, positions.as_ref(), ctx)?;
+            for iv in interventions {
+                let (_, m) = edited
+                    .iter()
+                    .find(|(g, _)| *g == iv.group())
+                    .ok_or_else(|| anyhow::anyhow!("no positions for loreft {}", iv.group()))?;
+                x = iv.forward(&x, m, ctx)?;
+            }
         }
         let pooled = self
             .pooler

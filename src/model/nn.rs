@@ -18,7 +18,8 @@ use crate::kernels::ops;
 pub struct Linear {
     weight: Tensor,
     bias: Option<Tensor>,
-    adapter: Option<Adapter>,
+    // Boxed: most layers have none, and an adapter is several tensors.
+    adapter: Option<Box<Adapter>>,
     ia3: Option<Ia3>,
 }
 
@@ -39,14 +40,14 @@ impl Linear {
             let (d_out, d_in) = self.weight.dims2()?;
             match cfg.kind {
                 AdapterKind::Ia3 => self.ia3 = Some(Ia3::load(path, d_in, d_out)?),
-                _ => self.adapter = Some(Adapter::load(path, &self.weight, cfg)?),
+                _ => self.adapter = Some(Box::new(Adapter::load(path, &self.weight, cfg)?)),
             }
         }
         Ok(self)
     }
 
     pub fn adapter(&self) -> Option<&Adapter> {
-        self.adapter.as_ref()
+        self.adapter.as_deref()
     }
 
     /// Load `{path}.weight` and `{path}.bias` from the checkpoint.

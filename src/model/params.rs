@@ -227,6 +227,12 @@ impl<'a> Path<'a> {
         self.store.register(&name, t)
     }
 
+    /// A fresh draw of `init` from the store's generator, registered nowhere (a value for
+    /// [`get_or_compute`](Self::get_or_compute) to derive a parameter from).
+    pub fn draw(&self, shape: &[usize], init: Init) -> Result<Tensor> {
+        self.store.init(shape, init)
+    }
+
     pub fn contains(&self, leaf: &str) -> bool {
         self.store.base.contains_key(&self.name(leaf))
     }

@@ -233,7 +233,7 @@ impl RunWeights {
     /// Base plus trained tensors at θ₀ + alpha·(θ − θ₀). The head and anything the base
     /// lacks stay as trained: there is no θ₀ to move towards. An adapter's θ₀ is a zero
     /// delta, reached by scaling B (its A alone changes nothing while B is zero); IA3's is
-    /// a vector of ones.
+    /// a vector of ones; DoRA's magnitudes the rows' norms; LoReFT's an edit of zero.
     pub fn weights(&self, alpha: f64) -> Result<HashMap<String, Tensor>> {
         let mut out = self.base.clone();
         for (name, t) in &self.trained {
@@ -243,6 +243,19 @@ impl RunWeights {
                 Some(b) if alpha == 0.0 => b.clone(),
                 Some(b) => (b + ((t - b)? * alpha)?)?,
                 None if name.ends_with(".lora_B.weight") => (t * alpha)?,
+                // LoReFT's θ₀ is the intervention that edits nothing: W = R, b = 0 (R as
+                // trained, so each step of alpha scales the edit Rᵀ(Wh + b − Rh)).
+                None if name.contains(".loreft.") && name.ends_with(".source.weight") => {
+                    let x = name.replace(".source.weight", ".rotate");
+                    match self.trained.get(&x) {
+                        Some(x) => {
+                            let r = crate::model::reft::rotation(x)?.t()?;
+                            (&r + ((t - &r)? * alpha)?)?
+                        }
+                        None => t.clone(),
+                    }
+                }
+                None if name.contains(".loreft.") && name.ends_with(".source.bias") => (t * alpha)?,
                 // DoRA's θ₀ is ‖W₀‖ per row (with B scaled as above, the norm it divides by
                 // moves too; at alpha 0 the layer is W₀ again).
                 None if name.ends_with(".lora_magnitude_vector") => {
@@ -342,6 +355,14 @@ pub fn fold_adapters(weights: &mut HashMap<String, Tensor>, info: &RunInfo) -> R
     };
     if cfg.kind == AdapterKind::Ia3 {
         return fold_ia3(weights);
+    }
+    if let AdapterKind::Loreft { .. } = cfg.kind {
+        return Err(user(
+            "a LoReFT run cannot be merged: it edits the hidden states of chosen tokens \
+             only (--loreft-positions), which no weight of the encoder reproduces; score \
+             it with `peft eval --checkpoint` or `peft predict`"
+                .to_string(),
+        ));
     }
     if let AdapterKind::Ina { inhibition, .. } = cfg.kind {
         if inhibition != 0.0 {

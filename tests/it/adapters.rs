@@ -918,6 +918,57 @@ fn ia3_adapters_read_back() {
     assert_eq!(adapter_accuracy(&out, tmp.path()), eval_accuracy(&out));
 }
 
+/// LoReFT as pyreft's LoreftIntervention computes it (scripts/loreft_reference.py): the
+/// outputs of both layers of tiny-bert edited at the first and the last real token, one
+/// rank-2 intervention per group and layer, R under torch's Householder parametrization.
+/// Logits, loss and the gradients of the Householder vectors, sources and head as the
+/// reference's, and R materialised as torch materialises it. WiSE-FT at 0 edits nothing.
+#[test]
+fn loreft_matches_pyreft() {
+    let loreft = AdapterConfig {
+        kind: AdapterKind::Loreft { first: 1, last: 1 },
+        r: 2,
+        alpha: 0.0,
+        dropout: 0.0,
+        targets: vec!["all".into()],
+        rslora: false,
+    };
+    let (weights, batch, r, cfg, _) = matches_reference(
+        "loreft",
+        &loreft,
+        |k| k.starts_with("encoder.") && k.contains(".loreft."),
+        14,
+    );
+    for (name, x) in weights.iter().filter(|(k, _)| k.ends_with(".rotate")) {
+        let got = peft::model::reft::rotation(x).unwrap();
+        let d = max_abs_diff(&got, &r[&format!("materialised.{name}")]);
+        assert!(d < 1e-6, "{name}: R differs by {d}");
+    }
+    // The edit at alpha 0 (W = R, b = 0) is nothing: the base model's logits.
+    let base = Model::load_with_adapters(
+        &ParamStore::frozen(weights.clone(), Device::Cpu),
+        &cfg,
+        Some(2.into()),
+        None,
+    )
+    .unwrap()
+    .logits(&batch, &Ctx::eval())
+    .unwrap();
+    let mut zero = weights.clone();
+    for (name, t) in weights.iter().filter(|(k, _)| k.contains(".loreft.")) {
+        if let Some(x) = name.strip_suffix(".source.weight") {
+            let rot = peft::model::reft::rotation(&weights[&format!("{x}.rotate")]).unwrap();
+            zero.insert(name.clone(), rot.t().unwrap().contiguous().unwrap());
+        } else if name.ends_with(".source.bias") {
+            zero.insert(name.clone(), t.zeros_like().unwrap());
+        }
+    }
+    let store = ParamStore::frozen(zero, Device::Cpu);
+    let model = Model::load_with_adapters(&store, &cfg, Some(2.into()), Some(&loreft)).unwrap();
+    let d = max_abs_diff(&model.logits(&batch, &Ctx::eval()).unwrap(), &base);
+    assert!(d < 1e-5, "an edit of zero changes the logits by {d}");
+}
+
 /// A DoRA adapter PEFT saved (`use_dora`, `….lora_magnitude_vector`) reads back with
 /// PEFT's tensors and gives PEFT's logits; a DoRA run exports `use_dora` with its
 /// magnitudes, which `eval --adapter` scores as the run, and `merge` folds the run into

@@ -416,9 +416,9 @@ fn diff_ranks_what_training_moved() {
     assert!(rel.windows(2).all(|w| w[0] >= w[1]));
 }
 
-/// LoRA, InA and IA3 on RoBERTa, ELECTRA and DeBERTa as on BERT, and on SQuAD on all: only
-/// the adapters and the head train, B leaves zero (IA3's vectors leave one), and `peft
-/// eval` reproduces the run. The
+/// LoRA, DoRA, InA, IA3 and LoReFT on RoBERTa, ELECTRA and DeBERTa as on BERT, and on
+/// SQuAD on all: only the adapters and the head train, B leaves zero (IA3's vectors leave
+/// one), and `peft eval` reproduces the run. The
 /// default targets (query, value; InA's query, key, value) are DeBERTa v2's `query_proj`
 /// and so on; DeBERTa v1 fuses those into `in_proj`, so it takes the dense layers.
 #[test]
@@ -439,17 +439,22 @@ fn adapters_train_on_every_family() {
         let tmp = tempfile::tempdir().unwrap();
         (task.write)(tmp.path());
         let model = fixture(family);
-        for method in ["lora", "dora", "ina", "ia3"] {
+        for method in ["lora", "dora", "ina", "ia3", "loreft"] {
             let out = tmp.path().join(method);
             let (mark, moves) = match method {
                 "ia3" => (".ia3_l", "ia3_l"),
+                // LoReFT's tensors start random: its check is that the run scores as eval.
+                "loreft" => (".loreft.", ""),
                 _ => (".lora_", "lora_B.weight"),
             };
             let mut args = task.steps.to_vec();
             args.extend_from_slice(&["--method", method]);
             let flag = format!("--{}-targets", method.replace("dora", "lora"));
-            if let Some(t) = targets {
+            if let (Some(t), false) = (targets, method == "loreft") {
                 args.extend_from_slice(&[&flag, t]);
+            }
+            if method == "loreft" {
+                args.extend_from_slice(&["--loreft-positions", "f1+l1"]);
             }
             train(&model, tmp.path(), &out, &args);
             let trained = tensors(&out.join("last.safetensors"));
@@ -466,7 +471,14 @@ fn adapters_train_on_every_family() {
                 .filter(|(n, _)| n.ends_with(moves))
                 .filter(|(_, t)| crate::common::max_abs(&(*t - start).unwrap()) > 0.0)
                 .count();
-            assert!(moved > 0, "{family} {method}: nothing left its start");
+            assert!(
+                moved > 0 || method == "loreft",
+                "{family} {method}: nothing left its start"
+            );
+            assert!(
+                trained.keys().any(|n| n.contains(mark)),
+                "{family} {method}: no adapter tensors"
+            );
             let m = metrics(&out);
             let best = m.iter().find(|r| r["best"].as_bool().unwrap()).unwrap();
             let score = best["dev"]["dev"][task.metric].as_f64().unwrap();
