@@ -32,6 +32,19 @@ impl TrainStep {
         weights: &HashMap<String, Tensor>,
         method: &Method,
         device: &Device,
+        shape: (usize, usize),
+    ) -> Result<Self> {
+        let adapter = TrainConfig::default_adapter(*method);
+        Self::with_adapter(cfg, weights, method, adapter, device, shape)
+    }
+
+    /// As [`new`](Self::new), with `adapter` in place of the method's default one.
+    pub fn with_adapter(
+        cfg: &ModelConfig,
+        weights: &HashMap<String, Tensor>,
+        method: &Method,
+        adapter: Option<crate::model::AdapterConfig>,
+        device: &Device,
         (b, t): (usize, usize),
     ) -> Result<Self> {
         // Child-Tuning's default reserve and a tenth for the subset methods; the
@@ -43,8 +56,6 @@ impl TrainStep {
             seed: 0,
         };
         let sel = methods::select(&spec, weights, None)?;
-        // The adapters a run of this method gets by default.
-        let adapter = TrainConfig::default_adapter(*method);
         let Session {
             trainable: Trainable { model, vars, .. },
             opt,

@@ -35,6 +35,9 @@ pub struct BenchArgs {
         default_value = "full,bitfit,layernorm,lora"
     )]
     pub method: Vec<Method>,
+    /// loreft: the layers it edits, `all` or indices (its default: all).
+    #[arg(long, value_delimiter = ',')]
+    pub loreft_layers: Option<Vec<String>>,
     /// Time the inference forward only (its peak RSS then excludes training's).
     #[arg(long)]
     pub inference_only: bool,
@@ -88,7 +91,13 @@ pub fn run(args: BenchArgs) -> Result<()> {
     };
     for method in methods {
         reset_peak_rss();
-        let mut step = TrainStep::new(&cfg, &weights, method, &device, shape)?;
+        let mut adapter = TrainConfig::default_adapter(*method);
+        if let (Some(a), Some(layers), Method::Loreft) =
+            (adapter.as_mut(), &args.loreft_layers, method)
+        {
+            a.targets = layers.clone();
+        }
+        let mut step = TrainStep::with_adapter(&cfg, &weights, method, adapter, &device, shape)?;
         let ms = time(args.steps, || step.run())?;
         println!(
             "{:<12} {:>10.1} {:>12.0} {:>14.0}",
