@@ -2,7 +2,7 @@
 //! times: a full optimizer step (forward, backward, masked AdamW) and an inference forward,
 //! at a fixed shape on random token ids.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 
 use anyhow::Result;
 use candle_core::{DType, Device, Tensor};
@@ -19,11 +19,13 @@ use crate::train::session::{Session, Trainable};
 /// One training step of `method`, ready to repeat on the same batch.
 pub struct TrainStep {
     model: Model,
-    vars: std::collections::BTreeMap<String, candle_core::Var>,
+    vars: BTreeMap<String, candle_core::Var>,
     opt: MaskedAdamW,
     batch: Batch,
     labels: Tensor,
     ctx: Ctx,
+    /// The backward of `--recompute`: activations recomputed layer by layer.
+    pub recompute: bool,
 }
 
 impl TrainStep {
@@ -77,17 +79,32 @@ impl TrainStep {
             batch: random_batch(cfg, b, t, device)?,
             labels,
             ctx: Ctx::train(0),
+            recompute: false,
         })
     }
 
     pub fn run(&mut self) -> Result<()> {
-        let logits = self.model.logits(&self.batch, &self.ctx)?;
-        let grads = loss::cross_entropy(&logits, &self.labels)?.backward()?;
-        let g = self
-            .vars
-            .iter()
-            .filter_map(|(n, v)| grads.get(v.as_tensor()).map(|g| (n.clone(), g.clone())))
-            .collect();
+        let mut g = BTreeMap::new();
+        let vars = &self.vars;
+        let mut collect = |grads: &candle_core::backprop::GradStore| -> Result<()> {
+            for (n, v) in vars {
+                if let Some(t) = grads.get(v.as_tensor()) {
+                    let sum = match g.remove(n) {
+                        Some(a) => (a + t)?,
+                        None => t.clone(),
+                    };
+                    g.insert(n.clone(), sum);
+                }
+            }
+            Ok(())
+        };
+        let loss_of = |logits: &Tensor| loss::cross_entropy(logits, &self.labels);
+        if self.recompute {
+            self.model
+                .backward_by_layer(&self.batch, &self.ctx, loss_of, &mut collect)?;
+        } else {
+            collect(&loss_of(&self.model.logits(&self.batch, &self.ctx)?)?.backward()?)?;
+        }
         self.opt.step(&g, 1e-5)?;
         // A GPU step is timed to completion, not to the last launch.
         self.batch.input_ids.device().synchronize()?;

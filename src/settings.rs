@@ -389,6 +389,11 @@ settings! {
     /// Micro-batches per optimizer step.
     #[arg(long)]
     grad_accum: usize = default(1);
+    /// Recompute each layer's activations in the backward pass instead of keeping them:
+    /// memory for one more forward's time, the same gradients.
+    #[arg(long, num_args = 0..=1, default_missing_value = "true")]
+    #[serde(default)]
+    recompute: bool = default(false);
     /// Truncate inputs (longest sentence first) to this many tokens; SQuAD's windows are
     /// this long.
     #[shown(format!("{MAX_SEQ_LEN}; {QA_MAX_SEQ_LEN} for squad, as run_qa.py"))]

@@ -24,7 +24,7 @@ pub struct BenchArgs {
     pub batch: usize,
     #[arg(long, default_value_t = 128)]
     pub seq: usize,
-    /// Timed steps per method (after 2 untimed warm-up steps).
+    /// Timed steps per method (after --warmup untimed ones).
     #[arg(long, default_value_t = 10)]
     pub steps: usize,
     /// Methods to time, comma-separated (LoRA and InA at r 8 on query and value,
@@ -38,6 +38,13 @@ pub struct BenchArgs {
     /// loreft: the layers it edits, `all` or indices (its default: all).
     #[arg(long, value_delimiter = ',')]
     pub loreft_layers: Option<Vec<String>>,
+    /// Train steps recompute each layer's activations in the backward (as `train
+    /// --recompute`).
+    #[arg(long)]
+    pub recompute: bool,
+    /// Untimed steps before the timed ones.
+    #[arg(long, default_value_t = 2)]
+    pub warmup: usize,
     /// Time the inference forward only (its peak RSS then excludes training's).
     #[arg(long)]
     pub inference_only: bool,
@@ -98,7 +105,8 @@ pub fn run(args: BenchArgs) -> Result<()> {
             a.targets = layers.clone();
         }
         let mut step = TrainStep::with_adapter(&cfg, &weights, method, adapter, &device, shape)?;
-        let ms = time(args.steps, || step.run())?;
+        step.recompute = args.recompute;
+        let ms = time(args.warmup, args.steps, || step.run())?;
         println!(
             "{:<12} {:>10.1} {:>12.0} {:>14.0}",
             method.name(),
@@ -110,7 +118,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
 
     reset_peak_rss();
     let forward = Forward::new(&cfg, &weights, &device, shape)?;
-    let ms = time(args.steps, || forward.run())?;
+    let ms = time(args.warmup, args.steps, || forward.run())?;
     println!(
         "{:<12} {:>10.1} {:>12.0} {:>14.0}",
         "inference",
@@ -121,9 +129,9 @@ pub fn run(args: BenchArgs) -> Result<()> {
     Ok(())
 }
 
-/// Median wall time of `steps` calls in ms, after two untimed warm-up calls.
-fn time(steps: usize, mut f: impl FnMut() -> Result<()>) -> Result<f64> {
-    for _ in 0..2 {
+/// Median wall time of `steps` calls in ms, after `warmup` untimed calls.
+fn time(warmup: usize, steps: usize, mut f: impl FnMut() -> Result<()>) -> Result<f64> {
+    for _ in 0..warmup {
         f()?;
     }
     let mut ms = Vec::with_capacity(steps);

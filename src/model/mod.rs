@@ -16,6 +16,7 @@ mod layer;
 pub mod load;
 pub mod nn;
 pub mod params;
+mod recompute;
 pub mod reft;
 pub mod relative;
 
@@ -184,46 +185,84 @@ impl Model {
 
     fn forward_tracked(&self, batch: &Batch, ctx: &Ctx) -> Result<Output> {
         let mask = &batch.attention_mask;
-        let mut x = self
-            .embeddings
-            .forward(&batch.input_ids, &batch.token_type_ids, mask, ctx)?;
-        if let Some(p) = &self.project {
-            x = p.forward(&x, ctx)?;
+        let mut x = self.embed(batch, ctx)?;
+        let edited = self.edited(mask)?;
+        let positions = self.relative_positions(&x)?;
+        for i in 0..self.layers.len() {
+            x = self.layer(i, &x, mask, positions.as_ref(), &edited, ctx)?;
         }
-        let positions = self
-            .relative
-            .as_ref()
-            .map(|r| r.positions(x.dim(1)?, x.device()))
-            .transpose()?;
-        let edited = match self.positions {
-            Some(p) => p.masks(mask)?,
-            None => Vec::new(),
-        };
-        for (layer, interventions) in self.layers.iter().zip(&self.interventions) {
-            x = layer.forward(&x, mask, positions.as_ref(), ctx)?;
-            for iv in interventions {
-                let (_, m) = edited
-                    .iter()
-                    .find(|(g, _)| *g == iv.group())
-                    .ok_or_else(|| anyhow::anyhow!("no positions for loreft {}", iv.group()))?;
-                x = iv.forward(&x, m, ctx)?;
-            }
-        }
-        let pooled = self
-            .pooler
-            .as_ref()
-            .map(|p| p.forward(&x, ctx))
-            .transpose()?;
-        let logits = self
-            .head
-            .as_ref()
-            .map(|h| h.forward(&x, pooled.as_ref(), ctx))
-            .transpose()?;
+        let (pooled, logits) = self.top(&x, ctx)?;
         Ok(Output {
             last_hidden_state: x,
             pooled,
             logits,
         })
+    }
+
+    /// The embeddings, projected to the encoder's width where they differ (ELECTRA).
+    fn embed(&self, batch: &Batch, ctx: &Ctx) -> Result<Tensor> {
+        let x = self.embeddings.forward(
+            &batch.input_ids,
+            &batch.token_type_ids,
+            &batch.attention_mask,
+            ctx,
+        )?;
+        match &self.project {
+            Some(p) => p.forward(&x, ctx),
+            None => Ok(x),
+        }
+    }
+
+    /// LoReFT's masks of edited tokens per group (none without LoReFT).
+    fn edited(&self, mask: &Tensor) -> Result<Vec<(&'static str, Tensor)>> {
+        match self.positions {
+            Some(p) => p.masks(mask),
+            None => Ok(Vec::new()),
+        }
+    }
+
+    /// DeBERTa's relative position embeddings for `x`'s length (None for other families).
+    fn relative_positions(&self, x: &Tensor) -> Result<Option<relative::Positions>> {
+        self.relative
+            .as_ref()
+            .map(|r| r.positions(x.dim(1)?, x.device()))
+            .transpose()
+    }
+
+    /// Encoder layer `i` on `x`, then its LoReFT interventions.
+    fn layer(
+        &self,
+        i: usize,
+        x: &Tensor,
+        mask: &Tensor,
+        positions: Option<&relative::Positions>,
+        edited: &[(&'static str, Tensor)],
+        ctx: &Ctx,
+    ) -> Result<Tensor> {
+        let mut x = self.layers[i].forward(x, mask, positions, ctx)?;
+        for iv in &self.interventions[i] {
+            let (_, m) = edited
+                .iter()
+                .find(|(g, _)| *g == iv.group())
+                .ok_or_else(|| anyhow::anyhow!("no positions for loreft {}", iv.group()))?;
+            x = iv.forward(&x, m, ctx)?;
+        }
+        Ok(x)
+    }
+
+    /// The pooler and head on the last hidden state: (pooled, logits).
+    fn top(&self, x: &Tensor, ctx: &Ctx) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let pooled = self
+            .pooler
+            .as_ref()
+            .map(|p| p.forward(x, ctx))
+            .transpose()?;
+        let logits = self
+            .head
+            .as_ref()
+            .map(|h| h.forward(x, pooled.as_ref(), ctx))
+            .transpose()?;
+        Ok((pooled, logits))
     }
 
     /// Logits of the task head: (batch, num_labels), or (batch, seq, 2) for spans.

@@ -6,6 +6,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
+use candle_core::backprop::GradStore;
 use candle_core::{Device, Tensor, Var};
 use indicatif::{ProgressBar, ProgressStyle};
 use rand::rngs::StdRng;
@@ -329,21 +330,35 @@ impl<'a> Run<'a> {
             let inputs: Vec<&Encoded> = idx.iter().map(|&i| &self.train.inputs[i]).collect();
             let batch = collate(&inputs, self.pad, &self.device)?;
             let labels = self.train.label_tensor(idx, &self.device)?;
-            let logits = self.model.logits(&batch, &self.ctx)?;
-            let loss = loss::for_head(self.spec.head(), &logits, &labels, &batch.attention_mask)?;
             // Each micro-batch's mean, weighted by its share of the step's examples.
             let share = idx.len() as f64 / in_step as f64;
-            group_loss += loss.to_scalar::<f32>()? as f64 * share;
-            let grads = (loss * share)?.backward()?;
-            for (name, var) in &self.vars {
-                if let Some(g) = grads.get(var.as_tensor()) {
-                    let sum = match acc.remove(name) {
-                        Some(a) => (a + g)?,
-                        None => g.clone(),
-                    };
-                    acc.insert(name.clone(), sum);
+            let head = self.spec.head();
+            let loss_of = |logits: &Tensor| -> Result<Tensor> {
+                let loss = loss::for_head(head, logits, &labels, &batch.attention_mask)?;
+                Ok((loss * share)?)
+            };
+            let vars = &self.vars;
+            let mut collect = |grads: &GradStore| -> Result<()> {
+                for (name, var) in vars {
+                    if let Some(g) = grads.get(var.as_tensor()) {
+                        let sum = match acc.remove(name) {
+                            Some(a) => (a + g)?,
+                            None => g.clone(),
+                        };
+                        acc.insert(name.clone(), sum);
+                    }
                 }
-            }
+                Ok(())
+            };
+            let loss = if self.cfg.recompute {
+                self.model
+                    .backward_by_layer(&batch, &self.ctx, loss_of, &mut collect)?
+            } else {
+                let loss = loss_of(&self.model.logits(&batch, &self.ctx)?)?;
+                collect(&loss.backward()?)?;
+                loss
+            };
+            group_loss += loss.to_scalar::<f32>()? as f64;
             group_tokens += inputs.iter().map(|e| e.len()).sum::<usize>();
             group_examples += inputs.len();
         }
