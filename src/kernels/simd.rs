@@ -23,9 +23,74 @@ pub unsafe fn as_uninit(v: &mut [f32]) -> &mut [MaybeUninit<f32>] {
     unsafe { &mut *(v as *mut [f32] as *mut [MaybeUninit<f32>]) }
 }
 
+/// The instruction sets a kernel can be compiled for, narrowest first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Isa {
+    Baseline,
+    Avx2,
+    Avx512,
+}
+
+impl Isa {
+    /// The widest this CPU runs.
+    pub fn widest() -> Isa {
+        #[cfg(target_arch = "x86_64")]
+        {
+            let avx2 =
+                std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma");
+            if avx2
+                && std::is_x86_feature_detected!("avx512f")
+                && std::is_x86_feature_detected!("avx512dq")
+            {
+                return Isa::Avx512;
+            }
+            if avx2 {
+                return Isa::Avx2;
+            }
+        }
+        Isa::Baseline
+    }
+
+    /// What the kernels use: the widest, or narrower where `PEFT_SIMD` (`avx2`,
+    /// `baseline`) or [`with_isa`] asks, to run an AVX-512 machine's kernels as an AVX2
+    /// one's. Never wider than the CPU.
+    pub fn chosen() -> Isa {
+        static WIDEST: std::sync::OnceLock<Isa> = std::sync::OnceLock::new();
+        static ENV: std::sync::OnceLock<Option<Isa>> = std::sync::OnceLock::new();
+        let widest = *WIDEST.get_or_init(Isa::widest);
+        let env = *ENV.get_or_init(|| match std::env::var("PEFT_SIMD").as_deref() {
+            Ok("avx2") => Some(Isa::Avx2),
+            Ok("baseline") => Some(Isa::Baseline),
+            _ => None,
+        });
+        FORCED
+            .with(|f| f.get())
+            .or(env)
+            .unwrap_or(widest)
+            .min(widest)
+    }
+}
+
+thread_local! {
+    static FORCED: std::cell::Cell<Option<Isa>> = const { std::cell::Cell::new(None) };
+}
+
+/// Run `f` with this thread's kernels compiled for at most `isa` (tests of each path).
+#[cfg(test)]
+pub fn with_isa<R>(isa: Isa, f: impl FnOnce() -> R) -> R {
+    struct Reset(Option<Isa>);
+    impl Drop for Reset {
+        fn drop(&mut self) {
+            FORCED.with(|f| f.set(self.0));
+        }
+    }
+    let _reset = Reset(FORCED.with(|f| f.replace(Some(isa))));
+    f()
+}
+
 /// Compiles `$body` as is, with AVX2 and FMA, and with AVX-512F and DQ (16 lanes, one
 /// register per fixed-lane reduction; DQ's 64-bit multiply for the dropout hash), and
-/// calls the widest the CPU has.
+/// calls the one [`Isa::chosen`] names: the widest the CPU has unless told otherwise.
 macro_rules! multiversion {
     ($(#[$doc:meta])* pub fn $name:ident($($arg:ident: $ty:ty),*) $(-> $ret:ty)? $body:block) => {
         $(#[$doc])*
@@ -42,21 +107,14 @@ macro_rules! multiversion {
                 unsafe fn avx512($($arg: $ty),*) $(-> $ret)? {
                     imp($($arg),*)
                 }
-                let avx2_fma = std::is_x86_feature_detected!("avx2")
-                    && std::is_x86_feature_detected!("fma");
-                if avx2_fma
-                    && std::is_x86_feature_detected!("avx512f")
-                    && std::is_x86_feature_detected!("avx512dq")
-                {
+                match Isa::chosen() {
                     // SAFETY: calling a `target_feature` function is sound when the CPU has
-                    // every feature it enables: AVX-512F, DQ, AVX2 and FMA, all detected
-                    // just above. Its body is the safe `imp`.
-                    return unsafe { avx512($($arg),*) };
-                }
-                if avx2_fma {
-                    // SAFETY: the CPU has AVX2 and FMA (detected above), all that `avx2`
-                    // enables. Its body is the safe `imp`.
-                    return unsafe { avx2($($arg),*) };
+                    // every feature it enables; `chosen` is never wider than `widest`,
+                    // which detected AVX-512F, DQ, AVX2 and FMA. Its body is the safe `imp`.
+                    Isa::Avx512 => return unsafe { avx512($($arg),*) },
+                    // SAFETY: as above, with AVX2 and FMA detected.
+                    Isa::Avx2 => return unsafe { avx2($($arg),*) },
+                    Isa::Baseline => {}
                 }
             }
             imp($($arg),*)
@@ -448,6 +506,73 @@ mod tests {
                 "gelu'({v})"
             );
         }
+    }
+
+    /// Every kernel gives the same bits on each instruction set this CPU has (an AVX-512
+    /// machine checks its AVX2 and baseline paths too): fixed-lane reductions and no fused
+    /// multiply-add make the result independent of the vector width.
+    #[test]
+    fn every_path_gives_the_same_bits() {
+        let n = 3 * 97; // rows of 97: not a multiple of any vector width
+        let x: Vec<f32> = (0..n)
+            .map(|i| ((i * 37 % 101) as f32 - 50.0) / 17.0)
+            .collect();
+        let r: Vec<f32> = (0..n)
+            .map(|i| ((i * 13 % 29) as f32 - 14.0) / 9.0)
+            .collect();
+        let w: Vec<f32> = (0..97).map(|i| 1.0 + (i % 7) as f32 / 10.0).collect();
+        let b: Vec<f32> = (0..97).map(|i| (i % 5) as f32 / 10.0 - 0.2).collect();
+        let mask: Vec<f32> = (0..97).map(|j| (j % 9 != 4) as u8 as f32).collect();
+        fn w_only(v: &mut [f32]) -> &mut [MaybeUninit<f32>] {
+            // SAFETY: the kernels given this view write only initialised floats.
+            unsafe { as_uninit(v) }
+        }
+        let run = || {
+            let mut out: Vec<Vec<f32>> = Vec::new();
+            let mut o = vec![0f32; n];
+            dropout(w_only(&mut o), &x, 7, u64::MAX / 10, 1.0 / 0.9, 3);
+            out.push(o.clone());
+            dropout_add(w_only(&mut o), &x, &r, Some(7), u64::MAX / 10, 1.0 / 0.9, 3);
+            out.push(o.clone());
+            layer_norm(w_only(&mut o), &x, &w, &b, 1e-12);
+            out.push(o.clone());
+            let (mut dx, mut dw, mut db) = (vec![0f32; n], vec![0f32; 97], vec![0f32; 97]);
+            layer_norm_backward(&mut dx, &mut dw, &mut db, &x, &r, &w, 1e-12);
+            out.extend([dx, dw, db]);
+            gelu(w_only(&mut o), &x);
+            out.push(o.clone());
+            let mut d = vec![0f32; n];
+            gelu_backward(&mut d, &x, &r);
+            out.push(d.clone());
+            gelu_backward_in_place(&mut d, &x);
+            out.push(d);
+            let mut p = vec![0f32; 97];
+            masked_softmax_row(&mut p, &x[..97], &mask, 0.125);
+            out.push(p.clone());
+            let mut dp = r[..97].to_vec();
+            softmax_backward_row(&mut dp, &p, &x[..97], Some(1.0 / 0.9), 0.125);
+            out.push(dp);
+            out
+        };
+        let bits = |v: Vec<Vec<f32>>| -> Vec<Vec<u32>> {
+            v.iter()
+                .map(|k| k.iter().map(|f| f.to_bits()).collect())
+                .collect()
+        };
+        let want = bits(with_isa(Isa::Baseline, run));
+        for isa in [Isa::Avx2, Isa::Avx512]
+            .into_iter()
+            .filter(|i| *i <= Isa::widest())
+        {
+            let got = bits(with_isa(isa, run));
+            for (k, (g, w)) in got.iter().zip(&want).enumerate() {
+                assert_eq!(g, w, "kernel {k} on {isa:?} differs from the baseline's");
+            }
+        }
+        assert_eq!(
+            with_isa(Isa::Avx2, Isa::chosen),
+            Isa::Avx2.min(Isa::widest())
+        );
     }
 
     /// erf in f64 by its Taylor series (accurate to 1e-13 for |x| < 3), as an independent
