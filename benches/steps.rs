@@ -17,6 +17,9 @@ fn steps(c: &mut Criterion) {
         Method::Bitfit,
         Method::Layernorm,
         Method::Lora,
+        Method::Dora,
+        Method::Ia3,
+        Method::Loreft,
         Method::ChildF,
     ] {
         let mut step = TrainStep::new(&cfg, &weights, &method, &Device::Cpu, shape).expect("step");

@@ -9,5 +9,5 @@ pub(crate) mod attention;
 #[cfg(feature = "cuda")]
 mod cuda;
 pub(crate) mod ops;
-pub(crate) mod simd;
+pub mod simd;
 pub use ops::{with_composed_ops, without_graph};

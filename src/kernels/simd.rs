@@ -75,8 +75,8 @@ thread_local! {
     static FORCED: std::cell::Cell<Option<Isa>> = const { std::cell::Cell::new(None) };
 }
 
-/// Run `f` with this thread's kernels compiled for at most `isa` (tests of each path).
-#[cfg(test)]
+/// Run `f` with this thread's kernels compiled for at most `isa` (tests and benchmarks
+/// of each path).
 pub fn with_isa<R>(isa: Isa, f: impl FnOnce() -> R) -> R {
     struct Reset(Option<Isa>);
     impl Drop for Reset {
