@@ -422,6 +422,21 @@ fn bad_inputs_exit_2_and_name_the_culprit() {
             "--lora-r",
         ),
         ("unknown task", &["--task", "rtee"][..], "rtee"),
+        (
+            "LoReFT positions pyreft does not write",
+            &["--method", "loreft", "--loreft-positions", "x1"][..],
+            "loreft_positions",
+        ),
+        (
+            "a LoReFT layer the model lacks",
+            &["--method", "loreft", "--loreft-layers", "99"][..],
+            "loreft layer `99`",
+        ),
+        (
+            "two adapter kinds",
+            &["--method", "lora+dora"][..],
+            "one adapter kind at a time",
+        ),
     ] {
         let mut a = train_args(&good, &out("n"), extra);
         if !extra.contains(&"--task") {
