@@ -45,6 +45,9 @@ pub struct BenchArgs {
     /// Untimed steps before the timed ones.
     #[arg(long, default_value_t = 2)]
     pub warmup: usize,
+    /// Leave out the inference forward (profiles of the training step alone).
+    #[arg(long, conflicts_with = "inference_only")]
+    pub no_inference: bool,
     /// Time the inference forward only (its peak RSS then excludes training's).
     #[arg(long)]
     pub inference_only: bool,
@@ -116,6 +119,9 @@ pub fn run(args: BenchArgs) -> Result<()> {
         );
     }
 
+    if args.no_inference {
+        return Ok(());
+    }
     reset_peak_rss();
     let forward = Forward::new(&cfg, &weights, &device, shape)?;
     let ms = time(args.warmup, args.steps, || forward.run())?;
