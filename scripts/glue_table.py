@@ -33,8 +33,10 @@ KNOB = {"fisher-layernorm": "--fraction", "random-layernorm": "--fraction", "ran
         "child-f": "--reserve", "child-d": "--reserve", "ina": "--ina-inhibition"}
 USES_FISHER = {"fisher-layernorm", "child-d"}
 # Named variants: a method with fixed extra flags. ina-paper is InA as the paper's text has it
-# (GELU, query and key); plain ina is the authors' code (LeakyReLU, query, key and value).
-VARIANTS = {"ina-paper": ("ina", ["--ina-activation", "gelu", "--ina-targets", "query,key"])}
+# (GELU, query and key); plain ina is the authors' code (LeakyReLU, query, key and value);
+# lora-rslora and dora-rslora scale by alpha/sqrt(r). Unions pass as they are (lora+layernorm).
+VARIANTS = {"ina-paper": ("ina", ["--ina-activation", "gelu", "--ina-targets", "query,key"]),
+            "lora-rslora": ("lora", ["--lora-rslora"]), "dora-rslora": ("dora", ["--lora-rslora"])}
 EPOCHS = 5
 # PyTorch + transformers on this machine class (issue #4), seed 42, final epoch.
 REFERENCE = {
