@@ -9,7 +9,7 @@ use candle_core::DType;
 use clap::Args;
 
 use crate::components::aggregate;
-use crate::run::weights::{RunWeights, Which};
+use crate::run::weights::{fold_adapters, RunWeights, Which};
 
 #[derive(Args, Debug)]
 pub struct DiffArgs {
@@ -33,7 +33,29 @@ pub fn run(args: DiffArgs) -> Result<()> {
     // tensors of the base's shapes and the task's head; a head made for another label set
     // is dropped from the base, having nothing to compare with.
     let run = RunWeights::load(&args.checkpoint, args.which, args.base.as_deref(), None)?;
-    let (base, trained) = (&run.base, &run.trained);
+    // An adapter run moved the weights its adapters fold into (LoRA, DoRA, IA3): compare
+    // those, as `peft merge` writes them. LoReFT and InA's thresholded path fold into no
+    // weight and are refused with the reason.
+    let folded;
+    let trained = match run.info.train.adapter() {
+        Some(_) => {
+            let mut w = run.weights(1.0)?;
+            fold_adapters(&mut w, &run.info)?;
+            // Only what moved: the rest of the encoder is the base itself.
+            let mut moved = std::collections::HashMap::new();
+            for (name, t) in w {
+                if let Some(b) = run.base.get(&name) {
+                    if (&t - b)?.abs()?.sum_all()?.to_scalar::<f32>()? != 0.0 {
+                        moved.insert(name, t);
+                    }
+                }
+            }
+            folded = moved;
+            &folded
+        }
+        None => &run.trained,
+    };
+    let base = &run.base;
     // Per tensor: (‖ΔW‖², n) and (‖W‖², n) and (Σ|ΔW|, n), aggregated by component.
     let (mut delta_sq, mut base_sq, mut delta_abs) =
         (BTreeMap::new(), BTreeMap::new(), BTreeMap::new());

@@ -1056,6 +1056,44 @@ fn dora_adapters_export_and_read_back() {
     );
 }
 
+/// `peft diff` of an adapter run compares the weights its adapters fold into, as `merge`
+/// writes them: a DoRA run on query and value moved those and nothing else; a LoReFT run,
+/// which folds into no weight, is refused with the reason.
+#[test]
+fn diff_folds_adapters_and_refuses_loreft() {
+    let tmp = tempfile::tempdir().unwrap();
+    write_rte(tmp.path(), 32, 8);
+    let dora = tmp.path().join("dora");
+    let mut args = STEPS.to_vec();
+    args.extend_from_slice(&["--method", "dora", "--lr", "1e-2"]);
+    train(&fixture("tiny-bert"), tmp.path(), &dora, &args);
+    let text = ok(peft(&[
+        "diff",
+        "--checkpoint",
+        dora.to_str().unwrap(),
+        "--json",
+    ]));
+    let mut components: Vec<String> = text
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|v| v["layer"].is_null())
+        .map(|v| {
+            assert!(v["relative_change"].as_f64().unwrap() > 0.0, "{v}");
+            v["component"].as_str().unwrap().to_string()
+        })
+        .collect();
+    components.sort();
+    assert_eq!(components, ["query", "value"]);
+
+    let reft = tmp.path().join("loreft");
+    let mut args = STEPS.to_vec();
+    args.extend_from_slice(&["--method", "loreft"]);
+    train(&fixture("tiny-bert"), tmp.path(), &reft, &args);
+    let o = peft(&["diff", "--checkpoint", reft.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("LoReFT"), "{}", stderr(&o));
+}
+
 /// A LayerNorm-only run (all of it, or a Fisher or random subset) is exported as PEFT's
 /// LN tuning (`peft_type` LN_TUNING, `….LayerNorm.ln_tuning_layers.*`, which PEFT loads to
 /// our merged model's logits exactly: `scripts/peft_roundtrip.py compare`), and read back
