@@ -182,16 +182,6 @@ impl Adapter {
         Ok((y + correction)?)
     }
 
-    /// The merged weight, what `peft merge` writes: W₀ + s·B·A, and for DoRA that scaled
-    /// to m per row.
-    pub fn merged_weight(&self, weight: &Tensor) -> Result<Tensor> {
-        let adapted = (weight + self.delta_weight()?)?;
-        Ok(match &self.magnitude {
-            Some(m) => adapted.broadcast_mul(&m.div(&row_norms(&adapted)?)?.unsqueeze(1)?)?,
-            None => adapted,
-        })
-    }
-
     /// The adapter's contribution for `x` of shape (rows, in): (rows, out).
     pub fn forward(&self, x: &Tensor, ctx: &Ctx) -> Result<Tensor> {
         let h = self.dropout.forward(x, ctx)?.matmul(&self.a.t()?)?;
