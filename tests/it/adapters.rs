@@ -687,7 +687,7 @@ fn scores_as_python(name: &str) {
             assert!((ours - theirs).abs() < 1e-5, "{line}: {ours} vs {theirs}");
         }
     }
-    // What cannot run the same way is refused by name.
+    // A config that claims DoRA while the file holds no magnitudes is refused by name.
     let bad = tmp.path().join("dora");
     std::fs::create_dir_all(&bad).unwrap();
     std::fs::copy(
