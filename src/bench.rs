@@ -10,7 +10,7 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
 use crate::loss;
-use crate::methods::{self, Method, MethodSpec};
+use crate::methods::{self, MethodSpec, Methods};
 use crate::model::{Batch, Ctx, Model, ModelConfig, ParamStore};
 use crate::optim::{AdamWConfig, MaskedAdamW};
 use crate::settings::TrainConfig;
@@ -29,14 +29,16 @@ pub struct TrainStep {
 }
 
 impl TrainStep {
+    /// A step of `method` (one, or a union such as `lora+layernorm`) with its default
+    /// adapter, if it has one.
     pub fn new(
         cfg: &ModelConfig,
         weights: &HashMap<String, Tensor>,
-        method: &Method,
+        method: &Methods,
         device: &Device,
         shape: (usize, usize),
     ) -> Result<Self> {
-        let adapter = TrainConfig::default_adapter(*method);
+        let adapter = TrainConfig::default_adapter(method.clone());
         Self::with_adapter(cfg, weights, method, adapter, device, shape)
     }
 
@@ -44,7 +46,7 @@ impl TrainStep {
     pub fn with_adapter(
         cfg: &ModelConfig,
         weights: &HashMap<String, Tensor>,
-        method: &Method,
+        method: &Methods,
         adapter: Option<crate::model::AdapterConfig>,
         device: &Device,
         (b, t): (usize, usize),
@@ -52,7 +54,7 @@ impl TrainStep {
         // Child-Tuning's default reserve and a tenth for the subset methods; the
         // Fisher-ranked ones need a Fisher file and are refused by `select`.
         let spec = MethodSpec {
-            method: (*method).into(),
+            method: method.clone(),
             fraction: 0.1,
             reserve: 0.3,
             seed: 0,
@@ -236,6 +238,7 @@ pub fn random_bert(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::methods::Method;
 
     #[test]
     fn a_random_bert_trains_a_step_for_every_method() {
@@ -250,7 +253,7 @@ mod tests {
             Method::Ia3,
             Method::Loreft,
         ] {
-            let mut step = TrainStep::new(&cfg, &w, &method, &Device::Cpu, (2, 8)).unwrap();
+            let mut step = TrainStep::new(&cfg, &w, &method.into(), &Device::Cpu, (2, 8)).unwrap();
             step.run().unwrap();
             step.run().unwrap();
         }

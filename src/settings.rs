@@ -758,8 +758,8 @@ fn explain_toml(msg: &str) -> (String, Option<String>) {
 impl TrainConfig {
     /// The adapter a run of `method` adds when it sets none of its flags (None for
     /// methods without adapters): the defaults of the settings table.
-    pub fn default_adapter(method: Method) -> Option<AdapterConfig> {
-        let method = Methods::one(method);
+    pub fn default_adapter(method: impl Into<Methods>) -> Option<AdapterConfig> {
+        let method = method.into();
         // The model has no default; any path stands in for it, as "rte" for the task.
         let o = Overrides {
             method: Some(method.clone()),

@@ -8,7 +8,7 @@ use anyhow::Result;
 use clap::Args;
 
 use crate::bench::{Forward, TrainStep};
-use crate::methods::Method;
+use crate::methods::{Method, Methods};
 use crate::model::read_checkpoint;
 use crate::settings::TrainConfig;
 
@@ -27,14 +27,16 @@ pub struct BenchArgs {
     /// Timed steps per method (after --warmup untimed ones).
     #[arg(long, default_value_t = 10)]
     pub steps: usize,
-    /// Methods to time, comma-separated (LoRA and InA at r 8 on query and value,
-    /// Child-Tuning F at reserve 0.3; the Fisher-ranked methods need a Fisher file).
+    /// Methods to time, comma-separated, each one method or a union (lora+layernorm), at
+    /// their training defaults (LoRA r 8 on query and value, InA r 4 on query, key and
+    /// value, Child-Tuning F at reserve 0.3, subsets at a tenth; the Fisher-ranked methods
+    /// need a Fisher file).
     #[arg(
         long,
         value_delimiter = ',',
         default_value = "full,bitfit,layernorm,lora"
     )]
-    pub method: Vec<Method>,
+    pub method: Vec<Methods>,
     /// loreft: the layers it edits, `all` or indices (its default: all).
     #[arg(long, value_delimiter = ',')]
     pub loreft_layers: Option<Vec<String>>,
@@ -77,7 +79,10 @@ pub fn run(args: BenchArgs) -> Result<()> {
     // A method whose default adapters this family cannot take (DeBERTa v1 has no query
     // or value module) fails before the others are timed, not after.
     for m in args.method.iter().filter(|_| !args.inference_only) {
-        for t in TrainConfig::default_adapter(*m).map_or(Vec::new(), |a| a.targets) {
+        for t in TrainConfig::default_adapter(m.clone())
+            .filter(|a| !matches!(a.kind, crate::model::AdapterKind::Loreft { .. }))
+            .map_or(Vec::new(), |a| a.targets)
+        {
             if let Err(e) = cfg.model_type.adapter_module(&t) {
                 crate::user_bail!("--method {m}: {e}");
             }
@@ -90,29 +95,31 @@ pub fn run(args: BenchArgs) -> Result<()> {
         args.batch, args.seq, args.steps
     );
     println!(
-        "{:<12} {:>10} {:>12} {:>14}",
+        "{:<16} {:>10} {:>12} {:>14}",
         "step", "ms", "tokens/s", "peak RSS MB"
     );
 
-    let methods: &[Method] = if args.inference_only {
+    let methods: &[Methods] = if args.inference_only {
         &[]
     } else {
         &args.method
     };
     for method in methods {
         reset_peak_rss();
-        let mut adapter = TrainConfig::default_adapter(*method);
-        if let (Some(a), Some(layers), Method::Loreft) =
-            (adapter.as_mut(), &args.loreft_layers, method)
-        {
+        let mut adapter = TrainConfig::default_adapter(method.clone());
+        if let (Some(a), Some(layers), true) = (
+            adapter.as_mut(),
+            &args.loreft_layers,
+            method.has(Method::Loreft),
+        ) {
             a.targets = layers.clone();
         }
         let mut step = TrainStep::with_adapter(&cfg, &weights, method, adapter, &device, shape)?;
         step.recompute = args.recompute;
         let ms = time(args.warmup, args.steps, || step.run())?;
         println!(
-            "{:<12} {:>10.1} {:>12.0} {:>14.0}",
-            method.name(),
+            "{:<16} {:>10.1} {:>12.0} {:>14.0}",
+            method.to_string(),
             ms,
             tokens / ms * 1e3,
             peak_rss_mb()
@@ -126,7 +133,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
     let forward = Forward::new(&cfg, &weights, &device, shape)?;
     let ms = time(args.warmup, args.steps, || forward.run())?;
     println!(
-        "{:<12} {:>10.1} {:>12.0} {:>14.0}",
+        "{:<16} {:>10.1} {:>12.0} {:>14.0}",
         "inference",
         ms,
         tokens / ms * 1e3,
