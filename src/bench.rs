@@ -12,7 +12,7 @@ use rand::{Rng, SeedableRng};
 use crate::loss;
 use crate::methods::{self, MethodSpec, Methods};
 use crate::model::{Batch, Ctx, Model, ModelConfig, ParamStore};
-use crate::optim::{AdamWConfig, MaskedAdamW};
+use crate::optim::{accumulate, AdamWConfig, MaskedAdamW};
 use crate::settings::TrainConfig;
 use crate::train::session::{Session, Trainable};
 
@@ -88,18 +88,8 @@ impl TrainStep {
     pub fn run(&mut self) -> Result<()> {
         let mut g = BTreeMap::new();
         let vars = &self.vars;
-        let mut collect = |grads: &candle_core::backprop::GradStore| -> Result<()> {
-            for (n, v) in vars {
-                if let Some(t) = grads.get(v.as_tensor()) {
-                    let sum = match g.remove(n) {
-                        Some(a) => (a + t)?,
-                        None => t.clone(),
-                    };
-                    g.insert(n.clone(), sum);
-                }
-            }
-            Ok(())
-        };
+        let mut collect =
+            |grads: &candle_core::backprop::GradStore| accumulate(&mut g, vars, grads);
         let loss_of = |logits: &Tensor| loss::cross_entropy(logits, &self.labels);
         if self.recompute {
             self.model

@@ -149,6 +149,7 @@ pub struct Loreft {
     weight: Tensor,
     bias: Tensor,
     dropout: Dropout,
+    masks: Masks,
 }
 
 impl Loreft {
@@ -183,6 +184,7 @@ impl Loreft {
         let source = p.pp("source");
         Ok(Self {
             group,
+            masks: Masks::new(&rotate)?,
             rotate,
             weight: source.get_or_init("weight", &[r, d], Init::Uniform(bound))?,
             bias: source.get_or_init("bias", &[r], Init::Uniform(bound))?,
@@ -198,7 +200,7 @@ impl Loreft {
     pub fn forward(&self, h: &Tensor, mask: &Tensor, ctx: &Ctx) -> Result<Tensor> {
         let (b, t, d) = h.dims3()?;
         let rows = h.reshape((b * t, d))?;
-        let r = rotation(&self.rotate)?; // (d, r): R's rows as columns
+        let r = rotation_with(&self.rotate, &self.masks)?; // (d, r): R's rows as columns
         let source = rows.matmul(&self.weight.t()?)?.broadcast_add(&self.bias)?;
         let delta = (source - rows.matmul(&r)?)?.matmul(&r.t()?)?;
         let edited = self.dropout.forward(&(&rows + delta)?, ctx)?;
@@ -210,20 +212,39 @@ impl Loreft {
 /// Rᵀ (d × r) from the Householder vectors in X (d × r): H₁⋯H_r·I[:, :r], column j signed
 /// as X[j, j]. Differentiable in X's strictly lower part, as torch's.
 pub fn rotation(x: &Tensor) -> Result<Tensor> {
-    let (d, r) = x.dims2()?;
-    let dev = x.device();
-    let lower: Vec<f32> = (0..d * r)
-        .map(|k| ((k / r) > (k % r)) as u8 as f32)
-        .collect();
-    let lower = Tensor::from_vec(lower, (d, r), dev)?;
-    let eye: Vec<f32> = (0..d * r)
-        .map(|k| ((k / r) == (k % r)) as u8 as f32)
-        .collect();
-    let eye = Tensor::from_vec(eye, (d, r), dev)?;
-    let a = (x * &lower)?;
+    rotation_with(x, &Masks::new(x)?)
+}
+
+/// The constant masks of the Householder map for an X of X's shape: its strictly lower part
+/// and I[:, :r]. Built once per intervention, not per forward.
+#[derive(Debug, Clone)]
+struct Masks {
+    lower: Tensor,
+    eye: Tensor,
+}
+
+impl Masks {
+    fn new(x: &Tensor) -> Result<Self> {
+        let (d, r) = x.dims2()?;
+        let mask = |keep: fn(usize, usize) -> bool| -> Result<Tensor> {
+            let v: Vec<f32> = (0..d * r)
+                .map(|k| keep(k / r, k % r) as u8 as f32)
+                .collect();
+            Ok(Tensor::from_vec(v, (d, r), x.device())?)
+        };
+        Ok(Self {
+            lower: mask(|i, j| i > j)?,
+            eye: mask(|i, j| i == j)?,
+        })
+    }
+}
+
+fn rotation_with(x: &Tensor, Masks { lower, eye }: &Masks) -> Result<Tensor> {
+    let r = x.dim(1)?;
+    let a = (x * lower)?;
     // τ = 2/vᵀv with v = e_j + A[:, j], so each H_j = I − τ v vᵀ is an exact reflection.
     let tau = ((a.sqr()?.sum_keepdim(0)? + 1.0)?.recip()? * 2.0)?; // (1, r)
-    let v = (&a + &eye)?;
+    let v = (&a + eye)?;
     let mut q = eye.clone();
     for j in (0..r).rev() {
         let vj = v.narrow(1, j, 1)?; // (d, 1)
@@ -232,7 +253,7 @@ pub fn rotation(x: &Tensor) -> Result<Tensor> {
         q = (q - vj.matmul(&w)?.broadcast_mul(&tj)?)?;
     }
     // The signs are constants: no gradient reaches X's diagonal.
-    let signs = (x.detach() * &eye)?.sum_keepdim(0)?.sign()?;
+    let signs = (x.detach() * eye)?.sum_keepdim(0)?.sign()?;
     Ok(q.broadcast_mul(&signs)?)
 }
 

@@ -9,3 +9,28 @@ pub use masked_adamw::{
     UpdateRule,
 };
 pub use schedule::LinearSchedule;
+
+use std::collections::BTreeMap;
+
+use candle_core::backprop::GradStore;
+use candle_core::{Tensor, Var};
+
+/// Add the gradients `grads` holds for `vars` into `acc`, by name: micro-batches of one
+/// step, and the stages of a layer-by-layer backward (`Model::backward_by_layer`), sum
+/// into one gradient per parameter.
+pub fn accumulate(
+    acc: &mut BTreeMap<String, Tensor>,
+    vars: &BTreeMap<String, Var>,
+    grads: &GradStore,
+) -> anyhow::Result<()> {
+    for (name, var) in vars {
+        if let Some(g) = grads.get(var.as_tensor()) {
+            let sum = match acc.remove(name) {
+                Some(a) => (a + g)?,
+                None => g.clone(),
+            };
+            acc.insert(name.clone(), sum);
+        }
+    }
+    Ok(())
+}

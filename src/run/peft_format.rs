@@ -69,18 +69,7 @@ pub fn write(
         v.sort();
         v
     } else {
-        // PEFT matches a suffix of the module's path: the projections by their own names
-        // (DeBERTa's `query` is `query_proj`), the dense layers as our targets name them.
-        cfg.targets
-            .iter()
-            .map(|t| {
-                let module = arch.adapter_module(t).map_err(user)?;
-                Ok(module
-                    .strip_prefix("attention.self.")
-                    .unwrap_or(&module)
-                    .to_string())
-            })
-            .collect::<Result<_>>()?
+        peft_targets(arch, &cfg.targets)?
     };
     let (task_type, saved) = head_of(info, trained)?;
     let config = json!({
@@ -100,6 +89,22 @@ pub fn write(
         "use_dora": cfg.kind == AdapterKind::Dora,
     });
     save(dir, &tensors, &config)
+}
+
+/// Our targets as PEFT's `target_modules`, which PEFT matches as a suffix of a module's
+/// path: the projections by their own names (DeBERTa's `query` is `query_proj`), the dense
+/// layers as our targets name them.
+fn peft_targets(arch: Arch, targets: &[String]) -> Result<Vec<String>> {
+    targets
+        .iter()
+        .map(|t| {
+            let module = arch.adapter_module(t).map_err(user)?;
+            Ok(module
+                .strip_prefix("attention.self.")
+                .unwrap_or(&module)
+                .to_string())
+        })
+        .collect()
 }
 
 /// The head PEFT keeps in full (`modules_to_save`) and the task type it records.
@@ -185,17 +190,7 @@ fn write_ia3(
             )
         })
         .collect();
-    let targets: Vec<String> = cfg
-        .targets
-        .iter()
-        .map(|t| {
-            let module = arch.adapter_module(t).map_err(user)?;
-            Ok(module
-                .strip_prefix("attention.self.")
-                .unwrap_or(&module)
-                .to_string())
-        })
-        .collect::<Result<_>>()?;
+    let targets = peft_targets(arch, &cfg.targets)?;
     let feedforward: Vec<&String> = targets
         .iter()
         .filter(|t| t.ends_with("output.dense"))

@@ -21,7 +21,7 @@ use crate::loss;
 use crate::methods::{self, MethodSpec};
 use crate::model::ModelConfig;
 use crate::model::{fit_head, load, read_checkpoint, Ctx, Model};
-use crate::optim::{AdamWConfig, LinearSchedule, MaskedAdamW, NonFiniteGradient};
+use crate::optim::{accumulate, AdamWConfig, LinearSchedule, MaskedAdamW, NonFiniteGradient};
 use crate::run::checkpoint::{self, Progress, RESUME};
 use crate::run::dir::{self as run_dir, BaseModel, RunInfo};
 use crate::run::record::{describe, main_score, EvalRecord};
@@ -338,18 +338,7 @@ impl<'a> Run<'a> {
                 Ok((loss * share)?)
             };
             let vars = &self.vars;
-            let mut collect = |grads: &GradStore| -> Result<()> {
-                for (name, var) in vars {
-                    if let Some(g) = grads.get(var.as_tensor()) {
-                        let sum = match acc.remove(name) {
-                            Some(a) => (a + g)?,
-                            None => g.clone(),
-                        };
-                        acc.insert(name.clone(), sum);
-                    }
-                }
-                Ok(())
-            };
+            let mut collect = |grads: &GradStore| accumulate(&mut acc, vars, grads);
             let loss = if self.cfg.recompute {
                 self.model
                     .backward_by_layer(&batch, &self.ctx, loss_of, &mut collect)?

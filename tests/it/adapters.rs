@@ -797,13 +797,7 @@ fn matches_reference(
     let model = Model::load_with_adapters(&store, &cfg, Some(2.into()), Some(adapter)).unwrap();
     assert!(store.created().is_empty(), "{:?}", store.created());
     assert_eq!(store.vars().len(), count);
-    let g: std::collections::HashMap<String, Tensor> =
-        candle_core::safetensors::load(dir.join("golden.safetensors"), &Device::Cpu).unwrap();
-    let batch = Batch {
-        input_ids: g["input_ids"].to_dtype(DType::U32).unwrap(),
-        token_type_ids: g["token_type_ids"].to_dtype(DType::U32).unwrap(),
-        attention_mask: g["attention_mask"].to_dtype(DType::F32).unwrap(),
-    };
+    let batch = golden_batch(&dir);
     let logits = model.logits(&batch, &Ctx::eval()).unwrap();
     let d = max_abs_diff(&logits, &r["logits"]);
     assert!(d < 1e-5, "logits differ by {d}");
@@ -863,20 +857,16 @@ fn dora_matches_peft() {
     assert!(d < 1e-5, "merged logits differ from the adapter's by {d}");
 }
 
-/// An IA3 adapter PEFT saved (save_pretrained, scripts/ia3_reference.py) reads back with
-/// PEFT's vectors and head under our names and gives PEFT's logits; an IA3 run's own
-/// export, read back with `eval --adapter`, scores as the run.
-#[test]
-fn ia3_adapters_read_back() {
-    let fx = Path::new(&fixture("ia3")).to_path_buf();
+/// The adapter PEFT saved in `tests/fixtures/<fx>/adapter/`, read as `eval --adapter`
+/// reads it: its `count` tensors are the reference's, bit for bit, under our names, and
+/// over tiny-bert (every tensor from the files, none made up) they give PEFT's logits on
+/// the golden batch within 1e-5. Returns its settings.
+fn reads_back_as_saved(fx: &str, count: usize) -> AdapterConfig {
+    let fx = Path::new(&fixture(fx)).to_path_buf();
     let r = candle_core::safetensors::load(fx.join("reference.safetensors"), &Device::Cpu).unwrap();
     let a = peft::run::peft_format::read(&fx.join("adapter"), peft::model::Arch::Bert).unwrap();
     let c = a.config.clone().unwrap();
-    assert_eq!(c.kind, AdapterKind::Ia3);
-    let mut targets = c.targets.clone();
-    targets.sort();
-    assert_eq!(targets, ["key", "output.dense", "value"]);
-    assert_eq!(a.tensors.len(), 10);
+    assert_eq!(a.tensors.len(), count);
     for (name, t) in &a.tensors {
         assert_eq!(max_abs_diff(t, &r[name]), 0.0, "{name}");
     }
@@ -884,22 +874,27 @@ fn ia3_adapters_read_back() {
     let (cfg, mut weights) = read_checkpoint(&dir).unwrap();
     weights.retain(|k, _| !k.starts_with("classifier"));
     weights.extend(a.tensors);
-    let model = Model::load_with_adapters(
-        &ParamStore::frozen(weights, Device::Cpu),
-        &cfg,
-        Some(2.into()),
-        Some(&c),
-    )
-    .unwrap();
-    let g: HashMap<String, Tensor> =
-        candle_core::safetensors::load(dir.join("golden.safetensors"), &Device::Cpu).unwrap();
-    let batch = Batch {
-        input_ids: g["input_ids"].to_dtype(DType::U32).unwrap(),
-        token_type_ids: g["token_type_ids"].to_dtype(DType::U32).unwrap(),
-        attention_mask: g["attention_mask"].to_dtype(DType::F32).unwrap(),
-    };
-    let d = max_abs_diff(&model.logits(&batch, &Ctx::eval()).unwrap(), &r["logits"]);
+    let store = ParamStore::frozen(weights, Device::Cpu);
+    let model = Model::load_with_adapters(&store, &cfg, Some(2.into()), Some(&c)).unwrap();
+    assert!(store.created().is_empty(), "{:?}", store.created());
+    let d = max_abs_diff(
+        &model.logits(&golden_batch(&dir), &Ctx::eval()).unwrap(),
+        &r["logits"],
+    );
     assert!(d < 1e-5, "logits differ by {d}");
+    c
+}
+
+/// An IA3 adapter PEFT saved (save_pretrained, scripts/ia3_reference.py) reads back with
+/// PEFT's vectors and head under our names and gives PEFT's logits; an IA3 run's own
+/// export, read back with `eval --adapter`, scores as the run.
+#[test]
+fn ia3_adapters_read_back() {
+    let c = reads_back_as_saved("ia3", 10);
+    assert_eq!(c.kind, AdapterKind::Ia3);
+    let mut targets = c.targets.clone();
+    targets.sort();
+    assert_eq!(targets, ["key", "output.dense", "value"]);
 
     let tmp = tempfile::tempdir().unwrap();
     write_rte(tmp.path(), 48, 16);
@@ -975,31 +970,8 @@ fn loreft_matches_pyreft() {
 /// plain weights that score the same.
 #[test]
 fn dora_adapters_export_and_read_back() {
-    let fx = Path::new(&fixture("dora")).to_path_buf();
-    let r = candle_core::safetensors::load(fx.join("reference.safetensors"), &Device::Cpu).unwrap();
-    let a = peft::run::peft_format::read(&fx.join("adapter"), peft::model::Arch::Bert).unwrap();
-    let c = a.config.clone().unwrap();
+    let c = reads_back_as_saved("dora", 14);
     assert_eq!((c.kind, c.r, c.alpha), (AdapterKind::Dora, 4, 8.0));
-    assert_eq!(a.tensors.len(), 14);
-    for (name, t) in &a.tensors {
-        assert_eq!(max_abs_diff(t, &r[name]), 0.0, "{name}");
-    }
-    let dir = Path::new(&fixture("tiny-bert")).to_path_buf();
-    let (cfg, mut weights) = read_checkpoint(&dir).unwrap();
-    weights.retain(|k, _| !k.starts_with("classifier"));
-    weights.extend(a.tensors);
-    let store = ParamStore::frozen(weights, Device::Cpu);
-    let model = Model::load_with_adapters(&store, &cfg, Some(2.into()), Some(&c)).unwrap();
-    assert!(store.created().is_empty(), "{:?}", store.created());
-    let g: HashMap<String, Tensor> =
-        candle_core::safetensors::load(dir.join("golden.safetensors"), &Device::Cpu).unwrap();
-    let batch = Batch {
-        input_ids: g["input_ids"].to_dtype(DType::U32).unwrap(),
-        token_type_ids: g["token_type_ids"].to_dtype(DType::U32).unwrap(),
-        attention_mask: g["attention_mask"].to_dtype(DType::F32).unwrap(),
-    };
-    let d = max_abs_diff(&model.logits(&batch, &Ctx::eval()).unwrap(), &r["logits"]);
-    assert!(d < 1e-5, "logits differ by {d}");
 
     let tmp = tempfile::tempdir().unwrap();
     write_rte(tmp.path(), 48, 16);

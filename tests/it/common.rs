@@ -335,3 +335,19 @@ pub fn write_squad(dir: &Path, version: &str, n_train: usize, n_dev: usize) {
         .unwrap();
     }
 }
+
+/// The golden batch of a tiny fixture model (`golden.safetensors`, written with it by
+/// tests/golden/make_golden.py) as the model takes it.
+pub fn golden_batch(dir: &Path) -> peft::model::Batch {
+    let g: HashMap<String, Tensor> =
+        candle_core::safetensors::load(dir.join("golden.safetensors"), &Device::Cpu).unwrap();
+    peft::model::Batch {
+        input_ids: g["input_ids"].to_dtype(candle_core::DType::U32).unwrap(),
+        token_type_ids: g["token_type_ids"]
+            .to_dtype(candle_core::DType::U32)
+            .unwrap(),
+        attention_mask: g["attention_mask"]
+            .to_dtype(candle_core::DType::F32)
+            .unwrap(),
+    }
+}

@@ -3,22 +3,11 @@
 //! embeddings, DeBERTa's relative embeddings shared by all layers, LoReFT's edits between
 //! layers), and a run with it trains to the same weights.
 
-use std::collections::HashMap;
 use std::path::Path;
 
 use crate::common::*;
-use candle_core::{DType, Device, Tensor};
-use peft::model::{read_checkpoint, AdapterConfig, AdapterKind, Batch, Ctx, Model, ParamStore};
-
-fn golden_batch(dir: &Path) -> Batch {
-    let g: HashMap<String, Tensor> =
-        candle_core::safetensors::load(dir.join("golden.safetensors"), &Device::Cpu).unwrap();
-    Batch {
-        input_ids: g["input_ids"].to_dtype(DType::U32).unwrap(),
-        token_type_ids: g["token_type_ids"].to_dtype(DType::U32).unwrap(),
-        attention_mask: g["attention_mask"].to_dtype(DType::F32).unwrap(),
-    }
-}
+use candle_core::{Device, Tensor};
+use peft::model::{read_checkpoint, AdapterConfig, AdapterKind, Ctx, Model, ParamStore};
 
 #[test]
 fn recomputed_gradients_equal_the_ordinary_backward() {
@@ -55,20 +44,10 @@ fn recomputed_gradients_equal_the_ordinary_backward() {
         let calls = ctx.calls();
 
         let ctx = Ctx::train(7);
-        let mut acc: HashMap<String, Tensor> = HashMap::new();
+        let mut acc = std::collections::BTreeMap::new();
         let vars = store.vars();
-        let mut collect = |g: &candle_core::backprop::GradStore| -> anyhow::Result<()> {
-            for (name, var) in &vars {
-                if let Some(g) = g.get(var.as_tensor()) {
-                    let sum = match acc.remove(name) {
-                        Some(a) => (a + g)?,
-                        None => g.clone(),
-                    };
-                    acc.insert(name.clone(), sum);
-                }
-            }
-            Ok(())
-        };
+        let mut collect =
+            |g: &candle_core::backprop::GradStore| peft::optim::accumulate(&mut acc, &vars, g);
         let loss = model
             .backward_by_layer(&batch, &ctx, loss_of, &mut collect)
             .unwrap();
