@@ -3,12 +3,16 @@
 //! paths), at MiniLM's shapes for a batch of 32 × 128: LayerNorm forward and backward over
 //! 4,096 rows of 384, exact GELU and its backward over 4,096 × 1,536, the attention softmax
 //! over 32 × 12 × 128 rows of 128, and dropout with the residual add over 4,096 × 384.
+//! The `linear` group times the fused linear's forward (y = x·Wᵀ + b, our tiling of gemm)
+//! at bert-base's 8 × 128 and roberta-large's 4 × 128 shapes, in GFLOP/s (criterion's
+//! "elements" are multiply-adds × 2).
 //! `cargo bench --bench kernels`; compare paths within one run.
 
 use std::mem::MaybeUninit;
 use std::time::Duration;
 
-use criterion::{criterion_group, criterion_main, Criterion};
+use candle_core::{Device, Tensor};
+use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use peft::kernels::simd::{self, Isa};
 
 fn data(n: usize, seed: usize) -> Vec<f32> {
@@ -80,5 +84,30 @@ fn kernels(c: &mut Criterion) {
     }
 }
 
-criterion_group!(benches, kernels);
+fn linear(c: &mut Criterion) {
+    let mut group = c.benchmark_group("linear");
+    group.sample_size(10);
+    group.warm_up_time(Duration::from_secs(1));
+    group.measurement_time(Duration::from_secs(3));
+    let dev = Device::Cpu;
+    for (rows, d_in, d_out) in [
+        (1024, 768, 768),
+        (1024, 768, 3072),
+        (1024, 3072, 768),
+        (512, 1024, 4096),
+        (512, 4096, 1024),
+    ] {
+        let t = |n: usize, seed: usize| Tensor::from_vec(data(n, seed), n, &dev).unwrap();
+        let x = t(rows * d_in, 1).reshape((rows, d_in)).unwrap();
+        let w = t(d_out * d_in, 2).reshape((d_out, d_in)).unwrap();
+        let b = t(d_out, 3);
+        group.throughput(Throughput::Elements(2 * (rows * d_in * d_out) as u64));
+        group.bench_function(format!("{rows}x{d_in} -> {d_out}"), |bch| {
+            bch.iter(|| peft::kernels::linear(&x, &w, Some(&b)).unwrap())
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, kernels, linear);
 criterion_main!(benches);

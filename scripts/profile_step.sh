@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Where a training step's time goes: `perf record` of `peft bench` (training steps only) and
-# each sample put in one bucket by its call stack.
+# Where a training step's time goes: `perf record` of `peft bench`'s timed training steps
+# (not the loading or the warm-up step) and each sample put in one bucket by its call stack.
 #
 #   scripts/profile_step.sh MODEL_DIR METHOD BATCH SEQ [PEFT]
 #
@@ -12,8 +12,14 @@
 set -eu
 MODEL=$1 METHOD=$2 BATCH=$3 SEQ=$4 PEFT=${5:-target/release/peft}
 DATA=$(mktemp)
-perf record -F 199 --call-graph dwarf,32768 -o "$DATA" "$PEFT" bench --model "$MODEL" --method "$METHOD" \
-  --batch "$BATCH" --seq "$SEQ" --warmup 1 --steps 3 --no-inference >&2
+# Only the timed steps: a dry run measures the start (loading, the warm-up step), and
+# perf starts sampling that long after it starts the process.
+ARGS=(bench --model "$MODEL" --method "$METHOD" --batch "$BATCH" --seq "$SEQ" --warmup 1 --no-inference)
+t0=$(date +%s%N)
+STEP_MS=$("$PEFT" "${ARGS[@]}" --steps 1 | awk -v m="$METHOD" '$1 == m {printf "%d", $2}')
+DELAY_MS=$(( ($(date +%s%N) - t0) / 1000000 - STEP_MS ))
+echo "start (load + warm-up) ${DELAY_MS} ms, one step ${STEP_MS} ms" >&2
+perf record -F 199 -D "$DELAY_MS" --call-graph dwarf,32768 -o "$DATA" "$PEFT" "${ARGS[@]}" --steps 3 >&2
 perf script -i "$DATA" 2>/dev/null | python3 -c '
 import re, sys
 buckets = ["optimizer", "allocation", "attention", "gemm", "elementwise", "other"]

@@ -487,10 +487,16 @@ pub fn dropout_add(y: &Tensor, residual: &Tensor, dropout: Option<DropoutOp>) ->
 type Prologue = fn(&mut [MaybeUninit<f32>], &[f32]);
 
 /// f(x) (rows, in) · Wᵀ (+ b) for row-major x and W (out, in), f a prologue or the
-/// identity, as one gemm call per thread that accumulates onto the bias rows: no
-/// zero-filled output and no second pass for the bias, which candle's matmul +
-/// broadcast_add spend (a sixth of an inference forward in `perf`); f(x) is computed per
-/// thread on its own block of rows, never stored whole.
+/// identity: each thread takes one tile of the output and makes one single-threaded gemm
+/// call that accumulates onto its tile's bias rows: no zero-filled output and no second
+/// pass for the bias, which candle's matmul + broadcast_add spend (a sixth of an inference
+/// forward in `perf`). gemm's own threading synchronises inside every call, which `perf`
+/// showed as spinning.
+///
+/// The tiles are column blocks (blocks of W's rows) where W has enough rows: gemm packs
+/// the W it is given, strided, before the product, and a thread that takes a block of
+/// x's rows instead packs the whole of W, each thread again. Splitting W among the
+/// threads packs it once (docs/performance.md, "The forward's gemm").
 #[allow(clippy::too_many_arguments)]
 fn gemm_linear(
     x: &[f32],
@@ -506,16 +512,38 @@ fn gemm_linear(
     if let Some(b) = b {
         assert_eq!(b.len(), d_out, "gemm_linear: b is not (out)");
     }
-    // One single-threaded gemm per thread on a block of rows: gemm's own threading
-    // synchronises inside every call, which `perf` showed as spinning. Each thread also
-    // writes its own block's bias rows (written serially, they were 3% of an inference
-    // forward with one core idle).
-    let threads = rayon::current_num_threads().max(1);
-    let block = rows.div_ceil(threads).max(1);
-    let fill = |i: usize, y: &mut [MaybeUninit<f32>]| {
-        for row in y.chunks_exact_mut(d_out) {
+    let fx;
+    let x = match prologue {
+        Some(f) => {
+            // SAFETY: chunk c of the output is beside x's elements [4096·c, 4096·c +
+            // o.len()), of o's length, and the prologues are elementwise kernels that
+            // write every element of an o as long as their x.
+            fx = unsafe { par_fill(x.len(), 4096, |c, o| f(o, &x[c * 4096..][..o.len()])) };
+            &fx[..]
+        }
+        None => x,
+    };
+    let tiles = Tiles::new(rows, d_out, rayon::current_num_threads().max(1));
+    let mut y: Vec<f32> = Vec::with_capacity(rows * d_out);
+    let out = SendPtr(y.as_mut_ptr());
+    (0..tiles.count()).into_par_iter().for_each(|t| {
+        let (r0, r1, c0, c1) = tiles.tile(t);
+        let (nr, nc) = (r1 - r0, c1 - c0);
+        if nr == 0 || nc == 0 {
+            return;
+        }
+        // SAFETY: the tiles partition [0, rows) × [0, d_out) (`Tiles::tile`), so rows
+        // r0..r1, columns c0..c1 of y (capacity rows·d_out, row-major) belong to this
+        // task alone, and row r0's first element is in bounds.
+        let dst = unsafe { out.get().add(r0 * d_out + c0) };
+        for r in 0..nr {
+            // SAFETY: row r of this task's tile: nc elements inside y's capacity, written
+            // by no other task; MaybeUninit, so nothing uninitialised is read.
+            let row = unsafe {
+                std::slice::from_raw_parts_mut(dst.add(r * d_out) as *mut MaybeUninit<f32>, nc)
+            };
             match b {
-                Some(b) => row.iter_mut().zip(b).for_each(|(o, &v)| {
+                Some(b) => row.iter_mut().zip(&b[c0..c1]).for_each(|(o, &v)| {
                     o.write(v);
                 }),
                 None => row.iter_mut().for_each(|o| {
@@ -523,36 +551,21 @@ fn gemm_linear(
                 }),
             }
         }
-        // SAFETY: y's length is a multiple of d_out (whole rows: the chunks are `block`
-        // rows, the last what is left), so the loop above wrote every element; f32 and
-        // MaybeUninit<f32> have one layout, and the borrow of y moves into the new view.
-        let y = unsafe { &mut *(y as *mut [MaybeUninit<f32>] as *mut [f32]) };
-        let rows = y.len() / d_out;
         if d_in == 0 {
-            return; // an empty sum: y is the bias rows
+            return; // an empty sum: the tile is the bias rows
         }
-        let x = &x[i * block * d_in..][..rows * d_in];
-        let fx;
-        let x = match prologue {
-            Some(f) => {
-                // SAFETY: one chunk, the whole of x's length, and the prologues are
-                // elementwise kernels that write every element of an o as long as their x.
-                fx = unsafe { par_fill(x.len(), x.len(), |_, o| f(o, x)) };
-                &fx[..]
-            }
-            None => x,
-        };
-        // SAFETY: y holds (rows, out) and x (rows, in) row-major: rows·d_out and rows·d_in
-        // elements (x sliced to exactly that above); W holds d_out·d_in (asserted), read as
-        // Wᵀ (row stride 1, column stride in). So every index gemm forms from these
-        // dimensions and strides is in bounds. y is initialised (read with alpha 1) and
-        // exclusively borrowed; x and W are shared and do not overlap it.
+        let (x, w) = (&x[r0 * d_in..r1 * d_in], &w[c0 * d_in..c1 * d_in]);
+        // SAFETY: the tile at dst holds (nr, nc) with rows d_out apart, inside y and
+        // initialised above (read with alpha 1), written by this task only; x's slice
+        // holds (nr, in) row-major, W's (nc, in) row-major, read as Wᵀ (row stride 1,
+        // column stride in): every index gemm forms from these dimensions and strides is
+        // in bounds, and neither shared input overlaps y.
         unsafe {
             gemm::gemm(
-                rows,
-                d_out,
+                nr,
+                nc,
                 d_in,
-                y.as_mut_ptr(),
+                dst,
                 1,
                 d_out as isize,
                 true,
@@ -570,10 +583,72 @@ fn gemm_linear(
                 gemm::Parallelism::None,
             );
         }
-    };
-    // SAFETY: `fill` writes every element of its chunk: whole rows of d_out (chunks of
-    // `block` rows), each set to the bias or zero before gemm adds onto it.
-    unsafe { par_fill(rows * d_out, block * d_out, fill) }
+    });
+    // SAFETY: the tiles partition the rows·d_out elements (`Tiles::tile`, checked by
+    // `tiles_partition_the_output`) and each task wrote its whole tile, bias or zero
+    // first, before the parallel loop returned.
+    unsafe { y.set_len(rows * d_out) };
+    y
+}
+
+/// y's buffer, shared by the tasks of `gemm_linear`, each of which writes its own tile.
+#[derive(Clone, Copy)]
+struct SendPtr(*mut f32);
+// SAFETY: only `gemm_linear` makes one, and its tasks write disjoint tiles through it.
+unsafe impl Send for SendPtr {}
+// SAFETY: as for Send.
+unsafe impl Sync for SendPtr {}
+
+impl SendPtr {
+    fn get(self) -> *mut f32 {
+        self.0
+    }
+}
+
+/// How `gemm_linear` splits a (rows, out) product among `threads`: into as many column
+/// blocks as the columns allow at 128 or more each (block edges a multiple of 16, the
+/// microkernel's height), then each column block into row blocks for the other threads.
+struct Tiles {
+    rows: usize,
+    cols: usize,
+    row_blocks: usize,
+    col_blocks: usize,
+    col_step: usize,
+}
+
+impl Tiles {
+    fn new(rows: usize, cols: usize, threads: usize) -> Self {
+        let col_blocks = (cols / 128).clamp(1, threads);
+        let row_blocks = threads.div_ceil(col_blocks).clamp(1, rows.max(1));
+        let col_step = cols.div_ceil(col_blocks).next_multiple_of(16).max(1);
+        Self {
+            rows,
+            cols,
+            row_blocks,
+            col_blocks,
+            col_step,
+        }
+    }
+
+    fn count(&self) -> usize {
+        self.row_blocks * self.col_blocks
+    }
+
+    /// Tile t's rows [r0, r1) and columns [c0, c1). The tiles partition the matrix: row
+    /// blocks by proportional bounds, column blocks at multiples of `col_step`, the last
+    /// running to the end (a tile may be empty).
+    fn tile(&self, t: usize) -> (usize, usize, usize, usize) {
+        let (rb, cb) = (t / self.col_blocks, t % self.col_blocks);
+        let r0 = rb * self.rows / self.row_blocks;
+        let r1 = (rb + 1) * self.rows / self.row_blocks;
+        let c0 = (cb * self.col_step).min(self.cols);
+        let c1 = if cb + 1 == self.col_blocks {
+            self.cols
+        } else {
+            ((cb + 1) * self.col_step).min(self.cols)
+        };
+        (r0, r1, c0, c1)
+    }
 }
 
 /// y = x·Wᵀ + b in one op for every combination of what trains. Forward is one gemm onto
@@ -972,6 +1047,74 @@ pub(crate) mod tests {
         let y = linear(&x, &w, Some(&b)).unwrap();
         let want = b.unsqueeze(0).unwrap().broadcast_as((3, 2)).unwrap();
         assert_eq!(max_diff(&y, &want), 0.0);
+    }
+
+    #[test]
+    fn tiles_partition_the_output() {
+        for (rows, cols, threads) in [
+            (1, 1, 1),
+            (7, 2, 2),
+            (1, 1000, 16),
+            (300, 300, 2),
+            (5, 300, 3),
+            (1024, 768, 2),
+            (512, 4096, 16),
+            (3, 130, 64),
+        ] {
+            let tiles = Tiles::new(rows, cols, threads);
+            assert!(
+                tiles.count() <= threads.max(1) * 2,
+                "{rows}x{cols}/{threads}"
+            );
+            let mut hits = vec![0u8; rows * cols];
+            for t in 0..tiles.count() {
+                let (r0, r1, c0, c1) = tiles.tile(t);
+                assert!(r0 <= r1 && r1 <= rows && c0 <= c1 && c1 <= cols);
+                for r in r0..r1 {
+                    hits[r * cols + c0..r * cols + c1]
+                        .iter_mut()
+                        .for_each(|h| *h += 1);
+                }
+            }
+            assert!(
+                hits.iter().all(|&h| h == 1),
+                "{rows}x{cols} on {threads} threads"
+            );
+        }
+    }
+
+    #[test]
+    fn a_tiled_linear_matches_the_sum_on_any_thread_count() {
+        // Wide enough for column tiles, rows not a multiple of anything.
+        let (rows, d_in, d_out) = (37, 24, 300);
+        let (x, w, b) = (
+            rand(&[rows, d_in], 70),
+            rand(&[d_out, d_in], 71),
+            rand(&[d_out], 72),
+        );
+        let (xv, wv, bv) = (
+            x.to_vec2::<f32>().unwrap(),
+            w.to_vec2::<f32>().unwrap(),
+            b.to_vec1::<f32>().unwrap(),
+        );
+        for threads in [1, 2, 3, 5] {
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .unwrap();
+            let y = pool.install(|| linear(&x, &w, Some(&b)).unwrap());
+            let y = y.to_vec2::<f32>().unwrap();
+            for r in 0..rows {
+                for o in 0..d_out {
+                    let want: f64 = bv[o] as f64
+                        + (0..d_in)
+                            .map(|i| xv[r][i] as f64 * wv[o][i] as f64)
+                            .sum::<f64>();
+                    let got = y[r][o] as f64;
+                    assert!((got - want).abs() < 1e-4, "{threads} threads, ({r}, {o})");
+                }
+            }
+        }
     }
 
     #[test]
