@@ -22,8 +22,8 @@ fn steps(c: &mut Criterion) {
         Method::Loreft,
         Method::ChildF,
     ] {
-        let mut step =
-            TrainStep::new(&cfg, &weights, &method.into(), &Device::Cpu, shape).expect("step");
+        let mut step = TrainStep::new(&cfg, weights.clone(), &method.into(), &Device::Cpu, shape)
+            .expect("step");
         group.bench_function(format!("step {}", method.name()), |b| {
             b.iter(|| step.run().expect("step"))
         });

@@ -33,7 +33,7 @@ impl TrainStep {
     /// adapter, if it has one.
     pub fn new(
         cfg: &ModelConfig,
-        weights: &HashMap<String, Tensor>,
+        weights: HashMap<String, Tensor>,
         method: &Methods,
         device: &Device,
         shape: (usize, usize),
@@ -42,10 +42,12 @@ impl TrainStep {
         Self::with_adapter(cfg, weights, method, adapter, device, shape)
     }
 
-    /// As [`new`](Self::new), with `adapter` in place of the method's default one.
+    /// As [`new`](Self::new), with `adapter` in place of the method's default one. The
+    /// step owns `weights`: its trainable ones are copied into variables and the
+    /// checkpoint's copies freed, as in training, unless the caller holds them too.
     pub fn with_adapter(
         cfg: &ModelConfig,
-        weights: &HashMap<String, Tensor>,
+        weights: HashMap<String, Tensor>,
         method: &Methods,
         adapter: Option<crate::model::AdapterConfig>,
         device: &Device,
@@ -59,13 +61,13 @@ impl TrainStep {
             reserve: 0.3,
             seed: 0,
         };
-        let sel = methods::select(&spec, weights, None)?;
+        let sel = methods::select(&spec, &weights, None)?;
         let Session {
             trainable: Trainable { model, vars, .. },
             opt,
             ..
         } = Session::new(
-            weights.clone(),
+            weights,
             (cfg, crate::model::HeadKind::Classes(2)),
             sel,
             adapter.as_ref(),
@@ -243,7 +245,8 @@ mod tests {
             Method::Ia3,
             Method::Loreft,
         ] {
-            let mut step = TrainStep::new(&cfg, &w, &method.into(), &Device::Cpu, (2, 8)).unwrap();
+            let mut step =
+                TrainStep::new(&cfg, w.clone(), &method.into(), &Device::Cpu, (2, 8)).unwrap();
             step.run().unwrap();
             step.run().unwrap();
         }

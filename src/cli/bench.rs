@@ -64,9 +64,16 @@ pub fn run(args: BenchArgs) -> Result<()> {
     }
     let device = crate::device::parse(&args.device)?;
     let model_dir = crate::model::hub::resolve(&args.model, args.revision.as_deref())?;
-    let (cfg, mut weights) = read_checkpoint(&model_dir)?;
-    // The benchmark's head has two outputs; a classifier made for another count is not it.
-    crate::model::fit_head(&mut weights, crate::model::HeadKind::Classes(2));
+    // Each step owns a fresh load of the weights, as a training run does: a trainable
+    // weight then exists once, as its variable, and peak RSS is a run's.
+    let load = || -> Result<_> {
+        let (cfg, mut weights) = read_checkpoint(&model_dir)?;
+        // The benchmark's head has two outputs; a classifier made for another count is not it.
+        crate::model::fit_head(&mut weights, crate::model::HeadKind::Classes(2));
+        Ok((cfg, weights))
+    };
+    let (cfg, weights) = load()?;
+    let mut weights = Some(weights);
     if args.seq > cfg.max_tokens() {
         crate::user_bail!(
             "--seq {} is more than the model holds: at most {} tokens ({}: {})",
@@ -114,7 +121,11 @@ pub fn run(args: BenchArgs) -> Result<()> {
         ) {
             a.targets = layers.clone();
         }
-        let mut step = TrainStep::with_adapter(&cfg, &weights, method, adapter, &device, shape)?;
+        let weights = match weights.take() {
+            Some(w) => w,
+            None => load()?.1,
+        };
+        let mut step = TrainStep::with_adapter(&cfg, weights, method, adapter, &device, shape)?;
         step.recompute = args.recompute;
         let ms = time(args.warmup, args.steps, || step.run())?;
         println!(
@@ -130,6 +141,10 @@ pub fn run(args: BenchArgs) -> Result<()> {
         return Ok(());
     }
     reset_peak_rss();
+    let weights = match weights.take() {
+        Some(w) => w,
+        None => load()?.1,
+    };
     let forward = Forward::new(&cfg, &weights, &device, shape)?;
     let ms = time(args.warmup, args.steps, || forward.run())?;
     println!(

@@ -38,7 +38,10 @@ struct Registry {
 }
 
 pub struct ParamStore {
-    base: HashMap<String, Tensor>,
+    /// The checkpoint's tensors; a trainable one is replaced by its variable's tensor once
+    /// registered, so the checkpoint's copy is freed (full fine-tuning would otherwise hold
+    /// every weight twice: 1.4 GB more at roberta-large).
+    base: Mutex<HashMap<String, Tensor>>,
     trainable: Predicate,
     registry: Mutex<Registry>,
     rng: Mutex<StdRng>,
@@ -55,7 +58,7 @@ impl ParamStore {
         trainable: Predicate,
     ) -> Self {
         Self {
-            base,
+            base: Mutex::new(base),
             trainable,
             registry: Mutex::new(Registry::default()),
             rng: Mutex::new(StdRng::seed_from_u64(seed)),
@@ -80,7 +83,17 @@ impl ParamStore {
     }
 
     pub fn contains(&self, name: &str) -> bool {
-        self.base.contains_key(name)
+        self.base_lock().contains_key(name)
+    }
+
+    /// The checkpoint's tensor under `name` (a trainable one's variable once registered).
+    fn base_tensor(&self, name: &str) -> Option<Tensor> {
+        self.base_lock().get(name).cloned()
+    }
+
+    fn base_lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Tensor>> {
+        // As for the registry: a panic mid-insert leaves the map valid.
+        self.base.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// The trainable variables, by name.
@@ -122,6 +135,10 @@ impl ParamStore {
             let var = Var::from_tensor(&tensor.copy()?)?;
             let t = var.as_tensor().clone();
             reg.vars.insert(name.to_string(), var);
+            drop(tensor);
+            if let Some(b) = self.base_lock().get_mut(name) {
+                *b = t.clone();
+            }
             Ok(t)
         } else {
             let t = tensor.detach();
@@ -187,12 +204,12 @@ impl<'a> Path<'a> {
     /// A parameter the checkpoint must hold, with exactly this shape.
     pub fn get(&self, leaf: &str, shape: &[usize]) -> Result<Tensor> {
         let name = self.name(leaf);
-        let t = self.store.base.get(&name).ok_or_else(|| {
+        let t = self.store.base_tensor(&name).ok_or_else(|| {
             user(format!(
                 "the checkpoint has no tensor `{name}` (expected shape {shape:?})"
             ))
         })?;
-        check_shape(&name, t, shape)?;
+        check_shape(&name, &t, shape)?;
         self.store.register(
             &name,
             t.to_dtype(DType::F32)?.to_device(&self.store.device)?,
@@ -202,7 +219,7 @@ impl<'a> Path<'a> {
     /// A parameter taken from the checkpoint when present, else freshly initialised.
     pub fn get_or_init(&self, leaf: &str, shape: &[usize], init: Init) -> Result<Tensor> {
         let name = self.name(leaf);
-        if self.store.base.contains_key(&name) {
+        if self.store.contains(&name) {
             return self.get(leaf, shape);
         }
         let t = self.store.init(shape, init)?;
@@ -218,7 +235,7 @@ impl<'a> Path<'a> {
         value: impl FnOnce() -> Result<Tensor>,
     ) -> Result<Tensor> {
         let name = self.name(leaf);
-        if self.store.base.contains_key(&name) {
+        if self.store.contains(&name) {
             return self.get(leaf, shape);
         }
         let t = value()?;
@@ -234,7 +251,7 @@ impl<'a> Path<'a> {
     }
 
     pub fn contains(&self, leaf: &str) -> bool {
-        self.store.base.contains_key(&self.name(leaf))
+        self.store.contains(&self.name(leaf))
     }
 }
 
@@ -318,20 +335,22 @@ mod tests {
     }
 
     #[test]
-    fn trainable_copy_does_not_alias_base() {
-        let s = store(Box::new(|_| true));
+    fn a_trainable_copy_leaves_the_callers_tensor_and_frees_the_stores() {
+        let caller = Tensor::ones((2, 3), DType::F32, &Device::Cpu).unwrap();
+        let mut base = HashMap::new();
+        base.insert("a.weight".to_string(), caller.clone());
+        let s = ParamStore::new(base, Device::Cpu, 7, Box::new(|_| true));
         let w = s.root().get("a.weight", &[2, 3]).unwrap();
         let var = s.vars().remove("a.weight").unwrap();
         var.set(&Tensor::zeros((2, 3), DType::F32, &Device::Cpu).unwrap())
             .unwrap();
-        assert_eq!(w.sum_all().unwrap().to_scalar::<f32>().unwrap(), 0.0);
-        assert_eq!(
-            s.base["a.weight"]
-                .sum_all()
-                .unwrap()
-                .to_scalar::<f32>()
-                .unwrap(),
-            6.0
-        );
+        let sum = |t: &Tensor| t.sum_all().unwrap().to_scalar::<f32>().unwrap();
+        assert_eq!(sum(&w), 0.0);
+        // Updates never reach a tensor the caller still holds...
+        assert_eq!(sum(&caller), 6.0);
+        // ...and the store keeps no second copy: its entry is the variable, asked for again.
+        assert_eq!(sum(&s.base_tensor("a.weight").unwrap()), 0.0);
+        assert_eq!(sum(&s.root().get("a.weight", &[2, 3]).unwrap()), 0.0);
+        assert!(s.contains("a.weight"));
     }
 }
