@@ -483,7 +483,7 @@ pub fn dropout_add(y: &Tensor, residual: &Tensor, dropout: Option<DropoutOp>) ->
 
 // ---------------------------------------------------------------- frozen matmul
 
-/// An elementwise function applied to a block of rows before it enters a gemm.
+/// An elementwise function applied to x before it enters the gemm (GELU for the FFN output).
 type Prologue = fn(&mut [MaybeUninit<f32>], &[f32]);
 
 /// f(x) (rows, in) · Wᵀ (+ b) for row-major x and W (out, in), f a prologue or the
