@@ -131,11 +131,11 @@ impl ParamStore {
             return Ok(t.clone());
         }
         if (self.trainable)(name) {
-            // Copy so that updates never write into the caller's base tensors.
+            // Copy so that updates never write into the caller's base tensors; the store's
+            // own entry then becomes the variable, freeing the checkpoint's copy.
             let var = Var::from_tensor(&tensor.copy()?)?;
             let t = var.as_tensor().clone();
             reg.vars.insert(name.to_string(), var);
-            drop(tensor);
             if let Some(b) = self.base_lock().get_mut(name) {
                 *b = t.clone();
             }
