@@ -5,7 +5,8 @@
 //! over 32 × 12 × 128 rows of 128, and dropout with the residual add over 4,096 × 384.
 //! The `linear` group times the fused linear's forward (y = x·Wᵀ + b, our tiling of gemm)
 //! at bert-base's 8 × 128 and roberta-large's 4 × 128 shapes, in GFLOP/s (criterion's
-//! "elements" are multiply-adds × 2).
+//! "elements" are multiply-adds × 2), with W stored by rows (torch's order, what training
+//! uses) and by columns (what an inference store keeps).
 //! `cargo bench --bench kernels`; compare paths within one run.
 
 use std::mem::MaybeUninit;
@@ -104,6 +105,11 @@ fn linear(c: &mut Criterion) {
         group.throughput(Throughput::Elements(2 * (rows * d_in * d_out) as u64));
         group.bench_function(format!("{rows}x{d_in} -> {d_out}"), |bch| {
             bch.iter(|| peft::kernels::linear(&x, &w, Some(&b)).unwrap())
+        });
+        // The same W stored by columns, as an inference store keeps its frozen weights.
+        let cols = peft::kernels::columns(&w).unwrap();
+        group.bench_function(format!("{rows}x{d_in} -> {d_out}, W by columns"), |bch| {
+            bch.iter(|| peft::kernels::linear(&x, &cols, Some(&b)).unwrap())
         });
     }
     group.finish();

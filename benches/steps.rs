@@ -28,7 +28,7 @@ fn steps(c: &mut Criterion) {
             b.iter(|| step.run().expect("step"))
         });
     }
-    let forward = Forward::new(&cfg, &weights, &Device::Cpu, shape).expect("forward");
+    let forward = Forward::new(&cfg, weights, &Device::Cpu, shape).expect("forward");
     group.bench_function("inference", |b| b.iter(|| forward.run().expect("forward")));
     group.finish();
 }

@@ -4,6 +4,8 @@
         [--steps 5] [--batch 32] [--seq 128] [--threads 2] [--method full,bitfit,layernorm,lora]
         [--device cpu|cuda]
 
+Inference is always measured; `--method inference` measures it alone.
+
 For each round and method it runs `peft bench` and scripts/bench_torch.py one after the
 other, each in its own process (so peak RSS is that method's), alternating which goes
 first; it reports the median over rounds of each side's median step time, their ratio
@@ -55,7 +57,7 @@ def main():
     ap.add_argument("--method", default="full,bitfit,layernorm,lora")
     ap.add_argument("--device", default="cpu", help="cpu or cuda (needs a --features cuda peft)")
     a = ap.parse_args()
-    methods = a.method.split(",") + ["inference"]
+    methods = [m for m in a.method.split(",") if m != "inference"] + ["inference"]
     res = {m: {"peft": [], "torch": []} for m in methods}
     for r in range(a.rounds):
         for m in methods:

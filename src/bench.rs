@@ -113,13 +113,15 @@ pub struct Forward {
 }
 
 impl Forward {
+    /// Takes the weights by value, as a run does: the store re-lays them (by columns, on
+    /// the CPU), and a copy the caller kept would double the peak RSS it reports.
     pub fn new(
         cfg: &ModelConfig,
-        weights: &HashMap<String, Tensor>,
+        weights: HashMap<String, Tensor>,
         device: &Device,
         (b, t): (usize, usize),
     ) -> Result<Self> {
-        let store = ParamStore::frozen(weights.clone(), device.clone());
+        let store = ParamStore::frozen(weights, device.clone());
         Ok(Self {
             model: Model::load(&store, cfg, Some(2))?,
             batch: random_batch(cfg, b, t, device)?,
@@ -250,7 +252,7 @@ mod tests {
             step.run().unwrap();
             step.run().unwrap();
         }
-        Forward::new(&cfg, &w, &Device::Cpu, (2, 8))
+        Forward::new(&cfg, w, &Device::Cpu, (2, 8))
             .unwrap()
             .run()
             .unwrap();

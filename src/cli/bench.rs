@@ -145,7 +145,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
         Some(w) => w,
         None => load()?.1,
     };
-    let forward = Forward::new(&cfg, &weights, &device, shape)?;
+    let forward = Forward::new(&cfg, weights, &device, shape)?;
     let ms = time(args.warmup, args.steps, || forward.run())?;
     println!(
         "{:<16} {:>10.1} {:>12.0} {:>14.0}",

@@ -74,7 +74,7 @@ pub struct EvalArgs {
 }
 
 pub fn run(args: EvalArgs) -> Result<()> {
-    let run = match &args.checkpoint {
+    let mut run = match &args.checkpoint {
         Some(dir) => RunWeights::load(
             dir,
             args.which,
@@ -100,7 +100,8 @@ pub fn run(args: EvalArgs) -> Result<()> {
             RunWeights::external(cfg, args.adapter.as_deref())?
         }
     };
-    let info = &run.info;
+    // A copy: building each alpha's model borrows the run mutably.
+    let info = &run.info.clone();
     let alphas = match &args.alpha {
         Some(_) if args.checkpoint.is_none() && args.adapter.is_none() => {
             return Err(user(
@@ -149,7 +150,7 @@ pub fn run(args: EvalArgs) -> Result<()> {
         .map(|s| Dataset::load(spec, &source, s, &encoder))
         .collect::<Result<Vec<_>>>()?;
     if spec.is_qa() {
-        return answers(&args, &run, &data, &alphas, &device, encoder.pad_id());
+        return answers(&args, &mut run, &data, &alphas, &device, encoder.pad_id());
     }
     let mut lines = String::new();
     for &alpha in &alphas {
@@ -221,13 +222,13 @@ pub fn run(args: EvalArgs) -> Result<()> {
 /// `--na-prob-file`).
 fn answers(
     args: &EvalArgs,
-    run: &RunWeights,
+    run: &mut RunWeights,
     data: &[Dataset],
     alphas: &[f64],
     device: &candle_core::Device,
     pad: u32,
 ) -> Result<()> {
-    let train = &run.info.train;
+    let train = &run.info.train.clone();
     let opts = train.span_options();
     if args.predictions.is_some() && alphas.len() > 1 {
         return Err(user(

@@ -51,7 +51,7 @@ pub fn run(args: PredictArgs) -> Result<()> {
     let spec = info.train.task_spec(info.labels.as_deref())?;
     let lines = parse_lines(&text, &args.input, spec)?;
 
-    let run = args.run.load()?;
+    let mut run = args.run.load()?;
     let device = crate::device::parse(args.device.as_deref().unwrap_or(&run.info.train.device))?;
     let model = run.model(1.0, &device)?;
     let encoder = run.info.train.encoder(&run.model_dir, &run.config)?;

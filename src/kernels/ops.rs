@@ -40,6 +40,60 @@ pub(crate) fn slice<'a>(s: &'a CpuStorage, l: &Layout) -> candle_core::Result<&'
     Ok(&s.as_slice::<f32>()?[start..end])
 }
 
+/// How a weight W (out, in) lies in memory.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) enum Order {
+    /// Row-major, as torch and the checkpoints keep it.
+    Rows,
+    /// Column-major: the contiguous (in, out) transpose, viewed as W ([`columns`]).
+    Cols,
+}
+
+/// Which of W's orders a layout is, if either (a 2-D one with its rows or its columns
+/// contiguous).
+fn order(l: &Layout) -> Option<Order> {
+    if l.is_contiguous() {
+        Some(Order::Rows)
+    } else if l.dims().len() == 2 && l.transpose(0, 1).is_ok_and(|t| t.is_contiguous()) {
+        Some(Order::Cols)
+    } else {
+        None
+    }
+}
+
+/// W's elements and their order, from a layout in which W's rows or its columns are
+/// contiguous.
+fn weight_slice<'a>(s: &'a CpuStorage, l: &Layout) -> candle_core::Result<(&'a [f32], Order)> {
+    match order(l) {
+        Some(Order::Cols) => Ok((slice(s, &l.transpose(0, 1)?)?, Order::Cols)),
+        _ => Ok((slice(s, l)?, Order::Rows)),
+    }
+}
+
+/// Run `f` on the f32 data of a CPU weight matrix in its own order (copied to rows if it
+/// is in neither).
+fn with_weight<R>(w: &Tensor, f: impl FnOnce(&[f32], Order) -> R) -> candle_core::Result<R> {
+    let w = match order(w.layout()) {
+        Some(_) => w.clone(),
+        None => w.contiguous()?,
+    };
+    let (storage, layout) = w.storage_and_layout();
+    let Storage::Cpu(cpu) = &*storage else {
+        candle_core::bail!("fused op on a non-CPU tensor");
+    };
+    let (w, order) = weight_slice(cpu, layout)?;
+    Ok(f(w, order))
+}
+
+/// The same matrix (out, in) with its columns contiguous: `linear` then reads Wᵀ as a
+/// row-major right-hand side, gemm's fast case, and packs nothing per call. For weights
+/// that only ever go forward (an inference store's): the backward's dx = dy·W would read
+/// W the slow way instead. Idempotent, and a copy only if W's columns are not already
+/// contiguous.
+pub fn columns(w: &Tensor) -> Result<Tensor> {
+    Ok(w.t()?.contiguous()?.t()?)
+}
+
 thread_local! {
     static COMPOSED: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
     static NO_GRAPH: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
@@ -497,10 +551,13 @@ type Prologue = fn(&mut [MaybeUninit<f32>], &[f32]);
 /// the W it is given, strided, before the product, and a thread that takes a block of
 /// x's rows instead packs the whole of W, each thread again. Splitting W among the
 /// threads packs it once (docs/performance.md, "The forward's gemm").
+///
+/// W's elements lie in `order`: torch's rows, or columns (an inference store's frozen
+/// weights, [`columns`]), which gemm reads as a row-major right-hand side, its fast case.
 #[allow(clippy::too_many_arguments)]
 fn gemm_linear(
     x: &[f32],
-    w: &[f32],
+    (w, order): (&[f32], Order),
     b: Option<&[f32]>,
     rows: usize,
     d_in: usize,
@@ -554,12 +611,19 @@ fn gemm_linear(
         if d_in == 0 {
             return; // an empty sum: the tile is the bias rows
         }
-        let (x, w) = (&x[r0 * d_in..r1 * d_in], &w[c0 * d_in..c1 * d_in]);
+        let x = &x[r0 * d_in..r1 * d_in];
+        // Wᵀ's columns c0..c1: (in, nc) at (row stride, column stride).
+        let (w, w_rs, w_cs) = match order {
+            Order::Rows => (&w[c0 * d_in..c1 * d_in], 1, d_in),
+            Order::Cols => (&w[c0..], d_out, 1),
+        };
         // SAFETY: the tile at dst holds (nr, nc) with rows d_out apart, inside y and
         // initialised above (read with alpha 1), written by this task only; x's slice
-        // holds (nr, in) row-major, W's (nc, in) row-major, read as Wᵀ (row stride 1,
-        // column stride in): every index gemm forms from these dimensions and strides is
-        // in bounds, and neither shared input overlaps y.
+        // holds (nr, in) row-major; W's slice holds Wᵀ's (in, nc) block at (w_rs, w_cs):
+        // rows, (nc, in) row-major read with row stride 1 and column stride in; columns,
+        // the (in, out) matrix from column c0 on, whose last element read, (in − 1)·out +
+        // c1 − 1 − c0, is inside it. Every index gemm forms from these dimensions and
+        // strides is in bounds, and neither shared input overlaps y.
         unsafe {
             gemm::gemm(
                 nr,
@@ -573,8 +637,8 @@ fn gemm_linear(
                 1,
                 d_in as isize,
                 w.as_ptr(),
-                d_in as isize,
-                1,
+                w_cs as isize,
+                w_rs as isize,
                 1.0,
                 1.0,
                 false,
@@ -682,7 +746,7 @@ impl CustomOp3 for LinearOp {
         bs: &CpuStorage,
         bl: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let (x, w, b) = (slice(xs, xl)?, slice(ws, wl)?, slice(bs, bl)?);
+        let (x, w, b) = (slice(xs, xl)?, weight_slice(ws, wl)?, slice(bs, bl)?);
         let (rows, d_in, d_out) = linear_dims(xl, wl, b.len())?;
         let prologue = self.gelu_input.then_some(simd::gelu as Prologue);
         let y = gemm_linear(x, w, Some(b), rows, d_in, d_out, prologue);
@@ -709,10 +773,14 @@ impl CustomOp3 for LinearOp {
         })?;
         let (dx, dw, db) = with_slice(g, |g| {
             with_slice(x, |x| {
-                with_slice(w, |w| {
+                with_weight(w, |w, order| {
                     // dx (rows, in) = g (rows, out) · W (out, in), ⊙ GELU'(x) with GELU
                     let dx = self.x_grad.then(|| {
-                        let mut dx = gemm(rows, d_out, d_in, (g, d_out, 1), (w, d_in, 1));
+                        let w = match order {
+                            Order::Rows => (w, d_in, 1),
+                            Order::Cols => (w, 1, d_out),
+                        };
+                        let mut dx = gemm(rows, d_out, d_in, (g, d_out, 1), w);
                         if self.gelu_input {
                             dx.par_chunks_mut(4096)
                                 .zip(x.par_chunks(4096))
@@ -1097,12 +1165,13 @@ pub(crate) mod tests {
             w.to_vec2::<f32>().unwrap(),
             b.to_vec1::<f32>().unwrap(),
         );
-        for threads in [1, 2, 3, 5] {
+        let cols = columns(&w).unwrap();
+        for (threads, w) in [1, 2, 3, 5].into_iter().flat_map(|n| [(n, &w), (n, &cols)]) {
             let pool = rayon::ThreadPoolBuilder::new()
                 .num_threads(threads)
                 .build()
                 .unwrap();
-            let y = pool.install(|| linear(&x, &w, Some(&b)).unwrap());
+            let y = pool.install(|| linear(&x, w, Some(&b)).unwrap());
             let y = y.to_vec2::<f32>().unwrap();
             for r in 0..rows {
                 for o in 0..d_out {
@@ -1220,7 +1289,14 @@ pub(crate) mod tests {
         let w = rand(&[3, 5], 11);
         let b = rand(&[3], 12);
         let probe = rand(&[7, 3], 13);
+        let cols = columns(&w).unwrap();
+        assert_eq!(order(cols.layout()), Some(Order::Cols));
+        assert_eq!(order(w.layout()), Some(Order::Rows));
+        // W stored by rows and by columns: the same products, forward and backward.
         let (yf, gf) = grads(|x| linear(x, &w, Some(&b)).unwrap(), &x, &probe);
+        let (yk, gk) = grads(|x| linear(x, &cols, Some(&b)).unwrap(), &x, &probe);
+        assert!(max_diff(&yf, &yk) < 1e-6, "{}", max_diff(&yf, &yk));
+        assert!(max_diff(&gf, &gk) < 1e-6);
         let (yc, gc) = grads(
             |x| {
                 x.matmul(&w.t().unwrap())

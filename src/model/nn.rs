@@ -52,7 +52,7 @@ impl Linear {
 
     /// Load `{path}.weight` and `{path}.bias` from the checkpoint.
     pub fn load(path: &Path, d_in: usize, d_out: usize) -> Result<Self> {
-        let weight = path.get("weight", &[d_out, d_in])?;
+        let weight = path.get_matrix("weight", &[d_out, d_in])?;
         let bias = path.get("bias", &[d_out])?;
         Ok(Self::new(weight, Some(bias)))
     }
@@ -60,7 +60,7 @@ impl Linear {
     /// Load `{path}.weight` of a layer built without bias (DeBERTa's `in_proj`, `pos_proj`,
     /// `embed_proj`).
     pub fn load_without_bias(path: &Path, d_in: usize, d_out: usize) -> Result<Self> {
-        Ok(Self::new(path.get("weight", &[d_out, d_in])?, None))
+        Ok(Self::new(path.get_matrix("weight", &[d_out, d_in])?, None))
     }
 
     /// Load if present, else initialise as transformers does for a new head.

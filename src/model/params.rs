@@ -46,6 +46,8 @@ pub struct ParamStore {
     registry: Mutex<Registry>,
     rng: Mutex<StdRng>,
     device: Device,
+    /// Keep the frozen weight matrices of linear layers by columns ([`Path::get_matrix`]).
+    columns: bool,
 }
 
 impl ParamStore {
@@ -63,12 +65,20 @@ impl ParamStore {
             registry: Mutex::new(Registry::default()),
             rng: Mutex::new(StdRng::seed_from_u64(seed)),
             device,
+            columns: false,
         }
     }
 
-    /// A store in which nothing trains: inference.
+    /// A store in which nothing trains: inference. On the CPU it keeps the linear layers'
+    /// weights by columns, the forward's fast order (`kernels::columns`: 23–27% more
+    /// GFLOP/s at roberta-large's 512 rows); a training store keeps torch's order, which
+    /// the backward's dx = dy·W reads fast instead.
     pub fn frozen(base: HashMap<String, Tensor>, device: Device) -> Self {
-        Self::new(base, device, 0, Box::new(|_| false))
+        let columns = device.is_cpu();
+        Self {
+            columns,
+            ..Self::new(base, device, 0, Box::new(|_| false))
+        }
     }
 
     pub fn root(&self) -> Path<'_> {
@@ -87,7 +97,7 @@ impl ParamStore {
     }
 
     /// The checkpoint's tensor under `name` (a trainable one's variable once registered).
-    fn base_tensor(&self, name: &str) -> Option<Tensor> {
+    pub(crate) fn base_tensor(&self, name: &str) -> Option<Tensor> {
         self.base_lock().get(name).cloned()
     }
 
@@ -214,6 +224,24 @@ impl<'a> Path<'a> {
             &name,
             t.to_dtype(DType::F32)?.to_device(&self.store.device)?,
         )
+    }
+
+    /// The weight matrix of a linear layer, as [`get`](Self::get). Frozen in a store that
+    /// keeps them by columns, it is re-laid so, and the store's own entries then hold that
+    /// copy alone: the weights stay in memory once.
+    pub fn get_matrix(&self, leaf: &str, shape: &[usize]) -> Result<Tensor> {
+        let name = self.name(leaf);
+        let t = self.get(leaf, shape)?;
+        if !self.store.columns || t.is_variable() {
+            return Ok(t);
+        }
+        let cols = crate::kernels::columns(&t)?;
+        let mut reg = self.store.lock();
+        reg.frozen.insert(name.clone(), cols.clone());
+        if let Some(b) = self.store.base_lock().get_mut(&name) {
+            *b = cols.clone();
+        }
+        Ok(cols)
     }
 
     /// A parameter taken from the checkpoint when present, else freshly initialised.
@@ -352,5 +380,43 @@ mod tests {
         assert_eq!(sum(&s.base_tensor("a.weight").unwrap()), 0.0);
         assert_eq!(sum(&s.root().get("a.weight", &[2, 3]).unwrap()), 0.0);
         assert!(s.contains("a.weight"));
+    }
+
+    #[test]
+    fn an_inference_store_keeps_matrices_by_columns_and_once() {
+        let w = Tensor::arange(0f32, 6., &Device::Cpu)
+            .unwrap()
+            .reshape((2, 3))
+            .unwrap();
+        let base = HashMap::from([("a.weight".to_string(), w.clone())]);
+        let s = ParamStore::frozen(base, Device::Cpu);
+        let cols = s.root().get_matrix("a.weight", &[2, 3]).unwrap();
+        // The same matrix, its columns contiguous...
+        assert_eq!(cols.to_vec2::<f32>().unwrap(), w.to_vec2::<f32>().unwrap());
+        assert!(!cols.is_contiguous() && cols.t().unwrap().is_contiguous());
+        // ...and the store's entries are that copy, not the rows as well.
+        for t in [
+            s.base_tensor("a.weight").unwrap(),
+            s.all()["a.weight"].clone(),
+        ] {
+            assert!(t.t().unwrap().is_contiguous());
+        }
+        assert!(s
+            .root()
+            .get_matrix("a.weight", &[2, 3])
+            .unwrap()
+            .t()
+            .unwrap()
+            .is_contiguous());
+        // A training store keeps torch's order, trainable or frozen.
+        for trains in [true, false] {
+            let base = HashMap::from([("a.weight".to_string(), w.clone())]);
+            let s = ParamStore::new(base, Device::Cpu, 7, Box::new(move |_| trains));
+            assert!(s
+                .root()
+                .get_matrix("a.weight", &[2, 3])
+                .unwrap()
+                .is_contiguous());
+        }
     }
 }

@@ -211,15 +211,38 @@ impl RunWeights {
     }
 
     /// The model at `alpha` (1: the run), its head sized for the run's task.
-    pub fn model(&self, alpha: f64, device: &Device) -> Result<Model> {
-        let store = ParamStore::frozen(self.weights(alpha)?, device.clone());
+    ///
+    /// The checkpoint's untrained tensors are lent to the model's store, which alone then
+    /// holds them while it re-lays the linear weights (`ParamStore::frozen`: by columns on
+    /// the CPU), and taken back as it left them: a copy kept here would hold every frozen
+    /// weight twice, in both orders. Another alpha reuses what was re-laid.
+    pub fn model(&mut self, alpha: f64, device: &Device) -> Result<Model> {
+        let weights = self.weights(alpha)?;
+        let lent: Vec<String> = self
+            .base
+            .keys()
+            .filter(|n| !self.trained.contains_key(*n))
+            .cloned()
+            .collect();
+        lent.iter().for_each(|n| {
+            self.base.remove(n);
+        });
+        let store = ParamStore::frozen(weights, device.clone());
         let adapter = self.info.train.adapter();
         let head = self
             .info
             .train
-            .task_spec(self.info.labels.as_deref())?
-            .head();
-        let model = Model::load_with_adapters(&store, &self.config, Some(head), adapter.as_ref())?;
+            .task_spec(self.info.labels.as_deref())
+            .map(|s| s.head());
+        let model = head.and_then(|head| {
+            Model::load_with_adapters(&store, &self.config, Some(head), adapter.as_ref())
+        });
+        for n in lent {
+            if let Some(t) = store.base_tensor(&n) {
+                self.base.insert(n, t);
+            }
+        }
+        let model = model?;
         // A tensor made up now would be a random one: the files are not this model's run.
         if let Some(name) = store.created().first() {
             return Err(user(format!(
