@@ -1,13 +1,15 @@
 """The PyTorch + transformers side of `peft bench`: the same shapes, methods and step.
 
     python scripts/bench_torch.py MODEL_DIR [--batch 32] [--seq 128] [--steps 10] [--threads 2]
-        [--method full,bitfit,layernorm,lora] [--device cpu|cuda]
+        [--method full,bitfit,layernorm,lora] [--device cpu|cuda] [--precision f32|bf16]
 
 A step is forward, cross-entropy, backward, gradient clipping and AdamW, in training
 mode (dropout on), on random token ids, with only the method's parameters (plus the
 head) requiring gradients. Prints median ms per step, tokens/s and peak RSS, in the
 same table layout as `peft bench`. Each method runs in its own process so the peak RSS
-is its own.
+is its own. `--precision bf16` runs forward and loss under
+`torch.autocast(dtype=torch.bfloat16)` (f32 weights, gradients and AdamW state), what
+`peft bench --precision bf16` is compared with.
 """
 
 import argparse
@@ -55,13 +57,17 @@ def one(args, method):
     mask = torch.ones_like(ids)
     labels = (torch.arange(args.batch) % 2).to(dev)
 
+    def autocast():
+        return torch.autocast(dev.type, dtype=torch.bfloat16, enabled=args.precision == "bf16")
+
     def step():
         if method == "inference":
             model.eval()
-            with torch.no_grad():
+            with torch.no_grad(), autocast():
                 model(input_ids=ids, attention_mask=mask).logits.sum().item()
             return
-        out = model(input_ids=ids, attention_mask=mask, labels=labels)
+        with autocast():
+            out = model(input_ids=ids, attention_mask=mask, labels=labels)
         out.loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
@@ -90,6 +96,7 @@ def main():
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--method", default="full,bitfit,layernorm,lora")
     ap.add_argument("--device", default="cpu")
+    ap.add_argument("--precision", default="f32", choices=["f32", "bf16"])
     ap.add_argument("--one", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.one:
@@ -100,7 +107,7 @@ def main():
     for method in args.method.split(",") + ["inference"]:
         out = subprocess.run([sys.executable, __file__, args.model, "--batch", str(args.batch), "--seq", str(args.seq),
                               "--steps", str(args.steps), "--threads", str(args.threads), "--device", args.device,
-                              "--one", method],
+                              "--precision", args.precision, "--one", method],
                              check=True, capture_output=True, text=True).stdout
         r = json.loads(out.strip().splitlines()[-1])
         print(f"{method:<12} {r['ms']:>10.1f} {r['tokens_per_s']:>12.0f} {r['peak_rss_mb']:>14.0f}")

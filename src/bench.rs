@@ -11,7 +11,7 @@ use rand::{Rng, SeedableRng};
 
 use crate::loss;
 use crate::methods::{self, MethodSpec, Methods};
-use crate::model::{Batch, Ctx, Model, ModelConfig, ParamStore};
+use crate::model::{Batch, Ctx, Model, ModelConfig, ParamStore, Precision};
 use crate::optim::{accumulate, AdamWConfig, MaskedAdamW};
 use crate::settings::TrainConfig;
 use crate::train::session::{Session, Trainable};
@@ -26,6 +26,14 @@ pub struct TrainStep {
     ctx: Ctx,
     /// The backward of `--recompute`: activations recomputed layer by layer.
     pub recompute: bool,
+}
+
+impl TrainStep {
+    /// The same step with its products in `precision` (`--precision`).
+    pub fn with_precision(mut self, precision: Precision) -> Self {
+        self.ctx = Ctx::train(0).with_precision(precision);
+        self
+    }
 }
 
 impl TrainStep {
@@ -110,6 +118,7 @@ impl TrainStep {
 pub struct Forward {
     model: Model,
     batch: Batch,
+    precision: Precision,
 }
 
 impl Forward {
@@ -125,13 +134,22 @@ impl Forward {
         Ok(Self {
             model: Model::load(&store, cfg, Some(2))?,
             batch: random_batch(cfg, b, t, device)?,
+            precision: Precision::F32,
         })
+    }
+
+    /// The same forward with its products in `precision`.
+    pub fn with_precision(self, precision: Precision) -> Self {
+        Self { precision, ..self }
     }
 
     pub fn run(&self) -> Result<()> {
         // Copy to the CPU so a GPU run is timed to completion, not to the launch.
         self.model
-            .logits(&self.batch, &Ctx::inference())?
+            .logits(
+                &self.batch,
+                &Ctx::inference().with_precision(self.precision),
+            )?
             .to_device(&Device::Cpu)?;
         Ok(())
     }

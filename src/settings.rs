@@ -13,7 +13,7 @@ use crate::error::{user, PathContext};
 use crate::methods::{Method, Methods};
 use crate::model::adapter::{IA3_TARGETS, TARGETS};
 use crate::model::reft::Positions;
-use crate::model::{AdapterConfig, AdapterKind, InaActivation};
+use crate::model::{AdapterConfig, AdapterKind, InaActivation, Precision};
 use crate::tokenize::DOC_STRIDE;
 
 /// Training examples for a Fisher estimate made before training, unless told otherwise.
@@ -394,6 +394,12 @@ settings! {
     #[arg(long, num_args = 0..=1, default_missing_value = "true")]
     #[serde(default)]
     recompute: bool = default(false);
+    /// What the linear layers' and attention's products compute in: f32, or bf16 as
+    /// autocast (f32 accumulation, weights, gradients and optimizer state; LayerNorm,
+    /// softmax and the loss in f32). For GPUs; scoring stays f32.
+    #[arg(long, value_enum)]
+    #[serde(default)]
+    precision: Precision = default(Precision::F32);
     /// Truncate inputs (longest sentence first) to this many tokens; SQuAD's windows are
     /// this long.
     #[shown(format!("{MAX_SEQ_LEN}; {QA_MAX_SEQ_LEN} for squad, as run_qa.py"))]
@@ -533,7 +539,7 @@ macro_rules! shown_by_value_enum {
         }
     })* };
 }
-shown_by_value_enum!(CustomProblem, InaActivation);
+shown_by_value_enum!(CustomProblem, InaActivation, Precision);
 
 /// The papers' recipes in `configs/`, compiled in: `--config NAME` finds them without the
 /// repository (`--config configs/NAME.toml` reads the file itself).

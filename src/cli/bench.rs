@@ -9,7 +9,7 @@ use clap::Args;
 
 use crate::bench::{Forward, TrainStep};
 use crate::methods::{Method, Methods};
-use crate::model::read_checkpoint;
+use crate::model::{read_checkpoint, Precision};
 use crate::settings::TrainConfig;
 
 #[derive(Args, Debug)]
@@ -44,6 +44,10 @@ pub struct BenchArgs {
     /// --recompute`).
     #[arg(long)]
     pub recompute: bool,
+    /// What the products compute in, in the training steps and the inference forward
+    /// (as `train --precision`).
+    #[arg(long, value_enum, default_value = "f32")]
+    pub precision: Precision,
     /// Untimed steps before the timed ones.
     #[arg(long, default_value_t = 2)]
     pub warmup: usize,
@@ -125,7 +129,8 @@ pub fn run(args: BenchArgs) -> Result<()> {
             Some(w) => w,
             None => load()?.1,
         };
-        let mut step = TrainStep::with_adapter(&cfg, weights, method, adapter, &device, shape)?;
+        let mut step = TrainStep::with_adapter(&cfg, weights, method, adapter, &device, shape)?
+            .with_precision(args.precision);
         step.recompute = args.recompute;
         let ms = time(args.warmup, args.steps, || step.run())?;
         println!(
@@ -145,7 +150,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
         Some(w) => w,
         None => load()?.1,
     };
-    let forward = Forward::new(&cfg, weights, &device, shape)?;
+    let forward = Forward::new(&cfg, weights, &device, shape)?.with_precision(args.precision);
     let ms = time(args.warmup, args.steps, || forward.run())?;
     println!(
         "{:<16} {:>10.1} {:>12.0} {:>14.0}",

@@ -10,4 +10,4 @@ pub(crate) mod attention;
 mod cuda;
 pub(crate) mod ops;
 pub mod simd;
-pub use ops::{columns, linear, with_composed_ops, without_graph};
+pub use ops::{columns, linear, linear_bf16, with_composed_ops, without_graph};

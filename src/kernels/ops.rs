@@ -12,6 +12,7 @@
 use std::mem::MaybeUninit;
 
 use anyhow::Result;
+use candle_core::backend::BackendStorage;
 use candle_core::{
     CpuStorage, CustomOp1, CustomOp2, CustomOp3, DType, Layout, Shape, Storage, Tensor, D,
 };
@@ -721,6 +722,10 @@ impl Tiles {
 /// instead zero-fill each product, add the bias in a second pass, and compute and keep a
 /// gradient for W even when nobody trains it (`tests/it/frozen.rs`).
 struct LinearOp {
+    /// The CPU's gemm kernels below (f32 on the CPU); else the backend's own matmul
+    /// (`backend_linear`: CUDA, bf16, and the CPU under `with_composed_ops`), whose
+    /// backward is tensor ops, still only for what trains.
+    fused: bool,
     /// y = GELU(x)·Wᵀ + b instead, exact GELU: the feed-forward block's output dense with
     /// its activation inside. GELU(x) then exists only per thread in the forward and is
     /// recomputed in the backward, where dW needs it: the graph kept both x and GELU(x)
@@ -746,11 +751,27 @@ impl CustomOp3 for LinearOp {
         bs: &CpuStorage,
         bl: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
+        if !self.fused {
+            return backend_linear((xs, xl), (ws, wl), (bs, bl));
+        }
         let (x, w, b) = (slice(xs, xl)?, weight_slice(ws, wl)?, slice(bs, bl)?);
         let (rows, d_in, d_out) = linear_dims(xl, wl, b.len())?;
         let prologue = self.gelu_input.then_some(simd::gelu as Prologue);
         let y = gemm_linear(x, w, Some(b), rows, d_in, d_out, prologue);
         Ok((CpuStorage::F32(y), Shape::from((rows, d_out))))
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        xs: &candle_core::CudaStorage,
+        xl: &Layout,
+        ws: &candle_core::CudaStorage,
+        wl: &Layout,
+        bs: &candle_core::CudaStorage,
+        bl: &Layout,
+    ) -> candle_core::Result<(candle_core::CudaStorage, Shape)> {
+        backend_linear((xs, xl), (ws, wl), (bs, bl))
     }
 
     fn bwd(
@@ -761,6 +782,17 @@ impl CustomOp3 for LinearOp {
         _res: &Tensor,
         g: &Tensor,
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        if !self.fused {
+            ensure(!self.gelu_input, || {
+                "linear backward: GELU inside runs on the CPU's kernels only".into()
+            })?;
+            // dx = g·W, dW = gᵀ·x, db = Σ g over rows, each only if it trains.
+            return Ok((
+                self.x_grad.then(|| g.matmul(w)).transpose()?,
+                self.w_grad.then(|| g.t()?.matmul(x)).transpose()?,
+                self.b_grad.then(|| g.sum(0)).transpose()?,
+            ));
+        }
         let (d_out, d_in) = w.dims2()?;
         let (rows, x_in) = x.dims2()?;
         ensure(x_in == d_in && g.dims() == [rows, d_out], || {
@@ -820,6 +852,26 @@ impl CustomOp3 for LinearOp {
             db.map(|v| Tensor::from_vec(v, d_out, dev)).transpose()?,
         ))
     }
+}
+
+/// y = x·Wᵀ + b by the backend's own matmul (cuBLAS on CUDA, which reads Wᵀ as W's layout
+/// transposed, op T, no copy) and its broadcast add, in the inputs' dtype: one code path
+/// for CUDA and bf16, which the CPU runs too (bf16, `with_composed_ops`), so the CPU tests
+/// check what the GPU runs up to the backend itself.
+fn backend_linear<S: BackendStorage>(
+    (xs, xl): (&S, &Layout),
+    (ws, wl): (&S, &Layout),
+    (bs, bl): (&S, &Layout),
+) -> candle_core::Result<(S, Shape)> {
+    let (rows, d_in, d_out) = linear_dims(xl, wl, bl.shape().elem_count())?;
+    let shape = Shape::from((rows, d_out));
+    let y = xs.matmul(ws, (1, rows, d_out, d_in), xl, &wl.transpose(0, 1)?)?;
+    let y = y.binary_impl::<candle_core::op::Add>(
+        bs,
+        &Layout::contiguous(&shape),
+        &bl.broadcast_as(&shape)?,
+    )?;
+    Ok((y, shape))
 }
 
 /// Σ over rows of g (rows, out).
@@ -940,50 +992,80 @@ pub fn gelu_linear(z: &Tensor, weight: &Tensor, bias: &Tensor) -> Result<Tensor>
 }
 
 /// `x` (rows, in) · Wᵀ + b. The graph records only the gradients of what trains (x, a W
-/// or b that is a variable); if nothing does, the result is a plain tensor.
+/// or b that is a variable), on every device: no gradient for a frozen W; if nothing
+/// trains, the result is a plain tensor.
 pub fn linear(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
-    if !fused(x) {
-        // CUDA: candle's ops (which also compute a gradient for a frozen W if x is tracked).
-        return Ok(x.matmul(&weight.t()?)?.broadcast_add_opt(bias)?);
-    }
-    let zeros;
-    let bias = match bias {
-        Some(b) => b,
-        None => {
-            zeros = Tensor::zeros(weight.dim(0)?, DType::F32, x.device())?;
-            &zeros
-        }
-    };
-    linear_op(x, weight, bias, false)
+    let mut zeros = None;
+    let bias = bias_or_zeros(weight, bias, &mut zeros)?;
+    let op = LinearOp::new(x, weight, bias, false);
+    op.apply(x, weight, bias)
 }
 
-/// The fused CPU linear, recording the gradients of what trains.
-fn linear_op(x: &Tensor, weight: &Tensor, bias: &Tensor, gelu_input: bool) -> Result<Tensor> {
+/// `linear` with the product in bf16, autocast's linear: x, W and b rounded to bf16, the
+/// product accumulated in f32 (cuBLAS on tensor cores; candle's CPU matmul widens), and
+/// the result widened back to f32 at once, where autocast keeps it in bf16. Gradients
+/// reach the f32 variables through the casts; a frozen W still gets none.
+pub fn linear_bf16(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
+    let mut zeros = None;
+    let bias = bias_or_zeros(weight, bias, &mut zeros)?;
     let op = LinearOp {
-        gelu_input,
-        x_grad: records(&[x]),
-        w_grad: records(&[weight]) && weight.is_variable(),
-        b_grad: records(&[bias]) && bias.is_variable(),
+        fused: false,
+        ..LinearOp::new(x, weight, bias, false)
     };
-    let x = x.contiguous()?;
-    Ok(if op.x_grad || op.w_grad || op.b_grad {
-        x.apply_op3(weight, bias, op)?
-    } else {
-        x.apply_op3_no_bwd(weight, bias, &op)?
+    let [x, weight, bias] = [x, weight, bias].map(|t| t.to_dtype(DType::BF16));
+    Ok(op.apply(&x?, &weight?, &bias?)?.to_dtype(DType::F32)?)
+}
+
+/// a·b with the product in bf16 and the result f32, as `linear_bf16` (attention's
+/// q·kᵀ and p·v); candle's matmul, so both sides get their gradients.
+pub fn matmul_bf16(a: &Tensor, b: &Tensor) -> Result<Tensor> {
+    let half = |t: &Tensor| t.to_dtype(DType::BF16);
+    Ok(half(a)?.matmul(&half(b)?)?.to_dtype(DType::F32)?)
+}
+
+/// The bias, or zeros of W's output size in `slot` (the op always takes one).
+fn bias_or_zeros<'a>(
+    weight: &Tensor,
+    bias: Option<&'a Tensor>,
+    slot: &'a mut Option<Tensor>,
+) -> Result<&'a Tensor> {
+    Ok(match bias {
+        Some(b) => b,
+        None => slot.insert(Tensor::zeros(
+            weight.dim(0)?,
+            weight.dtype(),
+            weight.device(),
+        )?),
     })
 }
 
-trait AddOpt {
-    fn broadcast_add_opt(self, b: Option<&Tensor>) -> candle_core::Result<Tensor>;
-}
-
-impl AddOpt for Tensor {
-    fn broadcast_add_opt(self, b: Option<&Tensor>) -> candle_core::Result<Tensor> {
-        match b {
-            Some(b) => self.broadcast_add(b),
-            None => Ok(self),
+impl LinearOp {
+    /// What trains, from the tensors as the model holds them (a variable's bf16 cast is
+    /// tracked but no variable), and which path: the CPU's kernels for f32 on the CPU.
+    fn new(x: &Tensor, weight: &Tensor, bias: &Tensor, gelu_input: bool) -> Self {
+        LinearOp {
+            fused: fused(x),
+            gelu_input,
+            x_grad: records(&[x]),
+            w_grad: records(&[weight]) && weight.is_variable(),
+            b_grad: records(&[bias]) && bias.is_variable(),
         }
     }
+
+    /// The op on these tensors, recording a backward only if something trains.
+    fn apply(self, x: &Tensor, weight: &Tensor, bias: &Tensor) -> Result<Tensor> {
+        let x = x.contiguous()?;
+        Ok(if self.x_grad || self.w_grad || self.b_grad {
+            x.apply_op3(weight, bias, self)?
+        } else {
+            x.apply_op3_no_bwd(weight, bias, &self)?
+        })
+    }
+}
+
+/// The fused CPU linear with GELU inside, recording the gradients of what trains.
+fn linear_op(x: &Tensor, weight: &Tensor, bias: &Tensor, gelu_input: bool) -> Result<Tensor> {
+    LinearOp::new(x, weight, bias, gelu_input).apply(x, weight, bias)
 }
 
 #[cfg(test)]
@@ -1090,6 +1172,7 @@ pub(crate) mod tests {
         assert!(GeluErf.bwd(&x, &x, &rand(&[3, 3], 56)).is_err());
         let (wl, b) = (rand(&[2, 4], 57), rand(&[2], 58));
         let lin = LinearOp {
+            fused: true,
             gelu_input: false,
             x_grad: true,
             w_grad: true,
@@ -1313,6 +1396,12 @@ pub(crate) mod tests {
 
     #[test]
     fn linear_matches_candle_with_the_gradients_of_what_trains() {
+        linear_case();
+        // The backend's matmul and tensor-op backward: what CUDA runs.
+        with_composed_ops(linear_case);
+    }
+
+    fn linear_case() {
         let probe = rand(&[9, 4], 23);
         // (x, W, b) trains: full, frozen bias, frozen input, BitFit, BitFit on the first layer.
         for flags in [
@@ -1337,6 +1426,54 @@ pub(crate) mod tests {
             for (v, yes) in vars.iter().zip(flags) {
                 match (g1.get(v), yes) {
                     (Some(a), true) => assert!(max_diff(a, g2.get(v).unwrap()) < 1e-5),
+                    (None, false) => {}
+                    (got, _) => panic!("{flags:?}: gradient {:?}", got.is_some()),
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_bf16_linear_rounds_its_inputs_and_trains_what_trains() {
+        let probe = rand(&[9, 4], 43);
+        // (x, W, b) trains: full, LayerNorm-only (x alone), BitFit.
+        for flags in [
+            [true, true, true],
+            [true, false, false],
+            [true, false, true],
+        ] {
+            let vars = [rand(&[9, 6], 40), rand(&[4, 6], 41), rand(&[4], 42)]
+                .map(|t| Var::from_tensor(&t).unwrap());
+            let [x, w, b] = [0, 1, 2].map(|i| as_trained(&vars[i], flags[i]));
+            let ours = linear_bf16(&x, &w, Some(&b)).unwrap();
+            assert_eq!(ours.dtype(), DType::F32);
+            // The same product of the bf16-rounded inputs in f32, rounded to bf16.
+            let r = |t: &Tensor| {
+                t.to_dtype(DType::BF16)
+                    .unwrap()
+                    .to_dtype(DType::F32)
+                    .unwrap()
+            };
+            let want = r(&r(&x).matmul(&r(&w).t().unwrap()).unwrap())
+                .broadcast_add(&r(&b))
+                .unwrap();
+            let want = r(&want);
+            assert!(max_diff(&ours, &want) < 1e-6, "{}", max_diff(&ours, &want));
+            // Within bf16's precision of the f32 product.
+            let exact = x
+                .matmul(&w.t().unwrap())
+                .unwrap()
+                .broadcast_add(&b)
+                .unwrap();
+            assert!(max_diff(&ours, &exact) < 0.05);
+            let g = probe_grads(&ours, &probe);
+            let exact_g = probe_grads(&exact, &probe);
+            for (v, yes) in vars.iter().zip(flags) {
+                match (g.get(v), yes) {
+                    (Some(a), true) => {
+                        assert_eq!(a.dtype(), DType::F32);
+                        assert!(max_diff(a, exact_g.get(v).unwrap()) < 0.1);
+                    }
                     (None, false) => {}
                     (got, _) => panic!("{flags:?}: gradient {:?}", got.is_some()),
                 }

@@ -17,6 +17,28 @@ pub struct Ctx {
     graph: bool,
     seed: u64,
     calls: Cell<u64>,
+    precision: Precision,
+}
+
+/// What the linear layers' and attention's products compute in (`--precision`). bf16 is
+/// autocast's: bf16 inputs, f32 accumulation, f32 weights, gradients and optimizer state;
+/// everything else (LayerNorm, softmax, GELU, the residual stream, the loss) stays f32.
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    Default,
+    PartialEq,
+    Eq,
+    serde::Serialize,
+    serde::Deserialize,
+    clap::ValueEnum,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum Precision {
+    #[default]
+    F32,
+    Bf16,
 }
 
 impl Ctx {
@@ -27,6 +49,7 @@ impl Ctx {
             graph: true,
             seed: 0,
             calls: Cell::new(0),
+            precision: Precision::F32,
         }
     }
 
@@ -45,8 +68,17 @@ impl Ctx {
             train: true,
             graph: true,
             seed,
-            calls: Cell::new(0),
+            ..Self::eval()
         }
+    }
+
+    /// The same state with the products in `precision`.
+    pub fn with_precision(self, precision: Precision) -> Self {
+        Self { precision, ..self }
+    }
+
+    pub fn precision(&self) -> Precision {
+        self.precision
     }
 
     pub fn records_graph(&self) -> bool {

@@ -9,7 +9,7 @@ use super::adapter::AdapterConfig;
 
 use super::config::{Activation, ModelConfig};
 use super::disentangled::Disentangled;
-use super::nn::{Ctx, Dropout, LayerNorm, Linear};
+use super::nn::{Ctx, Dropout, LayerNorm, Linear, Precision};
 use super::params::Path;
 use super::relative::Positions;
 use crate::kernels::attention;
@@ -48,7 +48,8 @@ impl SelfAttention {
     fn forward(&self, x: &Tensor, mask: &Tensor, ctx: &Ctx) -> Result<Tensor> {
         let (b, t, h) = x.dims3()?;
         let scale = 1.0 / (self.head_dim as f64).sqrt();
-        if ops::fused(x) {
+        let bf16 = ctx.precision() == Precision::Bf16;
+        if ops::fused(x) && !bf16 {
             let (q, k, v) = (
                 self.query.forward(x, ctx)?,
                 self.key.forward(x, ctx)?,
@@ -67,10 +68,16 @@ impl SelfAttention {
         let q = split(self.query.forward(x, ctx)?)?;
         let k = split(self.key.forward(x, ctx)?)?;
         let v = split(self.value.forward(x, ctx)?)?;
-        let scores = q.matmul(&k.t()?)?;
+        let matmul = |a: &Tensor, b: &Tensor| -> Result<Tensor> {
+            match bf16 {
+                true => ops::matmul_bf16(a, b),
+                false => Ok(a.matmul(b)?),
+            }
+        };
+        let scores = matmul(&q, &k.t()?)?;
         let probs = ops::attention_probs(&scores, mask, scale)?;
         let probs = self.dropout.forward(&probs, ctx)?;
-        Ok(probs.matmul(&v)?.transpose(1, 2)?.reshape((b, t, h))?)
+        Ok(matmul(&probs, &v)?.transpose(1, 2)?.reshape((b, t, h))?)
     }
 }
 

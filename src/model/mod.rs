@@ -29,7 +29,7 @@ pub use crate::kernels::with_composed_ops;
 pub use adapter::{AdapterConfig, AdapterKind, InaActivation};
 pub use config::{Activation, Arch, ModelConfig};
 pub use heads::{HeadKind, INIT_STD};
-pub use nn::Ctx;
+pub use nn::{Ctx, Precision};
 pub use params::{Init, ParamStore, Path};
 
 use embeddings::Embeddings;

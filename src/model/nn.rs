@@ -9,7 +9,7 @@ use candle_core::Tensor;
 
 use super::adapter::{Adapter, AdapterConfig, AdapterKind, Ia3};
 use super::config::Activation;
-pub use super::ctx::{Ctx, Dropout};
+pub use super::ctx::{Ctx, Dropout, Precision};
 use super::params::{Init, Path};
 use crate::kernels::ops;
 
@@ -90,7 +90,10 @@ impl Linear {
                 }
                 None => x,
             };
-            let y = ops::linear(x, &self.weight, self.bias.as_ref())?;
+            let y = match ctx.precision() {
+                Precision::F32 => ops::linear(x, &self.weight, self.bias.as_ref())?,
+                Precision::Bf16 => ops::linear_bf16(x, &self.weight, self.bias.as_ref())?,
+            };
             let y = match &self.adapter {
                 Some(a) => a.add_to(x, y, &self.weight, self.bias.as_ref(), ctx)?,
                 None => y,
@@ -106,7 +109,9 @@ impl Linear {
     /// act(z) (no adapter), so that it is never stored.
     pub fn forward_after(&self, z: &Tensor, act: Activation, ctx: &Ctx) -> Result<Tensor> {
         match (&self.adapter, act, &self.bias) {
-            (None, Activation::Gelu, Some(b)) if self.ia3.is_none() => {
+            (None, Activation::Gelu, Some(b))
+                if self.ia3.is_none() && ctx.precision() == Precision::F32 =>
+            {
                 self.on_rows(z, |z| ops::gelu_linear(z, &self.weight, b))
             }
             _ => self.forward(&activate(z, act)?, ctx),

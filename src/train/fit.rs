@@ -258,7 +258,7 @@ impl<'a> Run<'a> {
 
         let steps_per_epoch = train.len().div_ceil(cfg.batch_size * cfg.grad_accum);
         let total = cfg.max_steps.unwrap_or(cfg.epochs * steps_per_epoch);
-        let ctx = Ctx::train(dropout_seed);
+        let ctx = Ctx::train(dropout_seed).with_precision(cfg.precision);
         let mut order_rng = StdRng::seed_from_u64(order_seed);
         let lengths = train.lengths();
         let mut p = Progress {

@@ -17,6 +17,7 @@ mod hub;
 mod methods;
 mod parity;
 mod parsers_proptest;
+mod precision;
 mod recompute;
 mod resume;
 mod runs;
