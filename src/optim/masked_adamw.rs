@@ -274,9 +274,8 @@ impl MaskedAdamW {
         // 2. global-norm clipping, as torch.nn.utils.clip_grad_norm_ (eps 1e-6).
         let mut sq = 0f64;
         let mut worst: Option<(usize, f64)> = None;
-        for (i, g) in gs.iter().enumerate() {
-            let Some(g) = g else { continue };
-            let s = squared_norm(g)?;
+        for (i, s) in squared_norms(&gs)?.into_iter().enumerate() {
+            let Some(s) = s else { continue };
             sq += s;
             // The first NaN tensor is the culprit, else the largest.
             if worst.is_none_or(|(_, w)| !w.is_nan() && (s.is_nan() || s > w)) {
@@ -443,6 +442,29 @@ fn composed_update(slot: &mut Slot, g: Tensor, keep: &Keep, h: &Hyper) -> Result
     Ok(())
 }
 
+/// `squared_norm` of each tensor present, with one copy to the host for all those the
+/// CPU kernel does not take (a GPU's): reading each norm on its own synchronised the
+/// device once per parameter.
+pub fn squared_norms(gs: &[Option<Tensor>]) -> Result<Vec<Option<f64>>> {
+    let mut out = vec![None; gs.len()];
+    let mut pending = Vec::new();
+    for (i, g) in gs.iter().enumerate() {
+        let Some(g) = g else { continue };
+        match fused::squared_norm(g)? {
+            Some(s) => out[i] = Some(s),
+            None => pending.push((i, g.to_dtype(DType::F64)?.sqr()?.sum_all()?)),
+        }
+    }
+    if !pending.is_empty() {
+        let sums: Vec<Tensor> = pending.iter().map(|(_, t)| t.clone()).collect();
+        let sums = Tensor::stack(&sums, 0)?.to_vec1::<f64>()?;
+        for ((i, _), s) in pending.iter().zip(sums) {
+            out[*i] = Some(s);
+        }
+    }
+    Ok(out)
+}
+
 /// Σ g², accumulated in f64 (one pass on the CPU, in fixed chunks so the sum is the same
 /// run after run).
 pub fn squared_norm(g: &Tensor) -> Result<f64> {
@@ -479,6 +501,19 @@ mod tests {
 
     fn t(v: &[f32]) -> Tensor {
         Tensor::new(v, &Device::Cpu).unwrap()
+    }
+
+    #[test]
+    fn norms_off_the_cpu_kernel_are_read_together_and_equal() {
+        // f64 gradients skip the CPU kernel, as a GPU's do: the batched read must give
+        // each tensor its own sum, in place, and leave absent ones absent.
+        let a = Tensor::new(&[3f32, 4.0], &Device::Cpu).unwrap();
+        let b = Tensor::new(&[[1f64, 2.0], [2.0, 0.5]], &Device::Cpu).unwrap();
+        let c = Tensor::new(&[0.5f64], &Device::Cpu).unwrap();
+        let n = squared_norms(&[Some(a.clone()), None, Some(b), Some(c)]).unwrap();
+        assert_eq!(n, vec![Some(25.0), None, Some(9.25), Some(0.25)]);
+        assert_eq!(squared_norm(&a).unwrap(), 25.0);
+        assert!(squared_norms(&[None]).unwrap()[0].is_none());
     }
 
     /// The CPU path updates in place in one fused kernel; other devices compose tensor
