@@ -1394,6 +1394,28 @@ pub(crate) mod tests {
         assert!(max_diff(&gf, &gc) < 1e-5);
     }
 
+    /// Each variable that trains (`flags`) has an f32 gradient in `got` within `tol` of
+    /// `want`'s; the others have none.
+    fn assert_grads_of_what_trains(
+        vars: &[Var],
+        flags: [bool; 3],
+        got: &candle_core::backprop::GradStore,
+        want: &candle_core::backprop::GradStore,
+        tol: f32,
+    ) {
+        for (v, yes) in vars.iter().zip(flags) {
+            match (got.get(v), yes) {
+                (Some(a), true) => {
+                    assert_eq!(a.dtype(), DType::F32);
+                    let d = max_diff(a, want.get(v).unwrap());
+                    assert!(d <= tol, "{flags:?}: gradient off by {d}");
+                }
+                (None, false) => {}
+                (got, _) => panic!("{flags:?}: gradient {:?}", got.is_some()),
+            }
+        }
+    }
+
     #[test]
     fn linear_matches_candle_with_the_gradients_of_what_trains() {
         linear_case();
@@ -1423,13 +1445,7 @@ pub(crate) mod tests {
             assert!(max_diff(&ours, &theirs) < 1e-6);
             let g1 = probe_grads(&ours, &probe);
             let g2 = probe_grads(&theirs, &probe);
-            for (v, yes) in vars.iter().zip(flags) {
-                match (g1.get(v), yes) {
-                    (Some(a), true) => assert!(max_diff(a, g2.get(v).unwrap()) < 1e-5),
-                    (None, false) => {}
-                    (got, _) => panic!("{flags:?}: gradient {:?}", got.is_some()),
-                }
-            }
+            assert_grads_of_what_trains(&vars, flags, &g1, &g2, 1e-5);
         }
     }
 
@@ -1468,16 +1484,7 @@ pub(crate) mod tests {
             assert!(max_diff(&ours, &exact) < 0.05);
             let g = probe_grads(&ours, &probe);
             let exact_g = probe_grads(&exact, &probe);
-            for (v, yes) in vars.iter().zip(flags) {
-                match (g.get(v), yes) {
-                    (Some(a), true) => {
-                        assert_eq!(a.dtype(), DType::F32);
-                        assert!(max_diff(a, exact_g.get(v).unwrap()) < 0.1);
-                    }
-                    (None, false) => {}
-                    (got, _) => panic!("{flags:?}: gradient {:?}", got.is_some()),
-                }
-            }
+            assert_grads_of_what_trains(&vars, flags, &g, &exact_g, 0.1);
         }
     }
 
@@ -1496,13 +1503,7 @@ pub(crate) mod tests {
             let apart = linear(&gelu_erf(&z).unwrap(), &w, Some(&b)).unwrap();
             assert_eq!(max_diff(&fused, &apart), 0.0, "{flags:?}");
             let (g1, g2) = (probe_grads(&fused, &probe), probe_grads(&apart, &probe));
-            for (v, yes) in vars.iter().zip(flags) {
-                match (g1.get(v), yes) {
-                    (Some(a), true) => assert_eq!(max_diff(a, g2.get(v).unwrap()), 0.0),
-                    (None, false) => {}
-                    (got, _) => panic!("{flags:?}: gradient {:?}", got.is_some()),
-                }
-            }
+            assert_grads_of_what_trains(&vars, flags, &g1, &g2, 0.0);
         }
     }
 
