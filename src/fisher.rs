@@ -68,6 +68,10 @@ pub fn estimate(
         ),
     };
     let examples: usize = groups.iter().map(Vec::len).sum();
+    // Callers refuse a sample of 0; an empty split would still average nothing.
+    if examples == 0 {
+        crate::user_bail!("no training examples to estimate the Fisher information from");
+    }
     eprintln!(
         "Fisher information: {examples} of {} training examples, {}",
         data.len(),

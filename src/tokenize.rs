@@ -6,12 +6,13 @@
 //! stored in the file is replaced by ours: truncation longest-first to `max_len`, and
 //! padding to the longest sequence of each batch at collate time.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use anyhow::Result;
 use candle_core::{Device, Tensor};
 use tokenizers::models::bpe::BPE;
 use tokenizers::models::wordpiece::WordPiece;
+use tokenizers::models::ModelWrapper;
 use tokenizers::normalizers::BertNormalizer;
 use tokenizers::pre_tokenizers::bert::BertPreTokenizer;
 use tokenizers::pre_tokenizers::byte_level::ByteLevel;
@@ -47,6 +48,8 @@ impl Encoded {
 
 pub struct TextEncoder {
     tokenizer: Tokenizer,
+    /// The file the tokenizer was read from, for messages.
+    source: PathBuf,
     pad_id: u32,
     /// RoBERTa has one token type: its tokenizer's pair type ids must not reach the model.
     single_type: bool,
@@ -75,17 +78,16 @@ impl TextEncoder {
                 cfg.describe_max_tokens()
             );
         }
-        let mut tokenizer = read_tokenizer(dir, cfg.model_type)?;
+        let (mut tokenizer, source) = read_tokenizer(dir, cfg.model_type)?;
         transformers_offsets(&mut tokenizer, dir);
-        let vocab = tokenizer.get_vocab_size(true);
-        if vocab > cfg.vocab_size {
-            crate::user_bail!(
-                "{}: the tokenizer has {vocab} tokens but the model's vocab_size is {}",
-                dir.display(),
-                cfg.vocab_size
-            );
-        }
+        check_unknown(&tokenizer, &source)?;
+        // Without the file's own padding and truncation, which ours replace, the specials
+        // come out whole.
         tokenizer.with_padding(None);
+        tokenizer
+            .with_truncation(None)
+            .map_err(|e| anyhow::anyhow!("clearing truncation: {e}"))?;
+        check_ids(&tokenizer, &source, dir, cfg)?;
         tokenizer
             .with_truncation(Some(TruncationParams {
                 max_length: max_len,
@@ -96,6 +98,7 @@ impl TextEncoder {
             .map_err(|e| anyhow::anyhow!("setting truncation: {e}"))?;
         Ok(Self {
             tokenizer,
+            source,
             pad_id: cfg.pad_token_id,
             single_type: cfg.type_vocab_size == 1,
             max_len,
@@ -124,7 +127,7 @@ impl TextEncoder {
             Some(b) => self.tokenizer.encode((first, b), true),
             None => self.tokenizer.encode(first, true),
         }
-        .map_err(|e| anyhow::anyhow!("tokenizing {first:?}: {e}"))?;
+        .map_err(|e| anyhow::anyhow!("tokenizing {first:?} with {}: {e}", self.source.display()))?;
         let ids = enc.get_ids().to_vec();
         let type_ids = if self.single_type {
             vec![0; ids.len()]
@@ -233,11 +236,13 @@ impl QaEncoder {
     }
 }
 
-fn read_tokenizer(dir: &Path, arch: Arch) -> Result<Tokenizer> {
+/// The tokenizer of `dir`, and the file it was read from.
+fn read_tokenizer(dir: &Path, arch: Arch) -> Result<(Tokenizer, PathBuf)> {
     let json = dir.join("tokenizer.json");
     if json.is_file() {
-        return Tokenizer::from_file(&json)
-            .map_err(|e| user(format!("cannot read {}: {e}", json.display())));
+        let tok = Tokenizer::from_file(&json)
+            .map_err(|e| user(format!("cannot read {}: {e}", json.display())))?;
+        return Ok((tok, json));
     }
     match arch {
         Arch::Bert | Arch::Electra => {
@@ -266,7 +271,7 @@ fn read_tokenizer(dir: &Path, arch: Arch) -> Result<Tokenizer> {
                 .map(|t| AddedToken::from(t.to_string(), true))
                 .collect();
             tok.add_special_tokens(&specials);
-            Ok(tok)
+            Ok((tok, vocab))
         }
         Arch::Roberta => {
             let (vocab, merges) = (dir.join("vocab.json"), dir.join("merges.txt"));
@@ -299,13 +304,13 @@ fn read_tokenizer(dir: &Path, arch: Arch) -> Result<Tokenizer> {
                 ))
                 .collect();
             tok.add_special_tokens(&specials);
-            Ok(tok)
+            Ok((tok, vocab))
         }
         Arch::DebertaV2 => {
             if !dir.join("spm.model").is_file() {
                 crate::user_bail!("{}: no tokenizer.json or spm.model", dir.display());
             }
-            deberta::from_spm(dir)
+            Ok((deberta::from_spm(dir)?, dir.join("spm.model")))
         }
         Arch::Deberta => {
             if !dir.join("vocab.json").is_file() || !dir.join("merges.txt").is_file() {
@@ -314,8 +319,81 @@ fn read_tokenizer(dir: &Path, arch: Arch) -> Result<Tokenizer> {
                     dir.display()
                 );
             }
-            deberta::from_bpe(dir)
+            Ok((deberta::from_bpe(dir)?, dir.join("vocab.json")))
         }
+    }
+}
+
+/// A word outside the vocabulary becomes the unknown token; a tokenizer whose unknown
+/// token is not in its vocabulary (or that has none) fails on the first such word, which
+/// is a data sentence far from the file at fault: refuse the file instead. A BPE without
+/// an unknown token drops what it cannot spell, as transformers' does (byte-level BPE
+/// spells everything).
+fn check_unknown(tokenizer: &Tokenizer, source: &Path) -> Result<()> {
+    use tokenizers::Model;
+    let model = tokenizer.get_model();
+    let missing = |unk: &str| model.token_to_id(unk).is_none();
+    let why = match model {
+        ModelWrapper::WordPiece(m) if missing(&m.unk_token) => unk_missing(&m.unk_token),
+        ModelWrapper::WordLevel(m) if missing(&m.unk_token) => unk_missing(&m.unk_token),
+        ModelWrapper::BPE(m) => match m.get_unk_token() {
+            Some(unk) if missing(unk) => unk_missing(unk),
+            _ => return Ok(()),
+        },
+        // Unigram keeps its unknown id private: a private-use character, in no released
+        // vocabulary, shows whether it has one.
+        ModelWrapper::Unigram(m) if m.tokenize("\u{F8FF}").is_err() => {
+            "the Unigram model has no unknown token (`unk_id` is null)".to_string()
+        }
+        _ => return Ok(()),
+    };
+    crate::user_bail!(
+        "{}: {why}, so no word outside the vocabulary can be tokenized",
+        source.display()
+    )
+}
+
+fn unk_missing(unk: &str) -> String {
+    format!("the unknown token `{unk}` (`unk_token`) is not in the vocabulary")
+}
+
+/// Every id the tokenizer can emit indexes the word embeddings, whose rows are config.json's
+/// vocab_size (the loader checks the tensor against it): an id past them would fail inside
+/// an index-select mid-run. The ids are the vocabulary's, the added tokens' and the
+/// specials the post-processor inserts (tokenizer.json names their ids itself).
+fn check_ids(tokenizer: &Tokenizer, source: &Path, dir: &Path, cfg: &ModelConfig) -> Result<()> {
+    let mut largest: Option<(u32, String)> = tokenizer
+        .get_vocab(true)
+        .into_iter()
+        .map(|(t, id)| (id, t))
+        .max();
+    for pair in [None, Some("")] {
+        let enc = match pair {
+            Some(b) => tokenizer.encode(("", b), true),
+            None => tokenizer.encode("", true),
+        }
+        .map_err(|e| {
+            user(format!(
+                "{}: cannot add the special tokens: {e}",
+                source.display()
+            ))
+        })?;
+        for (&id, t) in enc.get_ids().iter().zip(enc.get_tokens()) {
+            if largest.as_ref().is_none_or(|(top, _)| id > *top) {
+                largest = Some((id, t.clone()));
+            }
+        }
+    }
+    match largest {
+        Some((id, token)) if id as usize >= cfg.vocab_size => crate::user_bail!(
+            "{}: the tokenizer's largest id is {id} (`{token}`), past the model's word \
+             embeddings: vocab_size in {} is {}, so ids run from 0 to {}",
+            source.display(),
+            dir.join("config.json").display(),
+            cfg.vocab_size,
+            cfg.vocab_size.saturating_sub(1)
+        ),
+        _ => Ok(()),
     }
 }
 
@@ -377,4 +455,81 @@ pub fn collate(examples: &[&Encoded], pad_id: u32, device: &Device) -> Result<Ba
         token_type_ids: Tensor::from_vec(types, (b, t), device)?,
         attention_mask: Tensor::from_vec(mask, (b, t), device)?,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tokenizer(model: &str, post: &str) -> Tokenizer {
+        let json = format!(
+            r#"{{"version": "1.0", "truncation": null, "padding": null, "added_tokens": [],
+            "normalizer": null, "pre_tokenizer": {{"type": "Whitespace"}},
+            "post_processor": {post}, "decoder": null, "model": {model}}}"#
+        );
+        json.parse().unwrap()
+    }
+
+    fn config(vocab_size: usize) -> ModelConfig {
+        ModelConfig::parse(&format!(
+            r#"{{"model_type": "bert", "vocab_size": {vocab_size}, "hidden_size": 8,
+            "num_hidden_layers": 1, "num_attention_heads": 2, "intermediate_size": 16,
+            "max_position_embeddings": 20}}"#
+        ))
+        .unwrap()
+    }
+
+    const WORDPIECE: &str = r###"{"type": "WordPiece", "unk_token": "[UNK]",
+        "continuing_subword_prefix": "##", "max_input_chars_per_word": 100,
+        "vocab": {"[UNK]": 0, "[CLS]": 1, "[SEP]": 2, "a": 3}}"###;
+    const BERT_POST: &str =
+        r#"{"type": "BertProcessing", "sep": ["[SEP]", 2], "cls": ["[CLS]", 1]}"#;
+
+    #[test]
+    fn a_model_without_its_unknown_token_is_refused_naming_the_file() {
+        let file = Path::new("m/tokenizer.json");
+        assert!(check_unknown(&tokenizer(WORDPIECE, BERT_POST), file).is_ok());
+        let missing = WORDPIECE.replace(r#""unk_token": "[UNK]""#, r#""unk_token": "[X]""#);
+        let err = check_unknown(&tokenizer(&missing, BERT_POST), file).unwrap_err();
+        assert!(crate::error::is_user_error(&err));
+        let msg = err.to_string();
+        assert!(
+            msg.contains("m/tokenizer.json") && msg.contains("`[X]`"),
+            "{msg}"
+        );
+        let unigram = |unk: &str| {
+            tokenizer(
+                &format!(
+                    r#"{{"type": "Unigram", "unk_id": {unk}, "byte_fallback": false,
+                    "vocab": [["<unk>", 0.0], ["a", -1.0], ["b", -2.0]]}}"#
+                ),
+                "null",
+            )
+        };
+        assert!(check_unknown(&unigram("0"), file).is_ok());
+        let msg = check_unknown(&unigram("null"), file)
+            .unwrap_err()
+            .to_string();
+        assert!(msg.contains("unk_id"), "{msg}");
+    }
+
+    #[test]
+    fn ids_past_vocab_size_are_refused_with_the_specials_counted() {
+        let (file, dir) = (Path::new("m/tokenizer.json"), Path::new("m"));
+        let ok = tokenizer(WORDPIECE, BERT_POST);
+        assert!(check_ids(&ok, file, dir, &config(4)).is_ok());
+        let msg = check_ids(&ok, file, dir, &config(3))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            msg.contains("largest id is 3 (`a`)") && msg.contains("vocab_size"),
+            "{msg}"
+        );
+        // Every vocabulary id fits; the post-processor's [SEP] does not.
+        let post = BERT_POST.replace(r#"["[SEP]", 2]"#, r#"["[SEP]", 9]"#);
+        let msg = check_ids(&tokenizer(WORDPIECE, &post), file, dir, &config(4))
+            .unwrap_err()
+            .to_string();
+        assert!(msg.contains("largest id is 9 (`[SEP]`)"), "{msg}");
+    }
 }

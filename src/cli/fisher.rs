@@ -80,8 +80,12 @@ pub fn run(args: FisherArgs) -> Result<()> {
         false => Source::glue(args.data_dir.clone()),
     };
     let device = crate::device::parse(&args.device)?;
+    // No example gives no estimate: an empty fisher.safetensors that ranks nothing.
+    if args.samples == Some(0) {
+        crate::user_bail!("--samples 0: the Fisher needs at least 1 training example");
+    }
     let estimator = match args.batch_mean {
-        Some(0) => crate::user_bail!("--batch-mean must be at least 1"),
+        Some(0) => crate::user_bail!("--batch-mean 0: a batch needs at least 1 example"),
         Some(b) => Estimator::BatchMean { batch: b },
         None => Estimator::PerExample,
     };

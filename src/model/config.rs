@@ -123,6 +123,16 @@ pub struct ModelConfig {
     pub deberta: Option<DebertaConfig>,
 }
 
+/// Bounds on config.json's sizes, far above every released BERT-family encoder (the
+/// widest, deberta-v2-xxlarge, is 1,536 wide with 48 layers; the largest vocabularies,
+/// XLM-R's and mDeBERTa's, about 250,000 tokens): past them a value is a typo or a hostile
+/// file, and the tables it sizes would not fit in memory anyway.
+const MAX_VOCAB: usize = 1 << 22;
+const MAX_WIDTH: usize = 1 << 16;
+const MAX_LAYERS: usize = 1 << 10;
+const MAX_POSITIONS: usize = 1 << 20;
+const MAX_TYPES: usize = 1 << 10;
+
 fn default_act() -> Activation {
     Activation::Gelu
 }
@@ -182,23 +192,70 @@ impl ModelConfig {
         Ok(cfg)
     }
 
+    /// Values that would build a broken encoder are refused here, naming the key, rather
+    /// than failing far from config.json: a size of 0 builds empty tables (or divides by
+    /// zero), an absurd one allocates by it; a LayerNorm eps of 0 divides a constant
+    /// row's zero by zero (null embeddings, then a loss that only looks like a bad --lr);
+    /// a dropout of 1 or more is no probability (torch's `nn.Dropout` refuses it too).
     fn validate(&self) -> Result<(), String> {
-        if self.num_attention_heads == 0
-            || !self.hidden_size.is_multiple_of(self.num_attention_heads)
-        {
+        for (key, value, max) in [
+            ("vocab_size", self.vocab_size, MAX_VOCAB),
+            ("hidden_size", self.hidden_size, MAX_WIDTH),
+            ("num_hidden_layers", self.num_hidden_layers, MAX_LAYERS),
+            ("num_attention_heads", self.num_attention_heads, MAX_WIDTH),
+            ("intermediate_size", self.intermediate_size, 4 * MAX_WIDTH),
+            (
+                "max_position_embeddings",
+                self.max_position_embeddings,
+                MAX_POSITIONS,
+            ),
+            (
+                "embedding_size",
+                self.embedding_size.unwrap_or(1),
+                MAX_WIDTH,
+            ),
+        ] {
+            if value == 0 || value > max {
+                return Err(format!("{key} = {value} is outside 1 to {max}"));
+            }
+        }
+        // 0 is allowed: no token-type table (DeBERTa's default).
+        if self.type_vocab_size > MAX_TYPES {
+            return Err(format!(
+                "type_vocab_size = {} is above {MAX_TYPES} (token types tell a pair's two \
+                 texts apart)",
+                self.type_vocab_size
+            ));
+        }
+        if !self.hidden_size.is_multiple_of(self.num_attention_heads) {
             return Err(format!(
                 "hidden_size {} is not a multiple of num_attention_heads {}",
                 self.hidden_size, self.num_attention_heads
             ));
         }
+        // Padding reads the word embeddings' row pad_token_id.
+        if self.pad_token_id as usize >= self.vocab_size {
+            return Err(format!(
+                "pad_token_id = {} is past the word embeddings: vocab_size is {}",
+                self.pad_token_id, self.vocab_size
+            ));
+        }
+        if !(self.layer_norm_eps.is_finite() && self.layer_norm_eps > 0.0) {
+            return Err(format!(
+                "layer_norm_eps = {} must be a positive number (LayerNorm divides by \
+                 sqrt(variance + eps); transformers' configs use 1e-12 or 1e-7)",
+                self.layer_norm_eps
+            ));
+        }
         for (key, p) in [
-            ("hidden_dropout_prob", self.hidden_dropout_prob),
+            ("hidden_dropout_prob", Some(self.hidden_dropout_prob)),
             (
                 "attention_probs_dropout_prob",
-                self.attention_probs_dropout_prob,
+                Some(self.attention_probs_dropout_prob),
             ),
+            ("classifier_dropout", self.classifier_dropout),
         ] {
-            if !(0.0..1.0).contains(&p) {
+            if let Some(p) = p.filter(|p| !(0.0..1.0).contains(p)) {
                 return Err(format!("{key} = {p} is outside [0, 1)"));
             }
         }
@@ -361,6 +418,54 @@ mod tests {
         .unwrap_err();
         assert!(err.contains("num_attention_heads"), "{err}");
     }
+
+    #[test]
+    fn refuses_sizes_eps_and_dropouts_that_build_a_broken_encoder() {
+        let with =
+            |extra: &str| ModelConfig::parse(&BERT.replacen('{', &format!("{{{extra}, "), 1));
+        for (extra, key) in [
+            (r#""layer_norm_eps": 0"#, "layer_norm_eps"),
+            (r#""layer_norm_eps": -1e-12"#, "layer_norm_eps"),
+            (r#""classifier_dropout": 5.0"#, "classifier_dropout"),
+            (r#""hidden_dropout_prob": 1.0"#, "hidden_dropout_prob"),
+            (
+                r#""attention_probs_dropout_prob": -0.1"#,
+                "attention_probs_dropout_prob",
+            ),
+            (r#""type_vocab_size": 100000"#, "type_vocab_size"),
+            (r#""embedding_size": 0"#, "embedding_size"),
+            (r#""pad_token_id": 10"#, "pad_token_id"),
+        ] {
+            let err = with(extra).unwrap_err();
+            assert!(err.contains(key), "{extra}: {err}");
+        }
+        // Keys BERT sets are replaced (of two equal keys, serde_json keeps the last).
+        for (key, bad) in [
+            ("vocab_size", "0"),
+            ("hidden_size", "0"),
+            ("hidden_size", "1000000"),
+            ("num_hidden_layers", "0"),
+            ("num_attention_heads", "0"),
+            ("intermediate_size", "0"),
+            ("max_position_embeddings", "0"),
+            ("max_position_embeddings", "18446744073709551615"),
+        ] {
+            let text = set(BERT, key, bad);
+            let err = ModelConfig::parse(&text).unwrap_err();
+            assert!(
+                err.contains(&format!("{key} = {bad}")),
+                "{key} {bad}: {err}"
+            );
+        }
+        assert!(with(r#""classifier_dropout": 0.0"#).is_ok());
+    }
+
+    /// `BERT` with `key`'s number replaced by `value`.
+    fn set(text: &str, key: &str, value: &str) -> String {
+        let at = text.find(&format!("\"{key}\":")).unwrap() + key.len() + 3;
+        let end = at + text[at..].find([',', '}']).unwrap();
+        format!("{}{value}{}", &text[..at], &text[end..])
+    }
 }
 
 #[cfg(test)]
@@ -471,6 +576,19 @@ mod deberta_tests {
         assert!(err.contains("norm_rel_ebd \"rms\""), "{err}");
         let err = parse(&V3_BASE.replace("256", "1")).unwrap_err();
         assert!(err.contains("position_buckets 1"), "{err}");
+        // Through the shared fields too: DeBERTa's eps default (1e-7) is replaced, not kept.
+        let err = parse(&V3_BASE.replace("\"layer_norm_eps\": 1e-7", "\"layer_norm_eps\": 0"))
+            .unwrap_err();
+        assert!(err.contains("layer_norm_eps = 0"), "{err}");
+        let err = parse(&V1_BASE.replace(
+            "\"max_relative_positions\": -1",
+            "\"max_relative_positions\": 9223372036854775807",
+        ))
+        .unwrap_err();
+        assert!(
+            err.contains("max_relative_positions = 9223372036854775807"),
+            "{err}"
+        );
         // A convolution of size 0 is none: transformers builds none either.
         assert!(parse(&V3_BASE.replacen('{', r#"{"conv_kernel_size": 0, "#, 1)).is_ok());
     }

@@ -102,6 +102,10 @@ enum PosAttType {
     Joined(String),
 }
 
+/// The most relative positions (or buckets) a config may ask for: config.rs's bound on
+/// max_position_embeddings.
+const MAX_RELATIVE: i64 = 1 << 20;
+
 fn unset() -> i64 {
     -1
 }
@@ -194,6 +198,16 @@ impl DebertaConfig {
                 };
                 // v1 has no buckets: its code never reads position_buckets.
                 let buckets = (v2 && r.position_buckets > 0).then_some(r.position_buckets);
+                // rel_embeddings holds twice the span in rows: a span past any position
+                // table is a typo or a hostile file (and 2·span could overflow).
+                for (key, v) in [
+                    ("max_relative_positions", max_rel),
+                    ("position_buckets", buckets.unwrap_or(0)),
+                ] {
+                    if v > MAX_RELATIVE {
+                        return Err(format!("{key} = {v} is above {MAX_RELATIVE}"));
+                    }
+                }
                 if let Some(b) = buckets {
                     // The log formula divides by mid − 1's neighbours and log((max − 1) / mid).
                     if b < 2 || max_rel - 1 <= b / 2 {

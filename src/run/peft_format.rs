@@ -3,7 +3,7 @@
 //! Key names follow what PEFT 0.21's `save_pretrained` writes for a sequence classifier
 //! (`scripts/peft_roundtrip.py`, fixture in `tests/fixtures/peft-lora-bert/`).
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::path::Path;
 
 use anyhow::Result;
@@ -294,12 +294,18 @@ pub fn read(dir: &Path, arch: Arch) -> Result<PeftAdapter> {
     let dropout = field("lora_dropout")
         .and_then(|v| v.as_f64())
         .unwrap_or(0.0);
+    // torch's nn.Dropout refuses it too; a run rebuilt from it would name --lora-dropout.
+    if !(0.0..1.0).contains(&dropout) {
+        return Err(at("lora_dropout", format!("is {dropout}, outside [0, 1)")));
+    }
 
     let weights_path = dir.join(WEIGHTS);
     let raw = run_dir::load_tensors(&weights_path)?;
     let prefix = format!("{}.", arch.prefix());
     let mut tensors = HashMap::new();
     let mut kinds: Vec<String> = Vec::new();
+    // The modules the tensors adapt, as `encoder.layer.N.<module>`.
+    let mut wrapped: BTreeSet<String> = BTreeSet::new();
     for (key, t) in raw {
         let name = key.strip_prefix("base_model.model.").unwrap_or(&key);
         // PEFT's copy of a module it trains in full, under the adapter's name.
@@ -336,6 +342,7 @@ pub fn read(dir: &Path, arch: Arch) -> Result<PeftAdapter> {
             if !kinds.iter().any(|k| k == kind) {
                 kinds.push(kind.to_string());
             }
+            wrapped.insert(module.to_string());
         } else if !is_head(&name) && !name.starts_with("pooler.") {
             return Err(user(format!(
                 "{}: `{key}` is neither a LoRA tensor nor the classifier",
@@ -359,6 +366,7 @@ pub fn read(dir: &Path, arch: Arch) -> Result<PeftAdapter> {
         )));
     }
     kinds.sort_by_key(|k| TARGETS.iter().position(|t| t == k));
+    check_targets(field("target_modules"), arch, &wrapped, &at)?;
     if dora {
         // Each lora_A needs its magnitude: without it the layer would start from ‖W₀‖.
         if let Some(k) = tensors.keys().find(|k| {
@@ -387,6 +395,77 @@ pub fn read(dir: &Path, arch: Arch) -> Result<PeftAdapter> {
         }),
         tensors,
     })
+}
+
+/// PEFT builds the adapter's modules from `target_modules`, not from the tensors: it
+/// refuses targets that match no module of the model ("Target modules ... not found in
+/// the base model"), and leaves tensors of a module they do not name unloaded. Both are
+/// refused here, so that the adapter scores as it would in Python. A list matches a
+/// module whose path is the name or ends with `.name`, as PEFT matches it; a string is a
+/// regular expression (or `all-linear`), which this crate does not evaluate.
+fn check_targets(
+    targets: Option<&serde_json::Value>,
+    arch: Arch,
+    wrapped: &BTreeSet<String>,
+    at: &impl Fn(&str, String) -> anyhow::Error,
+) -> Result<()> {
+    use crate::model::adapter::TARGETS;
+    let list: Vec<&str> = match targets {
+        None | Some(serde_json::Value::String(_)) => return Ok(()),
+        Some(serde_json::Value::Array(a)) => a
+            .iter()
+            .map(|v| {
+                v.as_str()
+                    .ok_or_else(|| at("target_modules", format!("holds {v}, not a module name")))
+            })
+            .collect::<Result<_>>()?,
+        Some(other) => {
+            return Err(at(
+                "target_modules",
+                format!("is {other}; a list of module names or a pattern is expected"),
+            ))
+        }
+    };
+    let names = |path: &str| {
+        list.iter()
+            .any(|t| path == *t || path.ends_with(&format!(".{t}")))
+    };
+    let prefix = arch.prefix();
+    // The modules of the model an adapter can wrap, in the layers the tensors reach.
+    let modules: Vec<String> = TARGETS
+        .iter()
+        .filter_map(|t| arch.adapter_module(t).ok())
+        .collect();
+    let layers: BTreeSet<&str> = wrapped
+        .iter()
+        .filter_map(|m| m.strip_prefix("encoder.layer.")?.split_once('.'))
+        .map(|(layer, _)| layer)
+        .collect();
+    let found = layers.iter().any(|l| {
+        modules
+            .iter()
+            .any(|m| names(&format!("{prefix}.encoder.layer.{l}.{m}")))
+    });
+    if !found {
+        return Err(at(
+            "target_modules",
+            format!(
+                "{list:?} match no module of the base model (its adaptable modules end in \
+                 {}); PEFT refuses such an adapter",
+                modules.join(", ")
+            ),
+        ));
+    }
+    if let Some(m) = wrapped.iter().find(|m| !names(&format!("{prefix}.{m}"))) {
+        return Err(at(
+            "target_modules",
+            format!(
+                "{list:?} does not name `{prefix}.{m}`, which {WEIGHTS} adapts: PEFT would \
+                 build no adapter there and leave those tensors unloaded"
+            ),
+        ));
+    }
+    Ok(())
 }
 
 /// An IA3 adapter PEFT saved: its targets (a list, matched by suffix as ours are) must
@@ -522,4 +601,70 @@ fn read_ln_tuning(dir: &Path, arch: Arch) -> Result<PeftAdapter> {
         config: None,
         tensors,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn check(arch: Arch, targets: serde_json::Value, wrapped: &[&str]) -> Result<()> {
+        let at = |key: &str, why: String| user(format!("adapter_config.json: `{key}` {why}"));
+        let wrapped = wrapped.iter().map(|m| m.to_string()).collect();
+        check_targets(Some(&targets), arch, &wrapped, &at)
+    }
+
+    #[test]
+    fn target_modules_match_as_peft_matches_them() {
+        let (q0, q1) = (
+            "encoder.layer.0.attention.self.query",
+            "encoder.layer.1.attention.self.query",
+        );
+        // By name, by full path (as `write` exports output.dense), by any suffix.
+        assert!(check(Arch::Bert, json!(["query"]), &[q0, q1]).is_ok());
+        assert!(check(
+            Arch::Bert,
+            json!([
+                "bert.encoder.layer.0.output.dense",
+                "bert.encoder.layer.1.output.dense"
+            ]),
+            &[
+                "encoder.layer.0.output.dense",
+                "encoder.layer.1.output.dense"
+            ]
+        )
+        .is_ok());
+        assert!(check(Arch::Bert, json!(["self.query"]), &[q0]).is_ok());
+        // DeBERTa v2's projections are `query_proj`; a regular expression is not evaluated.
+        assert!(check(
+            Arch::DebertaV2,
+            json!(["query_proj"]),
+            &["encoder.layer.0.attention.self.query_proj"]
+        )
+        .is_ok());
+        assert!(check(Arch::Bert, json!(".*query"), &[q0]).is_ok());
+
+        let err = check(Arch::Bert, json!(["foo"]), &[q0])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("[\"foo\"] match no module"), "{err}");
+        // A suffix must end at a dot: `uery` is no module's name.
+        let err = check(Arch::Bert, json!(["uery"]), &[q0])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("match no module"), "{err}");
+        // Only layer 0 named: PEFT would leave layer 1's tensors unloaded.
+        let err = check(
+            Arch::Bert,
+            json!(["bert.encoder.layer.0.attention.self.query"]),
+            &[q0, q1],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("`bert.encoder.layer.1.attention.self.query`"),
+            "{err}"
+        );
+        let err = check(Arch::Bert, json!(7), &[q0]).unwrap_err().to_string();
+        assert!(err.contains("`target_modules` is 7"), "{err}");
+    }
 }

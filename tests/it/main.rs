@@ -13,6 +13,7 @@ mod errors;
 mod fisher;
 mod frozen;
 mod grid;
+mod hostile;
 mod hub;
 mod methods;
 mod parity;
