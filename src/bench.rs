@@ -155,7 +155,28 @@ impl Forward {
     }
 }
 
+/// The most tokens one benchmarked step may hold. 256 sequences of 512 tokens, the
+/// largest step a paper's recipe takes, are 2^17; a training step of BERT-base keeps about
+/// half a megabyte of activations per token, so 2^20 tokens need some 500 GB, more than
+/// any one accelerator has. A larger `--batch` × `--seq` is a typo, refused before anything
+/// of that size is allocated (10^8 × 128 token ids alone are 51 GB).
+pub const MAX_TOKENS: usize = 1 << 20;
+
+/// Refuse a step shape past [`MAX_TOKENS`] (or one whose product overflows), naming the
+/// flags.
+pub fn check_shape(batch: usize, seq: usize) -> Result<()> {
+    match batch.checked_mul(seq) {
+        Some(n) if n <= MAX_TOKENS => Ok(()),
+        n => Err(crate::error::user(format!(
+            "--batch {batch} × --seq {seq} is {} tokens a step; a benchmarked step holds at \
+             most {MAX_TOKENS} (2^20), more than any accelerator trains at once",
+            n.map_or_else(|| "more than 2^64".to_string(), |n| n.to_string())
+        ))),
+    }
+}
+
 fn random_batch(cfg: &ModelConfig, b: usize, t: usize, device: &Device) -> Result<Batch> {
+    check_shape(b, t)?;
     let mut rng = StdRng::seed_from_u64(0);
     // Ids above the special tokens, so no position counts as padding.
     let ids: Vec<u32> = (0..b * t)
@@ -274,5 +295,17 @@ mod tests {
             .unwrap()
             .run()
             .unwrap();
+    }
+
+    #[test]
+    fn step_shapes_are_bounded() {
+        assert!(check_shape(256, 512).is_ok());
+        assert!(check_shape(MAX_TOKENS, 1).is_ok());
+        for (b, t) in [(100_000_000, 128), (MAX_TOKENS + 1, 1), (usize::MAX, 2)] {
+            let e = check_shape(b, t).unwrap_err();
+            assert!(crate::error::is_user_error(&e));
+            let e = e.to_string();
+            assert!(e.contains("--batch") && e.contains("1048576"), "{e}");
+        }
     }
 }

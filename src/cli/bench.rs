@@ -66,6 +66,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
     if args.steps == 0 || args.batch == 0 || args.seq < 2 {
         crate::user_bail!("--steps and --batch must be at least 1, --seq at least 2");
     }
+    crate::bench::check_shape(args.batch, args.seq)?;
     let device = crate::device::parse(&args.device)?;
     let model_dir = crate::model::hub::resolve(&args.model, args.revision.as_deref())?;
     // Each step owns a fresh load of the weights, as a training run does: a trainable
@@ -167,7 +168,8 @@ fn time(warmup: usize, steps: usize, mut f: impl FnMut() -> Result<()>) -> Resul
     for _ in 0..warmup {
         f()?;
     }
-    let mut ms = Vec::with_capacity(steps);
+    // Not `with_capacity(steps)`: --steps 10^18 would abort on the allocation.
+    let mut ms = Vec::new();
     for _ in 0..steps {
         let t0 = Instant::now();
         f()?;

@@ -75,6 +75,12 @@ pub fn run(args: EmbedArgs) -> Result<()> {
                 i + 1
             )));
         }
+        // As a data file's texts: a longer one is tokenized whole before truncation.
+        for (k, t) in std::iter::once(first).chain(second).enumerate() {
+            crate::data::input::check_text(t, || {
+                format!("{}:{}: text {}", args.input.display(), i + 1, k + 1)
+            })?;
+        }
         inputs.push(encoder.encode(first, second)?);
     }
     let embeddings = embed(

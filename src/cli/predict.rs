@@ -181,6 +181,10 @@ fn parse_lines<'a>(
                 spec.name
             )));
         }
+        // As a data file's texts: a longer one is tokenized whole before truncation.
+        for (k, f) in fields.iter().enumerate() {
+            crate::data::input::check_text(f, || format!("{}: text {}", at(), k + 1))?;
+        }
         out.push((fields[0], fields.get(1).copied()));
     }
     if out.is_empty() {

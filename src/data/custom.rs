@@ -7,15 +7,15 @@
 //! are integers, so `2` comes before `10`); the run directory keeps them so that
 //! `peft eval` maps ids back to the same names.
 
-use std::fs::File;
-use std::io::{BufRead, BufReader};
+use std::io::BufReader;
 use std::path::{Path, PathBuf};
 
 use anyhow::Result;
 use serde::{Deserialize, Serialize};
 
+use super::input;
 use super::tasks::{Example, Label, Layout, Metric, Problem, TaskSpec};
-use crate::error::{user, PathContext};
+use crate::error::user;
 
 /// The task name that selects this reader.
 pub const CUSTOM: &str = "custom";
@@ -177,7 +177,7 @@ impl CustomData {
     }
 
     fn read_delimited(&self, path: &Path, delimiter: u8, quoting: bool) -> Result<Vec<Raw>> {
-        let file = File::open(path).path_context("cannot open", path)?;
+        let file = input::open(path)?;
         let mut reader = csv::ReaderBuilder::new()
             .delimiter(delimiter)
             .quoting(quoting)
@@ -246,6 +246,11 @@ impl CustomData {
             let record = record.map_err(csv_error)?;
             let line = record.position().map_or(0, |p| p.line() as usize);
             let field = |i: usize| record.get(i).unwrap_or_default().to_string();
+            for (&i, name) in text_cols.iter().zip(&self.text_columns) {
+                input::check_text(record.get(i).unwrap_or_default(), || {
+                    format!("{}:{line}: column `{name}`", path.display())
+                })?;
+            }
             rows.push(Raw {
                 line,
                 texts: text_cols.iter().map(|&i| field(i)).collect(),
@@ -259,16 +264,12 @@ impl CustomData {
     }
 
     fn read_jsonl(&self, path: &Path) -> Result<Vec<Raw>> {
-        let file = File::open(path).path_context("cannot open", path)?;
-        let mut reader = BufReader::new(file);
+        let mut reader = BufReader::new(input::open(path)?);
         let mut buf = Vec::new();
         let mut rows = Vec::new();
         let wanted = self.wanted();
         for line in 1.. {
-            buf.clear();
-            let n = reader
-                .read_until(b'\n', &mut buf)
-                .path_context("cannot read", path)?;
+            let n = input::read_line(&mut reader, &mut buf, path, line)?;
             if n == 0 {
                 break;
             }
@@ -304,7 +305,10 @@ impl CustomData {
             let mut texts = Vec::new();
             for col in &self.text_columns {
                 match &obj[col.as_str()] {
-                    serde_json::Value::String(s) => texts.push(s.clone()),
+                    serde_json::Value::String(s) => {
+                        input::check_text(s, || format!("{}:{line}: key `{col}`", path.display()))?;
+                        texts.push(s.clone())
+                    }
                     other => {
                         return Err(at(format!("key `{col}`: expected a string, found {other}")))
                     }

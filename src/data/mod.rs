@@ -6,6 +6,7 @@ pub mod batches;
 pub mod custom;
 pub mod dataset;
 pub mod hub;
+pub mod input;
 pub mod labels;
 pub mod squad;
 pub mod squad_hub;

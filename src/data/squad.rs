@@ -92,7 +92,9 @@ struct RawAnswer {
 /// The questions of an official-format JSON file, in file order. For v1.1 (`v2` false)
 /// every question must have an answer.
 pub fn read_json(path: &Path, v2: bool) -> Result<Vec<QaExample>> {
-    let text = std::fs::read_to_string(path).path_context("cannot read", path)?;
+    let mut text = String::new();
+    std::io::Read::read_to_string(&mut super::input::open(path)?, &mut text)
+        .path_context("cannot read", path)?;
     let file: File = serde_json::from_str(&text).map_err(|e| {
         user(format!(
             "{}: line {}: not a SQuAD JSON file ({{\"data\": [{{\"paragraphs\": [{{\"context\", \
@@ -105,12 +107,11 @@ pub fn read_json(path: &Path, v2: bool) -> Result<Vec<QaExample>> {
     for (a, article) in file.data.into_iter().enumerate() {
         for (p, para) in article.paragraphs.into_iter().enumerate() {
             let chars = para.context.chars().count();
+            let at = || format!("{}: data[{a}].paragraphs[{p}]", path.display());
+            super::input::check_text(&para.context, || format!("{}: the context", at()))?;
             for q in para.qas {
-                let at = format!(
-                    "{}: data[{a}].paragraphs[{p}], question {}",
-                    path.display(),
-                    q.id
-                );
+                let at = format!("{}, question {}", at(), q.id);
+                super::input::check_text(&q.question, || format!("{at}: the question"))?;
                 let answers = if q.is_impossible {
                     Vec::new()
                 } else {

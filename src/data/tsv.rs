@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Result;
 
+use super::input;
 use crate::error::{user, PathContext};
 
 const BOM: &[u8] = "\u{feff}".as_bytes();
@@ -54,7 +55,7 @@ impl Row<'_> {
 impl TsvReader {
     /// Opens `path` and, with [`Header::Present`], reads its header line.
     pub fn open(path: &Path, header: Header) -> Result<Self> {
-        let file = File::open(path).path_context("cannot open", path)?;
+        let file = input::open(path)?;
         let mut tsv = Self {
             path: path.to_path_buf(),
             reader: BufReader::new(file),
@@ -138,6 +139,12 @@ impl TsvReader {
                 fields.len()
             )));
         }
+        // GLUE's fields are texts, labels and ids: none is anywhere near a text's bound.
+        for (i, f) in fields.iter().enumerate() {
+            input::check_text(f, || {
+                format!("{}:{}: field {}", self.path.display(), self.line, i + 1)
+            })?;
+        }
         Ok(Some(Row {
             path: &self.path,
             line: self.line,
@@ -147,11 +154,7 @@ impl TsvReader {
 
     /// Loads the next line into `buf`; false at the end of the file.
     fn next_line(&mut self) -> Result<bool> {
-        self.buf.clear();
-        let n = self
-            .reader
-            .read_until(b'\n', &mut self.buf)
-            .path_context("cannot read", &self.path)?;
+        let n = input::read_line(&mut self.reader, &mut self.buf, &self.path, self.line + 1)?;
         if n == 0 {
             return Ok(false);
         }

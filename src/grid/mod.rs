@@ -27,7 +27,7 @@
 pub mod cell;
 pub mod emit;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 
 use anyhow::Result;
@@ -97,16 +97,32 @@ impl Plan {
         }
         let methods = methods(grid.remove("method"), &at)?;
         let shared = axes(&grid, "[grid]", &at)?;
-        let mut cells = Vec::new();
-        for (method, own) in methods {
-            let mut ax: Axes = shared.clone();
-            for (k, v) in own {
-                match ax.iter_mut().find(|(key, _)| *key == k) {
-                    Some(slot) => slot.1 = v,
-                    None => ax.push((k, v)),
+        let methods: Vec<(Option<String>, Axes)> = methods
+            .into_iter()
+            .map(|(method, own)| {
+                let mut ax: Axes = shared.clone();
+                for (k, v) in own {
+                    match ax.iter_mut().find(|(key, _)| *key == k) {
+                        Some(slot) => slot.1 = v,
+                        None => ax.push((k, v)),
+                    }
                 }
-            }
-            order(&mut ax);
+                order(&mut ax);
+                (method, ax)
+            })
+            .collect();
+        // Counted before one is built: ten keys of ten values are 10^10 cells in 700 bytes.
+        let count = count(methods.iter().map(|(_, ax)| ax));
+        if count.is_none_or(|n| n > MAX_CELLS) {
+            let n = count.map_or_else(|| format!("more than {}", usize::MAX), |n| n.to_string());
+            return Err(at(format!(
+                "the plan makes {n} cells (the product of its lists' lengths, per method); \
+                 a plan holds at most {MAX_CELLS}: split it into several plans"
+            )));
+        }
+        let mut cells: Vec<Cell> = Vec::new();
+        let mut named: HashMap<String, usize> = HashMap::new();
+        for (method, ax) in methods {
             for combo in product(&ax) {
                 let mut table = base.clone();
                 let mut values = Vec::new();
@@ -122,11 +138,10 @@ impl Plan {
                 let cfg = resolve(table.clone(), &output_dir, "", index, path)?;
                 let name = name(&cfg, &values)?;
                 let cfg = resolve(table, &output_dir, &name, index, path)?;
-                if let Some(same) = cells.iter().find(|c: &&Cell| c.name == name) {
+                if let Some(same) = named.insert(name.clone(), index) {
                     return Err(at(format!(
-                        "cells {} and {index} have the same settings ({name}): a value is \
-                         listed twice",
-                        same.index
+                        "cells {same} and {index} have the same settings ({name}): a value is \
+                         listed twice"
                     )));
                 }
                 cells.push(Cell {
@@ -198,6 +213,23 @@ fn axes(t: &Table, table: &str, at: &impl Fn(String) -> anyhow::Error) -> Result
             ))),
         })
         .collect()
+}
+
+/// The most cells a plan may make. A paper's grid is thousands (8 tasks × 10 methods × 6
+/// learning rates × 5 seeds is 2,400), and Kubernetes caps an indexed Job at 100,000
+/// completions; each cell is a training run of minutes at least, so a plan above this is
+/// a mistake. Every cell's settings are resolved and held to list them: at the bound,
+/// `--list` takes some 10 s and 600 MB.
+pub const MAX_CELLS: usize = 100_000;
+
+/// How many cells the methods' axes make, without making them: None past `usize`.
+fn count<'a>(mut methods: impl Iterator<Item = &'a Axes>) -> Option<usize> {
+    methods.try_fold(0usize, |total, ax| {
+        let cells = ax
+            .iter()
+            .try_fold(1usize, |n, (_, values)| n.checked_mul(values.len()))?;
+        total.checked_add(cells)
+    })
 }
 
 /// Alphabetical, `seed` last: seeds of one setting sit together.
@@ -393,5 +425,51 @@ lora_r = [4]
         let e = err("output_dir='g'\n[base]\nmodel='m'\ntask='rte'\n[grid]\nseed=[1,1]");
         assert!(e.contains("listed twice"), "{e}");
         assert!(err("output_dir='g'\n[grid]\nseeds=[1]").contains("seed = [...]"));
+    }
+
+    #[test]
+    fn cells_are_counted_before_they_are_built() {
+        // Ten keys of ten values: 10^10 cells in a few hundred bytes, refused at once.
+        let mut text = "output_dir='g'\n[base]\nmodel='m'\ntask='rte'\n[grid]\n".to_string();
+        for k in [
+            "lr",
+            "seed",
+            "epochs",
+            "batch_size",
+            "lora_r",
+            "lora_alpha",
+            "warmup_ratio",
+            "weight_decay",
+            "max_seq_len",
+            "grad_accum",
+        ] {
+            text.push_str(&format!(
+                "{k} = [{}]\n",
+                (1..=10)
+                    .map(|v| v.to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ));
+        }
+        let t0 = std::time::Instant::now();
+        let e = plan(&text).unwrap_err();
+        assert!(crate::error::is_user_error(&e));
+        let e = e.to_string();
+        assert!(
+            e.contains("plan.toml") && e.contains("10000000000 cells"),
+            "{e}"
+        );
+        assert!(t0.elapsed().as_secs() < 5);
+        // Per method, summed; past usize, still refused.
+        let ax = |lens: &[usize]| -> Axes {
+            lens.iter()
+                .map(|&n| ("k".to_string(), vec![Value::Integer(0); n]))
+                .collect()
+        };
+        assert_eq!(count([ax(&[2, 3]), ax(&[4]), ax(&[])].iter()), Some(11));
+        let huge: Axes = (0..70)
+            .map(|_| ("k".to_string(), vec![Value::Integer(0); 2]))
+            .collect();
+        assert_eq!(count([huge].iter()), None);
     }
 }

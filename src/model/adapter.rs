@@ -129,6 +129,21 @@ impl Adapter {
     /// The adapter on the frozen `weight` (out × in) under `path`.
     pub fn load(path: &Path, weight: &Tensor, cfg: &AdapterConfig) -> Result<Self> {
         let (d_out, d_in) = weight.dims2()?;
+        // B·A has rank at most min(in, out): a larger r adds no capacity, only memory
+        // (r = 10^8 on a 32-wide layer asks for 15 GB). Checked before A and B exist.
+        if cfg.r > d_in.min(d_out) {
+            let flag = match cfg.kind {
+                AdapterKind::Ina { .. } => "--ina-r (ina_r)",
+                _ => "--lora-r (lora_r)",
+            };
+            return Err(crate::error::user(format!(
+                "{flag} {} is more than {}, the smaller side of `{}` ({d_out} × {d_in}): an \
+                 adapter's update B·A has at most that rank",
+                cfg.r,
+                d_in.min(d_out),
+                path.name("weight")
+            )));
+        }
         let bound = 1.0 / (d_in as f64).sqrt();
         let magnitude = match cfg.kind {
             // ‖W₀ + s·B·A‖ with B = 0 (PEFT's `update_layer`).

@@ -36,8 +36,7 @@ pub fn read_weights(dir: &Path, arch: Arch) -> Result<HashMap<String, Tensor>> {
             .into_iter()
             .collect()
     } else {
-        candle_core::pickle::read_all(&path)
-            .map_err(|e| user(format!("cannot read {}: {e}", path.display())))?
+        super::pickle::read_pickle(&path)?
     };
     let mut out = HashMap::new();
     for (name, t) in raw {

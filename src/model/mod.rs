@@ -16,6 +16,7 @@ mod layer;
 pub mod load;
 pub mod nn;
 pub mod params;
+mod pickle;
 mod recompute;
 pub mod reft;
 pub mod relative;

@@ -24,7 +24,7 @@
 //! `encoder.layer.L.loreft.first.rotate` (X, d × r), `….source.weight` (r × d) and
 //! `….source.bias` (r), pyreft's `learned_source` initialised as torch's nn.Linear.
 
-use anyhow::{bail, Result};
+use anyhow::Result;
 use candle_core::{DType, Device, Tensor};
 
 use super::ctx::{Ctx, Dropout};
@@ -162,8 +162,13 @@ impl Loreft {
         r: usize,
         dropout: f64,
     ) -> Result<Self> {
+        // R's r rows are orthonormal in d dimensions: at most d of them. Checked before
+        // R (d × r) and W (r × d) exist.
         if r > d {
-            bail!("loreft rank {r} exceeds the hidden size {d}");
+            return Err(crate::error::user(format!(
+                "--loreft-r (loreft_r) {r} is more than the hidden size {d}: the rotation's \
+                 rows are orthonormal, so at most {d} of them"
+            )));
         }
         let p = path.pp("loreft").pp(group);
         let rotate = p.get_or_compute("rotate", &[d, r], || {

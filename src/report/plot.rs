@@ -4,7 +4,7 @@
 //! PNG or SVG by the file's extension. Text is drawn with a font compiled into the binary
 //! (`assets/fonts`), so plotting needs no fontconfig or system fonts.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 
 use anyhow::{anyhow, Result};
@@ -45,12 +45,58 @@ pub fn format_of(path: &Path) -> Result<Format> {
     }
 }
 
+/// The largest magnitude drawn. A real run's losses and metrics (×100) stay below a few
+/// thousand; a diverging one's loss can reach any float, and an axis towards 1e308 has no
+/// width plotters can cut into ticks (its tick search then never ends). Values past this
+/// are left out of the plot, with a note naming the run's metrics.jsonl.
+const MAX_PLOTTED: f64 = 1e12;
+
+/// A value the axes can hold; NaN and infinities were never drawn.
+fn plottable(v: f64) -> bool {
+    v.is_finite() && v.abs() <= MAX_PLOTTED
+}
+
+/// One line per run and metric with finite values too large to draw: which file, how many,
+/// the first of them.
+fn left_out(runs: &[Run]) -> Vec<String> {
+    let mut notes = Vec::new();
+    for run in runs {
+        let mut seen: BTreeMap<String, (usize, usize, f64)> = BTreeMap::new();
+        for r in &run.records {
+            // (name, as recorded, as drawn): metrics are drawn ×100.
+            let loss = ("train_loss".to_string(), r.train_loss, r.train_loss);
+            let metric = main_metric(&run.train, r).map(|(name, v)| (name, v, 100.0 * v));
+            for (name, v, drawn) in std::iter::once(loss).chain(metric) {
+                if v.is_finite() && !plottable(drawn) {
+                    seen.entry(name).or_insert((0, r.step, v)).0 += 1;
+                }
+            }
+        }
+        for (name, (n, step, v)) in seen {
+            let times = if n > 1 {
+                format!(" and {} more", n - 1)
+            } else {
+                String::new()
+            };
+            notes.push(format!(
+                "note: --plot leaves out {name} {v:e} at step {step}{times} of {}: beyond \
+                 ±{MAX_PLOTTED:e}, no axis holds it",
+                run.dir.join(crate::run::dir::METRICS).display()
+            ));
+        }
+    }
+    notes
+}
+
 pub fn plot(runs: &[Run], path: &Path) -> Result<()> {
     let format = format_of(path)?;
     if runs.iter().all(|r| r.records.is_empty()) {
         return Err(user(
             "--plot: nothing to plot, none of the runs has an evaluation yet",
         ));
+    }
+    for note in left_out(runs) {
+        eprintln!("{note}");
     }
     plotters::style::register_font("sans-serif", FontStyle::Normal, FONT)
         .map_err(|_| anyhow!("the bundled font does not parse"))?;
@@ -160,7 +206,7 @@ fn lines<DB: DrawingBackend>(
             run.records
                 .iter()
                 .filter_map(|r| value(run, r).map(|v| (r.step as f64, v)))
-                .filter(|(_, v)| v.is_finite())
+                .filter(|(_, v)| plottable(*v))
                 .collect()
         })
         .collect();
@@ -224,6 +270,8 @@ fn padded(values: impl Iterator<Item = f64>) -> (f64, f64) {
         return (0.0, 1.0);
     }
     let pad = if hi > lo { 0.06 * (hi - lo) } else { 0.5 };
+    // Wide enough for ticks at any magnitude: 1e12 ± 1e-6 is one float.
+    let pad = pad.max(1e-9 * lo.abs().max(hi.abs()));
     (lo - pad, hi + pad)
 }
 
@@ -251,6 +299,7 @@ fn bars<DB: DrawingBackend>(area: &DrawingArea<DB, Shift>, runs: &[Run]) -> Resu
             let med = crate::stats::median(values)?;
             Some((ti, mi, 100.0 * med, values.len()))
         })
+        .filter(|b| plottable(b.2))
         .collect();
     let top = bars.iter().map(|b| b.2).fold(0.0, f64::max);
     let bottom = bars.iter().map(|b| b.2).fold(0.0, f64::min);
@@ -359,5 +408,17 @@ mod tests {
         let (lo, hi) = padded([0.0, 10.0].into_iter());
         assert!(lo < 0.0 && hi > 10.0);
         assert_eq!(padded(std::iter::empty()), (0.0, 1.0));
+        let (lo, hi) = padded([1e12, 1e12].into_iter());
+        assert!(lo < 1e12 && hi > 1e12 && (hi - lo) > 1.0);
+    }
+
+    #[test]
+    fn huge_and_non_finite_values_are_not_drawn() {
+        for v in [1e308, -1e13, f64::NAN, f64::INFINITY] {
+            assert!(!plottable(v), "{v}");
+        }
+        for v in [0.0, -3.5, 1e12, 92.1] {
+            assert!(plottable(v), "{v}");
+        }
     }
 }

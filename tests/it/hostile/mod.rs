@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use crate::common::*;
 
+mod bounds;
 mod messages;
 
 /// Run the binary with `RUST_BACKTRACE=1` set, as on many developer machines and CI
