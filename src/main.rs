@@ -10,6 +10,7 @@ use peft::cli::{run, Cli};
 fn main() -> ExitCode {
     end_quietly_on_a_closed_pipe();
     keep_freed_memory();
+    no_backtraces_in_error_messages();
     let cli = Cli::parse();
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
@@ -25,6 +26,19 @@ fn main() -> ExitCode {
                 ExitCode::from(1)
             }
         }
+    }
+}
+
+/// With `RUST_BACKTRACE=1` in the environment (common on developer machines and CI),
+/// candle captures a backtrace into every error it builds and prints it as part of the
+/// message: a bad input became 60 lines. Errors are messages for the user, so library
+/// backtraces are off unless asked for by name (`RUST_LIB_BACKTRACE=1`); a panic, which
+/// is our bug, still prints its backtrace under `RUST_BACKTRACE`.
+fn no_backtraces_in_error_messages() {
+    if std::env::var_os("RUST_LIB_BACKTRACE").is_none() {
+        // Before any other thread exists and before any backtrace is captured (the
+        // standard library reads the variable once, on the first capture).
+        std::env::set_var("RUST_LIB_BACKTRACE", "0");
     }
 }
 

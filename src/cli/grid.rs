@@ -37,9 +37,68 @@ pub struct GridArgs {
     /// Print a job file that runs every cell on a scheduler.
     #[arg(long, value_enum)]
     pub emit: Option<Emit>,
+    #[command(flatten)]
+    pub job: JobArgs,
+}
+
+/// What `--emit` asks the scheduler for, per cell.
+#[derive(Args, Debug)]
+#[command(next_help_heading = "Job file (--emit)")]
+pub struct JobArgs {
+    /// CPUs per cell (also its compute threads).
+    #[arg(long, default_value_t = 4, requires = "emit")]
+    pub cpus: usize,
+    /// Memory per cell, as Slurm writes it (Kubernetes gets the same in Gi/Mi).
+    #[arg(long, default_value = "16G", requires = "emit")]
+    pub mem: String,
+    /// Wall-clock limit per cell, [D-]HH:MM:SS (Slurm).
+    #[arg(long, default_value = "08:00:00", requires = "emit")]
+    pub time: String,
+    /// GPUs per cell (Slurm --gres=gpu:N, Kubernetes nvidia.com/gpu).
+    #[arg(long, default_value_t = 0, requires = "emit")]
+    pub gpus: usize,
+    /// Slurm partition [default: the cluster's].
+    #[arg(long, requires = "emit")]
+    pub partition: Option<String>,
+    /// Seconds between SIGTERM and the end of a cell (time limit, pre-emption, eviction):
+    /// enough to finish a step and save a checkpoint.
+    #[arg(long, default_value_t = 120, requires = "emit")]
+    pub grace: u64,
+    /// Kubernetes: the container image with the peft binary.
+    #[arg(
+        long,
+        default_value = "ghcr.io/YOUR-ORG/peft:latest",
+        requires = "emit"
+    )]
+    pub image: String,
+    /// Kubernetes: the persistent volume claim with the plan, data and runs, mounted at /work.
+    #[arg(long, default_value = "peft-work", requires = "emit")]
+    pub volume_claim: String,
+    /// Kubernetes: cells (pods) at once.
+    #[arg(long, default_value_t = 4, requires = "emit")]
+    pub parallelism: usize,
+}
+
+impl JobArgs {
+    fn job(&self) -> Result<emit::Job> {
+        let job = emit::Job {
+            cpus: self.cpus,
+            mem: self.mem.clone(),
+            time: self.time.clone(),
+            gpus: self.gpus,
+            partition: self.partition.clone(),
+            grace_s: self.grace,
+            image: self.image.clone(),
+            volume_claim: self.volume_claim.clone(),
+            parallelism: self.parallelism,
+        };
+        job.check()?;
+        Ok(job)
+    }
 }
 
 pub fn run(args: GridArgs) -> Result<()> {
+    let job = args.emit.map(|_| args.job.job()).transpose()?;
     let plan = Plan::load(&args.plan)?;
     if plan.cells.is_empty() {
         crate::user_bail!("{}: the plan has no cells", args.plan.display());
@@ -57,18 +116,19 @@ pub fn run(args: GridArgs) -> Result<()> {
     if args.list {
         return list(&plan);
     }
-    if let Some(kind) = args.emit {
+    if let (Some(kind), Some(job)) = (args.emit, job) {
         let plan_path = absolute(&args.plan)?;
         let mut plan = plan;
         plan.output_dir = absolute(&plan.output_dir)?;
         let text = match kind {
             Emit::Slurm => emit::slurm(
                 &plan,
+                &job,
                 &std::env::current_exe()?,
                 &plan_path,
                 &std::env::current_dir()?,
             ),
-            Emit::K8s => emit::k8s(&plan, &args.plan),
+            Emit::K8s => emit::k8s(&plan, &job, &args.plan),
         };
         print!("{text}");
         return Ok(());
@@ -177,8 +237,7 @@ fn workers(plan: &Plan, plan_path: &Path, n: usize) -> Result<()> {
             }
             let dir = &cell.cfg.output_dir;
             std::fs::create_dir_all(dir).path_context("cannot create", dir)?;
-            let log = std::fs::File::create(dir.join("grid.log"))
-                .path_context("cannot create", &dir.join("grid.log"))?;
+            let log = run_dir::create_fresh(&dir.join("grid.log"))?;
             let child = Command::new(&exe)
                 .arg("grid")
                 .arg(plan_path)

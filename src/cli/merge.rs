@@ -48,10 +48,12 @@ pub fn run(args: MergeArgs) -> Result<()> {
             args.alpha
         )));
     }
+    refuse_a_run(&args.output, &args.run.checkpoint)?;
     let run = args.run.load()?;
     let mut weights = run.weights(args.alpha)?;
     fold_adapters(&mut weights, &run.info)?;
     prepare(&args.output, args.overwrite)?;
+    let lock = crate::run::lock::acquire(&args.output)?;
 
     let arch = run.config.model_type;
     let spec = run.info.train.task_spec(run.info.labels.as_deref())?;
@@ -78,15 +80,46 @@ pub fn run(args: MergeArgs) -> Result<()> {
         let src = run.model_dir.join(f);
         if src.is_file() {
             let dst = args.output.join(f);
-            std::fs::copy(&src, &dst).path_context("cannot copy to", &dst)?;
+            // Through a fresh temporary file, never std::fs::copy: that would write
+            // through a symlink planted at the destination.
+            let bytes = std::fs::read(&src).path_context("cannot read", &src)?;
+            run_dir::write_atomic(&dst, &bytes)?;
         }
     }
+    // A model directory, not a run: the lock file goes before the lock does (a writer
+    // that comes later is welcome; one that came during the merge was refused).
+    let _ = std::fs::remove_file(args.output.join(crate::run::lock::LOCK));
+    drop(lock);
     println!(
         "wrote {} ({} tensors, alpha {})",
         args.output.display(),
         named.len(),
         args.alpha
     );
+    Ok(())
+}
+
+/// `--output` may not be the run being merged, nor any other run: `--overwrite` would
+/// replace that run's config.json with a model's.
+fn refuse_a_run(output: &Path, checkpoint: &Path) -> Result<()> {
+    let same = match (output.canonicalize(), checkpoint.canonicalize()) {
+        (Ok(a), Ok(b)) => a == b,
+        _ => false,
+    };
+    if same {
+        return Err(user(format!(
+            "--output {} is the run being merged; write the model to another directory",
+            output.display()
+        )));
+    }
+    if output.join(run_dir::BEST).exists() || output.join(run_dir::METRICS).exists() {
+        return Err(user(format!(
+            "--output {} holds a peft run ({} or {}); write the model to another directory",
+            output.display(),
+            run_dir::BEST,
+            run_dir::METRICS
+        )));
+    }
     Ok(())
 }
 

@@ -23,18 +23,20 @@ pub fn train_one(cfg: &TrainConfig, overwrite: bool, resume: bool) -> Result<()>
     Ok(())
 }
 
-/// The first Ctrl-C asks the loop to finish its step and save a resumable checkpoint;
-/// a second one stops at once.
+/// The first Ctrl-C, or SIGTERM (how Slurm and Kubernetes stop a job: pre-emption, time
+/// limits, `scancel`, pod eviction) or SIGHUP, asks the loop to finish its step and save a
+/// resumable checkpoint; a second one stops at once.
 pub fn catch_ctrl_c() {
     let installed = ctrlc::set_handler(|| {
         if INTERRUPTED.swap(true, Ordering::SeqCst) {
             std::process::exit(130);
         }
         eprintln!(
-            "\ninterrupt: finishing this step and saving a checkpoint (Ctrl-C again to quit now)"
+            "\nstop requested (Ctrl-C or SIGTERM): finishing this step and saving a checkpoint \
+             (Ctrl-C again to quit now)"
         );
     });
     if let Err(e) = installed {
-        eprintln!("warning: Ctrl-C will stop without a checkpoint: {e}");
+        eprintln!("warning: Ctrl-C and SIGTERM will stop without a checkpoint: {e}");
     }
 }

@@ -1,21 +1,19 @@
 //! One cell on disk: where it stands, and the lock that lets one process run it.
 //!
-//! The lock is `grid.lock` in the cell's run directory, held with the operating system's
-//! advisory file lock (flock on Linux, also over NFS): it goes when its process does,
-//! however that process ends, so a killed cell never blocks the next try. A cell whose
-//! run failed leaves `grid-failed.txt` with the error, removed when it is tried again.
+//! The lock is the run directory's own (`run.lock`, `run::lock`), which every command
+//! that writes a run takes: it goes when its process does, however that process ends, so a
+//! killed cell never blocks the next try. A cell whose run failed leaves `grid-failed.txt` with the error, removed when it is tried again.
 
-use std::fs::{File, TryLockError};
 use std::path::{Path, PathBuf};
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 
 use super::Cell;
-use crate::error::{user, PathContext};
+use crate::error::PathContext;
 use crate::run::checkpoint::RESUME;
 use crate::run::dir::{self as run_dir, RunInfo};
+use crate::run::lock::{self, RunLock};
 
-pub const LOCK: &str = "grid.lock";
 pub const FAILED: &str = "grid-failed.txt";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -64,7 +62,7 @@ pub fn status(cell: &Cell) -> Result<Status> {
     if !d.exists() {
         return Ok(Status::Todo);
     }
-    if locked_elsewhere(&d.join(LOCK))? {
+    if lock::held_elsewhere(d)? {
         return Ok(Status::Running);
     }
     if finished(d) {
@@ -77,21 +75,9 @@ pub fn status(cell: &Cell) -> Result<Status> {
     })
 }
 
-/// Whether another process holds the lock file (trying it, and letting go at once).
-fn locked_elsewhere(path: &Path) -> Result<bool> {
-    let Ok(f) = File::open(path) else {
-        return Ok(false);
-    };
-    match f.try_lock() {
-        Ok(()) => Ok(false),
-        Err(TryLockError::WouldBlock) => Ok(true),
-        Err(TryLockError::Error(e)) => Err(e).path_context("cannot lock", path),
-    }
-}
-
 /// The right to run a cell, held until dropped.
 pub struct Claim {
-    _lock: File,
+    _lock: RunLock,
     dir: PathBuf,
     pub work: Work,
 }
@@ -100,25 +86,7 @@ pub struct Claim {
 /// process runs it.
 pub fn claim(cell: &Cell) -> Result<Claim> {
     let d = dir(cell);
-    std::fs::create_dir_all(d).path_context("cannot create run directory", d)?;
-    let path = d.join(LOCK);
-    let lock = File::options()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&path)
-        .path_context("cannot open", &path)?;
-    match lock.try_lock() {
-        Ok(()) => {}
-        Err(TryLockError::WouldBlock) => {
-            return Err(user(format!(
-                "cell {} is being run by another process (it holds {})",
-                cell.index,
-                path.display()
-            )))
-        }
-        Err(TryLockError::Error(e)) => return Err(e).path_context("cannot lock", &path),
-    }
+    let lock = lock::acquire(d).with_context(|| format!("cell {}", cell.index))?;
     let work = if !d.join(run_dir::CONFIG).exists() {
         Work::Train
     } else {

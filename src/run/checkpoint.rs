@@ -24,7 +24,7 @@ pub use super::dir::RESUME;
 const FORMAT: &str = "peft-resume-1";
 
 /// Where training stands after an optimizer step.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Progress {
     /// Optimizer steps taken (skipped non-finite steps included).
     pub step: usize,
@@ -78,7 +78,7 @@ pub fn save(
     ]
     .into_iter()
     .collect();
-    replace_file(path, |tmp| {
+    replace_file(path, |_, tmp| {
         safetensors::serialize_to_file(tensors, Some(meta), tmp)
             .map_err(|e| user(format!("cannot write {}: {e}", tmp.display())))
     })
@@ -104,8 +104,7 @@ pub fn load(path: &Path) -> Result<Resumed> {
             .cloned()
             .ok_or_else(|| bad(format!("the metadata lacks {key}")))
     };
-    let progress: Progress = serde_json::from_str(&field("progress")?)
-        .map_err(|e| bad(format!("bad progress record: {e}")))?;
+    let progress = parse_progress(&field("progress")?).map_err(bad)?;
     let opt_step: usize = field("optimizer_step")?
         .parse()
         .map_err(|e| bad(format!("optimizer_step: {e}")))?;
@@ -139,6 +138,12 @@ pub fn load(path: &Path) -> Result<Resumed> {
             .ok_or_else(|| bad(format!("no second moment for {name}")))?;
         moments.insert(name, (mt, vt));
     }
+    if let Some(name) = v.keys().next() {
+        return Err(bad(format!(
+            "`adam_v/{name}` has no first moment `adam_m/{name}`"
+        )));
+    }
+    check_progress(&progress, opt_step).map_err(bad)?;
     Ok(Resumed {
         params,
         optimizer: OptimizerState {
@@ -149,6 +154,200 @@ pub fn load(path: &Path) -> Result<Resumed> {
         },
         progress,
     })
+}
+
+/// The progress record, naming the field that is not one (serde's message gives only the
+/// position): each field is tried alone in a default record.
+fn parse_progress(text: &str) -> std::result::Result<Progress, String> {
+    let err = match serde_json::from_str(text) {
+        Ok(p) => return Ok(p),
+        Err(e) => e,
+    };
+    let fields: Option<serde_json::Map<String, serde_json::Value>> =
+        serde_json::from_str(text).ok();
+    let culprit = fields.into_iter().flatten().find_map(|(key, v)| {
+        let mut probe = serde_json::to_value(Progress::default()).ok()?;
+        probe[key.as_str()] = v;
+        serde_json::from_value::<Progress>(probe)
+            .is_err()
+            .then_some(key)
+    });
+    Err(match culprit {
+        Some(key) => format!("bad progress record: field {key}: {err}"),
+        None => format!("bad progress record: {err}"),
+    })
+}
+
+/// What a checkpoint says of itself must hold whatever run it belongs to: counts that only
+/// grow with the steps taken, finite sums and times (the start instant is recovered by
+/// subtracting `elapsed_s` from now, which a forged value would overflow).
+fn check_progress(p: &Progress, opt_step: usize) -> std::result::Result<(), String> {
+    for (field, n) in [
+        ("skipped", p.skipped),
+        ("loss_n", p.loss_n),
+        ("optimizer_step", opt_step),
+    ] {
+        if n > p.step {
+            return Err(format!(
+                "{field} {n} exceeds the steps taken (step {})",
+                p.step
+            ));
+        }
+    }
+    for (field, x) in [
+        ("loss_sum", p.loss_sum),
+        ("train_time", p.train_time),
+        ("elapsed_s", p.elapsed_s),
+    ] {
+        if !x.is_finite() || (field != "loss_sum" && x < 0.0) {
+            return Err(format!("progress field {field} is {x}"));
+        }
+    }
+    let start = std::time::Duration::try_from_secs_f64(p.elapsed_s)
+        .ok()
+        .and_then(|d| std::time::Instant::now().checked_sub(d));
+    if start.is_none() {
+        return Err(format!(
+            "progress field elapsed_s {} is out of range",
+            p.elapsed_s
+        ));
+    }
+    for (field, r) in [("best", &p.best), ("last", &p.last)] {
+        if let Some(r) = r.as_ref().filter(|r| r.step > p.step) {
+            return Err(format!(
+                "progress field {field} is an evaluation at step {}, after the steps taken \
+                 (step {})",
+                r.step, p.step
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// The run a checkpoint resumes, as built from its config.json: what the progress and
+/// the tensors must fit.
+pub struct RunShape<'a> {
+    pub vars: &'a BTreeMap<String, Var>,
+    pub steps_per_epoch: usize,
+    /// Optimizer steps of the whole run.
+    pub total: usize,
+    /// Micro-batches per optimizer step (--grad-accum).
+    pub micro_batches: usize,
+    pub spec: &'a crate::data::TaskSpec,
+}
+
+impl Resumed {
+    /// A checkpoint is input (a copied, edited or foreign file): it must belong to this
+    /// run, or it is refused naming the file and the field or tensor, before anything is
+    /// restored or rewritten. Progress past the run's last step would mark it finished
+    /// with nothing trained; an epoch past its last would replay data orders for ever.
+    pub fn check(&self, path: &Path, run: &RunShape) -> Result<()> {
+        let bad = |why: String| user(format!("{}: {why}", path.display()));
+        let p = &self.progress;
+        // A run saves no resume state at its last step: it finishes instead.
+        if p.step >= run.total {
+            return Err(bad(format!(
+                "progress step {} is not before the run's last step ({})",
+                p.step, run.total
+            )));
+        }
+        // The step is the epochs done plus the steps into this one (an epoch's end is
+        // saved with all its steps taken, before the next one starts).
+        let at = p
+            .epoch
+            .checked_mul(run.steps_per_epoch)
+            .and_then(|s| s.checked_add(p.steps_in_epoch));
+        if p.steps_in_epoch > run.steps_per_epoch || at != Some(p.step) {
+            return Err(bad(format!(
+                "progress epoch {} and steps_in_epoch {} do not make step {} at {} steps \
+                 per epoch: not a checkpoint of this run and data",
+                p.epoch, p.steps_in_epoch, p.step, run.steps_per_epoch
+            )));
+        }
+        // Each micro-batch draws a few dropout masks per layer, far fewer than 2^16; the
+        // bound keeps a forged count from overflowing the counter as training goes on.
+        let calls = (p.step as u64)
+            .saturating_mul(run.micro_batches as u64)
+            .saturating_mul(1 << 16);
+        if p.dropout_calls > calls {
+            return Err(bad(format!(
+                "progress dropout_calls {} is more than {} steps can draw",
+                p.dropout_calls, p.step
+            )));
+        }
+        // The recorded evaluations are shown by each of the task's metrics on every split
+        // they hold (`record::describe`).
+        for (field, r) in [("best", &p.best), ("last", &p.last)] {
+            let Some(r) = r else { continue };
+            for (split, metrics) in &r.dev {
+                if let Some(m) = run
+                    .spec
+                    .metrics
+                    .iter()
+                    .find(|m| !metrics.contains_key(m.key()))
+                {
+                    return Err(bad(format!(
+                        "progress field {field} lacks {} on dev split {split}",
+                        m.key()
+                    )));
+                }
+            }
+        }
+        self.check_tensors(run.vars).map_err(bad)
+    }
+
+    /// The run's trainable tensors and both of Adam's moments for each, nothing else, of
+    /// the variables' shapes, f32 and finite (a second moment is a mean of squares).
+    fn check_tensors(&self, vars: &BTreeMap<String, Var>) -> std::result::Result<(), String> {
+        let msg = |e: candle_core::Error| e.to_string();
+        for (kind, names) in [
+            ("param", self.params.keys().collect::<Vec<_>>()),
+            ("adam_m", self.optimizer.moments.keys().collect()),
+        ] {
+            if let Some(name) = names.into_iter().find(|n| !vars.contains_key(*n)) {
+                return Err(format!("`{kind}/{name}` is not a tensor this run trains"));
+            }
+        }
+        for (name, var) in vars {
+            let param = self.params.get(name);
+            let moments = self.optimizer.moments.get(name);
+            let tensors = [
+                ("param", param),
+                ("adam_m", moments.map(|(m, _)| m)),
+                ("adam_v", moments.map(|(_, v)| v)),
+            ];
+            for (kind, t) in tensors {
+                let Some(t) = t else {
+                    return Err(format!("lacks `{kind}/{name}`, which the run trains"));
+                };
+                if t.dims() != var.dims() {
+                    return Err(format!(
+                        "`{kind}/{name}` has shape {:?}, the run's tensor {:?}",
+                        t.dims(),
+                        var.dims()
+                    ));
+                }
+                if t.dtype() != candle_core::DType::F32 {
+                    return Err(format!(
+                        "`{kind}/{name}` has dtype {:?}; a checkpoint holds f32",
+                        t.dtype()
+                    ));
+                }
+                if !super::dir::all_finite(t).map_err(|e| e.to_string())? {
+                    return Err(format!("`{kind}/{name}` holds NaN or infinite values"));
+                }
+                if kind == "adam_v"
+                    && t.min_all()
+                        .and_then(|m| m.to_scalar::<f32>())
+                        .map_err(msg)?
+                        < 0.0
+                {
+                    return Err(format!("`adam_v/{name}` is negative somewhere"));
+                }
+            }
+        }
+        Ok(())
+    }
 }
 
 fn cpu(t: &Tensor) -> Result<Tensor> {

@@ -19,7 +19,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::error::{user, PathContext};
-use crate::settings::TrainConfig;
+use crate::settings::{Overrides, TrainConfig};
 
 pub const CONFIG: &str = "config.json";
 pub const METRICS: &str = "metrics.jsonl";
@@ -53,8 +53,101 @@ impl RunInfo {
         let path = dir.join(CONFIG);
         let text = std::fs::read_to_string(&path)
             .path_context("not a run directory: cannot read", &path)?;
-        serde_json::from_str(&text).map_err(|e| user(format!("{}: {e}", path.display())))
+        let info: Self =
+            serde_json::from_str(&text).map_err(|e| user(format!("{}: {e}", path.display())))?;
+        info.check(&path)?;
+        Ok(info)
     }
+
+    /// config.json is input like the flags (an edited file, one copied from elsewhere):
+    /// every reader (train --resume, eval, predict, merge, diff, sweeps and grid cells)
+    /// gets settings that `peft train` would have accepted, or a refusal naming the file
+    /// and the key, rather than a division by zero or a hang later on.
+    fn check(&self, path: &Path) -> Result<()> {
+        let bad = |why: String| user(format!("{}: {why}", path.display()));
+        check_settings(&self.train).map_err(|e| bad(format!("train: {e:#}")))?;
+        let spec = self
+            .train
+            .task_spec(self.labels.as_deref())
+            .map_err(|e| bad(format!("{e:#}")))?;
+        let custom_classes = self.train.task == crate::data::custom::CUSTOM
+            && matches!(
+                spec.problem,
+                crate::data::tasks::Problem::Classification { .. }
+            );
+        match &self.labels {
+            Some(_) if !custom_classes => {
+                return Err(bad(format!(
+                    "`labels` are recorded for custom classification only; task {} has its own",
+                    self.train.task
+                )))
+            }
+            // As the training file's distinct values would give them.
+            Some(labels) => {
+                let mut seen = std::collections::HashSet::new();
+                if labels.len() < 2 || labels.iter().any(|l| l.is_empty() || !seen.insert(l)) {
+                    return Err(bad(format!(
+                        "`labels` {labels:?}: a classification run records two or more \
+                         distinct, non-empty class names"
+                    )));
+                }
+            }
+            None => {}
+        }
+        // The head is sized by the task: another count would be another task's head.
+        if self.num_labels != spec.num_labels() {
+            return Err(bad(format!(
+                "`num_labels` is {}, but task {} has {}",
+                self.num_labels,
+                self.train.task,
+                spec.num_labels()
+            )));
+        }
+        // What the run trains: every run trains something (the head at least), once each.
+        let mut seen = std::collections::HashSet::new();
+        if let Some(dup) = self.trainable_tensors.iter().find(|n| !seen.insert(*n)) {
+            return Err(bad(format!("`trainable_tensors` lists `{dup}` twice")));
+        }
+        if self.trainable_tensors.is_empty() {
+            return Err(bad(
+                "`trainable_tensors` is empty: the run trained nothing".into()
+            ));
+        }
+        if self.trainable_params > self.total_params {
+            return Err(bad(format!(
+                "`trainable_params` {} exceeds `total_params` {}",
+                self.trainable_params, self.total_params
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// A run's recorded settings, checked as the flags are: read back as overrides and
+/// resolved (each value's range, the flags that apply to the method and task, the custom
+/// data's files), and nothing left for the defaults to fill that the run depends on (a
+/// LoRA run without `lora_r` would silently score without its adapters).
+fn check_settings(train: &TrainConfig) -> Result<()> {
+    let recorded = serde_json::to_value(train)?;
+    let resolved = serde_json::from_value::<Overrides>(recorded.clone())
+        .map_err(|e| user(e.to_string()))?
+        .resolve()?;
+    let resolved = serde_json::to_value(resolved)?;
+    // `data_dir` may be filled from $PEFT_GLUE_DIR, and `lora_rslora` reads as false when
+    // absent (runs written before it existed).
+    const MAY_BE_ABSENT: [&str; 2] = ["data_dir", "lora_rslora"];
+    if let (Some(recorded), Some(resolved)) = (recorded.as_object(), resolved.as_object()) {
+        for (key, v) in resolved {
+            let absent = recorded.get(key).is_none_or(|r| r.is_null());
+            if absent && !v.is_null() && !MAY_BE_ABSENT.contains(&key.as_str()) {
+                return Err(user(format!(
+                    "`{key}` is missing; a run of method {} records it",
+                    train.method
+                )));
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Refuse to clobber an earlier run unless asked to.
@@ -88,27 +181,86 @@ pub fn prepare(dir: &Path, overwrite: bool) -> Result<()> {
 
 /// Write `path` through `write` into a temporary file beside it, fsync, and rename it into
 /// place: a crash or a full disk leaves the previous file as it was, never a truncated one.
-pub fn replace_file(path: &Path, write: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
-    let mut name = path.file_name().unwrap_or_default().to_os_string();
-    // The process id keeps two processes writing one file (grid cells sharing a Fisher
-    // cache entry) off each other's temporary file; the last rename wins whole.
-    name.push(format!(".{}.tmp", std::process::id()));
-    let tmp = path.with_file_name(name);
-    let result = write(&tmp).and_then(|()| {
-        std::fs::File::open(&tmp)
-            .and_then(|f| f.sync_all())
-            .path_context("cannot sync", &tmp)?;
-        std::fs::rename(&tmp, path).path_context("cannot rename into place", path)
-    });
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
+///
+/// The temporary file is created exclusively (O_EXCL) under an unpredictable name, so a
+/// symlink planted in a shared folder at a guessable name is never written through, and
+/// two processes writing one file (grid cells sharing a Fisher cache entry) never share a
+/// temporary file; the last rename wins whole. `write` gets the open file and its path:
+/// it writes into the file, or replaces the path by a rename of its own (safetensors'
+/// `serialize_to_file` does, from its own exclusive temporary file); it never opens the
+/// path for writing, which would follow a link swapped in meanwhile.
+pub fn replace_file(
+    path: &Path,
+    write: impl FnOnce(&mut std::fs::File, &Path) -> Result<()>,
+) -> Result<()> {
+    let dir = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    let name = path.file_name().unwrap_or_default().to_string_lossy();
+    let prefix = format!(".{name}.");
+    let mut builder = tempfile::Builder::new();
+    builder.prefix(&prefix).suffix(".tmp");
+    // The mode std::fs::write would give (0666 less the umask), not tempfile's 0600: run
+    // directories in a shared folder stay readable by the group.
+    #[cfg(unix)]
+    builder.permissions(std::os::unix::fs::PermissionsExt::from_mode(0o666));
+    let result = builder
+        .tempfile_in(dir)
+        .path_context("cannot create a temporary file in", dir)
+        .and_then(|mut tmp| {
+            let tmp_path = tmp.path().to_path_buf();
+            let mode = tmp
+                .as_file()
+                .metadata()
+                .path_context("cannot stat", &tmp_path)?
+                .permissions();
+            write(tmp.as_file_mut(), &tmp_path)?;
+            // If `write` renamed a file of its own onto the path, that is the file to give
+            // our mode and to sync: reopened without following a link, so a link planted
+            // there meanwhile is refused, never changed.
+            let written = open_no_follow(&tmp_path).path_context("cannot reopen", &tmp_path)?;
+            written
+                .set_permissions(mode)
+                .and_then(|()| written.sync_all())
+                .path_context("cannot sync", &tmp_path)?;
+            // A failed persist drops (and so removes) the temporary file.
+            tmp.persist(path)
+                .map_err(|e| e.error)
+                .path_context("cannot rename into place", path)?;
+            Ok(())
+        });
     result.with_context(|| format!("{} was left as it was", path.display()))
 }
 
+fn open_no_follow(path: &Path) -> std::io::Result<std::fs::File> {
+    let mut options = std::fs::File::options();
+    options.read(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::custom_flags(&mut options, libc::O_NOFOLLOW);
+    options.open(path)
+}
+
+/// A new, empty file at `path` for a log that is written as it goes: whatever was there
+/// is removed and the file created exclusively, so a symlink planted at the name is
+/// removed, never written through (one planted in between makes the create fail).
+pub fn create_fresh(path: &Path) -> Result<std::fs::File> {
+    match std::fs::remove_file(path) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e).path_context("cannot remove", path),
+    }
+    std::fs::File::options()
+        .write(true)
+        .create_new(true)
+        .open(path)
+        .path_context("cannot create", path)
+}
+
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    replace_file(path, |tmp| {
-        std::fs::write(tmp, bytes).path_context("cannot write", tmp)
+    replace_file(path, |file, tmp| {
+        use std::io::Write;
+        file.write_all(bytes).path_context("cannot write", tmp)
     })
 }
 
@@ -117,7 +269,7 @@ pub fn save_tensors(path: &Path, tensors: &HashMap<String, Tensor>) -> Result<()
         .iter()
         .map(|(k, v)| Ok((k.clone(), v.to_device(&Device::Cpu)?)))
         .collect::<Result<_>>()?;
-    replace_file(path, |tmp| {
+    replace_file(path, |_, tmp| {
         candle_core::safetensors::save(&cpu, tmp)
             .map_err(|e| user(format!("cannot write {}: {e}", tmp.display())))
     })
@@ -143,6 +295,14 @@ pub fn load_tensors(path: &Path) -> Result<HashMap<String, Tensor>> {
             Ok((name, t))
         })
         .collect()
+}
+
+/// Whether every value of `t` is finite: 0·x is 0 for a finite x and NaN for NaN or an
+/// infinity, so the sum is NaN exactly when some value is not finite (on any device, with
+/// one tensor's copy at a time).
+pub fn all_finite(t: &Tensor) -> Result<bool> {
+    let zeros = t.to_dtype(candle_core::DType::F32)?.affine(0.0, 0.0)?;
+    Ok(!zeros.sum_all()?.to_scalar::<f32>()?.is_nan())
 }
 
 /// Add one evaluation to `metrics.jsonl`. The file is rewritten whole (it is small), so
@@ -226,8 +386,8 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let p = tmp.path().join("trainable.safetensors");
         write_atomic(&p, b"good").unwrap();
-        let err = replace_file(&p, |t| {
-            std::fs::write(t, b"half").unwrap();
+        let err = replace_file(&p, |f, _| {
+            std::io::Write::write_all(f, b"half").unwrap();
             Err(user("No space left on device"))
         })
         .unwrap_err();
@@ -235,6 +395,38 @@ mod tests {
         assert_eq!(std::fs::read(&p).unwrap(), b"good");
         let names: Vec<_> = std::fs::read_dir(tmp.path()).unwrap().collect();
         assert_eq!(names.len(), 1, "the temporary file was not removed");
+    }
+
+    #[test]
+    #[cfg(unix)]
+    fn a_symlink_planted_at_the_old_temporary_names_is_not_written_through() {
+        let tmp = tempfile::tempdir().unwrap();
+        let target = tmp.path().join("victim");
+        std::fs::write(&target, b"precious").unwrap();
+        let p = tmp.path().join("out.tsv");
+        // The names earlier versions used (NAME.<pid>.tmp), and the prefix ours start with.
+        for planted in [
+            format!("out.tsv.{}.tmp", std::process::id()),
+            ".out.tsv.tmp".to_string(),
+        ] {
+            std::os::unix::fs::symlink(&target, tmp.path().join(planted)).unwrap();
+        }
+        write_atomic(&p, b"ours").unwrap();
+        assert_eq!(std::fs::read(&target).unwrap(), b"precious");
+        assert_eq!(std::fs::read(&p).unwrap(), b"ours");
+        assert!(!std::fs::symlink_metadata(&p)
+            .unwrap()
+            .file_type()
+            .is_symlink());
+    }
+
+    #[test]
+    fn all_finite_finds_nan_and_infinities() {
+        let t = |v: &[f32]| Tensor::new(v, &Device::Cpu).unwrap();
+        assert!(all_finite(&t(&[0.0, -1.5, f32::MAX, f32::MIN_POSITIVE])).unwrap());
+        for bad in [f32::NAN, f32::INFINITY, f32::NEG_INFINITY] {
+            assert!(!all_finite(&t(&[1.0, bad, 2.0])).unwrap(), "{bad}");
+        }
     }
 
     #[test]

@@ -4,6 +4,7 @@
 
 pub mod checkpoint;
 pub mod dir;
+pub mod lock;
 pub mod peft_format;
 pub mod record;
 pub mod weights;

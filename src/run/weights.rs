@@ -1,10 +1,10 @@
 //! A run's weights as `peft eval`, `peft merge`, `peft diff` and `peft predict` rebuild them: the base checkpoint, the
 //! trained tensors, and WiSE-FT interpolation between the two (Wortsman et al., 2022).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use candle_core::{Device, Tensor};
 use clap::ValueEnum;
 
@@ -108,14 +108,94 @@ impl RunWeights {
                 }
             }
         }
-        Ok(Self {
+        let run = Self {
             info,
             model_dir,
             config,
             base,
             trained,
             file,
-        })
+        };
+        run.check_trained(checkpoint)?;
+        Ok(run)
+    }
+
+    /// A run's saved tensors are input (an edited, truncated or foreign file): exactly the
+    /// tensors config.json lists as trained, each finite, each one the method trains (by
+    /// its selection over the base's names), and together a model of the run's adapters
+    /// and head that uses every one of them. Otherwise a missing tensor would silently be
+    /// the base's, an extra one silently applied, a NaN scored as a class.
+    fn check_trained(&self, checkpoint: &Path) -> Result<()> {
+        let bad = |why: String| user(format!("{}: {why}", self.file.display()));
+        let listed: HashSet<&String> = self.info.trainable_tensors.iter().collect();
+        let mut names: Vec<&String> = self.trained.keys().collect();
+        names.sort();
+        if let Some(name) = names.iter().find(|n| !listed.contains(**n)) {
+            return Err(bad(format!(
+                "tensor `{name}` is not one the run trains (config.json's trainable_tensors \
+                 does not list it)"
+            )));
+        }
+        let info = &self.info;
+        if let Some(name) = info
+            .trainable_tensors
+            .iter()
+            .find(|n| !self.trained.contains_key(*n))
+        {
+            return Err(bad(format!(
+                "lacks tensor `{name}`, which config.json lists as trained (trainable_tensors)"
+            )));
+        }
+        for name in &names {
+            if !run_dir::all_finite(&self.trained[*name])? {
+                return Err(bad(format!("tensor `{name}` holds NaN or infinite values")));
+            }
+        }
+        // The tensor-level selection of each part of the method (masks only narrow it).
+        let parts: Vec<_> = info
+            .train
+            .method
+            .parts()
+            .iter()
+            .map(|m| m.select(self.base.keys()))
+            .collect();
+        let never = info
+            .trainable_tensors
+            .iter()
+            .find(|n| !parts.iter().any(|p| (p.trainable)(n)));
+        if let Some(name) = never {
+            return Err(user(format!(
+                "{}: `trainable_tensors` lists `{name}`, which method {} never trains",
+                checkpoint.join(run_dir::CONFIG).display(),
+                info.train.method
+            )));
+        }
+        // A model built as `model` builds it (on the CPU, the weights left as they are): a
+        // tensor of the wrong shape for its adapter, or one no part of it asks for, is not
+        // this run's.
+        let store = ParamStore::new(self.weights(1.0)?, Device::Cpu, 0, Box::new(|_| false));
+        let head = info.train.task_spec(info.labels.as_deref())?.head();
+        Model::load_with_adapters(
+            &store,
+            &self.config,
+            Some(head),
+            info.train.adapter().as_ref(),
+        )
+        .with_context(|| format!("{} is not a run of this model", self.file.display()))?;
+        if let Some(name) = store.created().first() {
+            return Err(bad(format!(
+                "lacks tensor `{name}`, which the run's model has"
+            )));
+        }
+        let used = store.all();
+        if let Some(name) = names.iter().find(|n| !used.contains_key(**n)) {
+            return Err(bad(format!(
+                "tensor `{name}` is part of no layer, adapter or head of the run's model \
+                 (method {})",
+                info.train.method
+            )));
+        }
+        Ok(())
     }
 
     /// A model trained elsewhere, scored on `train.task` (a GLUE task; `train.model` at

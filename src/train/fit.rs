@@ -69,6 +69,23 @@ fn seeds(seed: u64) -> (u64, u64, u64) {
 /// Train `cfg` into its output directory: a new run, or with `resume` the run already
 /// there, continued from its `resume.safetensors`.
 pub fn fit(cfg: &TrainConfig, overwrite: bool, resume: bool) -> Result<Summary> {
+    if resume {
+        // Said before the lock would create a directory for a run that is not there.
+        RunInfo::load(&cfg.output_dir)?;
+    }
+    // Before anything is checked or written: a second writer is refused while this one
+    // lives, naming it, and cannot mix its files with ours.
+    let created = !cfg.output_dir.exists();
+    let lock = crate::run::lock::acquire(&cfg.output_dir)?;
+    let done = fit_locked(cfg, overwrite, resume);
+    if done.is_err() && created {
+        // A run refused before it wrote anything leaves no directory behind.
+        lock.remove_if_empty();
+    }
+    done
+}
+
+fn fit_locked(cfg: &TrainConfig, overwrite: bool, resume: bool) -> Result<Summary> {
     let (mut run, mut p) = Run::prepare(cfg, overwrite, resume)?;
     let epochs = run.total.div_ceil(run.steps_per_epoch);
     'epochs: for epoch in p.epoch..epochs {
@@ -256,8 +273,30 @@ impl<'a> Run<'a> {
             }
         };
 
-        let steps_per_epoch = train.len().div_ceil(cfg.batch_size * cfg.grad_accum);
-        let total = cfg.max_steps.unwrap_or(cfg.epochs * steps_per_epoch);
+        // Settings that multiply past a counter are refused, naming where they came from.
+        let overflow = |what: String| {
+            let from = match resume {
+                true => format!("{}: train: ", out.join(run_dir::CONFIG).display()),
+                false => String::new(),
+            };
+            crate::error::user(format!("{from}{what} overflow the step counter"))
+        };
+        let step_size = cfg.batch_size.checked_mul(cfg.grad_accum).ok_or_else(|| {
+            overflow(format!(
+                "batch_size {} × grad_accum {}",
+                cfg.batch_size, cfg.grad_accum
+            ))
+        })?;
+        let steps_per_epoch = train.len().div_ceil(step_size);
+        let total = match cfg.max_steps {
+            Some(n) => n,
+            None => cfg.epochs.checked_mul(steps_per_epoch).ok_or_else(|| {
+                overflow(format!(
+                    "epochs {} × {steps_per_epoch} steps per epoch",
+                    cfg.epochs
+                ))
+            })?,
+        };
         let ctx = Ctx::train(dropout_seed).with_precision(cfg.precision);
         let mut order_rng = StdRng::seed_from_u64(order_seed);
         let lengths = train.lengths();
@@ -277,6 +316,15 @@ impl<'a> Run<'a> {
             last: None,
         };
         if let Some(r) = resumed {
+            // Before anything is restored or rewritten (metrics.jsonl below).
+            let shape = checkpoint::RunShape {
+                vars: &vars,
+                steps_per_epoch,
+                total,
+                micro_batches: cfg.grad_accum,
+                spec,
+            };
+            r.check(&out.join(RESUME), &shape)?;
             restore_params(&vars, &r.params)?;
             opt.restore(r.optimizer)?;
             ctx.set_calls(r.progress.dropout_calls);
@@ -284,7 +332,7 @@ impl<'a> Run<'a> {
             run_dir::truncate_metrics(out, p.step)?;
             // Each epoch's order draws from one stream: replay the finished epochs' draws.
             for _ in 0..p.epoch {
-                batches::bucketed(&lengths, cfg.batch_size * cfg.grad_accum, &mut order_rng);
+                batches::bucketed(&lengths, step_size, &mut order_rng);
             }
             eprintln!("resuming at step {} of {total}", p.step);
         }
@@ -483,6 +531,29 @@ fn same_base_and_labels(cfg: &TrainConfig, saved: &RunInfo, info: &RunInfo) -> R
             info.base.weights_file.display(),
             saved.base.sha256,
             info.base.sha256
+        );
+    }
+    // The checkpoint's tensors are checked against what trains now; config.json must say
+    // the same, as eval reads the run's tensors by it.
+    let listed = |i: &RunInfo| -> std::collections::BTreeSet<String> {
+        i.trainable_tensors.iter().cloned().collect()
+    };
+    let (said, trains) = (listed(saved), listed(info));
+    if let Some(name) = said.symmetric_difference(&trains).next() {
+        crate::user_bail!(
+            "{}: `trainable_tensors` {} `{name}`, but the run {} it: the file was edited or \
+             is another run's",
+            cfg.output_dir.join(run_dir::CONFIG).display(),
+            if said.contains(name) {
+                "lists"
+            } else {
+                "lacks"
+            },
+            if trains.contains(name) {
+                "trains"
+            } else {
+                "never trains"
+            },
         );
     }
     // Custom labels come from the training file: if it changed, head rows would

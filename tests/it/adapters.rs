@@ -372,11 +372,15 @@ fn eval_alpha_interpolates_between_base_and_run() {
     // alpha 0 is the base encoder under the trained head: a run that saved only its head.
     let head_only = tmp.path().join("head-only");
     std::fs::create_dir(&head_only).unwrap();
-    std::fs::copy(run.join("config.json"), head_only.join("config.json")).unwrap();
     let head: HashMap<String, Tensor> = tensors(&run.join("trainable.safetensors"))
         .into_iter()
         .filter(|(n, _)| n.starts_with("classifier."))
         .collect();
+    // Its config.json says so: a run's tensors are exactly those it lists as trained.
+    let mut cfg: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(run.join("config.json")).unwrap()).unwrap();
+    cfg["trainable_tensors"] = serde_json::json!(head.keys().collect::<Vec<_>>());
+    std::fs::write(head_only.join("config.json"), cfg.to_string()).unwrap();
     candle_core::safetensors::save(&head, head_only.join("trainable.safetensors")).unwrap();
     let base = eval_json(&["--checkpoint", head_only.to_str().unwrap()]);
     assert_eq!(

@@ -111,7 +111,7 @@ fn two_processes_race_for_a_cell_and_a_killed_one_resumes() {
     let second = peft(&["grid", p, "--index", "0"]);
     assert_eq!(second.status.code(), Some(2), "{}", stderr(&second));
     assert!(
-        stderr(&second).contains("being run by another process"),
+        stderr(&second).contains("being written by another process"),
         "{}",
         stderr(&second)
     );

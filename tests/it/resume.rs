@@ -81,11 +81,11 @@ fn signal(child: &Child, sig: i32) {
     assert_eq!(unsafe { libc::kill(child.id() as i32, sig) }, 0);
 }
 
-/// Start `args` (a new run into `out`) and press Ctrl-C once its first checkpoint is
-/// saved. Returns stderr once the interrupt landed mid-run: exit 130 with the checkpoint
+/// Start `args` (a new run into `out`) and send `sig` (SIGINT: Ctrl-C; SIGTERM: how Slurm
+/// and Kubernetes stop a job) once its first checkpoint is saved. Returns stderr once the interrupt landed mid-run: exit 130 with the checkpoint
 /// in place. A run that ended on its own before the signal proves nothing, so the run is
 /// started again in a cleared directory (three tries) rather than the test passing.
-fn interrupt_mid_run(args: &[String], out: &Path) -> String {
+fn interrupt_mid_run(args: &[String], out: &Path, sig: i32) -> String {
     for _ in 0..3 {
         let _ = std::fs::remove_dir_all(out);
         let mut child = spawn(args);
@@ -97,7 +97,7 @@ fn interrupt_mid_run(args: &[String], out: &Path) -> String {
                 String::from_utf8_lossy(&o.stderr)
             );
         }
-        signal(&child, libc::SIGINT);
+        signal(&child, sig);
         let o = child.wait_with_output().unwrap();
         let err = String::from_utf8_lossy(&o.stderr).into_owned();
         if o.status.success() {
@@ -168,7 +168,7 @@ fn ctrl_c_saves_a_checkpoint_that_resumes_to_the_same_run() {
 
     let out = tmp.path().join("interrupted");
     // The first epoch's checkpoint shows training is under way.
-    let err = interrupt_mid_run(&args(tmp.path(), &out, &[]), &out);
+    let err = interrupt_mid_run(&args(tmp.path(), &out, &[]), &out, libc::SIGINT);
     assert!(err.contains("peft train --resume"), "{err}");
     let done = metrics(&out).len();
     assert!(
@@ -182,6 +182,25 @@ fn ctrl_c_saves_a_checkpoint_that_resumes_to_the_same_run() {
     let o = peft(&bad.iter().map(String::as_str).collect::<Vec<_>>());
     assert_eq!(o.status.code(), Some(2));
 
+    ok(peft(
+        &resume(&out).iter().map(String::as_str).collect::<Vec<_>>(),
+    ));
+    assert_same_run(&reference, &out);
+}
+
+/// A scheduler's SIGTERM (pre-emption, time limit, scancel, eviction) does what Ctrl-C
+/// does: the step ends, a checkpoint is saved, exit 130, and the resumed run is the
+/// uninterrupted one bit for bit.
+#[test]
+fn sigterm_saves_a_checkpoint_that_resumes_to_the_same_run() {
+    let tmp = tempfile::tempdir().unwrap();
+    write_rte(tmp.path(), 48, 20);
+    let (reference, _) = reference(tmp.path(), tmp.path());
+    let out = tmp.path().join("terminated");
+    let err = interrupt_mid_run(&args(tmp.path(), &out, &[]), &out, libc::SIGTERM);
+    assert!(err.contains("SIGTERM"), "{err}");
+    assert!(err.contains("peft train --resume"), "{err}");
+    assert!(metrics(&out).len() < metrics(&reference).len());
     ok(peft(
         &resume(&out).iter().map(String::as_str).collect::<Vec<_>>(),
     ));
@@ -254,7 +273,7 @@ fn a_full_disk_during_a_save_leaves_the_previous_checkpoint() {
     let tmp = tempfile::tempdir().unwrap();
     write_rte(tmp.path(), 48, 20);
     let out = tmp.path().join("run");
-    interrupt_mid_run(&args(tmp.path(), &out, &[]), &out);
+    interrupt_mid_run(&args(tmp.path(), &out, &[]), &out, libc::SIGINT);
     let before: Vec<(PathBuf, Vec<u8>)> = [RESUME, "trainable.safetensors"]
         .iter()
         .map(|f| (out.join(f), std::fs::read(out.join(f)).unwrap()))
