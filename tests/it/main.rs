@@ -12,6 +12,7 @@ mod custom;
 mod errors;
 mod fisher;
 mod frozen;
+mod fuzz;
 mod grid;
 mod hostile;
 mod hub;
