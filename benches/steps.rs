@@ -5,23 +5,15 @@
 use candle_core::Device;
 use criterion::{criterion_group, criterion_main, Criterion};
 use peft::bench::{random_bert, Forward, TrainStep};
-use peft::methods::Method;
+use peft::methods::REGISTRY;
 
 fn steps(c: &mut Criterion) {
     let (cfg, weights) = random_bert(2, 128, 4, 1000).expect("random model");
     let shape = (8, 64);
     let mut group = c.benchmark_group("bert-2x128 8x64");
     group.sample_size(20);
-    for method in [
-        Method::Full,
-        Method::Bitfit,
-        Method::Layernorm,
-        Method::Lora,
-        Method::Dora,
-        Method::Ia3,
-        Method::Loreft,
-        Method::ChildF,
-    ] {
+    // Every registered method that needs no Fisher file.
+    for method in REGISTRY.iter().copied().filter(|m| !m.needs_fisher()) {
         let mut step = TrainStep::new(&cfg, weights.clone(), &method.into(), &Device::Cpu, shape)
             .expect("step");
         group.bench_function(format!("step {}", method.name()), |b| {

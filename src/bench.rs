@@ -61,12 +61,14 @@ impl TrainStep {
         device: &Device,
         (b, t): (usize, usize),
     ) -> Result<Self> {
-        // Child-Tuning's default reserve and a tenth for the subset methods; the
-        // Fisher-ranked ones need a Fisher file and are refused by `select`.
+        // Child-Tuning's default reserve, a tenth for the subset methods and the top layer
+        // for top-layers; the Fisher-ranked ones need a Fisher file and are refused by
+        // `select`.
         let spec = MethodSpec {
             method: method.clone(),
             fraction: 0.1,
             reserve: 0.3,
+            layers: Some(1),
             seed: 0,
         };
         let sel = methods::select(&spec, &weights, None)?;
@@ -271,20 +273,19 @@ pub fn random_bert(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::methods::Method;
 
     #[test]
     fn a_random_bert_trains_a_step_for_every_method() {
         let (cfg, w) = random_bert(2, 32, 4, 100).unwrap();
         for method in [
-            Method::Full,
-            Method::Bitfit,
-            Method::Layernorm,
-            Method::ChildF,
-            Method::Lora,
-            Method::Dora,
-            Method::Ia3,
-            Method::Loreft,
+            methods::full::METHOD,
+            methods::bitfit::METHOD,
+            methods::layernorm::METHOD,
+            methods::child_f::METHOD,
+            methods::lora::METHOD,
+            methods::dora::METHOD,
+            methods::ia3::METHOD,
+            methods::loreft::METHOD,
         ] {
             let mut step =
                 TrainStep::new(&cfg, w.clone(), &method.into(), &Device::Cpu, (2, 8)).unwrap();

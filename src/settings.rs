@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 use crate::data::squad::{SpanOptions, MAX_ANSWER_LENGTH, N_BEST};
 use crate::data::{CustomData, CustomProblem, Source, TaskSpec, CUSTOM};
 use crate::error::{user, PathContext};
-use crate::methods::{Method, Methods};
+use crate::methods::{self, Method, MethodSpec, Methods};
 use crate::model::adapter::{IA3_TARGETS, TARGETS};
 use crate::model::reft::Positions;
 use crate::model::{AdapterConfig, AdapterKind, InaActivation, Precision};
@@ -238,8 +238,7 @@ settings! {
     #[arg(long, value_enum)]
     #[serde(default, skip_serializing_if = "Option::is_none")]
     problem: CustomProblem = when(c.custom, CustomProblem::Classification);
-    /// Which parameters train: full, bitfit, layernorm, fisher-layernorm, random-layernorm,
-    /// random, child-f, child-d, lora, ina or ia3; or a union of them joined by `+`
+    /// Which parameters train: {methods}; or a union of them joined by `+`
     /// (lora+layernorm: the adapters, every LayerNorm and the head).
     #[arg(long)]
     method: Methods = default(Methods::one(DEFAULT_METHOD));
@@ -250,6 +249,10 @@ settings! {
     /// child-f, child-d: Child-Tuning's reserve_p.
     #[arg(long)]
     reserve: f64 = when(c.method.takes_reserve(), 0.3);
+    /// top-layers: how many of the top encoder layers train (required).
+    #[arg(long)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    layers: usize = optional(c.method.has(methods::top_layers::METHOD));
     /// fisher-layernorm, child-d: rank by this fisher.safetensors (from `peft fisher`,
     /// e.g. a --global one) instead of estimating Fisher on the training set first.
     #[arg(long)]
@@ -272,7 +275,7 @@ settings! {
     #[arg(long)]
     fisher_batch_mean: usize = computed_opt({
         applies(o.fisher_batch_mean.is_some(), "fisher_batch_mean", c.method.needs_fisher(), c)?;
-        if c.method.has(Method::ChildD) && c.estimates_fisher(&o) {
+        if c.method.has(methods::child_d::METHOD) && c.estimates_fisher(&o) {
             Some(o.fisher_batch_mean.unwrap_or(CHILD_TUNING_FISHER_BATCH))
         } else {
             o.fisher_batch_mean
@@ -297,46 +300,46 @@ settings! {
     lora_targets: Vec<String> = when(c.method.lora(), strings(&["query", "value"]));
     /// ina: adapter rank.
     #[arg(long)]
-    ina_r: usize = when(c.method.has(Method::Ina), 4);
+    ina_r: usize = when(c.method.has(methods::ina::METHOD), 4);
     /// ina: scaling numerator, alpha/r.
     #[arg(long)]
-    ina_alpha: f64 = when(c.method.has(Method::Ina), 16.0);
+    ina_alpha: f64 = when(c.method.has(methods::ina::METHOD), 16.0);
     /// ina: dropout on the adapter's input.
     #[arg(long)]
-    ina_dropout: f64 = when(c.method.has(Method::Ina), 0.1);
+    ina_dropout: f64 = when(c.method.has(methods::ina::METHOD), 0.1);
     /// ina: modules to wrap (the authors' code: query, key and value).
     #[arg(long, value_delimiter = ',')]
-    ina_targets: Vec<String> = when(c.method.has(Method::Ina), strings(&["query", "key", "value"]));
+    ina_targets: Vec<String> = when(c.method.has(methods::ina::METHOD), strings(&["query", "key", "value"]));
     /// ina: Inh_p, the share of each token's max activation subtracted; 0 is plain LoRA.
     #[arg(long)]
-    ina_inhibition: f64 = when(c.method.has(Method::Ina), 0.1);
+    ina_inhibition: f64 = when(c.method.has(methods::ina::METHOD), 0.1);
     /// ina: activation after the inhibition (the authors' code: leaky-relu; the paper's
     /// text: gelu).
     #[arg(long, value_enum)]
-    ina_activation: InaActivation = when(c.method.has(Method::Ina), InaActivation::LeakyRelu);
+    ina_activation: InaActivation = when(c.method.has(methods::ina::METHOD), InaActivation::LeakyRelu);
     /// ia3: modules to scale, matched by suffix as PEFT matches them (`output.dense` is
     /// both dense output layers, which scale their input; the rest scale their output).
     #[arg(long, value_delimiter = ',')]
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    ia3_targets: Vec<String> = when(c.method.has(Method::Ia3), strings(IA3_TARGETS));
+    ia3_targets: Vec<String> = when(c.method.has(methods::ia3::METHOD), strings(IA3_TARGETS));
     /// loreft: rank of the rotation R (pyreft's low_rank_dimension; its GLUE runs use 1).
     #[arg(long)]
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    loreft_r: usize = when(c.method.has(Method::Loreft), 1);
+    loreft_r: usize = when(c.method.has(methods::loreft::METHOD), 1);
     /// loreft: layers whose output is edited, `all` or 0-based indices.
     #[arg(long, value_delimiter = ',')]
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    loreft_layers: Vec<String> = when(c.method.has(Method::Loreft), strings(&["all"]));
+    loreft_layers: Vec<String> = when(c.method.has(methods::loreft::METHOD), strings(&["all"]));
     /// loreft: tokens edited, as pyreft writes them: fN (the first N), lN (the last N real
     /// tokens, the final separator included) or fN+lM, each group with its own
     /// intervention; at most half of a sequence each (pyreft's GLUE runs: f1).
     #[arg(long)]
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    loreft_positions: String = when(c.method.has(Method::Loreft), "f1".to_string());
+    loreft_positions: String = when(c.method.has(methods::loreft::METHOD), "f1".to_string());
     /// loreft: dropout on the edited states (pyreft's GLUE runs: 0.05).
     #[arg(long)]
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    loreft_dropout: f64 = when(c.method.has(Method::Loreft), 0.05);
+    loreft_dropout: f64 = when(c.method.has(methods::loreft::METHOD), 0.05);
     /// Passes over the training set.
     #[arg(long)]
     epochs: usize = default(3);
@@ -498,12 +501,14 @@ const MAX_SEQ_LEN: usize = 128;
 const QA_MAX_SEQ_LEN: usize = 384;
 
 /// The method and seed when none is given; the table below and the context read them.
-const DEFAULT_METHOD: Method = Method::Full;
+const DEFAULT_METHOD: Method = methods::full::METHOD;
 const DEFAULT_SEED: u64 = 42;
 
 /// A field's help: its doc comment, with its default when it has a fixed one.
 fn help(doc: &[&str], default: Option<String>) -> String {
     let text = doc.iter().map(|l| l.trim()).collect::<Vec<_>>().join(" ");
+    // The method list comes from the registry, so a new method shows without an edit here.
+    let text = text.replace("{methods}", &Method::names());
     match default {
         Some(d) => format!("{} [default: {d}]", text.trim_end_matches('.')),
         None => text,
@@ -637,10 +642,17 @@ impl Overrides {
             false => crate::data::tasks::task(&task_name)?.name,
         };
         let method = self.method.clone().unwrap_or(Methods::one(DEFAULT_METHOD));
-        if method.takes_fraction() && self.fraction.is_none() {
-            return Err(user(format!(
-                "--method {method} needs --fraction (e.g. --fraction 0.1)"
-            )));
+        // The settings a method cannot do without, by key: each method says which.
+        let given = serde_json::to_value(&self)?;
+        for m in method.parts() {
+            for (key, example) in m.required() {
+                if given.get(key).is_none_or(|v| v.is_null()) {
+                    let flag = key.replace('_', "-");
+                    return Err(user(format!(
+                        "--method {method} needs --{flag} (e.g. --{flag} {example})"
+                    )));
+                }
+            }
         }
         let qa = !custom && crate::data::tasks::task(task)?.is_qa();
         let cfg = self.fill(&Context {
@@ -846,31 +858,37 @@ impl TrainConfig {
         )
     }
 
+    /// The method with the settings its selection reads.
+    pub fn method_spec(&self) -> MethodSpec {
+        MethodSpec {
+            method: self.method.clone(),
+            fraction: self.fraction.unwrap_or(1.0),
+            reserve: self.reserve.unwrap_or(1.0),
+            layers: self.layers,
+            seed: self.seed,
+        }
+    }
+
     /// The adapter a run with lora, dora, ina or ia3 adds.
     pub fn adapter(&self) -> Option<AdapterConfig> {
         let m = &self.method;
-        let adapter = [
-            Method::Lora,
-            Method::Dora,
-            Method::Ina,
-            Method::Ia3,
-            Method::Loreft,
-        ]
-        .into_iter()
-        .find(|a| m.has(*a))?;
-        match adapter {
-            Method::Lora | Method::Dora => Some(AdapterConfig {
-                kind: match adapter {
-                    Method::Dora => AdapterKind::Dora,
-                    _ => AdapterKind::Lora,
+        // Parsing allows one adapter kind per run, so at most one of these holds.
+        if m.lora() {
+            return Some(AdapterConfig {
+                kind: if m.has(methods::dora::METHOD) {
+                    AdapterKind::Dora
+                } else {
+                    AdapterKind::Lora
                 },
                 r: self.lora_r?,
                 alpha: self.lora_alpha?,
                 dropout: self.lora_dropout?,
                 targets: self.lora_targets.clone()?,
                 rslora: self.lora_rslora.unwrap_or(false),
-            }),
-            Method::Ina => Some(AdapterConfig {
+            });
+        }
+        if m.has(methods::ina::METHOD) {
+            return Some(AdapterConfig {
                 kind: AdapterKind::Ina {
                     inhibition: self.ina_inhibition?,
                     activation: self.ina_activation?,
@@ -880,31 +898,33 @@ impl TrainConfig {
                 dropout: self.ina_dropout?,
                 targets: self.ina_targets.clone()?,
                 rslora: false,
-            }),
-            Method::Loreft => {
-                let p = Positions::parse(self.loreft_positions.as_deref()?).ok()?;
-                Some(AdapterConfig {
-                    kind: AdapterKind::Loreft {
-                        first: p.first,
-                        last: p.last,
-                    },
-                    r: self.loreft_r?,
-                    alpha: 0.0,
-                    dropout: self.loreft_dropout?,
-                    targets: self.loreft_layers.clone()?,
-                    rslora: false,
-                })
-            }
-            Method::Ia3 => Some(AdapterConfig {
+            });
+        }
+        if m.has(methods::loreft::METHOD) {
+            let p = Positions::parse(self.loreft_positions.as_deref()?).ok()?;
+            return Some(AdapterConfig {
+                kind: AdapterKind::Loreft {
+                    first: p.first,
+                    last: p.last,
+                },
+                r: self.loreft_r?,
+                alpha: 0.0,
+                dropout: self.loreft_dropout?,
+                targets: self.loreft_layers.clone()?,
+                rslora: false,
+            });
+        }
+        if m.has(methods::ia3::METHOD) {
+            return Some(AdapterConfig {
                 kind: AdapterKind::Ia3,
                 r: 0,
                 alpha: 0.0,
                 dropout: 0.0,
                 targets: self.ia3_targets.clone()?,
                 rslora: false,
-            }),
-            _ => None,
+            });
         }
+        None
     }
 
     fn validate(&self) -> Result<()> {
@@ -1060,11 +1080,14 @@ mod tests {
         let cfg = flags.over(file).resolve().unwrap();
         assert_eq!(
             (cfg.lr, cfg.epochs, cfg.method),
-            (0.5, 2, Method::Layernorm.into())
+            (0.5, 2, methods::layernorm::METHOD.into())
         );
         assert_eq!(cfg.task, "rte");
         assert_eq!(cfg.output_dir, PathBuf::from("runs/rte-layernorm-42"));
-        assert_eq!(base().resolve().unwrap().lr, Method::Full.default_lr());
+        assert_eq!(
+            base().resolve().unwrap().lr,
+            methods::full::METHOD.default_lr()
+        );
     }
 
     /// Every file in configs/ is a built-in recipe listed in --help, and each resolves.
@@ -1114,7 +1137,11 @@ mod tests {
     /// `peft bench` builds a method's adapter from these: they must be a run's defaults.
     #[test]
     fn default_adapters_are_a_runs_defaults() {
-        for m in [Method::Lora, Method::Ina, Method::Full] {
+        for m in [
+            methods::lora::METHOD,
+            methods::ina::METHOD,
+            methods::full::METHOD,
+        ] {
             let run = Overrides {
                 method: Some(m.into()),
                 ..base()
@@ -1124,15 +1151,20 @@ mod tests {
             .adapter();
             assert_eq!(TrainConfig::default_adapter(m), run);
         }
-        assert!(TrainConfig::default_adapter(Method::Full).is_none());
-        assert_eq!(TrainConfig::default_adapter(Method::Ina).unwrap().r, 4);
+        assert!(TrainConfig::default_adapter(methods::full::METHOD).is_none());
+        assert_eq!(
+            TrainConfig::default_adapter(methods::ina::METHOD)
+                .unwrap()
+                .r,
+            4
+        );
     }
 
     #[test]
     fn fisher_samples_default_is_bounded_and_takes_all() {
         let ranked = |extra: Overrides| {
             Overrides {
-                method: Some(Method::FisherLayernorm.into()),
+                method: Some(methods::fisher_layernorm::METHOD.into()),
                 fraction: Some(0.2),
                 ..base()
             }
@@ -1155,7 +1187,7 @@ mod tests {
             serde_json::from_str(&serde_json::to_string(&cfg).unwrap()).unwrap();
         assert_eq!(back, cfg);
         let d = Overrides {
-            method: Some(Method::ChildD.into()),
+            method: Some(methods::child_d::METHOD.into()),
             ..base()
         }
         .resolve()

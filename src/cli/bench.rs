@@ -8,7 +8,7 @@ use anyhow::Result;
 use clap::Args;
 
 use crate::bench::{Forward, TrainStep};
-use crate::methods::{Method, Methods};
+use crate::methods::Methods;
 use crate::model::{read_checkpoint, Precision};
 use crate::settings::TrainConfig;
 
@@ -27,14 +27,12 @@ pub struct BenchArgs {
     /// Timed steps per method (after --warmup untimed ones).
     #[arg(long, default_value_t = 10)]
     pub steps: usize,
-    /// Methods to time, comma-separated, each one method or a union (lora+layernorm), at
-    /// their training defaults (LoRA r 8 on query and value, InA r 4 on query, key and
-    /// value, Child-Tuning F at reserve 0.3, subsets at a tenth; the Fisher-ranked methods
-    /// need a Fisher file).
+    /// Methods to time, comma-separated, each one method or a union (lora+layernorm).
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "full,bitfit,layernorm,lora"
+        default_value = "full,bitfit,layernorm,lora",
+        help = method_help()
     )]
     pub method: Vec<Methods>,
     /// loreft: the layers it edits, `all` or indices (its default: all).
@@ -60,6 +58,17 @@ pub struct BenchArgs {
     /// cpu, cuda or cuda:N.
     #[arg(long, default_value = "cpu")]
     pub device: String,
+}
+
+/// `--method`'s help, with every registered method.
+fn method_help() -> String {
+    format!(
+        "Methods to time, comma-separated, each one method or a union (lora+layernorm), at \
+         their training defaults (LoRA r 8 on query and value, InA r 4 on query, key and \
+         value, Child-Tuning F at reserve 0.3, subsets at a tenth, top-layers its top layer; \
+         the Fisher-ranked methods need a Fisher file): {}",
+        crate::methods::Method::names()
+    )
 }
 
 pub fn run(args: BenchArgs) -> Result<()> {
@@ -122,7 +131,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
         if let (Some(a), Some(layers), true) = (
             adapter.as_mut(),
             &args.loreft_layers,
-            method.has(Method::Loreft),
+            method.has(crate::methods::loreft::METHOD),
         ) {
             a.targets = layers.clone();
         }

@@ -152,13 +152,14 @@ impl RunWeights {
             }
         }
         // The tensor-level selection of each part of the method (masks only narrow it).
+        let spec = info.train.method_spec();
         let parts: Vec<_> = info
             .train
             .method
             .parts()
             .iter()
-            .map(|m| m.select(self.base.keys()))
-            .collect();
+            .map(|m| m.select(&spec, self.base.keys()))
+            .collect::<Result<_>>()?;
         let never = info
             .trainable_tensors
             .iter()
@@ -226,15 +227,15 @@ impl RunWeights {
                 base.retain(|k, _| !is_head(k));
                 match &a.config {
                     // LayerNorm tensors that replace the base's.
-                    None => train.method = crate::methods::Method::Layernorm.into(),
+                    None => train.method = crate::methods::layernorm::METHOD.into(),
                     Some(c) if c.kind == AdapterKind::Ia3 => {
-                        train.method = crate::methods::Method::Ia3.into();
+                        train.method = crate::methods::ia3::METHOD.into();
                         train.ia3_targets = Some(c.targets.clone());
                     }
                     Some(c) => {
                         train.method = match c.kind {
-                            AdapterKind::Dora => crate::methods::Method::Dora.into(),
-                            _ => crate::methods::Method::Lora.into(),
+                            AdapterKind::Dora => crate::methods::dora::METHOD.into(),
+                            _ => crate::methods::lora::METHOD.into(),
                         };
                         train.lora_r = Some(c.r);
                         train.lora_alpha = Some(c.alpha);

@@ -18,7 +18,7 @@ use crate::data::TaskSpec;
 use crate::eval::score;
 use crate::fisher::{estimate, Estimator, FisherOptions};
 use crate::loss;
-use crate::methods::{self, MethodSpec};
+use crate::methods;
 use crate::model::ModelConfig;
 use crate::model::{fit_head, load, read_checkpoint, Ctx, Model};
 use crate::optim::{accumulate, AdamWConfig, LinearSchedule, MaskedAdamW, NonFiniteGradient};
@@ -205,12 +205,7 @@ impl<'a> Run<'a> {
         } else {
             None
         };
-        let method = MethodSpec {
-            method: cfg.method.clone(),
-            fraction: cfg.fraction.unwrap_or(1.0),
-            reserve: cfg.reserve.unwrap_or(1.0),
-            seed: cfg.seed,
-        };
+        let method = cfg.method_spec();
         let selection = methods::select(&method, &weights, fisher.as_ref())?;
         drop(fisher);
         let (order_seed, dropout_seed, mask_seed) = seeds(cfg.seed);

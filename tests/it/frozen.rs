@@ -13,7 +13,14 @@ fn check(kind: &str, method: Method) {
         .join("tests/fixtures")
         .join(kind);
     let (cfg, weights) = read_checkpoint(&dir).unwrap();
-    let sel = method.select(weights.keys());
+    let spec = peft::methods::MethodSpec {
+        method: method.into(),
+        fraction: 1.0,
+        reserve: 1.0,
+        layers: None,
+        seed: 0,
+    };
+    let sel = method.select(&spec, weights.keys()).unwrap();
     let store = ParamStore::new(weights, Device::Cpu, 0, sel.trainable);
     let model = Model::load(&store, &cfg, Some(3)).unwrap();
     let ids: Vec<u32> = (0..24).map(|i| 5 + (i * 7) % 40).collect();
@@ -76,7 +83,7 @@ fn check(kind: &str, method: Method) {
 #[test]
 fn layernorm_and_bitfit_compute_no_gradient_for_frozen_matrices() {
     for kind in ["tiny-bert", "tiny-roberta"] {
-        check(kind, Method::Layernorm);
-        check(kind, Method::Bitfit);
+        check(kind, peft::methods::layernorm::METHOD);
+        check(kind, peft::methods::bitfit::METHOD);
     }
 }

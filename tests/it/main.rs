@@ -21,6 +21,7 @@ mod parity;
 mod parsers_proptest;
 mod precision;
 mod recompute;
+mod registry;
 mod resume;
 mod runs;
 mod squad;

@@ -1,83 +1,153 @@
 //! Methods decide which parameters train, and under what mask. Nothing else does.
 //!
-//! A method is a name predicate plus optional per-tensor masks for the one optimizer
-//! ([`crate::optim::MaskedAdamW`]). Two rules hold for every method: the task head
-//! (`classifier.*`) always trains, and so does any parameter the checkpoint lacks
-//! (a freshly initialised head or pooler), since a random frozen layer would be noise.
+//! A method is one file in this folder: a [`MethodDef`] with its name, its help line, its
+//! default learning rate, which tensors of the checkpoint it trains and the masks on them
+//! (for the optimizer, [`crate::optim::MaskedAdamW`]). [`REGISTRY`] lists them, in the
+//! order `--help`, the README's table and unknown-method messages show them; `--method`
+//! parsing, `peft bench --method`, unions and grids all go through it. Two rules hold for
+//! every method: the task head (`classifier.*`, `qa_outputs.*`) always trains, and so does
+//! any parameter the checkpoint lacks (a freshly initialised head or pooler), since a
+//! random frozen layer would be noise.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
-use anyhow::{anyhow, Result};
-use candle_core::{DType, Device, Tensor};
-use clap::ValueEnum;
-use rand::rngs::StdRng;
-use rand::seq::SliceRandom;
-use rand::SeedableRng;
+use anyhow::Result;
+use candle_core::Tensor;
 use serde::{Deserialize, Serialize};
 
-use crate::error::user;
 use crate::model::params::Predicate;
-use crate::optim::{Mask, MaskPlan, UpdateRule};
+use crate::optim::{MaskPlan, UpdateRule};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Method {
-    /// Every parameter.
-    Full,
-    /// Biases only (Ben Zaken et al., 2022).
-    Bitfit,
-    /// LayerNorm gains and biases only (ValizadehAslani & Liang, 2024).
-    Layernorm,
-    /// The top --fraction of LayerNorm elements by Fisher information (per task, or a
-    /// global Fisher file from `peft fisher --global`).
-    FisherLayernorm,
-    /// --fraction of LayerNorm elements chosen uniformly at random: the control for
-    /// fisher-layernorm.
-    RandomLayernorm,
-    /// --fraction of all encoder elements chosen uniformly at random.
-    Random,
-    /// Child-Tuning F: each step, every gradient element survives with probability
-    /// --reserve and survivors are scaled by 1/reserve, as the reference optimizer runs it
-    /// (Xu et al., 2021).
-    ChildF,
-    /// Child-Tuning D: gradients of encoder-layer elements outside the top --reserve by
-    /// Fisher information at the pre-trained weights are zeroed, as the reference
-    /// optimizer runs it (Xu et al., 2021).
-    ChildD,
-    /// LoRA adapters on --lora-targets (Hu et al., 2021); only adapters and head train.
-    Lora,
-    /// DoRA (Liu et al., 2024): LoRA's direction plus a learned magnitude per output row,
-    /// as PEFT's use_dora; the --lora-* settings apply.
-    Dora,
-    /// InA inhibition adapters on --ina-targets (Kang et al., 2024).
-    Ina,
-    /// IA3 scaling vectors on --ia3-targets (Liu et al., 2022), as PEFT's IA3.
-    Ia3,
-    /// LoReFT (Wu et al., 2024): low-rank edits of the hidden states at --loreft-layers
-    /// and --loreft-positions, as pyreft's LoreftIntervention.
-    Loreft,
+mod subset;
+
+/// The methods, in the order they are listed everywhere; a new method is its file and one
+/// name here.
+macro_rules! registry {
+    ($($name:ident),* $(,)?) => {
+        $(pub mod $name;)*
+        /// Every method `--method` accepts.
+        pub const REGISTRY: &[Method] = &[$($name::METHOD),*];
+    };
 }
 
-impl Method {
-    /// A learning rate that suits the method when neither flag nor config gives one:
-    /// full fine-tuning (and Child-Tuning, which updates many weights) in BERT's range;
-    /// sparse subsets need far larger steps.
-    pub fn default_lr(self) -> f64 {
-        match self {
-            Method::Full | Method::ChildF | Method::ChildD => 2e-5,
-            Method::Lora | Method::Dora | Method::Ina => 5e-4,
-            // T-Few's rate for IA3 (Liu et al., 2022).
-            Method::Ia3 => 3e-3,
-            // pyreft's GLUE runs (RoBERTa-base).
-            Method::Loreft => 6e-4,
-            _ => 1e-3,
+registry!(
+    full,
+    bitfit,
+    layernorm,
+    fisher_layernorm,
+    random_layernorm,
+    random,
+    child_f,
+    child_d,
+    lora,
+    dora,
+    ina,
+    ia3,
+    loreft,
+    head,
+    top_layers,
+);
+
+/// What `A+B` means, for `--help` and the README.
+pub const UNION_HELP: &str = "a union: every element A or B trains, e.g. `lora+layernorm` \
+    (LoRA with every LayerNorm, as the InA authors train RoBERTa and SQuAD) or `ina+bitfit`; \
+    each part keeps its flags. `full` and Child-Tuning (its own optimizer) combine with \
+    nothing, and two adapter kinds or two masked subsets are refused. A union with LoRA is not \
+    exported in PEFT's format (its adapter files would miss the rest); `peft merge` writes it \
+    whole";
+
+/// The README's table of methods: each registered method's name and help line, then unions.
+pub fn table() -> String {
+    let mut t = String::from("| `--method` | trains |\n|---|---|\n");
+    for m in REGISTRY {
+        t.push_str(&format!("| `{}` | {} |\n", m.name(), m.help()));
+    }
+    t.push_str(&format!("| `A+B` | {UNION_HELP} |\n"));
+    t
+}
+
+/// What a method is, beside its selection: how it combines with others in a union and
+/// which of the shared settings it takes.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Traits {
+    /// It adds adapters or interventions (at most one kind per run).
+    pub adapter: bool,
+    /// It trains a --fraction of some elements, under a fixed mask.
+    pub fraction: bool,
+    /// It takes Child-Tuning's --reserve.
+    pub reserve: bool,
+    /// Its selection ranks elements by Fisher information.
+    pub fisher: bool,
+    /// It combines with no other method, for this reason.
+    pub alone: Option<&'static str>,
+}
+
+/// One method: everything about it that is not a setting of the run.
+pub trait MethodDef: Sync {
+    /// Its `--method` name.
+    fn name(&self) -> &'static str;
+    /// One line for `--help` and the README's table: what trains, and whose method it is.
+    fn help(&self) -> &'static str;
+    /// The learning rate when neither flag nor config gives one.
+    fn default_lr(&self) -> f64;
+    fn traits(&self) -> Traits {
+        Traits::default()
+    }
+    /// Whether it trains `name`, a tensor of the checkpoint, whole or in part (the head
+    /// and tensors the checkpoint lacks train under every method).
+    fn chooses(&self, name: &str, scope: &Scope) -> bool;
+    /// The settings it cannot do without, with an example value each: (key, example).
+    fn required(&self) -> &'static [(&'static str, &'static str)] {
+        if self.traits().fraction {
+            &[("fraction", "0.1")]
+        } else {
+            &[]
         }
+    }
+    /// Refuse settings the checkpoint cannot honour (a layer count beyond its depth).
+    fn check(&self, _scope: &Scope) -> Result<()> {
+        Ok(())
+    }
+    /// Masks on the chosen tensors, for a method that trains some only in part.
+    fn masks(&self, _cx: &MaskContext) -> Result<MaskPlan> {
+        Ok(MaskPlan::default())
+    }
+    /// The optimizer arithmetic its authors used.
+    fn update_rule(&self) -> UpdateRule {
+        UpdateRule::Torch
+    }
+}
+
+/// A method, as the rest of the crate holds it: a handle to its [`MethodDef`], compared
+/// and written by name.
+#[derive(Clone, Copy)]
+pub struct Method(&'static dyn MethodDef);
+
+impl Method {
+    /// The registered method of this name (any case).
+    pub fn named(name: &str) -> Option<Method> {
+        REGISTRY
+            .iter()
+            .copied()
+            .find(|m| m.name().eq_ignore_ascii_case(name))
+    }
+
+    pub fn name(self) -> &'static str {
+        self.0.name()
+    }
+
+    pub fn help(self) -> &'static str {
+        self.0.help()
+    }
+
+    pub fn default_lr(self) -> f64 {
+        self.0.default_lr()
     }
 
     /// [`default_lr`](Self::default_lr) of every method, for `--help`: `2e-5 for full, ...`.
     pub fn default_lrs() -> String {
         let mut groups: Vec<(f64, Vec<&str>)> = Vec::new();
-        for m in <Method as ValueEnum>::value_variants() {
+        for m in REGISTRY {
             match groups.iter_mut().find(|(lr, _)| *lr == m.default_lr()) {
                 Some((_, names)) => names.push(m.name()),
                 None => groups.push((m.default_lr(), vec![m.name()])),
@@ -90,74 +160,78 @@ impl Method {
             .join("; ")
     }
 
-    pub fn name(self) -> &'static str {
-        match self {
-            Method::Full => "full",
-            Method::Bitfit => "bitfit",
-            Method::Layernorm => "layernorm",
-            Method::FisherLayernorm => "fisher-layernorm",
-            Method::RandomLayernorm => "random-layernorm",
-            Method::Random => "random",
-            Method::ChildF => "child-f",
-            Method::ChildD => "child-d",
-            Method::Lora => "lora",
-            Method::Dora => "dora",
-            Method::Ina => "ina",
-            Method::Ia3 => "ia3",
-            Method::Loreft => "loreft",
-        }
+    /// Every method's name, in registry order: `full, bitfit, ...`.
+    pub fn names() -> String {
+        REGISTRY
+            .iter()
+            .map(|m| m.name())
+            .collect::<Vec<_>>()
+            .join(", ")
     }
 
-    /// Whether the method adds adapters (at most one kind per run).
+    pub fn traits(self) -> Traits {
+        self.0.traits()
+    }
+
     pub fn is_adapter(self) -> bool {
-        matches!(
-            self,
-            Method::Lora | Method::Dora | Method::Ina | Method::Ia3 | Method::Loreft
-        )
+        self.traits().adapter
     }
 
-    /// Whether the selection ranks parameters by Fisher information.
     pub fn needs_fisher(self) -> bool {
-        matches!(self, Method::FisherLayernorm | Method::ChildD)
+        self.traits().fisher
     }
 
-    /// Which settings the method takes: --fraction, or --reserve.
     pub fn takes_fraction(self) -> bool {
-        matches!(
-            self,
-            Method::FisherLayernorm | Method::RandomLayernorm | Method::Random
-        )
+        self.traits().fraction
     }
 
     pub fn takes_reserve(self) -> bool {
-        matches!(self, Method::ChildF | Method::ChildD)
+        self.traits().reserve
     }
 
-    /// The selection for a name-only method (full, bitfit, layernorm) over a checkpoint
-    /// holding `base_names`. Masked methods go through [`select`].
-    pub fn select<'a>(self, base_names: impl IntoIterator<Item = &'a String>) -> Selection {
+    pub fn update_rule(self) -> UpdateRule {
+        self.0.update_rule()
+    }
+
+    /// The settings it cannot do without: (key, example value).
+    pub fn required(self) -> &'static [(&'static str, &'static str)] {
+        self.0.required()
+    }
+
+    /// The tensor-level selection over a checkpoint holding `base_names`: what trains,
+    /// whole or in part, with no masks yet ([`select`] adds them).
+    pub fn select<'a>(
+        self,
+        spec: &MethodSpec,
+        base_names: impl IntoIterator<Item = &'a String>,
+    ) -> Result<Selection> {
         let known: HashSet<String> = base_names.into_iter().cloned().collect();
-        let chosen: fn(&str) -> bool = match self {
-            Method::Bitfit => is_bias,
-            Method::Layernorm | Method::FisherLayernorm | Method::RandomLayernorm => is_layernorm,
-            // Adapter weights are new to the checkpoint, and new parameters always train.
-            Method::Lora | Method::Dora | Method::Ina | Method::Ia3 | Method::Loreft => |_| false,
-            _ => |_| true,
-        };
-        Selection {
-            trainable: Box::new(move |n| is_head(n) || !known.contains(n) || chosen(n)),
+        let scope = Scope::new(spec, &known);
+        self.0.check(&scope)?;
+        let chosen: HashSet<String> = known
+            .iter()
+            .filter(|n| self.0.chooses(n, &scope))
+            .cloned()
+            .collect();
+        Ok(Selection {
+            trainable: Box::new(move |n| is_head(n) || !known.contains(n) || chosen.contains(n)),
             masks: MaskPlan::default(),
             rule: self.update_rule(),
-        }
+        })
     }
+}
 
-    /// Child-Tuning trains through its reference optimizer's arithmetic
-    /// (`ChildTuningAdamW`, transformers' original AdamW); everything else through torch's.
-    pub fn update_rule(self) -> UpdateRule {
-        match self {
-            Method::ChildF | Method::ChildD => UpdateRule::ChildTuning,
-            _ => UpdateRule::Torch,
-        }
+impl PartialEq for Method {
+    fn eq(&self, other: &Self) -> bool {
+        self.name() == other.name()
+    }
+}
+
+impl Eq for Method {}
+
+impl std::fmt::Debug for Method {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
     }
 }
 
@@ -165,6 +239,42 @@ impl std::fmt::Display for Method {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(self.name())
     }
+}
+
+/// What a method's selection may ask of the run: its settings and the checkpoint's shape.
+pub struct Scope<'a> {
+    pub spec: &'a MethodSpec,
+    /// Encoder layers in the checkpoint (`encoder.layer.N.`, N below this).
+    pub layers: usize,
+}
+
+impl<'a> Scope<'a> {
+    fn new(spec: &'a MethodSpec, known: &HashSet<String>) -> Self {
+        let layers = known
+            .iter()
+            .filter_map(|n| layer_of(n))
+            .map(|i| i + 1)
+            .max()
+            .unwrap_or(0);
+        Scope { spec, layers }
+    }
+}
+
+/// The encoder layer a tensor belongs to: `encoder.layer.3.output.dense.weight` → 3.
+pub fn layer_of(name: &str) -> Option<usize> {
+    name.strip_prefix("encoder.layer.")?
+        .split('.')
+        .next()?
+        .parse()
+        .ok()
+}
+
+/// What a masked method reads: its settings, the checkpoint's tensors (for shapes) and
+/// Fisher information where it ranks by it.
+pub struct MaskContext<'a> {
+    pub spec: &'a MethodSpec,
+    pub base: &'a HashMap<String, Tensor>,
+    pub fisher: Option<&'a BTreeMap<String, Tensor>>,
 }
 
 /// What `--method` names: one method, or a union of methods joined by `+`
@@ -191,7 +301,7 @@ impl Methods {
 
     /// Whether a part is LoRA or DoRA, which share the --lora-* settings.
     pub fn lora(&self) -> bool {
-        self.has(Method::Lora) || self.has(Method::Dora)
+        self.has(lora::METHOD) || self.has(dora::METHOD)
     }
 
     pub fn needs_fisher(&self) -> bool {
@@ -218,14 +328,10 @@ impl Methods {
                 if parts[..i].contains(m) {
                     return Err(format!("{}: {m} is listed twice", joined()));
                 }
-                if matches!(m, Method::Full | Method::ChildF | Method::ChildD) {
+                if let Some(why) = m.traits().alone {
                     return Err(format!(
-                        "{}: {m} does not combine with other methods ({})",
-                        joined(),
-                        match m {
-                            Method::Full => "it already trains every parameter",
-                            _ => "Child-Tuning runs its own optimizer over every parameter",
-                        }
+                        "{}: {m} does not combine with other methods ({why})",
+                        joined()
                     ));
                 }
             }
@@ -263,14 +369,12 @@ impl std::str::FromStr for Methods {
         let parts = s
             .split('+')
             .map(|p| {
-                <Method as ValueEnum>::from_str(p.trim(), true).map_err(|_| {
-                    let valid: Vec<&str> =
-                        Method::value_variants().iter().map(|m| m.name()).collect();
+                Method::named(p.trim()).ok_or_else(|| {
                     format!(
                         "unknown method `{}`; valid methods: {}, or several joined by + \
                          (lora+layernorm)",
                         p.trim(),
-                        valid.join(", ")
+                        Method::names()
                     )
                 })
             })
@@ -300,6 +404,8 @@ pub struct MethodSpec {
     pub fraction: f64,
     /// Child-Tuning's reserve_p.
     pub reserve: f64,
+    /// top-layers: how many of the top encoder layers train.
+    pub layers: Option<usize>,
     pub seed: u64,
 }
 
@@ -310,11 +416,16 @@ pub fn select(
     base: &HashMap<String, Tensor>,
     fisher: Option<&BTreeMap<String, Tensor>>,
 ) -> Result<Selection> {
+    let cx = MaskContext { spec, base, fisher };
     let parts: Vec<Selection> = spec
         .method
         .parts()
         .iter()
-        .map(|&m| select_one(m, spec, base, fisher))
+        .map(|&m| {
+            let mut sel = m.select(spec, base.keys())?;
+            sel.masks = m.0.masks(&cx)?;
+            Ok(sel)
+        })
         .collect::<Result<_>>()?;
     Ok(union(parts))
 }
@@ -344,117 +455,6 @@ fn union(mut parts: Vec<Selection>) -> Selection {
         masks,
         rule: UpdateRule::Torch,
     }
-}
-
-fn select_one(
-    method: Method,
-    spec: &MethodSpec,
-    base: &HashMap<String, Tensor>,
-    fisher: Option<&BTreeMap<String, Tensor>>,
-) -> Result<Selection> {
-    let spec = &MethodSpec {
-        method: Methods::one(method),
-        ..spec.clone()
-    };
-    let mut sel = method.select(base.keys());
-    // Elements eligible for the mask, in a fixed (name) order.
-    let eligible: Vec<(&String, &Tensor)> = {
-        let mut v: Vec<(&String, &Tensor)> = base
-            .iter()
-            .filter(|(n, _)| match method {
-                Method::FisherLayernorm | Method::RandomLayernorm => is_layernorm(n),
-                Method::Random => !is_head(n),
-                Method::ChildF | Method::ChildD => is_encoder_layer(n),
-                _ => false,
-            })
-            .collect();
-        v.sort_by(|a, b| a.0.cmp(b.0));
-        v
-    };
-    let total: usize = eligible.iter().map(|(_, t)| t.elem_count()).sum();
-    let keep_of = |share: f64| ((share * total as f64).round() as usize).clamp(1, total.max(1));
-    let keep: Vec<bool> = match method {
-        Method::Full
-        | Method::Bitfit
-        | Method::Layernorm
-        | Method::Lora
-        | Method::Dora
-        | Method::Ina
-        | Method::Ia3
-        | Method::Loreft => return Ok(sel),
-        // Every tensor the optimizer holds, the head and pooler included.
-        Method::ChildF => {
-            sel.masks.rest = Mask::Bernoulli { p: spec.reserve };
-            return Ok(sel);
-        }
-        Method::RandomLayernorm | Method::Random => {
-            let k = keep_of(spec.fraction);
-            let mut idx: Vec<usize> = (0..total).collect();
-            idx.shuffle(&mut StdRng::seed_from_u64(spec.seed));
-            let mut keep = vec![false; total];
-            idx[..k].iter().for_each(|&i| keep[i] = true);
-            keep
-        }
-        Method::FisherLayernorm | Method::ChildD => {
-            let fisher = fisher.ok_or_else(|| anyhow!("{method} needs Fisher information"))?;
-            let share = if method == Method::ChildD {
-                spec.reserve
-            } else {
-                spec.fraction
-            };
-            let mut scores = Vec::with_capacity(total);
-            for (name, t) in &eligible {
-                let f = fisher
-                    .get(*name)
-                    .ok_or_else(|| user(format!("the Fisher information has no `{name}`")))?;
-                if f.dims() != t.dims() {
-                    return Err(user(format!(
-                        "Fisher of `{name}` has shape {:?}, the model {:?}",
-                        f.dims(),
-                        t.dims()
-                    )));
-                }
-                scores.extend(f.flatten_all()?.to_dtype(DType::F32)?.to_vec1::<f32>()?);
-            }
-            top_k(&scores, keep_of(share))
-        }
-    };
-    let mut at = 0;
-    for (name, t) in eligible {
-        let n = t.elem_count();
-        let m: Vec<f32> = keep[at..at + n]
-            .iter()
-            .map(|&k| if k { 1.0 } else { 0.0 })
-            .collect();
-        at += n;
-        let m = Tensor::from_vec(m, t.dims(), &Device::Cpu)?;
-        // Child-Tuning D's mask gates the gradient, as its reference optimizer does;
-        // the subset methods' elements outside the mask never move.
-        let mask = match method {
-            Method::ChildD => Mask::Gradient(m),
-            _ => Mask::Fixed(m),
-        };
-        sel.masks.named.insert(name.clone(), mask);
-    }
-    Ok(sel)
-}
-
-/// Exactly k largest scores (ties broken by position, NaN counted as smallest).
-fn top_k(scores: &[f32], k: usize) -> Vec<bool> {
-    let mut idx: Vec<usize> = (0..scores.len()).collect();
-    let key = |i: usize| {
-        if scores[i].is_nan() {
-            f32::NEG_INFINITY
-        } else {
-            scores[i]
-        }
-    };
-    idx.sort_by(|&a, &b| key(b).total_cmp(&key(a)).then(a.cmp(&b)));
-    let mut keep = vec![false; scores.len()];
-    idx[..k.min(scores.len())]
-        .iter()
-        .for_each(|&i| keep[i] = true);
-    keep
 }
 
 /// Which tensors train, the masks of those that train only in part, and the optimizer
@@ -494,6 +494,8 @@ pub fn decays(name: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::optim::Mask;
+    use candle_core::{DType, Device};
 
     const NAMES: &[&str] = &[
         "embeddings.word_embeddings.weight",
@@ -503,9 +505,19 @@ mod tests {
         "pooler.dense.weight",
     ];
 
+    fn spec(method: Method) -> MethodSpec {
+        MethodSpec {
+            method: method.into(),
+            fraction: 1.0,
+            reserve: 1.0,
+            layers: None,
+            seed: 0,
+        }
+    }
+
     fn trains(m: Method) -> Vec<&'static str> {
         let known: Vec<String> = NAMES.iter().map(|s| s.to_string()).collect();
-        let sel = m.select(&known);
+        let sel = m.select(&spec(m), &known).unwrap();
         let mut out: Vec<&str> = NAMES
             .iter()
             .copied()
@@ -525,9 +537,9 @@ mod tests {
 
     #[test]
     fn selections() {
-        assert_eq!(trains(Method::Full).len(), NAMES.len() + 3);
+        assert_eq!(trains(full::METHOD).len(), NAMES.len() + 3);
         assert_eq!(
-            trains(Method::Bitfit),
+            trains(bitfit::METHOD),
             vec![
                 "encoder.layer.0.attention.self.query.bias",
                 "encoder.layer.0.output.LayerNorm.bias",
@@ -538,7 +550,7 @@ mod tests {
         );
         // pooler.dense.bias is not in the checkpoint here: new parameters always train.
         assert_eq!(
-            trains(Method::Layernorm),
+            trains(layernorm::METHOD),
             vec![
                 "embeddings.LayerNorm.weight",
                 "encoder.layer.0.output.LayerNorm.bias",
@@ -585,9 +597,10 @@ mod tests {
             Tensor::new(&[3f32, 7., 0., 4.], &Device::Cpu).unwrap(),
         );
         let spec = MethodSpec {
-            method: Method::FisherLayernorm.into(),
+            method: fisher_layernorm::METHOD.into(),
             fraction: 0.5,
             reserve: 0.3,
+            layers: None,
             seed: 0,
         };
         let sel = select(&spec, &base(), Some(&fisher)).unwrap();
@@ -613,9 +626,10 @@ mod tests {
     #[test]
     fn random_layernorm_keeps_the_same_count_seeded() {
         let spec = MethodSpec {
-            method: Method::RandomLayernorm.into(),
+            method: random_layernorm::METHOD.into(),
             fraction: 0.25,
             reserve: 0.3,
+            layers: None,
             seed: 5,
         };
         let a = ones(&select(&spec, &base(), None).unwrap());
@@ -628,9 +642,10 @@ mod tests {
     fn child_tuning_masks_as_the_reference_optimizer() {
         // F: a fresh Bernoulli mask on every trainable tensor, head and embeddings included.
         let spec = MethodSpec {
-            method: Method::ChildF.into(),
+            method: child_f::METHOD.into(),
             fraction: 1.0,
             reserve: 0.3,
+            layers: None,
             seed: 0,
         };
         let sel = select(&spec, &base(), None).unwrap();
@@ -640,7 +655,7 @@ mod tests {
         assert!((sel.trainable)("embeddings.LayerNorm.weight"));
         // D: a gradient mask on encoder-layer tensors only, top 30% of their Fisher.
         let spec = MethodSpec {
-            method: Method::ChildD.into(),
+            method: child_d::METHOD.into(),
             ..spec
         };
         assert!(
@@ -688,8 +703,8 @@ mod tests {
     fn unions_parse_and_senseless_ones_are_refused() {
         let m: Methods = "lora+LayerNorm".parse().unwrap();
         assert_eq!(m.to_string(), "lora+layernorm");
-        assert!(m.has(Method::Lora) && m.has(Method::Layernorm) && !m.needs_fisher());
-        assert_eq!(m.default_lr(), Method::Lora.default_lr());
+        assert!(m.has(lora::METHOD) && m.has(layernorm::METHOD) && !m.needs_fisher());
+        assert_eq!(m.default_lr(), lora::METHOD.default_lr());
         let err = |s: &str| s.parse::<Methods>().unwrap_err();
         assert!(err("full+bitfit").contains("already trains every parameter"));
         assert!(err("layernorm+child-f").contains("its own optimizer"));
@@ -699,7 +714,7 @@ mod tests {
         assert!(err("lora+bias").contains("unknown method `bias`"));
         assert_eq!(
             "child-d".parse::<Methods>().unwrap(),
-            Methods::one(Method::ChildD)
+            Methods::one(child_d::METHOD)
         );
     }
 
@@ -721,6 +736,7 @@ mod tests {
             method: "bitfit+random-layernorm".parse().unwrap(),
             fraction: 0.5,
             reserve: 1.0,
+            layers: None,
             seed: 3,
         };
         let sel = select(&spec, &base, None).unwrap();

@@ -1,0 +1,46 @@
+//! Child-Tuning F (Xu et al., 2021), as AliceMind's `ChildTuningAdamW` runs it: each step,
+//! every gradient element of every parameter survives with probability --reserve and the
+//! survivors are scaled by 1/reserve; moments and weight decay apply to every element.
+
+use anyhow::Result;
+
+use super::{MaskContext, Method, MethodDef, Scope, Traits};
+use crate::optim::{Mask, MaskPlan, UpdateRule};
+
+pub struct ChildF;
+
+pub const METHOD: Method = Method(&ChildF);
+
+impl MethodDef for ChildF {
+    fn name(&self) -> &'static str {
+        "child-f"
+    }
+    fn help(&self) -> &'static str {
+        "Child-Tuning F (Xu et al., 2021): each step every gradient element survives with \
+         probability --reserve, scaled by 1/reserve"
+    }
+    /// Child-Tuning updates many weights: BERT's range, as full fine-tuning.
+    fn default_lr(&self) -> f64 {
+        2e-5
+    }
+    fn traits(&self) -> Traits {
+        Traits {
+            reserve: true,
+            alone: Some("Child-Tuning runs its own optimizer over every parameter"),
+            ..Traits::default()
+        }
+    }
+    fn chooses(&self, _name: &str, _scope: &Scope) -> bool {
+        true
+    }
+    /// Every tensor the optimizer holds, the head and pooler included.
+    fn masks(&self, cx: &MaskContext) -> Result<MaskPlan> {
+        Ok(MaskPlan {
+            rest: Mask::Bernoulli { p: cx.spec.reserve },
+            ..MaskPlan::default()
+        })
+    }
+    fn update_rule(&self) -> UpdateRule {
+        UpdateRule::ChildTuning
+    }
+}
