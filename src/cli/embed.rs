@@ -4,7 +4,7 @@
 //! can check the encoder against transformers: same inputs, same numbers to 1e-4.
 
 use std::io::{BufWriter, Write};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 use clap::Args;
@@ -12,8 +12,10 @@ use clap::Args;
 use crate::embed::embed;
 pub use crate::embed::Pooling;
 
-use crate::error::{user, PathContext};
+use crate::data::input;
+use crate::error::user;
 use crate::model::{read_checkpoint, Model, ParamStore};
+use crate::run::dir as run_dir;
 use crate::tokenize::TextEncoder;
 
 #[derive(Args, Debug)]
@@ -54,54 +56,67 @@ pub fn run(args: EmbedArgs) -> Result<()> {
         crate::user_bail!("--batch-size must be at least 1");
     }
     let device = crate::device::parse(&args.device)?;
-    let text =
-        std::fs::read_to_string(&args.input).path_context("cannot read input", &args.input)?;
+    // A missing input (or one that is not a file) is named before the model loads.
+    input::open(&args.input)?;
     let model_dir = crate::model::hub::resolve(&args.model, args.revision.as_deref())?;
     let (cfg, weights) = read_checkpoint(&model_dir)?;
     let store = ParamStore::frozen(weights, device.clone());
     let model = Model::load(&store, &cfg, None)?;
     let max_len = args.max_seq_len.unwrap_or(cfg.max_tokens().min(128));
     let encoder = TextEncoder::load(&model_dir, &cfg, max_len)?;
+    // Every line is checked before anything is written; the input is then streamed in
+    // chunks (one pass to check, one to embed): its length costs time, not memory.
+    let mut lines = 0;
+    input::for_each_line(&args.input, |n, line| {
+        split(line, &args.input, n)?;
+        lines = n;
+        Ok(true)
+    })?;
 
-    let mut inputs = Vec::new();
-    for (i, line) in text.lines().enumerate() {
-        let mut parts = line.split('\t');
-        let first = parts.next().unwrap_or("");
-        let second = parts.next();
-        if parts.next().is_some() {
-            return Err(user(format!(
-                "{}:{}: more than one TAB; a line is one text or a TAB-separated pair",
-                args.input.display(),
-                i + 1
-            )));
-        }
-        // As a data file's texts: a longer one is tokenized whole before truncation.
-        for (k, t) in std::iter::once(first).chain(second).enumerate() {
-            crate::data::input::check_text(t, || {
-                format!("{}:{}: text {}", args.input.display(), i + 1, k + 1)
-            })?;
-        }
-        inputs.push(encoder.encode(first, second)?);
-    }
-    let embeddings = embed(
-        &model,
-        &inputs,
-        encoder.pad_id(),
-        args.pooling,
-        args.normalize,
-        args.batch_size,
-        &device,
-    )?;
-
-    let sink: Box<dyn Write> = match &args.output {
-        Some(p) => Box::new(std::fs::File::create(p).path_context("cannot create output", p)?),
-        None => Box::new(std::io::stdout().lock()),
+    let write = |out: &mut dyn Write| {
+        input::for_each_chunk(&args.input, lines, |first, chunk| {
+            let mut inputs = Vec::with_capacity(chunk.len());
+            for (k, line) in chunk.iter().enumerate() {
+                let (a, b) = split(line, &args.input, first + k)?;
+                inputs.push(encoder.encode(a, b)?);
+            }
+            let embeddings = embed(
+                &model,
+                &inputs,
+                encoder.pad_id(),
+                args.pooling,
+                args.normalize,
+                args.batch_size,
+                &device,
+            )?;
+            for e in embeddings {
+                serde_json::to_writer(&mut *out, &serde_json::json!({ "embedding": e }))?;
+                out.write_all(b"\n")?;
+            }
+            Ok(())
+        })?;
+        out.flush().context("writing embeddings")
     };
-    let mut out = BufWriter::new(sink);
-    for e in embeddings {
-        serde_json::to_writer(&mut out, &serde_json::json!({ "embedding": e }))?;
-        out.write_all(b"\n")?;
+    match &args.output {
+        Some(p) => run_dir::replace_file(p, |file, _| write(&mut BufWriter::new(file))),
+        None => write(&mut BufWriter::new(std::io::stdout().lock())),
     }
-    out.flush().context("writing embeddings")?;
-    Ok(())
+}
+
+/// Line `n`: one text, or a TAB-separated pair, each checked as a data file's texts are
+/// (a longer one would be tokenized whole before truncation).
+fn split<'a>(line: &'a str, path: &Path, n: usize) -> Result<(&'a str, Option<&'a str>)> {
+    let mut parts = line.split('\t');
+    let first = parts.next().unwrap_or("");
+    let second = parts.next();
+    if parts.next().is_some() {
+        return Err(user(format!(
+            "{}:{n}: more than one TAB; a line is one text or a TAB-separated pair",
+            path.display()
+        )));
+    }
+    for (k, t) in std::iter::once(first).chain(second).enumerate() {
+        input::check_text(t, || format!("{}:{n}: text {}", path.display(), k + 1))?;
+    }
+    Ok((first, second))
 }

@@ -20,6 +20,12 @@ use crate::error::user;
 /// The task name that selects this reader.
 pub const CUSTOM: &str = "custom";
 
+/// The most class labels a custom classification task may have: its head has one row per
+/// label, so a training file of a million distinct values would build a million-row head
+/// (and a softmax as wide). Text classification sets have at most a few thousand classes;
+/// a column with more distinct values is an id or a score, not a class.
+pub const MAX_LABELS: usize = 10_000;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum CustomProblem {
@@ -90,6 +96,16 @@ impl CustomData {
         if let Some(mut n) = numbers {
             n.sort();
             labels = n.iter().map(i64::to_string).collect();
+        }
+        if labels.len() > MAX_LABELS {
+            crate::user_bail!(
+                "{}: column `{}` holds {} distinct labels; a classification head has one row \
+                 per label, and takes at most {MAX_LABELS} (text classification sets have at \
+                 most a few thousand classes): is it a score? (pass --problem regression)",
+                self.train.display(),
+                self.label_column,
+                labels.len()
+            );
         }
         if labels.len() < 2 {
             crate::user_bail!(
@@ -347,6 +363,15 @@ pub fn spec(
             let Some(labels) = labels else {
                 crate::user_bail!("the run does not record its class labels");
             };
+            // What the training file gave (`labels` refuses more): a run's config.json
+            // that records more would build as many head rows.
+            if labels.len() > MAX_LABELS {
+                crate::user_bail!(
+                    "`labels`: {} class labels; a classification head takes at most \
+                     {MAX_LABELS}",
+                    labels.len()
+                );
+            }
             let names: Vec<&'static str> = labels
                 .iter()
                 .map(|l| &*Box::leak(l.clone().into_boxed_str()))
@@ -487,6 +512,31 @@ mod tests {
         assert_eq!(d.labels().unwrap().unwrap(), ["1", "2", "10"]);
         let d = f.data("j.jsonl", "j.jsonl", &["a"], Classification);
         assert_eq!(d.labels().unwrap().unwrap(), ["2", "10"]);
+    }
+
+    #[test]
+    fn at_most_ten_thousand_labels() {
+        let f = Files::new();
+        let rows = |n: usize| -> String {
+            let body: String = (0..n).map(|i| format!("x\tc{i}\n")).collect();
+            format!("a\ty\n{body}")
+        };
+        f.write("ok.tsv", rows(MAX_LABELS));
+        f.write("many.tsv", rows(MAX_LABELS + 1));
+        let d = f.data("ok.tsv", "ok.tsv", &["a"], Classification);
+        let labels = d.labels().unwrap().unwrap();
+        assert_eq!(labels.len(), MAX_LABELS);
+        assert!(spec(Classification, Some(&labels), &d.text_columns).is_ok());
+        let d = f.data("many.tsv", "ok.tsv", &["a"], Classification);
+        assert_eq!(
+            f.error(d.labels()),
+            "many.tsv: column `y` holds 10001 distinct labels; a classification head has one \
+             row per label, and takes at most 10000 (text classification sets have at most a \
+             few thousand classes): is it a score? (pass --problem regression)"
+        );
+        let many: Vec<String> = (0..=MAX_LABELS).map(|i| i.to_string()).collect();
+        let err = spec(Classification, Some(&many), &d.text_columns).unwrap_err();
+        assert!(err.to_string().contains("10001 class labels"), "{err}");
     }
 
     #[test]

@@ -286,7 +286,12 @@ fn read_file(
             }
         }
         let text = |col: &str, f: Option<&Field>| match f {
-            Some(Field::Str(s)) => Ok(s.clone()),
+            Some(Field::Str(s)) => {
+                super::input::check_text(s, || {
+                    format!("{}: row {}: column `{col}`", path.display(), n + 1)
+                })?;
+                Ok(s.clone())
+            }
             other => Err(at(format!(
                 "column `{col}`: expected text, found {other:?}"
             ))),

@@ -1,5 +1,6 @@
 //! Bounds on what a data file may hold, checked while it is read, before anything is built
-//! from it: a text field's length, a line's length, and that the file is a file.
+//! from it: a text field's length, a line's length, and that the file is a file. Line
+//! inputs of any length (`peft predict`, `peft embed`) are streamed in chunks.
 //!
 //! A text is tokenized whole before it is truncated to `--max-seq-len` tokens, at about
 //! 120 bytes of tokenizer state per byte of text: a 50 MB line peaks at 6 GB. A text of
@@ -8,7 +9,7 @@
 //! kilobytes, so no real example comes near it.
 
 use std::fs::File;
-use std::io::{BufRead, Read};
+use std::io::{BufRead, BufReader, Read};
 use std::path::Path;
 
 use anyhow::Result;
@@ -106,6 +107,72 @@ pub fn read_line(
     Ok(n)
 }
 
+/// The lines of a line input (`peft predict`, `peft embed`), each read by [`read_line`]
+/// (so at most [`MAX_LINE_BYTES`]), valid UTF-8, without its `\n` or `\r\n`, passed to
+/// `each` with its number (from 1) as `str::lines` would give them; `each` returns false
+/// to stop.
+pub fn for_each_line(path: &Path, mut each: impl FnMut(usize, &str) -> Result<bool>) -> Result<()> {
+    let mut reader = BufReader::new(open(path)?);
+    let mut buf = Vec::new();
+    for line in 1.. {
+        if read_line(&mut reader, &mut buf, path, line)? == 0 {
+            break;
+        }
+        let text = std::str::from_utf8(&buf).map_err(|e| {
+            user(format!(
+                "{}:{line}: not valid UTF-8 at byte {} of the line",
+                path.display(),
+                e.valid_up_to() + 1
+            ))
+        })?;
+        let text = text.strip_suffix('\n').unwrap_or(text);
+        let text = text.strip_suffix('\r').unwrap_or(text);
+        if !each(line, text)? {
+            break;
+        }
+    }
+    Ok(())
+}
+
+/// The most lines of a streamed input held at once (see [`for_each_chunk`]): enough for
+/// length bucketing to fill batches with inputs of one length.
+pub const CHUNK_LINES: usize = 8192;
+/// The most text of a streamed input held at once, in bytes: a SQuAD context becomes
+/// about 20 bytes of windows (token ids, offsets, logits) per byte, so a chunk of 16 MiB
+/// of text is a few hundred MB of windows, where a whole file would be unbounded.
+pub const CHUNK_BYTES: usize = 16 << 20;
+
+/// Lines 1 to `lines` of a line input, in order, in chunks of at most [`CHUNK_LINES`]
+/// lines and about [`CHUNK_BYTES`] bytes, each passed to `each` with the number of its
+/// first line: what the input costs in memory is one chunk, whatever its length. The file
+/// is a regular one ([`open`]), so a command may read it once to check every line and
+/// again to use them.
+pub fn for_each_chunk(
+    path: &Path,
+    lines: usize,
+    mut each: impl FnMut(usize, &[String]) -> Result<()>,
+) -> Result<()> {
+    let (mut chunk, mut bytes, mut first) = (Vec::new(), 0, 1);
+    for_each_line(path, |n, line| {
+        if n > lines {
+            return Ok(false);
+        }
+        chunk.push(line.to_string());
+        bytes += line.len();
+        if chunk.len() >= CHUNK_LINES || bytes >= CHUNK_BYTES {
+            each(first, &chunk)?;
+            chunk.clear();
+            bytes = 0;
+            first = n + 1;
+        }
+        Ok(true)
+    })?;
+    if !chunk.is_empty() {
+        each(first, &chunk)?;
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -160,5 +227,43 @@ mod tests {
         assert!(err.to_string().contains("a directory"), "{err}");
         let err = open(&dir.path().join("gone.tsv")).unwrap_err();
         assert!(is_user_error(&err) && err.to_string().contains("gone.tsv"));
+    }
+
+    #[test]
+    fn inputs_stream_in_chunks_of_numbered_lines() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("in.txt");
+        let text: String = (1..=CHUNK_LINES + 5)
+            .map(|i| format!("line {i}\r\n"))
+            .collect();
+        std::fs::write(&file, format!("{text}\n")).unwrap();
+        let mut seen = Vec::new();
+        for_each_line(&file, |n, l| {
+            seen.push((n, l.to_string()));
+            Ok(true)
+        })
+        .unwrap();
+        assert_eq!(seen.len(), CHUNK_LINES + 6);
+        assert_eq!(seen[0], (1, "line 1".to_string()));
+        assert_eq!(seen[CHUNK_LINES + 5], (CHUNK_LINES + 6, String::new()));
+        let mut chunks = Vec::new();
+        for_each_chunk(&file, CHUNK_LINES + 3, |first, c| {
+            chunks.push((first, c.len(), c[0].clone()));
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(
+            chunks,
+            [
+                (1, CHUNK_LINES, "line 1".to_string()),
+                (CHUNK_LINES + 1, 3, format!("line {}", CHUNK_LINES + 1))
+            ]
+        );
+        std::fs::write(&file, b"fine\nbad \xff\n").unwrap();
+        let err = for_each_line(&file, |_, _| Ok(true)).unwrap_err();
+        assert!(is_user_error(&err));
+        assert!(err
+            .to_string()
+            .ends_with("in.txt:2: not valid UTF-8 at byte 5 of the line"));
     }
 }

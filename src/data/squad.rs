@@ -89,6 +89,38 @@ struct RawAnswer {
     answer_start: usize,
 }
 
+/// The most text the questions of one split may carry, in bytes: each question holds its
+/// own copy of its paragraph's context (with the question), windowed and tokenized on its
+/// own into some 20 bytes of windows per byte, so one 1 MB context asked 10,000 questions
+/// would be 10 GB of text from a 1 MB file. SQuAD 2.0's train split carries about 100 MB
+/// (130,000 questions of some 750 bytes each); 1 GiB is ten times that, room for any real
+/// split, and still a bound on what a small file can ask for.
+pub const MAX_SPLIT_CONTEXT_BYTES: usize = 1 << 30;
+
+/// The text a split's questions carry, counted against [`MAX_SPLIT_CONTEXT_BYTES`] before
+/// their copies are made.
+#[derive(Debug, Default)]
+pub(crate) struct ContextBytes(usize);
+
+impl ContextBytes {
+    /// Count `bytes` more (questions, each with its copy of a context); past the bound,
+    /// refuse, `at` naming the file and the paragraph or row.
+    pub(crate) fn add(&mut self, bytes: usize, at: impl FnOnce() -> String) -> Result<()> {
+        self.0 = self.0.saturating_add(bytes);
+        if self.0 > MAX_SPLIT_CONTEXT_BYTES {
+            crate::user_bail!(
+                "{}: the questions up to here carry {} bytes of context, each question its own \
+                 copy of its paragraph's; the questions of a split carry at most \
+                 {MAX_SPLIT_CONTEXT_BYTES} bytes in all (SQuAD 2.0's train split carries about \
+                 100 MB): ask fewer questions of a long paragraph, or split the file",
+                at(),
+                self.0
+            );
+        }
+        Ok(())
+    }
+}
+
 /// The questions of an official-format JSON file, in file order. For v1.1 (`v2` false)
 /// every question must have an answer.
 pub fn read_json(path: &Path, v2: bool) -> Result<Vec<QaExample>> {
@@ -104,11 +136,19 @@ pub fn read_json(path: &Path, v2: bool) -> Result<Vec<QaExample>> {
         ))
     })?;
     let mut out = Vec::new();
+    let mut carried = ContextBytes::default();
     for (a, article) in file.data.into_iter().enumerate() {
         for (p, para) in article.paragraphs.into_iter().enumerate() {
             let chars = para.context.chars().count();
             let at = || format!("{}: data[{a}].paragraphs[{p}]", path.display());
             super::input::check_text(&para.context, || format!("{}: the context", at()))?;
+            // Counted before any question copies the context.
+            let bytes = para
+                .qas
+                .iter()
+                .map(|q| para.context.len().saturating_add(q.question.len()))
+                .fold(0, usize::saturating_add);
+            carried.add(bytes, || format!("{} ({} questions)", at(), para.qas.len()))?;
             for q in para.qas {
                 let at = format!("{}, question {}", at(), q.id);
                 super::input::check_text(&q.question, || format!("{at}: the question"))?;
@@ -273,6 +313,30 @@ mod tests {
         assert_eq!(span_label(&offsets, None), (0, 0));
         // Outside the window (a later window holds it).
         assert_eq!(span_label(&offsets, Some(&ans("dog", 12))), (0, 0));
+    }
+
+    #[test]
+    fn the_context_a_split_carries_is_bounded() {
+        let mut carried = ContextBytes::default();
+        carried
+            .add(MAX_SPLIT_CONTEXT_BYTES - 10, || unreachable!())
+            .unwrap();
+        carried.add(10, || unreachable!()).unwrap();
+        let err = carried
+            .add(1, || "f.json: data[0].paragraphs[3]".into())
+            .unwrap_err();
+        assert!(crate::error::is_user_error(&err));
+        let msg = err.to_string();
+        assert!(
+            msg.starts_with(
+                "f.json: data[0].paragraphs[3]: the questions up to here carry 1073741825 bytes"
+            ) && msg.contains("at most 1073741824 bytes"),
+            "{msg}"
+        );
+        // Counting saturates rather than wrapping round below the bound.
+        assert!(ContextBytes::default()
+            .add(usize::MAX, String::new)
+            .is_err());
     }
 
     #[test]

@@ -10,7 +10,8 @@ use anyhow::Result;
 use parquet::file::reader::{FileReader, SerializedFileReader};
 use parquet::record::{Field, List, Row};
 
-use super::squad::{check, Answer, QaExample};
+use super::input;
+use super::squad::{check, Answer, ContextBytes, QaExample};
 use crate::error::{user, PathContext};
 
 /// The repository and its config folder.
@@ -25,14 +26,21 @@ pub fn repo(v2: bool) -> (&'static str, &'static str) {
 pub fn read_split(v2: bool, split: &str) -> Result<Vec<QaExample>> {
     let (repo, config) = repo(v2);
     let mut out = Vec::new();
+    let mut carried = ContextBytes::default();
     for path in super::hub::fetch(repo, config, &super::hub::hub_split(split))? {
-        read_file(&path, v2, &mut out)?;
+        read_file(&path, v2, &mut carried, &mut out)?;
     }
     Ok(out)
 }
 
-/// The rows of one parquet file, appended to `out`.
-pub fn read_file(path: &Path, v2: bool, out: &mut Vec<QaExample>) -> Result<()> {
+/// The rows of one parquet file, appended to `out`; `carried` counts the text of the
+/// split's rows so far (a parquet file repeats each question's context in its row).
+fn read_file(
+    path: &Path,
+    v2: bool,
+    carried: &mut ContextBytes,
+    out: &mut Vec<QaExample>,
+) -> Result<()> {
     let file = File::open(path).path_context("cannot open", path)?;
     let bad =
         |e: parquet::errors::ParquetError| user(format!("cannot read {}: {e}", path.display()));
@@ -41,6 +49,12 @@ pub fn read_file(path: &Path, v2: bool, out: &mut Vec<QaExample>) -> Result<()> 
         let row = row.map_err(bad)?;
         let at = format!("{}: row {}", path.display(), n + 1);
         let e = example(&row).map_err(|m| user(format!("{at}: {m}")))?;
+        for (column, text) in [("context", &e.context), ("question", &e.question)] {
+            input::check_text(text, || format!("{at}: column `{column}`"))?;
+        }
+        carried.add(e.context.len().saturating_add(e.question.len()), || {
+            at.clone()
+        })?;
         check(&at, &e.answers, e.context.chars().count(), v2)?;
         out.push(e);
     }

@@ -515,3 +515,369 @@ fn a_fifo_as_a_data_file_is_refused_not_waited_on() {
     );
     assert_refused("SQuAD FIFO", &out, &["train-v1.1.json", "FIFO"]);
 }
+
+// --- 8. what a small file asks to be copied: hub texts, SQuAD contexts, labels, inputs ---
+
+const GLUE_SHA: &str = "fedcba9876543210fedcba9876543210fedcba98";
+const SQUAD_SHA: &str = "00112233445566778899aabbccddeeff00112233";
+
+/// `rows` unanswerable questions as `rajpurkar/squad_v2`'s parquet holds them (the nesting
+/// of tests/it/squad.rs), every one about `context`: stored once (one dictionary entry)
+/// and shared in memory here, as a small file can repeat it in every row.
+fn squad_parquet(path: &Path, context: &str, rows: usize) {
+    use parquet::data_type::{ByteArray, ByteArrayType, Int32Type};
+    use parquet::file::properties::{EnabledStatistics, WriterProperties};
+    use parquet::file::writer::SerializedFileWriter;
+    use std::sync::Arc;
+
+    let schema = "message schema {
+        OPTIONAL BYTE_ARRAY id (STRING);
+        OPTIONAL BYTE_ARRAY title (STRING);
+        OPTIONAL BYTE_ARRAY context (STRING);
+        OPTIONAL BYTE_ARRAY question (STRING);
+        OPTIONAL group answers {
+            OPTIONAL group text (LIST) { REPEATED group list { OPTIONAL BYTE_ARRAY element (STRING); } }
+            OPTIONAL group answer_start (LIST) { REPEATED group list { OPTIONAL INT32 element; } }
+        }
+    }";
+    let schema = Arc::new(parquet::schema::parser::parse_message_type(schema).unwrap());
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    let props = WriterProperties::builder()
+        .set_statistics_enabled(EnabledStatistics::None)
+        .build();
+    let file = std::fs::File::create(path).unwrap();
+    let mut w = SerializedFileWriter::new(file, schema, Arc::new(props)).unwrap();
+    let mut rg = w.next_row_group().unwrap();
+    let strings: [Vec<ByteArray>; 4] = [
+        (0..rows).map(|i| format!("q{i}").as_str().into()).collect(),
+        vec!["tiny".into(); rows],
+        vec![ByteArray::from(context); rows],
+        (0..rows)
+            .map(|i| format!("what is {i} ?").as_str().into())
+            .collect(),
+    ];
+    for data in &strings {
+        let mut cw = rg.next_column().unwrap().unwrap();
+        cw.typed::<ByteArrayType>()
+            .write_batch(data, Some(&vec![1; rows]), None)
+            .unwrap();
+        cw.close().unwrap();
+    }
+    // Empty answer lists: definition level 2, no values.
+    let (def, rep) = (vec![2; rows], vec![0; rows]);
+    let mut cw = rg.next_column().unwrap().unwrap();
+    cw.typed::<ByteArrayType>()
+        .write_batch(&[], Some(&def), Some(&rep))
+        .unwrap();
+    cw.close().unwrap();
+    let mut cw = rg.next_column().unwrap().unwrap();
+    cw.typed::<Int32Type>()
+        .write_batch(&[], Some(&def), Some(&rep))
+        .unwrap();
+    cw.close().unwrap();
+    rg.close().unwrap();
+    w.close().unwrap();
+}
+
+#[test]
+fn a_long_text_in_a_hub_parquet_file_is_refused_naming_file_row_and_column() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cache = tmp.path().join("hub");
+    let glue = hub_snapshot(&cache, "datasets--nyu-mll--glue", GLUE_SHA);
+    let long = long_text(1_100_000);
+    let texts = |second: &str| {
+        Col::Str(vec![
+            "the cat".into(),
+            second.into(),
+            "a dog".into(),
+            "the end".into(),
+        ])
+    };
+    write_parquet(
+        &glue.join("rte/train-00000-of-00001.parquet"),
+        &[
+            ("sentence1", texts("the dog")),
+            ("sentence2", texts(&long)),
+            ("label", Col::I64(vec![0, 1, 0, 1])),
+            ("idx", Col::I32(vec![0, 1, 2, 3])),
+        ],
+        None,
+    );
+    let squad = hub_snapshot(&cache, "datasets--rajpurkar--squad_v2", SQUAD_SHA);
+    squad_parquet(
+        &squad.join("squad_v2/train-00000-of-00001.parquet"),
+        &long,
+        1,
+    );
+    let before = snapshot(&cache);
+    let model = fixture("tiny-bert");
+    for (task, names) in [
+        (
+            "rte",
+            &[
+                "rte/train-00000-of-00001.parquet",
+                "row 2",
+                "column `sentence2`",
+                "1000000",
+            ][..],
+        ),
+        (
+            "squad_v2",
+            &[
+                "squad_v2/train-00000-of-00001.parquet",
+                "row 1",
+                "column `context`",
+                "1000000",
+            ][..],
+        ),
+    ] {
+        let out_dir = tmp.path().join(task);
+        let mut args = vec![
+            "train",
+            "--model",
+            model.as_str(),
+            "--task",
+            task,
+            "--output-dir",
+            s(&out_dir),
+            "--max-steps",
+            "1",
+        ];
+        args.extend_from_slice(&SMALL);
+        let out = peft_hostile_offline(&cache, &args, QUICK);
+        assert_refused(task, &out, names);
+    }
+    assert_unchanged("hub texts", &before, &cache);
+}
+
+#[test]
+fn a_squad_context_asked_many_questions_is_refused_before_it_is_copied() {
+    let model = fixture("tiny-bert");
+    let tmp = tempfile::tempdir().unwrap();
+    // One context of 1,000,000 bytes (the most a text may hold) asked 1,100 questions: a
+    // file of 1.1 MB whose questions would carry 1.1 GB of context, past the 1 GiB bound.
+    let context = "word ".repeat(200_000);
+    let n = 1_100;
+    let data = tmp.path().join("json");
+    std::fs::create_dir_all(&data).unwrap();
+    write_squad(&data, "v2.0", 4, 2);
+    let qas: Vec<serde_json::Value> = (0..n)
+        .map(|i| {
+            serde_json::json!({
+                "id": format!("q{i}"),
+                "question": format!("what is {i} ?"),
+                "answers": [],
+                "is_impossible": true,
+            })
+        })
+        .collect();
+    let file = serde_json::json!({
+        "version": "v2.0",
+        "data": [{"title": "t", "paragraphs": [{"context": context, "qas": qas}]}],
+    });
+    std::fs::write(data.join("train-v2.0.json"), file.to_string()).unwrap();
+    let before = snapshot(&data);
+    let out = peft_hostile(
+        &train_args(
+            &model,
+            &data,
+            &tmp.path().join("json-run"),
+            &["--task", "squad_v2"],
+        ),
+        QUICK,
+    );
+    assert_refused(
+        "JSON",
+        &out,
+        &[
+            "train-v2.0.json",
+            "data[0].paragraphs[0] (1100 questions)",
+            "1073741824",
+        ],
+    );
+    assert_unchanged("JSON", &before, &data);
+
+    // The hub's parquet repeats the context in every row: refused at the row that passes
+    // the bound (1,074 rows of 1 MB), before the rest are read.
+    let cache = tmp.path().join("hub");
+    let snap = hub_snapshot(&cache, "datasets--rajpurkar--squad_v2", SQUAD_SHA);
+    squad_parquet(
+        &snap.join("squad_v2/train-00000-of-00001.parquet"),
+        &context,
+        n,
+    );
+    let parquet = snap.join("squad_v2/train-00000-of-00001.parquet");
+    assert!(std::fs::metadata(&parquet).unwrap().len() < 2_000_000);
+    let before = snapshot(&cache);
+    let out_dir = tmp.path().join("hub-run");
+    let mut args = vec![
+        "train",
+        "--model",
+        model.as_str(),
+        "--task",
+        "squad_v2",
+        "--output-dir",
+        s(&out_dir),
+        "--max-steps",
+        "1",
+    ];
+    args.extend_from_slice(&SMALL);
+    let out = peft_hostile_offline(&cache, &args, QUICK);
+    assert_refused(
+        "parquet",
+        &out,
+        &[
+            "squad_v2/train-00000-of-00001.parquet: row 1074",
+            "1073741824",
+        ],
+    );
+    assert_unchanged("parquet", &before, &cache);
+}
+
+#[test]
+fn a_custom_file_of_more_than_ten_thousand_labels_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    // 10,001 rows, each its own label: 150 KB asking for a 10,001-row head.
+    let rows: String = (0..10_001).map(|i| format!("the cat,c{i}\n")).collect();
+    let train = tmp.path().join("train.csv");
+    std::fs::write(&train, format!("text,label\n{rows}")).unwrap();
+    let dev = tmp.path().join("dev.csv");
+    std::fs::write(&dev, "text,label\nthe cat,c0\nthe dog,c1\n").unwrap();
+    let before = snapshot(tmp.path());
+    let out_dir = tmp.path().join("out");
+    let out = peft_hostile(
+        &[
+            "train",
+            "--model",
+            &fixture("tiny-bert"),
+            "--task",
+            "custom",
+            "--train",
+            s(&train),
+            "--dev",
+            s(&dev),
+            "--text-columns",
+            "text",
+            "--label-column",
+            "label",
+            "--output-dir",
+            s(&out_dir),
+            "--max-steps",
+            "1",
+        ],
+        QUICK,
+    );
+    assert_refused(
+        "10,001 labels",
+        &out,
+        &[
+            "train.csv",
+            "column `label`",
+            "10001 distinct labels",
+            "at most 10000",
+        ],
+    );
+    let mut after = snapshot(tmp.path());
+    after.retain(|p, _| !p.starts_with(&out_dir));
+    assert_eq!(before, after, "the data files changed");
+}
+
+#[test]
+fn predict_and_embed_stream_their_input_and_check_it_all_first() {
+    let tmp = tempfile::tempdir().unwrap();
+    let run = tiny_run(tmp.path(), "run", &[]);
+    // More lines than a chunk holds (8,192), the last one bad: refused naming it before
+    // anything is written (predict checks before it loads the model).
+    let n = 8_300;
+    let pairs: Vec<String> = (0..n)
+        .map(|i| format!("{}\t{}", sentence(i, 3 + i % 5), sentence(i + 1, 2 + i % 3)))
+        .collect();
+    let input = tmp.path().join("pairs.txt");
+    std::fs::write(&input, format!("{}\nx\ty\tz\n", pairs.join("\n"))).unwrap();
+    let written = tmp.path().join("out.tsv");
+    let before = snapshot(tmp.path());
+    let model = fixture("tiny-bert");
+    let predict = [
+        "predict",
+        "--checkpoint",
+        s(&run),
+        "--input",
+        s(&input),
+        "--output",
+        s(&written),
+    ];
+    let out = peft_hostile(&predict, QUICK);
+    assert_refused(
+        "predict",
+        &out,
+        &[&format!("pairs.txt:{}", n + 1), "3 fields"],
+    );
+    let embed = [
+        "embed",
+        "--model",
+        model.as_str(),
+        "--input",
+        s(&input),
+        "--max-seq-len",
+        "32",
+        "--output",
+        s(&written),
+    ];
+    let out = peft_hostile(&embed, QUICK);
+    assert_refused(
+        "embed",
+        &out,
+        &[&format!("pairs.txt:{}", n + 1), "more than one TAB"],
+    );
+    assert_unchanged("bad last line", &before, tmp.path());
+
+    // Whole, the lines come back in order across the chunks: one output line each, the
+    // first and last as each alone gives them.
+    std::fs::write(&input, pairs.join("\n") + "\n").unwrap();
+    let alone = tmp.path().join("alone.txt");
+    let limit = Duration::from_secs(300);
+    for (cmd, args) in [("predict", &predict[..]), ("embed", &embed[..])] {
+        let out = peft_hostile(args, limit);
+        assert!(out.status.success(), "{cmd}: {}", stderr(&out));
+        let all = std::fs::read_to_string(&written).unwrap();
+        let all: Vec<&str> = all.lines().collect();
+        assert_eq!(all.len(), n, "{cmd}");
+        for i in [0, n - 1] {
+            std::fs::write(&alone, format!("{}\n", pairs[i])).unwrap();
+            let mut one = args.to_vec();
+            one[4] = s(&alone);
+            let out = peft_hostile(&one, limit);
+            assert!(out.status.success(), "{cmd}: {}", stderr(&out));
+            let got = std::fs::read_to_string(&written).unwrap();
+            if cmd == "predict" {
+                // The label, and its probability to the last digit or two (alone, the line
+                // is batched with other padding).
+                let split = |l: &str| -> (String, f64) {
+                    let (label, p) = l.split_once('\t').unwrap();
+                    (label.to_string(), p.parse().unwrap())
+                };
+                let ((a, p), (b, q)) = (split(got.trim_end()), split(all[i]));
+                assert_eq!(a, b, "{cmd} line {}", i + 1);
+                assert!((p - q).abs() < 1e-5, "{cmd} line {}: {p} vs {q}", i + 1);
+            } else {
+                let v = |l: &str| -> Vec<f64> {
+                    let j: serde_json::Value = serde_json::from_str(l).unwrap();
+                    j["embedding"]
+                        .as_array()
+                        .unwrap()
+                        .iter()
+                        .map(|x| x.as_f64().unwrap())
+                        .collect()
+                };
+                let (a, b) = (v(got.trim_end()), v(all[i]));
+                assert_eq!(a.len(), b.len());
+                let worst = a
+                    .iter()
+                    .zip(&b)
+                    .map(|(x, y)| (x - y).abs())
+                    .fold(0.0, f64::max);
+                assert!(worst < 1e-5, "{cmd} line {}: differs by {worst}", i + 1);
+            }
+        }
+    }
+}

@@ -20,7 +20,22 @@ mod run_files;
 /// runners: an ordinary error must still be one message, never a backtrace. Killed after
 /// `limit` (a hang is a failure, not a stuck suite).
 pub fn peft_hostile(args: &[&str], limit: Duration) -> Output {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_peft"))
+    hostile(Command::new(env!("CARGO_BIN_EXE_peft")), args, limit)
+}
+
+/// [`peft_hostile`] as `peft_offline` runs it: the Hugging Face cache at `cache`, downloads
+/// forbidden, no GLUE folder from the environment.
+pub fn peft_hostile_offline(cache: &Path, args: &[&str], limit: Duration) -> Output {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_peft"));
+    cmd.env("HF_HUB_CACHE", cache)
+        .env("HF_HUB_OFFLINE", "1")
+        .env_remove("HF_HOME")
+        .env_remove("PEFT_GLUE_DIR");
+    hostile(cmd, args, limit)
+}
+
+fn hostile(mut cmd: Command, args: &[&str], limit: Duration) -> Output {
+    let mut child = cmd
         .args(args)
         .env("RUST_BACKTRACE", "1")
         .stdout(std::process::Stdio::piped())
