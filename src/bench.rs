@@ -13,7 +13,6 @@ use crate::loss;
 use crate::methods::{self, MethodSpec, Methods};
 use crate::model::{Batch, Ctx, Model, ModelConfig, ParamStore, Precision};
 use crate::optim::{accumulate, AdamWConfig, MaskedAdamW};
-use crate::settings::TrainConfig;
 use crate::train::session::{Session, Trainable};
 
 /// One training step of `method`, ready to repeat on the same batch.
@@ -46,7 +45,7 @@ impl TrainStep {
         device: &Device,
         shape: (usize, usize),
     ) -> Result<Self> {
-        let adapter = TrainConfig::default_adapter(method.clone());
+        let adapter = crate::run::setup::default_adapter(method.clone());
         Self::with_adapter(cfg, weights, method, adapter, device, shape)
     }
 

@@ -10,7 +10,6 @@ use clap::Args;
 use crate::bench::{Forward, TrainStep};
 use crate::methods::Methods;
 use crate::model::{read_checkpoint, Precision};
-use crate::settings::TrainConfig;
 
 #[derive(Args, Debug)]
 pub struct BenchArgs {
@@ -100,7 +99,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
     // A method whose default adapters this family cannot take (DeBERTa v1 has no query
     // or value module) fails before the others are timed, not after.
     for m in args.method.iter().filter(|_| !args.inference_only) {
-        for t in TrainConfig::default_adapter(m.clone())
+        for t in crate::run::setup::default_adapter(m.clone())
             .filter(|a| !matches!(a.kind, crate::model::AdapterKind::Loreft { .. }))
             .map_or(Vec::new(), |a| a.targets)
         {
@@ -127,7 +126,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
     };
     for method in methods {
         reset_peak_rss();
-        let mut adapter = TrainConfig::default_adapter(method.clone());
+        let mut adapter = crate::run::setup::default_adapter(method.clone());
         if let (Some(a), Some(layers), true) = (
             adapter.as_mut(),
             &args.loreft_layers,

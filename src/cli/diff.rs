@@ -37,7 +37,7 @@ pub fn run(args: DiffArgs) -> Result<()> {
     // those, as `peft merge` writes them. LoReFT and InA's thresholded path fold into no
     // weight and are refused with the reason.
     let folded;
-    let trained = match run.info.train.adapter() {
+    let trained = match crate::run::setup::adapter(&run.info.train) {
         Some(_) => {
             let mut w = run.weights(1.0)?;
             fold_adapters(&mut w, &run.info)?;

@@ -124,7 +124,7 @@ pub fn run(args: EvalArgs) -> Result<()> {
     };
     let device = crate::device::parse(args.device.as_deref().unwrap_or(&info.train.device))?;
     let spec = info.train.task_spec(info.labels.as_deref())?;
-    let encoder = info.train.encoder(&run.model_dir, &run.config)?;
+    let encoder = crate::run::setup::encoder(&info.train, &run.model_dir, &run.config)?;
     let source = match &args.data_dir {
         Some(_) if info.train.task == CUSTOM => {
             return Err(user(
@@ -132,7 +132,7 @@ pub fn run(args: EvalArgs) -> Result<()> {
             ))
         }
         Some(dir) => Source::GlueDir(dir.clone()),
-        None => info.train.source()?,
+        None => crate::run::setup::source(&info.train)?,
     };
     let splits: Vec<String> = match args.split.as_str() {
         "dev" => spec.dev_splits.iter().map(|s| s.to_string()).collect(),

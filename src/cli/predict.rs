@@ -56,7 +56,7 @@ pub fn run(args: PredictArgs) -> Result<()> {
     let mut run = args.run.load()?;
     let device = crate::device::parse(args.device.as_deref().unwrap_or(&run.info.train.device))?;
     let model = run.model(1.0, &device)?;
-    let encoder = run.info.train.encoder(&run.model_dir, &run.config)?;
+    let encoder = crate::run::setup::encoder(&run.info.train, &run.model_dir, &run.config)?;
     let batch = args.batch_size.unwrap_or(run.info.train.eval_batch_size);
     let train = &run.info.train;
     let predict = |out: &mut dyn Write| {

@@ -7,4 +7,5 @@ pub mod dir;
 pub mod lock;
 pub mod peft_format;
 pub mod record;
+pub mod setup;
 pub mod weights;

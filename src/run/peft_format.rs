@@ -29,7 +29,7 @@ pub fn write(
     trained: &HashMap<String, Tensor>,
 ) -> Result<()> {
     let single = info.train.method.parts().len() == 1;
-    let cfg = match info.train.adapter() {
+    let cfg = match crate::run::setup::adapter(&info.train) {
         Some(cfg) if cfg.kind == AdapterKind::Ia3 && single => {
             return write_ia3(dir, info, arch, trained, &cfg)
         }

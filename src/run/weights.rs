@@ -180,7 +180,7 @@ impl RunWeights {
             &store,
             &self.config,
             Some(head),
-            info.train.adapter().as_ref(),
+            crate::run::setup::adapter(&info.train).as_ref(),
         )
         .with_context(|| format!("{} is not a run of this model", self.file.display()))?;
         if let Some(name) = store.created().first() {
@@ -309,7 +309,7 @@ impl RunWeights {
             self.base.remove(n);
         });
         let store = ParamStore::frozen(weights, device.clone());
-        let adapter = self.info.train.adapter();
+        let adapter = crate::run::setup::adapter(&self.info.train);
         let head = self
             .info
             .train
@@ -454,7 +454,7 @@ pub fn base_dir(info: &RunInfo, model: Option<&Path>) -> Result<PathBuf> {
 /// to their magnitudes), and drop the pair.
 /// InA's thresholded activation is not linear, so only inhibition 0 (plain LoRA) folds.
 pub fn fold_adapters(weights: &mut HashMap<String, Tensor>, info: &RunInfo) -> Result<()> {
-    let Some(cfg) = info.train.adapter() else {
+    let Some(cfg) = crate::run::setup::adapter(&info.train) else {
         return Ok(());
     };
     if cfg.kind == AdapterKind::Ia3 {

@@ -25,6 +25,7 @@ use crate::optim::{accumulate, AdamWConfig, LinearSchedule, MaskedAdamW, NonFini
 use crate::run::checkpoint::{self, Progress, RESUME};
 use crate::run::dir::{self as run_dir, BaseModel, RunInfo};
 use crate::run::record::{describe, main_score, EvalRecord};
+use crate::run::setup;
 use crate::settings::TrainConfig;
 use crate::stats::thousands;
 use crate::tokenize::{collate, Encoded};
@@ -171,7 +172,7 @@ impl<'a> Run<'a> {
             None
         };
         let device = crate::device::parse(&cfg.device)?;
-        let source = cfg.source()?;
+        let source = setup::source(cfg)?;
         let labels = source.labels()?;
         let spec = cfg.task_spec(labels.as_deref())?;
         let model_dir = crate::model::hub::resolve(&cfg.model, cfg.revision.as_deref())?;
@@ -181,7 +182,7 @@ impl<'a> Run<'a> {
         }
         let weights_file = load::weight_file(&model_dir)?;
         let weights_sha256 = run_dir::sha256_file(&weights_file)?;
-        let encoder = cfg.encoder(&model_dir, &mcfg)?;
+        let encoder = setup::encoder(cfg, &model_dir, &mcfg)?;
         let train = Dataset::load(spec, &source, "train", &encoder)?;
         if train.is_empty() {
             crate::user_bail!("{}: the train split is empty", source.describe());
@@ -222,7 +223,7 @@ impl<'a> Run<'a> {
             weights,
             (&mcfg, spec.head()),
             selection,
-            cfg.adapter().as_ref(),
+            setup::adapter(cfg).as_ref(),
             &device,
             (cfg.seed, mask_seed),
             adam,
@@ -556,7 +557,7 @@ fn same_base_and_labels(cfg: &TrainConfig, saved: &RunInfo, info: &RunInfo) -> R
     if saved.labels != info.labels {
         crate::user_bail!(
             "{}: the labels of the training data changed since the run started ({:?} then, {:?} now)",
-            cfg.source()?.describe(),
+            setup::source(cfg)?.describe(),
             saved.labels.clone().unwrap_or_default(),
             info.labels.clone().unwrap_or_default()
         );

@@ -825,7 +825,7 @@ fn matches_reference(
 /// folded into its weights (`merge`) gives the same logits.
 #[test]
 fn ia3_matches_peft() {
-    let ia3 = peft::settings::TrainConfig::default_adapter(peft::methods::ia3::METHOD).unwrap();
+    let ia3 = peft::run::setup::default_adapter(peft::methods::ia3::METHOD).unwrap();
     let (mut merged, batch, _, cfg, logits) =
         matches_reference("ia3", &ia3, |k| k.ends_with("ia3_l"), 10);
     // Folded into the weights, as `peft merge` writes them: the same logits.

@@ -2,18 +2,17 @@
 //! (`--config`), overridden by command-line flags. The result is printed and saved as
 //! the run's `config.json`.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use anyhow::Result;
 use serde::{Deserialize, Serialize};
 
 use crate::data::squad::{SpanOptions, MAX_ANSWER_LENGTH, N_BEST};
-use crate::data::{CustomData, CustomProblem, Source, TaskSpec, CUSTOM};
-use crate::error::{user, PathContext};
+use crate::data::{CustomProblem, TaskSpec, CUSTOM};
+use crate::error::user;
 use crate::methods::{self, Method, MethodSpec, Methods};
-use crate::model::adapter::{IA3_TARGETS, TARGETS};
-use crate::model::reft::Positions;
-use crate::model::{AdapterConfig, AdapterKind, InaActivation, Precision};
+use crate::model::adapter::IA3_TARGETS;
+use crate::model::{InaActivation, Precision};
 use crate::tokenize::DOC_STRIDE;
 
 /// Training examples for a Fisher estimate made before training, unless told otherwise.
@@ -546,239 +545,16 @@ macro_rules! shown_by_value_enum {
 }
 shown_by_value_enum!(CustomProblem, InaActivation, Precision);
 
-/// The papers' recipes in `configs/`, compiled in: `--config NAME` finds them without the
-/// repository (`--config configs/NAME.toml` reads the file itself).
-pub const RECIPES: &[(&str, &str)] = &[
-    (
-        "child-tuning-d",
-        include_str!("../configs/child-tuning-d.toml"),
-    ),
-    (
-        "child-tuning-f",
-        include_str!("../configs/child-tuning-f.toml"),
-    ),
-    ("ina", include_str!("../configs/ina.toml")),
-    ("ina-paper", include_str!("../configs/ina-paper.toml")),
-    (
-        "lora-roberta-base",
-        include_str!("../configs/lora-roberta-base.toml"),
-    ),
-    ("layernorm", include_str!("../configs/layernorm.toml")),
-    ("bitfit", include_str!("../configs/bitfit.toml")),
-    ("full", include_str!("../configs/full.toml")),
-];
+mod load;
+mod validate;
 
-/// `peft train --help` for --config, listing [`RECIPES`] (a test keeps the two in step).
-pub const CONFIG_HELP: &str = "TOML file with any of the settings above (snake_case keys); \
-flags override it. The papers' recipes, each citing its source, are in configs/ and built in \
-(--config NAME finds them without the repository):
-  child-tuning-d     Child-Tuning D as its reference code (Xu et al., 2021)
-  child-tuning-f     Child-Tuning F as its reference code (Xu et al., 2021)
-  ina                InA as the authors' code (Kang et al., 2024)
-  ina-paper          InA in the paper's GELU form, on query and key
-  lora-roberta-base  LoRA's GLUE settings for RoBERTa-base (Hu et al., 2022)
-  layernorm          LayerNorm only (ValizadehAslani & Liang, 2024)
-  bitfit             BitFit (Ben Zaken et al., 2022)
-  full               full fine-tuning as BERT's paper (Devlin et al., 2019)";
-
-impl Overrides {
-    /// A TOML file, or the name of a built-in recipe (`child-tuning-d`, `ina`, ...) when no
-    /// such file exists.
-    pub fn from_config(arg: &Path) -> Result<Self> {
-        if !arg.exists() {
-            let name = arg.to_string_lossy();
-            let name = name.strip_suffix(".toml").unwrap_or(&name);
-            let name = name.strip_prefix("configs/").unwrap_or(name);
-            if let Some((_, text)) = RECIPES.iter().find(|(n, _)| *n == name) {
-                return Self::from_toml_text(text, Path::new(&format!("configs/{name}.toml")));
-            }
-        }
-        Self::from_toml_file(arg)
-    }
-
-    pub fn from_toml_file(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path).path_context("cannot read config", path)?;
-        Self::from_toml_text(&text, path)
-    }
-
-    pub fn from_toml_text(text: &str, path: &Path) -> Result<Self> {
-        toml::from_str(text).map_err(|e| {
-            let (msg, key) = explain_toml(e.message());
-            // serde reports an unknown key at its table: find the key's own line.
-            let at = key
-                .and_then(|k| {
-                    text.lines().position(|l| {
-                        l.trim_start()
-                            .strip_prefix(k.as_str())
-                            .is_some_and(|r| r.trim_start().starts_with('='))
-                    })
-                })
-                .or_else(|| {
-                    e.span()
-                        .map(|s| text[..s.start.min(text.len())].lines().count().max(1) - 1)
-                });
-            let line = at.map(|l| format!(":{}", l + 1)).unwrap_or_default();
-            user(format!("{}{line}: {msg}", path.display()))
-        })
-    }
-
-    /// True when nothing is set: `--resume` takes the run's own settings and no others.
-    pub fn is_empty(&self) -> bool {
-        serde_json::to_value(self)
-            .ok()
-            .and_then(|v| v.as_object().map(|o| o.values().all(|x| x.is_null())))
-            .unwrap_or(false)
-    }
-
-    /// Fill what is unset with defaults and check every value.
-    pub fn resolve(self) -> Result<TrainConfig> {
-        let task_name = self
-            .task
-            .clone()
-            .ok_or_else(|| user("no task: pass --task (e.g. --task rte)"))?;
-        let custom = custom_data(&self, &task_name)?;
-        let task = match custom {
-            true => CUSTOM,
-            false => crate::data::tasks::task(&task_name)?.name,
-        };
-        let method = self.method.clone().unwrap_or(Methods::one(DEFAULT_METHOD));
-        // The settings a method cannot do without, by key: each method says which.
-        let given = serde_json::to_value(&self)?;
-        for m in method.parts() {
-            for (key, example) in m.required() {
-                if given.get(key).is_none_or(|v| v.is_null()) {
-                    let flag = key.replace('_', "-");
-                    return Err(user(format!(
-                        "--method {method} needs --{flag} (e.g. --{flag} {example})"
-                    )));
-                }
-            }
-        }
-        let qa = !custom && crate::data::tasks::task(task)?.is_qa();
-        let cfg = self.fill(&Context {
-            method,
-            custom,
-            qa,
-            task,
-        })?;
-        cfg.validate()?;
-        Ok(cfg)
-    }
-}
-
-/// Whether `task` is custom data, after checking that the custom flags are given exactly
-/// when it is.
-fn custom_data(o: &Overrides, task: &str) -> Result<bool> {
-    let custom = task.eq_ignore_ascii_case(CUSTOM);
-    if !custom && crate::data::tasks::task(task).is_ok_and(|t| t.is_qa()) {
-        return qa_files(o);
-    }
-    let flags = [
-        ("--train", o.train_file.is_some()),
-        ("--dev", o.dev_file.is_some()),
-        ("--text-columns", o.text_columns.is_some()),
-        ("--label-column", o.label_column.is_some()),
-        ("--problem", o.problem.is_some()),
-    ];
-    if !custom {
-        if let Some((flag, _)) = flags.iter().find(|(_, set)| *set) {
-            return Err(user(format!(
-                "{flag} applies to --task custom; GLUE tasks read --data-dir"
-            )));
-        }
-        return Ok(false);
-    }
-    if o.data_dir.is_some() {
-        return Err(user(
-            "--data-dir applies to GLUE tasks; --task custom reads --train and --dev",
-        ));
-    }
-    if let Some((flag, _)) = flags[..4].iter().find(|(_, set)| !*set) {
-        return Err(user(format!(
-            "--task custom needs {flag}: it reads --train FILE --dev FILE --text-columns a[,b] \
-             --label-column y"
-        )));
-    }
-    for path in [&o.train_file, &o.dev_file].into_iter().flatten() {
-        crate::data::custom::check_extension(path)?;
-    }
-    let n = o.text_columns.as_ref().map_or(0, Vec::len);
-    if !(1..=2).contains(&n) {
-        return Err(user(format!(
-            "--text-columns: name one column, or two for sentence pairs (got {n})"
-        )));
-    }
-    Ok(true)
-}
-
-/// SQuAD reads --train and --dev together, in the official format, instead of --data-dir.
-fn qa_files(o: &Overrides) -> Result<bool> {
-    let columns = [
-        ("--text-columns", o.text_columns.is_some()),
-        ("--label-column", o.label_column.is_some()),
-        ("--problem", o.problem.is_some()),
-    ];
-    if let Some((flag, _)) = columns.iter().find(|(_, set)| *set) {
-        return Err(user(format!(
-            "{flag} applies to --task custom; SQuAD reads official-format JSON (--train FILE \
-             --dev FILE, or --data-dir)"
-        )));
-    }
-    match (&o.train_file, &o.dev_file, &o.data_dir) {
-        (Some(_), None, _) | (None, Some(_), _) => Err(user(
-            "SQuAD from your own files needs both --train FILE and --dev FILE",
-        )),
-        (Some(_), Some(_), Some(_)) => Err(user(
-            "--data-dir and --train/--dev both name SQuAD files: give one or the other",
-        )),
-        _ => Ok(false),
-    }
-}
-
-/// serde names an unknown key and lists the valid ones; say which one was meant.
-/// Returns the message and, for an unknown key, the key.
-fn explain_toml(msg: &str) -> (String, Option<String>) {
-    let Some((key, expected)) = msg
-        .strip_prefix("unknown field `")
-        .and_then(|rest| rest.split_once('`'))
-    else {
-        return (msg.to_string(), None);
-    };
-    let valid: Vec<&str> = expected.split('`').skip(1).step_by(2).collect();
-    // The names transformers' TrainingArguments use for the same settings.
-    let alias = match key {
-        "learning_rate" => Some("lr"),
-        "num_train_epochs" | "num_epochs" => Some("epochs"),
-        "per_device_train_batch_size" | "train_batch_size" => Some("batch_size"),
-        "per_device_eval_batch_size" => Some("eval_batch_size"),
-        "gradient_accumulation_steps" => Some("grad_accum"),
-        "max_length" | "max_seq_length" => Some("max_seq_len"),
-        "model_name_or_path" => Some("model"),
-        _ => None,
-    };
-    if let Some(a) = alias {
-        return (
-            format!("unknown key `{key}`; did you mean `{a}`?"),
-            Some(key.to_string()),
-        );
-    }
-    let closest = valid
-        .iter()
-        .map(|v| (strsim::jaro_winkler(key, v), *v))
-        .max_by(|a, b| a.0.total_cmp(&b.0));
-    let msg = match closest {
-        Some((score, v)) if score > 0.8 => format!("unknown key `{key}`; did you mean `{v}`?"),
-        _ => format!("unknown key `{key}`; valid keys: {}", valid.join(", ")),
-    };
-    (msg, Some(key.to_string()))
-}
+pub use load::{CONFIG_HELP, RECIPES};
 
 impl TrainConfig {
-    /// The adapter a run of `method` adds when it sets none of its flags (None for
-    /// methods without adapters): the defaults of the settings table.
-    pub fn default_adapter(method: impl Into<Methods>) -> Option<AdapterConfig> {
+    /// The settings a run of `method` gets when it sets none of its own flags: the
+    /// defaults of the table (None for no model is needed; "rte" stands for the task).
+    pub fn defaults_for(method: impl Into<Methods>) -> Option<TrainConfig> {
         let method = method.into();
-        // The model has no default; any path stands in for it, as "rte" for the task.
         let o = Overrides {
             method: Some(method.clone()),
             model: Some(PathBuf::new()),
@@ -790,36 +566,7 @@ impl TrainConfig {
             qa: false,
             task: "rte",
         };
-        o.fill(&c).ok()?.adapter()
-    }
-
-    /// Where this run's examples come from.
-    pub fn source(&self) -> Result<Source> {
-        if let (false, Some(train), Some(dev)) =
-            (self.task == CUSTOM, &self.train_file, &self.dev_file)
-        {
-            return Ok(Source::QaFiles {
-                train: train.clone(),
-                dev: dev.clone(),
-            });
-        }
-        if self.task != CUSTOM {
-            return Ok(self
-                .data_dir
-                .clone()
-                .map_or(Source::GlueHub, Source::GlueDir));
-        }
-        let need = |v: Option<&PathBuf>, flag: &str| {
-            v.cloned()
-                .ok_or_else(|| user(format!("--task custom needs --{flag} FILE")))
-        };
-        Ok(Source::Custom(CustomData {
-            train: need(self.train_file.as_ref(), "train")?,
-            dev: need(self.dev_file.as_ref(), "dev")?,
-            text_columns: self.text_columns.clone().unwrap_or_default(),
-            label_column: self.label_column.clone().unwrap_or_default(),
-            problem: self.problem.unwrap_or(CustomProblem::Classification),
-        }))
+        o.fill(&c).ok()
     }
 
     /// The task of a run: a GLUE task from the registry, or custom data with the class
@@ -846,18 +593,6 @@ impl TrainConfig {
         }
     }
 
-    /// The run's tokenizer: `max_seq_len` tokens, SQuAD windows `doc_stride` apart.
-    pub fn encoder(
-        &self,
-        dir: &Path,
-        model: &crate::model::ModelConfig,
-    ) -> Result<crate::tokenize::TextEncoder> {
-        Ok(
-            crate::tokenize::TextEncoder::load(dir, model, self.max_seq_len)?
-                .with_doc_stride(self.doc_stride.unwrap_or(DOC_STRIDE)),
-        )
-    }
-
     /// The method with the settings its selection reads.
     pub fn method_spec(&self) -> MethodSpec {
         MethodSpec {
@@ -869,196 +604,16 @@ impl TrainConfig {
         }
     }
 
-    /// The adapter a run with lora, dora, ina or ia3 adds.
-    pub fn adapter(&self) -> Option<AdapterConfig> {
-        let m = &self.method;
-        // Parsing allows one adapter kind per run, so at most one of these holds.
-        if m.lora() {
-            return Some(AdapterConfig {
-                kind: if m.has(methods::dora::METHOD) {
-                    AdapterKind::Dora
-                } else {
-                    AdapterKind::Lora
-                },
-                r: self.lora_r?,
-                alpha: self.lora_alpha?,
-                dropout: self.lora_dropout?,
-                targets: self.lora_targets.clone()?,
-                rslora: self.lora_rslora.unwrap_or(false),
-            });
-        }
-        if m.has(methods::ina::METHOD) {
-            return Some(AdapterConfig {
-                kind: AdapterKind::Ina {
-                    inhibition: self.ina_inhibition?,
-                    activation: self.ina_activation?,
-                },
-                r: self.ina_r?,
-                alpha: self.ina_alpha?,
-                dropout: self.ina_dropout?,
-                targets: self.ina_targets.clone()?,
-                rslora: false,
-            });
-        }
-        if m.has(methods::loreft::METHOD) {
-            let p = Positions::parse(self.loreft_positions.as_deref()?).ok()?;
-            return Some(AdapterConfig {
-                kind: AdapterKind::Loreft {
-                    first: p.first,
-                    last: p.last,
-                },
-                r: self.loreft_r?,
-                alpha: 0.0,
-                dropout: self.loreft_dropout?,
-                targets: self.loreft_layers.clone()?,
-                rslora: false,
-            });
-        }
-        if m.has(methods::ia3::METHOD) {
-            return Some(AdapterConfig {
-                kind: AdapterKind::Ia3,
-                r: 0,
-                alpha: 0.0,
-                dropout: 0.0,
-                targets: self.ia3_targets.clone()?,
-                rslora: false,
-            });
-        }
-        None
-    }
-
-    fn validate(&self) -> Result<()> {
-        let bad = |key: &str, why: String| Err(user(format!("{key}: {why}")));
-        if !(self.lr > 0.0 && self.lr.is_finite()) {
-            return bad("lr", format!("{} must be positive", self.lr));
-        }
-        for (key, v) in [
-            ("epochs", self.epochs),
-            ("batch_size", self.batch_size),
-            ("grad_accum", self.grad_accum),
-            ("eval_batch_size", self.eval_batch_size),
-        ] {
-            if v == 0 {
-                return bad(key, "must be at least 1".into());
-            }
-        }
-        for (key, v) in [
-            ("max_steps", self.max_steps),
-            ("eval_steps", self.eval_steps),
-            ("save_steps", self.save_steps),
-        ] {
-            if v == Some(0) {
-                return bad(key, "must be at least 1".into());
-            }
-        }
-        for (key, v) in [("fraction", self.fraction), ("reserve", self.reserve)] {
-            if let Some(v) = v {
-                if !(v > 0.0 && v <= 1.0) {
-                    return bad(key, format!("{v} is outside (0, 1]"));
-                }
-            }
-        }
-        if let Some(a) = self.adapter().filter(|a| a.kind == AdapterKind::Ia3) {
-            for t in &a.targets {
-                if !IA3_TARGETS.contains(&t.as_str()) && !TARGETS.contains(&t.as_str()) {
-                    return bad(
-                        "ia3_targets",
-                        format!(
-                            "unknown module `{t}` (expected one of {})",
-                            TARGETS.join(", ")
-                        ),
-                    );
-                }
-            }
-            if a.targets.is_empty() {
-                return bad("ia3_targets", "name at least one module".into());
-            }
-        }
-        if let Some(p) = &self.loreft_positions {
-            Positions::parse(p).map_err(|e| user(format!("loreft_positions: {e}")))?;
-        }
-        if let Some(a) = self
-            .adapter()
-            .filter(|a| matches!(a.kind, AdapterKind::Loreft { .. }))
-        {
-            if a.r == 0 {
-                return bad("loreft_r", "the rank must be at least 1".into());
-            }
-            if !(0.0..1.0).contains(&a.dropout) {
-                return bad("loreft_dropout", format!("{} is outside [0, 1)", a.dropout));
-            }
-            if a.targets.is_empty() {
-                return bad("loreft_layers", "name at least one layer, or `all`".into());
-            }
-            for t in &a.targets {
-                if t != "all" && t.parse::<usize>().is_err() {
-                    return bad(
-                        "loreft_layers",
-                        format!("`{t}` is neither `all` nor a layer index"),
-                    );
-                }
-            }
-        }
-        if let Some(a) = self
-            .adapter()
-            .filter(|a| !matches!(a.kind, AdapterKind::Ia3 | AdapterKind::Loreft { .. }))
-        {
-            if a.r == 0 {
-                return bad("lora_r/ina_r", "the rank must be at least 1".into());
-            }
-            if !(0.0..1.0).contains(&a.dropout) {
-                return bad(
-                    "lora_dropout/ina_dropout",
-                    format!("{} is outside [0, 1)", a.dropout),
-                );
-            }
-            if a.targets.is_empty() {
-                return bad(
-                    "lora_targets/ina_targets",
-                    "name at least one module".into(),
-                );
-            }
-            for t in &a.targets {
-                if !TARGETS.contains(&t.as_str()) {
-                    return bad(
-                        "lora_targets/ina_targets",
-                        format!(
-                            "unknown module `{t}` (expected one of {})",
-                            TARGETS.join(", ")
-                        ),
-                    );
-                }
-            }
-        }
-        if self.fisher_samples == Some(Samples::Count(0)) || self.fisher_batch_mean == Some(0) {
-            return bad(
-                "fisher_samples/fisher_batch_mean",
-                "must be at least 1".into(),
-            );
-        }
-        if self.max_seq_len < 4 {
-            return bad("max_seq_len", format!("{} is too short", self.max_seq_len));
-        }
-        if !(0.0..1.0).contains(&self.warmup_ratio) {
-            return bad(
-                "warmup_ratio",
-                format!("{} is outside [0, 1)", self.warmup_ratio),
-            );
-        }
-        if self.weight_decay.is_nan()
-            || self.weight_decay < 0.0
-            || self.max_grad_norm.is_nan()
-            || self.max_grad_norm < 0.0
-        {
-            return bad("weight_decay/max_grad_norm", "must not be negative".into());
-        }
-        Ok(())
+    /// `doc_stride`, with its default.
+    pub fn doc_stride(&self) -> usize {
+        self.doc_stride.unwrap_or(DOC_STRIDE)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::path::Path;
 
     fn base() -> Overrides {
         Overrides {
@@ -1132,32 +687,6 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("no-such-recipe"), "{err}");
-    }
-
-    /// `peft bench` builds a method's adapter from these: they must be a run's defaults.
-    #[test]
-    fn default_adapters_are_a_runs_defaults() {
-        for m in [
-            methods::lora::METHOD,
-            methods::ina::METHOD,
-            methods::full::METHOD,
-        ] {
-            let run = Overrides {
-                method: Some(m.into()),
-                ..base()
-            }
-            .resolve()
-            .unwrap()
-            .adapter();
-            assert_eq!(TrainConfig::default_adapter(m), run);
-        }
-        assert!(TrainConfig::default_adapter(methods::full::METHOD).is_none());
-        assert_eq!(
-            TrainConfig::default_adapter(methods::ina::METHOD)
-                .unwrap()
-                .r,
-            4
-        );
     }
 
     #[test]
