@@ -50,7 +50,7 @@ pub fn component(name: &str) -> (&'static str, Option<usize>) {
         "output LayerNorm"
     } else if name.starts_with("pooler.") {
         "pooler"
-    } else if name.starts_with("classifier.") || name.starts_with("qa_outputs.") {
+    } else if crate::model::family::is_head(name) {
         "head"
     } else {
         "other"

@@ -57,9 +57,9 @@ pub fn run(args: MergeArgs) -> Result<()> {
 
     let arch = run.config.model_type;
     let spec = run.info.train.task_spec(run.info.labels.as_deref())?;
-    // RobertaForSequenceClassification and every *ForQuestionAnswering have no pooler;
-    // transformers would warn about the unused tensors.
-    let pooler = arch != Arch::Roberta && !spec.is_qa();
+    // The task model has a pooler where its classifier reads one (not RoBERTa's or
+    // ELECTRA's, not any *ForQuestionAnswering); transformers would warn about unused ones.
+    let pooler = arch.classifier_reads_pooler() && !spec.is_qa();
     let named = weights
         .into_iter()
         .filter(|(n, _)| pooler || !n.starts_with("pooler."))

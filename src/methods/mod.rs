@@ -465,9 +465,7 @@ pub struct Selection {
     pub rule: UpdateRule,
 }
 
-pub fn is_head(name: &str) -> bool {
-    name.starts_with("classifier.") || name.starts_with("qa_outputs.")
-}
+pub use crate::model::family::is_head;
 
 pub fn is_layernorm(name: &str) -> bool {
     name.contains("LayerNorm.")

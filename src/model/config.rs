@@ -55,14 +55,19 @@ impl Arch {
         }
     }
 
+    /// Whether the family's sequence classifier reads the pooler (BERT's and DeBERTa's do;
+    /// RoBERTa's and ELECTRA's classify the first token themselves); no question-answering
+    /// head does. `Model` loads the pooler by this, and `merge` keeps it by this.
+    pub fn classifier_reads_pooler(self) -> bool {
+        matches!(self, Arch::Bert | Arch::Deberta | Arch::DebertaV2)
+    }
+
     /// The name transformers' task models (`*ForSequenceClassification`,
     /// `*ForQuestionAnswering`) give a canonical tensor: the encoder's under the family's
     /// prefix; the head's as it is, and so DeBERTa's pooler, which sits beside its encoder
     /// (`pooler.dense`, where BERT has `bert.pooler.dense`).
     pub fn task_model_name(self, canonical: &str) -> String {
-        let beside = ["classifier.", "qa_outputs."]
-            .iter()
-            .any(|p| canonical.starts_with(p))
+        let beside = super::family::is_head(canonical)
             || (self.is_deberta() && canonical.starts_with("pooler."));
         match beside {
             true => canonical.to_string(),

@@ -10,6 +10,7 @@ mod ctx;
 pub mod deberta;
 mod disentangled;
 mod embeddings;
+pub mod family;
 mod heads;
 pub mod hub;
 mod layer;
@@ -136,10 +137,8 @@ impl Model {
             )?),
             None => None,
         };
-        // BERT's and DeBERTa's classifiers read the pooler; their question-answering
-        // heads do not.
-        let pooled_head = matches!(cfg.model_type, Arch::Bert | Arch::Deberta | Arch::DebertaV2);
-        let wants_pooler = pooled_head && matches!(head, Some(HeadKind::Classes(_)));
+        let wants_pooler =
+            cfg.model_type.classifier_reads_pooler() && matches!(head, Some(HeadKind::Classes(_)));
         let pooler = if wants_pooler
             || (head != Some(HeadKind::Span) && root.contains("pooler.dense.weight"))
         {
