@@ -45,6 +45,27 @@ pub struct Progress {
     pub last: Option<EvalRecord>,
 }
 
+impl Progress {
+    /// Where a new run starts: nothing done.
+    pub fn start() -> Self {
+        Progress {
+            step: 0,
+            epoch: 0,
+            steps_in_epoch: 0,
+            dropout_calls: 0,
+            skipped: 0,
+            loss_sum: 0.0,
+            loss_n: 0,
+            tokens: 0,
+            examples: 0,
+            train_time: 0.0,
+            elapsed_s: 0.0,
+            best: None,
+            last: None,
+        }
+    }
+}
+
 pub struct Resumed {
     pub params: HashMap<String, Tensor>,
     pub optimizer: OptimizerState,

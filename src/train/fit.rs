@@ -20,7 +20,7 @@ use crate::fisher::{estimate, Estimator, FisherOptions};
 use crate::loss;
 use crate::methods;
 use crate::model::ModelConfig;
-use crate::model::{fit_head, load, read_checkpoint, Ctx, Model};
+use crate::model::{Ctx, Model};
 use crate::optim::{accumulate, AdamWConfig, LinearSchedule, MaskedAdamW, NonFiniteGradient};
 use crate::run::checkpoint::{self, Progress, RESUME};
 use crate::run::dir::{self as run_dir, BaseModel, RunInfo};
@@ -29,6 +29,7 @@ use crate::run::setup;
 use crate::settings::TrainConfig;
 use crate::stats::thousands;
 use crate::tokenize::{collate, Encoded};
+use crate::train::prepare::{open_dir, Counts, Inputs};
 use crate::train::session::{Session, Trainable};
 
 pub struct Summary {
@@ -171,27 +172,19 @@ impl<'a> Run<'a> {
             run_dir::check_free(out, overwrite)?;
             None
         };
-        let device = crate::device::parse(&cfg.device)?;
-        let source = setup::source(cfg)?;
-        let labels = source.labels()?;
-        let spec = cfg.task_spec(labels.as_deref())?;
-        let model_dir = crate::model::hub::resolve(&cfg.model, cfg.revision.as_deref())?;
-        let (mcfg, mut weights) = read_checkpoint(&model_dir)?;
-        if fit_head(&mut weights, spec.head()) {
-            eprintln!("the checkpoint's head has another number of outputs: starting a new head");
-        }
-        let weights_file = load::weight_file(&model_dir)?;
-        let weights_sha256 = run_dir::sha256_file(&weights_file)?;
-        let encoder = setup::encoder(cfg, &model_dir, &mcfg)?;
-        let train = Dataset::load(spec, &source, "train", &encoder)?;
-        if train.is_empty() {
-            crate::user_bail!("{}: the train split is empty", source.describe());
-        }
-        let devs = spec
-            .dev_splits
-            .iter()
-            .map(|s| Dataset::load(spec, &source, s, &encoder))
-            .collect::<Result<Vec<_>>>()?;
+        let Inputs {
+            device,
+            labels,
+            spec,
+            model_dir,
+            mcfg,
+            weights,
+            weights_file,
+            weights_sha256,
+            pad,
+            train,
+            devs,
+        } = Inputs::load(cfg)?;
 
         let fisher = if cfg.method.needs_fisher() {
             Some(fisher_for(
@@ -200,7 +193,7 @@ impl<'a> Run<'a> {
                 (&weights, &weights_sha256),
                 spec,
                 &train,
-                encoder.pad_id(),
+                pad,
                 &device,
             )?)
         } else {
@@ -254,63 +247,17 @@ impl<'a> Run<'a> {
             trainable_params,
             trainable_tensors: vars.keys().cloned().collect(),
         };
-        let resumed = match resumed {
-            Some((saved, state)) => {
-                same_base_and_labels(cfg, &saved, &info)?;
-                Some(state)
-            }
-            None => {
-                run_dir::prepare(out, overwrite)?;
-                run_dir::write_atomic(
-                    &out.join(run_dir::CONFIG),
-                    serde_json::to_string_pretty(&info)?.as_bytes(),
-                )?;
-                None
-            }
-        };
+        let resumed = open_dir(cfg, overwrite, resumed, &info)?;
 
-        // Settings that multiply past a counter are refused, naming where they came from.
-        let overflow = |what: String| {
-            let from = match resume {
-                true => format!("{}: train: ", out.join(run_dir::CONFIG).display()),
-                false => String::new(),
-            };
-            crate::error::user(format!("{from}{what} overflow the step counter"))
-        };
-        let step_size = cfg.batch_size.checked_mul(cfg.grad_accum).ok_or_else(|| {
-            overflow(format!(
-                "batch_size {} × grad_accum {}",
-                cfg.batch_size, cfg.grad_accum
-            ))
-        })?;
-        let steps_per_epoch = train.len().div_ceil(step_size);
-        let total = match cfg.max_steps {
-            Some(n) => n,
-            None => cfg.epochs.checked_mul(steps_per_epoch).ok_or_else(|| {
-                overflow(format!(
-                    "epochs {} × {steps_per_epoch} steps per epoch",
-                    cfg.epochs
-                ))
-            })?,
-        };
+        let Counts {
+            step_size,
+            steps_per_epoch,
+            total,
+        } = Counts::of(cfg, train.len(), resume)?;
         let ctx = Ctx::train(dropout_seed).with_precision(cfg.precision);
         let mut order_rng = StdRng::seed_from_u64(order_seed);
         let lengths = train.lengths();
-        let mut p = Progress {
-            step: 0,
-            epoch: 0,
-            steps_in_epoch: 0,
-            dropout_calls: 0,
-            skipped: 0,
-            loss_sum: 0.0,
-            loss_n: 0,
-            tokens: 0,
-            examples: 0,
-            train_time: 0.0,
-            elapsed_s: 0.0,
-            best: None,
-            last: None,
-        };
+        let mut p = Progress::start();
         if let Some(r) = resumed {
             // Before anything is restored or rewritten (metrics.jsonl below).
             let shape = checkpoint::RunShape {
@@ -342,7 +289,7 @@ impl<'a> Run<'a> {
             train,
             lengths,
             devs,
-            pad: encoder.pad_id(),
+            pad,
             model,
             vars,
             opt,
@@ -517,52 +464,6 @@ impl<'a> Run<'a> {
             _ => bail!("training ended without an evaluation"),
         }
     }
-}
-
-/// A resumed run must train on the base weights and labels it started with.
-fn same_base_and_labels(cfg: &TrainConfig, saved: &RunInfo, info: &RunInfo) -> Result<()> {
-    if saved.base.sha256 != info.base.sha256 {
-        crate::user_bail!(
-            "{}: the base model's weights changed since the run started (sha256 {} then, {} now)",
-            info.base.weights_file.display(),
-            saved.base.sha256,
-            info.base.sha256
-        );
-    }
-    // The checkpoint's tensors are checked against what trains now; config.json must say
-    // the same, as eval reads the run's tensors by it.
-    let listed = |i: &RunInfo| -> std::collections::BTreeSet<String> {
-        i.trainable_tensors.iter().cloned().collect()
-    };
-    let (said, trains) = (listed(saved), listed(info));
-    if let Some(name) = said.symmetric_difference(&trains).next() {
-        crate::user_bail!(
-            "{}: `trainable_tensors` {} `{name}`, but the run {} it: the file was edited or \
-             is another run's",
-            cfg.output_dir.join(run_dir::CONFIG).display(),
-            if said.contains(name) {
-                "lists"
-            } else {
-                "lacks"
-            },
-            if trains.contains(name) {
-                "trains"
-            } else {
-                "never trains"
-            },
-        );
-    }
-    // Custom labels come from the training file: if it changed, head rows would
-    // silently mean other classes.
-    if saved.labels != info.labels {
-        crate::user_bail!(
-            "{}: the labels of the training data changed since the run started ({:?} then, {:?} now)",
-            setup::source(cfg)?.describe(),
-            saved.labels.clone().unwrap_or_default(),
-            info.labels.clone().unwrap_or_default()
-        );
-    }
-    Ok(())
 }
 
 /// A resumed run's tensors replace the freshly built ones, name for name.

@@ -2,4 +2,5 @@
 //! masked AdamW, with evaluation on dev and a self-describing run directory.
 
 pub mod fit;
+mod prepare;
 pub mod session;
