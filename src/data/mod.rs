@@ -5,6 +5,7 @@
 pub mod batches;
 pub mod custom;
 pub mod dataset;
+pub mod glue_files;
 pub mod hub;
 pub mod input;
 pub mod labels;
@@ -18,7 +19,8 @@ use std::path::PathBuf;
 use anyhow::Result;
 
 pub use custom::{CustomData, CustomProblem, CUSTOM};
-pub use tasks::{all, read_split, task, Example, Label, Layout, Metric, Problem, TaskSpec};
+pub use glue_files::read_split;
+pub use tasks::{all, task, Example, Label, Layout, Metric, Problem, TaskSpec};
 
 /// Where a task's examples come from.
 #[derive(Debug, Clone, PartialEq)]
@@ -55,7 +57,7 @@ impl Source {
 
     pub fn read(&self, spec: &TaskSpec, split: &str) -> Result<Vec<Example>> {
         match self {
-            Source::GlueDir(dir) => tasks::read_split(spec, dir, split),
+            Source::GlueDir(dir) => glue_files::read_split(spec, dir, split),
             Source::GlueHub => hub::read_split(spec, split),
             Source::Custom(c) => c.read_split(spec, split),
             Source::QaFiles { .. } => Err(anyhow::anyhow!(

@@ -6,7 +6,8 @@
 
 use std::path::Path;
 
-use peft::data::tasks::{all, read_split, task, Label, Problem};
+use peft::data::read_split;
+use peft::data::tasks::{all, task, Label, Problem};
 use peft::error::is_user_error;
 use peft::settings::Overrides;
 use proptest::prelude::*;
