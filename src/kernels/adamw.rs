@@ -16,7 +16,7 @@ use std::cell::Cell;
 use candle_core::{CpuStorage, DType, InplaceOp1, Layout, Storage, Tensor};
 use rayon::prelude::*;
 
-use super::ops::slice;
+use super::common::slice;
 use super::simd::{multiversion, Isa};
 
 /// Elements per parallel task: big enough to amortise scheduling, small enough to split

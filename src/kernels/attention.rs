@@ -5,13 +5,15 @@
 //! gives each node a zero-filled gradient and adds into it: `perf` put a quarter of a
 //! LayerNorm-only step there. Here q, k and v stay in the linear layers' (batch, seq,
 //! heads·dim) layout, each head is a strided view for gemm, and backward is written out.
-//! Dropout on the probabilities uses `ops::DropoutOp`'s counter-based mask with the flat
+//! Dropout on the probabilities uses `dropout::DropoutOp`'s counter-based mask with the flat
 //! (batch, head, query, key) index, so a run is the same as with the composed ops.
 
-use candle_core::{CpuStorage, CustomOp3, DType, Layout, Shape, Tensor};
+use candle_core::{CpuStorage, CustomOp3, DType, Layout, Shape, Tensor, D};
 use rayon::prelude::*;
 
-use super::ops::{gemm_into, slice, with_slice, DropoutOp};
+use super::common::{records, slice, with_slice};
+use super::dropout::DropoutOp;
+use super::matmul::gemm_into;
 use super::simd;
 
 pub(crate) struct AttentionOp {
@@ -321,7 +323,7 @@ pub(crate) fn attention(
             q.dims()
         );
     }
-    let tracked = super::ops::records(&[q, k, v]);
+    let tracked = records(&[q, k, v]);
     let op = AttentionOp {
         heads,
         scale: scale as f32,
@@ -336,11 +338,27 @@ pub(crate) fn attention(
     }
 }
 
+/// Attention probabilities softmax(scale · scores + mask) for scores (batch, heads, q, k)
+/// and a (batch, k) 1/0 padding mask, from candle's ops: where attention::attention does
+/// not run (CUDA), and as its reference in tests.
+pub fn attention_probs(scores: &Tensor, mask: &Tensor, scale: f64) -> anyhow::Result<Tensor> {
+    let (b, _, _, k) = scores.dims4()?;
+    // transformers' additive mask: 0 keeps, f32::MIN removes.
+    let add = mask
+        .to_dtype(DType::F32)?
+        .affine(f32::MAX as f64, f32::MIN as f64)?
+        .reshape((b, 1, 1, k))?;
+    let x = (scores * scale)?.broadcast_add(&add)?;
+    let max = x.max_keepdim(D::Minus1)?.detach();
+    let e = x.broadcast_sub(&max)?.exp()?;
+    Ok(e.broadcast_div(&e.sum_keepdim(D::Minus1)?)?)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::kernels::ops;
-    use crate::kernels::ops::tests::{max_diff, probe_grads, rand};
+    use crate::kernels::common::testing::{max_diff, probe_grads, rand};
+    use crate::kernels::dropout::dropout;
     use candle_core::{Device, Var};
 
     /// The composed candle ops the fused op replaces, dropout drawn with the same key.
@@ -357,9 +375,9 @@ mod tests {
         let (q, k, v) = (split(q), split(k), split(v));
         let scores = q.matmul(&k.t().unwrap()).unwrap();
         let scale = 1.0 / ((hd / heads) as f64).sqrt();
-        let mut probs = ops::attention_probs(&scores, mask, scale).unwrap();
+        let mut probs = attention_probs(&scores, mask, scale).unwrap();
         if p > 0.0 {
-            probs = ops::dropout(&probs, p, 77).unwrap();
+            probs = dropout(&probs, p, 77).unwrap();
         }
         probs
             .matmul(&v)

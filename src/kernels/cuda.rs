@@ -1,6 +1,6 @@
 //! The CUDA side of the hand-written ops whose result must not depend on the device.
 //!
-//! Dropout's mask is a hash of (seed, call, element index) (ops::DropoutOp). This kernel
+//! Dropout's mask is a hash of (seed, call, element index) (dropout::DropoutOp). This kernel
 //! computes the same hash on the GPU, so a run draws the same masks on either device and
 //! no mask is built on the host and copied over (which had made a GPU step 10x slower
 //! than PyTorch's). Compiled once per process with NVRTC, as candle does not ship it.

@@ -6,8 +6,16 @@
 
 pub mod adamw;
 pub(crate) mod attention;
+pub(crate) mod common;
 #[cfg(feature = "cuda")]
 mod cuda;
-pub(crate) mod ops;
+pub(crate) mod dropout;
+pub(crate) mod gelu;
+pub(crate) mod layernorm;
+pub(crate) mod linear;
+pub(crate) mod matmul;
 pub mod simd;
-pub use ops::{columns, linear, linear_bf16, with_composed_ops, without_graph};
+#[cfg(test)]
+mod tests;
+pub use common::{with_composed_ops, without_graph};
+pub use linear::{columns, linear, linear_bf16};

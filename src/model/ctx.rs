@@ -6,7 +6,7 @@ use std::cell::Cell;
 use anyhow::Result;
 use candle_core::Tensor;
 
-use crate::kernels::ops;
+use crate::kernels::dropout;
 
 /// Per-forward state: training (dropout on) or not, whether the forward records a graph
 /// for a backward pass, and the seed of the dropout masks (candle's own CPU generator
@@ -119,7 +119,7 @@ impl Dropout {
         if !ctx.train || self.p == 0.0 {
             return Ok(x.clone());
         }
-        ops::dropout(x, self.p, ctx.next_key())
+        dropout::dropout(x, self.p, ctx.next_key())
     }
 
     /// Whether `forward` drops anything under `ctx`.
@@ -128,7 +128,7 @@ impl Dropout {
     }
 
     /// The mask `forward` would draw, for a fused op to apply itself (None: no dropout).
-    pub(crate) fn op(&self, ctx: &Ctx) -> Option<ops::DropoutOp> {
-        (ctx.train && self.p != 0.0).then(|| ops::DropoutOp::new(self.p, ctx.next_key()))
+    pub(crate) fn op(&self, ctx: &Ctx) -> Option<dropout::DropoutOp> {
+        (ctx.train && self.p != 0.0).then(|| dropout::DropoutOp::new(self.p, ctx.next_key()))
     }
 }

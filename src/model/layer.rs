@@ -12,8 +12,7 @@ use super::disentangled::Disentangled;
 use super::nn::{Ctx, Dropout, LayerNorm, Linear, Precision};
 use super::params::Path;
 use super::relative::Positions;
-use crate::kernels::attention;
-use crate::kernels::ops;
+use crate::kernels::{attention, common, dropout, linear};
 
 pub struct SelfAttention {
     query: Linear,
@@ -49,7 +48,7 @@ impl SelfAttention {
         let (b, t, h) = x.dims3()?;
         let scale = 1.0 / (self.head_dim as f64).sqrt();
         let bf16 = ctx.precision() == Precision::Bf16;
-        if ops::fused(x) && !bf16 {
+        if common::fused(x) && !bf16 {
             let (q, k, v) = (
                 self.query.forward(x, ctx)?,
                 self.key.forward(x, ctx)?,
@@ -70,12 +69,12 @@ impl SelfAttention {
         let v = split(self.value.forward(x, ctx)?)?;
         let matmul = |a: &Tensor, b: &Tensor| -> Result<Tensor> {
             match bf16 {
-                true => ops::matmul_bf16(a, b),
+                true => linear::matmul_bf16(a, b),
                 false => Ok(a.matmul(b)?),
             }
         };
         let scores = matmul(&q, &k.t()?)?;
-        let probs = ops::attention_probs(&scores, mask, scale)?;
+        let probs = attention::attention_probs(&scores, mask, scale)?;
         let probs = self.dropout.forward(&probs, ctx)?;
         Ok(matmul(&probs, &v)?.transpose(1, 2)?.reshape((b, t, h))?)
     }
@@ -126,7 +125,7 @@ impl AddNorm {
     }
 
     fn add_norm(&self, y: Tensor, residual: &Tensor, ctx: &Ctx) -> Result<Tensor> {
-        let s = ops::dropout_add(&y, residual, self.dropout.op(ctx))?;
+        let s = dropout::dropout_add(&y, residual, self.dropout.op(ctx))?;
         self.layer_norm.forward(&s)
     }
 }

@@ -11,7 +11,7 @@ use super::adapter::{Adapter, AdapterConfig, AdapterKind, Ia3};
 use super::config::Activation;
 pub use super::ctx::{Ctx, Dropout, Precision};
 use super::params::{Init, Path};
-use crate::kernels::ops;
+use crate::kernels::{gelu, layernorm, linear};
 
 /// y = x Wᵀ + b over the last dimension, W of shape (out, in) as in torch.
 #[derive(Debug, Clone)]
@@ -91,8 +91,8 @@ impl Linear {
                 None => x,
             };
             let y = match ctx.precision() {
-                Precision::F32 => ops::linear(x, &self.weight, self.bias.as_ref())?,
-                Precision::Bf16 => ops::linear_bf16(x, &self.weight, self.bias.as_ref())?,
+                Precision::F32 => linear::linear(x, &self.weight, self.bias.as_ref())?,
+                Precision::Bf16 => linear::linear_bf16(x, &self.weight, self.bias.as_ref())?,
             };
             let y = match &self.adapter {
                 Some(a) => a.add_to(x, y, &self.weight, self.bias.as_ref(), ctx)?,
@@ -112,7 +112,7 @@ impl Linear {
             (None, Activation::Gelu, Some(b))
                 if self.ia3.is_none() && ctx.precision() == Precision::F32 =>
             {
-                self.on_rows(z, |z| ops::gelu_linear(z, &self.weight, b))
+                self.on_rows(z, |z| linear::gelu_linear(z, &self.weight, b))
             }
             _ => self.forward(&activate(z, act)?, ctx),
         }
@@ -159,13 +159,13 @@ impl LayerNorm {
 
 impl LayerNorm {
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        ops::layer_norm(x, &self.weight, &self.bias, self.eps)
+        layernorm::layer_norm(x, &self.weight, &self.bias, self.eps)
     }
 }
 
 pub fn activate(x: &Tensor, act: Activation) -> Result<Tensor> {
     match act {
-        Activation::Gelu => ops::gelu_erf(x),
+        Activation::Gelu => gelu::gelu_erf(x),
         Activation::GeluTanh => Ok(x.gelu()?),
         Activation::Relu => Ok(x.relu()?),
         Activation::Tanh => Ok(x.tanh()?),

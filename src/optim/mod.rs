@@ -1,13 +1,15 @@
 //! The one optimizer every method trains through, and its learning-rate schedule.
 
 mod masked_adamw;
+mod masks;
 mod schedule;
+mod update;
 
 pub use masked_adamw::squared_norm;
 pub use masked_adamw::{
-    AdamWConfig, Mask, MaskPlan, MaskedAdamW, NonFiniteGradient, OptimizerState, StepStats,
-    UpdateRule,
+    AdamWConfig, MaskedAdamW, NonFiniteGradient, OptimizerState, StepStats, UpdateRule,
 };
+pub use masks::{Mask, MaskPlan};
 pub use schedule::LinearSchedule;
 
 use std::collections::BTreeMap;
