@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Do two peft binaries compute the same arithmetic? Each trains the same short runs on RTE
-# (12 steps of full fine-tuning with dropout, and 12 of layernorm) from
+# (12 steps of full fine-tuning with dropout, layernorm, LoRA, DoRA, IA3 and LoReFT) from
 # all-MiniLM-L6-v2, and the trained tensors must be byte-identical.
 #   scripts/same_weights.sh OLD_PEFT NEW_PEFT [GLUE_DIR]     (run from the repo root)
 set -euo pipefail
@@ -8,7 +8,7 @@ old=$1 new=$2 glue=${3:-../shared/data/glue}
 model=$(bash scripts/get_minilm.sh models)
 tmp=$(mktemp -d)
 status=0
-for method in full layernorm; do
+for method in full layernorm lora dora ia3 loreft; do
   for side in old new; do
     bin=$old; [ $side = new ] && bin=$new
     "$bin" train --model "$model" --data-dir "$glue" --task rte --method $method \
