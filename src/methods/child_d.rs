@@ -26,10 +26,8 @@ impl MethodDef for ChildD {
     }
     fn traits(&self) -> Traits {
         Traits {
-            reserve: true,
             fisher: true,
-            alone: Some("Child-Tuning runs its own optimizer over every parameter"),
-            ..Traits::default()
+            ..Traits::CHILD_TUNING
         }
     }
     fn chooses(&self, _name: &str, _scope: &Scope) -> bool {

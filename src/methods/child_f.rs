@@ -24,11 +24,7 @@ impl MethodDef for ChildF {
         2e-5
     }
     fn traits(&self) -> Traits {
-        Traits {
-            reserve: true,
-            alone: Some("Child-Tuning runs its own optimizer over every parameter"),
-            ..Traits::default()
-        }
+        Traits::CHILD_TUNING
     }
     fn chooses(&self, _name: &str, _scope: &Scope) -> bool {
         true

@@ -1,4 +1,5 @@
-//! DoRA (Liu et al., 2024), as PEFT's use_dora: LoRA's direction (the --lora-* settings) plus a learned magnitude per output row (model/adapter.rs).
+//! DoRA (Liu et al., 2024), as PEFT's use_dora: LoRA's direction (the --lora-* settings)
+//! plus a learned magnitude per output row (model/adapter.rs).
 
 use super::{Method, MethodDef, Scope, Traits};
 
@@ -18,10 +19,7 @@ impl MethodDef for Dora {
         5e-4
     }
     fn traits(&self) -> Traits {
-        Traits {
-            adapter: true,
-            ..Traits::default()
-        }
+        Traits::ADAPTER
     }
     /// Only its new tensors train (and the head): new parameters always do.
     fn chooses(&self, _name: &str, _scope: &Scope) -> bool {

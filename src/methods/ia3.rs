@@ -1,4 +1,5 @@
-//! IA3 (Liu et al., 2022), as PEFT's IA3Config: learned vectors scaling key and value outputs and the dense output layers' inputs (model/adapter.rs).
+//! IA3 (Liu et al., 2022), as PEFT's IA3Config: learned vectors scaling key and value
+//! outputs and the dense output layers' inputs (model/adapter.rs).
 
 use super::{Method, MethodDef, Scope, Traits};
 
@@ -18,10 +19,7 @@ impl MethodDef for Ia3 {
         3e-3
     }
     fn traits(&self) -> Traits {
-        Traits {
-            adapter: true,
-            ..Traits::default()
-        }
+        Traits::ADAPTER
     }
     /// Only its new tensors train (and the head): new parameters always do.
     fn chooses(&self, _name: &str, _scope: &Scope) -> bool {

@@ -1,4 +1,5 @@
-//! InA (Kang et al., 2024): LoRA whose low-rank activations lose --ina-inhibition times each token's largest channel before the activation (model/adapter.rs).
+//! InA (Kang et al., 2024): LoRA whose low-rank activations lose --ina-inhibition times
+//! each token's largest channel before the activation (model/adapter.rs).
 
 use super::{Method, MethodDef, Scope, Traits};
 
@@ -18,10 +19,7 @@ impl MethodDef for Ina {
         5e-4
     }
     fn traits(&self) -> Traits {
-        Traits {
-            adapter: true,
-            ..Traits::default()
-        }
+        Traits::ADAPTER
     }
     /// Only its new tensors train (and the head): new parameters always do.
     fn chooses(&self, _name: &str, _scope: &Scope) -> bool {

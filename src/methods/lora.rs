@@ -1,4 +1,5 @@
-//! LoRA (Hu et al., 2021): low-rank adapters beside the --lora-targets linear layers, as PEFT's LoraConfig (model/adapter.rs); rsLoRA with --lora-rslora.
+//! LoRA (Hu et al., 2021): low-rank adapters beside the --lora-targets linear layers, as
+//! PEFT's LoraConfig (model/adapter.rs); rsLoRA with --lora-rslora.
 
 use super::{Method, MethodDef, Scope, Traits};
 
@@ -18,10 +19,7 @@ impl MethodDef for Lora {
         5e-4
     }
     fn traits(&self) -> Traits {
-        Traits {
-            adapter: true,
-            ..Traits::default()
-        }
+        Traits::ADAPTER
     }
     /// Only its new tensors train (and the head): new parameters always do.
     fn chooses(&self, _name: &str, _scope: &Scope) -> bool {

@@ -1,4 +1,5 @@
-//! LoReFT (Wu et al., 2024), as pyreft's LoreftIntervention: h + Rᵀ(Wh + b − Rh) on chosen layers' outputs at chosen positions (model/reft.rs).
+//! LoReFT (Wu et al., 2024), as pyreft's LoreftIntervention: h + Rᵀ(Wh + b − Rh) on chosen
+//! layers' outputs at chosen positions (model/reft.rs).
 
 use super::{Method, MethodDef, Scope, Traits};
 
@@ -18,10 +19,7 @@ impl MethodDef for Loreft {
         6e-4
     }
     fn traits(&self) -> Traits {
-        Traits {
-            adapter: true,
-            ..Traits::default()
-        }
+        Traits::ADAPTER
     }
     /// Only its new tensors train (and the head): new parameters always do.
     fn chooses(&self, _name: &str, _scope: &Scope) -> bool {

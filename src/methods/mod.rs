@@ -82,6 +82,27 @@ pub struct Traits {
     pub alone: Option<&'static str>,
 }
 
+impl Traits {
+    /// A method that adds adapters or interventions and trains only them (and the head).
+    pub const ADAPTER: Traits = Traits {
+        adapter: true,
+        fraction: false,
+        reserve: false,
+        fisher: false,
+        alone: None,
+    };
+
+    /// Child-Tuning F and D: AliceMind's optimizer over every parameter, combining with
+    /// nothing.
+    pub const CHILD_TUNING: Traits = Traits {
+        adapter: false,
+        fraction: false,
+        reserve: true,
+        fisher: false,
+        alone: Some("Child-Tuning runs its own optimizer over every parameter"),
+    };
+}
+
 /// One method: everything about it that is not a setting of the run.
 pub trait MethodDef: Sync {
     /// Its `--method` name.

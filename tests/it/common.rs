@@ -71,6 +71,19 @@ pub fn fixture(kind: &str) -> String {
         .into_owned()
 }
 
+/// A copy of the tiny-bert fixture in `root/name`, with `edit` applied: a model broken
+/// on purpose.
+pub fn model_with(root: &Path, name: &str, edit: impl FnOnce(&Path)) -> PathBuf {
+    let d = root.join(name);
+    std::fs::create_dir_all(&d).unwrap();
+    for f in std::fs::read_dir(fixture("tiny-bert")).unwrap() {
+        let f = f.unwrap();
+        std::fs::copy(f.path(), d.join(f.file_name())).unwrap();
+    }
+    edit(&d);
+    d
+}
+
 pub fn ok(out: Output) -> String {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "peft failed: {err}");

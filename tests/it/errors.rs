@@ -63,18 +63,6 @@ fn data_with(root: &Path, name: &str, edit: impl FnOnce(&Path)) -> PathBuf {
     d
 }
 
-/// A copy of the tiny-bert fixture with `edit` applied.
-fn model_with(root: &Path, name: &str, edit: impl FnOnce(&Path)) -> PathBuf {
-    let d = root.join(name);
-    std::fs::create_dir_all(&d).unwrap();
-    for f in std::fs::read_dir(fixture("tiny-bert")).unwrap() {
-        let f = f.unwrap();
-        std::fs::copy(f.path(), d.join(f.file_name())).unwrap();
-    }
-    edit(&d);
-    d
-}
-
 fn rewrite(path: &Path, f: impl FnOnce(String) -> String) {
     let text = std::fs::read_to_string(path).unwrap();
     std::fs::write(path, f(text)).unwrap();

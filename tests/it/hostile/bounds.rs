@@ -204,29 +204,16 @@ fn long_custom_texts_are_refused_in_every_format() {
     ] {
         let train = tmp.path().join(name);
         std::fs::write(&train, body).unwrap();
+        let tiny = fixture("tiny-bert");
         let before = snapshot(tmp.path());
         let out = peft_hostile(
-            &[
-                "train",
-                "--model",
-                &fixture("tiny-bert"),
-                "--task",
-                "custom",
-                "--train",
-                s(&train),
-                "--dev",
-                s(&dev),
-                "--text-columns",
-                "text",
-                "--label-column",
-                "label",
-                "--output-dir",
-                s(&tmp.path().join("out").join(name)),
-                "--max-seq-len",
-                "32",
-                "--max-steps",
-                "1",
-            ],
+            &custom_train_args(
+                &tiny,
+                &train,
+                &dev,
+                &tmp.path().join("out").join(name),
+                &["--max-seq-len", "32", "--max-steps", "1"],
+            ),
             QUICK,
         );
         assert_refused(name, &out, &[at, "`text`", "1000000"]);
@@ -460,25 +447,10 @@ fn a_fifo_as_a_data_file_is_refused_not_waited_on() {
     mkfifo(&train);
     let dev = tmp.path().join("dev.csv");
     std::fs::write(&dev, "text,label\nthe cat,a\nthe dog,b\n").unwrap();
+    let tiny = fixture("tiny-bert");
     let before = snapshot(tmp.path());
     let out = peft_hostile(
-        &[
-            "train",
-            "--model",
-            &fixture("tiny-bert"),
-            "--task",
-            "custom",
-            "--train",
-            s(&train),
-            "--dev",
-            s(&dev),
-            "--text-columns",
-            "text",
-            "--label-column",
-            "label",
-            "--output-dir",
-            s(&tmp.path().join("out")),
-        ],
+        &custom_train_args(&tiny, &train, &dev, &tmp.path().join("out"), &[]),
         QUICK,
     );
     assert_refused(
@@ -743,28 +715,11 @@ fn a_custom_file_of_more_than_ten_thousand_labels_is_refused() {
     std::fs::write(&train, format!("text,label\n{rows}")).unwrap();
     let dev = tmp.path().join("dev.csv");
     std::fs::write(&dev, "text,label\nthe cat,c0\nthe dog,c1\n").unwrap();
+    let tiny = fixture("tiny-bert");
     let before = snapshot(tmp.path());
     let out_dir = tmp.path().join("out");
     let out = peft_hostile(
-        &[
-            "train",
-            "--model",
-            &fixture("tiny-bert"),
-            "--task",
-            "custom",
-            "--train",
-            s(&train),
-            "--dev",
-            s(&dev),
-            "--text-columns",
-            "text",
-            "--label-column",
-            "label",
-            "--output-dir",
-            s(&out_dir),
-            "--max-steps",
-            "1",
-        ],
+        &custom_train_args(&tiny, &train, &dev, &out_dir, &["--max-steps", "1"]),
         QUICK,
     );
     assert_refused(

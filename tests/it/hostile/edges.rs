@@ -335,17 +335,13 @@ fn job_files_ask_for_the_signal_and_take_their_resources_from_flags() {
 fn a_library_error_prints_no_backtrace_under_rust_backtrace() {
     let tmp = tempfile::tempdir().unwrap();
     let root = tmp.path();
-    let model = root.join("model");
-    std::fs::create_dir_all(&model).unwrap();
-    for f in std::fs::read_dir(fixture_dir("tiny-bert")).unwrap() {
-        let f = f.unwrap();
-        std::fs::copy(f.path(), model.join(f.file_name())).unwrap();
-    }
     // Cut short: candle's reader fails, and candle captures a backtrace into the error
     // whenever RUST_BACKTRACE is set.
-    let weights = model.join("model.safetensors");
-    let bytes = std::fs::read(&weights).unwrap();
-    std::fs::write(&weights, &bytes[..bytes.len() / 2]).unwrap();
+    let model = model_with(root, "model", |m| {
+        let weights = m.join("model.safetensors");
+        let bytes = std::fs::read(&weights).unwrap();
+        std::fs::write(&weights, &bytes[..bytes.len() / 2]).unwrap();
+    });
     let data = root.join("glue");
     write_rte(&data, 8, 4);
     let o = peft_hostile(

@@ -10,18 +10,6 @@ use super::*;
 
 const LIMIT: Duration = Duration::from_secs(120);
 
-/// A copy of the tiny-bert fixture in `root/name`, with `edit` applied.
-fn model_with(root: &Path, name: &str, edit: impl FnOnce(&Path)) -> PathBuf {
-    let d = root.join(name);
-    std::fs::create_dir_all(&d).unwrap();
-    for f in std::fs::read_dir(fixture("tiny-bert")).unwrap() {
-        let f = f.unwrap();
-        std::fs::copy(f.path(), d.join(f.file_name())).unwrap();
-    }
-    edit(&d);
-    d
-}
-
 /// A GLUE folder with tiny RTE files.
 fn glue(root: &Path) -> PathBuf {
     let d = root.join("glue");

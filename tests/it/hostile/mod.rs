@@ -148,6 +148,36 @@ pub fn tiny_run(root: &Path, name: &str, extra: &[&str]) -> PathBuf {
     out
 }
 
+/// `peft train --task custom` on `model` with a `text` and a `label` column, `extra`
+/// flags after.
+pub fn custom_train_args<'a>(
+    model: &'a str,
+    train: &'a Path,
+    dev: &'a Path,
+    out: &'a Path,
+    extra: &[&'a str],
+) -> Vec<&'a str> {
+    let mut args = vec![
+        "train",
+        "--model",
+        model,
+        "--task",
+        "custom",
+        "--train",
+        s(train),
+        "--dev",
+        s(dev),
+        "--text-columns",
+        "text",
+        "--label-column",
+        "label",
+        "--output-dir",
+        s(out),
+    ];
+    args.extend_from_slice(extra);
+    args
+}
+
 /// Edit a JSON file in place.
 pub fn edit_json(path: &Path, f: impl FnOnce(&mut serde_json::Value)) {
     let mut v: serde_json::Value =
