@@ -91,7 +91,7 @@ pub fn run(args: EvalArgs) -> Result<()> {
                 ..Default::default()
             }
             .resolve()?;
-            if cfg.task == CUSTOM {
+            if cfg.data.task == CUSTOM {
                 return Err(user(
                     "--task custom scores runs of `peft train --task custom` (--checkpoint); \
                      a checkpoint trained elsewhere is scored on a GLUE task",
@@ -122,11 +122,11 @@ pub fn run(args: EvalArgs) -> Result<()> {
         }
         None => vec![1.0],
     };
-    let device = crate::device::parse(args.device.as_deref().unwrap_or(&info.train.device))?;
+    let device = crate::device::parse(args.device.as_deref().unwrap_or(&info.train.model.device))?;
     let spec = info.train.task_spec(info.labels.as_deref())?;
     let encoder = crate::run::setup::encoder(&info.train, &run.model_dir, &run.config)?;
     let source = match &args.data_dir {
-        Some(_) if info.train.task == CUSTOM => {
+        Some(_) if info.train.data.task == CUSTOM => {
             return Err(user(
                 "--data-dir applies to GLUE runs; a custom run reads the files it trained on",
             ))
@@ -161,7 +161,7 @@ pub fn run(args: EvalArgs) -> Result<()> {
                     &model,
                     &data.inputs,
                     encoder.pad_id(),
-                    info.train.eval_batch_size,
+                    info.train.output.eval_batch_size,
                     &device,
                 )?;
                 for (id, row) in data.ids.iter().zip(&logits) {
@@ -181,7 +181,7 @@ pub fn run(args: EvalArgs) -> Result<()> {
                 &model,
                 data,
                 encoder.pad_id(),
-                info.train.eval_batch_size,
+                info.train.output.eval_batch_size,
                 &device,
             )?;
             if split.starts_with("test") {
@@ -241,8 +241,13 @@ fn answers(
             let qa =
                 d.qa.as_ref()
                     .ok_or_else(|| anyhow::anyhow!("a SQuAD split without questions"))?;
-            let logits =
-                crate::eval::spans::window_logits(&model, d, pad, train.eval_batch_size, device)?;
+            let logits = crate::eval::spans::window_logits(
+                &model,
+                d,
+                pad,
+                train.output.eval_batch_size,
+                device,
+            )?;
             let a = crate::eval::spans::answers(qa, &logits, opts);
             let metrics = crate::metrics::squad::dev_metrics(
                 &qa.examples,

@@ -150,7 +150,7 @@ fn list(plan: &Plan) -> Result<()> {
             "{}\t{}\t{}\n",
             c.index,
             cell::status(c)?,
-            c.cfg.output_dir.display()
+            c.cfg.output.output_dir.display()
         ));
     }
     print!("{out}");
@@ -185,7 +185,7 @@ fn run_cell(plan: &Plan, index: usize) -> Result<()> {
     println!(
         "# cell {index} of {}: {} ({})",
         plan.cells.len(),
-        cell.cfg.output_dir.display(),
+        cell.cfg.output.output_dir.display(),
         values.join(" ")
     );
     let done = match claim.work {
@@ -235,7 +235,7 @@ fn workers(plan: &Plan, plan_path: &Path, n: usize) -> Result<()> {
                 println!("cell {i}: done already");
                 continue;
             }
-            let dir = &cell.cfg.output_dir;
+            let dir = &cell.cfg.output.output_dir;
             std::fs::create_dir_all(dir).path_context("cannot create", dir)?;
             let log = run_dir::create_fresh(&dir.join("grid.log"))?;
             let child = Command::new(&exe)
@@ -261,7 +261,12 @@ fn workers(plan: &Plan, plan_path: &Path, n: usize) -> Result<()> {
                 Some(s) => {
                     println!(
                         "cell {i}: failed ({s}); see {}",
-                        plan.cells[i].cfg.output_dir.join("grid.log").display()
+                        plan.cells[i]
+                            .cfg
+                            .output
+                            .output_dir
+                            .join("grid.log")
+                            .display()
                     );
                     failed.push(i);
                 }

@@ -146,7 +146,7 @@ fn set_task(cfg: &mut Value, arch: Arch, problem: Problem, num_labels: usize) ->
         Problem::Span { .. } => "ForQuestionAnswering",
         _ => "ForSequenceClassification",
     };
-    let family = arch.family();
+    let family = arch.class_stem();
     obj.insert("architectures".into(), json!([format!("{family}{head}")]));
     let names: Vec<String> = match problem {
         Problem::Classification { labels } if labels.len() == num_labels => {

@@ -54,10 +54,16 @@ pub fn run(args: PredictArgs) -> Result<()> {
     let examples = count_examples(&args.input, spec)?;
 
     let mut run = args.run.load()?;
-    let device = crate::device::parse(args.device.as_deref().unwrap_or(&run.info.train.device))?;
+    let device = crate::device::parse(
+        args.device
+            .as_deref()
+            .unwrap_or(&run.info.train.model.device),
+    )?;
     let model = run.model(1.0, &device)?;
     let encoder = crate::run::setup::encoder(&run.info.train, &run.model_dir, &run.config)?;
-    let batch = args.batch_size.unwrap_or(run.info.train.eval_batch_size);
+    let batch = args
+        .batch_size
+        .unwrap_or(run.info.train.output.eval_batch_size);
     let train = &run.info.train;
     let predict = |out: &mut dyn Write| {
         input::for_each_chunk(&args.input, examples, |first, chunk| {

@@ -13,13 +13,13 @@ use crate::train::fit::{fit, INTERRUPTED};
 pub fn train_one(cfg: &TrainConfig, overwrite: bool, resume: bool) -> Result<()> {
     println!(
         "# resolved config (usable as --config)\n{}",
-        toml::to_string(cfg)?.trim_end()
+        toml::to_string(&cfg.flat())?.trim_end()
     );
     let summary = fit(cfg, overwrite, resume)?;
     let spec = cfg.task_spec(summary.info.labels.as_deref())?;
     println!("best: {}", describe(spec, &summary.best));
     println!("last: {}", describe(spec, &summary.last));
-    println!("run saved to {}", cfg.output_dir.display());
+    println!("run saved to {}", cfg.output.output_dir.display());
     Ok(())
 }
 

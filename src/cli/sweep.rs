@@ -41,10 +41,9 @@ pub fn run(base: Overrides, overwrite: bool, seeds: &[u64]) -> Result<()> {
     }
     // A `seed` in the --config file gives way to --seeds, as to any flag.
     let first = base.clone().resolve()?;
-    let sweep = base
-        .output_dir
-        .clone()
-        .unwrap_or_else(|| PathBuf::from("runs").join(format!("{}-{}", first.task, first.method)));
+    let sweep = base.output_dir.clone().unwrap_or_else(|| {
+        PathBuf::from("runs").join(format!("{}-{}", first.data.task, first.method.name))
+    });
     if sweep.join(run_dir::CONFIG).exists() {
         crate::user_bail!(
             "{} holds a single run; a sweep writes seed-<s> folders and {SUMMARY} into a \
@@ -72,10 +71,10 @@ pub fn run(base: Overrides, overwrite: bool, seeds: &[u64]) -> Result<()> {
     for (i, (cfg, plan)) in cfgs.iter().zip(&plans).enumerate() {
         println!(
             "# seed {} ({} of {}): {}",
-            cfg.seed,
+            cfg.optimisation.seed,
             i + 1,
             cfgs.len(),
-            cfg.output_dir.display()
+            cfg.output.output_dir.display()
         );
         let done = match plan {
             Plan::Keep => {
@@ -90,7 +89,7 @@ pub fn run(base: Overrides, overwrite: bool, seeds: &[u64]) -> Result<()> {
                 eprintln!(
                     "the sweep stopped at seed {}: run the same command again to resume it \
                      and train the remaining seeds",
-                    cfg.seed
+                    cfg.optimisation.seed
                 );
             }
             return Err(e);
@@ -99,7 +98,7 @@ pub fn run(base: Overrides, overwrite: bool, seeds: &[u64]) -> Result<()> {
 
     let runs = cfgs
         .iter()
-        .map(|c| Run::load(&c.output_dir))
+        .map(|c| Run::load(&c.output.output_dir))
         .collect::<Result<Vec<_>>>()?;
     let summary = SweepSummary::of(&runs);
     let path = sweep.join(SUMMARY);
@@ -110,7 +109,7 @@ pub fn run(base: Overrides, overwrite: bool, seeds: &[u64]) -> Result<()> {
 }
 
 fn plan(cfg: &TrainConfig, overwrite: bool) -> Result<Plan> {
-    let dir = &cfg.output_dir;
+    let dir = &cfg.output.output_dir;
     if overwrite || !dir.join(run_dir::CONFIG).exists() {
         return Ok(Plan::Train);
     }
@@ -142,7 +141,10 @@ fn finished(dir: &Path) -> bool {
 }
 
 fn differing_keys(a: &TrainConfig, b: &TrainConfig) -> Result<Vec<String>> {
-    let (a, b) = (serde_json::to_value(a)?, serde_json::to_value(b)?);
+    let (a, b) = (
+        serde_json::to_value(a.flat())?,
+        serde_json::to_value(b.flat())?,
+    );
     let (Some(a), Some(b)) = (a.as_object(), b.as_object()) else {
         return Ok(vec!["the config".into()]);
     };

@@ -42,7 +42,7 @@ pub fn run(args: TrainArgs) -> Result<()> {
             }
             let mut cfg = RunInfo::load(dir)?.train;
             // The run may have been moved since it started.
-            cfg.output_dir = dir.clone();
+            cfg.output.output_dir = dir.clone();
             cfg
         }
         None => args.overrides()?.resolve()?,

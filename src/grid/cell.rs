@@ -49,7 +49,7 @@ pub enum Work {
 }
 
 fn dir(cell: &Cell) -> &Path {
-    &cell.cfg.output_dir
+    &cell.cfg.output.output_dir
 }
 
 /// A finished run: its final tensors written, no checkpoint left.

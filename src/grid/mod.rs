@@ -283,14 +283,16 @@ fn resolve(
 /// `<task>-<method>-<key><value>...-<hash>`: what tells the cell apart at a glance, and
 /// the hash of everything else.
 fn name(cfg: &TrainConfig, values: &[(String, String)]) -> Result<String> {
-    let mut json = serde_json::to_value(cfg)?;
+    // The flat keys, as config.json held them before they were grouped: the same cell
+    // keeps its name across that change.
+    let mut json = serde_json::to_value(cfg.flat())?;
     if let Some(o) = json.as_object_mut() {
         o.remove("output_dir");
     }
     // serde_json's map is ordered by key: the same settings, the same bytes.
     let digest = Sha256::digest(json.to_string().as_bytes());
     let hash: String = digest.iter().take(4).map(|b| format!("{b:02x}")).collect();
-    let mut parts = vec![cfg.task.clone(), cfg.method.to_string()];
+    let mut parts = vec![cfg.data.task.clone(), cfg.method.name.to_string()];
     parts.extend(
         values
             .iter()
@@ -321,7 +323,7 @@ pub fn index_json(plan: &Plan) -> serde_json::Value {
                 .iter()
                 .map(|(k, v)| (k.as_str(), v.as_str()))
                 .collect();
-            serde_json::json!({ "index": c.index, "dir": c.cfg.output_dir, "values": values })
+            serde_json::json!({ "index": c.index, "dir": c.cfg.output.output_dir, "values": values })
         })
         .collect();
     serde_json::json!({ "plan": plan.path, "cells": cells })
@@ -352,7 +354,7 @@ seed = [1, 2, 3]
         let got: Vec<(String, u64)> = p
             .cells
             .iter()
-            .map(|c| (c.cfg.method.to_string(), c.cfg.seed))
+            .map(|c| (c.cfg.method.name.to_string(), c.cfg.optimisation.seed))
             .collect();
         let want: Vec<(String, u64)> = ["layernorm", "bitfit"]
             .iter()
@@ -362,14 +364,14 @@ seed = [1, 2, 3]
         assert!(p
             .cells
             .iter()
-            .all(|c| c.cfg.epochs == 5 && c.cfg.task == "rte"));
+            .all(|c| c.cfg.optimisation.epochs == 5 && c.cfg.data.task == "rte"));
         assert!(
             p.cells[0].name.starts_with("rte-layernorm-seed1-"),
             "{}",
             p.cells[0].name
         );
         assert_eq!(
-            p.cells[4].cfg.output_dir,
+            p.cells[4].cfg.output.output_dir,
             Path::new("runs/grid").join(&p.cells[4].name)
         );
         // The same plan names the same directories; another base setting, others.
@@ -410,7 +412,7 @@ lora_r = [4]
         assert_eq!(rows[3], "method=bitfit lr=0.001 task=stsb seed=2");
         assert_eq!(rows[4], "method=lora lora_r=4 lr=0.0005 task=rte seed=1");
         assert_eq!(rows[11], "method=lora lora_r=4 lr=0.001 task=stsb seed=2");
-        assert_eq!(p.cells[4].cfg.lora_r, Some(4));
+        assert_eq!(p.cells[4].cfg.method.lora.as_ref().unwrap().r, 4);
     }
 
     #[test]

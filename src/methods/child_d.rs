@@ -13,6 +13,10 @@ pub struct ChildD;
 
 pub const METHOD: Method = Method(&ChildD);
 
+/// Child-Tuning D's reference estimates Fisher from batch-mean gradients of its training
+/// batch size (16).
+pub const CHILD_TUNING_FISHER_BATCH: usize = 16;
+
 impl MethodDef for ChildD {
     fn name(&self) -> &'static str {
         "child-d"

@@ -11,6 +11,19 @@ pub struct ChildF;
 
 pub const METHOD: Method = Method(&ChildF);
 
+crate::method_settings! {
+    context(m, f);
+    used_by = m.takes_reserve();
+    /// child-f, child-d: Child-Tuning's reserve_p.
+    reserve => reserve: f64 = default(0.3);
+}
+
+impl Settings {
+    pub fn check(&self) -> Result<()> {
+        super::subset::check_share("reserve", self.reserve)
+    }
+}
+
 impl MethodDef for ChildF {
     fn name(&self) -> &'static str {
         "child-f"

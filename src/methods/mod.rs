@@ -18,7 +18,11 @@ use serde::{Deserialize, Serialize};
 use crate::model::params::Predicate;
 use crate::optim::{MaskPlan, UpdateRule};
 
+mod config;
+pub mod settings;
 mod subset;
+
+pub use config::{MethodConfig, MethodFlags};
 
 /// The methods, in the order they are listed everywhere; a new method is its file and one
 /// name here.
@@ -117,14 +121,6 @@ pub trait MethodDef: Sync {
     /// Whether it trains `name`, a tensor of the checkpoint, whole or in part (the head
     /// and tensors the checkpoint lacks train under every method).
     fn chooses(&self, name: &str, scope: &Scope) -> bool;
-    /// The settings it cannot do without, with an example value each: (key, example).
-    fn required(&self) -> &'static [(&'static str, &'static str)] {
-        if self.traits().fraction {
-            &[("fraction", "0.1")]
-        } else {
-            &[]
-        }
-    }
     /// Refuse settings the checkpoint cannot honour (a layer count beyond its depth).
     fn check(&self, _scope: &Scope) -> Result<()> {
         Ok(())
@@ -212,11 +208,6 @@ impl Method {
 
     pub fn update_rule(self) -> UpdateRule {
         self.0.update_rule()
-    }
-
-    /// The settings it cannot do without: (key, example value).
-    pub fn required(self) -> &'static [(&'static str, &'static str)] {
-        self.0.required()
     }
 
     /// The tensor-level selection over a checkpoint holding `base_names`: what trains,

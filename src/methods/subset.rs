@@ -11,6 +11,28 @@ use super::MaskContext;
 use crate::error::user;
 use crate::optim::{Mask, MaskPlan};
 
+crate::method_settings! {
+    context(m, f);
+    used_by = m.takes_fraction();
+    /// fisher-layernorm, random-layernorm, random: share of eligible elements that train
+    /// (required).
+    fraction => fraction: f64 = required("0.1");
+}
+
+impl Settings {
+    pub fn check(&self) -> Result<()> {
+        check_share("fraction", self.fraction)
+    }
+}
+
+/// A share of elements: in (0, 1].
+pub fn check_share(key: &str, v: f64) -> Result<()> {
+    if !(v > 0.0 && v <= 1.0) {
+        return Err(user(format!("{key}: {v} is outside (0, 1]")));
+    }
+    Ok(())
+}
+
 /// How the kept elements are chosen.
 pub enum Keep {
     /// Uniformly at random, from the run's seed.

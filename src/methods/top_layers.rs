@@ -13,6 +13,21 @@ pub struct TopLayers;
 
 pub const METHOD: Method = Method(&TopLayers);
 
+crate::method_settings! {
+    context(m, f);
+    used_by = m.has(METHOD);
+    /// top-layers: how many of the top encoder layers train (required).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    layers => layers: usize = required("2");
+}
+
+impl Settings {
+    /// The count is checked against the checkpoint's depth (`check` below), once known.
+    pub fn check(&self) -> Result<()> {
+        Ok(())
+    }
+}
+
 impl TopLayers {
     fn k(scope: &Scope) -> usize {
         scope.spec.layers.unwrap_or(0)
@@ -30,9 +45,6 @@ impl MethodDef for TopLayers {
     /// Whole layers train, as in full fine-tuning: BERT's range.
     fn default_lr(&self) -> f64 {
         2e-5
-    }
-    fn required(&self) -> &'static [(&'static str, &'static str)] {
-        &[("layers", "2")]
     }
     fn chooses(&self, name: &str, scope: &Scope) -> bool {
         match layer_of(name) {

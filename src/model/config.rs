@@ -7,93 +7,9 @@ use serde::{Deserialize, Serialize};
 
 pub use super::activation::Activation;
 use super::deberta::{DebertaConfig, Dims};
+pub use super::family::Arch;
+use super::family::{Family, FAMILIES};
 use crate::error::{user, PathContext};
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Arch {
-    Bert,
-    Roberta,
-    /// ELECTRA's discriminator: BERT's encoder, embeddings that may be narrower than it
-    /// (with a projection between), and a RoBERTa-like head with GELU.
-    Electra,
-    /// DeBERTa v1 (microsoft/deberta-base, -large): disentangled attention over relative
-    /// positions, query, key and value fused into one `in_proj`.
-    Deberta,
-    /// DeBERTa v2 and v3 (microsoft/deberta-v3-base): the same attention with separate
-    /// `query_proj`, `key_proj`, `value_proj` and log-bucketed relative positions.
-    #[serde(rename = "deberta-v2")]
-    DebertaV2,
-}
-
-/// Every `model_type` this crate reads, as config.json spells it.
-const MODEL_TYPES: &[&str] = &["bert", "roberta", "electra", "deberta", "deberta-v2"];
-
-impl Arch {
-    /// The prefix transformers puts before encoder weights in task models.
-    pub fn prefix(self) -> &'static str {
-        match self {
-            Arch::Bert => "bert",
-            Arch::Roberta => "roberta",
-            Arch::Electra => "electra",
-            Arch::Deberta | Arch::DebertaV2 => "deberta",
-        }
-    }
-
-    pub fn is_deberta(self) -> bool {
-        matches!(self, Arch::Deberta | Arch::DebertaV2)
-    }
-
-    /// transformers' class-name stem: `{family}ForSequenceClassification`.
-    pub fn family(self) -> &'static str {
-        match self {
-            Arch::Bert => "Bert",
-            Arch::Roberta => "Roberta",
-            Arch::Electra => "Electra",
-            Arch::Deberta => "Deberta",
-            Arch::DebertaV2 => "DebertaV2",
-        }
-    }
-
-    /// Whether the family's sequence classifier reads the pooler (BERT's and DeBERTa's do;
-    /// RoBERTa's and ELECTRA's classify the first token themselves); no question-answering
-    /// head does. `Model` loads the pooler by this, and `merge` keeps it by this.
-    pub fn classifier_reads_pooler(self) -> bool {
-        matches!(self, Arch::Bert | Arch::Deberta | Arch::DebertaV2)
-    }
-
-    /// The name transformers' task models (`*ForSequenceClassification`,
-    /// `*ForQuestionAnswering`) give a canonical tensor: the encoder's under the family's
-    /// prefix; the head's as it is, and so DeBERTa's pooler, which sits beside its encoder
-    /// (`pooler.dense`, where BERT has `bert.pooler.dense`).
-    pub fn task_model_name(self, canonical: &str) -> String {
-        let beside = super::family::is_head(canonical)
-            || (self.is_deberta() && canonical.starts_with("pooler."));
-        match beside {
-            true => canonical.to_string(),
-            false => format!("{}.{canonical}", self.prefix()),
-        }
-    }
-
-    /// The module inside an encoder layer that an adapter target (one of
-    /// [`super::adapter::TARGETS`], the names users pass: `query`, `output.dense`) wraps.
-    /// The one place where families name their projections differently: DeBERTa v2's
-    /// `query` is `attention.self.query_proj`; DeBERTa v1 fuses query, key and value into
-    /// one `in_proj`, which no per-projection adapter can wrap, so those are refused.
-    pub fn adapter_module(self, target: &str) -> Result<String, String> {
-        let projection = matches!(target, "query" | "key" | "value");
-        match self {
-            Arch::Deberta if projection => Err(format!(
-                "adapter target `{target}`: DeBERTa v1 computes query, key and value with \
-                 one fused `attention.self.in_proj`, which a {target}-only adapter cannot \
-                 wrap; target attention.output.dense, intermediate.dense or output.dense"
-            )),
-            Arch::DebertaV2 if projection => Ok(format!("attention.self.{target}_proj")),
-            _ if projection => Ok(format!("attention.self.{target}")),
-            _ => Ok(target.to_string()),
-        }
-    }
-}
 
 /// The fields of config.json the encoder needs; others are ignored.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -162,11 +78,14 @@ impl ModelConfig {
     pub fn parse(text: &str) -> Result<Self, String> {
         let mut raw: serde_json::Value = serde_json::from_str(text).map_err(|e| e.to_string())?;
         let expected = || {
-            let quoted: Vec<String> = MODEL_TYPES.iter().map(|t| format!("\"{t}\"")).collect();
+            let quoted: Vec<String> = FAMILIES
+                .iter()
+                .map(|f| format!("\"{}\"", f.model_type))
+                .collect();
             format!("expected one of {}", quoted.join(", "))
         };
         let deberta = match raw.get("model_type").and_then(|v| v.as_str()) {
-            Some(t) if MODEL_TYPES.contains(&t) => t.starts_with("deberta"),
+            Some(t) if Family::of_model_type(t).is_some() => t.starts_with("deberta"),
             Some(other) => {
                 return Err(format!(
                     "model_type \"{other}\" is not supported ({})",

@@ -1,7 +1,200 @@
-//! What the names of a checkpoint say about its parts, for every family: which tensors
-//! are a task head. One place, so that methods (the head always trains), `merge` (heads
-//! sit beside the encoder's prefix), `diff` (a head is its own component) and the PEFT
-//! format (heads go to `modules_to_save`) agree.
+//! A model family as one descriptor: its `model_type`, where transformers puts its
+//! encoder's weights, its task classes, whether its classifier reads the pooler, how it
+//! names the projections adapters wrap, PEFT's default adapter targets for it, and which
+//! tensors are a task head. One place, so that the model (pooler), methods (the head always
+//! trains), `merge` (prefixes, the pooler), `diff` (a head is its own component) and the
+//! PEFT format (target names, `modules_to_save`) agree.
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Arch {
+    Bert,
+    Roberta,
+    /// ELECTRA's discriminator: BERT's encoder, embeddings that may be narrower than it
+    /// (with a projection between), and a RoBERTa-like head with GELU.
+    Electra,
+    /// DeBERTa v1 (microsoft/deberta-base, -large): disentangled attention over relative
+    /// positions, query, key and value fused into one `in_proj`.
+    Deberta,
+    /// DeBERTa v2 and v3 (microsoft/deberta-v3-base): the same attention with separate
+    /// `query_proj`, `key_proj`, `value_proj` and log-bucketed relative positions.
+    #[serde(rename = "deberta-v2")]
+    DebertaV2,
+}
+
+impl Arch {
+    /// Its descriptor ([`super::family::FAMILIES`]).
+    pub fn family(self) -> &'static Family {
+        FAMILIES
+            .iter()
+            .find(|f| f.arch == self)
+            .unwrap_or(&FAMILIES[0])
+    }
+
+    /// The prefix transformers puts before encoder weights in task models.
+    pub fn prefix(self) -> &'static str {
+        self.family().prefix
+    }
+
+    pub fn is_deberta(self) -> bool {
+        matches!(self, Arch::Deberta | Arch::DebertaV2)
+    }
+
+    /// transformers' class-name stem: `{stem}ForSequenceClassification`.
+    pub fn class_stem(self) -> &'static str {
+        self.family().class_stem
+    }
+
+    /// Whether the family's sequence classifier reads the pooler. `Model` loads the pooler
+    /// by this, and `merge` keeps it by this.
+    pub fn classifier_reads_pooler(self) -> bool {
+        self.family().classifier_reads_pooler
+    }
+
+    /// The name transformers' task models (`*ForSequenceClassification`,
+    /// `*ForQuestionAnswering`) give a canonical tensor: the encoder's under the family's
+    /// prefix; the head's as it is, and so a pooler that sits beside the encoder.
+    pub fn task_model_name(self, canonical: &str) -> String {
+        let beside = is_head(canonical)
+            || (self.family().pooler_beside_encoder && canonical.starts_with("pooler."));
+        match beside {
+            true => canonical.to_string(),
+            false => format!("{}.{canonical}", self.prefix()),
+        }
+    }
+
+    /// The module an adapter target wraps in this family ([`Family::adapter_module`]).
+    pub fn adapter_module(self, target: &str) -> Result<String, String> {
+        self.family().adapter_module(target)
+    }
+}
+
+/// How a family names the attention's query, key and value projections.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Projections {
+    /// `attention.self.{query,key,value}` (BERT, RoBERTa, ELECTRA).
+    Separate,
+    /// `attention.self.{query,key,value}_proj` (DeBERTa v2 and v3).
+    Suffixed,
+    /// One fused `attention.self.in_proj` (DeBERTa v1): no per-projection adapter.
+    Fused,
+}
+
+/// Everything about a family that is not the arithmetic of its layers.
+#[derive(Debug)]
+pub struct Family {
+    pub arch: Arch,
+    /// As people write it, for messages.
+    pub name: &'static str,
+    /// config.json's `model_type`.
+    pub model_type: &'static str,
+    /// The prefix transformers puts before encoder weights in task models.
+    pub prefix: &'static str,
+    /// transformers' class-name stem: `{stem}ForSequenceClassification`.
+    pub class_stem: &'static str,
+    /// Its sequence classifier reads the pooler (BERT's and DeBERTa's do; RoBERTa's and
+    /// ELECTRA's classify the first token themselves). No question-answering head does.
+    pub classifier_reads_pooler: bool,
+    /// Its pooler sits beside the encoder in task models (`pooler.dense`, where BERT has
+    /// `bert.pooler.dense`).
+    pub pooler_beside_encoder: bool,
+    pub projections: Projections,
+    /// PEFT's default `target_modules` for LoRA and IA3 (its
+    /// `TRANSFORMERS_MODELS_TO_*_TARGET_MODULES_MAPPING`), as PEFT names them; empty where
+    /// PEFT has none.
+    pub peft_lora_targets: &'static [&'static str],
+    pub peft_ia3_targets: &'static [&'static str],
+}
+
+/// Every family this crate reads.
+pub static FAMILIES: [Family; 5] = [
+    Family {
+        arch: Arch::Bert,
+        name: "BERT",
+        model_type: "bert",
+        prefix: "bert",
+        class_stem: "Bert",
+        classifier_reads_pooler: true,
+        pooler_beside_encoder: false,
+        projections: Projections::Separate,
+        peft_lora_targets: &["query", "value"],
+        peft_ia3_targets: &["key", "value", "output.dense"],
+    },
+    Family {
+        arch: Arch::Roberta,
+        name: "RoBERTa",
+        model_type: "roberta",
+        prefix: "roberta",
+        class_stem: "Roberta",
+        classifier_reads_pooler: false,
+        pooler_beside_encoder: false,
+        projections: Projections::Separate,
+        peft_lora_targets: &["query", "value"],
+        peft_ia3_targets: &["key", "value", "output.dense"],
+    },
+    Family {
+        arch: Arch::Electra,
+        name: "ELECTRA",
+        model_type: "electra",
+        prefix: "electra",
+        class_stem: "Electra",
+        classifier_reads_pooler: false,
+        pooler_beside_encoder: false,
+        projections: Projections::Separate,
+        peft_lora_targets: &["query", "value"],
+        peft_ia3_targets: &[],
+    },
+    Family {
+        arch: Arch::Deberta,
+        name: "DeBERTa v1",
+        model_type: "deberta",
+        prefix: "deberta",
+        class_stem: "Deberta",
+        classifier_reads_pooler: true,
+        pooler_beside_encoder: true,
+        projections: Projections::Fused,
+        peft_lora_targets: &["in_proj"],
+        peft_ia3_targets: &["in_proj", "output.dense"],
+    },
+    Family {
+        arch: Arch::DebertaV2,
+        name: "DeBERTa v2",
+        model_type: "deberta-v2",
+        prefix: "deberta",
+        class_stem: "DebertaV2",
+        classifier_reads_pooler: true,
+        pooler_beside_encoder: true,
+        projections: Projections::Suffixed,
+        peft_lora_targets: &["query_proj", "value_proj"],
+        peft_ia3_targets: &["key_proj", "value_proj", "output.dense"],
+    },
+];
+
+impl Family {
+    /// The family of a config.json `model_type`.
+    pub fn of_model_type(model_type: &str) -> Option<&'static Family> {
+        FAMILIES.iter().find(|f| f.model_type == model_type)
+    }
+
+    /// The module inside an encoder layer that an adapter target (one of
+    /// [`super::adapter::TARGETS`], the names users pass: `query`, `output.dense`) wraps.
+    pub fn adapter_module(&self, target: &str) -> Result<String, String> {
+        let projection = matches!(target, "query" | "key" | "value");
+        match self.projections {
+            Projections::Fused if projection => Err(format!(
+                "adapter target `{target}`: {} computes query, key and value with one fused \
+                 `attention.self.in_proj`, which a {target}-only adapter cannot wrap; target \
+                 attention.output.dense, intermediate.dense or output.dense",
+                self.name
+            )),
+            Projections::Suffixed if projection => Ok(format!("attention.self.{target}_proj")),
+            _ if projection => Ok(format!("attention.self.{target}")),
+            _ => Ok(target.to_string()),
+        }
+    }
+}
 
 /// The task heads' prefixes: a classifier (BERT's `classifier`, RoBERTa's and ELECTRA's
 /// `classifier.dense`/`classifier.out_proj`, DeBERTa's `classifier`) and the span head of

@@ -5,6 +5,7 @@
 
 mod activation;
 pub mod adapter;
+pub mod adapters;
 pub mod config;
 mod ctx;
 pub mod deberta;

@@ -10,11 +10,15 @@ use anyhow::Result;
 use serde::Deserialize;
 
 use crate::error::{user, PathContext};
+use crate::methods::MethodConfig;
 use crate::run::checkpoint::RESUME;
 use crate::run::dir as run_dir;
 use crate::run::record::EvalRecord;
 
+/// The settings a report reads, by their flat keys (`lr`, `lora_r`), whichever layout
+/// config.json has: grouped by concern, or flat as earlier versions saved it.
 #[derive(Debug, Clone, Deserialize)]
+#[serde(from = "serde_json::Value")]
 pub struct RunTrain {
     pub task: String,
     pub method: String,
@@ -22,8 +26,73 @@ pub struct RunTrain {
     #[serde(default)]
     pub lr: f64,
     /// Every setting, as saved: what tells a grid's runs apart.
-    #[serde(flatten)]
     pub settings: BTreeMap<String, serde_json::Value>,
+}
+
+impl From<serde_json::Value> for RunTrain {
+    fn from(train: serde_json::Value) -> Self {
+        let settings = flat_settings(train);
+        let text = |k: &str| settings.get(k).and_then(|v| v.as_str()).unwrap_or_default();
+        RunTrain {
+            task: text("task").to_string(),
+            method: text("method").to_string(),
+            seed: settings
+                .get("seed")
+                .and_then(|v| v.as_u64())
+                .unwrap_or_default(),
+            lr: settings
+                .get("lr")
+                .and_then(|v| v.as_f64())
+                .unwrap_or_default(),
+            settings,
+        }
+    }
+}
+
+/// Grouped settings by their flat keys: each concern's keys as they are, the method as
+/// `method`, and its own settings by their flags' names (`lora_r`), or, from a version that
+/// names them otherwise, `group.key`.
+fn flat_settings(train: serde_json::Value) -> BTreeMap<String, serde_json::Value> {
+    use serde_json::Value;
+    let Value::Object(map) = train else {
+        return BTreeMap::new();
+    };
+    if !map.contains_key("optimisation") {
+        return map.into_iter().collect();
+    }
+    let mut out = BTreeMap::new();
+    for (key, value) in map {
+        match (key.as_str(), value) {
+            ("method", Value::Object(method)) => {
+                let known = serde_json::from_value::<MethodConfig>(Value::Object(method.clone()))
+                    .ok()
+                    .and_then(|m| serde_json::to_value(m.flags()).ok());
+                let read = known.is_some();
+                if let Some(Value::Object(flags)) = known {
+                    out.extend(flags.into_iter().filter(|(_, v)| !v.is_null()));
+                }
+                for (group, v) in method {
+                    match v {
+                        Value::Object(s) if !read => {
+                            out.extend(s.into_iter().map(|(k, v)| (format!("{group}.{k}"), v)));
+                        }
+                        Value::Object(_) => {}
+                        v if group == "name" => {
+                            out.insert("method".to_string(), v);
+                        }
+                        v => {
+                            out.insert(format!("method.{group}"), v);
+                        }
+                    }
+                }
+            }
+            (_, Value::Object(section)) => out.extend(section),
+            (_, v) => {
+                out.insert(key, v);
+            }
+        }
+    }
+    out
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -19,7 +19,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::error::{user, PathContext};
-use crate::settings::{Overrides, TrainConfig};
+use crate::settings::TrainConfig;
 
 pub const CONFIG: &str = "config.json";
 pub const METRICS: &str = "metrics.jsonl";
@@ -37,6 +37,8 @@ pub struct BaseModel {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct RunInfo {
     pub peft_version: String,
+    /// Grouped by concern; a flat one, as earlier versions saved it, reads too.
+    #[serde(deserialize_with = "saved_settings")]
     pub train: TrainConfig,
     pub base: BaseModel,
     pub num_labels: usize,
@@ -65,12 +67,11 @@ impl RunInfo {
     /// and the key, rather than a division by zero or a hang later on.
     fn check(&self, path: &Path) -> Result<()> {
         let bad = |why: String| user(format!("{}: {why}", path.display()));
-        check_settings(&self.train).map_err(|e| bad(format!("train: {e:#}")))?;
         let spec = self
             .train
             .task_spec(self.labels.as_deref())
             .map_err(|e| bad(format!("{e:#}")))?;
-        let custom_classes = self.train.task == crate::data::custom::CUSTOM
+        let custom_classes = self.train.data.task == crate::data::custom::CUSTOM
             && matches!(
                 spec.problem,
                 crate::data::tasks::Problem::Classification { .. }
@@ -79,7 +80,7 @@ impl RunInfo {
             Some(_) if !custom_classes => {
                 return Err(bad(format!(
                     "`labels` are recorded for custom classification only; task {} has its own",
-                    self.train.task
+                    self.train.data.task
                 )))
             }
             // As the training file's distinct values would give them.
@@ -99,7 +100,7 @@ impl RunInfo {
             return Err(bad(format!(
                 "`num_labels` is {}, but task {} has {}",
                 self.num_labels,
-                self.train.task,
+                self.train.data.task,
                 spec.num_labels()
             )));
         }
@@ -123,31 +124,11 @@ impl RunInfo {
     }
 }
 
-/// A run's recorded settings, checked as the flags are: read back as overrides and
-/// resolved (each value's range, the flags that apply to the method and task, the custom
-/// data's files), and nothing left for the defaults to fill that the run depends on (a
-/// LoRA run without `lora_r` would silently score without its adapters).
-fn check_settings(train: &TrainConfig) -> Result<()> {
-    let recorded = serde_json::to_value(train)?;
-    let resolved = serde_json::from_value::<Overrides>(recorded.clone())
-        .map_err(|e| user(e.to_string()))?
-        .resolve()?;
-    let resolved = serde_json::to_value(resolved)?;
-    // `data_dir` may be filled from $PEFT_GLUE_DIR, and `lora_rslora` reads as false when
-    // absent (runs written before it existed).
-    const MAY_BE_ABSENT: [&str; 2] = ["data_dir", "lora_rslora"];
-    if let (Some(recorded), Some(resolved)) = (recorded.as_object(), resolved.as_object()) {
-        for (key, v) in resolved {
-            let absent = recorded.get(key).is_none_or(|r| r.is_null());
-            if absent && !v.is_null() && !MAY_BE_ABSENT.contains(&key.as_str()) {
-                return Err(user(format!(
-                    "`{key}` is missing; a run of method {} records it",
-                    train.method
-                )));
-            }
-        }
-    }
-    Ok(())
+/// config.json is input like the flags (an edited file, one copied from elsewhere, one an
+/// earlier version wrote): its settings go through [`TrainConfig::from_saved`].
+fn saved_settings<'de, D: serde::Deserializer<'de>>(d: D) -> Result<TrainConfig, D::Error> {
+    let value = serde_json::Value::deserialize(d)?;
+    TrainConfig::from_saved(value).map_err(|e| serde::de::Error::custom(format!("train: {e:#}")))
 }
 
 /// Refuse to clobber an earlier run unless asked to.

@@ -11,8 +11,9 @@ use candle_core::Tensor;
 use serde_json::json;
 
 use crate::error::{user, PathContext};
+use crate::methods::MethodConfig;
 use crate::methods::{is_head, is_layernorm};
-use crate::model::{AdapterKind, Arch};
+use crate::model::{AdapterConfig, AdapterKind, Arch};
 use crate::run::dir::{self as run_dir, RunInfo};
 
 pub const CONFIG: &str = "adapter_config.json";
@@ -28,12 +29,14 @@ pub fn write(
     arch: Arch,
     trained: &HashMap<String, Tensor>,
 ) -> Result<()> {
-    let single = info.train.method.parts().len() == 1;
-    let cfg = match crate::run::setup::adapter(&info.train) {
-        Some(cfg) if cfg.kind == AdapterKind::Ia3 && single => {
-            return write_ia3(dir, info, arch, trained, &cfg)
-        }
-        Some(cfg) if matches!(cfg.kind, AdapterKind::Lora | AdapterKind::Dora) && single => cfg,
+    let single = info.train.method.name.parts().len() == 1;
+    let adapter = crate::run::setup::adapter(&info.train);
+    let peft_type = adapter
+        .as_ref()
+        .and_then(|cfg| cfg.kind.def().peft_config(cfg, &[]))
+        .map(|(t, _)| t);
+    let cfg = match adapter {
+        Some(cfg) if peft_type.is_some() && single => cfg,
         None if !trained.is_empty()
             && trained
                 .keys()
@@ -58,36 +61,37 @@ pub fn write(
             (name, t.clone())
         })
         .collect();
-    // PEFT matches a target by suffix, so `output.dense` would also catch
+    // PEFT matches a target by suffix, so LoRA's `output.dense` would also catch
     // `attention.output.dense`; then only the exact module paths say what was wrapped.
-    let targets: Vec<String> = if cfg.targets.iter().any(|t| t == "output.dense") {
-        let mut v: Vec<String> = trained
-            .keys()
-            .filter_map(|k| k.strip_suffix(".lora_A.weight"))
-            .map(|m| format!("{}.{m}", arch.prefix()))
-            .collect();
-        v.sort();
-        v
-    } else {
-        peft_targets(arch, &cfg.targets)?
-    };
+    // (IA3's targets match by suffix as PEFT's do.)
+    let suffix_wraps_more = cfg.kind != AdapterKind::Ia3;
+    let targets: Vec<String> =
+        if suffix_wraps_more && cfg.targets.iter().any(|t| t == "output.dense") {
+            let mut v: Vec<String> = trained
+                .keys()
+                .filter_map(|k| k.strip_suffix(".lora_A.weight"))
+                .map(|m| format!("{}.{m}", arch.prefix()))
+                .collect();
+            v.sort();
+            v
+        } else {
+            peft_targets(arch, &cfg.targets)?
+        };
     let (task_type, saved) = head_of(info, trained)?;
-    let config = json!({
-        "peft_type": "LORA",
+    // What every PEFT adapter's config has, then what the kind adds.
+    let Some((peft_type, fields)) = cfg.kind.def().peft_config(&cfg, &targets) else {
+        return Ok(());
+    };
+    let mut config = json!({
+        "peft_type": peft_type,
         "task_type": task_type,
         "base_model_name_or_path": info.base.path,
-        "r": cfg.r,
-        "lora_alpha": cfg.alpha,
-        "lora_dropout": cfg.dropout,
-        "target_modules": targets,
         "modules_to_save": saved,
-        "bias": "none",
-        "fan_in_fan_out": false,
-        "init_lora_weights": true,
         "inference_mode": true,
-        "use_rslora": cfg.rslora,
-        "use_dora": cfg.kind == AdapterKind::Dora,
     });
+    if let (Some(c), serde_json::Value::Object(fields)) = (config.as_object_mut(), fields) {
+        c.extend(fields);
+    }
     save(dir, &tensors, &config)
 }
 
@@ -171,48 +175,47 @@ fn write_ln_tuning(
     save(dir, &tensors, &config)
 }
 
-/// An IA3 run as PEFT's `IA3Config` saves one: its targets matched by suffix as ours are,
-/// `feedforward_modules` the dense output layers (which scale their input), the vectors
-/// as `….ia3_l`.
-fn write_ia3(
-    dir: &Path,
-    info: &RunInfo,
-    arch: Arch,
-    trained: &HashMap<String, Tensor>,
-    cfg: &crate::model::AdapterConfig,
-) -> Result<()> {
-    let tensors: HashMap<String, Tensor> = trained
-        .iter()
-        .map(|(n, t)| {
-            (
-                format!("base_model.model.{}", arch.task_model_name(n)),
-                t.clone(),
-            )
-        })
-        .collect();
-    let targets = peft_targets(arch, &cfg.targets)?;
-    let feedforward: Vec<&String> = targets
-        .iter()
-        .filter(|t| t.ends_with("output.dense"))
-        .collect();
-    let (task_type, saved) = head_of(info, trained)?;
-    let config = json!({
-        "peft_type": "IA3",
-        "task_type": task_type,
-        "base_model_name_or_path": info.base.path,
-        "target_modules": targets,
-        "feedforward_modules": feedforward,
-        "modules_to_save": saved,
-        "fan_in_fan_out": false,
-        "init_ia3_weights": true,
-        "inference_mode": true,
-    });
-    save(dir, &tensors, &config)
-}
-
 /// A LoRA adapter saved by Hugging Face PEFT's `save_pretrained` for a sequence
 /// classifier: its settings, and its tensors under this crate's names (adapters as
 /// `encoder.layer.N.<module>.lora_A.weight`, the head from `modules_to_save`).
+/// The method section of a run that trained what a PEFT adapter holds: LayerNorm tensors
+/// (`None`), IA3 vectors, or LoRA/DoRA adapters with their settings.
+pub fn method_config(adapter: Option<&AdapterConfig>) -> Result<MethodConfig> {
+    use crate::methods::{dora, ia3, layernorm, lora, MethodFlags};
+    let (method, flags) = match adapter {
+        None => (layernorm::METHOD, MethodFlags::default()),
+        Some(c) if c.kind == AdapterKind::Ia3 => {
+            let s = ia3::Settings {
+                targets: c.targets.clone(),
+            };
+            let flags = MethodFlags {
+                ia3: s.flags(),
+                ..Default::default()
+            };
+            (ia3::METHOD, flags)
+        }
+        Some(c) => {
+            let s = lora::Settings {
+                r: c.r,
+                alpha: c.alpha,
+                dropout: c.dropout,
+                rslora: c.rslora,
+                targets: c.targets.clone(),
+            };
+            let flags = MethodFlags {
+                lora: s.flags(),
+                ..Default::default()
+            };
+            let method = match c.kind {
+                AdapterKind::Dora => dora::METHOD,
+                _ => lora::METHOD,
+            };
+            (method, flags)
+        }
+    };
+    flags.resolve(method.into())
+}
+
 pub struct PeftAdapter {
     /// None for LN tuning, whose tensors replace the base's LayerNorms.
     pub config: Option<crate::model::AdapterConfig>,

@@ -8,8 +8,7 @@ use anyhow::Result;
 use crate::data::{CustomData, CustomProblem, Source, CUSTOM};
 use crate::error::user;
 use crate::methods::{self, Methods};
-use crate::model::reft::Positions;
-use crate::model::{AdapterConfig, AdapterKind};
+use crate::model::AdapterConfig;
 use crate::settings::TrainConfig;
 
 /// The adapter a run of `method` adds when it sets none of its flags (None for methods
@@ -20,14 +19,17 @@ pub fn default_adapter(method: impl Into<Methods>) -> Option<AdapterConfig> {
 
 /// Where this run's examples come from.
 pub fn source(cfg: &TrainConfig) -> Result<Source> {
-    if let (false, Some(train), Some(dev)) = (cfg.task == CUSTOM, &cfg.train_file, &cfg.dev_file) {
+    if let (false, Some(train), Some(dev)) =
+        (cfg.data.task == CUSTOM, &cfg.data.train, &cfg.data.dev)
+    {
         return Ok(Source::QaFiles {
             train: train.clone(),
             dev: dev.clone(),
         });
     }
-    if cfg.task != CUSTOM {
+    if cfg.data.task != CUSTOM {
         return Ok(cfg
+            .data
             .data_dir
             .clone()
             .map_or(Source::GlueHub, Source::GlueDir));
@@ -37,11 +39,11 @@ pub fn source(cfg: &TrainConfig) -> Result<Source> {
             .ok_or_else(|| user(format!("--task custom needs --{flag} FILE")))
     };
     Ok(Source::Custom(CustomData {
-        train: need(cfg.train_file.as_ref(), "train")?,
-        dev: need(cfg.dev_file.as_ref(), "dev")?,
-        text_columns: cfg.text_columns.clone().unwrap_or_default(),
-        label_column: cfg.label_column.clone().unwrap_or_default(),
-        problem: cfg.problem.unwrap_or(CustomProblem::Classification),
+        train: need(cfg.data.train.as_ref(), "train")?,
+        dev: need(cfg.data.dev.as_ref(), "dev")?,
+        text_columns: cfg.data.text_columns.clone().unwrap_or_default(),
+        label_column: cfg.data.label_column.clone().unwrap_or_default(),
+        problem: cfg.data.problem.unwrap_or(CustomProblem::Classification),
     }))
 }
 
@@ -52,67 +54,26 @@ pub fn encoder(
     model: &crate::model::ModelConfig,
 ) -> Result<crate::tokenize::TextEncoder> {
     Ok(
-        crate::tokenize::TextEncoder::load(dir, model, cfg.max_seq_len)?
+        crate::tokenize::TextEncoder::load(dir, model, cfg.data.max_seq_len)?
             .with_doc_stride(cfg.doc_stride()),
     )
 }
 
-/// The adapter a run with lora, dora, ina or ia3 adds.
+/// The adapter a run with lora, dora, ina, ia3 or loreft adds: each builds its own from its
+/// settings (parsing allows one adapter kind per run).
 pub fn adapter(cfg: &TrainConfig) -> Option<AdapterConfig> {
     let m = &cfg.method;
-    // Parsing allows one adapter kind per run, so at most one of these holds.
-    if m.lora() {
-        return Some(AdapterConfig {
-            kind: if m.has(methods::dora::METHOD) {
-                AdapterKind::Dora
-            } else {
-                AdapterKind::Lora
-            },
-            r: cfg.lora_r?,
-            alpha: cfg.lora_alpha?,
-            dropout: cfg.lora_dropout?,
-            targets: cfg.lora_targets.clone()?,
-            rslora: cfg.lora_rslora.unwrap_or(false),
-        });
+    if let Some(s) = &m.lora {
+        return Some(s.adapter(m.name.has(methods::dora::METHOD)));
     }
-    if m.has(methods::ina::METHOD) {
-        return Some(AdapterConfig {
-            kind: AdapterKind::Ina {
-                inhibition: cfg.ina_inhibition?,
-                activation: cfg.ina_activation?,
-            },
-            r: cfg.ina_r?,
-            alpha: cfg.ina_alpha?,
-            dropout: cfg.ina_dropout?,
-            targets: cfg.ina_targets.clone()?,
-            rslora: false,
-        });
+    if let Some(s) = &m.ina {
+        return Some(s.adapter());
     }
-    if m.has(methods::loreft::METHOD) {
-        let p = Positions::parse(cfg.loreft_positions.as_deref()?).ok()?;
-        return Some(AdapterConfig {
-            kind: AdapterKind::Loreft {
-                first: p.first,
-                last: p.last,
-            },
-            r: cfg.loreft_r?,
-            alpha: 0.0,
-            dropout: cfg.loreft_dropout?,
-            targets: cfg.loreft_layers.clone()?,
-            rslora: false,
-        });
+    if let Some(s) = &m.loreft {
+        // Checked when the settings were resolved or read back.
+        return s.adapter().ok();
     }
-    if m.has(methods::ia3::METHOD) {
-        return Some(AdapterConfig {
-            kind: AdapterKind::Ia3,
-            r: 0,
-            alpha: 0.0,
-            dropout: 0.0,
-            targets: cfg.ia3_targets.clone()?,
-            rslora: false,
-        });
-    }
-    None
+    m.ia3.as_ref().map(|s| s.adapter())
 }
 
 #[cfg(test)]

@@ -11,7 +11,8 @@ use clap::ValueEnum;
 use super::dir::{self as run_dir, RunInfo};
 use crate::error::user;
 use crate::methods::is_head;
-use crate::model::{fit_head, load, read_checkpoint, AdapterKind, Model, ModelConfig, ParamStore};
+use crate::model::adapters::Tensors;
+use crate::model::{fit_head, load, read_checkpoint, Model, ModelConfig, ParamStore};
 use crate::settings::TrainConfig;
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -91,7 +92,7 @@ impl RunWeights {
                     "{}: the head `{name}` has {rows} outputs but task {} has {}; \
                      these tensors were trained for another task",
                     file.display(),
-                    info.train.task,
+                    info.train.data.task,
                     info.num_labels
                 )));
             }
@@ -156,6 +157,7 @@ impl RunWeights {
         let parts: Vec<_> = info
             .train
             .method
+            .name
             .parts()
             .iter()
             .map(|m| m.select(&spec, self.base.keys()))
@@ -168,7 +170,7 @@ impl RunWeights {
             return Err(user(format!(
                 "{}: `trainable_tensors` lists `{name}`, which method {} never trains",
                 checkpoint.join(run_dir::CONFIG).display(),
-                info.train.method
+                info.train.method.name
             )));
         }
         // A model built as `model` builds it (on the CPU, the weights left as they are): a
@@ -193,7 +195,7 @@ impl RunWeights {
             return Err(bad(format!(
                 "tensor `{name}` is part of no layer, adapter or head of the run's model \
                  (method {})",
-                info.train.method
+                info.train.method.name
             )));
         }
         Ok(())
@@ -206,7 +208,8 @@ impl RunWeights {
     /// PEFT saved for that model, with its own head.
     pub fn external(mut train: TrainConfig, adapter: Option<&Path>) -> Result<Self> {
         let spec = train.task_spec(None)?;
-        let model_dir = crate::model::hub::resolve(&train.model, train.revision.as_deref())?;
+        let model_dir =
+            crate::model::hub::resolve(&train.model.model, train.model.revision.as_deref())?;
         let (config, mut base) = read_checkpoint(&model_dir)?;
         let weights_file = load::weight_file(&model_dir)?;
         let num_labels = spec.num_labels();
@@ -225,25 +228,7 @@ impl RunWeights {
                 }
                 // The adapter's head replaces the base's, whatever its shape.
                 base.retain(|k, _| !is_head(k));
-                match &a.config {
-                    // LayerNorm tensors that replace the base's.
-                    None => train.method = crate::methods::layernorm::METHOD.into(),
-                    Some(c) if c.kind == AdapterKind::Ia3 => {
-                        train.method = crate::methods::ia3::METHOD.into();
-                        train.ia3_targets = Some(c.targets.clone());
-                    }
-                    Some(c) => {
-                        train.method = match c.kind {
-                            AdapterKind::Dora => crate::methods::dora::METHOD.into(),
-                            _ => crate::methods::lora::METHOD.into(),
-                        };
-                        train.lora_r = Some(c.r);
-                        train.lora_alpha = Some(c.alpha);
-                        train.lora_dropout = Some(c.dropout);
-                        train.lora_targets = Some(c.targets.clone());
-                        train.lora_rslora = Some(c.rslora);
-                    }
-                }
+                train.method = crate::run::peft_format::method_config(a.config.as_ref())?;
                 (a.tensors, file)
             }
             None => {
@@ -334,11 +319,15 @@ impl RunWeights {
         Ok(model)
     }
 
-    /// Base plus trained tensors at θ₀ + alpha·(θ − θ₀). The head and anything the base
-    /// lacks stay as trained: there is no θ₀ to move towards. An adapter's θ₀ is a zero
-    /// delta, reached by scaling B (its A alone changes nothing while B is zero); IA3's is
-    /// a vector of ones; DoRA's magnitudes the rows' norms; LoReFT's an edit of zero.
+    /// Base plus trained tensors at θ₀ + alpha·(θ − θ₀). The head and anything else the
+    /// base lacks stay as trained: there is no θ₀ to move towards, except an adapter's,
+    /// which its kind knows (the adapter that changes nothing).
     pub fn weights(&self, alpha: f64) -> Result<HashMap<String, Tensor>> {
+        let adapter = crate::run::setup::adapter(&self.info.train).map(|a| a.kind.def());
+        let run = Tensors {
+            trained: &self.trained,
+            base: &self.base,
+        };
         let mut out = self.base.clone();
         for (name, t) in &self.trained {
             // 1 and 0 are exact: θ₀ + 1·(θ − θ₀) need not round back to θ.
@@ -346,35 +335,12 @@ impl RunWeights {
                 _ if alpha == 1.0 || is_head(name) => t.clone(),
                 Some(b) if alpha == 0.0 => b.clone(),
                 Some(b) => (b + ((t - b)? * alpha)?)?,
-                None if name.ends_with(".lora_B.weight") => (t * alpha)?,
-                // LoReFT's θ₀ is the intervention that edits nothing: W = R, b = 0 (R as
-                // trained, so each step of alpha scales the edit Rᵀ(Wh + b − Rh)).
-                None if name.contains(".loreft.") && name.ends_with(".source.weight") => {
-                    let x = name.replace(".source.weight", ".rotate");
-                    match self.trained.get(&x) {
-                        Some(x) => {
-                            let r = crate::model::reft::rotation(x)?.t()?;
-                            (&r + ((t - &r)? * alpha)?)?
-                        }
-                        None => t.clone(),
-                    }
-                }
-                None if name.contains(".loreft.") && name.ends_with(".source.bias") => (t * alpha)?,
-                // DoRA's θ₀ is ‖W₀‖ per row (with B scaled as above, the norm it divides by
-                // moves too; at alpha 0 the layer is W₀ again).
-                None if name.ends_with(".lora_magnitude_vector") => {
-                    let module = name.trim_end_matches(".lora_magnitude_vector");
-                    match self.base.get(&format!("{module}.weight")) {
-                        Some(w) => {
-                            let m0 = crate::model::adapter::row_norms(w)?;
-                            (&m0 + ((t - &m0)? * alpha)?)?
-                        }
-                        None => t.clone(),
-                    }
-                }
-                // IA3's θ₀ is a vector of ones: 1 + alpha·(l − 1).
-                None if name.ends_with(".ia3_l") => t.affine(alpha, 1.0 - alpha)?,
-                None => t.clone(),
+                None => match adapter {
+                    Some(def) => def
+                        .interpolate(name, t, alpha, &run)?
+                        .unwrap_or_else(|| t.clone()),
+                    None => t.clone(),
+                },
             };
             out.insert(name.clone(), w);
         }
@@ -444,115 +410,20 @@ pub fn base_dir(info: &RunInfo, model: Option<&Path>) -> Result<PathBuf> {
         return crate::model::hub::resolve(m, None);
     }
     let recorded = &info.base.path;
-    if recorded.exists() || info.train.model.exists() {
+    if recorded.exists() || info.train.model.model.exists() {
         return Ok(recorded.clone());
     }
-    crate::model::hub::resolve(&info.train.model, info.train.revision.as_deref())
+    crate::model::hub::resolve(
+        &info.train.model.model,
+        info.train.model.revision.as_deref(),
+    )
 }
 
-/// Fold every LoRA pair into the weight it wraps, W₀ + (α/r)·B·A (DoRA's rows then scaled
-/// to their magnitudes), and drop the pair.
-/// InA's thresholded activation is not linear, so only inhibition 0 (plain LoRA) folds.
+/// Fold the run's adapters into the weights they wrap, as its adapter kind does
+/// ([`crate::model::adapters::AdapterDef::fold`]); a run without adapters is as it is.
 pub fn fold_adapters(weights: &mut HashMap<String, Tensor>, info: &RunInfo) -> Result<()> {
-    let Some(cfg) = crate::run::setup::adapter(&info.train) else {
-        return Ok(());
-    };
-    if cfg.kind == AdapterKind::Ia3 {
-        return fold_ia3(weights);
+    match crate::run::setup::adapter(&info.train) {
+        Some(cfg) => cfg.kind.def().fold(&cfg, weights),
+        None => Ok(()),
     }
-    if let AdapterKind::Loreft { .. } = cfg.kind {
-        return Err(user(
-            "a LoReFT run cannot be merged: it edits the hidden states of chosen tokens \
-             only (--loreft-positions), which no weight of the encoder reproduces; score \
-             it with `peft eval --checkpoint` or `peft predict`"
-                .to_string(),
-        ));
-    }
-    if let AdapterKind::Ina { inhibition, .. } = cfg.kind {
-        if inhibition != 0.0 {
-            return Err(user(format!(
-                "the run's InA adapters (--ina-inhibition {inhibition}) cannot be merged: the \
-                 thresholded path max-subtracts and activates per token, which no linear \
-                 weight reproduces (only --ina-inhibition 0 is plain LoRA)"
-            )));
-        }
-    }
-    fold_lora(weights, cfg.scale())
-}
-
-/// Fold LoRA (and DoRA) adapters scaled by `scale` into the weights they wrap.
-pub fn fold_lora(weights: &mut HashMap<String, Tensor>, scale: f64) -> Result<()> {
-    let wrapped: Vec<String> = weights
-        .keys()
-        .filter_map(|k| k.strip_suffix(".lora_A.weight").map(str::to_string))
-        .collect();
-    for module in wrapped {
-        let take = |w: &mut HashMap<String, Tensor>, leaf: &str| {
-            w.remove(&format!("{module}.{leaf}"))
-                .ok_or_else(|| user(format!("the run has no `{module}.{leaf}`")))
-        };
-        let a = take(weights, "lora_A.weight")?;
-        let b = take(weights, "lora_B.weight")?;
-        let w = take(weights, "weight")?;
-        let delta = (b.matmul(&a)? * scale)?;
-        if delta.dims() != w.dims() {
-            return Err(user(format!(
-                "`{module}`: the adapter's B·A has shape {:?}, the weight {:?}",
-                delta.dims(),
-                w.dims()
-            )));
-        }
-        // A zero delta (alpha 0, an untrained B) keeps W bit-identical: adding it could
-        // still flip −0.0 to +0.0.
-        let zero = delta.abs()?.sum_all()?.to_scalar::<f32>()? == 0.0;
-        let merged = if zero { w } else { (w + delta)? };
-        // DoRA: each row scaled to its magnitude, m/‖W₀ + s·B·A‖ (PEFT's merge).
-        let merged = match weights.remove(&format!("{module}.lora_magnitude_vector")) {
-            Some(m) => {
-                let g = m.div(&crate::model::adapter::row_norms(&merged)?)?;
-                merged.broadcast_mul(&g.unsqueeze(1)?)?
-            }
-            None => merged,
-        };
-        weights.insert(format!("{module}.weight"), merged);
-    }
-    Ok(())
-}
-
-/// IA3 folded into the weights it scales: W·diag(l) for a layer that scales its input,
-/// diag(l)·W and l·b for one that scales its output (PEFT's `merge`).
-pub fn fold_ia3(weights: &mut HashMap<String, Tensor>) -> Result<()> {
-    let wrapped: Vec<String> = weights
-        .keys()
-        .filter_map(|k| k.strip_suffix(".ia3_l").map(str::to_string))
-        .collect();
-    for module in wrapped {
-        let missing = |leaf: &str| user(format!("the run has no `{module}.{leaf}`"));
-        let l = weights
-            .remove(&format!("{module}.ia3_l"))
-            .ok_or_else(|| missing("ia3_l"))?;
-        let w = weights
-            .get(&format!("{module}.weight"))
-            .ok_or_else(|| missing("weight"))?
-            .clone();
-        let (out, inp) = w.dims2()?;
-        let scaled = match l.dims() {
-            [1, n] if *n == inp => w.broadcast_mul(&l)?,
-            [n, 1] if *n == out => {
-                let bias = format!("{module}.bias");
-                if let Some(b) = weights.get(&bias) {
-                    let b = b.mul(&l.flatten_all()?)?;
-                    weights.insert(bias, b);
-                }
-                w.broadcast_mul(&l)?
-            }
-            d => {
-                return Err(user(format!(
-                    "`{module}.ia3_l` has shape {d:?}, the weight ({out}, {inp})"
-                )))
-            }
-        };
-        weights.insert(format!("{module}.weight"), scaled);
-    }
-    Ok(())
 }

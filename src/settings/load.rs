@@ -66,26 +66,59 @@ impl Overrides {
     }
 
     pub fn from_toml_text(text: &str, path: &Path) -> Result<Self> {
-        toml::from_str(text).map_err(|e| {
-            let (msg, key) = explain_toml(e.message());
-            // serde reports an unknown key at its table: find the key's own line.
-            let at = key
-                .and_then(|k| {
-                    text.lines().position(|l| {
-                        l.trim_start()
-                            .strip_prefix(k.as_str())
-                            .is_some_and(|r| r.trim_start().starts_with('='))
-                    })
-                })
-                .or_else(|| {
-                    e.span()
-                        .map(|s| text[..s.start.min(text.len())].lines().count().max(1) - 1)
-                });
-            let line = at.map(|l| format!(":{}", l + 1)).unwrap_or_default();
-            user(format!("{}{line}: {msg}", path.display()))
-        })
+        // Keys are checked before the values: the methods' own come in flattened, and serde
+        // cannot refuse unknown keys beside flattened ones.
+        let table: toml::Table = toml::from_str(text).map_err(|e| located(text, path, e))?;
+        if let Some(key) = Overrides::unknown_key(table.keys()) {
+            let (msg, key) = explain_toml(&format!("unknown field `{key}`"));
+            return Err(user(format!(
+                "{}{}: {msg}",
+                path.display(),
+                line_of(text, key.as_deref())
+                    .map(|l| format!(":{}", l + 1))
+                    .unwrap_or_default()
+            )));
+        }
+        toml::from_str(text).map_err(|e| located(text, path, e))
     }
 
+    /// The first of `keys` that is no setting's.
+    pub fn unknown_key<'a>(keys: impl IntoIterator<Item = &'a String>) -> Option<&'a str> {
+        let known = Overrides::keys();
+        keys.into_iter()
+            .map(String::as_str)
+            .find(|k| !known.contains(k))
+    }
+}
+
+/// The line a key is set on.
+fn line_of(text: &str, key: Option<&str>) -> Option<usize> {
+    key.and_then(|k| {
+        text.lines().position(|l| {
+            l.trim_start()
+                .strip_prefix(k)
+                .is_some_and(|r| r.trim_start().starts_with('='))
+        })
+    })
+}
+
+/// A TOML error, with the file and the line it is on.
+fn located(text: &str, path: &Path, e: toml::de::Error) -> anyhow::Error {
+    {
+        {
+            let (msg, key) = explain_toml(e.message());
+            // serde reports an unknown key at its table: find the key's own line.
+            let at = line_of(text, key.as_deref()).or_else(|| {
+                e.span()
+                    .map(|s| text[..s.start.min(text.len())].lines().count().max(1) - 1)
+            });
+            let line = at.map(|l| format!(":{}", l + 1)).unwrap_or_default();
+            user(format!("{}{line}: {msg}", path.display()))
+        }
+    }
+}
+
+impl Overrides {
     /// True when nothing is set: `--resume` takes the run's own settings and no others.
     pub fn is_empty(&self) -> bool {
         serde_json::to_value(self)
@@ -106,18 +139,6 @@ impl Overrides {
             false => crate::data::tasks::task(&task_name)?.name,
         };
         let method = self.method.clone().unwrap_or(Methods::one(DEFAULT_METHOD));
-        // The settings a method cannot do without, by key: each method says which.
-        let given = serde_json::to_value(&self)?;
-        for m in method.parts() {
-            for (key, example) in m.required() {
-                if given.get(key).is_none_or(|v| v.is_null()) {
-                    let flag = key.replace('_', "-");
-                    return Err(user(format!(
-                        "--method {method} needs --{flag} (e.g. --{flag} {example})"
-                    )));
-                }
-            }
-        }
         let qa = !custom && crate::data::tasks::task(task)?.is_qa();
         let cfg = self.fill(&Context {
             method,
@@ -130,6 +151,52 @@ impl Overrides {
     }
 }
 
+impl TrainConfig {
+    /// A run's settings as its config.json holds them: grouped by concern, or flat as
+    /// versions before the grouping saved them (and without `lora_rslora` before rsLoRA).
+    /// Either way they are resolved as flags are (each value's range, the flags that apply
+    /// to the method and task, the custom data's files), and a setting the run depends on
+    /// that the file lacks is refused rather than filled with a default: a LoRA run
+    /// without `lora_r` would silently score without its adapters.
+    pub fn from_saved(value: serde_json::Value) -> Result<TrainConfig> {
+        let grouped = value.get("optimisation").is_some();
+        let given: Overrides = if grouped {
+            // Named by its path (`method.lora: missing field `r``), not only its leaf.
+            serde_path_to_error::deserialize::<_, TrainConfig>(value)
+                .map_err(|e| user(format!("{}: {}", e.path(), e.inner())))?
+                .flat()
+        } else {
+            let keys = value.as_object().map(|o| o.keys());
+            if let Some(key) = keys.and_then(Overrides::unknown_key) {
+                return Err(user(format!("unknown field `{key}`")));
+            }
+            serde_json::from_value(value).map_err(|e| user(e.to_string()))?
+        };
+        let mut resolved = given.clone().resolve()?;
+        let (recorded, filled) = (
+            serde_json::to_value(&given)?,
+            serde_json::to_value(resolved.flat())?,
+        );
+        // `data_dir` may be filled from $PEFT_GLUE_DIR, and `lora_rslora` reads as false
+        // when absent.
+        const MAY_BE_ABSENT: [&str; 2] = ["data_dir", "lora_rslora"];
+        if let (Some(recorded), Some(filled)) = (recorded.as_object(), filled.as_object()) {
+            for (key, v) in filled {
+                let absent = recorded.get(key).is_none_or(|r| r.is_null());
+                if absent && !v.is_null() && !MAY_BE_ABSENT.contains(&key.as_str()) {
+                    return Err(user(format!(
+                        "`{key}` is missing; a run of method {} records it",
+                        resolved.method.name
+                    )));
+                }
+            }
+        }
+        // Where the run read its data, as recorded, whatever $PEFT_GLUE_DIR says now.
+        resolved.data.data_dir = given.data_dir;
+        Ok(resolved)
+    }
+}
+
 /// Whether `task` is custom data, after checking that the custom flags are given exactly
 /// when it is.
 fn custom_data(o: &Overrides, task: &str) -> Result<bool> {
@@ -138,8 +205,8 @@ fn custom_data(o: &Overrides, task: &str) -> Result<bool> {
         return qa_files(o);
     }
     let flags = [
-        ("--train", o.train_file.is_some()),
-        ("--dev", o.dev_file.is_some()),
+        ("--train", o.train.is_some()),
+        ("--dev", o.dev.is_some()),
         ("--text-columns", o.text_columns.is_some()),
         ("--label-column", o.label_column.is_some()),
         ("--problem", o.problem.is_some()),
@@ -163,7 +230,7 @@ fn custom_data(o: &Overrides, task: &str) -> Result<bool> {
              --label-column y"
         )));
     }
-    for path in [&o.train_file, &o.dev_file].into_iter().flatten() {
+    for path in [&o.train, &o.dev].into_iter().flatten() {
         crate::data::custom::check_extension(path)?;
     }
     let n = o.text_columns.as_ref().map_or(0, Vec::len);
@@ -188,7 +255,7 @@ fn qa_files(o: &Overrides) -> Result<bool> {
              --dev FILE, or --data-dir)"
         )));
     }
-    match (&o.train_file, &o.dev_file, &o.data_dir) {
+    match (&o.train, &o.dev, &o.data_dir) {
         (Some(_), None, _) | (None, Some(_), _) => Err(user(
             "SQuAD from your own files needs both --train FILE and --dev FILE",
         )),
@@ -208,7 +275,9 @@ fn explain_toml(msg: &str) -> (String, Option<String>) {
     else {
         return (msg.to_string(), None);
     };
-    let valid: Vec<&str> = expected.split('`').skip(1).step_by(2).collect();
+    // The keys of the methods' own settings come in flattened, and serde then lists none.
+    let _ = expected;
+    let valid = Overrides::keys();
     // The names transformers' TrainingArguments use for the same settings.
     let alias = match key {
         "learning_rate" => Some("lr"),

@@ -16,10 +16,7 @@ use crate::data::batches;
 use crate::data::dataset::Dataset;
 use crate::data::TaskSpec;
 use crate::eval::score;
-use crate::fisher::{estimate, Estimator, FisherOptions};
 use crate::loss;
-use crate::methods;
-use crate::model::ModelConfig;
 use crate::model::{Ctx, Model};
 use crate::optim::{accumulate, AdamWConfig, LinearSchedule, MaskedAdamW, NonFiniteGradient};
 use crate::run::checkpoint::{self, Progress, RESUME};
@@ -29,7 +26,7 @@ use crate::run::setup;
 use crate::settings::TrainConfig;
 use crate::stats::thousands;
 use crate::tokenize::{collate, Encoded};
-use crate::train::prepare::{open_dir, Counts, Inputs};
+use crate::train::prepare::{open_dir, restore_resumed, selection, Counts, Inputs};
 use crate::train::session::{Session, Trainable};
 
 pub struct Summary {
@@ -73,12 +70,12 @@ fn seeds(seed: u64) -> (u64, u64, u64) {
 pub fn fit(cfg: &TrainConfig, overwrite: bool, resume: bool) -> Result<Summary> {
     if resume {
         // Said before the lock would create a directory for a run that is not there.
-        RunInfo::load(&cfg.output_dir)?;
+        RunInfo::load(&cfg.output.output_dir)?;
     }
     // Before anything is checked or written: a second writer is refused while this one
     // lives, naming it, and cannot mix its files with ours.
-    let created = !cfg.output_dir.exists();
-    let lock = crate::run::lock::acquire(&cfg.output_dir)?;
+    let created = !cfg.output.output_dir.exists();
+    let lock = crate::run::lock::acquire(&cfg.output.output_dir)?;
     let done = fit_locked(cfg, overwrite, resume);
     if done.is_err() && created {
         // A run refused before it wrote anything leaves no directory behind.
@@ -105,14 +102,19 @@ fn fit_locked(cfg: &TrainConfig, overwrite: bool, resume: bool) -> Result<Summar
         bar.set_position(p.steps_in_epoch as u64);
         for step_batch in order.iter().skip(p.steps_in_epoch) {
             let group: Vec<Vec<usize>> = step_batch
-                .chunks(cfg.batch_size)
+                .chunks(cfg.optimisation.batch_size)
                 .map(<[usize]>::to_vec)
                 .collect();
             let lr = run.step(&group, &mut p, &bar)?;
             bar.inc(1);
             let step = p.step;
             let end_of_epoch = step.is_multiple_of(run.steps_per_epoch) || step == run.total;
-            if end_of_epoch || cfg.eval_steps.is_some_and(|n| step.is_multiple_of(n)) {
+            if end_of_epoch
+                || cfg
+                    .output
+                    .eval_steps
+                    .is_some_and(|n| step.is_multiple_of(n))
+            {
                 bar.suspend(|| run.evaluate(&mut p, lr))?;
             }
             if step >= run.total {
@@ -120,7 +122,12 @@ fn fit_locked(cfg: &TrainConfig, overwrite: bool, resume: bool) -> Result<Summar
                 break 'epochs;
             }
             let interrupted = INTERRUPTED.load(Ordering::SeqCst);
-            if interrupted || end_of_epoch || cfg.save_steps.is_some_and(|n| step.is_multiple_of(n))
+            if interrupted
+                || end_of_epoch
+                || cfg
+                    .output
+                    .save_steps
+                    .is_some_and(|n| step.is_multiple_of(n))
             {
                 run.checkpoint(&mut p)?;
             }
@@ -128,7 +135,7 @@ fn fit_locked(cfg: &TrainConfig, overwrite: bool, resume: bool) -> Result<Summar
                 bar.abandon();
                 return Err(Interrupted {
                     step,
-                    dir: cfg.output_dir.clone(),
+                    dir: cfg.output.output_dir.clone(),
                 }
                 .into());
             }
@@ -164,7 +171,7 @@ impl<'a> Run<'a> {
     /// Load the data and the model, select and build what trains, write the run's
     /// config.json (or, resuming, check the run against it and restore its state).
     fn prepare(cfg: &'a TrainConfig, overwrite: bool, resume: bool) -> Result<(Self, Progress)> {
-        let out = &cfg.output_dir;
+        let out = &cfg.output.output_dir;
         // Before the slow loading: a run that cannot start should say so at once.
         let resumed = if resume {
             Some((RunInfo::load(out)?, checkpoint::load(&out.join(RESUME))?))
@@ -172,6 +179,8 @@ impl<'a> Run<'a> {
             run_dir::check_free(out, overwrite)?;
             None
         };
+        let inputs = Inputs::load(cfg)?;
+        let selection = selection(cfg, &inputs)?;
         let Inputs {
             device,
             labels,
@@ -184,28 +193,13 @@ impl<'a> Run<'a> {
             pad,
             train,
             devs,
-        } = Inputs::load(cfg)?;
+        } = inputs;
 
-        let fisher = if cfg.method.needs_fisher() {
-            Some(fisher_for(
-                cfg,
-                &mcfg,
-                (&weights, &weights_sha256),
-                spec,
-                &train,
-                pad,
-                &device,
-            )?)
-        } else {
-            None
-        };
-        let method = cfg.method_spec();
-        let selection = methods::select(&method, &weights, fisher.as_ref())?;
-        drop(fisher);
-        let (order_seed, dropout_seed, mask_seed) = seeds(cfg.seed);
+        let (order_seed, dropout_seed, mask_seed) = seeds(cfg.optimisation.seed);
         let adam = AdamWConfig {
-            weight_decay: cfg.weight_decay,
-            max_grad_norm: (cfg.max_grad_norm > 0.0).then_some(cfg.max_grad_norm),
+            weight_decay: cfg.optimisation.weight_decay,
+            max_grad_norm: (cfg.optimisation.max_grad_norm > 0.0)
+                .then_some(cfg.optimisation.max_grad_norm),
             ..Default::default()
         };
         let Session {
@@ -218,7 +212,7 @@ impl<'a> Run<'a> {
             selection,
             setup::adapter(cfg).as_ref(),
             &device,
-            (cfg.seed, mask_seed),
+            (cfg.optimisation.seed, mask_seed),
             adam,
         )?;
         let total_params: usize = store.all().values().map(|t| t.elem_count()).sum();
@@ -254,24 +248,19 @@ impl<'a> Run<'a> {
             steps_per_epoch,
             total,
         } = Counts::of(cfg, train.len(), resume)?;
-        let ctx = Ctx::train(dropout_seed).with_precision(cfg.precision);
+        let ctx = Ctx::train(dropout_seed).with_precision(cfg.model.precision);
         let mut order_rng = StdRng::seed_from_u64(order_seed);
         let lengths = train.lengths();
         let mut p = Progress::start();
         if let Some(r) = resumed {
-            // Before anything is restored or rewritten (metrics.jsonl below).
             let shape = checkpoint::RunShape {
                 vars: &vars,
                 steps_per_epoch,
                 total,
-                micro_batches: cfg.grad_accum,
+                micro_batches: cfg.optimisation.grad_accum,
                 spec,
             };
-            r.check(&out.join(RESUME), &shape)?;
-            restore_params(&vars, &r.params)?;
-            opt.restore(r.optimizer)?;
-            ctx.set_calls(r.progress.dropout_calls);
-            p = r.progress;
+            p = restore_resumed(r, &out.join(RESUME), &shape, &mut opt, &ctx)?;
             run_dir::truncate_metrics(out, p.step)?;
             // Each epoch's order draws from one stream: replay the finished epochs' draws.
             for _ in 0..p.epoch {
@@ -295,7 +284,11 @@ impl<'a> Run<'a> {
             opt,
             ctx,
             order_rng,
-            schedule: LinearSchedule::new(cfg.lr, cfg.warmup_ratio, total),
+            schedule: LinearSchedule::new(
+                cfg.optimisation.lr,
+                cfg.optimisation.warmup_ratio,
+                total,
+            ),
             steps_per_epoch,
             total,
             start,
@@ -305,7 +298,7 @@ impl<'a> Run<'a> {
 
     /// Examples per optimizer step.
     fn step_size(&self) -> usize {
-        self.cfg.batch_size * self.cfg.grad_accum
+        self.cfg.optimisation.batch_size * self.cfg.optimisation.grad_accum
     }
 
     /// One optimizer step over a group of micro-batches (the gradient of the mean loss
@@ -330,7 +323,7 @@ impl<'a> Run<'a> {
             };
             let vars = &self.vars;
             let mut collect = |grads: &GradStore| accumulate(&mut acc, vars, grads);
-            let loss = if self.cfg.recompute {
+            let loss = if self.cfg.optimisation.recompute {
                 self.model
                     .backward_by_layer(&batch, &self.ctx, loss_of, &mut collect)?
             } else {
@@ -363,20 +356,20 @@ impl<'a> Run<'a> {
                     "step {}: loss {:.6}, gradient not finite (largest: {}, norm {})",
                     p.step, group_loss, nf.param, nf.norm
                 );
-                if p.skipped >= self.cfg.skip_nonfinite {
+                if p.skipped >= self.cfg.optimisation.skip_nonfinite {
                     bar.abandon();
                     bail!(
                         "{what}. Training stopped before this step changed anything; the \
                          checkpoints already in {} are untouched (lower --lr, or pass \
                          --skip-nonfinite N to skip up to N such steps)",
-                        self.cfg.output_dir.display()
+                        self.cfg.output.output_dir.display()
                     );
                 }
                 p.skipped += 1;
                 bar.suspend(|| {
                     eprintln!(
                         "{what}: step skipped ({} of at most {})",
-                        p.skipped, self.cfg.skip_nonfinite
+                        p.skipped, self.cfg.optimisation.skip_nonfinite
                     )
                 });
             }
@@ -394,13 +387,13 @@ impl<'a> Run<'a> {
 
     /// Score the dev splits, record the evaluation, keep the tensors if it is the best.
     fn evaluate(&self, p: &mut Progress, lr: f64) -> Result<()> {
-        let (spec, out) = (self.spec, &self.cfg.output_dir);
+        let (spec, out) = (self.spec, &self.cfg.output.output_dir);
         let dev = score(
             &self.model,
             &self.devs,
             (spec, self.cfg.span_options()),
             self.pad,
-            self.cfg.eval_batch_size,
+            self.cfg.output.eval_batch_size,
             &self.device,
         )?;
         let main = main_score(spec, &dev);
@@ -435,7 +428,7 @@ impl<'a> Run<'a> {
         p.dropout_calls = self.ctx.calls();
         p.elapsed_s = self.start.elapsed().as_secs_f64();
         checkpoint::save(
-            &self.cfg.output_dir.join(RESUME),
+            &self.cfg.output.output_dir.join(RESUME),
             &self.vars,
             &self.opt.state()?,
             p,
@@ -444,7 +437,7 @@ impl<'a> Run<'a> {
 
     /// The final tensors, PEFT's format of the best state, and no resume state left.
     fn finish(self, p: Progress) -> Result<Summary> {
-        let out = &self.cfg.output_dir;
+        let out = &self.cfg.output.output_dir;
         run_dir::save_tensors(&out.join(run_dir::LAST), &values(&self.vars))?;
         // PEFT's format carries one state: the best, which `peft eval` scores by default.
         let best_tensors = run_dir::load_tensors(&out.join(run_dir::BEST))?;
@@ -464,34 +457,6 @@ impl<'a> Run<'a> {
             _ => bail!("training ended without an evaluation"),
         }
     }
-}
-
-/// A resumed run's tensors replace the freshly built ones, name for name.
-fn restore_params(
-    vars: &BTreeMap<String, candle_core::Var>,
-    saved: &HashMap<String, Tensor>,
-) -> Result<()> {
-    for (name, var) in vars {
-        let t = saved
-            .get(name)
-            .ok_or_else(|| crate::error::user(format!("the checkpoint lacks {name}")))?;
-        if t.dims() != var.dims() {
-            crate::user_bail!(
-                "the checkpoint's {name} has shape {:?}, the model {:?}",
-                t.dims(),
-                var.dims()
-            );
-        }
-        var.set(&t.to_device(var.device())?)?;
-    }
-    if saved.len() != vars.len() {
-        crate::user_bail!(
-            "the checkpoint holds {} tensors, the run trains {}",
-            saved.len(),
-            vars.len()
-        );
-    }
-    Ok(())
 }
 
 /// For a step whose loss was not finite: the tensor with the largest gradient norm.
@@ -515,42 +480,6 @@ fn largest_gradient(grads: &BTreeMap<String, Tensor>) -> Result<NonFiniteGradien
 /// NaN is the worst; the first NaN stays the culprit.
 fn worse(a: f64, than: f64) -> bool {
     !than.is_nan() && (a.is_nan() || a > than)
-}
-
-/// The Fisher information that ranks parameters: from --fisher, or estimated on the
-/// training set at the pre-trained weights (with the same seeded head as training), or
-/// that estimate from the cache.
-fn fisher_for(
-    cfg: &TrainConfig,
-    mcfg: &ModelConfig,
-    (weights, weights_sha256): (&HashMap<String, Tensor>, &str),
-    spec: &TaskSpec,
-    train: &Dataset,
-    pad: u32,
-    device: &Device,
-) -> Result<BTreeMap<String, Tensor>> {
-    if let Some(path) = &cfg.fisher {
-        return Ok(run_dir::load_tensors(path)?.into_iter().collect());
-    }
-    let estimator = cfg
-        .fisher_batch_mean
-        .map_or(Estimator::PerExample, |b| Estimator::BatchMean { batch: b });
-    let opts = FisherOptions {
-        samples: cfg.fisher_samples.and_then(|s| s.limit()),
-        estimator,
-        seed: cfg.seed,
-    };
-    let key = crate::fisher::cache_key(weights_sha256, train, spec.num_labels(), &opts);
-    crate::fisher::cached(&key, || {
-        let start = Instant::now();
-        let t = Trainable::everything(weights.clone(), mcfg, Some(spec.head()), device, cfg.seed)?;
-        let f = estimate(&t.model, &t.store, train, pad, opts, device)?;
-        eprintln!(
-            "Fisher information estimated in {:.1}s",
-            start.elapsed().as_secs_f64()
-        );
-        Ok(f)
-    })
 }
 
 fn values(vars: &BTreeMap<String, candle_core::Var>) -> HashMap<String, Tensor> {

@@ -1,21 +1,28 @@
-//! What a run needs before its first step, apart from what trains: its inputs (data, the
-//! base model, the tokenizer), its directory (a new one written, or a resumed one checked
-//! against this run) and its step counts. `fit::Run::prepare` puts them together with the
-//! selection and the optimizer.
+//! What a run needs before its first step: its inputs (data, the base model, the
+//! tokenizer), what trains (the selection, Fisher information first for a ranked method),
+//! its directory (a new one written, or a resumed one checked against this run), its step
+//! counts, and a resumed run's state. `fit::Run::prepare` puts them together with the
+//! optimizer.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
+use std::time::Instant;
 
 use anyhow::Result;
 use candle_core::{Device, Tensor};
 
 use crate::data::dataset::Dataset;
 use crate::data::TaskSpec;
+use crate::fisher::{estimate, Estimator, FisherOptions};
+use crate::methods::{self, Selection};
+use crate::model::Ctx;
 use crate::model::{fit_head, load, read_checkpoint, ModelConfig};
-use crate::run::checkpoint::Resumed;
+use crate::optim::MaskedAdamW;
+use crate::run::checkpoint::{self, Progress, Resumed};
 use crate::run::dir::{self as run_dir, RunInfo};
 use crate::run::setup;
 use crate::settings::TrainConfig;
+use crate::train::session::Trainable;
 
 /// A run's data, base model and tokenizer, loaded; nothing written.
 pub struct Inputs {
@@ -37,11 +44,12 @@ pub struct Inputs {
 
 impl Inputs {
     pub fn load(cfg: &TrainConfig) -> Result<Self> {
-        let device = crate::device::parse(&cfg.device)?;
+        let device = crate::device::parse(&cfg.model.device)?;
         let source = setup::source(cfg)?;
         let labels = source.labels()?;
         let spec = cfg.task_spec(labels.as_deref())?;
-        let model_dir = crate::model::hub::resolve(&cfg.model, cfg.revision.as_deref())?;
+        let model_dir =
+            crate::model::hub::resolve(&cfg.model.model, cfg.model.revision.as_deref())?;
         let (mcfg, mut weights) = read_checkpoint(&model_dir)?;
         if fit_head(&mut weights, spec.head()) {
             eprintln!("the checkpoint's head has another number of outputs: starting a new head");
@@ -83,7 +91,7 @@ pub fn open_dir(
     resumed: Option<(RunInfo, Resumed)>,
     info: &RunInfo,
 ) -> Result<Option<Resumed>> {
-    let out = &cfg.output_dir;
+    let out = &cfg.output.output_dir;
     match resumed {
         Some((saved, state)) => {
             same_base_and_labels(cfg, &saved, info)?;
@@ -116,27 +124,35 @@ impl Counts {
             let from = match resume {
                 true => format!(
                     "{}: train: ",
-                    cfg.output_dir.join(run_dir::CONFIG).display()
+                    cfg.output.output_dir.join(run_dir::CONFIG).display()
                 ),
                 false => String::new(),
             };
             crate::error::user(format!("{from}{what} overflow the step counter"))
         };
-        let step_size = cfg.batch_size.checked_mul(cfg.grad_accum).ok_or_else(|| {
-            overflow(format!(
-                "batch_size {} × grad_accum {}",
-                cfg.batch_size, cfg.grad_accum
-            ))
-        })?;
-        let steps_per_epoch = examples.div_ceil(step_size);
-        let total = match cfg.max_steps {
-            Some(n) => n,
-            None => cfg.epochs.checked_mul(steps_per_epoch).ok_or_else(|| {
+        let step_size = cfg
+            .optimisation
+            .batch_size
+            .checked_mul(cfg.optimisation.grad_accum)
+            .ok_or_else(|| {
                 overflow(format!(
-                    "epochs {} × {steps_per_epoch} steps per epoch",
-                    cfg.epochs
+                    "batch_size {} × grad_accum {}",
+                    cfg.optimisation.batch_size, cfg.optimisation.grad_accum
                 ))
-            })?,
+            })?;
+        let steps_per_epoch = examples.div_ceil(step_size);
+        let total = match cfg.optimisation.max_steps {
+            Some(n) => n,
+            None => cfg
+                .optimisation
+                .epochs
+                .checked_mul(steps_per_epoch)
+                .ok_or_else(|| {
+                    overflow(format!(
+                        "epochs {} × {steps_per_epoch} steps per epoch",
+                        cfg.optimisation.epochs
+                    ))
+                })?,
         };
         Ok(Counts {
             step_size,
@@ -166,7 +182,7 @@ fn same_base_and_labels(cfg: &TrainConfig, saved: &RunInfo, info: &RunInfo) -> R
         crate::user_bail!(
             "{}: `trainable_tensors` {} `{name}`, but the run {} it: the file was edited or \
              is another run's",
-            cfg.output_dir.join(run_dir::CONFIG).display(),
+            cfg.output.output_dir.join(run_dir::CONFIG).display(),
             if said.contains(name) {
                 "lists"
             } else {
@@ -190,4 +206,115 @@ fn same_base_and_labels(cfg: &TrainConfig, saved: &RunInfo, info: &RunInfo) -> R
         );
     }
     Ok(())
+}
+
+/// What trains, by the run's method: a ranked method's Fisher information first (from
+/// --fisher, the cache or an estimate), then the selection and its masks.
+pub fn selection(cfg: &TrainConfig, inputs: &Inputs) -> Result<Selection> {
+    let fisher = if cfg.method.name.needs_fisher() {
+        Some(fisher_for(
+            cfg,
+            &inputs.mcfg,
+            (&inputs.weights, &inputs.weights_sha256),
+            inputs.spec,
+            &inputs.train,
+            inputs.pad,
+            &inputs.device,
+        )?)
+    } else {
+        None
+    };
+    methods::select(&cfg.method_spec(), &inputs.weights, fisher.as_ref())
+}
+
+/// A resumed run's state restored into the freshly built one, after its checkpoint is
+/// checked against the run: parameters, optimizer, the dropout stream; its progress back.
+pub fn restore_resumed(
+    r: Resumed,
+    file: &std::path::Path,
+    shape: &checkpoint::RunShape,
+    opt: &mut MaskedAdamW,
+    ctx: &Ctx,
+) -> Result<Progress> {
+    // Before anything is restored or rewritten (metrics.jsonl after).
+    r.check(file, shape)?;
+    restore_params(shape.vars, &r.params)?;
+    opt.restore(r.optimizer)?;
+    ctx.set_calls(r.progress.dropout_calls);
+    Ok(r.progress)
+}
+
+/// A resumed run's tensors replace the freshly built ones, name for name.
+fn restore_params(
+    vars: &BTreeMap<String, candle_core::Var>,
+    saved: &HashMap<String, Tensor>,
+) -> Result<()> {
+    for (name, var) in vars {
+        let t = saved
+            .get(name)
+            .ok_or_else(|| crate::error::user(format!("the checkpoint lacks {name}")))?;
+        if t.dims() != var.dims() {
+            crate::user_bail!(
+                "the checkpoint's {name} has shape {:?}, the model {:?}",
+                t.dims(),
+                var.dims()
+            );
+        }
+        var.set(&t.to_device(var.device())?)?;
+    }
+    if saved.len() != vars.len() {
+        crate::user_bail!(
+            "the checkpoint holds {} tensors, the run trains {}",
+            saved.len(),
+            vars.len()
+        );
+    }
+    Ok(())
+}
+
+/// The Fisher information that ranks parameters: from --fisher, or estimated on the
+/// training set at the pre-trained weights (with the same seeded head as training), or
+/// that estimate from the cache.
+fn fisher_for(
+    cfg: &TrainConfig,
+    mcfg: &ModelConfig,
+    (weights, weights_sha256): (&HashMap<String, Tensor>, &str),
+    spec: &TaskSpec,
+    train: &Dataset,
+    pad: u32,
+    device: &Device,
+) -> Result<BTreeMap<String, Tensor>> {
+    // Resolution gives a ranked method these settings; without, the defaults.
+    let settings = match &cfg.method.fisher {
+        Some(s) => s.clone(),
+        None => crate::methods::fisher_layernorm::Flags::default().resolve(&cfg.method.name)?,
+    };
+    if let Some(path) = &settings.file {
+        return Ok(run_dir::load_tensors(path)?.into_iter().collect());
+    }
+    let estimator = settings
+        .batch_mean
+        .map_or(Estimator::PerExample, |b| Estimator::BatchMean { batch: b });
+    let opts = FisherOptions {
+        samples: settings.samples.and_then(|s| s.limit()),
+        estimator,
+        seed: cfg.optimisation.seed,
+    };
+    let key = crate::fisher::cache_key(weights_sha256, train, spec.num_labels(), &opts);
+    crate::fisher::cached(&key, || {
+        let start = Instant::now();
+        let t = Trainable::everything(
+            weights.clone(),
+            mcfg,
+            Some(spec.head()),
+            device,
+            cfg.optimisation.seed,
+        )?;
+        let f = estimate(&t.model, &t.store, train, pad, opts, device)?;
+        eprintln!(
+            "Fisher information estimated in {:.1}s",
+            start.elapsed().as_secs_f64()
+        );
+        Ok(f)
+    })
 }

@@ -829,7 +829,7 @@ fn ia3_matches_peft() {
     let (mut merged, batch, _, cfg, logits) =
         matches_reference("ia3", &ia3, |k| k.ends_with("ia3_l"), 10);
     // Folded into the weights, as `peft merge` writes them: the same logits.
-    peft::run::weights::fold_ia3(&mut merged).unwrap();
+    peft::model::adapters::fold_ia3(&mut merged).unwrap();
     assert!(!merged.keys().any(|k| k.ends_with("ia3_l")));
     let plain = Model::load(&ParamStore::frozen(merged, Device::Cpu), &cfg, Some(2)).unwrap();
     let d = max_abs_diff(&plain.logits(&batch, &Ctx::eval()).unwrap(), &logits);
@@ -851,7 +851,7 @@ fn dora_matches_peft() {
     };
     let (mut merged, batch, r, cfg, logits) =
         matches_reference("dora", &dora, |k| k.contains(".lora_"), 14);
-    peft::run::weights::fold_lora(&mut merged, dora.scale()).unwrap();
+    peft::model::adapters::fold_lora(&mut merged, dora.scale()).unwrap();
     assert!(!merged.keys().any(|k| k.contains(".lora_")));
     let plain = Model::load(&ParamStore::frozen(merged, Device::Cpu), &cfg, Some(2)).unwrap();
     let folded = plain.logits(&batch, &Ctx::eval()).unwrap();

@@ -109,7 +109,7 @@ fn classification_from_csv_tsv_and_jsonl() {
             "{ext}"
         );
         assert_eq!(info["num_labels"], 3);
-        assert_eq!(info["train"]["task"], "custom");
+        assert_eq!(info["train"]["data"]["task"], "custom");
         let last = metrics(&run).pop().unwrap();
         let dev = &last["dev"]["dev"];
         assert!(

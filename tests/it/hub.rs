@@ -126,8 +126,8 @@ fn hub_model_and_hub_glue_train_like_the_local_files() {
 
         let info: serde_json::Value =
             serde_json::from_slice(&std::fs::read(hub_out.join("config.json")).unwrap()).unwrap();
-        assert_eq!(info["train"]["model"], MODEL);
-        assert!(info["train"]["data_dir"].is_null(), "{info}");
+        assert_eq!(info["train"]["model"]["model"], MODEL);
+        assert!(info["train"]["data"]["data_dir"].is_null(), "{info}");
         assert_eq!(
             Path::new(info["base"]["path"].as_str().unwrap()),
             snapshot.as_path()

@@ -17,6 +17,7 @@ mod grid;
 mod hostile;
 mod hub;
 mod methods;
+mod old_runs;
 mod parity;
 mod parsers_proptest;
 mod precision;

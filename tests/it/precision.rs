@@ -38,7 +38,7 @@ fn a_bf16_run_trains_near_the_f32_run_and_says_so() {
     let config: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(bf16_run.join("config.json")).unwrap())
             .unwrap();
-    assert_eq!(config["train"]["precision"], "bf16");
+    assert_eq!(config["train"]["model"]["precision"], "bf16");
     let (a, b) = (train_losses(&f32_run), train_losses(&bf16_run));
     assert_eq!(a.len(), 2);
     // Not the f32 run (the products really were rounded), but near it.

@@ -73,7 +73,7 @@ fn seeds_train_one_run_each_and_summarise_them() {
     for seed in [3u64, 1, 2] {
         let dir = sweep.join(format!("seed-{seed}"));
         let cfg = json(&dir.join("config.json"));
-        assert_eq!(cfg["train"]["seed"].as_u64(), Some(seed));
+        assert_eq!(cfg["train"]["optimisation"]["seed"].as_u64(), Some(seed));
         let m = metrics(&dir);
         assert_eq!(m.len(), 2, "evaluations at steps 2 and 4");
         best.push(accuracy(
@@ -142,7 +142,10 @@ fn seeds_train_one_run_each_and_summarise_them() {
     )));
     let summary = json(&sweep.join("summary.json"));
     assert_eq!(summary["seeds"], serde_json::json!([1, 2]));
-    assert_eq!(json(&sweep.join("seed-1/config.json"))["train"]["lr"], 0.01);
+    assert_eq!(
+        json(&sweep.join("seed-1/config.json"))["train"]["optimisation"]["lr"],
+        0.01
+    );
 
     // A seed's run that stopped before any checkpoint cannot be continued: refused.
     std::fs::remove_file(sweep.join("seed-2/last.safetensors")).unwrap();

@@ -182,8 +182,8 @@ fn config_file_flags_and_errors() {
     );
     let saved: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(out.join("config.json")).unwrap()).unwrap();
-    assert_eq!(saved["train"]["epochs"], 9);
-    assert_eq!(saved["train"]["max_steps"], 1);
+    assert_eq!(saved["train"]["optimisation"]["epochs"], 9);
+    assert_eq!(saved["train"]["optimisation"]["max_steps"], 1);
     assert_eq!(saved["base"]["sha256"].as_str().unwrap().len(), 64);
 
     // The same output directory again is refused without --overwrite.
@@ -262,7 +262,7 @@ fn shipped_configs_parse_and_resolve() {
                 .over(o)
                 .resolve()
                 .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-            assert!(cfg.lr > 0.0);
+            assert!(cfg.optimisation.lr > 0.0);
             n += 1;
         }
     }

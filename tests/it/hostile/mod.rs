@@ -14,7 +14,7 @@ use crate::common::*;
 mod bounds;
 mod edges;
 mod messages;
-mod run_files;
+pub(crate) mod run_files;
 
 /// Run the binary with `RUST_BACKTRACE=1` set, as on many developer machines and CI
 /// runners: an ordinary error must still be one message, never a backtrace. Killed after

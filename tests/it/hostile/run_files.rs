@@ -15,7 +15,7 @@ use super::*;
 const LIMIT: Duration = Duration::from_secs(300);
 
 /// A copy of the run directory `from` at `to`.
-fn copy_run(from: &Path, to: &Path) {
+pub(crate) fn copy_run(from: &Path, to: &Path) {
     std::fs::create_dir_all(to).unwrap();
     for e in std::fs::read_dir(from).unwrap() {
         let e = e.unwrap();
@@ -70,24 +70,32 @@ fn config_json_is_checked_as_the_flags_are() {
     let cases: [(&str, Edit, &str); 9] = [
         (
             "batch_size 0",
-            |v| v["train"]["batch_size"] = json!(0),
+            |v| v["train"]["optimisation"]["batch_size"] = json!(0),
             "batch_size",
         ),
         (
             "eval_batch_size 0",
-            |v| v["train"]["eval_batch_size"] = json!(0),
+            |v| v["train"]["output"]["eval_batch_size"] = json!(0),
             "eval_batch_size",
         ),
-        ("lr 0", |v| v["train"]["lr"] = json!(0.0), "lr"),
-        ("lr negative", |v| v["train"]["lr"] = json!(-1e-3), "lr"),
+        (
+            "lr 0",
+            |v| v["train"]["optimisation"]["lr"] = json!(0.0),
+            "lr",
+        ),
+        (
+            "lr negative",
+            |v| v["train"]["optimisation"]["lr"] = json!(-1e-3),
+            "lr",
+        ),
         (
             "max_seq_len 0",
-            |v| v["train"]["max_seq_len"] = json!(0),
+            |v| v["train"]["data"]["max_seq_len"] = json!(0),
             "max_seq_len",
         ),
         (
             "grad_accum 0",
-            |v| v["train"]["grad_accum"] = json!(0),
+            |v| v["train"]["optimisation"]["grad_accum"] = json!(0),
             "grad_accum",
         ),
         ("num_labels 0", |v| v["num_labels"] = json!(0), "num_labels"),
@@ -138,18 +146,19 @@ fn config_json_with_a_setting_of_another_method_or_one_missing_is_refused() {
         (
             "lora_r removed",
             |v| {
-                v["train"].as_object_mut().unwrap().remove("lora_r");
+                let lora = &mut v["train"]["method"]["lora"];
+                lora.as_object_mut().unwrap().remove("r");
             },
-            "lora_r",
+            "method.lora: missing field `r`",
         ),
         (
             "reserve of child-tuning",
-            |v| v["train"]["reserve"] = json!(0.3),
+            |v| v["train"]["method"]["child_tuning"] = json!({"reserve": 0.3}),
             "reserve",
         ),
         (
             "unknown method",
-            |v| v["train"]["method"] = json!("lorax"),
+            |v| v["train"]["method"]["name"] = json!("lorax"),
             "lorax",
         ),
     ];
@@ -170,7 +179,7 @@ fn config_json_with_a_setting_of_another_method_or_one_missing_is_refused() {
 /// Write `run`'s resume.safetensors as `peft train` would at step 1 of 3 (epoch 0, 2
 /// steps per epoch: 16 examples in batches of 8): the parameters of last.safetensors, zero
 /// moments, then `progress` and `tensors` edited.
-fn write_resume(
+pub(crate) fn write_resume(
     run: &Path,
     progress: impl FnOnce(&mut Value),
     tensors: impl FnOnce(&mut BTreeMap<String, Tensor>),
@@ -205,7 +214,7 @@ fn write_resume(
 fn resumable(root: &Path) -> PathBuf {
     let run = tiny_run(root, "run", &[]);
     edit_json(&run.join("config.json"), |v| {
-        v["train"]["max_steps"] = json!(3)
+        v["train"]["optimisation"]["max_steps"] = json!(3)
     });
     write_resume(&run, |_| {}, |_| {});
     run
@@ -376,8 +385,8 @@ fn resume_tensors_must_be_the_runs() {
     copy_run(&run, &dir);
     let config = dir.join("config.json");
     edit_json(&config, |v| {
-        v["train"]["max_steps"] = Value::Null;
-        v["train"]["epochs"] = json!(u64::MAX);
+        v["train"]["optimisation"]["max_steps"] = Value::Null;
+        v["train"]["optimisation"]["epochs"] = json!(u64::MAX);
     });
     let before = snapshot(&dir);
     let out = peft_hostile(&["train", "--resume", s(&dir)], LIMIT);

@@ -1,0 +1,348 @@
+//! What each adapter kind owns beyond its forward pass (`adapter.rs`, `reft.rs`): the
+//! tensors it adds, how they fold into the weights they wrap (`peft merge`, `peft diff`),
+//! what an untrained one is (WiSE-FT interpolates from it), and its form in PEFT's
+//! `adapter_config.json`. One [`AdapterDef`] per kind; [`AdapterKind::def`] finds it, so
+//! nothing above the model matches on the kind or on tensor-name suffixes.
+
+use std::collections::HashMap;
+
+use anyhow::Result;
+use candle_core::Tensor;
+use serde_json::{json, Value};
+
+use super::adapter::{row_norms, AdapterConfig, AdapterKind};
+use crate::error::user;
+
+/// One adapter kind.
+pub trait AdapterDef: Sync {
+    /// The leaves its tensors have under a wrapped module (LoReFT: under a layer), as PEFT
+    /// and pyreft name them.
+    fn leaves(&self) -> &'static [&'static str];
+    /// Fold its tensors in `weights` into the weights they wrap, removing them; or say
+    /// why no weight reproduces it.
+    fn fold(&self, cfg: &AdapterConfig, weights: &mut HashMap<String, Tensor>) -> Result<()>;
+    /// Its trained tensor `name` (`t`, which the base lacks) at θ₀ + alpha·(θ − θ₀), θ₀
+    /// being the adapter that changes nothing; None when it has no θ₀ (LoRA's A: with B at
+    /// θ₀, A alone changes nothing) or `name` is not its tensor.
+    fn interpolate(
+        &self,
+        name: &str,
+        t: &Tensor,
+        alpha: f64,
+        run: &Tensors,
+    ) -> Result<Option<Tensor>>;
+    /// PEFT's `peft_type` and the fields of `adapter_config.json` particular to it, given
+    /// its targets as PEFT names them; None where PEFT has no such adapter.
+    fn peft_config(
+        &self,
+        _cfg: &AdapterConfig,
+        _targets: &[String],
+    ) -> Option<(&'static str, Value)> {
+        None
+    }
+}
+
+/// What interpolation may read: the run's other trained tensors and the base's.
+pub struct Tensors<'a> {
+    pub trained: &'a HashMap<String, Tensor>,
+    pub base: &'a HashMap<String, Tensor>,
+}
+
+impl AdapterKind {
+    /// This kind's behaviour.
+    pub fn def(&self) -> &'static dyn AdapterDef {
+        match self {
+            AdapterKind::Lora => &Lora,
+            AdapterKind::Dora => &Dora,
+            AdapterKind::Ina { .. } => &Ina,
+            AdapterKind::Ia3 => &Ia3,
+            AdapterKind::Loreft { .. } => &Loreft,
+        }
+    }
+}
+
+/// LoRA: B·A beside the weight.
+struct Lora;
+/// DoRA: LoRA plus a magnitude per output row.
+struct Dora;
+/// InA: LoRA with an inhibited, activated low-rank path.
+struct Ina;
+/// IA3: a vector scaling a layer's input or output.
+struct Ia3;
+/// LoReFT: edits of chosen tokens' hidden states.
+struct Loreft;
+
+/// LoRA's and PEFT's `LoraConfig` fields, DoRA's `use_dora` among them.
+fn lora_config(cfg: &AdapterConfig, targets: &[String]) -> Value {
+    json!({
+        "r": cfg.r,
+        "lora_alpha": cfg.alpha,
+        "lora_dropout": cfg.dropout,
+        "target_modules": targets,
+        "bias": "none",
+        "fan_in_fan_out": false,
+        "init_lora_weights": true,
+        "use_rslora": cfg.rslora,
+        "use_dora": cfg.kind == AdapterKind::Dora,
+    })
+}
+
+/// B at θ₀ is zero: alpha·B scales the update (α·s·B·A), A as trained.
+fn interpolate_b(name: &str, t: &Tensor, alpha: f64) -> Result<Option<Tensor>> {
+    Ok(match name.ends_with(".lora_B.weight") {
+        true => Some((t * alpha)?),
+        false => None,
+    })
+}
+
+impl AdapterDef for Lora {
+    fn leaves(&self) -> &'static [&'static str] {
+        &["lora_A.weight", "lora_B.weight"]
+    }
+    fn fold(&self, cfg: &AdapterConfig, weights: &mut HashMap<String, Tensor>) -> Result<()> {
+        fold_lora(weights, cfg.scale())
+    }
+    fn interpolate(
+        &self,
+        name: &str,
+        t: &Tensor,
+        alpha: f64,
+        _run: &Tensors,
+    ) -> Result<Option<Tensor>> {
+        interpolate_b(name, t, alpha)
+    }
+    fn peft_config(
+        &self,
+        cfg: &AdapterConfig,
+        targets: &[String],
+    ) -> Option<(&'static str, Value)> {
+        Some(("LORA", lora_config(cfg, targets)))
+    }
+}
+
+impl AdapterDef for Dora {
+    fn leaves(&self) -> &'static [&'static str] {
+        &["lora_A.weight", "lora_B.weight", "lora_magnitude_vector"]
+    }
+    fn fold(&self, cfg: &AdapterConfig, weights: &mut HashMap<String, Tensor>) -> Result<()> {
+        fold_lora(weights, cfg.scale())
+    }
+    /// The magnitudes' θ₀ is ‖W₀‖ per row (with B scaled as LoRA's, the norm they divide
+    /// by moves too; at alpha 0 the layer is W₀ again).
+    fn interpolate(
+        &self,
+        name: &str,
+        t: &Tensor,
+        alpha: f64,
+        run: &Tensors,
+    ) -> Result<Option<Tensor>> {
+        let Some(module) = name.strip_suffix(".lora_magnitude_vector") else {
+            return interpolate_b(name, t, alpha);
+        };
+        Ok(Some(match run.base.get(&format!("{module}.weight")) {
+            Some(w) => {
+                let m0 = row_norms(w)?;
+                (&m0 + ((t - &m0)? * alpha)?)?
+            }
+            None => t.clone(),
+        }))
+    }
+    fn peft_config(
+        &self,
+        cfg: &AdapterConfig,
+        targets: &[String],
+    ) -> Option<(&'static str, Value)> {
+        Some(("LORA", lora_config(cfg, targets)))
+    }
+}
+
+impl AdapterDef for Ina {
+    fn leaves(&self) -> &'static [&'static str] {
+        &["lora_A.weight", "lora_B.weight"]
+    }
+    /// InA's thresholded activation is not linear: only inhibition 0 (plain LoRA) folds.
+    fn fold(&self, cfg: &AdapterConfig, weights: &mut HashMap<String, Tensor>) -> Result<()> {
+        if let AdapterKind::Ina { inhibition, .. } = cfg.kind {
+            if inhibition != 0.0 {
+                return Err(user(format!(
+                    "the run's InA adapters (--ina-inhibition {inhibition}) cannot be merged: \
+                     the thresholded path max-subtracts and activates per token, which no \
+                     linear weight reproduces (only --ina-inhibition 0 is plain LoRA)"
+                )));
+            }
+        }
+        fold_lora(weights, cfg.scale())
+    }
+    fn interpolate(
+        &self,
+        name: &str,
+        t: &Tensor,
+        alpha: f64,
+        _run: &Tensors,
+    ) -> Result<Option<Tensor>> {
+        interpolate_b(name, t, alpha)
+    }
+}
+
+impl AdapterDef for Ia3 {
+    fn leaves(&self) -> &'static [&'static str] {
+        &["ia3_l"]
+    }
+    fn fold(&self, _cfg: &AdapterConfig, weights: &mut HashMap<String, Tensor>) -> Result<()> {
+        fold_ia3(weights)
+    }
+    /// θ₀ is a vector of ones: 1 + alpha·(l − 1).
+    fn interpolate(
+        &self,
+        name: &str,
+        t: &Tensor,
+        alpha: f64,
+        _run: &Tensors,
+    ) -> Result<Option<Tensor>> {
+        Ok(match name.ends_with(".ia3_l") {
+            true => Some(t.affine(alpha, 1.0 - alpha)?),
+            false => None,
+        })
+    }
+    /// PEFT's `IA3Config`: the dense output layers, which scale their input, are its
+    /// `feedforward_modules`.
+    fn peft_config(
+        &self,
+        _cfg: &AdapterConfig,
+        targets: &[String],
+    ) -> Option<(&'static str, Value)> {
+        let feedforward: Vec<&String> = targets
+            .iter()
+            .filter(|t| t.ends_with("output.dense"))
+            .collect();
+        Some((
+            "IA3",
+            json!({
+                "target_modules": targets,
+                "feedforward_modules": feedforward,
+                "fan_in_fan_out": false,
+                "init_ia3_weights": true,
+            }),
+        ))
+    }
+}
+
+impl AdapterDef for Loreft {
+    fn leaves(&self) -> &'static [&'static str] {
+        &["rotate", "source.weight", "source.bias"]
+    }
+    fn fold(&self, _cfg: &AdapterConfig, _weights: &mut HashMap<String, Tensor>) -> Result<()> {
+        Err(user(
+            "a LoReFT run cannot be merged: it edits the hidden states of chosen tokens only \
+             (--loreft-positions), which no weight of the encoder reproduces; score it with \
+             `peft eval --checkpoint` or `peft predict`",
+        ))
+    }
+    /// θ₀ is the intervention that edits nothing: W = R, b = 0 (R as trained, so each step
+    /// of alpha scales the edit Rᵀ(Wh + b − Rh)).
+    fn interpolate(
+        &self,
+        name: &str,
+        t: &Tensor,
+        alpha: f64,
+        run: &Tensors,
+    ) -> Result<Option<Tensor>> {
+        if !name.contains(".loreft.") {
+            return Ok(None);
+        }
+        if name.ends_with(".source.bias") {
+            return Ok(Some((t * alpha)?));
+        }
+        let Some(rotate) = name
+            .strip_suffix(".source.weight")
+            .map(|p| format!("{p}.rotate"))
+        else {
+            return Ok(None);
+        };
+        Ok(Some(match run.trained.get(&rotate) {
+            Some(x) => {
+                let r = super::reft::rotation(x)?.t()?;
+                (&r + ((t - &r)? * alpha)?)?
+            }
+            None => t.clone(),
+        }))
+    }
+}
+
+/// Fold LoRA (and DoRA) adapters scaled by `scale` into the weights they wrap,
+/// W₀ + s·B·A (DoRA's rows then scaled to their magnitudes), and drop the pairs.
+pub fn fold_lora(weights: &mut HashMap<String, Tensor>, scale: f64) -> Result<()> {
+    let wrapped: Vec<String> = weights
+        .keys()
+        .filter_map(|k| k.strip_suffix(".lora_A.weight").map(str::to_string))
+        .collect();
+    for module in wrapped {
+        let take = |w: &mut HashMap<String, Tensor>, leaf: &str| {
+            w.remove(&format!("{module}.{leaf}"))
+                .ok_or_else(|| user(format!("the run has no `{module}.{leaf}`")))
+        };
+        let a = take(weights, "lora_A.weight")?;
+        let b = take(weights, "lora_B.weight")?;
+        let w = take(weights, "weight")?;
+        let delta = (b.matmul(&a)? * scale)?;
+        if delta.dims() != w.dims() {
+            return Err(user(format!(
+                "`{module}`: the adapter's B·A has shape {:?}, the weight {:?}",
+                delta.dims(),
+                w.dims()
+            )));
+        }
+        // A zero delta (alpha 0, an untrained B) keeps W bit-identical: adding it could
+        // still flip −0.0 to +0.0.
+        let zero = delta.abs()?.sum_all()?.to_scalar::<f32>()? == 0.0;
+        let merged = if zero { w } else { (w + delta)? };
+        // DoRA: each row scaled to its magnitude, m/‖W₀ + s·B·A‖ (PEFT's merge).
+        let merged = match weights.remove(&format!("{module}.lora_magnitude_vector")) {
+            Some(m) => {
+                let g = m.div(&row_norms(&merged)?)?;
+                merged.broadcast_mul(&g.unsqueeze(1)?)?
+            }
+            None => merged,
+        };
+        weights.insert(format!("{module}.weight"), merged);
+    }
+    Ok(())
+}
+
+/// IA3 folded into the weights it scales: W·diag(l) for a layer that scales its input,
+/// diag(l)·W and l·b for one that scales its output (PEFT's `merge`).
+pub fn fold_ia3(weights: &mut HashMap<String, Tensor>) -> Result<()> {
+    let wrapped: Vec<String> = weights
+        .keys()
+        .filter_map(|k| k.strip_suffix(".ia3_l").map(str::to_string))
+        .collect();
+    for module in wrapped {
+        let missing = |leaf: &str| user(format!("the run has no `{module}.{leaf}`"));
+        let l = weights
+            .remove(&format!("{module}.ia3_l"))
+            .ok_or_else(|| missing("ia3_l"))?;
+        let w = weights
+            .get(&format!("{module}.weight"))
+            .ok_or_else(|| missing("weight"))?
+            .clone();
+        let (out, inp) = w.dims2()?;
+        let scaled = match l.dims() {
+            [1, n] if *n == inp => w.broadcast_mul(&l)?,
+            [n, 1] if *n == out => {
+                let bias = format!("{module}.bias");
+                if let Some(b) = weights.get(&bias) {
+                    let b = b.mul(&l.flatten_all()?)?;
+                    weights.insert(bias, b);
+                }
+                w.broadcast_mul(&l)?
+            }
+            d => {
+                return Err(user(format!(
+                    "`{module}.ia3_l` has shape {d:?}, the weight ({out}, {inp})"
+                )))
+            }
+        };
+        weights.insert(format!("{module}.weight"), scaled);
+    }
+    Ok(())
+}
