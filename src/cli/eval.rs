@@ -35,9 +35,21 @@ pub struct EvalArgs {
     #[arg(long, requires = "model")]
     pub revision: Option<String>,
     /// Score --model (or --adapter over it) on this GLUE task; the checkpoint's labels
-    /// (id2label) are matched to the task's by name.
-    #[arg(long, conflicts_with = "checkpoint", requires = "model")]
+    /// (id2label) are matched to the task's by name. With --checkpoint: score the run on
+    /// another classification task (domain transfer), its labels read as the task's by
+    /// name or through --label-map, reported as that task's metrics.
+    #[arg(long)]
     pub task: Option<String>,
+    /// With --checkpoint and --task: which of the task's labels each of the run's labels
+    /// counts as, e.g. neutral=not_entailment,contradiction=not_entailment (MNLI's onto
+    /// RTE's); labels of the same name need no entry.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        requires = "checkpoint",
+        requires = "task"
+    )]
+    pub label_map: Option<Vec<String>>,
     /// A LoRA adapter directory saved by Hugging Face PEFT (adapter_config.json,
     /// adapter_model.safetensors with the classifier in modules_to_save), applied to --model.
     #[arg(long, requires = "task")]
@@ -74,6 +86,12 @@ pub struct EvalArgs {
 }
 
 pub fn run(args: EvalArgs) -> Result<()> {
+    if args.checkpoint.is_none() && args.model.is_none() {
+        return Err(user(
+            "--task scores --model (or --adapter over it), or with --checkpoint a run on \
+             another task: pass one of them",
+        ));
+    }
     let mut run = match &args.checkpoint {
         Some(dir) => RunWeights::load(
             dir,
@@ -123,17 +141,45 @@ pub fn run(args: EvalArgs) -> Result<()> {
         None => vec![1.0],
     };
     let device = crate::device::parse(args.device.as_deref().unwrap_or(&info.train.model.device))?;
-    let spec = info.train.task_spec(info.labels.as_deref())?;
+    let run_spec = info.train.task_spec(info.labels.as_deref())?;
+    // Another task (domain transfer): its data and metrics, the run's outputs mapped.
+    let transfer = match (&args.checkpoint, &args.task) {
+        (Some(_), Some(task)) => {
+            let to = crate::data::task(task)?;
+            let map = crate::data::labels::parse_label_map(
+                args.label_map.as_deref().unwrap_or_default(),
+            )?;
+            Some((to, crate::data::labels::transfer_map(run_spec, to, &map)?))
+        }
+        _ => None,
+    };
+    let spec = transfer.as_ref().map_or(run_spec, |(to, _)| *to);
     let encoder = crate::run::setup::encoder(&info.train, &run.model_dir, &run.config)?;
     let source = match &args.data_dir {
-        Some(_) if info.train.data.task == CUSTOM => {
+        Some(_) if info.train.data.task == CUSTOM && transfer.is_none() => {
             return Err(user(
                 "--data-dir applies to GLUE runs; a custom run reads the files it trained on",
             ))
         }
         Some(dir) => Source::GlueDir(dir.clone()),
+        // A custom run scored on a GLUE task reads it from the hub.
+        None if transfer.is_some() && info.train.data.task == CUSTOM => Source::GlueHub,
         None => crate::run::setup::source(&info.train)?,
     };
+    if let Some((to, ids)) = &transfer {
+        let pairs: Vec<String> = run_spec
+            .label_names()
+            .iter()
+            .zip(ids)
+            .map(|(from, &i)| format!("{from}→{}", to.label_names()[i as usize]))
+            .collect();
+        eprintln!(
+            "scoring the {} run on {} as {}",
+            run_spec.name,
+            to.name,
+            pairs.join(", ")
+        );
+    }
     let splits: Vec<String> = match args.split.as_str() {
         "dev" => spec.dev_splits.iter().map(|s| s.to_string()).collect(),
         "test" => spec.test_splits.iter().map(|s| s.to_string()).collect(),
@@ -165,10 +211,16 @@ pub fn run(args: EvalArgs) -> Result<()> {
                     &device,
                 )?;
                 for (id, row) in data.ids.iter().zip(&logits) {
+                    // The run's own label, then, transferred, the task's it counts as.
+                    let mut prediction = predicted(run_spec.problem, row);
+                    if let (Some((to, ids)), Some(top)) = (&transfer, crate::eval::softmax_top(row))
+                    {
+                        prediction = to.label_names()[ids[top.0] as usize].into();
+                    }
                     let mut v = serde_json::json!({
                         "split": split,
                         "id": id,
-                        "prediction": predicted(spec.problem, row),
+                        "prediction": prediction,
                         "logits": row,
                     });
                     if args.alpha.is_some() {
@@ -177,13 +229,18 @@ pub fn run(args: EvalArgs) -> Result<()> {
                     let _ = writeln!(lines, "{v}");
                 }
             }
-            let preds = predict(
+            let mut preds = predict(
                 &model,
                 data,
                 encoder.pad_id(),
                 info.train.output.eval_batch_size,
                 &device,
             )?;
+            if let (Some((_, ids)), Predictions::Classes(classes)) = (&transfer, &mut preds) {
+                for c in classes.iter_mut() {
+                    *c = ids[*c as usize];
+                }
+            }
             if split.starts_with("test") {
                 let path = match &args.output {
                     Some(p) if p.is_dir() => p.join(spec.submission_name(split)),

@@ -9,11 +9,11 @@ use candle_core::Tensor;
 use clap::Args;
 use serde_json::{json, Value};
 
+use crate::cli::run_args::RunArgs;
 use crate::data::Problem;
 use crate::error::{user, PathContext};
 use crate::model::Arch;
 use crate::run::dir as run_dir;
-use {crate::cli::run_args::RunArgs, crate::run::weights::fold_adapters};
 
 /// Tokenizer files a model directory may carry; whichever the base has are copied.
 const TOKENIZER_FILES: &[&str] = &[
@@ -50,19 +50,15 @@ pub fn run(args: MergeArgs) -> Result<()> {
     }
     refuse_a_run(&args.output, &args.run.checkpoint)?;
     let run = args.run.load()?;
-    let mut weights = run.weights(args.alpha)?;
-    fold_adapters(&mut weights, &run.info)?;
+    let weights = run.merged(args.alpha)?;
     prepare(&args.output, args.overwrite)?;
     let lock = crate::run::lock::acquire(&args.output)?;
 
     let arch = run.config.model_type;
     let spec = run.info.train.task_spec(run.info.labels.as_deref())?;
-    // The task model has a pooler where its classifier reads one (not RoBERTa's or
-    // ELECTRA's, not any *ForQuestionAnswering); transformers would warn about unused ones.
-    let pooler = arch.classifier_reads_pooler() && !spec.is_qa();
+    // Without a pooler the task model has none (transformers would warn about it).
     let named = weights
         .into_iter()
-        .filter(|(n, _)| pooler || !n.starts_with("pooler."))
         .map(|(n, t)| (arch.task_model_name(&n), t))
         .collect::<std::collections::HashMap<String, Tensor>>();
     run_dir::save_tensors(&args.output.join("model.safetensors"), &named)?;

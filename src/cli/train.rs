@@ -58,6 +58,6 @@ impl TrainArgs {
             Some(p) => Overrides::from_config(p)?,
             None => Overrides::default(),
         };
-        Ok(self.settings.clone().over(file))
+        crate::run::setup::with_init(self.settings.clone().over(file))
     }
 }

@@ -3,6 +3,8 @@
 
 use anyhow::Result;
 use candle_core::{Device, Tensor};
+use rand::rngs::StdRng;
+use rand::SeedableRng;
 
 use super::squad::{featurize, Featurized, QaData};
 use super::tasks::{Label, TaskSpec};
@@ -19,6 +21,44 @@ pub struct Dataset {
     pub qa: Option<QaData>,
 }
 
+/// A seeded random sample of `n` examples, in file order.
+#[derive(Debug, Clone, Copy)]
+pub struct Sample {
+    pub n: usize,
+    pub seed: u64,
+}
+
+impl Sample {
+    /// Which of `len` examples it keeps, ascending (all of them when `n` ≥ `len`).
+    pub fn indices(&self, len: usize) -> Vec<usize> {
+        if self.n >= len {
+            return (0..len).collect();
+        }
+        let mut rng = StdRng::seed_from_u64(self.seed);
+        let mut kept = rand::seq::index::sample(&mut rng, len, self.n).into_vec();
+        kept.sort_unstable();
+        kept
+    }
+
+    fn apply<T>(sample: Option<Sample>, items: Vec<T>) -> Vec<T> {
+        let Some(s) = sample else {
+            return items;
+        };
+        let keep = s.indices(items.len());
+        let mut keep = keep.into_iter().peekable();
+        items
+            .into_iter()
+            .enumerate()
+            .filter_map(|(i, x)| {
+                (keep.peek() == Some(&i)).then(|| {
+                    keep.next();
+                    x
+                })
+            })
+            .collect()
+    }
+}
+
 impl Dataset {
     pub fn load(
         spec: &TaskSpec,
@@ -26,8 +66,20 @@ impl Dataset {
         split: &str,
         encoder: &TextEncoder,
     ) -> Result<Self> {
+        Self::load_sample(spec, source, split, encoder, None)
+    }
+
+    /// A split, or a sample of its examples (SQuAD: of its questions, each with all its
+    /// windows), drawn before tokenizing.
+    pub fn load_sample(
+        spec: &TaskSpec,
+        source: &Source,
+        split: &str,
+        encoder: &TextEncoder,
+        sample: Option<Sample>,
+    ) -> Result<Self> {
         if spec.is_qa() {
-            let examples = source.read_qa(spec, split)?;
+            let examples = Sample::apply(sample, source.read_qa(spec, split)?);
             let Featurized { qa, inputs, spans } = featurize(examples, &encoder.qa()?)?;
             return Ok(Self {
                 split: split.to_string(),
@@ -44,7 +96,7 @@ impl Dataset {
                 qa: Some(qa),
             });
         }
-        let examples = source.read(spec, split)?;
+        let examples = Sample::apply(sample, source.read(spec, split)?);
         let mut inputs = Vec::with_capacity(examples.len());
         for e in &examples {
             inputs.push(encoder.encode(&e.text_a, e.text_b.as_deref())?);
@@ -115,5 +167,26 @@ impl Dataset {
                 Ok(Tensor::new(v, device)?)
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_sample_is_seeded_in_file_order_and_all_when_it_asks_for_more() {
+        let s = |n, seed| Sample { n, seed }.indices(100);
+        let a = s(10, 1);
+        assert_eq!(a.len(), 10);
+        assert!(a.windows(2).all(|w| w[0] < w[1]), "{a:?}");
+        assert!(a.iter().all(|&i| i < 100));
+        assert_eq!(a, s(10, 1));
+        assert_ne!(a, s(10, 2));
+        assert_eq!(s(100, 1), (0..100).collect::<Vec<_>>());
+        assert_eq!(s(500, 1).len(), 100);
+        let kept = Sample::apply(Some(Sample { n: 10, seed: 1 }), (0..100).collect());
+        assert_eq!(kept, a);
+        assert_eq!(Sample::apply(None, vec![3, 1, 2]), vec![3, 1, 2]);
     }
 }

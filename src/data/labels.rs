@@ -114,6 +114,70 @@ fn alias(task: &str, label: &str) -> Option<&'static str> {
     })
 }
 
+/// `--label-map from=to,...` as pairs, each side non-empty.
+pub fn parse_label_map(items: &[String]) -> Result<Vec<(String, String)>> {
+    items
+        .iter()
+        .map(|item| match item.split_once('=') {
+            Some((from, to)) if !from.trim().is_empty() && !to.trim().is_empty() => {
+                Ok((from.trim().to_string(), to.trim().to_string()))
+            }
+            _ => Err(user(format!(
+                "--label-map: `{item}` is not FROM=TO (e.g. neutral=not_entailment)"
+            ))),
+        })
+        .collect()
+}
+
+/// For each label of a run's task (`from`, in its order), the label of another task
+/// (`to`) it is scored as: by `map` where it names it, else the label of the same name
+/// (names compared as [`output_order`] compares them). A label with neither is refused,
+/// and so is a mapping that names a label neither task has.
+pub fn transfer_map(from: &TaskSpec, to: &TaskSpec, map: &[(String, String)]) -> Result<Vec<u32>> {
+    let labels = |spec: &TaskSpec| match spec.problem {
+        Problem::Classification { labels } => Ok(labels),
+        _ => Err(user(format!(
+            "task {} is not classification: a label map applies to classifiers",
+            spec.name
+        ))),
+    };
+    let (src, dst) = (labels(from)?, labels(to)?);
+    let find = |names: &[&str], n: &str| names.iter().position(|l| normal(l) == normal(n));
+    for (a, b) in map {
+        if find(src, a).is_none() {
+            return Err(user(format!(
+                "--label-map {a}={b}: task {} has no label `{a}` (its labels: {})",
+                from.name,
+                src.join(", ")
+            )));
+        }
+        if find(dst, b).is_none() {
+            return Err(user(format!(
+                "--label-map {a}={b}: task {} has no label `{b}` (its labels: {})",
+                to.name,
+                dst.join(", ")
+            )));
+        }
+    }
+    src.iter()
+        .map(|l| {
+            let target = map
+                .iter()
+                .find(|(a, _)| normal(a) == normal(l))
+                .map_or(*l, |(_, b)| b.as_str());
+            find(dst, target).map(|i| i as u32).ok_or_else(|| {
+                user(format!(
+                    "label `{l}` of task {} is not a label of task {} ({}): map it with \
+                     --label-map {l}=LABEL",
+                    from.name,
+                    to.name,
+                    dst.join(", ")
+                ))
+            })
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -180,5 +244,35 @@ mod tests {
             vec![0]
         );
         assert!(output_order(stsb, &ids(&["a", "b"]), 2, "c").is_err());
+    }
+
+    #[test]
+    fn a_transfer_maps_by_name_and_by_the_map() {
+        let (rte, qnli, cola) = (
+            task("rte").unwrap(),
+            task("qnli").unwrap(),
+            task("cola").unwrap(),
+        );
+        // The same names: identity.
+        assert_eq!(transfer_map(rte, qnli, &[]).unwrap(), vec![0, 1]);
+        let swap = parse_label_map(&[
+            "entailment=not_entailment".into(),
+            "not_entailment=entailment".into(),
+        ])
+        .unwrap();
+        assert_eq!(transfer_map(rte, qnli, &swap).unwrap(), vec![1, 0]);
+        let err = transfer_map(rte, cola, &[]).unwrap_err().to_string();
+        assert!(
+            err.contains("entailment") && err.contains("--label-map"),
+            "{err}"
+        );
+        let bad = parse_label_map(&["neutral=entailment".into()]).unwrap();
+        let err = transfer_map(rte, qnli, &bad).unwrap_err().to_string();
+        assert!(err.contains("has no label `neutral`"), "{err}");
+        assert!(parse_label_map(&["neutral".into()]).is_err());
+        let err = transfer_map(task("stsb").unwrap(), rte, &[])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("not classification"), "{err}");
     }
 }

@@ -358,6 +358,14 @@ fn normalize(name: &str) -> String {
 }
 
 impl TaskSpec {
+    /// A classification task's labels, in id order; none for the others.
+    pub fn label_names(&self) -> &'static [&'static str] {
+        match self.problem {
+            Problem::Classification { labels } => labels,
+            _ => &[],
+        }
+    }
+
     /// Width of the model's head: 1 for regression.
     pub fn num_labels(&self) -> usize {
         match self.problem {

@@ -275,6 +275,7 @@ fn resolve(
     );
     let text = toml::to_string(&table)?;
     let o = Overrides::from_toml_text(&text, path)
+        .and_then(crate::run::setup::with_init)
         .and_then(|o| o.resolve())
         .map_err(|e| user(format!("{}: cell {index}: {e}", path.display())))?;
     Ok(o)

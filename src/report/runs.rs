@@ -137,6 +137,15 @@ impl Run {
         })
     }
 
+    /// The run's name, and for a run started from another (`--init`) that run's:
+    /// `cola-head-42 <- mrpc-full-42`.
+    pub fn label(&self) -> String {
+        match self.train.settings.get("init").and_then(|v| v.as_str()) {
+            Some(init) => format!("{} <- {}", self.name, name_of(Path::new(init))),
+            None => self.name.clone(),
+        }
+    }
+
     /// The evaluation that was best when it was made (the state `trainable.safetensors`
     /// holds): the last one marked best.
     pub fn best(&self) -> Option<&EvalRecord> {

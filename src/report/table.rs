@@ -113,7 +113,7 @@ pub fn runs_table(runs: &[Run]) -> Table {
             let (_, last) = shown(run.last());
             let last_rec = run.last();
             vec![
-                run.name.clone(),
+                run.label(),
                 run.train.task.clone(),
                 run.train.method.clone(),
                 run.train.seed.to_string(),
@@ -218,7 +218,7 @@ pub fn csv(runs: &[Run]) -> String {
                     .map(|(_, v)| v)
             };
             let cells = [
-                csv_field(&run.name),
+                csv_field(&run.label()),
                 csv_field(&run.dir.display().to_string()),
                 csv_field(&run.train.task),
                 csv_field(&run.train.method),

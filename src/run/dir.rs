@@ -48,6 +48,10 @@ pub struct RunInfo {
     pub total_params: usize,
     pub trainable_params: usize,
     pub trainable_tensors: Vec<String>,
+    /// With `--init RUN`: the sha256 of the tensors of RUN the run started from
+    /// (`trainable.safetensors`), so that a changed source is refused, not silently used.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub init_sha256: Option<String>,
 }
 
 impl RunInfo {

@@ -9,12 +9,26 @@ use crate::data::{CustomData, CustomProblem, Source, CUSTOM};
 use crate::error::user;
 use crate::methods::{self, Methods};
 use crate::model::AdapterConfig;
-use crate::settings::TrainConfig;
+use crate::settings::{Overrides, TrainConfig};
 
 /// The adapter a run of `method` adds when it sets none of its flags (None for methods
 /// without adapters): the defaults of the settings table.
 pub fn default_adapter(method: impl Into<Methods>) -> Option<AdapterConfig> {
     adapter(&TrainConfig::defaults_for(method)?)
+}
+
+/// Settings that start from another run (`--init`): its path recorded whole, so that the
+/// run scores from any directory, and its base as `model` unless one is given.
+pub fn with_init(mut o: Overrides) -> Result<Overrides> {
+    if let Some(init) = &o.init {
+        let init = std::fs::canonicalize(init)
+            .map_err(|e| user(format!("--init {}: {e}", init.display())))?;
+        if o.model.is_none() {
+            o.model = Some(crate::run::dir::RunInfo::load(&init)?.base.path);
+        }
+        o.init = Some(init);
+    }
+    Ok(o)
 }
 
 /// Where this run's examples come from.
@@ -79,7 +93,6 @@ pub fn adapter(cfg: &TrainConfig) -> Option<AdapterConfig> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::settings::Overrides;
 
     /// `peft bench` builds a method's adapter from these: they must be a run's defaults.
     #[test]

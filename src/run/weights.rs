@@ -54,6 +54,18 @@ impl RunWeights {
         model: Option<&Path>,
         revision: Option<&str>,
     ) -> Result<Self> {
+        Self::load_within(checkpoint, which, model, revision, MAX_INIT_DEPTH)
+    }
+
+    /// `load`, for a run that may have started from another (`--init`), at most `depth`
+    /// runs deep: a chain longer than that, or one that comes back to itself, is refused.
+    fn load_within(
+        checkpoint: &Path,
+        which: Which,
+        model: Option<&Path>,
+        revision: Option<&str>,
+        depth: usize,
+    ) -> Result<Self> {
         let info = RunInfo::load(checkpoint)?;
         let model = model
             .map(|m| crate::model::hub::resolve(m, revision))
@@ -70,6 +82,23 @@ impl RunWeights {
             )));
         }
         let (config, mut base) = read_checkpoint(&model_dir)?;
+        // A run started from another (`--init`): its base is that run, merged.
+        if let Some(init) = &info.train.model.init {
+            if depth == 0 {
+                return Err(user(format!(
+                    "{}: its --init chain is more than {MAX_INIT_DEPTH} runs deep (or comes \
+                     back to itself)",
+                    checkpoint.display()
+                )));
+            }
+            base = init_weights(
+                init,
+                Some(&model_dir),
+                info.init_sha256.as_deref(),
+                depth - 1,
+            )?
+            .0;
+        }
         // The run saved its own head; the base's may be for another label set.
         fit_head(
             &mut base,
@@ -265,6 +294,7 @@ impl RunWeights {
             total_params: base.values().map(|t| t.elem_count()).sum(),
             trainable_params: trained.values().map(|t| t.elem_count()).sum(),
             trainable_tensors: trained.keys().cloned().collect(),
+            init_sha256: None,
         };
         Ok(Self {
             info,
@@ -317,6 +347,19 @@ impl RunWeights {
             )));
         }
         Ok(model)
+    }
+
+    /// The run's model as `peft merge` writes it, by canonical names: base plus trained
+    /// tensors at `alpha`, adapters folded in, and no pooler where the task model has none
+    /// (RoBERTa's and ELECTRA's classifiers and every question-answering head read none).
+    pub fn merged(&self, alpha: f64) -> Result<HashMap<String, Tensor>> {
+        let mut weights = self.weights(alpha)?;
+        fold_adapters(&mut weights, &self.info)?;
+        let spec = self.info.train.task_spec(self.info.labels.as_deref())?;
+        if !self.config.model_type.classifier_reads_pooler() || spec.is_qa() {
+            weights.retain(|n, _| !n.starts_with("pooler."));
+        }
+        Ok(weights)
     }
 
     /// Base plus trained tensors at θ₀ + alpha·(θ − θ₀). The head and anything else the
@@ -417,6 +460,29 @@ pub fn base_dir(info: &RunInfo, model: Option<&Path>) -> Result<PathBuf> {
         &info.train.model.model,
         info.train.model.revision.as_deref(),
     )
+}
+
+/// How many runs deep an `--init` chain may go.
+const MAX_INIT_DEPTH: usize = 8;
+
+/// The weights a run started with `--init RUN` starts from: RUN merged (its best state),
+/// on `model` (the base; None: RUN's own), and the sha256 of RUN's tensors, which must be
+/// `expected` when given (the run recorded it).
+pub fn init_weights(
+    run: &Path,
+    model: Option<&Path>,
+    expected: Option<&str>,
+    depth: usize,
+) -> Result<(HashMap<String, Tensor>, String)> {
+    let source = RunWeights::load_within(run, Which::Best, model, None, depth)?;
+    let sha = run_dir::sha256_file(&source.file)?;
+    if let Some(e) = expected.filter(|e| *e != sha) {
+        return Err(user(format!(
+            "{} changed since a run started from it: sha256 {sha}, recorded {e}",
+            source.file.display()
+        )));
+    }
+    Ok((source.merged(1.0)?, sha))
 }
 
 /// Fold the run's adapters into the weights they wrap, as its adapter kind does

@@ -225,6 +225,13 @@ settings! {
         model: PathBuf = computed(o.model.clone().ok_or_else(|| {
             user("no model: pass --model DIR (or a hub id) or set `model` in the config")
         })?);
+        /// Start from a run's trained weights instead of --model's: its base with its
+        /// trained tensors, adapters folded in, as `peft merge` would write them (the
+        /// run's base is --model unless given). Child-Tuning's task transfer: --init
+        /// MRPC_RUN --method head trains a new classifier over that encoder.
+        #[arg(long, value_name = "RUN")]
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        init: PathBuf = optional(true);
         /// Branch, tag or commit of a hub --model [default: main].
         #[arg(long)]
         #[serde(default)]
@@ -281,6 +288,12 @@ settings! {
         #[arg(long, value_enum)]
         #[serde(default, skip_serializing_if = "Option::is_none")]
         problem: CustomProblem = when(c.custom, CustomProblem::Classification);
+        /// Train on this many training examples (SQuAD: questions), a random sample drawn
+        /// with --seed and kept in file order, as Child-Tuning's domain transfer
+        /// down-samples its source [default: all].
+        #[arg(long)]
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        max_train_examples: usize = optional(true);
         /// Truncate inputs (longest sentence first) to this many tokens; SQuAD's windows are
         /// this long.
         #[shown(format!("{MAX_SEQ_LEN}; {QA_MAX_SEQ_LEN} for squad, as run_qa.py"))]

@@ -23,6 +23,7 @@ impl TrainConfig {
             }
         }
         for (key, v) in [
+            ("max_train_examples", self.data.max_train_examples),
             ("max_steps", self.optimisation.max_steps),
             ("eval_steps", self.output.eval_steps),
             ("save_steps", self.output.save_steps),

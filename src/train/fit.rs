@@ -190,6 +190,7 @@ impl<'a> Run<'a> {
             weights,
             weights_file,
             weights_sha256,
+            init_sha256,
             pad,
             train,
             devs,
@@ -240,6 +241,7 @@ impl<'a> Run<'a> {
             total_params,
             trainable_params,
             trainable_tensors: vars.keys().cloned().collect(),
+            init_sha256,
         };
         let resumed = open_dir(cfg, overwrite, resumed, &info)?;
 

@@ -11,7 +11,7 @@ use std::time::Instant;
 use anyhow::Result;
 use candle_core::{Device, Tensor};
 
-use crate::data::dataset::Dataset;
+use crate::data::dataset::{Dataset, Sample};
 use crate::data::TaskSpec;
 use crate::fisher::{estimate, Estimator, FisherOptions};
 use crate::methods::{self, Selection};
@@ -23,6 +23,9 @@ use crate::run::dir::{self as run_dir, RunInfo};
 use crate::run::setup;
 use crate::settings::TrainConfig;
 use crate::train::session::Trainable;
+
+/// How many runs deep an `--init` chain may go below a new run.
+const MAX_DEPTH: usize = 7;
 
 /// A run's data, base model and tokenizer, loaded; nothing written.
 pub struct Inputs {
@@ -36,6 +39,8 @@ pub struct Inputs {
     pub weights: HashMap<String, Tensor>,
     pub weights_file: PathBuf,
     pub weights_sha256: String,
+    /// With --init: the sha256 of the tensors of the run it starts from.
+    pub init_sha256: Option<String>,
     /// The tokenizer's padding id.
     pub pad: u32,
     pub train: Dataset,
@@ -51,13 +56,25 @@ impl Inputs {
         let model_dir =
             crate::model::hub::resolve(&cfg.model.model, cfg.model.revision.as_deref())?;
         let (mcfg, mut weights) = read_checkpoint(&model_dir)?;
+        let mut init_sha256 = None;
+        if let Some(init) = &cfg.model.init {
+            let (merged, sha) =
+                crate::run::weights::init_weights(init, Some(&model_dir), None, MAX_DEPTH)?;
+            eprintln!("starting from {} (merged)", init.display());
+            weights = merged;
+            init_sha256 = Some(sha);
+        }
         if fit_head(&mut weights, spec.head()) {
             eprintln!("the checkpoint's head has another number of outputs: starting a new head");
         }
         let weights_file = load::weight_file(&model_dir)?;
         let weights_sha256 = run_dir::sha256_file(&weights_file)?;
         let encoder = setup::encoder(cfg, &model_dir, &mcfg)?;
-        let train = Dataset::load(spec, &source, "train", &encoder)?;
+        let sample = cfg.data.max_train_examples.map(|n| Sample {
+            n,
+            seed: cfg.optimisation.seed,
+        });
+        let train = Dataset::load_sample(spec, &source, "train", &encoder, sample)?;
         if train.is_empty() {
             crate::user_bail!("{}: the train split is empty", source.describe());
         }
@@ -75,6 +92,7 @@ impl Inputs {
             weights,
             weights_file,
             weights_sha256,
+            init_sha256,
             pad: encoder.pad_id(),
             train,
             devs,
@@ -172,6 +190,12 @@ fn same_base_and_labels(cfg: &TrainConfig, saved: &RunInfo, info: &RunInfo) -> R
             info.base.sha256
         );
     }
+    if saved.init_sha256 != info.init_sha256 {
+        crate::user_bail!(
+            "{}: the tensors of the --init run changed since this run started",
+            cfg.output.output_dir.display()
+        );
+    }
     // The checkpoint's tensors are checked against what trains now; config.json must say
     // the same, as eval reads the run's tensors by it.
     let listed = |i: &RunInfo| -> std::collections::BTreeSet<String> {
@@ -212,10 +236,15 @@ fn same_base_and_labels(cfg: &TrainConfig, saved: &RunInfo, info: &RunInfo) -> R
 /// --fisher, the cache or an estimate), then the selection and its masks.
 pub fn selection(cfg: &TrainConfig, inputs: &Inputs) -> Result<Selection> {
     let fisher = if cfg.method.name.needs_fisher() {
+        // The weights Fisher is estimated at: the base's, or those of the --init run.
+        let key = match &inputs.init_sha256 {
+            Some(init) => format!("{}+{init}", inputs.weights_sha256),
+            None => inputs.weights_sha256.clone(),
+        };
         Some(fisher_for(
             cfg,
             &inputs.mcfg,
-            (&inputs.weights, &inputs.weights_sha256),
+            (&inputs.weights, &key),
             inputs.spec,
             &inputs.train,
             inputs.pad,

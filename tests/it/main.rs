@@ -28,3 +28,4 @@ mod runs;
 mod squad;
 mod squad_reference;
 mod train;
+mod transfer;
