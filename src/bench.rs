@@ -60,16 +60,10 @@ impl TrainStep {
         device: &Device,
         (b, t): (usize, usize),
     ) -> Result<Self> {
-        // Child-Tuning's default reserve, a tenth for the subset methods and the top layer
-        // for top-layers; the Fisher-ranked ones need a Fisher file and are refused by
-        // `select`.
-        let spec = MethodSpec {
-            method: method.clone(),
-            fraction: 0.1,
-            reserve: 0.3,
-            layers: Some(1),
-            seed: 0,
-        };
+        // Each method's example settings (a tenth for the subset methods, the top layer
+        // for top-layers), the defaults otherwise; the Fisher-ranked ones need a Fisher
+        // file and are refused by `select`.
+        let spec = MethodSpec::example(method.clone(), 0)?;
         let sel = methods::select(&spec, &weights, None)?;
         let Session {
             trainable: Trainable { model, vars, .. },

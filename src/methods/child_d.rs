@@ -42,7 +42,7 @@ impl MethodDef for ChildD {
             cx,
             self.name(),
             is_encoder_layer,
-            cx.spec.reserve,
+            super::child_f::reserve(cx.spec),
             Keep::Fisher,
             Mask::Gradient,
         )

@@ -24,6 +24,11 @@ impl Settings {
     }
 }
 
+/// Child-Tuning's reserve_p for a run of F or D.
+pub fn reserve(spec: &super::MethodSpec) -> f64 {
+    spec.config.child_tuning.as_ref().map_or(1.0, |s| s.reserve)
+}
+
 impl MethodDef for ChildF {
     fn name(&self) -> &'static str {
         "child-f"
@@ -45,7 +50,7 @@ impl MethodDef for ChildF {
     /// Every tensor the optimizer holds, the head and pooler included.
     fn masks(&self, cx: &MaskContext) -> Result<MaskPlan> {
         Ok(MaskPlan {
-            rest: Mask::Bernoulli { p: cx.spec.reserve },
+            rest: Mask::Bernoulli { p: reserve(cx.spec) },
             ..MaskPlan::default()
         })
     }

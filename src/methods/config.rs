@@ -41,6 +41,18 @@ macro_rules! groups {
                 Self { $($group: self.$group.or(base.$group)),* }
             }
 
+            /// The example value of each required setting of the methods `name` takes.
+            pub fn examples_for(name: &Methods) -> Self {
+                Self {
+                    $(
+                        $group: match super::$module::Flags::used_by(name) {
+                            true => super::$module::Flags::examples(),
+                            false => Default::default(),
+                        },
+                    )*
+                }
+            }
+
             /// Every method's keys, for messages about unknown ones.
             pub fn keys() -> Vec<&'static str> {
                 let mut keys = Vec::new();
@@ -115,10 +127,7 @@ impl MethodConfig {
     /// The method with the settings its selection reads; `seed` is the run's.
     pub fn spec(&self, seed: u64) -> MethodSpec {
         MethodSpec {
-            method: self.name.clone(),
-            fraction: self.subset.as_ref().map_or(1.0, |s| s.fraction),
-            reserve: self.child_tuning.as_ref().map_or(1.0, |s| s.reserve),
-            layers: self.top_layers.as_ref().map(|s| s.layers),
+            config: self.clone(),
             seed,
         }
     }

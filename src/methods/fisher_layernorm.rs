@@ -156,7 +156,7 @@ impl MethodDef for FisherLayernorm {
             cx,
             self.name(),
             is_layernorm,
-            cx.spec.fraction,
+            subset::fraction(cx.spec),
             Keep::Fisher,
             Mask::Fixed,
         )

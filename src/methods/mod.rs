@@ -408,17 +408,31 @@ impl<'de> Deserialize<'de> for Methods {
     }
 }
 
-/// A method (or a union of them) with its settings.
+/// A method (or a union of them) with its settings, each method's own read by its file,
+/// and the seed its random choices draw from.
 #[derive(Debug, Clone)]
 pub struct MethodSpec {
-    pub method: Methods,
-    /// Share of eligible elements for the subset methods.
-    pub fraction: f64,
-    /// Child-Tuning's reserve_p.
-    pub reserve: f64,
-    /// top-layers: how many of the top encoder layers train.
-    pub layers: Option<usize>,
+    pub config: MethodConfig,
     pub seed: u64,
+}
+
+impl MethodSpec {
+    /// `method` with `flags` (its own settings; the rest default), drawing from `seed`.
+    pub fn new(method: impl Into<Methods>, flags: MethodFlags, seed: u64) -> Result<Self> {
+        Ok(flags.resolve(method.into())?.spec(seed))
+    }
+
+    /// `method` with each required setting at its example value (a tenth of the elements,
+    /// the top layer): what `peft bench` times.
+    pub fn example(method: impl Into<Methods>, seed: u64) -> Result<Self> {
+        let method = method.into();
+        let flags = MethodFlags::examples_for(&method);
+        Self::new(method, flags, seed)
+    }
+
+    pub fn method(&self) -> &Methods {
+        &self.config.name
+    }
 }
 
 /// The selection of any method or union of methods. `base` holds the checkpoint's
@@ -430,7 +444,7 @@ pub fn select(
 ) -> Result<Selection> {
     let cx = MaskContext { spec, base, fisher };
     let parts: Vec<Selection> = spec
-        .method
+        .method()
         .parts()
         .iter()
         .map(|&m| {
@@ -516,13 +530,14 @@ mod tests {
     ];
 
     fn spec(method: Method) -> MethodSpec {
-        MethodSpec {
-            method: method.into(),
-            fraction: 1.0,
-            reserve: 1.0,
-            layers: None,
-            seed: 0,
-        }
+        MethodSpec::example(method, 0).unwrap()
+    }
+
+    /// `method` with a subset's --fraction.
+    fn with_fraction(method: impl Into<Methods>, fraction: f64, seed: u64) -> MethodSpec {
+        let mut flags = MethodFlags::default();
+        flags.subset.fraction = Some(fraction);
+        MethodSpec::new(method, flags, seed).unwrap()
     }
 
     fn trains(m: Method) -> Vec<&'static str> {
@@ -606,13 +621,7 @@ mod tests {
             "encoder.layer.0.output.LayerNorm.weight".to_string(),
             Tensor::new(&[3f32, 7., 0., 4.], &Device::Cpu).unwrap(),
         );
-        let spec = MethodSpec {
-            method: fisher_layernorm::METHOD.into(),
-            fraction: 0.5,
-            reserve: 0.3,
-            layers: None,
-            seed: 0,
-        };
+        let spec = with_fraction(fisher_layernorm::METHOD, 0.5, 0);
         let sel = select(&spec, &base(), Some(&fisher)).unwrap();
         let m = ones(&sel);
         assert_eq!(m["embeddings.LayerNorm.weight"], vec![1., 0., 0., 1.]);
@@ -635,13 +644,7 @@ mod tests {
 
     #[test]
     fn random_layernorm_keeps_the_same_count_seeded() {
-        let spec = MethodSpec {
-            method: random_layernorm::METHOD.into(),
-            fraction: 0.25,
-            reserve: 0.3,
-            layers: None,
-            seed: 5,
-        };
+        let spec = with_fraction(random_layernorm::METHOD, 0.25, 5);
         let a = ones(&select(&spec, &base(), None).unwrap());
         let kept: f32 = a.values().flatten().sum();
         assert_eq!(kept, 2.0);
@@ -651,23 +654,14 @@ mod tests {
     #[test]
     fn child_tuning_masks_as_the_reference_optimizer() {
         // F: a fresh Bernoulli mask on every trainable tensor, head and embeddings included.
-        let spec = MethodSpec {
-            method: child_f::METHOD.into(),
-            fraction: 1.0,
-            reserve: 0.3,
-            layers: None,
-            seed: 0,
-        };
+        let spec = MethodSpec::example(child_f::METHOD, 0).unwrap();
         let sel = select(&spec, &base(), None).unwrap();
         assert!(sel.masks.named.is_empty());
         assert!(matches!(sel.masks.rest, Mask::Bernoulli { p } if p == 0.3));
         assert_eq!(sel.rule, UpdateRule::ChildTuning);
         assert!((sel.trainable)("embeddings.LayerNorm.weight"));
         // D: a gradient mask on encoder-layer tensors only, top 30% of their Fisher.
-        let spec = MethodSpec {
-            method: child_d::METHOD.into(),
-            ..spec
-        };
+        let spec = MethodSpec::example(child_d::METHOD, 0).unwrap();
         assert!(
             select(&spec, &base(), None).is_err(),
             "child-d without Fisher"
@@ -742,13 +736,8 @@ mod tests {
         .into_iter()
         .map(|(k, v)| (k.to_string(), v))
         .collect();
-        let spec = MethodSpec {
-            method: "bitfit+random-layernorm".parse().unwrap(),
-            fraction: 0.5,
-            reserve: 1.0,
-            layers: None,
-            seed: 3,
-        };
+        let union: Methods = "bitfit+random-layernorm".parse().unwrap();
+        let spec = with_fraction(union, 0.5, 3);
         let sel = select(&spec, &base, None).unwrap();
         for (name, trains) in [
             ("embeddings.LayerNorm.weight", true),

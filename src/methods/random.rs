@@ -35,7 +35,7 @@ impl MethodDef for Random {
             cx,
             self.name(),
             |n| !is_head(n),
-            cx.spec.fraction,
+            subset::fraction(cx.spec),
             Keep::Random,
             Mask::Fixed,
         )

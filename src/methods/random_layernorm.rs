@@ -36,7 +36,7 @@ impl MethodDef for RandomLayernorm {
             cx,
             self.name(),
             is_layernorm,
-            cx.spec.fraction,
+            subset::fraction(cx.spec),
             Keep::Random,
             Mask::Fixed,
         )

@@ -147,6 +147,13 @@ macro_rules! method_settings {
                 Self { $($key: self.$key.or(base.$key)),* }
             }
 
+            /// Each required setting at its example value, the others unset.
+            pub fn examples() -> Self {
+                Self {
+                    $( $key: $crate::method_settings!(@example $rule ($($val)*)), )*
+                }
+            }
+
             /// Every key, for messages.
             pub const KEYS: &'static [&'static str] = &[$(stringify!($key)),*];
 
@@ -192,6 +199,8 @@ macro_rules! method_settings {
     };
     (@value $f:ident $m:ident $key:ident optional ()) => { $f.$key.clone() };
     (@value $f:ident $m:ident $key:ident computed ($e:expr)) => { $e };
+    (@example required ($example:expr)) => { $example.parse().ok() };
+    (@example $rule:ident ($($t:tt)*)) => { None };
     (@back $s:ident $name:ident default) => { Some($s.$name.clone()) };
     (@back $s:ident $name:ident required) => { Some($s.$name.clone()) };
     (@back $s:ident $name:ident $rule:ident) => { $s.$name.clone() };

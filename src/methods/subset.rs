@@ -25,6 +25,11 @@ impl Settings {
     }
 }
 
+/// The share a subset method keeps (all, for a spec without one).
+pub fn fraction(spec: &super::MethodSpec) -> f64 {
+    spec.config.subset.as_ref().map_or(1.0, |s| s.fraction)
+}
+
 /// A share of elements: in (0, 1].
 pub fn check_share(key: &str, v: f64) -> Result<()> {
     if !(v > 0.0 && v <= 1.0) {

@@ -18,7 +18,7 @@ crate::method_settings! {
     used_by = m.has(METHOD);
     /// top-layers: how many of the top encoder layers train (required).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    layers => layers: usize = required("2");
+    layers => layers: usize = required("1");
 }
 
 impl Settings {
@@ -30,7 +30,7 @@ impl Settings {
 
 impl TopLayers {
     fn k(scope: &Scope) -> usize {
-        scope.spec.layers.unwrap_or(0)
+        scope.spec.config.top_layers.as_ref().map_or(0, |s| s.layers)
     }
 }
 

@@ -13,13 +13,7 @@ fn check(kind: &str, method: Method) {
         .join("tests/fixtures")
         .join(kind);
     let (cfg, weights) = read_checkpoint(&dir).unwrap();
-    let spec = peft::methods::MethodSpec {
-        method: method.into(),
-        fraction: 1.0,
-        reserve: 1.0,
-        layers: None,
-        seed: 0,
-    };
+    let spec = peft::methods::MethodSpec::example(method, 0).unwrap();
     let sel = method.select(&spec, weights.keys()).unwrap();
     let store = ParamStore::new(weights, Device::Cpu, 0, sel.trainable);
     let model = Model::load(&store, &cfg, Some(3)).unwrap();
