@@ -37,7 +37,10 @@ pub fn write(
         .map(|(t, _)| t);
     let cfg = match adapter {
         Some(cfg) if peft_type.is_some() && single => cfg,
-        None if !trained.is_empty()
+        // LayerNorm tensors (and the head): PEFT's LN tuning. A head alone is not: PEFT
+        // has no tuner for `modules_to_save` by itself, and an LN-tuning file without its
+        // LayerNorms would not be one.
+        None if trained.keys().any(|n| is_layernorm(n))
             && trained
                 .keys()
                 .all(|n| is_layernorm(n) || is_head(n) || n.starts_with("pooler.")) =>
