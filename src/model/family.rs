@@ -196,10 +196,18 @@ impl Family {
     }
 }
 
-/// The task heads' prefixes: a classifier (BERT's `classifier`, RoBERTa's and ELECTRA's
-/// `classifier.dense`/`classifier.out_proj`, DeBERTa's `classifier`) and the span head of
-/// question answering.
-pub const HEAD_PREFIXES: [&str; 2] = ["classifier.", "qa_outputs."];
+/// A sequence classifier's tensors: BERT's and DeBERTa's `classifier`, RoBERTa's and
+/// ELECTRA's `classifier.dense`/`classifier.out_proj`.
+pub const CLASSIFIER: &str = "classifier.";
+/// The span head of question answering, in every family.
+pub const SPAN_HEAD: &str = "qa_outputs.";
+
+/// The task heads' prefixes.
+pub const HEAD_PREFIXES: [&str; 2] = [CLASSIFIER, SPAN_HEAD];
+
+/// The layers whose rows are a head's outputs (one per label): BERT's and DeBERTa's
+/// `classifier`, RoBERTa's and ELECTRA's `classifier.out_proj`, `qa_outputs`.
+pub const HEAD_OUTPUTS: [&str; 3] = ["classifier", "classifier.out_proj", "qa_outputs"];
 
 /// Whether a canonical tensor name belongs to a task head.
 pub fn is_head(name: &str) -> bool {

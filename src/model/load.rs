@@ -85,8 +85,8 @@ pub fn canonical_name(name: &str, arch: Arch) -> Option<String> {
         "embeddings_project.",
         "encoder.",
         "pooler.",
-        "classifier.",
-        "qa_outputs.",
+        super::family::CLASSIFIER,
+        super::family::SPAN_HEAD,
     ];
     if !keep.iter().any(|k| name.starts_with(k)) || name.ends_with("position_ids") {
         return None;

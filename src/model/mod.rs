@@ -31,6 +31,7 @@ use candle_core::{Device, Tensor};
 pub use crate::kernels::with_composed_ops;
 pub use adapter::{AdapterConfig, AdapterKind, InaActivation};
 pub use config::{Activation, Arch, ModelConfig};
+use family::{CLASSIFIER, SPAN_HEAD};
 pub use heads::{HeadKind, INIT_STD};
 pub use nn::{Ctx, Precision};
 pub use params::{Init, ParamStore, Path};
@@ -300,15 +301,15 @@ pub fn read_checkpoint(
 pub fn fit_head(weights: &mut std::collections::HashMap<String, Tensor>, head: HeadKind) -> bool {
     let (outputs, names, prefixes): (usize, &[&str], &[&str]) = match head {
         HeadKind::Span => {
-            weights.retain(|k, _| !k.starts_with("classifier.") && !k.starts_with("pooler."));
-            (2, &["qa_outputs.weight"], &["qa_outputs."])
+            weights.retain(|k, _| !k.starts_with(CLASSIFIER) && !k.starts_with("pooler."));
+            (2, &["qa_outputs.weight"], &[SPAN_HEAD])
         }
         HeadKind::Classes(n) => {
-            weights.retain(|k, _| !k.starts_with("qa_outputs."));
+            weights.retain(|k, _| !k.starts_with(SPAN_HEAD));
             (
                 n,
                 &["classifier.weight", "classifier.out_proj.weight"],
-                &["classifier."],
+                &[CLASSIFIER],
             )
         }
     };

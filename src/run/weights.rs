@@ -12,6 +12,7 @@ use super::dir::{self as run_dir, RunInfo};
 use crate::error::user;
 use crate::methods::is_head;
 use crate::model::adapters::Tensors;
+use crate::model::family::HEAD_OUTPUTS;
 use crate::model::{fit_head, load, read_checkpoint, Model, ModelConfig, ParamStore};
 use crate::settings::TrainConfig;
 
@@ -108,13 +109,11 @@ impl RunWeights {
         let trained = run_dir::load_tensors(&file)?;
         // A head with another number of outputs is another task's (copied files, an edited
         // config.json): say so rather than fail later on a shape.
-        let head = [
-            "classifier.weight",
-            "classifier.out_proj.weight",
-            "qa_outputs.weight",
-        ]
-        .iter()
-        .find_map(|n| trained.get(*n).map(|t| (*n, t.dims().first().copied())));
+        let head = HEAD_OUTPUTS.iter().find_map(|n| {
+            let name = format!("{n}.weight");
+            let rows = trained.get(&name).map(|t| t.dims().first().copied());
+            rows.map(|r| (name, r))
+        });
         if let Some((name, Some(rows))) = head {
             if rows != info.num_labels {
                 return Err(user(format!(
@@ -394,13 +393,11 @@ impl RunWeights {
 /// The output rows of a task head (BERT's `classifier`, RoBERTa's `out_proj`, any
 /// question-answering model's `qa_outputs`).
 fn head_rows(weights: &HashMap<String, Tensor>) -> Option<usize> {
-    HEAD_OUT
+    HEAD_OUTPUTS
         .iter()
         .find_map(|n| weights.get(&format!("{n}.weight")))
         .and_then(|t| t.dims().first().copied())
 }
-
-const HEAD_OUT: [&str; 3] = ["classifier", "classifier.out_proj", "qa_outputs"];
 
 /// Put the head's output rows in `order` (row i of the result is row order[i]).
 fn reorder_head(weights: &mut HashMap<String, Tensor>, order: &[usize]) -> Result<()> {
@@ -411,7 +408,7 @@ fn reorder_head(weights: &mut HashMap<String, Tensor>, order: &[usize]) -> Resul
         order.iter().map(|&i| i as u32).collect::<Vec<_>>(),
         &Device::Cpu,
     )?;
-    for n in HEAD_OUT {
+    for n in HEAD_OUTPUTS {
         for leaf in ["weight", "bias"] {
             let key = format!("{n}.{leaf}");
             if let Some(t) = weights.get(&key) {
