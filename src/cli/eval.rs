@@ -52,7 +52,7 @@ pub struct EvalArgs {
     pub label_map: Option<Vec<String>>,
     /// A LoRA adapter directory saved by Hugging Face PEFT (adapter_config.json,
     /// adapter_model.safetensors with the classifier in modules_to_save), applied to --model.
-    #[arg(long, requires = "task")]
+    #[arg(long, requires = "task", conflicts_with = "checkpoint")]
     pub adapter: Option<PathBuf>,
     /// Without --checkpoint: truncate inputs to this many tokens [default: 128].
     #[arg(long, conflicts_with = "checkpoint")]

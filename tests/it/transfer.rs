@@ -83,6 +83,9 @@ fn a_run_scores_on_another_task_through_a_label_map() {
         "{}",
         stderr(&out)
     );
+    // A run is scored with its own tensors: an adapter beside it would be ignored.
+    let out = peft(&["eval", "--checkpoint", r, "--task", "rte", "--adapter", r]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
     for bad in [
         vec!["eval", "--checkpoint", r, "--task", "stsb"],
         vec![
