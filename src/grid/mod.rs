@@ -14,10 +14,17 @@
 //! seed = [1, 2, 3]
 //! ```
 //!
-//! `method` may instead be a table of methods, each with settings of its own to cross
-//! (`[grid.method.lora] lr = [5e-4, 1e-3]`; `[grid.method.bitfit]` alone adds none).
+//! `method` may instead be a table of methods, each with settings of its own: a list is
+//! crossed (`[grid.method.lora] lr = [5e-4, 1e-3]`), a single value is that method's
+//! setting (`reserve = 0.3`), and `[grid.method.bitfit]` alone adds none.
 //!
-//! Cells are ordered by method (as listed), then by the other grid keys in alphabetical
+//! `recipe = "NAME"` under `[base]` or a method's table starts its cells from a recipe:
+//! one of the built-in `configs/` recipes (`--config NAME`) or a TOML file, relative to the
+//! plan's folder. A cell's settings are, each over the one before: the recipe, `[base]`,
+//! the method's single values, the grid's values. This is how a paper's table is written
+//! once: each method's recipe as its paper gives it, the models and tasks as the grid.
+//!
+//! Cells are ordered by method (a list as listed, a table of methods by name), then by the other grid keys in alphabetical
 //! order with `seed` last, the first key varying slowest, each key's values as listed. A
 //! cell's run directory is `output_dir/<task>-<method>-<key><value>...-<hash>`: the values
 //! it was given and eight hex digits of the sha256 of all its resolved settings, so the
@@ -35,7 +42,7 @@ use sha2::{Digest, Sha256};
 use toml::{Table, Value};
 
 use crate::error::{user, PathContext};
-use crate::settings::{Overrides, TrainConfig};
+use crate::settings::{Overrides, TrainConfig, RECIPES};
 
 /// One run of the plan.
 #[derive(Debug, Clone)]
@@ -95,24 +102,27 @@ impl Plan {
                 )));
             }
         }
-        let methods = methods(grid.remove("method"), &at)?;
+        let mut base = base;
+        let base_recipe = recipe(base.remove("recipe"), "[base]", path, &at)?;
+        let methods = methods(grid.remove("method"), path, &at)?;
         let shared = axes(&grid, "[grid]", &at)?;
-        let methods: Vec<(Option<String>, Axes)> = methods
+        let methods: Vec<Entry> = methods
             .into_iter()
-            .map(|(method, own)| {
+            .map(|mut m| {
                 let mut ax: Axes = shared.clone();
-                for (k, v) in own {
+                for (k, v) in m.axes {
                     match ax.iter_mut().find(|(key, _)| *key == k) {
                         Some(slot) => slot.1 = v,
                         None => ax.push((k, v)),
                     }
                 }
                 order(&mut ax);
-                (method, ax)
+                m.axes = ax;
+                m
             })
             .collect();
         // Counted before one is built: ten keys of ten values are 10^10 cells in 700 bytes.
-        let count = count(methods.iter().map(|(_, ax)| ax));
+        let count = count(methods.iter().map(|m| &m.axes));
         if count.is_none_or(|n| n > MAX_CELLS) {
             let n = count.map_or_else(|| format!("more than {}", usize::MAX), |n| n.to_string());
             return Err(at(format!(
@@ -122,9 +132,21 @@ impl Plan {
         }
         let mut cells: Vec<Cell> = Vec::new();
         let mut named: HashMap<String, usize> = HashMap::new();
-        for (method, ax) in methods {
+        for Entry {
+            name: method,
+            recipe: own_recipe,
+            fixed,
+            axes: ax,
+        } in methods
+        {
+            // The recipe, then [base], then the method's own values, then the grid's.
+            let mut start = own_recipe
+                .or_else(|| base_recipe.clone())
+                .unwrap_or_default();
+            start.extend(base.clone());
+            start.extend(fixed);
             for combo in product(&ax) {
-                let mut table = base.clone();
+                let mut table = start.clone();
                 let mut values = Vec::new();
                 if let Some(m) = &method {
                     table.insert("method".into(), Value::String(m.clone()));
@@ -171,29 +193,58 @@ impl Plan {
     }
 }
 
+/// A method of the plan (None: the base's) with what it sets: a recipe, single values
+/// and the settings it crosses.
+struct Entry {
+    name: Option<String>,
+    recipe: Option<Table>,
+    fixed: Table,
+    axes: Axes,
+}
+
+impl Entry {
+    fn named(name: Option<String>) -> Self {
+        Entry {
+            name,
+            recipe: None,
+            fixed: Table::new(),
+            axes: Vec::new(),
+        }
+    }
+}
+
 /// `method` under [grid]: a list of names, a table of names with settings of their own,
 /// or absent (the base's method).
 fn methods(
     v: Option<Value>,
+    plan: &Path,
     at: &impl Fn(String) -> anyhow::Error,
-) -> Result<Vec<(Option<String>, Axes)>> {
+) -> Result<Vec<Entry>> {
     match v {
-        None => Ok(vec![(None, Vec::new())]),
+        None => Ok(vec![Entry::named(None)]),
         Some(Value::Array(names)) => names
             .into_iter()
             .map(|n| match n {
-                Value::String(s) => Ok((Some(s), Vec::new())),
+                Value::String(s) => Ok(Entry::named(Some(s))),
                 other => Err(at(format!("[grid] method: `{other}` is not a method name"))),
             })
             .collect(),
         Some(Value::Table(t)) => t
             .into_iter()
             .map(|(m, own)| match own {
-                Value::Table(own) => Ok((
-                    Some(m.clone()),
-                    axes(&own, &format!("[grid.method.{m}]"), at)?,
-                )),
-                _ => Err(at(format!("[grid.method.{m}] must be a table of lists"))),
+                Value::Table(mut own) => {
+                    let table = format!("[grid.method.{m}]");
+                    let recipe = recipe(own.remove("recipe"), &table, plan, at)?;
+                    let (lists, fixed): (Table, Table) =
+                        own.into_iter().partition(|(k, v)| is_axis(k, v));
+                    Ok(Entry {
+                        name: Some(m.clone()),
+                        recipe,
+                        fixed,
+                        axes: axes(&lists, &table, at)?,
+                    })
+                }
+                _ => Err(at(format!("[grid.method.{m}] must be a table of settings"))),
             })
             .collect(),
         Some(other) => Err(at(format!(
@@ -202,9 +253,62 @@ fn methods(
     }
 }
 
+/// A `recipe = "NAME"` value: a built-in recipe's settings, or a TOML file's (relative to
+/// the plan's folder), as a table the cell's settings go over.
+fn recipe(
+    v: Option<Value>,
+    table: &str,
+    plan: &Path,
+    at: &impl Fn(String) -> anyhow::Error,
+) -> Result<Option<Table>> {
+    let name = match v {
+        None => return Ok(None),
+        Some(Value::String(s)) => s,
+        Some(other) => {
+            return Err(at(format!(
+                "{table} recipe = {other}: a recipe is a name (`recipe = \"full\"`) or a file"
+            )))
+        }
+    };
+    let text = match RECIPES.iter().find(|(n, _)| *n == name) {
+        Some((_, text)) => text.to_string(),
+        None => {
+            let file = plan.parent().unwrap_or(Path::new(".")).join(&name);
+            std::fs::read_to_string(&file).map_err(|e| {
+                at(format!(
+                    "{table} recipe = \"{name}\": neither a built-in recipe ({}) nor a \
+                     readable file {}: {e}",
+                    RECIPES
+                        .iter()
+                        .map(|(n, _)| *n)
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                    file.display()
+                ))
+            })?
+        }
+    };
+    let t: Table = toml::from_str(&text)
+        .map_err(|e| at(format!("{table} recipe \"{name}\": {}", e.message())))?;
+    Ok(Some(t))
+}
+
+/// Whether a setting's value in a plan is a list of values to cross. A setting that takes
+/// a list itself (`lora_targets = ["query", "value"]`) is crossed only as a list of lists.
+fn is_axis(key: &str, v: &Value) -> bool {
+    let takes_list = Overrides::from_toml_text(&format!("{key} = []"), Path::new("")).is_ok();
+    v.as_array()
+        .is_some_and(|a| !takes_list || a.iter().all(Value::is_array))
+}
+
 fn axes(t: &Table, table: &str, at: &impl Fn(String) -> anyhow::Error) -> Result<Axes> {
     t.iter()
         .map(|(k, v)| match v {
+            Value::Array(a) if !a.is_empty() && !is_axis(k, v) => Err(at(format!(
+                "{table} {k}: the setting takes a list, so one list is one value: cross \
+                 several as a list of lists (`{k} = [[\"query\"], [\"query\", \"value\"]]`), \
+                 and put one under [base] or the method's table"
+            ))),
             Value::Array(a) if !a.is_empty() => Ok((k.clone(), a.clone())),
             Value::Array(_) => Err(at(format!("{table} {k}: an empty list makes no cells"))),
             other => Err(at(format!(
@@ -414,6 +518,91 @@ lora_r = [4]
         assert_eq!(rows[4], "method=lora lora_r=4 lr=0.0005 task=rte seed=1");
         assert_eq!(rows[11], "method=lora lora_r=4 lr=0.001 task=stsb seed=2");
         assert_eq!(p.cells[4].cfg.method.lora.as_ref().unwrap().r, 4);
+    }
+
+    #[test]
+    fn recipes_then_base_then_the_methods_values_then_the_grids() {
+        let tmp = tempfile::tempdir().unwrap();
+        std::fs::write(
+            tmp.path().join("mine.toml"),
+            "lr = 7e-4\nwarmup_ratio = 0.2\n",
+        )
+        .unwrap();
+        let text = r#"
+output_dir = "g"
+[base]
+model = "m"
+task = "rte"
+epochs = 2
+recipe = "mine.toml"
+[grid]
+seed = [1, 2]
+[grid.method.child-d]
+recipe = "child-tuning-d"
+reserve = 0.2
+[grid.method.full]
+recipe = "full"
+lr = [1e-5, 2e-5]
+[grid.method.bitfit]
+"#;
+        let p = Plan::parse(text, &tmp.path().join("plan.toml")).unwrap();
+        assert_eq!(p.cells.len(), 2 + 2 + 4);
+        // Methods written as tables come in name order: bitfit, child-d, full.
+        let (d, o) = (&p.cells[2].cfg, &p.cells[2].cfg.optimisation);
+        assert_eq!(d.method.name.to_string(), "child-d");
+        // The recipe's lr and batch, [base]'s epochs over its 3, the method's reserve over
+        // its 0.3.
+        assert_eq!((o.lr, o.batch_size, o.epochs), (4e-5, 16, 2));
+        assert_eq!(d.method.child_tuning.as_ref().unwrap().reserve, 0.2);
+        let lrs: Vec<f64> = p.cells[4..].iter().map(|c| c.cfg.optimisation.lr).collect();
+        assert_eq!(lrs, [1e-5, 1e-5, 2e-5, 2e-5]);
+        assert_eq!(p.cells[4].cfg.optimisation.warmup_ratio, 0.1);
+        // A method without a recipe of its own takes [base]'s, a file beside the plan.
+        let b = &p.cells[0].cfg.optimisation;
+        assert_eq!((b.lr, b.warmup_ratio, b.epochs), (7e-4, 0.2, 2));
+        let e = plan("output_dir='g'\n[grid.method.full]\nrecipe='nope'")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("[grid.method.full] recipe = \"nope\"") && e.contains("child-tuning-d"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn a_list_is_one_value_of_a_setting_that_takes_a_list() {
+        let p = plan(
+            r#"
+output_dir = "g"
+[base]
+model = "m"
+task = "rte"
+[grid.method.lora]
+lora_targets = [["query"], ["key", "value"]]
+lora_r = 4
+[grid.method.ina]
+ina_targets = ["query", "key"]
+"#,
+        )
+        .unwrap();
+        let got: Vec<String> = p
+            .cells
+            .iter()
+            .map(|c| {
+                let m = &c.cfg.method;
+                match (&m.ina, &m.lora) {
+                    (Some(i), _) => format!("ina {}", i.targets.join(",")),
+                    (_, Some(l)) => format!("lora r{} {}", l.r, l.targets.join(",")),
+                    _ => unreachable!(),
+                }
+            })
+            .collect();
+        assert_eq!(got, ["ina query,key", "lora r4 query", "lora r4 key,value"]);
+        assert!(!p.cells[0].name.contains("targets"), "{}", p.cells[0].name);
+        let e = plan("output_dir='g'\n[base]\nmodel='m'\ntask='rte'\nmethod='lora'\n[grid]\nlora_targets=['query','key']")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("list of lists"), "{e}");
     }
 
     #[test]

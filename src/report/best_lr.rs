@@ -120,7 +120,9 @@ pub fn wide(runs: &[Run]) -> Table {
     let mut tasks: Vec<String> = gs.iter().map(|g| g.task.clone()).collect();
     tasks.sort();
     tasks.dedup();
-    let mut rows: Vec<(String, Vec<String>)> = Vec::new();
+    // (other settings, method, label, cells): sorted so that the rows of one model (or
+    // other setting) sit together, as the papers group theirs.
+    let mut rows: Vec<(String, String, String, Vec<String>)> = Vec::new();
     for g in &gs {
         let label = match g.others.is_empty() {
             true => g.method.clone(),
@@ -134,15 +136,21 @@ pub fn wide(runs: &[Run]) -> Table {
             None => format!("{:.2}", 100.0 * s.median),
         };
         let col = tasks.iter().position(|t| *t == g.task).unwrap_or(0);
-        let i = match rows.iter().position(|(l, _)| *l == label) {
+        let i = match rows.iter().position(|(_, _, l, _)| *l == label) {
             Some(i) => i,
             None => {
-                rows.push((label, vec!["-".to_string(); tasks.len()]));
+                rows.push((
+                    g.others.clone(),
+                    g.method.clone(),
+                    label,
+                    vec!["-".to_string(); tasks.len()],
+                ));
                 rows.len() - 1
             }
         };
-        rows[i].1[col] = cell;
+        rows[i].3[col] = cell;
     }
+    rows.sort_by(|a, b| (&a.0, &a.1).cmp(&(&b.0, &b.1)));
     let mut header = vec!["method".to_string()];
     header.extend(tasks.iter().cloned());
     Table {
@@ -152,7 +160,7 @@ pub fn wide(runs: &[Run]) -> Table {
         header,
         rows: rows
             .into_iter()
-            .map(|(l, cells)| std::iter::once(l).chain(cells).collect())
+            .map(|(_, _, l, cells)| std::iter::once(l).chain(cells).collect())
             .collect(),
     }
 }

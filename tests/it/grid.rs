@@ -284,3 +284,78 @@ lr = [1e-3, 3e-2]
     assert_eq!(o.status.code(), Some(2));
     assert!(stderr(&o).contains("which cell?"), "{}", stderr(&o));
 }
+
+/// The seed papers' tables as plans (configs/grids/): each lists its cells and emits a
+/// Slurm array job as it stands, with the methods and models its comments promise.
+#[test]
+fn the_papers_plans_list_and_emit_as_they_are() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("configs/grids");
+    // plan, cells, what every listing must hold
+    let plans: &[(&str, usize, &[&str])] = &[
+        (
+            "child-tuning",
+            3 * 4 * 3 * 3,
+            &[
+                "-full-",
+                "-child-f-",
+                "-child-d-",
+                "electra-large",
+                "roberta-large",
+            ],
+        ),
+        (
+            "layernorm",
+            8 * 3 * (4 * 3 + 3 * 4 * 2),
+            &[
+                "-bitfit-",
+                "-fisher-layernorm-fraction0.5-",
+                "-random-layernorm-",
+                "mnli-",
+            ],
+        ),
+        (
+            "layernorm-global",
+            8 * 3 * 4 * 3,
+            &["-fisher-layernorm-fraction0.1-"],
+        ),
+        (
+            "ina-glue",
+            3 * 8 * 3 * (1 + 2 + 2 * 3),
+            &[
+                "-ina-ina_inhibition0.9-ina_r4-",
+                "-lora-lora_r8-",
+                "deberta-large",
+            ],
+        ),
+        (
+            "ina-squad",
+            3 * 2 * 3 * (1 + 3),
+            &["squad_v2-ina-", "deberta-v3-large"],
+        ),
+        ("minilm-rte-stsb", 2 * 3 * 3, &["stsb-lora-"]),
+    ];
+    let mut files: Vec<String> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    files.sort();
+    let mut named: Vec<String> = plans.iter().map(|(p, _, _)| format!("{p}.toml")).collect();
+    named.sort();
+    assert_eq!(files, named, "every plan in configs/grids is checked here");
+    for (name, cells, holds) in plans {
+        let plan = dir.join(format!("{name}.toml"));
+        let p = plan.to_str().unwrap();
+        let list = ok(peft(&["grid", p, "--list"]));
+        let rows: Vec<&str> = list.lines().collect();
+        assert_eq!(rows.len(), *cells, "{name}");
+        assert!(rows.iter().all(|r| r.contains("\ttodo\t")), "{name}");
+        for h in *holds {
+            assert!(list.contains(h), "{name}: no cell with {h}");
+        }
+        let slurm = ok(peft(&["grid", p, "--emit", "slurm", "--gpus", "1"]));
+        assert!(
+            slurm.contains(&format!("#SBATCH --array=0-{}", cells - 1)),
+            "{name}: {slurm}"
+        );
+    }
+}
