@@ -293,6 +293,11 @@ pub fn read_checkpoint(
     Ok((cfg, weights))
 }
 
+/// Remove every head tensor (classifier or span head), so the task model builds a new one.
+pub fn drop_head(weights: &mut std::collections::HashMap<String, Tensor>) {
+    weights.retain(|k, _| !k.starts_with(CLASSIFIER) && !k.starts_with(SPAN_HEAD));
+}
+
 /// Fit a checkpoint's head tensors to the `head` a run builds: tensors of another kind of
 /// head go (a classifier and the pooler under a question-answering head, which has
 /// neither; `qa_outputs` under a classifier), and so does a head of the right kind made for

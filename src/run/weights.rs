@@ -98,7 +98,7 @@ impl RunWeights {
                 info.init_sha256.as_deref(),
                 depth - 1,
             )?
-            .0;
+            .weights;
         }
         // The run saved its own head; the base's may be for another label set.
         fit_head(
@@ -462,6 +462,16 @@ pub fn base_dir(info: &RunInfo, model: Option<&Path>) -> Result<PathBuf> {
 /// How many runs deep an `--init` chain may go.
 const MAX_INIT_DEPTH: usize = 8;
 
+/// What a run started with `--init RUN` starts from.
+pub struct Init {
+    /// RUN merged (its best state), head included.
+    pub weights: HashMap<String, Tensor>,
+    /// The sha256 of RUN's tensors.
+    pub sha256: String,
+    /// The task RUN trained on: its head answers that task's labels.
+    pub task: String,
+}
+
 /// The weights a run started with `--init RUN` starts from: RUN merged (its best state),
 /// on `model` (the base; None: RUN's own), and the sha256 of RUN's tensors, which must be
 /// `expected` when given (the run recorded it).
@@ -470,7 +480,7 @@ pub fn init_weights(
     model: Option<&Path>,
     expected: Option<&str>,
     depth: usize,
-) -> Result<(HashMap<String, Tensor>, String)> {
+) -> Result<Init> {
     let source = RunWeights::load_within(run, Which::Best, model, None, depth)?;
     let sha = run_dir::sha256_file(&source.file)?;
     if let Some(e) = expected.filter(|e| *e != sha) {
@@ -479,7 +489,11 @@ pub fn init_weights(
             source.file.display()
         )));
     }
-    Ok((source.merged(1.0)?, sha))
+    Ok(Init {
+        weights: source.merged(1.0)?,
+        sha256: sha,
+        task: source.info.train.data.task.clone(),
+    })
 }
 
 /// Fold the run's adapters into the weights they wrap, as its adapter kind does

@@ -58,11 +58,21 @@ impl Inputs {
         let (mcfg, mut weights) = read_checkpoint(&model_dir)?;
         let mut init_sha256 = None;
         if let Some(init) = &cfg.model.init {
-            let (merged, sha) =
-                crate::run::weights::init_weights(init, Some(&model_dir), None, MAX_DEPTH)?;
+            let from = crate::run::weights::init_weights(init, Some(&model_dir), None, MAX_DEPTH)?;
             eprintln!("starting from {} (merged)", init.display());
-            weights = merged;
-            init_sha256 = Some(sha);
+            weights = from.weights;
+            init_sha256 = Some(from.sha256);
+            // Its head scores its own task's labels: another task starts a new head (the
+            // task-transfer experiment's "new linear classifier"), the same task goes on.
+            if from.task != cfg.data.task {
+                crate::model::drop_head(&mut weights);
+                eprintln!(
+                    "{} trained on {}: a new head for {}",
+                    init.display(),
+                    from.task,
+                    cfg.data.task
+                );
+            }
         }
         if fit_head(&mut weights, spec.head()) {
             eprintln!("the checkpoint's head has another number of outputs: starting a new head");

@@ -219,3 +219,97 @@ fn init_starts_from_a_run_as_merging_it_first_would() {
     ]);
     assert_eq!(bad.status.code(), Some(2), "{}", stderr(&bad));
 }
+
+#[test]
+fn init_on_another_task_starts_a_new_head_and_on_the_same_task_keeps_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    write_rte(root, 16, 8);
+    // QNLI's files: RTE's pairs under QNLI's header, the same two labels, so the source's
+    // head would fit and only the task tells it is another one.
+    let qnli = root.join("QNLI");
+    std::fs::create_dir_all(&qnli).unwrap();
+    for split in ["train", "dev"] {
+        let rte = std::fs::read_to_string(root.join("RTE").join(format!("{split}.tsv"))).unwrap();
+        let body = rte.split_once('\n').unwrap().1;
+        std::fs::write(
+            qnli.join(format!("{split}.tsv")),
+            format!("index\tquestion\tsentence\tlabel\n{body}"),
+        )
+        .unwrap();
+    }
+    let s = |p: &std::path::Path| p.to_str().unwrap().to_string();
+    let source = root.join("rte-full");
+    train(
+        &fixture("tiny-bert"),
+        root,
+        &source,
+        &[
+            "--task",
+            "rte",
+            "--method",
+            "full",
+            "--max-steps",
+            "2",
+            "--lr",
+            "1e-2",
+        ],
+    );
+    let head = |task: &str| {
+        let out = root.join(format!("{task}-head"));
+        let (src, data, dir) = (s(&source), s(root), s(&out));
+        let mut args = vec![
+            "train",
+            "--init",
+            &src,
+            "--data-dir",
+            &data,
+            "--output-dir",
+            &dir,
+            "--task",
+            task,
+            "--method",
+            "head",
+            "--max-steps",
+            "1",
+            "--lr",
+            "1e-9",
+        ];
+        args.extend_from_slice(&SMALL);
+        let shown = peft(&args);
+        assert!(shown.status.success(), "{}", stderr(&shown));
+        (
+            tensors(&out.join("last.safetensors"))["classifier.weight"].clone(),
+            stderr(&shown),
+        )
+    };
+    // --init starts from the source's best state.
+    let source_head = tensors(&source.join("trainable.safetensors"))["classifier.weight"].clone();
+    let gap = |a: &candle_core::Tensor| {
+        (a - &source_head)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap()
+    };
+    let (same, said) = head("rte");
+    assert!(
+        gap(&same) < 1e-6,
+        "RTE to RTE keeps the head: {}",
+        gap(&same)
+    );
+    assert!(!said.contains("a new head"), "{said}");
+    let (other, said) = head("qnli");
+    assert!(
+        gap(&other) > 1e-3,
+        "RTE to QNLI starts a new head: {}",
+        gap(&other)
+    );
+    assert!(
+        said.contains("trained on rte: a new head for qnli"),
+        "{said}"
+    );
+}
