@@ -917,9 +917,12 @@ fn ia3_adapters_read_back() {
     assert_eq!(adapter_accuracy(&out, tmp.path()), eval_accuracy(&out));
 }
 
-/// LoReFT as pyreft's LoreftIntervention computes it (scripts/loreft_reference.py): the
-/// outputs of both layers of tiny-bert edited at the first and the last real token, one
-/// rank-2 intervention per group and layer, R under torch's Householder parametrization.
+/// LoReFT as pyreft itself computes it (scripts/loreft_pyreft.py: pyreft 0.1.0's
+/// LoreftIntervention through get_reft_model, run from its own venv, each R's
+/// parametrization swapped for peft's `use_trivialization=False`; scripts/loreft_reference.py,
+/// the formula transcribed into PyTorch, checks the fixture): the outputs of both layers of
+/// tiny-bert edited at the first and the last real token, one rank-2 intervention per group
+/// and layer, R under torch's Householder parametrization.
 /// Logits, loss and the gradients of the Householder vectors, sources and head as the
 /// reference's, and R materialised as torch materialises it. WiSE-FT at 0 edits nothing.
 #[test]
