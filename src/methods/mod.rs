@@ -510,9 +510,12 @@ pub fn is_bias(name: &str) -> bool {
     name.ends_with(".bias") || name.ends_with("_bias")
 }
 
-/// transformers' convention: no weight decay on biases and LayerNorm parameters.
+/// transformers' convention: no weight decay on biases and LayerNorm parameters. Nor on
+/// LoReFT's interventions: pyreft's trainer never decays them, whatever its weight decay
+/// (transformers picks decayed parameters by name, and pyvene names them otherwise), and
+/// decay would pull R's Householder vectors off the orthonormal R they stand for.
 pub fn decays(name: &str) -> bool {
-    !(is_bias(name) || is_layernorm(name))
+    !(is_bias(name) || is_layernorm(name) || name.contains(".loreft."))
 }
 
 #[cfg(test)]
@@ -701,6 +704,9 @@ mod tests {
         assert!(!decays("encoder.layer.0.attention.self.q_bias"));
         assert!(is_bias("encoder.layer.0.attention.self.v_bias"));
         assert!(!decays("embeddings.LayerNorm.weight"));
+        assert!(!decays("encoder.layer.3.loreft.first.rotate"));
+        assert!(!decays("encoder.layer.3.loreft.first.source.weight"));
+        assert!(decays("classifier.weight"));
     }
 
     #[test]

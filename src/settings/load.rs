@@ -28,6 +28,7 @@ pub const RECIPES: &[(&str, &str)] = &[
         include_str!("../../configs/lora-roberta-base.toml"),
     ),
     ("layernorm", include_str!("../../configs/layernorm.toml")),
+    ("loreft", include_str!("../../configs/loreft.toml")),
     ("bitfit", include_str!("../../configs/bitfit.toml")),
     ("full", include_str!("../../configs/full.toml")),
 ];
@@ -42,6 +43,7 @@ flags override it. The papers' recipes, each citing its source, are in configs/ 
   ina-paper          InA in the paper's GELU form, on query and key
   lora-roberta-base  LoRA's GLUE settings for RoBERTa-base (Hu et al., 2022)
   layernorm          LayerNorm only (ValizadehAslani & Liang, 2024)
+  loreft             LoReFT as pyreft's GLUE example (Wu et al., 2024)
   bitfit             BitFit (Ben Zaken et al., 2022)
   full               full fine-tuning as BERT's paper (Devlin et al., 2019)";
 
