@@ -11,6 +11,8 @@ use crate::train::fit::{fit, INTERRUPTED};
 
 /// Print the config, train, print the best and last evaluations.
 pub fn train_one(cfg: &TrainConfig, overwrite: bool, resume: bool) -> Result<()> {
+    // As it will train and be recorded: default adapter targets fitted to the model.
+    let cfg = &crate::run::setup::fit_to_model(cfg)?;
     println!(
         "# resolved config (usable as --config)\n{}",
         toml::to_string(&cfg.flat())?.trim_end()

@@ -113,8 +113,8 @@ fn plan(cfg: &TrainConfig, overwrite: bool) -> Result<Plan> {
     if overwrite || !dir.join(run_dir::CONFIG).exists() {
         return Ok(Plan::Train);
     }
-    let saved = RunInfo::load(dir)?.train;
-    let differ = differing_keys(&saved, cfg)?;
+    let saved = RunInfo::load(dir)?;
+    let differ = differing_keys(&saved.train, &crate::run::setup::fit_like(cfg, &saved))?;
     if !differ.is_empty() {
         return Err(user(format!(
             "{} already holds a run with other settings ({} differ); pass --overwrite to \

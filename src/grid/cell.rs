@@ -92,8 +92,8 @@ pub fn claim(cell: &Cell) -> Result<Claim> {
     } else {
         // Named by the hash of its settings, the directory holds this cell's run; a
         // differing config would be a hand-edited one, not to be trained over silently.
-        let saved = RunInfo::load(d)?.train;
-        if saved != cell.cfg {
+        let saved = RunInfo::load(d)?;
+        if saved.train != crate::run::setup::fit_like(&cell.cfg, &saved) {
             crate::user_bail!(
                 "{} holds a run with other settings than cell {}; move it away",
                 d.display(),

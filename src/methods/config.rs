@@ -6,6 +6,7 @@
 use anyhow::Result;
 
 use super::{MethodSpec, Methods};
+use crate::model::family::{Family, Projections};
 
 /// The methods with settings of their own, each by the module that declares them
 /// (`method_settings!`): `group: module`. A method whose settings another shares (DoRA
@@ -124,6 +125,43 @@ groups!(
 );
 
 impl MethodConfig {
+    /// Adapter targets as the model's family takes them. The methods' default targets name
+    /// projections that DeBERTa v1 fuses into one `in_proj`; on such a family a default
+    /// becomes PEFT's default for it (`in_proj` for LoRA, DoRA and InA, `in_proj` and
+    /// `output.dense` for IA3), as PEFT picks when no targets are given. Targets a user
+    /// named are kept as named, and refused when the model is built if they name nothing.
+    pub fn fit_to(&mut self, family: &Family) {
+        use super::{ia3, ina, lora};
+        if family.projections != Projections::Fused {
+            return;
+        }
+        let names = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let lora_default = lora::Flags::default()
+            .resolve(&Methods::one(lora::METHOD))
+            .map(|s| s.targets);
+        if let Some(s) = &mut self.lora {
+            if lora_default.as_ref().is_ok_and(|d| *d == s.targets) {
+                s.targets = names(family.peft_lora_targets);
+            }
+        }
+        let ina_default = ina::Flags::default()
+            .resolve(&Methods::one(ina::METHOD))
+            .map(|s| s.targets);
+        if let Some(s) = &mut self.ina {
+            if ina_default.as_ref().is_ok_and(|d| *d == s.targets) {
+                s.targets = names(family.peft_lora_targets);
+            }
+        }
+        let ia3_default = ia3::Flags::default()
+            .resolve(&Methods::one(ia3::METHOD))
+            .map(|s| s.targets);
+        if let Some(s) = &mut self.ia3 {
+            if ia3_default.as_ref().is_ok_and(|d| *d == s.targets) {
+                s.targets = names(family.peft_ia3_targets);
+            }
+        }
+    }
+
     /// The method with the settings its selection reads; `seed` is the run's.
     pub fn spec(&self, seed: u64) -> MethodSpec {
         MethodSpec {
@@ -135,50 +173,64 @@ impl MethodConfig {
 
 #[cfg(test)]
 mod tests {
-    /// Our default targets, in each family's module names, are PEFT's defaults for it:
-    /// where a family's default is a module we cannot wrap (DeBERTa v1's fused `in_proj`)
-    /// the target is refused, not replaced by another.
+    /// Our default targets, in each family's module names and fitted to it, are PEFT's
+    /// defaults for it; a target a user names on DeBERTa v1 is kept as named.
     #[test]
     fn default_targets_are_peft_defaults_for_every_family() {
-        use crate::methods::{ia3, lora, Methods};
-        use crate::model::family::{Family, Projections, FAMILIES};
-        let lora = lora::Flags::default()
-            .resolve(&Methods::one(lora::METHOD))
-            .unwrap();
-        let ia3 = ia3::Flags::default()
-            .resolve(&Methods::one(ia3::METHOD))
-            .unwrap();
+        use crate::methods::{ia3, ina, lora, MethodFlags, Methods};
+        use crate::model::family::{Family, FAMILIES};
         for f in &FAMILIES {
             assert_eq!(Family::of_model_type(f.model_type).unwrap().arch, f.arch);
             assert_eq!(f.arch.family().model_type, f.model_type);
+            let fitted = |method: Methods| {
+                let mut c = MethodFlags::default().resolve(method).unwrap();
+                c.fit_to(f);
+                c
+            };
+            let (l, i, a) = (
+                fitted(lora::METHOD.into()).lora.unwrap(),
+                fitted(ina::METHOD.into()).ina.unwrap(),
+                fitted(ia3::METHOD.into()).ia3.unwrap(),
+            );
+            // InA is no PEFT method: its default (query, key, value, the authors') stays
+            // where it names modules, and becomes LoRA's PEFT default on DeBERTa v1.
+            let fused = f.projections == crate::model::family::Projections::Fused;
+            let ina_peft = if fused { f.peft_lora_targets } else { &[] };
             for (ours, peft) in [
-                (&lora.targets, f.peft_lora_targets),
-                (&ia3.targets, f.peft_ia3_targets),
+                (&l.targets, f.peft_lora_targets),
+                (&i.targets, ina_peft),
+                (&a.targets, f.peft_ia3_targets),
             ] {
                 if peft.is_empty() {
                     continue;
                 }
-                let modules: Result<Vec<String>, String> =
-                    ours.iter().map(|t| f.adapter_module(t)).collect();
-                match modules {
-                    // PEFT matches a target as a suffix of the module's path.
-                    Ok(m) => {
-                        for (module, p) in m.iter().zip(peft) {
-                            assert!(
-                                module.ends_with(p),
-                                "{}: {module} vs PEFT's {p}",
-                                f.model_type
-                            );
-                        }
-                        assert_eq!(m.len(), peft.len(), "{}", f.model_type);
-                    }
-                    Err(e) => assert!(
-                        f.projections == Projections::Fused && peft.contains(&"in_proj"),
-                        "{}: {e}",
+                let modules: Vec<String> =
+                    ours.iter().map(|t| f.adapter_module(t).unwrap()).collect();
+                // PEFT matches a target as a suffix of the module's path.
+                for (module, p) in modules.iter().zip(peft) {
+                    assert!(
+                        module.ends_with(p),
+                        "{}: {module} vs PEFT's {p}",
                         f.model_type
-                    ),
+                    );
                 }
+                assert_eq!(modules.len(), peft.len(), "{}", f.model_type);
             }
         }
+        let v1 = crate::model::Arch::Deberta.family();
+        let mut named = MethodFlags {
+            lora: lora::Flags {
+                lora_targets: Some(vec!["output.dense".into()]),
+                ..Default::default()
+            },
+            ..Default::default()
+        }
+        .resolve(lora::METHOD.into())
+        .unwrap();
+        named.fit_to(v1);
+        assert_eq!(named.lora.unwrap().targets, ["output.dense"]);
+        assert!(v1.adapter_module("query").unwrap_err().contains("in_proj"));
+        let bert = crate::model::Arch::Bert.family();
+        assert!(bert.adapter_module("in_proj").is_err());
     }
 }

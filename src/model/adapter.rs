@@ -40,11 +40,13 @@ use serde::{Deserialize, Serialize};
 use super::ctx::{Ctx, Dropout};
 use super::params::{Init, Path};
 
-/// Modules an adapter may wrap, by their path inside a layer.
+/// Modules an adapter may wrap, by their path inside a layer. `in_proj` is DeBERTa v1's
+/// fused query-key-value projection (`attention.self.in_proj`), which PEFT wraps whole.
 pub const TARGETS: &[&str] = &[
     "query",
     "key",
     "value",
+    "in_proj",
     "attention.output.dense",
     "intermediate.dense",
     "output.dense",

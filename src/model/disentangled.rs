@@ -57,13 +57,16 @@ pub struct Disentangled {
 
 impl Disentangled {
     /// `path`: the layer's `attention.self`. Adapters wrap the projections users name
-    /// `query`, `key`, `value` (v2's `*_proj`; v1's fused projection takes none).
+    /// `query`, `key`, `value` (v2's `*_proj`), or v1's fused `in_proj` whole.
     pub fn load(path: &Path, cfg: &ModelConfig, adapters: Option<&AdapterConfig>) -> Result<Self> {
         let d = cfg.deberta()?;
         let h = cfg.hidden_size;
         let projections = match cfg.model_type {
             Arch::Deberta => Projections::Fused {
-                in_proj: Linear::load_without_bias(&path.pp("in_proj"), h, 3 * h)?,
+                in_proj: Linear::load_without_bias(&path.pp("in_proj"), h, 3 * h)?.with_adapter(
+                    &path.pp("in_proj"),
+                    adapters.filter(|a| a.wraps("attention.self.in_proj")),
+                )?,
                 q_bias: path.get("q_bias", &[h])?,
                 v_bias: path.get("v_bias", &[h])?,
             },

@@ -78,7 +78,8 @@ pub enum Projections {
     Separate,
     /// `attention.self.{query,key,value}_proj` (DeBERTa v2 and v3).
     Suffixed,
-    /// One fused `attention.self.in_proj` (DeBERTa v1): no per-projection adapter.
+    /// One fused `attention.self.in_proj` (DeBERTa v1): adapters wrap it whole (target
+    /// `in_proj`, as PEFT does), never one projection of it.
     Fused,
 }
 
@@ -186,7 +187,14 @@ impl Family {
             Projections::Fused if projection => Err(format!(
                 "adapter target `{target}`: {} computes query, key and value with one fused \
                  `attention.self.in_proj`, which a {target}-only adapter cannot wrap; target \
-                 attention.output.dense, intermediate.dense or output.dense",
+                 in_proj (all three, PEFT's default there), attention.output.dense, \
+                 intermediate.dense or output.dense",
+                self.name
+            )),
+            Projections::Fused if target == "in_proj" => Ok("attention.self.in_proj".into()),
+            _ if target == "in_proj" => Err(format!(
+                "adapter target `in_proj`: only DeBERTa v1 fuses its projections into one \
+                 in_proj; {} has query, key and value: target those",
                 self.name
             )),
             Projections::Suffixed if projection => Ok(format!("attention.self.{target}_proj")),

@@ -75,6 +75,28 @@ pub fn encoder(
 
 /// The adapter a run with lora, dora, ina, ia3 or loreft adds: each builds its own from its
 /// settings (parsing allows one adapter kind per run).
+/// The settings as the model's family takes them ([`crate::methods::MethodConfig::fit_to`]):
+/// what a new run trains and records.
+pub fn fit_to_model(cfg: &TrainConfig) -> Result<TrainConfig> {
+    let mut cfg = cfg.clone();
+    if adapter(&cfg).is_some() {
+        let dir = crate::model::hub::resolve(&cfg.model.model, cfg.model.revision.as_deref())?;
+        let arch = crate::model::ModelConfig::load(&dir)?.model_type;
+        cfg.method.fit_to(arch.family());
+    }
+    Ok(cfg)
+}
+
+/// `cfg` fitted as the run `info` was ([`fit_to_model`] with the base it recorded), to
+/// compare a planned run with one already there without reading the hub.
+pub fn fit_like(cfg: &TrainConfig, info: &crate::run::dir::RunInfo) -> TrainConfig {
+    let mut cfg = cfg.clone();
+    if let Ok(m) = crate::model::ModelConfig::load(&info.base.path) {
+        cfg.method.fit_to(m.model_type.family());
+    }
+    cfg
+}
+
 pub fn adapter(cfg: &TrainConfig) -> Option<AdapterConfig> {
     let m = &cfg.method;
     if let Some(s) = &m.lora {

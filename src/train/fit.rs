@@ -85,6 +85,8 @@ pub fn fit(cfg: &TrainConfig, overwrite: bool, resume: bool) -> Result<Summary> 
 }
 
 fn fit_locked(cfg: &TrainConfig, overwrite: bool, resume: bool) -> Result<Summary> {
+    // Default adapter targets as the model's family takes them, recorded so.
+    let cfg = &crate::run::setup::fit_to_model(cfg)?;
     let (mut run, mut p) = Run::prepare(cfg, overwrite, resume)?;
     let epochs = run.total.div_ceil(run.steps_per_epoch);
     'epochs: for epoch in p.epoch..epochs {

@@ -631,7 +631,61 @@ fn eval_scores_a_peft_adapter_as_python_does() {
     scores_as_python("peft-lora-trained");
 }
 
+/// PEFT's own LoRA, DoRA and IA3 on DeBERTa v1 with PEFT's default targets, its fused
+/// `in_proj` (and IA3's `output.dense`), trained and saved by PEFT
+/// (`scripts/peft_deberta_v1.py`): read by `eval --adapter`, every example's probabilities
+/// within 1e-5 of PEFT's.
+#[test]
+fn peft_adapters_on_deberta_v1_in_proj_score_as_python() {
+    for kind in ["lora", "dora", "ia3"] {
+        let name = format!("peft-deberta-v1/{kind}");
+        let fx = Path::new(&fixture(&name)).join("expected.json");
+        let expected: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(fx).unwrap()).unwrap();
+        assert_eq!(
+            expected["targets"][0], "in_proj",
+            "{kind}: PEFT's default for DeBERTa v1"
+        );
+        scores_as_python_on(&name, "tiny-deberta");
+    }
+}
+
 fn scores_as_python(name: &str) {
+    let (tmp, glue) = scores_as_python_on(name, "tiny-bert");
+    let fx = Path::new(&fixture(name)).to_path_buf();
+    // A config that claims DoRA while the file holds no magnitudes is refused by name.
+    let bad = tmp.path().join("dora");
+    std::fs::create_dir_all(&bad).unwrap();
+    std::fs::copy(
+        fx.join("adapter_model.safetensors"),
+        bad.join("adapter_model.safetensors"),
+    )
+    .unwrap();
+    let mut cfg: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(fx.join("adapter_config.json")).unwrap())
+            .unwrap();
+    cfg["use_dora"] = true.into();
+    std::fs::write(bad.join("adapter_config.json"), cfg.to_string()).unwrap();
+    let out = peft(&[
+        "eval",
+        "--adapter",
+        bad.to_str().unwrap(),
+        "--model",
+        &fixture("tiny-bert"),
+        "--task",
+        "rte",
+        "--data-dir",
+        glue.to_str().unwrap(),
+    ]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("use_dora"), "{err}");
+}
+
+/// Score fixture `name`'s dev rows with `eval --adapter` over `model`, and check each
+/// probability against the Python reference's within 1e-5; the temporary folder and the
+/// GLUE folder it wrote.
+fn scores_as_python_on(name: &str, model: &str) -> (tempfile::TempDir, std::path::PathBuf) {
     let tmp = tempfile::tempdir().unwrap();
     let fx = Path::new(&fixture(name)).to_path_buf();
     let expected: serde_json::Value =
@@ -656,7 +710,7 @@ fn scores_as_python(name: &str) {
         "--adapter",
         fx.to_str().unwrap(),
         "--model",
-        &fixture("tiny-bert"),
+        &fixture(model),
         "--task",
         "rte",
         "--data-dir",
@@ -691,33 +745,7 @@ fn scores_as_python(name: &str) {
             assert!((ours - theirs).abs() < 1e-5, "{line}: {ours} vs {theirs}");
         }
     }
-    // A config that claims DoRA while the file holds no magnitudes is refused by name.
-    let bad = tmp.path().join("dora");
-    std::fs::create_dir_all(&bad).unwrap();
-    std::fs::copy(
-        fx.join("adapter_model.safetensors"),
-        bad.join("adapter_model.safetensors"),
-    )
-    .unwrap();
-    let mut cfg: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(fx.join("adapter_config.json")).unwrap())
-            .unwrap();
-    cfg["use_dora"] = true.into();
-    std::fs::write(bad.join("adapter_config.json"), cfg.to_string()).unwrap();
-    let out = peft(&[
-        "eval",
-        "--adapter",
-        bad.to_str().unwrap(),
-        "--model",
-        &fixture("tiny-bert"),
-        "--task",
-        "rte",
-        "--data-dir",
-        glue.to_str().unwrap(),
-    ]);
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(2), "{err}");
-    assert!(err.contains("use_dora"), "{err}");
+    (tmp, glue)
 }
 
 /// rsLoRA (`--lora-rslora`, alpha/√r) trains, exports PEFT's `use_rslora`, and the exported

@@ -491,37 +491,81 @@ fn adapters_train_on_every_family() {
     }
 }
 
-/// DeBERTa v1 has no query or value module of its own for an adapter to wrap: LoRA's
-/// default targets are refused by name, as a user error, before anything trains.
+/// DeBERTa v1 fuses query, key and value into one `in_proj`: the adapters' default
+/// targets become PEFT's defaults there (LoRA `in_proj`, IA3 `in_proj` and
+/// `output.dense`), recorded so; a projection named alone is refused by name, as is
+/// `in_proj` on a family without it, before anything trains.
 #[test]
-fn adapters_on_deberta_v1_projections_are_refused_by_name() {
+fn adapters_on_deberta_v1_take_peft_defaults_and_refuse_single_projections() {
     let tmp = tempfile::tempdir().unwrap();
     write_rte(tmp.path(), 16, 8);
-    let out = tmp.path().join("run");
-    let model = fixture("tiny-deberta");
-    let run = peft(&[
-        "train",
-        "--model",
-        &model,
-        "--data-dir",
-        tmp.path().to_str().unwrap(),
-        "--output-dir",
-        out.to_str().unwrap(),
-        "--task",
-        "rte",
-        "--max-steps",
-        "1",
-        "--max-seq-len",
-        "16",
-        "--method",
-        "lora",
-    ]);
+    let train = |model: &str, dir: &str, extra: &[&str]| {
+        let out = tmp.path().join(dir);
+        let mut args = vec![
+            "train",
+            "--model",
+            model,
+            "--data-dir",
+            tmp.path().to_str().unwrap(),
+            "--output-dir",
+            out.to_str().unwrap(),
+            "--task",
+            "rte",
+            "--max-steps",
+            "1",
+            "--max-seq-len",
+            "16",
+        ];
+        args.extend_from_slice(extra);
+        (peft(&args), out)
+    };
+    let v1 = fixture("tiny-deberta");
+    for (method, key, want) in [
+        ("lora", "lora", vec!["in_proj"]),
+        ("ia3", "ia3", vec!["in_proj", "output.dense"]),
+    ] {
+        let (run, out) = train(&v1, method, &["--method", method]);
+        assert!(run.status.success(), "{method}: {}", stderr(&run));
+        let config: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(out.join("config.json")).unwrap())
+                .unwrap();
+        assert_eq!(
+            config["train"]["method"][key]["targets"],
+            serde_json::json!(want)
+        );
+        let names = tensors(&out.join("last.safetensors"));
+        assert!(
+            names.keys().any(|n| n.contains("attention.self.in_proj.")),
+            "{method}: {:?}",
+            names.keys()
+        );
+        // A sweep run again finds its finished seed under the same (fitted) settings.
+        let sweep = format!("{method}-sweep");
+        for second in [false, true] {
+            let (run, _) = train(&v1, &sweep, &["--method", method, "--seeds", "1"]);
+            assert!(run.status.success(), "{method}: {}", stderr(&run));
+            let shown = String::from_utf8_lossy(&run.stdout);
+            assert_eq!(
+                shown.contains("with these settings: kept"),
+                second,
+                "{shown}"
+            );
+        }
+    }
+    let (run, _) = train(&v1, "q", &["--method", "lora", "--lora-targets", "query"]);
     assert_eq!(run.status.code(), Some(2), "{}", stderr(&run));
     let err = stderr(&run);
     assert!(
         err.contains("adapter target `query`") && err.contains("in_proj"),
         "{err}"
     );
+    let (run, _) = train(
+        &fixture("tiny-bert"),
+        "b",
+        &["--method", "lora", "--lora-targets", "in_proj"],
+    );
+    assert_eq!(run.status.code(), Some(2), "{}", stderr(&run));
+    assert!(stderr(&run).contains("only DeBERTa v1"), "{}", stderr(&run));
 }
 
 /// (method, what its non-adapter part trains, the adapter tensors' mark)
