@@ -264,6 +264,138 @@ fn deberta_log_buckets_match_transformers() {
     }
 }
 
+/// Train mode, dropout on: transformers drawing peft's masks (make_dropout_golden.py
+/// swaps torch's `F.dropout` for peft's hash of seed, call and element), so both sides
+/// drop the same elements only if they call dropout in the same order on tensors of the
+/// same layout: embeddings, each layer's attention probabilities (and DeBERTa's relative
+/// embeddings), both residual branches, each head's dropouts (ELECTRA's two). Logits and
+/// loss to 1e-4, every gradient to 1e-3 relative, and the same number of masks drawn.
+fn check_train_mode(kind: &str) {
+    let dir = fixture(kind);
+    let (cfg, weights) = read_checkpoint(&dir).unwrap();
+    let g = golden(kind);
+    let t =
+        candle_core::safetensors::load(dir.join("train_golden.safetensors"), &Device::Cpu).unwrap();
+    let scalar = |k: &str| t[k].flatten_all().unwrap().to_vec1::<i64>().unwrap()[0] as u64;
+    let store = ParamStore::new(weights, device(), 0, Box::new(|_| true));
+    let model = Model::load(&store, &cfg, Some(3)).unwrap();
+    let ctx = Ctx::train(scalar("seed"));
+    let logits = model
+        .forward(&golden_batch(&g), &ctx)
+        .unwrap()
+        .logits
+        .unwrap();
+    assert_eq!(ctx.calls(), scalar("calls"), "{kind}: dropout masks drawn");
+    let d = max_abs_diff(&logits, &t["logits"]);
+    assert!(d <= 1e-4, "{kind} train-mode logits differ by {d}");
+    let labels = on_device(&g, "labels", DType::U32);
+    let l = loss::cross_entropy(&logits, &labels).unwrap();
+    let d = max_abs_diff(&l.reshape(1).unwrap(), &t["loss"]);
+    assert!(d <= 1e-4, "{kind} train-mode loss differs by {d}");
+    let grads = l.backward().unwrap();
+    let vars = store.vars();
+    for (name, var) in &vars {
+        let key = format!("grad.{}", cfg.model_type.task_model_name(name));
+        let reference = &t[&key];
+        let ours = grads.get(var.as_tensor()).unwrap();
+        let rel = max_abs_diff(ours, reference) / max_abs(reference).max(GRAD_FLOOR);
+        assert!(
+            rel <= 1e-3,
+            "{kind} train-mode gradient of {name} differs by {rel} (relative)"
+        );
+    }
+    let expected = t.keys().filter(|k| k.starts_with("grad.")).count();
+    assert_eq!(vars.len(), expected, "{kind}: every gradient checked");
+}
+
+#[test]
+fn dropout_paths_match_transformers_in_train_mode() {
+    for kind in ["bert", "roberta", "electra", "deberta", "deberta-v2"] {
+        check_train_mode(kind);
+    }
+    with_composed_ops(|| {
+        for kind in ["bert", "roberta", "electra", "deberta", "deberta-v2"] {
+            check_train_mode(kind);
+        }
+    });
+}
+
+/// The adapters' dropout in train mode, as PEFT applies it (make_adapter_dropout_golden.py,
+/// peft's masks in PEFT): LoRA drops its input before lora_A, DoRA feeds the dropped input
+/// to both of its terms; the model's own dropouts on too. LoRA and DoRA (r 4, alpha 8,
+/// dropout 0.1 on query and value, B and magnitudes perturbed) on tiny-bert: the masks
+/// drawn, logits and loss to 1e-5, every trainable gradient to 1e-4 relative.
+fn check_adapter_train_mode(kind: &str) {
+    use peft::model::{AdapterConfig, AdapterKind};
+    let r = candle_core::safetensors::load(
+        crate::common::fixture_dir("adapter-dropout").join(format!("{kind}.safetensors")),
+        &Device::Cpu,
+    )
+    .unwrap();
+    let (cfg, mut weights) = read_checkpoint(&fixture("bert")).unwrap();
+    weights.retain(|k, _| !k.starts_with("classifier"));
+    let learned = |k: &str| k.contains(".lora_") || k.starts_with("classifier");
+    for (k, t) in &r {
+        if !k.starts_with("grad.") && learned(k) {
+            weights.insert(k.clone(), t.clone());
+        }
+    }
+    let store = ParamStore::new(weights, device(), 0, Box::new(move |n| learned(n)));
+    let adapter = AdapterConfig {
+        kind: if kind == "dora" {
+            AdapterKind::Dora
+        } else {
+            AdapterKind::Lora
+        },
+        r: 4,
+        alpha: 8.0,
+        dropout: 0.1,
+        targets: vec!["query".into(), "value".into()],
+        rslora: false,
+    };
+    let model = Model::load_with_adapters(&store, &cfg, Some(2.into()), Some(&adapter)).unwrap();
+    assert!(store.created().is_empty(), "{:?}", store.created());
+    let scalar = |k: &str| r[k].flatten_all().unwrap().to_vec1::<i64>().unwrap()[0] as u64;
+    let ctx = Ctx::train(scalar("seed"));
+    let logits = model.logits(&golden_batch(&golden("bert")), &ctx).unwrap();
+    assert_eq!(ctx.calls(), scalar("calls"), "{kind}: dropout masks drawn");
+    let d = max_abs_diff(&logits, &r["logits"]);
+    assert!(d < 1e-5, "{kind} train-mode logits differ by {d}");
+    let labels = r["labels"]
+        .to_dtype(DType::U32)
+        .unwrap()
+        .to_device(&device())
+        .unwrap();
+    let l = loss::cross_entropy(&logits, &labels).unwrap();
+    let d = max_abs_diff(&l.reshape(1).unwrap(), &r["loss"]);
+    assert!(d < 1e-5, "{kind} train-mode loss differs by {d}");
+    let grads = l.backward().unwrap();
+    let vars = store.vars();
+    for (name, var) in &vars {
+        let want = &r[&format!("grad.{name}")];
+        let got = grads.get(var.as_tensor()).unwrap();
+        let rel = max_abs_diff(got, want) / max_abs(want).max(1e-6);
+        assert!(
+            rel < 1e-4,
+            "{kind} train-mode gradient of {name} differs by {rel}"
+        );
+    }
+    let expected = r.keys().filter(|k| k.starts_with("grad.")).count();
+    assert_eq!(vars.len(), expected, "{kind}: every gradient checked");
+}
+
+#[test]
+fn adapter_dropout_matches_peft_in_train_mode() {
+    for kind in ["lora", "dora"] {
+        check_adapter_train_mode(kind);
+    }
+    with_composed_ops(|| {
+        for kind in ["lora", "dora"] {
+            check_adapter_train_mode(kind);
+        }
+    });
+}
+
 #[test]
 fn composed_ops_match_transformers() {
     with_composed_ops(|| {
