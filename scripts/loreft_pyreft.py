@@ -27,7 +27,8 @@ recipe's LoReftGLUEDataset (so [CLS] and the final [SEP]), handed to pyvene as
 `unit_locations` as ReftTrainerForSequenceClassification hands them; the head trainable
 (`--allow_cls_grad`); the loss as that trainer's (CrossEntropyLoss over the logits).
 Deviations from the recipe, none in the function: eval mode (no dropout: the recipe trains
-with the model's own dropout on); the golden batch's token_type_ids passed (BERT's
+with the model's own dropout on, and LoreftIntervention's 0.05; scripts/loreft_pyreft_train.py
+makes that train-mode fixture); the golden batch's token_type_ids passed (BERT's
 sentence pairs; the recipe's RoBERTa has none); labels i mod 2.
 
 One deviation in how R is parametrized, not in what it computes: pyreft wraps its
@@ -71,9 +72,11 @@ RANK = 2
 FIRST_N, LAST_N = 1, 1  # f1+l1
 
 
-def build(seed=0):
-    """tiny-bert with pyreft's interventions, as the GLUE recipe builds them. Returns the
-    ReftModel and {peft name of an intervention: the pyreft intervention}."""
+def build(seed=0, dropout=0.0):
+    """tiny-bert with pyreft's interventions, as the GLUE recipe builds them, each with
+    LoreftIntervention's `dropout` (0 here; scripts/loreft_pyreft_train.py uses the
+    recipe's 0.05). Returns the ReftModel and {peft name of an intervention: the pyreft
+    intervention}."""
     torch.manual_seed(seed)
     model = AutoModelForSequenceClassification.from_pretrained(
         TINY, num_labels=2, ignore_mismatched_sizes=True, attn_implementation="eager"
@@ -89,7 +92,7 @@ def build(seed=0):
             "intervention": pyreft.LoreftIntervention(
                 embed_dim=d,
                 low_rank_dimension=RANK,
-                dropout=0.0,
+                dropout=dropout,
                 dtype=torch.float32,
                 act_fn=None,
                 device="cpu",

@@ -216,7 +216,7 @@ impl Model {
     }
 
     /// LoReFT's masks of edited tokens per group (none without LoReFT).
-    fn edited(&self, mask: &Tensor) -> Result<Vec<(&'static str, Tensor)>> {
+    fn edited(&self, mask: &Tensor) -> Result<Vec<reft::Edited>> {
         match self.positions {
             Some(p) => p.masks(mask),
             None => Ok(Vec::new()),
@@ -238,16 +238,16 @@ impl Model {
         x: &Tensor,
         mask: &Tensor,
         positions: Option<&relative::Positions>,
-        edited: &[(&'static str, Tensor)],
+        edited: &[reft::Edited],
         ctx: &Ctx,
     ) -> Result<Tensor> {
         let mut x = self.layers[i].forward(x, mask, positions, ctx)?;
         for iv in &self.interventions[i] {
-            let (_, m) = edited
+            let at = edited
                 .iter()
-                .find(|(g, _)| *g == iv.group())
+                .find(|e| e.group == iv.group())
                 .ok_or_else(|| anyhow::anyhow!("no positions for loreft {}", iv.group()))?;
-            x = iv.forward(&x, m, ctx)?;
+            x = iv.forward(&x, at, ctx)?;
         }
         Ok(x)
     }

@@ -67,30 +67,51 @@ impl Positions {
             .collect()
     }
 
-    /// (batch, seq, 1) masks of the edited tokens of each group, from the attention mask
-    /// (batch, seq) of right-padded sequences: the first min(N, len/2) tokens, the last
-    /// min(M, len/2) real ones.
-    pub fn masks(self, attention_mask: &Tensor) -> Result<Vec<(&'static str, Tensor)>> {
+    /// The edited tokens of each group, from the attention mask (batch, seq) of
+    /// right-padded sequences: the first min(N, len/2) tokens, the last min(M, len/2)
+    /// real ones.
+    pub fn masks(self, attention_mask: &Tensor) -> Result<Vec<Edited>> {
         let (b, t) = attention_mask.dims2()?;
         let lens: Vec<f32> = attention_mask.sum(1)?.to_dtype(DType::F32)?.to_vec1()?;
+        // pyreft hands each intervention max(N, M) slots per example, in position order,
+        // the unused ones last (get_intervention_locations).
+        let width = self.first.max(self.last);
+        let none = (b * width) as u32;
         let mut out = Vec::new();
         for group in self.groups() {
             let mut m = vec![0f32; b * t];
+            let mut slot = vec![none; b * t];
             for (row, len) in lens.iter().enumerate() {
                 let len = *len as usize;
                 let range = match group {
                     "first" => 0..self.first.min(len / 2),
                     _ => len - self.last.min(len / 2)..len,
                 };
-                for j in range {
+                for (k, j) in range.enumerate() {
                     m[row * t + j] = 1.0;
+                    slot[row * t + j] = (row * width + k) as u32;
                 }
             }
-            let mask = Tensor::from_vec(m, (b, t, 1), attention_mask.device())?;
-            out.push((group, mask));
+            let device = attention_mask.device();
+            out.push(Edited {
+                group,
+                mask: Tensor::from_vec(m, (b, t, 1), device)?,
+                slot: Tensor::from_vec(slot, b * t, device)?,
+                slots: (b, width),
+            });
         }
         Ok(out)
     }
+}
+
+/// One group's edited tokens: `mask` (batch, seq, 1), one where edited; each token's
+/// `slot` (batch·seq) among the (batch, width) states pyreft gathers for the intervention
+/// (batch·width for a token not edited), which is where its dropout mask is drawn.
+pub struct Edited {
+    pub group: &'static str,
+    pub mask: Tensor,
+    slot: Tensor,
+    slots: (usize, usize),
 }
 
 /// The interventions of a LoReFT run per encoder layer (empty where none), for `layers`
@@ -201,16 +222,25 @@ impl Loreft {
         self.group
     }
 
-    /// Edit `h` (batch, seq, d) where `mask` (batch, seq, 1) is one.
-    pub fn forward(&self, h: &Tensor, mask: &Tensor, ctx: &Ctx) -> Result<Tensor> {
+    /// Edit `h` (batch, seq, d) at the tokens of `at`.
+    pub fn forward(&self, h: &Tensor, at: &Edited, ctx: &Ctx) -> Result<Tensor> {
         let (b, t, d) = h.dims3()?;
         let rows = h.reshape((b * t, d))?;
         let r = rotation_with(&self.rotate, &self.masks)?; // (d, r): R's rows as columns
         let source = rows.matmul(&self.weight.t()?)?.broadcast_add(&self.bias)?;
         let delta = (source - rows.matmul(&r)?)?.matmul(&r.t()?)?;
-        let edited = self.dropout.forward(&(&rows + delta)?, ctx)?;
+        let mut edited = (&rows + delta)?;
+        if self.dropout.active(ctx) {
+            // pyreft drops the gathered (batch, width, d) states: the mask is drawn over
+            // those and each token takes its slot's row (a row of ones past the last).
+            let (n, width) = at.slots;
+            let ones = Tensor::ones((n * width, d), DType::F32, h.device())?;
+            let keep = self.dropout.forward(&ones, ctx)?;
+            let keep = Tensor::cat(&[keep, Tensor::ones((1, d), DType::F32, h.device())?], 0)?;
+            edited = (edited * keep.index_select(&at.slot, 0)?)?;
+        }
         let change = (edited - rows)?.reshape((b, t, d))?;
-        Ok((h + change.broadcast_mul(mask)?)?)
+        Ok((h + change.broadcast_mul(&at.mask)?)?)
     }
 }
 
@@ -364,8 +394,9 @@ mod tests {
         )
         .unwrap();
         let masks = p.masks(&mask).unwrap();
-        let rows = |i: usize| masks[i].1.squeeze(2).unwrap().to_vec2::<f32>().unwrap();
-        assert_eq!(masks[0].0, "first");
+        let rows = |i: usize| masks[i].mask.squeeze(2).unwrap().to_vec2::<f32>().unwrap();
+        let slots = |i: usize| masks[i].slot.to_vec1::<u32>().unwrap();
+        assert_eq!(masks[0].group, "first");
         assert_eq!(
             rows(0),
             [[1., 0., 0., 0., 0., 0.], [1., 0., 0., 0., 0., 0.]]
@@ -375,5 +406,9 @@ mod tests {
             rows(1),
             [[0., 0., 0., 0., 1., 1.], [0., 0., 1., 0., 0., 0.]]
         );
+        // Two slots per row (max(1, 2)), in position order; 4 is no slot.
+        assert_eq!(masks[0].slots, (2, 2));
+        assert_eq!(slots(0), [0, 4, 4, 4, 4, 4, 2, 4, 4, 4, 4, 4]);
+        assert_eq!(slots(1), [4, 4, 4, 4, 0, 1, 4, 4, 2, 4, 4, 4]);
     }
 }

@@ -324,34 +324,47 @@ fn dropout_paths_match_transformers_in_train_mode() {
 /// peft's masks in PEFT): LoRA drops its input before lora_A, DoRA feeds the dropped input
 /// to both of its terms; the model's own dropouts on too. LoRA and DoRA (r 4, alpha 8,
 /// dropout 0.1 on query and value, B and magnitudes perturbed) on tiny-bert: the masks
-/// drawn, logits and loss to 1e-5, every trainable gradient to 1e-4 relative.
+/// drawn, logits and loss to 1e-5, every trainable gradient to 1e-4 relative. And LoReFT
+/// as pyreft trains it (scripts/loreft_pyreft_train.py: dropout 0.05 on the edited states
+/// pyreft gathers, (batch, 1, d) per group for f1+l1, after each layer's own dropouts).
 fn check_adapter_train_mode(kind: &str) {
     use peft::model::{AdapterConfig, AdapterKind};
-    let r = candle_core::safetensors::load(
-        crate::common::fixture_dir("adapter-dropout").join(format!("{kind}.safetensors")),
-        &Device::Cpu,
-    )
-    .unwrap();
+    let path = match kind {
+        "loreft" => crate::common::fixture_dir("loreft").join("train_reference.safetensors"),
+        _ => crate::common::fixture_dir("adapter-dropout").join(format!("{kind}.safetensors")),
+    };
+    let r = candle_core::safetensors::load(path, &Device::Cpu).unwrap();
     let (cfg, mut weights) = read_checkpoint(&fixture("bert")).unwrap();
     weights.retain(|k, _| !k.starts_with("classifier"));
-    let learned = |k: &str| k.contains(".lora_") || k.starts_with("classifier");
+    let learned =
+        |k: &str| k.contains(".lora_") || k.contains(".loreft.") || k.starts_with("classifier");
     for (k, t) in &r {
-        if !k.starts_with("grad.") && learned(k) {
+        if !k.starts_with("grad.") && !k.starts_with("materialised.") && learned(k) {
             weights.insert(k.clone(), t.clone());
         }
     }
     let store = ParamStore::new(weights, device(), 0, Box::new(move |n| learned(n)));
-    let adapter = AdapterConfig {
-        kind: if kind == "dora" {
-            AdapterKind::Dora
-        } else {
-            AdapterKind::Lora
+    let adapter = match kind {
+        "loreft" => AdapterConfig {
+            kind: AdapterKind::Loreft { first: 1, last: 1 },
+            r: 2,
+            alpha: 0.0,
+            dropout: 0.05,
+            targets: vec!["all".into()],
+            rslora: false,
         },
-        r: 4,
-        alpha: 8.0,
-        dropout: 0.1,
-        targets: vec!["query".into(), "value".into()],
-        rslora: false,
+        _ => AdapterConfig {
+            kind: if kind == "dora" {
+                AdapterKind::Dora
+            } else {
+                AdapterKind::Lora
+            },
+            r: 4,
+            alpha: 8.0,
+            dropout: 0.1,
+            targets: vec!["query".into(), "value".into()],
+            rslora: false,
+        },
     };
     let model = Model::load_with_adapters(&store, &cfg, Some(2.into()), Some(&adapter)).unwrap();
     assert!(store.created().is_empty(), "{:?}", store.created());
@@ -386,11 +399,11 @@ fn check_adapter_train_mode(kind: &str) {
 
 #[test]
 fn adapter_dropout_matches_peft_in_train_mode() {
-    for kind in ["lora", "dora"] {
+    for kind in ["lora", "dora", "loreft"] {
         check_adapter_train_mode(kind);
     }
     with_composed_ops(|| {
-        for kind in ["lora", "dora"] {
+        for kind in ["lora", "dora", "loreft"] {
             check_adapter_train_mode(kind);
         }
     });
