@@ -87,7 +87,8 @@ fn an_old_run_scores_as_the_old_binary_did_and_every_reader_takes_it() {
         let run = old_run(root, method);
         let r = run.to_str().unwrap();
         // The same logits as the binary that wrote the run: its adapters, LayerNorm
-        // tensors and head are all read.
+        // tensors and head are all read. Up to rounding: gemm blocks its sums by the
+        // machine's cache sizes, so another CPU may round an ulp apart (1.5e-8 seen).
         let preds = root.join(format!("{method}.jsonl"));
         run_ok(&[
             "eval",
@@ -97,7 +98,8 @@ fn an_old_run_scores_as_the_old_binary_did_and_every_reader_takes_it() {
             preds.to_str().unwrap(),
         ]);
         let old = logits(&fixture_dir("old-runs").join(format!("{method}.predictions.jsonl")));
-        assert_eq!(max_diff(&logits(&preds), &old), 0.0, "{method}");
+        let d = max_diff(&logits(&preds), &old);
+        assert!(d <= 1e-6, "{method}: logits differ by {d}");
 
         let out = run_ok(&[
             "predict",
