@@ -14,6 +14,7 @@ pub(crate) mod gelu;
 pub(crate) mod layernorm;
 pub(crate) mod linear;
 pub(crate) mod matmul;
+pub(crate) mod per_example;
 pub mod simd;
 #[cfg(test)]
 mod tests;

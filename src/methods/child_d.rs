@@ -50,4 +50,7 @@ impl MethodDef for ChildD {
     fn update_rule(&self) -> UpdateRule {
         UpdateRule::ChildTuning
     }
+    fn ranks(&self, name: &str) -> bool {
+        is_encoder_layer(name)
+    }
 }

@@ -151,6 +151,9 @@ impl MethodDef for FisherLayernorm {
     fn chooses(&self, name: &str, _scope: &Scope) -> bool {
         is_layernorm(name)
     }
+    fn ranks(&self, name: &str) -> bool {
+        is_layernorm(name)
+    }
     fn masks(&self, cx: &MaskContext) -> Result<MaskPlan> {
         subset::masks(
             cx,

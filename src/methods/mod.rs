@@ -133,6 +133,11 @@ pub trait MethodDef: Sync {
     fn update_rule(&self) -> UpdateRule {
         UpdateRule::Torch
     }
+    /// For a Fisher-ranked method: whether it ranks tensor `name` (the Fisher estimate
+    /// is taken over these alone).
+    fn ranks(&self, _name: &str) -> bool {
+        false
+    }
 }
 
 /// A method, as the rest of the crate holds it: a handle to its [`MethodDef`], compared
@@ -318,6 +323,11 @@ impl Methods {
 
     pub fn needs_fisher(&self) -> bool {
         self.0.iter().any(|m| m.needs_fisher())
+    }
+
+    /// Whether a part ranks tensor `name` by Fisher information.
+    pub fn ranks(&self, name: &str) -> bool {
+        self.0.iter().any(|m| m.0.ranks(name))
     }
 
     pub fn takes_fraction(&self) -> bool {

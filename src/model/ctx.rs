@@ -1,10 +1,11 @@
 //! The state of one forward pass (training or not, graph or not, dropout's mask keys) and
 //! dropout itself, which is all that state is for.
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
+use std::collections::HashSet;
 
 use anyhow::Result;
-use candle_core::Tensor;
+use candle_core::{Tensor, TensorId, Var};
 
 use crate::kernels::dropout;
 
@@ -18,6 +19,63 @@ pub struct Ctx {
     seed: u64,
     calls: Cell<u64>,
     precision: Precision,
+    /// Where LayerNorms and biased linear layers leave what per-example gradients of their
+    /// parameters are made of ([`Ctx::probing`]); None in every other forward.
+    probes: Option<RefCell<Probes>>,
+}
+
+/// What a probing forward left: the probes, and the tensors also used on an input the
+/// batch shares (their per-example gradients cannot be had from probes).
+#[derive(Default)]
+pub struct Probes {
+    pub list: Vec<Probe>,
+    pub shared: Vec<TensorId>,
+    /// The tensors whose per-example gradients are wanted: a layer with none of them
+    /// among its own gets no probe (each costs a gradient of its output).
+    wanted: HashSet<TensorId>,
+}
+
+/// What one layer left for per-example gradients: its output had `out`, a zero variable
+/// of its shape, added, so the backward's gradient of `out` is the gradient of the output;
+/// with the layer's input, each example's gradient of a LayerNorm's gain and bias or a
+/// bias is a sum over its own tokens (as Opacus and BackPACK form per-sample gradients).
+pub struct Probe {
+    pub kind: ProbeKind,
+    /// The layer's input: (batch, seq, width) for a token stream, (batch, width) for a
+    /// pooled one, anything else (DeBERTa's relative embeddings) for an input shared by
+    /// the batch, whose per-example gradients a probe cannot tell apart.
+    pub input: Tensor,
+    pub out: Var,
+}
+
+pub enum ProbeKind {
+    /// Ids of the gain and bias tensors, and the layer's eps.
+    LayerNorm {
+        weight: TensorId,
+        bias: TensorId,
+        eps: f64,
+    },
+    /// Ids of a linear layer's weight and bias; the probe's input is what multiplies the
+    /// weight, so example b's weight gradient is Σ_t dy_bt x_btᵀ.
+    Linear {
+        weight: TensorId,
+        bias: Option<TensorId>,
+    },
+    /// Lookup tables summed into one output (word, token-type and position embeddings),
+    /// each with the rows its tokens read, (batch, seq): example b's gradient of row r is
+    /// the sum of dy_bt over its tokens that read r.
+    Lookup { tables: Vec<(TensorId, Tensor)> },
+}
+
+impl ProbeKind {
+    /// The tensors whose gradients the probe gives.
+    pub fn ids(&self) -> Vec<TensorId> {
+        match self {
+            ProbeKind::LayerNorm { weight, bias, .. } => vec![*weight, *bias],
+            ProbeKind::Linear { weight, bias } => std::iter::once(*weight).chain(*bias).collect(),
+            ProbeKind::Lookup { tables } => tables.iter().map(|(id, _)| *id).collect(),
+        }
+    }
 }
 
 /// What the linear layers' and attention's products compute in (`--precision`). bf16 is
@@ -50,6 +108,63 @@ impl Ctx {
             seed: 0,
             calls: Cell::new(0),
             precision: Precision::F32,
+            probes: None,
+        }
+    }
+
+    /// As [`Ctx::eval`] (dropout off, a graph), with probes on the layers that hold any
+    /// of `wanted`: per-example Fisher in batches.
+    pub fn probing(wanted: HashSet<TensorId>) -> Self {
+        Self {
+            probes: Some(RefCell::new(Probes {
+                wanted,
+                ..Probes::default()
+            })),
+            ..Self::eval()
+        }
+    }
+
+    /// Whether this forward probes a layer holding `id`.
+    pub fn probes(&self, id: TensorId) -> bool {
+        self.probes
+            .as_ref()
+            .is_some_and(|p| p.borrow().wanted.contains(&id))
+    }
+
+    /// The probes this forward left, taken out.
+    pub fn take_probes(&self) -> Probes {
+        self.probes
+            .as_ref()
+            .map(|p| std::mem::take(&mut *p.borrow_mut()))
+            .unwrap_or_default()
+    }
+
+    /// `y` with a probe of `kind` on it when probing for any of its tensors, else `y`.
+    pub(crate) fn probe(&self, kind: ProbeKind, input: &Tensor, y: Tensor) -> Result<Tensor> {
+        let Some(probes) = &self.probes else {
+            return Ok(y);
+        };
+        if !kind
+            .ids()
+            .iter()
+            .any(|id| probes.borrow().wanted.contains(id))
+        {
+            return Ok(y);
+        }
+        let out = Var::zeros(y.shape(), y.dtype(), y.device())?;
+        let y = (y + out.as_tensor())?;
+        probes.borrow_mut().list.push(Probe {
+            kind,
+            input: input.clone(),
+            out,
+        });
+        Ok(y)
+    }
+
+    /// Say, when probing, that `tensors` also act on an input the batch shares.
+    pub(crate) fn shared(&self, tensors: &[TensorId]) {
+        if let Some(p) = &self.probes {
+            p.borrow_mut().shared.extend_from_slice(tensors);
         }
     }
 

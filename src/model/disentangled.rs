@@ -136,12 +136,12 @@ impl Disentangled {
         {
             let rows = self.pos_dropout.forward(&pos.rows, ctx)?;
             if let Some(proj) = &self.pos_key {
-                let c2p = self.against_positions(&q, &proj.forward(&rows, ctx)?)?;
+                let c2p = self.against_positions(&q, &proj.forward_shared(&rows, ctx)?)?;
                 scores = (scores + self.gather(&c2p, &pos.index)?.transpose(0, 1)?)?;
             }
             if let Some(proj) = &self.pos_query {
                 // Rows are keys here: gather (key j, query i), then swap to (i, j).
-                let p2c = self.against_positions(&k, &proj.forward(&rows, ctx)?)?;
+                let p2c = self.against_positions(&k, &proj.forward_shared(&rows, ctx)?)?;
                 let p2c = self.gather(&p2c, &pos.index_t)?;
                 scores = (scores + p2c.transpose(0, 1)?.transpose(2, 3)?)?;
             }

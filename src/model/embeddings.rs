@@ -10,7 +10,7 @@ use anyhow::Result;
 use candle_core::{DType, Tensor};
 
 use super::config::{Arch, ModelConfig};
-use super::nn::{Ctx, Dropout, LayerNorm, Linear};
+use super::nn::{Ctx, Dropout, LayerNorm, Linear, ProbeKind};
 use super::params::Path;
 
 pub struct Embeddings {
@@ -76,8 +76,11 @@ impl Embeddings {
         let (b, t) = input_ids.dims2()?;
         let e = self.word.dim(1)?;
         let mut x = self.word.index_select(&input_ids.flatten_all()?, 0)?;
+        // What each table's rows were read by, for per-example Fisher (Ctx::probing).
+        let mut tables = vec![(self.word.id(), input_ids.clone())];
         if let Some(types) = &self.token_type {
             x = (x + types.index_select(&token_type_ids.flatten_all()?, 0)?)?;
+            tables.push((types.id(), token_type_ids.clone()));
         }
         if let Some(position) = &self.position {
             let max_pos = position.dim(0)?;
@@ -90,12 +93,14 @@ impl Embeddings {
             }
             let positions = self.position_ids(input_ids)?;
             x = (x + position.index_select(&positions.flatten_all()?, 0)?)?;
+            tables.push((position.id(), positions));
         }
-        let mut x = x.reshape((b, t, e))?;
+        let x = x.reshape((b, t, e))?;
+        let mut x = ctx.probe(ProbeKind::Lookup { tables }, input_ids, x)?;
         if let Some(p) = &self.project {
             x = p.forward(&x, ctx)?;
         }
-        let mut x = self.layer_norm.forward(&x)?;
+        let mut x = self.layer_norm.forward(&x, ctx)?;
         if self.arch.is_deberta() {
             x = x.broadcast_mul(&mask.to_dtype(DType::F32)?.unsqueeze(2)?)?;
         }

@@ -126,7 +126,7 @@ impl AddNorm {
 
     fn add_norm(&self, y: Tensor, residual: &Tensor, ctx: &Ctx) -> Result<Tensor> {
         let s = dropout::dropout_add(&y, residual, self.dropout.op(ctx))?;
-        self.layer_norm.forward(&s)
+        self.layer_norm.forward(&s, ctx)
     }
 }
 

@@ -9,7 +9,7 @@ use candle_core::Tensor;
 
 use super::adapter::{Adapter, AdapterConfig, AdapterKind, Ia3};
 use super::config::Activation;
-pub use super::ctx::{Ctx, Dropout, Precision};
+pub use super::ctx::{Ctx, Dropout, Precision, Probe, ProbeKind, Probes};
 use super::params::{Init, Path};
 use crate::kernels::{gelu, layernorm, linear};
 
@@ -81,6 +81,40 @@ impl Linear {
 
 impl Linear {
     pub fn forward(&self, x: &Tensor, ctx: &Ctx) -> Result<Tensor> {
+        let y = self.forward_unprobed(x, ctx)?;
+        self.probed(x, y, ctx)
+    }
+
+    /// The output with a probe on it when the forward probes (see [`Ctx::probing`]). With
+    /// an adapter or IA3 vectors the output's gradient is not the weight product's (DoRA
+    /// renormalises the weight, IA3 scales), so the layer's tensors are left to the
+    /// one-example-at-a-time estimate.
+    fn probed(&self, x: &Tensor, y: Tensor, ctx: &Ctx) -> Result<Tensor> {
+        if self.adapter.is_some() || self.ia3.is_some() {
+            self.mark_shared(ctx);
+            return Ok(y);
+        }
+        let kind = ProbeKind::Linear {
+            weight: self.weight.id(),
+            bias: self.bias.as_ref().map(|b| b.id()),
+        };
+        ctx.probe(kind, x, y)
+    }
+
+    fn mark_shared(&self, ctx: &Ctx) {
+        let mut ids = vec![self.weight.id()];
+        ids.extend(self.bias.as_ref().map(|b| b.id()));
+        ctx.shared(&ids);
+    }
+
+    /// Over an input the whole batch shares (DeBERTa's relative embeddings): no probe, and
+    /// the layer's tensors marked as out of a probe's reach.
+    pub fn forward_shared(&self, x: &Tensor, ctx: &Ctx) -> Result<Tensor> {
+        self.mark_shared(ctx);
+        self.forward_unprobed(x, ctx)
+    }
+
+    fn forward_unprobed(&self, x: &Tensor, ctx: &Ctx) -> Result<Tensor> {
         self.on_rows(x, |x| {
             let scaled;
             let x = match &self.ia3 {
@@ -106,13 +140,18 @@ impl Linear {
     }
 
     /// forward(act(z)), with exact GELU inside the linear op where nothing else needs
-    /// act(z) (no adapter), so that it is never stored.
+    /// act(z) (no adapter, no probe on the weight's input), so that it is never stored.
     pub fn forward_after(&self, z: &Tensor, act: Activation, ctx: &Ctx) -> Result<Tensor> {
         match (&self.adapter, act, &self.bias) {
             (None, Activation::Gelu, Some(b))
-                if self.ia3.is_none() && ctx.precision() == Precision::F32 =>
+                if self.ia3.is_none()
+                    && ctx.precision() == Precision::F32
+                    && !ctx.probes(self.weight.id()) =>
             {
-                self.on_rows(z, |z| linear::gelu_linear(z, &self.weight, b))
+                let y = self.on_rows(z, |z| linear::gelu_linear(z, &self.weight, b))?;
+                // Only the bias's gradients can be wanted of this probe: its input, z
+                // rather than act(z), is never read.
+                self.probed(z, y, ctx)
             }
             _ => self.forward(&activate(z, act)?, ctx),
         }
@@ -158,8 +197,20 @@ impl LayerNorm {
 }
 
 impl LayerNorm {
-    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+    /// Over an input the whole batch shares (DeBERTa's relative embeddings): no probe,
+    /// since no example's gradient can be told apart there.
+    pub fn forward_shared(&self, x: &Tensor) -> Result<Tensor> {
         layernorm::layer_norm(x, &self.weight, &self.bias, self.eps)
+    }
+
+    pub fn forward(&self, x: &Tensor, ctx: &Ctx) -> Result<Tensor> {
+        let y = self.forward_shared(x)?;
+        let kind = ProbeKind::LayerNorm {
+            weight: self.weight.id(),
+            bias: self.bias.id(),
+            eps: self.eps,
+        };
+        ctx.probe(kind, x, y)
     }
 }
 
@@ -209,23 +260,23 @@ mod tests {
         let t = |shape: &[usize]| Tensor::ones(shape, DType::F32, dev).unwrap();
         let ln = LayerNorm::new(t(&[4]), t(&[4]), 1e-12);
         // The kernel wrote rows of 4: 8 of these 10 outputs, the rest uninitialised.
-        let err = ln.forward(&t(&[2, 5])).unwrap_err().to_string();
+        let err = ln.forward_shared(&t(&[2, 5])).unwrap_err().to_string();
         assert!(err.contains("[2, 5]") && err.contains("[4]"), "{err}");
         // As many elements as two rows of 4, in rows of 8: normalised over the wrong rows.
-        assert!(ln.forward(&t(&[2, 8])).is_err());
-        assert!(ln.forward(&Tensor::new(1f32, dev).unwrap()).is_err());
+        assert!(ln.forward_shared(&t(&[2, 8])).is_err());
+        assert!(ln.forward_shared(&Tensor::new(1f32, dev).unwrap()).is_err());
         // A bias shorter than the gain left each row's tail unwritten.
         let short_bias = LayerNorm::new(t(&[5]), t(&[4]), 1e-12);
-        assert!(short_bias.forward(&t(&[2, 5])).is_err());
+        assert!(short_bias.forward_shared(&t(&[2, 5])).is_err());
         let empty = LayerNorm::new(t(&[0]), t(&[0]), 1e-12);
-        assert!(empty.forward(&t(&[2, 0])).is_err());
+        assert!(empty.forward_shared(&t(&[2, 0])).is_err());
         // A gain of another dtype, and one that trains (the recording path).
         let f64_gain = LayerNorm::new(Tensor::ones(4, DType::F64, dev).unwrap(), t(&[4]), 1e-12);
-        assert!(f64_gain.forward(&t(&[2, 4])).is_err());
+        assert!(f64_gain.forward_shared(&t(&[2, 4])).is_err());
         let var = candle_core::Var::ones(4, DType::F32, dev).unwrap();
         let trained = LayerNorm::new(var.as_tensor().clone(), t(&[4]), 1e-12);
-        assert!(trained.forward(&t(&[3, 5])).is_err());
-        assert_eq!(trained.forward(&t(&[3, 4])).unwrap().dims(), &[3, 4]);
+        assert!(trained.forward_shared(&t(&[3, 5])).is_err());
+        assert_eq!(trained.forward_shared(&t(&[3, 4])).unwrap().dims(), &[3, 4]);
         // A non-contiguous gain is made contiguous, not refused.
         let strided = Tensor::ones((4, 2), DType::F32, dev).unwrap();
         let ln = LayerNorm::new(
@@ -233,7 +284,7 @@ mod tests {
             t(&[4]),
             1e-12,
         );
-        assert_eq!(ln.forward(&t(&[2, 4])).unwrap().dims(), &[2, 4]);
+        assert_eq!(ln.forward_shared(&t(&[2, 4])).unwrap().dims(), &[2, 4]);
     }
 
     #[test]

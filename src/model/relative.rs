@@ -85,7 +85,7 @@ impl RelativeEmbeddings {
         }
         let rows = self.table.narrow(0, lo as usize, (hi - lo + 1) as usize)?;
         let rows = match &self.layer_norm {
-            Some(ln) => ln.forward(&rows.contiguous()?)?,
+            Some(ln) => ln.forward_shared(&rows.contiguous()?)?,
             None => rows,
         };
         Ok(Positions {

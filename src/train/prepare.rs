@@ -339,13 +339,24 @@ fn fisher_for(
         estimator,
         seed: cfg.optimisation.seed,
     };
-    let key = crate::fisher::cache_key(weights_sha256, train, spec.num_labels(), &opts);
+    // Over the tensors the method ranks alone: what else the model holds needs none.
+    let methods = cfg.method.name.clone();
+    let scope = methods
+        .parts()
+        .iter()
+        .filter(|m| m.needs_fisher())
+        .map(|m| m.name())
+        .collect::<Vec<_>>()
+        .join("+");
+    let key = crate::fisher::cache_key(weights_sha256, train, spec.num_labels(), &opts, &scope);
     crate::fisher::cached(&key, || {
         let start = Instant::now();
-        let t = Trainable::everything(
+        let t = Trainable::new(
             weights.clone(),
             mcfg,
             Some(spec.head()),
+            Box::new(move |n| methods.ranks(n)),
+            None,
             device,
             cfg.optimisation.seed,
         )?;
