@@ -28,6 +28,7 @@ use crate::model::{Arch, Batch, ModelConfig};
 
 mod deberta;
 mod spm;
+pub mod xlnet;
 
 /// One tokenized example.
 #[derive(Debug, Clone, PartialEq, Eq)]

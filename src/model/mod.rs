@@ -22,6 +22,7 @@ mod pickle;
 mod recompute;
 pub mod reft;
 pub mod relative;
+pub mod xlnet;
 
 use std::path::Path as FsPath;
 

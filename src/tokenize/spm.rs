@@ -1,6 +1,7 @@
-//! The pieces of a SentencePiece model (`spm.model`, a protobuf `ModelProto`): each
-//! piece's text, score and type, and the unknown piece's id, which is all transformers
-//! reads from the file to build DeBERTa-v2's tokenizer. A protobuf reader for those
+//! The pieces of a SentencePiece model (`spm.model`, `spiece.model`: a protobuf
+//! `ModelProto`): each piece's text, score and type, the unknown piece's id and the
+//! normaliser's precompiled character map, which is all transformers reads from the file
+//! to build DeBERTa-v2's and XLNet's tokenizers. A protobuf reader for those
 //! fields, every other field skipped by its wire type.
 
 /// sentencepiece_model.proto's `SentencePiece.Type`.
@@ -28,6 +29,9 @@ pub struct SpmModel {
     pub pieces: Vec<Piece>,
     /// `trainer_spec.unk_id` (protobuf default 0), as transformers' extractor reads it.
     pub unk_id: usize,
+    /// `normalizer_spec.precompiled_charsmap`: the model's own normalisation table
+    /// (XLNet's converter applies it; DeBERTa's does not), empty when absent.
+    pub charsmap: Vec<u8>,
 }
 
 /// A protobuf message's bytes, read field by field.
@@ -101,6 +105,7 @@ pub fn parse(bytes: &[u8]) -> Result<SpmModel, String> {
     let mut model = SpmModel {
         pieces: Vec::new(),
         unk_id: 0,
+        charsmap: Vec::new(),
     };
     let mut r = Reader::new(bytes);
     while let Some((field, value)) = r.field()? {
@@ -111,6 +116,14 @@ pub fn parse(bytes: &[u8]) -> Result<SpmModel, String> {
                 while let Some((f, v)) = spec.field()? {
                     if let (40, Value::Varint(id)) = (f, v) {
                         model.unk_id = id as usize;
+                    }
+                }
+            }
+            (3, Value::Bytes(b)) => {
+                let mut spec = Reader::new(b);
+                while let Some((f, v)) = spec.field()? {
+                    if let (2, Value::Bytes(map)) = (f, v) {
+                        model.charsmap = map.to_vec();
                     }
                 }
             }
@@ -190,10 +203,13 @@ mod tests {
         let spec = [key(3, 0), 1, 0xc0, 0x02, 1];
         model.extend_from_slice(&[key(2, 2), spec.len() as u8]);
         model.extend_from_slice(&spec);
-        // normalizer_spec, skipped.
-        model.extend_from_slice(&[key(3, 2), 2, 0xff, 0xff]);
+        // normalizer_spec { name: "x", precompiled_charsmap: [1, 2, 3] }.
+        let spec = [key(1, 2), 1, b'x', key(2, 2), 3, 1, 2, 3];
+        model.extend_from_slice(&[key(3, 2), spec.len() as u8]);
+        model.extend_from_slice(&spec);
         let m = parse(&model).unwrap();
         assert_eq!(m.unk_id, 1);
+        assert_eq!(m.charsmap, [1, 2, 3]);
         assert_eq!(m.pieces.len(), 3);
         assert_eq!(m.pieces[2].text, "▁the");
         assert_eq!(m.pieces[2].score, -3.5);

@@ -29,3 +29,4 @@ mod squad;
 mod squad_reference;
 mod train;
 mod transfer;
+mod xlnet;
