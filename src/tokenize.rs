@@ -26,6 +26,7 @@ use tokenizers::{
 use crate::error::user;
 use crate::model::{Arch, Batch, ModelConfig};
 
+mod config;
 mod deberta;
 mod spm;
 pub mod xlnet;

@@ -1,6 +1,6 @@
 //! Σ_b (dy_bᵀ x_b)∘²: the sum over examples of a linear layer's squared per-example weight
 //! gradients, from the batch's output gradients dy (batch, seq, out) and inputs x (batch,
-//! seq, in), without holding them all (per-example Fisher in batches, `crate::fisher`).
+//! seq, in), without holding them all: per-example Fisher information in batches.
 //! Each thread takes a block of the weight's rows and, example by example, forms that
 //! block of the example's gradient with one gemm into a buffer it reuses, then adds its
 //! squares: the gradients are never all in memory, and each is read once. On other

@@ -102,9 +102,10 @@ impl Linear {
     }
 
     fn mark_shared(&self, ctx: &Ctx) {
-        let mut ids = vec![self.weight.id()];
-        ids.extend(self.bias.as_ref().map(|b| b.id()));
-        ctx.shared(&ids);
+        ctx.shared(&[self.weight.id()]);
+        if let Some(b) = &self.bias {
+            ctx.shared(&[b.id()]);
+        }
     }
 
     /// Over an input the whole batch shares (DeBERTa's relative embeddings): no probe, and

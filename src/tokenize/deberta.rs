@@ -30,6 +30,7 @@ use tokenizers::processors::template::TemplateProcessing;
 use tokenizers::Tokenizer;
 use tokenizers::{AddedToken, NormalizerWrapper, PreTokenizerWrapper, SplitDelimiterBehavior};
 
+use super::config;
 use super::spm::{self, PieceType};
 use crate::error::user;
 
@@ -48,19 +49,9 @@ struct Settings {
 
 impl Settings {
     fn read(dir: &Path, add_prefix_space: bool) -> Self {
-        let cfg = std::fs::read_to_string(dir.join("tokenizer_config.json"))
-            .ok()
-            .and_then(|s| serde_json::from_str::<serde_json::Value>(&s).ok())
-            .unwrap_or_default();
-        let flag = |key: &str, default: bool| cfg[key].as_bool().unwrap_or(default);
-        // A token is a string, or an AddedToken's fields with its `content`.
-        let token = |key: &str, default: &str| {
-            let v = &cfg[key];
-            v.as_str()
-                .or_else(|| v["content"].as_str())
-                .unwrap_or(default)
-                .to_string()
-        };
+        let cfg = config::read(dir);
+        let flag = |key: &str, default: bool| config::flag(&cfg, key, default);
+        let token = |key: &str, default: &str| config::token(&cfg, key, default);
         Self {
             do_lower_case: flag("do_lower_case", false),
             split_by_punct: flag("split_by_punct", false),

@@ -29,6 +29,7 @@ use tokenizers::pre_tokenizers::whitespace::WhitespaceSplit;
 use tokenizers::processors::template::TemplateProcessing;
 use tokenizers::{AddedToken, NormalizerWrapper, Tokenizer};
 
+use super::config;
 use super::spm::{self, PieceType};
 use crate::error::user;
 
@@ -44,18 +45,9 @@ pub fn from_spiece(dir: &Path) -> Result<Tokenizer> {
         ))
     };
     let model = spm::parse(&bytes).map_err(bad)?;
-    let cfg = std::fs::read_to_string(dir.join("tokenizer_config.json"))
-        .ok()
-        .and_then(|s| serde_json::from_str::<serde_json::Value>(&s).ok())
-        .unwrap_or_default();
-    let flag = |key: &str, default: bool| cfg[key].as_bool().unwrap_or(default);
-    let token = |key: &str, default: &str| {
-        let v = &cfg[key];
-        v.as_str()
-            .or_else(|| v["content"].as_str())
-            .unwrap_or(default)
-            .to_string()
-    };
+    let cfg = config::read(dir);
+    let flag = |key: &str, default: bool| config::flag(&cfg, key, default);
+    let token = |key: &str, default: &str| config::token(&cfg, key, default);
     let vocab: Vec<(String, f64)> = model
         .pieces
         .iter()
