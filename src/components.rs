@@ -9,8 +9,12 @@ use std::collections::BTreeMap;
 pub fn component(name: &str) -> (&'static str, Option<usize>) {
     let layer = name
         .strip_prefix("encoder.layer.")
+        .or_else(|| name.strip_prefix("layer."))
         .and_then(|rest| rest.split('.').next())
         .and_then(|n| n.parse::<usize>().ok());
+    if let Some(kind) = xlnet(name) {
+        return (kind, layer);
+    }
     let kind = if name.starts_with("embeddings.word_embeddings") {
         "word embeddings"
     } else if name.starts_with("embeddings.position_embeddings") {
@@ -56,6 +60,31 @@ pub fn component(name: &str) -> (&'static str, Option<usize>) {
         "other"
     };
     (kind, layer)
+}
+
+/// XLNet's names in the same components: its q, k, v and o projections, `r` (the relative
+/// encoding's projection), the three attention biases and segment embeddings, the
+/// feed-forward's `layer_1` and `layer_2` and the two `layer_norm`s.
+fn xlnet(name: &str) -> Option<&'static str> {
+    if name.starts_with("word_embedding.") {
+        return Some("word embeddings");
+    }
+    let rest = name.strip_prefix("layer.")?.split_once('.')?.1;
+    Some(match rest {
+        "rel_attn.q" => "query",
+        "rel_attn.k" => "key",
+        "rel_attn.v" => "value",
+        "rel_attn.o" => "attention output dense",
+        "rel_attn.r" => "position projections",
+        "rel_attn.r_w_bias" | "rel_attn.r_r_bias" | "rel_attn.r_s_bias" | "rel_attn.seg_embed" => {
+            "relative attention biases"
+        }
+        _ if rest.starts_with("rel_attn.layer_norm.") => "attention output LayerNorm",
+        _ if rest.starts_with("ff.layer_1.") => "intermediate dense",
+        _ if rest.starts_with("ff.layer_2.") => "output dense",
+        _ if rest.starts_with("ff.layer_norm.") => "output LayerNorm",
+        _ => "other",
+    })
 }
 
 /// Whether `name` is one of `modules` of a layer's `attention.self` (BERT's `query`,
@@ -140,6 +169,31 @@ mod tests {
             component("encoder.layer.2.attention.self.query.bias"),
             ("query", Some(2))
         );
+    }
+
+    #[test]
+    fn xlnet_names_map_to_components() {
+        for (name, kind, layer) in [
+            ("word_embedding.weight", "word embeddings", None),
+            ("layer.1.rel_attn.q", "query", Some(1)),
+            ("layer.0.rel_attn.o", "attention output dense", Some(0)),
+            (
+                "layer.0.rel_attn.r_s_bias",
+                "relative attention biases",
+                Some(0),
+            ),
+            (
+                "layer.2.rel_attn.layer_norm.bias",
+                "attention output LayerNorm",
+                Some(2),
+            ),
+            ("layer.0.ff.layer_1.weight", "intermediate dense", Some(0)),
+            ("layer.0.ff.layer_norm.weight", "output LayerNorm", Some(0)),
+            ("logits_proj.weight", "head", None),
+            ("sequence_summary.summary.bias", "head", None),
+        ] {
+            assert_eq!(component(name), (kind, layer), "{name}");
+        }
     }
 
     #[test]

@@ -2,7 +2,8 @@
 //!
 //! Reads `tokenizer.json`, or builds the tokenizer from `vocab.txt` (BERT WordPiece),
 //! `vocab.json` + `merges.txt` (RoBERTa's and DeBERTa v1's byte-level BPE) or `spm.model`
-//! (DeBERTa v2/v3's SentencePiece Unigram; `deberta.rs`). Any padding or truncation
+//! (DeBERTa v2/v3's SentencePiece Unigram; `deberta.rs`) or `spiece.model` (XLNet's;
+//! `xlnet.rs`). Any padding or truncation
 //! stored in the file is replaced by ours: truncation longest-first to `max_len`, and
 //! padding to the longest sequence of each batch at collate time.
 
@@ -58,6 +59,8 @@ pub struct TextEncoder {
     max_len: usize,
     /// SQuAD: tokens shared by neighbouring windows of a context.
     doc_stride: usize,
+    /// XLNet's classifier token ends a sequence; every other family's starts it.
+    cls_last: bool,
 }
 
 /// transformers' run_qa.py default `--doc_stride`.
@@ -107,6 +110,7 @@ impl TextEncoder {
             // run_qa's stride, or half the window when that is shorter (the settings pass
             // their own).
             doc_stride: DOC_STRIDE.min(max_len / 2),
+            cls_last: cfg.model_type.family().cls_last,
         })
     }
 
@@ -146,6 +150,7 @@ impl TextEncoder {
 pub struct QaEncoder {
     tokenizer: Tokenizer,
     single_type: bool,
+    cls_last: bool,
     max_len: usize,
     stride: usize,
 }
@@ -156,6 +161,9 @@ pub struct Window {
     pub encoded: Encoded,
     /// Per token, the context characters it covers; None for the question and specials.
     pub offsets: Vec<Option<(usize, usize)>>,
+    /// Where the classifier token is (run_qa's `input_ids.index(cls_token_id)`): 0, or
+    /// the last token for XLNet.
+    pub cls: usize,
 }
 
 impl TextEncoder {
@@ -180,6 +188,7 @@ impl TextEncoder {
         Ok(QaEncoder {
             tokenizer,
             single_type: self.single_type,
+            cls_last: self.cls_last,
             max_len: self.max_len,
             stride,
         })
@@ -229,9 +238,14 @@ impl QaEncoder {
                     .zip(e.get_offsets())
                     .map(|(s, o)| (*s == Some(1)).then_some(*o))
                     .collect();
+                let cls = match self.cls_last {
+                    true => ids.len().saturating_sub(1),
+                    false => 0,
+                };
                 Window {
                     encoded: Encoded { ids, type_ids },
                     offsets,
+                    cls,
                 }
             })
             .collect())
@@ -313,6 +327,12 @@ fn read_tokenizer(dir: &Path, arch: Arch) -> Result<(Tokenizer, PathBuf)> {
                 crate::user_bail!("{}: no tokenizer.json or spm.model", dir.display());
             }
             Ok((deberta::from_spm(dir)?, dir.join("spm.model")))
+        }
+        Arch::Xlnet => {
+            if !dir.join("spiece.model").is_file() {
+                crate::user_bail!("{}: no tokenizer.json or spiece.model", dir.display());
+            }
+            Ok((xlnet::from_spiece(dir)?, dir.join("spiece.model")))
         }
         Arch::Deberta => {
             if !dir.join("vocab.json").is_file() || !dir.join("merges.txt").is_file() {

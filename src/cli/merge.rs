@@ -18,6 +18,8 @@ use crate::run::dir as run_dir;
 /// Tokenizer files a model directory may carry; whichever the base has are copied.
 const TOKENIZER_FILES: &[&str] = &[
     "tokenizer.json",
+    "spm.model",
+    "spiece.model",
     "vocab.txt",
     "vocab.json",
     "merges.txt",
@@ -50,11 +52,21 @@ pub fn run(args: MergeArgs) -> Result<()> {
     }
     refuse_a_run(&args.output, &args.run.checkpoint)?;
     let run = args.run.load()?;
-    let weights = run.merged(args.alpha)?;
+    let mut weights = run.merged(args.alpha)?;
+    // XLNet's mask_emb (the query stream's) was left out of the run, which never reads
+    // it; XLNetModel holds it, so the base's goes back. (DeBERTa's switched-off tables
+    // stay out: transformers' DeBERTa has no module for them.)
+    let arch = run.config.model_type;
+    if arch == Arch::Xlnet {
+        for (name, t) in crate::model::load::read_weights(&run.model_dir, arch)? {
+            if run.config.leaves_out(&name) {
+                weights.entry(name).or_insert(t);
+            }
+        }
+    }
     prepare(&args.output, args.overwrite)?;
     let lock = crate::run::lock::acquire(&args.output)?;
 
-    let arch = run.config.model_type;
     let spec = run.info.train.task_spec(run.info.labels.as_deref())?;
     // Without a pooler the task model has none (transformers would warn about it).
     let named = weights
@@ -138,7 +150,10 @@ fn set_task(cfg: &mut Value, arch: Arch, problem: Problem, num_labels: usize) ->
     let obj = cfg
         .as_object_mut()
         .ok_or_else(|| user("the base model's config.json is not a JSON object"))?;
+    // transformers' AutoModelForQuestionAnswering builds XLNet's simple span head
+    // (`qa_outputs`), which is ours.
     let head = match problem {
+        Problem::Span { .. } if arch == Arch::Xlnet => "ForQuestionAnsweringSimple",
         Problem::Span { .. } => "ForQuestionAnswering",
         _ => "ForSequenceClassification",
     };

@@ -204,6 +204,9 @@ pub struct Feature {
     pub example: usize,
     /// Per token, the context characters it covers; None outside the context.
     pub offsets: Vec<Option<(usize, usize)>>,
+    /// The classifier token, whose span means "no answer": first in every family but
+    /// XLNet, whose `<cls>` ends the window.
+    pub cls: usize,
 }
 
 /// A SQuAD split, windowed: what the trainer and the scorer read besides the token ids.
@@ -217,7 +220,8 @@ pub struct QaData {
 pub struct Featurized {
     pub qa: QaData,
     pub inputs: Vec<Encoded>,
-    /// Per window, the start and end token of the (first) answer; (0, 0) for none.
+    /// Per window, the start and end token of the (first) answer; the classifier token's
+    /// (0, 0), or XLNet's last, for none.
     pub spans: Vec<(u32, u32)>,
 }
 
@@ -229,10 +233,13 @@ pub fn featurize(examples: Vec<QaExample>, encoder: &QaEncoder) -> Result<Featur
         // run_qa strips the question's leading whitespace: some SQuAD questions have
         // a lot of it, and it would take room from the context.
         for w in encoder.windows(e.question.trim_start(), &e.context)? {
-            labels.push(span_label(&w.offsets, e.answers.first()));
+            let cls = w.cls as u32;
+            let label = span_label(&w.offsets, e.answers.first()).unwrap_or((cls, cls));
+            labels.push(label);
             features.push(Feature {
                 example: i,
                 offsets: w.offsets,
+                cls: w.cls,
             });
             inputs.push(w.encoded);
         }
@@ -244,17 +251,18 @@ pub fn featurize(examples: Vec<QaExample>, encoder: &QaEncoder) -> Result<Featur
     })
 }
 
-/// The tokens where `answer` starts and ends in a window, or (0, 0), the CLS token, when
-/// there is no answer or it is not wholly inside the window.
+/// The tokens where `answer` starts and ends in a window, or None (the classifier token's
+/// label) when there is no answer or it is not wholly inside the window.
 ///
 /// run_qa scans right from the first context token for the start, past the context's
 /// end when the answer starts in the window's last context token (onto the final SEP or
 /// padding, whose offsets are (0, 0)); we stop the scan at the context's last token,
 /// which labels that one case with the token that holds the answer.
-pub fn span_label(offsets: &[Option<(usize, usize)>], answer: Option<&Answer>) -> (u32, u32) {
-    let Some(answer) = answer else {
-        return (0, 0);
-    };
+pub fn span_label(
+    offsets: &[Option<(usize, usize)>],
+    answer: Option<&Answer>,
+) -> Option<(u32, u32)> {
+    let answer = answer?;
     let start_char = answer.start;
     let end_char = start_char + answer.text.chars().count();
     let context: Vec<(usize, (usize, usize))> = offsets
@@ -262,11 +270,9 @@ pub fn span_label(offsets: &[Option<(usize, usize)>], answer: Option<&Answer>) -
         .enumerate()
         .filter_map(|(i, o)| o.map(|o| (i, o)))
         .collect();
-    let (Some(&(_, first)), Some(&(_, last))) = (context.first(), context.last()) else {
-        return (0, 0);
-    };
+    let (&(_, first), &(_, last)) = (context.first()?, context.last()?);
     if !(first.0 <= start_char && last.1 >= end_char) {
-        return (0, 0);
+        return None;
     }
     let start = context
         .iter()
@@ -279,7 +285,7 @@ pub fn span_label(offsets: &[Option<(usize, usize)>], answer: Option<&Answer>) -
         .take_while(|(_, o)| o.1 >= end_char)
         .last()
         .map_or(0, |(i, _)| *i);
-    (start as u32, end as u32)
+    Some((start as u32, end as u32))
 }
 
 #[cfg(test)]
@@ -305,14 +311,14 @@ mod tests {
             Some((8, 11)),
             None,
         ];
-        assert_eq!(span_label(&offsets, Some(&ans("big cat", 4))), (4, 5));
-        assert_eq!(span_label(&offsets, Some(&ans("cat", 8))), (5, 5));
-        assert_eq!(span_label(&offsets, Some(&ans("the", 0))), (3, 3));
+        assert_eq!(span_label(&offsets, Some(&ans("big cat", 4))), Some((4, 5)));
+        assert_eq!(span_label(&offsets, Some(&ans("cat", 8))), Some((5, 5)));
+        assert_eq!(span_label(&offsets, Some(&ans("the", 0))), Some((3, 3)));
         // Starting inside a token: that token.
-        assert_eq!(span_label(&offsets, Some(&ans("ig", 5))), (4, 4));
-        assert_eq!(span_label(&offsets, None), (0, 0));
+        assert_eq!(span_label(&offsets, Some(&ans("ig", 5))), Some((4, 4)));
+        assert_eq!(span_label(&offsets, None), None);
         // Outside the window (a later window holds it).
-        assert_eq!(span_label(&offsets, Some(&ans("dog", 12))), (0, 0));
+        assert_eq!(span_label(&offsets, Some(&ans("dog", 12))), None);
     }
 
     #[test]

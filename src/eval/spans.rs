@@ -103,10 +103,12 @@ pub fn answers(qa: &QaData, logits: &[(Vec<f32>, Vec<f32>)], opts: SpanOptions) 
         for &f in features {
             let (start, end) = &logits[f];
             let offsets = &qa.features[f].offsets;
+            // The classifier token's span: the first token's, XLNet's last.
+            let at = qa.features[f].cls;
             let cls = Candidate {
                 chars: (0, 0),
-                start_logit: start[0],
-                end_logit: end[0],
+                start_logit: start[at],
+                end_logit: end[at],
                 null: true,
             };
             if null.is_none_or(|n| n.score() > cls.score()) {

@@ -277,9 +277,11 @@ impl<'a> Scope<'a> {
     }
 }
 
-/// The encoder layer a tensor belongs to: `encoder.layer.3.output.dense.weight` → 3.
+/// The encoder layer a tensor belongs to: `encoder.layer.3.output.dense.weight` → 3
+/// (XLNet's `layer.3.ff.layer_1.weight` too).
 pub fn layer_of(name: &str) -> Option<usize> {
-    name.strip_prefix("encoder.layer.")?
+    name.strip_prefix("encoder.layer.")
+        .or_else(|| name.strip_prefix("layer."))?
         .split('.')
         .next()?
         .parse()
@@ -503,19 +505,21 @@ pub struct Selection {
 
 pub use crate::model::family::is_head;
 
+/// A LayerNorm's gain or bias: `LayerNorm.` in BERT's names, `layer_norm.` in XLNet's.
 pub fn is_layernorm(name: &str) -> bool {
-    name.contains("LayerNorm.")
+    name.contains("LayerNorm.") || name.contains("layer_norm.")
 }
 
 /// Child-Tuning D's scope: only encoder-layer parameters take a mask; embeddings, pooler
 /// and head always train fully (AliceMind ChildTuning, `calculate_fisher` masks the
 /// parameters whose name contains `layer`).
 pub fn is_encoder_layer(name: &str) -> bool {
-    name.starts_with("encoder.layer.")
+    layer_of(name).is_some()
 }
 
-/// A bias: `….bias`, and DeBERTa v1's query and value biases (`attention.self.q_bias`,
-/// `v_bias`), which sit beside its fused, bias-free `in_proj`.
+/// A bias: `….bias`, DeBERTa v1's query and value biases (`attention.self.q_bias`,
+/// `v_bias`), which sit beside its fused, bias-free `in_proj`, and XLNet's attention
+/// biases (`rel_attn.r_w_bias`, `r_r_bias`, `r_s_bias`), added to its bias-free query.
 pub fn is_bias(name: &str) -> bool {
     name.ends_with(".bias") || name.ends_with("_bias")
 }
@@ -717,6 +721,24 @@ mod tests {
         assert!(!decays("encoder.layer.3.loreft.first.rotate"));
         assert!(!decays("encoder.layer.3.loreft.first.source.weight"));
         assert!(decays("classifier.weight"));
+    }
+
+    /// XLNet's names: `layer_norm`, its attention biases, layers without `encoder.`.
+    #[test]
+    fn xlnet_names_follow_the_same_rules() {
+        assert!(is_layernorm("layer.1.rel_attn.layer_norm.weight"));
+        assert!(is_layernorm("layer.0.ff.layer_norm.bias"));
+        assert!(!is_layernorm("layer.0.ff.layer_1.weight"));
+        for b in ["r_w_bias", "r_r_bias", "r_s_bias"] {
+            assert!(is_bias(&format!("layer.0.rel_attn.{b}")));
+            assert!(!decays(&format!("layer.0.rel_attn.{b}")));
+        }
+        assert!(!is_bias("layer.0.rel_attn.seg_embed"));
+        assert!(decays("layer.0.rel_attn.q"));
+        assert_eq!(layer_of("layer.11.rel_attn.q"), Some(11));
+        assert_eq!(layer_of("word_embedding.weight"), None);
+        assert!(is_encoder_layer("layer.0.ff.layer_2.bias"));
+        assert!(is_head("logits_proj.weight") && is_head("sequence_summary.summary.bias"));
     }
 
     #[test]

@@ -1,4 +1,4 @@
-//! `config.json` of a Hugging Face BERT, RoBERTa, ELECTRA or DeBERTa checkpoint.
+//! `config.json` of a Hugging Face BERT, RoBERTa, ELECTRA, DeBERTa or XLNet checkpoint.
 
 use std::path::Path;
 
@@ -9,6 +9,7 @@ pub use super::activation::Activation;
 use super::deberta::{DebertaConfig, Dims};
 pub use super::family::Arch;
 use super::family::{Family, FAMILIES};
+use super::xlnet::XlnetConfig;
 use crate::error::{user, PathContext};
 
 /// The fields of config.json the encoder needs; others are ignored.
@@ -42,6 +43,9 @@ pub struct ModelConfig {
     /// DeBERTa's own fields (relative attention, pooler), for the two DeBERTa families.
     #[serde(skip)]
     pub deberta: Option<DebertaConfig>,
+    /// XLNet's own config.json (its keys are not BERT's), for the XLNet family.
+    #[serde(skip)]
+    pub xlnet: Option<XlnetConfig>,
 }
 
 /// Bounds on config.json's sizes, far above every released BERT-family encoder (the
@@ -53,6 +57,8 @@ const MAX_WIDTH: usize = 1 << 16;
 const MAX_LAYERS: usize = 1 << 10;
 const MAX_POSITIONS: usize = 1 << 20;
 const MAX_TYPES: usize = 1 << 10;
+/// XLNet's sequences in pretraining (its relative positions have no table to run past).
+const XLNET_MAX_TOKENS: usize = 512;
 
 fn default_act() -> Activation {
     Activation::Gelu
@@ -94,6 +100,9 @@ impl ModelConfig {
             }
             None => return Err(format!("no model_type ({})", expected())),
         };
+        if raw.get("model_type").and_then(|v| v.as_str()) == Some("xlnet") {
+            return Self::xlnet(text);
+        }
         if deberta {
             // DebertaConfig's defaults differ from BertConfig's for these two.
             if let Some(obj) = raw.as_object_mut() {
@@ -114,6 +123,48 @@ impl ModelConfig {
             cfg.deberta = Some(DebertaConfig::parse(raw, dims)?);
         }
         Ok(cfg)
+    }
+
+    /// XLNet's config.json in BERT's terms (the encoder reads [`XlnetConfig`] itself):
+    /// what the tokenizer, the methods and the messages read.
+    fn xlnet(text: &str) -> Result<Self, String> {
+        let x = XlnetConfig::parse(text).map_err(|e| e.to_string())?;
+        if x.n_head * x.d_head != x.d_model {
+            return Err(format!(
+                "n_head {} times d_head {} is not d_model {} (transformers' XLNetConfig \
+                 requires it)",
+                x.n_head, x.d_head, x.d_model
+            ));
+        }
+        let cfg = ModelConfig {
+            model_type: Arch::Xlnet,
+            vocab_size: x.vocab_size,
+            hidden_size: x.d_model,
+            num_hidden_layers: x.n_layer,
+            num_attention_heads: x.n_head,
+            intermediate_size: x.d_inner,
+            hidden_act: x.ff_activation,
+            max_position_embeddings: XLNET_MAX_TOKENS,
+            embedding_size: None,
+            // Types are compared, never looked up: 0 and 1 for a pair's texts, 2 for <cls>.
+            type_vocab_size: 3,
+            layer_norm_eps: x.layer_norm_eps,
+            pad_token_id: x.pad_token_id,
+            hidden_dropout_prob: x.dropout,
+            attention_probs_dropout_prob: x.dropout,
+            classifier_dropout: Some(x.summary_last_dropout),
+            deberta: None,
+            xlnet: Some(x),
+        };
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// XLNet's settings; an error for the other families (a caller's bug).
+    pub fn xlnet_config(&self) -> anyhow::Result<&XlnetConfig> {
+        self.xlnet
+            .as_ref()
+            .ok_or_else(|| anyhow::anyhow!("{:?} has no XLNet settings", self.model_type))
     }
 
     /// Values that would build a broken encoder are refused here, naming the key, rather
@@ -193,7 +244,7 @@ impl ModelConfig {
     /// max_position_embeddings (512) all the same.
     pub fn max_tokens(&self) -> usize {
         match self.model_type {
-            Arch::Bert | Arch::Electra | Arch::Deberta | Arch::DebertaV2 => {
+            Arch::Bert | Arch::Electra | Arch::Deberta | Arch::DebertaV2 | Arch::Xlnet => {
                 self.max_position_embeddings
             }
             Arch::Roberta => self
@@ -208,6 +259,10 @@ impl ModelConfig {
             Arch::Bert | Arch::Electra | Arch::Deberta | Arch::DebertaV2 => {
                 format!("max_position_embeddings {}", self.max_position_embeddings)
             }
+            Arch::Xlnet => format!(
+                "XLNet's relative positions have no table, but it was pretrained on \
+                 {XLNET_MAX_TOKENS}-token sequences"
+            ),
             Arch::Roberta => format!(
                 "max_position_embeddings {} less pad_token_id {} + 1: RoBERTa's positions \
                  start after the padding index",
@@ -231,6 +286,8 @@ impl ModelConfig {
                 .as_ref()
                 .is_some_and(|d| !d.position_biased_input),
             "embeddings.token_type_embeddings.weight" => self.type_vocab_size == 0,
+            // The query stream's stand-in for a masked token: fine-tuning never reads it.
+            "mask_emb" => self.model_type == Arch::Xlnet,
             _ => false,
         }
     }

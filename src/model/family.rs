@@ -22,6 +22,10 @@ pub enum Arch {
     /// `query_proj`, `key_proj`, `value_proj` and log-bucketed relative positions.
     #[serde(rename = "deberta-v2")]
     DebertaV2,
+    /// XLNet (xlnet/xlnet-base-cased, -large-cased) as fine-tuning runs it: the content
+    /// stream of relative positional attention, the summary of the last token as its
+    /// classifier (`model::xlnet`).
+    Xlnet,
 }
 
 impl Arch {
@@ -81,6 +85,9 @@ pub enum Projections {
     /// One fused `attention.self.in_proj` (DeBERTa v1): adapters wrap it whole (target
     /// `in_proj`, as PEFT does), never one projection of it.
     Fused,
+    /// XLNet's `rel_attn.q`, `k`, `v`, `o`: parameters (d_model, heads, d_head) used in
+    /// einsums, not linear layers, so no adapter wraps them.
+    Parameters,
 }
 
 /// Everything about a family that is not the arithmetic of its layers.
@@ -107,10 +114,15 @@ pub struct Family {
     /// PEFT has none.
     pub peft_lora_targets: &'static [&'static str],
     pub peft_ia3_targets: &'static [&'static str],
+    /// Its sequence classifier reads the last token (XLNet's `<sep> <cls>` close a
+    /// sequence), not the first; so does a question's "no answer" (the `<cls>` token).
+    pub cls_last: bool,
+    /// What its LayerNorm modules are called (PEFT's LN tuning targets them by it).
+    pub layer_norm: &'static str,
 }
 
 /// Every family this crate reads.
-pub static FAMILIES: [Family; 5] = [
+pub static FAMILIES: [Family; 6] = [
     Family {
         arch: Arch::Bert,
         name: "BERT",
@@ -122,6 +134,8 @@ pub static FAMILIES: [Family; 5] = [
         projections: Projections::Separate,
         peft_lora_targets: &["query", "value"],
         peft_ia3_targets: &["key", "value", "output.dense"],
+        cls_last: false,
+        layer_norm: "LayerNorm",
     },
     Family {
         arch: Arch::Roberta,
@@ -134,6 +148,8 @@ pub static FAMILIES: [Family; 5] = [
         projections: Projections::Separate,
         peft_lora_targets: &["query", "value"],
         peft_ia3_targets: &["key", "value", "output.dense"],
+        cls_last: false,
+        layer_norm: "LayerNorm",
     },
     Family {
         arch: Arch::Electra,
@@ -146,6 +162,8 @@ pub static FAMILIES: [Family; 5] = [
         projections: Projections::Separate,
         peft_lora_targets: &["query", "value"],
         peft_ia3_targets: &[],
+        cls_last: false,
+        layer_norm: "LayerNorm",
     },
     Family {
         arch: Arch::Deberta,
@@ -158,6 +176,8 @@ pub static FAMILIES: [Family; 5] = [
         projections: Projections::Fused,
         peft_lora_targets: &["in_proj"],
         peft_ia3_targets: &["in_proj", "output.dense"],
+        cls_last: false,
+        layer_norm: "LayerNorm",
     },
     Family {
         arch: Arch::DebertaV2,
@@ -170,6 +190,23 @@ pub static FAMILIES: [Family; 5] = [
         projections: Projections::Suffixed,
         peft_lora_targets: &["query_proj", "value_proj"],
         peft_ia3_targets: &["key_proj", "value_proj", "output.dense"],
+        cls_last: false,
+        layer_norm: "LayerNorm",
+    },
+    Family {
+        arch: Arch::Xlnet,
+        name: "XLNet",
+        model_type: "xlnet",
+        prefix: "transformer",
+        class_stem: "XLNet",
+        classifier_reads_pooler: false,
+        pooler_beside_encoder: false,
+        projections: Projections::Parameters,
+        // PEFT has no XLNet entry in its default-target tables.
+        peft_lora_targets: &[],
+        peft_ia3_targets: &[],
+        cls_last: true,
+        layer_norm: "layer_norm",
     },
 ];
 
@@ -182,6 +219,16 @@ impl Family {
     /// The module inside an encoder layer that an adapter target (one of
     /// [`super::adapter::TARGETS`], the names users pass: `query`, `output.dense`) wraps.
     pub fn adapter_module(&self, target: &str) -> Result<String, String> {
+        if self.projections == Projections::Parameters {
+            return Err(format!(
+                "adapter target `{target}`: {}'s attention projections q, k, v and o are \
+                 parameters of shape (d_model, heads, d_head) read by einsums, not linear \
+                 layers, and PEFT has no default targets for it; LoRA, DoRA, InA and IA3 \
+                 do not apply to it (full, bitfit, layernorm, the Fisher and random \
+                 subsets, top-layers, head and Child-Tuning do)",
+                self.name
+            ));
+        }
         let projection = matches!(target, "query" | "key" | "value");
         match self.projections {
             Projections::Fused if projection => Err(format!(
@@ -209,13 +256,26 @@ impl Family {
 pub const CLASSIFIER: &str = "classifier.";
 /// The span head of question answering, in every family.
 pub const SPAN_HEAD: &str = "qa_outputs.";
+/// XLNet's classifier: the last token's summary (a d_model → d_model projection, tanh),
+/// then `logits_proj`.
+pub const SUMMARY: &str = "sequence_summary.";
+pub const LOGITS: &str = "logits_proj.";
+
+/// Every family's sequence classifiers' prefixes.
+pub const CLASSIFIERS: [&str; 3] = [CLASSIFIER, SUMMARY, LOGITS];
 
 /// The task heads' prefixes.
-pub const HEAD_PREFIXES: [&str; 2] = [CLASSIFIER, SPAN_HEAD];
+pub const HEAD_PREFIXES: [&str; 4] = [CLASSIFIER, SPAN_HEAD, SUMMARY, LOGITS];
 
 /// The layers whose rows are a head's outputs (one per label): BERT's and DeBERTa's
-/// `classifier`, RoBERTa's and ELECTRA's `classifier.out_proj`, `qa_outputs`.
-pub const HEAD_OUTPUTS: [&str; 3] = ["classifier", "classifier.out_proj", "qa_outputs"];
+/// `classifier`, RoBERTa's and ELECTRA's `classifier.out_proj`, XLNet's `logits_proj`,
+/// `qa_outputs`.
+pub const HEAD_OUTPUTS: [&str; 4] = [
+    "classifier",
+    "classifier.out_proj",
+    "logits_proj",
+    "qa_outputs",
+];
 
 /// Whether a canonical tensor name belongs to a task head.
 pub fn is_head(name: &str) -> bool {
@@ -233,10 +293,16 @@ mod tests {
             "classifier.out_proj.bias",
             "classifier.dense.weight",
             "qa_outputs.weight",
+            "sequence_summary.summary.weight",
+            "logits_proj.bias",
         ] {
             assert!(is_head(n), "{n}");
         }
-        for n in ["pooler.dense.weight", "encoder.layer.0.output.dense.weight"] {
+        for n in [
+            "pooler.dense.weight",
+            "encoder.layer.0.output.dense.weight",
+            "layer.0.ff.layer_1.weight",
+        ] {
             assert!(!is_head(n), "{n}");
         }
     }

@@ -3,6 +3,8 @@
 //! BERT: pooler (first token → dense → tanh) → dropout → `classifier`.
 //! RoBERTa: first token → dropout → `classifier.dense` → tanh → dropout → `classifier.out_proj`.
 //! ELECTRA: the same with GELU (erf) instead of tanh.
+//! XLNet: the last real token (`<cls>`) → `sequence_summary.summary` → tanh → dropout →
+//! `logits_proj` (`xlnet.rs`).
 //! DeBERTa: ContextPooler (first token → dropout `pooler_dropout` → `pooler.dense` →
 //! `pooler_hidden_act`) → dropout (`cls_dropout`) → `classifier`, as BERT's otherwise.
 //! Question answering (every family): `qa_outputs`, a start and an end logit per token, with
@@ -79,6 +81,8 @@ pub enum Head {
         /// ELECTRA's GELU; RoBERTa's tanh otherwise.
         gelu: bool,
     },
+    /// XLNet's: on the last real token, through the sequence summary.
+    Summary(super::xlnet::SummaryHead),
 }
 
 impl Head {
@@ -95,6 +99,11 @@ impl Head {
         let dropout = Dropout::new(cfg.classifier_dropout());
         let cls = path.pp("classifier");
         Ok(match cfg.model_type {
+            Arch::Xlnet => Head::Summary(super::xlnet::SummaryHead::load(
+                path,
+                cfg.xlnet_config()?,
+                num_labels,
+            )?),
             Arch::Bert | Arch::Deberta | Arch::DebertaV2 => Head::Pooled {
                 classifier: Linear::load_or_init(&cls, h, num_labels, INIT_STD)?,
                 dropout,
@@ -113,14 +122,22 @@ impl Head {
             Head::Span { .. } => return HeadKind::Span,
             Head::Pooled { classifier, .. } => classifier,
             Head::Dense { out_proj, .. } => out_proj,
+            Head::Summary(s) => return HeadKind::Classes(s.outputs()),
         };
         HeadKind::Classes(out.weight().dims()[0])
     }
 
     /// `pooled` is the pooler's output (BERT, DeBERTa); RoBERTa reads the first token of
-    /// `hidden`.
-    pub fn forward(&self, hidden: &Tensor, pooled: Option<&Tensor>, ctx: &Ctx) -> Result<Tensor> {
+    /// `hidden`, XLNet the last real one (`mask`, batch × seq, 1 for real tokens).
+    pub fn forward(
+        &self,
+        hidden: &Tensor,
+        pooled: Option<&Tensor>,
+        mask: &Tensor,
+        ctx: &Ctx,
+    ) -> Result<Tensor> {
         match self {
+            Head::Summary(s) => s.forward(hidden, mask, ctx),
             Head::Span { qa_outputs } => qa_outputs.forward(hidden, ctx),
             Head::Pooled {
                 classifier,

@@ -87,6 +87,12 @@ pub fn canonical_name(name: &str, arch: Arch) -> Option<String> {
         "pooler.",
         super::family::CLASSIFIER,
         super::family::SPAN_HEAD,
+        // XLNet's.
+        "word_embedding.",
+        "layer.",
+        "mask_emb",
+        super::family::SUMMARY,
+        super::family::LOGITS,
     ];
     if !keep.iter().any(|k| name.starts_with(k)) || name.ends_with("position_ids") {
         return None;

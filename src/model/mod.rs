@@ -1,4 +1,4 @@
-//! Our BERT/RoBERTa/ELECTRA/DeBERTa encoder, its heads, and checkpoint loading.
+//! Our BERT/RoBERTa/ELECTRA/DeBERTa/XLNet encoders, their heads, and checkpoint loading.
 //!
 //! Every parameter is fetched by its Hugging Face name through a [`ParamStore`], which
 //! hands out a frozen tensor or a trainable variable; nothing here knows which.
@@ -32,7 +32,7 @@ use candle_core::{Device, Tensor};
 pub use crate::kernels::with_composed_ops;
 pub use adapter::{AdapterConfig, AdapterKind, InaActivation};
 pub use config::{Activation, Arch, ModelConfig};
-use family::{CLASSIFIER, SPAN_HEAD};
+use family::{CLASSIFIERS, SPAN_HEAD};
 pub use heads::{HeadKind, INIT_STD};
 pub use nn::{Ctx, Precision};
 pub use params::{Init, ParamStore, Path};
@@ -76,17 +76,35 @@ pub struct Output {
 
 pub struct Model {
     config: ModelConfig,
-    embeddings: Embeddings,
-    /// ELECTRA's projection from narrower embeddings to the encoder's width.
-    project: Option<nn::Linear>,
-    layers: Vec<Layer>,
+    body: Body,
     /// LoReFT's tokens, and its interventions after each layer (empty without LoReFT).
     positions: Option<reft::Positions>,
     interventions: Vec<Vec<reft::Loreft>>,
-    /// DeBERTa's relative position embeddings, shared by every layer.
-    relative: Option<RelativeEmbeddings>,
     pooler: Option<Pooler>,
     head: Option<Head>,
+}
+
+/// The encoder below the head: BERT's stack of layers (with DeBERTa's attention where the
+/// family has it), or XLNet's.
+enum Body {
+    Stack {
+        embeddings: Embeddings,
+        /// ELECTRA's projection from narrower embeddings to the encoder's width.
+        project: Option<nn::Linear>,
+        layers: Vec<Layer>,
+        /// DeBERTa's relative position embeddings, shared by every layer.
+        relative: Option<RelativeEmbeddings>,
+    },
+    Xlnet(xlnet::Xlnet),
+}
+
+/// What every layer of one forward reads besides its input.
+enum Shared {
+    /// DeBERTa's relative embeddings: parameters, so recomputation builds them anew for
+    /// each layer's backward.
+    Relative(relative::Positions),
+    /// XLNet's relative encoding and masks: no parameters, one dropout draw per forward.
+    Xlnet(xlnet::Shared),
 }
 
 impl Model {
@@ -103,6 +121,23 @@ impl Model {
         head: Option<HeadKind>,
         adapters: Option<&AdapterConfig>,
     ) -> Result<Self> {
+        if let Some(a) = adapters {
+            if cfg.model_type == Arch::Xlnet {
+                let name = match a.kind {
+                    AdapterKind::Lora => "lora",
+                    AdapterKind::Ina { .. } => "ina",
+                    AdapterKind::Ia3 => "ia3",
+                    AdapterKind::Dora => "dora",
+                    AdapterKind::Loreft { .. } => "loreft",
+                };
+                crate::user_bail!(
+                    "--method {name}: adapters (LoRA, DoRA, InA, IA3, LoReFT) do not apply to XLNet here: \
+                     its attention projections are parameters read by einsums, not linear \
+                     layers; train XLNet with full, bitfit, layernorm, the Fisher and \
+                     random subsets, top-layers, head or Child-Tuning"
+                );
+            }
+        }
         if let Some(a) = adapters.filter(|a| !matches!(a.kind, AdapterKind::Loreft { .. })) {
             for t in &a.targets {
                 cfg.model_type
@@ -111,15 +146,11 @@ impl Model {
             }
         }
         let root = store.root();
-        let embeddings = Embeddings::load(&root.pp("embeddings"), cfg)?;
-        let (e, h) = (cfg.embedding_width(), cfg.hidden_size);
-        // DeBERTa projects inside its embeddings (embed_proj), before their LayerNorm.
-        let project = (e != h && !cfg.model_type.is_deberta())
-            .then(|| nn::Linear::load(&root.pp("embeddings_project"), e, h))
-            .transpose()?;
-        let layers = (0..cfg.num_hidden_layers)
-            .map(|i| Layer::load(&root.pp(format!("encoder.layer.{i}")), cfg, adapters))
-            .collect::<Result<Vec<_>>>()?;
+        let body = match &cfg.xlnet {
+            Some(x) => Body::Xlnet(xlnet::Xlnet::load(&root, x)?),
+            None => Self::stack(&root, cfg, adapters)?,
+        };
+        let h = cfg.hidden_size;
         let (positions, interventions) = match adapters.map(|a| (a, a.kind)) {
             Some((a, AdapterKind::Loreft { first, last })) => {
                 let positions = reft::Positions { first, last };
@@ -130,15 +161,6 @@ impl Model {
                 )
             }
             _ => (None, vec![Vec::new(); cfg.num_hidden_layers]),
-        };
-        let relative = match cfg.deberta.as_ref().and_then(|d| d.relative) {
-            Some(r) => Some(RelativeEmbeddings::load(
-                &root.pp("encoder"),
-                r,
-                h,
-                cfg.layer_norm_eps,
-            )?),
-            None => None,
         };
         let wants_pooler =
             cfg.model_type.classifier_reads_pooler() && matches!(head, Some(HeadKind::Classes(_)));
@@ -152,14 +174,39 @@ impl Model {
         let head = head.map(|k| Head::load(&root, cfg, k)).transpose()?;
         Ok(Self {
             config: cfg.clone(),
+            body,
+            positions,
+            interventions,
+            pooler,
+            head,
+        })
+    }
+
+    /// BERT's, RoBERTa's, ELECTRA's and DeBERTa's encoder.
+    fn stack(root: &Path, cfg: &ModelConfig, adapters: Option<&AdapterConfig>) -> Result<Body> {
+        let embeddings = Embeddings::load(&root.pp("embeddings"), cfg)?;
+        let (e, h) = (cfg.embedding_width(), cfg.hidden_size);
+        // DeBERTa projects inside its embeddings (embed_proj), before their LayerNorm.
+        let project = (e != h && !cfg.model_type.is_deberta())
+            .then(|| nn::Linear::load(&root.pp("embeddings_project"), e, h))
+            .transpose()?;
+        let layers = (0..cfg.num_hidden_layers)
+            .map(|i| Layer::load(&root.pp(format!("encoder.layer.{i}")), cfg, adapters))
+            .collect::<Result<Vec<_>>>()?;
+        let relative = match cfg.deberta.as_ref().and_then(|d| d.relative) {
+            Some(r) => Some(RelativeEmbeddings::load(
+                &root.pp("encoder"),
+                r,
+                h,
+                cfg.layer_norm_eps,
+            )?),
+            None => None,
+        };
+        Ok(Body::Stack {
             embeddings,
             project,
             layers,
-            positions,
-            interventions,
             relative,
-            pooler,
-            head,
         })
     }
 
@@ -190,11 +237,12 @@ impl Model {
         let mask = &batch.attention_mask;
         let mut x = self.embed(batch, ctx)?;
         let edited = self.edited(mask)?;
-        let positions = self.relative_positions(&x)?;
-        for i in 0..self.layers.len() {
-            x = self.layer(i, &x, mask, positions.as_ref(), &edited, ctx)?;
+        let shared = self.shared(&x, batch, ctx)?;
+        for i in 0..self.num_layers() {
+            x = self.layer(i, &x, mask, shared.as_ref(), &edited, ctx)?;
         }
-        let (pooled, logits) = self.top(&x, ctx)?;
+        let x = self.finish(&x, ctx)?;
+        let (pooled, logits) = self.top(&x, mask, ctx)?;
         Ok(Output {
             last_hidden_state: x,
             pooled,
@@ -202,15 +250,31 @@ impl Model {
         })
     }
 
-    /// The embeddings, projected to the encoder's width where they differ (ELECTRA).
+    fn num_layers(&self) -> usize {
+        match &self.body {
+            Body::Stack { layers, .. } => layers.len(),
+            Body::Xlnet(x) => x.num_layers(),
+        }
+    }
+
+    /// The embeddings, projected to the encoder's width where they differ (ELECTRA); in
+    /// XLNet's (seq, batch, d) layout for XLNet.
     fn embed(&self, batch: &Batch, ctx: &Ctx) -> Result<Tensor> {
-        let x = self.embeddings.forward(
+        let (embeddings, project) = match &self.body {
+            Body::Stack {
+                embeddings,
+                project,
+                ..
+            } => (embeddings, project),
+            Body::Xlnet(x) => return x.embed(&batch.input_ids, ctx),
+        };
+        let x = embeddings.forward(
             &batch.input_ids,
             &batch.token_type_ids,
             &batch.attention_mask,
             ctx,
         )?;
-        match &self.project {
+        match project {
             Some(p) => p.forward(&x, ctx),
             None => Ok(x),
         }
@@ -224,12 +288,21 @@ impl Model {
         }
     }
 
-    /// DeBERTa's relative position embeddings for `x`'s length (None for other families).
-    fn relative_positions(&self, x: &Tensor) -> Result<Option<relative::Positions>> {
-        self.relative
-            .as_ref()
-            .map(|r| r.positions(x.dim(1)?, x.device()))
-            .transpose()
+    /// What the layers share for `x` (the embeddings' output) of `batch`: DeBERTa's
+    /// relative position embeddings, XLNet's relative encoding and masks; None for the
+    /// other families.
+    fn shared(&self, x: &Tensor, batch: &Batch, ctx: &Ctx) -> Result<Option<Shared>> {
+        match &self.body {
+            Body::Stack { relative, .. } => relative
+                .as_ref()
+                .map(|r| Ok(Shared::Relative(r.positions(x.dim(1)?, x.device())?)))
+                .transpose(),
+            Body::Xlnet(xl) => Ok(Some(Shared::Xlnet(xl.shared(
+                &batch.token_type_ids,
+                &batch.attention_mask,
+                ctx,
+            )?))),
+        }
     }
 
     /// Encoder layer `i` on `x`, then its LoReFT interventions.
@@ -238,11 +311,18 @@ impl Model {
         i: usize,
         x: &Tensor,
         mask: &Tensor,
-        positions: Option<&relative::Positions>,
+        shared: Option<&Shared>,
         edited: &[reft::Edited],
         ctx: &Ctx,
     ) -> Result<Tensor> {
-        let mut x = self.layers[i].forward(x, mask, positions, ctx)?;
+        let mut x = match (&self.body, shared) {
+            (Body::Xlnet(xl), Some(Shared::Xlnet(s))) => return xl.layer(i, x, s, ctx),
+            (Body::Stack { layers, .. }, Some(Shared::Relative(p))) => {
+                layers[i].forward(x, mask, Some(p), ctx)?
+            }
+            (Body::Stack { layers, .. }, None) => layers[i].forward(x, mask, None, ctx)?,
+            _ => anyhow::bail!("layer {i}: the shared inputs of another family"),
+        };
         for iv in &self.interventions[i] {
             let at = edited
                 .iter()
@@ -253,8 +333,21 @@ impl Model {
         Ok(x)
     }
 
+    /// The last layer's output as the head reads it: XLNet's final dropout, batch first.
+    fn finish(&self, x: &Tensor, ctx: &Ctx) -> Result<Tensor> {
+        match &self.body {
+            Body::Xlnet(xl) => xl.finish(x, ctx),
+            Body::Stack { .. } => Ok(x.clone()),
+        }
+    }
+
     /// The pooler and head on the last hidden state: (pooled, logits).
-    fn top(&self, x: &Tensor, ctx: &Ctx) -> Result<(Option<Tensor>, Option<Tensor>)> {
+    fn top(
+        &self,
+        x: &Tensor,
+        mask: &Tensor,
+        ctx: &Ctx,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
         let pooled = self
             .pooler
             .as_ref()
@@ -263,7 +356,7 @@ impl Model {
         let logits = self
             .head
             .as_ref()
-            .map(|h| h.forward(x, pooled.as_ref(), ctx))
+            .map(|h| h.forward(x, pooled.as_ref(), mask, ctx))
             .transpose()?;
         Ok((pooled, logits))
     }
@@ -296,7 +389,7 @@ pub fn read_checkpoint(
 
 /// Remove every head tensor (classifier or span head), so the task model builds a new one.
 pub fn drop_head(weights: &mut std::collections::HashMap<String, Tensor>) {
-    weights.retain(|k, _| !k.starts_with(CLASSIFIER) && !k.starts_with(SPAN_HEAD));
+    weights.retain(|k, _| !family::is_head(k));
 }
 
 /// Fit a checkpoint's head tensors to the `head` a run builds: tensors of another kind of
@@ -307,15 +400,21 @@ pub fn drop_head(weights: &mut std::collections::HashMap<String, Tensor>) {
 pub fn fit_head(weights: &mut std::collections::HashMap<String, Tensor>, head: HeadKind) -> bool {
     let (outputs, names, prefixes): (usize, &[&str], &[&str]) = match head {
         HeadKind::Span => {
-            weights.retain(|k, _| !k.starts_with(CLASSIFIER) && !k.starts_with("pooler."));
+            weights.retain(|k, _| {
+                !CLASSIFIERS.iter().any(|c| k.starts_with(c)) && !k.starts_with("pooler.")
+            });
             (2, &["qa_outputs.weight"], &[SPAN_HEAD])
         }
         HeadKind::Classes(n) => {
             weights.retain(|k, _| !k.starts_with(SPAN_HEAD));
             (
                 n,
-                &["classifier.weight", "classifier.out_proj.weight"],
-                &[CLASSIFIER],
+                &[
+                    "classifier.weight",
+                    "classifier.out_proj.weight",
+                    "logits_proj.weight",
+                ],
+                &CLASSIFIERS,
             )
         }
     };

@@ -13,7 +13,7 @@ use anyhow::{anyhow, Result};
 use candle_core::backprop::GradStore;
 use candle_core::{Tensor, Var};
 
-use super::{Batch, Ctx, Model};
+use super::{Batch, Ctx, Model, Shared};
 use crate::kernels::without_graph;
 
 impl Model {
@@ -32,31 +32,35 @@ impl Model {
         let mask = &batch.attention_mask;
         let edited = self.edited(mask)?;
         let start = ctx.calls();
+        let layers = self.num_layers();
         // 1. Forward, keeping each layer's input and where its dropout keys begin.
-        let mut inputs = Vec::with_capacity(self.layers.len());
-        let mut keys = Vec::with_capacity(self.layers.len());
+        let mut inputs = Vec::with_capacity(layers);
+        let mut keys = Vec::with_capacity(layers);
         let mut x = without_graph(|| self.embed(batch, ctx))?.detach();
-        let positions = self.relative_positions(&x)?;
-        for i in 0..self.layers.len() {
+        let shared = without_graph(|| self.shared(&x, batch, ctx))?;
+        for i in 0..layers {
             keys.push(ctx.calls());
-            let next = without_graph(|| self.layer(i, &x, mask, positions.as_ref(), &edited, ctx))?;
+            let next = without_graph(|| self.layer(i, &x, mask, shared.as_ref(), &edited, ctx))?;
             inputs.push(x);
             x = next.detach();
         }
-        drop(positions);
+        // XLNet's encoding and masks hold no parameter (and drew their dropout once):
+        // they serve the second pass too. DeBERTa's relative embeddings are rebuilt there.
+        let kept = shared.filter(|s| matches!(s, Shared::Xlnet(_)));
         // 2. Head and loss with a graph, from the last hidden state as a leaf.
         let leaf = Var::from_tensor(&x)?;
         drop(x);
-        let (_, logits) = self.top(leaf.as_tensor(), ctx)?;
+        let last = self.finish(leaf.as_tensor(), ctx)?;
+        let (_, logits) = self.top(&last, mask, ctx)?;
         let logits = logits.ok_or_else(|| anyhow!("the model was built without a task head"))?;
         let loss = loss_of(&logits)?;
         let grads = loss.backward()?;
         collect(&grads)?;
         let mut upstream = grads.get(leaf.as_tensor()).cloned();
-        drop((grads, logits, leaf));
+        drop((grads, logits, leaf, last));
         let end = ctx.calls();
         // 3. Each layer again, last first: its output's gradient through to its input.
-        for i in (0..self.layers.len()).rev() {
+        for i in (0..layers).rev() {
             let (Some(g), Some(input)) = (upstream.take(), inputs.pop()) else {
                 break;
             };
@@ -64,8 +68,12 @@ impl Model {
             let leaf = Var::from_tensor(&input)?;
             drop(input);
             // Relative embeddings anew per layer: each layer's backward adds its share.
-            let positions = self.relative_positions(leaf.as_tensor())?;
-            let out = self.layer(i, leaf.as_tensor(), mask, positions.as_ref(), &edited, ctx)?;
+            let fresh = match &kept {
+                Some(_) => None,
+                None => self.shared(leaf.as_tensor(), batch, ctx)?,
+            };
+            let shared = kept.as_ref().or(fresh.as_ref());
+            let out = self.layer(i, leaf.as_tensor(), mask, shared, &edited, ctx)?;
             let grads = (out * g)?.sum_all()?.backward()?;
             collect(&grads)?;
             upstream = grads.get(leaf.as_tensor()).cloned();

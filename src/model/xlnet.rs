@@ -9,15 +9,18 @@
 //! mask indexes the same elements as torch's (tests/golden/make_xlnet_golden.py draws
 //! peft's masks in transformers); the attention scores are (batch, heads, query, key).
 //!
-//! Not yet reachable from the command line: the family descriptor, its tokenizer (left
-//! padding, `<sep> <cls>` at the end) and the task plumbing come next.
+//! `Model` runs it layer by layer (embed, shared, layer, finish), as it runs the other
+//! families, so that activation recomputation works on it too. Attention scores, the
+//! feed-forward and the LayerNorms act on (seq, batch, ·) activations, which per-example
+//! Fisher's probes cannot tell apart by example: those tensors are estimated one example
+//! at a time (`Linear::forward_shared`, `LayerNorm::forward_shared`).
 
 use anyhow::Result;
 use candle_core::{DType, Device, Tensor, D};
 use serde::Deserialize;
 
 use super::config::Activation;
-use super::ctx::{Ctx, Dropout};
+use super::ctx::{Ctx, Dropout, ProbeKind};
 use super::nn::{activate, LayerNorm, Linear};
 use super::params::Path;
 use crate::error::user;
@@ -268,7 +271,7 @@ impl RelAttention {
             .reshape((l * b, self.heads * self.d_head))?;
         let out = vec.matmul(&self.o.t()?)?.reshape((l, b, d))?;
         let out = self.dropout.forward(&out, ctx)?;
-        self.layer_norm.forward(&(out + h)?, ctx)
+        self.layer_norm.forward_shared(&(out + h)?)
     }
 }
 
@@ -292,10 +295,12 @@ impl FeedForward {
     }
 
     fn forward(&self, x: &Tensor, ctx: &Ctx) -> Result<Tensor> {
-        let y = activate(&self.layer_1.forward(x, ctx)?, self.act)?;
+        // (seq, batch, ·): out of per-example Fisher's probes (see the module's doc).
+        let y = activate(&self.layer_1.forward_shared(x, ctx)?, self.act)?;
         let y = self.dropout.forward(&y, ctx)?;
-        let y = self.dropout.forward(&self.layer_2.forward(&y, ctx)?, ctx)?;
-        self.layer_norm.forward(&(y + x)?, ctx)
+        let y = self.layer_2.forward_shared(&y, ctx)?;
+        let y = self.dropout.forward(&y, ctx)?;
+        self.layer_norm.forward_shared(&(y + x)?)
     }
 }
 
@@ -307,6 +312,16 @@ pub struct Xlnet {
     dropout: Dropout,
     d_model: usize,
     clamp_len: i64,
+}
+
+/// What every layer of one batch reads: the relative encoding after its dropout
+/// (2·seq, batch, d), which keys each query may not see and which pairs of tokens lie in
+/// different segments (both (batch, 1, seq, seq)). No parameter is among them.
+#[derive(Clone)]
+pub struct Shared {
+    pos: Tensor,
+    masked: Tensor,
+    other_segment: Tensor,
 }
 
 impl Xlnet {
@@ -329,23 +344,37 @@ impl Xlnet {
         })
     }
 
-    /// The last hidden state (batch, seq, d) of `input_ids`, `token_type_ids` and
-    /// `attention_mask` (batch, seq; 1 for real tokens), padded on the left as XLNet's
-    /// tokenizer pads.
-    pub fn forward(
+    pub fn num_layers(&self) -> usize {
+        self.layers.len()
+    }
+
+    /// The word embeddings of `input_ids` (batch, seq) after their dropout, in XLNet's
+    /// (seq, batch, d) layout.
+    pub fn embed(&self, input_ids: &Tensor, ctx: &Ctx) -> Result<Tensor> {
+        let (b, l) = input_ids.dims2()?;
+        let h = self
+            .word_embedding
+            .index_select(&input_ids.flatten_all()?, 0)?
+            .reshape((b, l, self.d_model))?;
+        // Looked up batch first, so that per-example Fisher sees each example's rows.
+        let kind = ProbeKind::Lookup {
+            tables: vec![(self.word_embedding.id(), input_ids.clone())],
+        };
+        let h = ctx.probe(kind, input_ids, h)?;
+        self.dropout.forward(&h.transpose(0, 1)?.contiguous()?, ctx)
+    }
+
+    /// What the layers share for a batch of `token_type_ids` and `attention_mask` (batch,
+    /// seq; 1 for real tokens), padded on either side: the relative encoding is drawn
+    /// (its dropout) here, after the embeddings', as transformers draws it.
+    pub fn shared(
         &self,
-        input_ids: &Tensor,
         token_type_ids: &Tensor,
         attention_mask: &Tensor,
         ctx: &Ctx,
-    ) -> Result<Tensor> {
-        let (b, l) = input_ids.dims2()?;
-        let device = input_ids.device();
-        let ids = input_ids.t()?.contiguous()?.flatten_all()?;
-        let h = self.word_embedding.index_select(&ids, 0)?;
-        let mut h = self
-            .dropout
-            .forward(&h.reshape((l, b, self.d_model))?, ctx)?;
+    ) -> Result<Shared> {
+        let (b, l) = attention_mask.dims2()?;
+        let device = attention_mask.device();
         // Key j is hidden from query i when j pads and i ≠ j (a padding query still sees
         // itself, as transformers' non_tgt_mask).
         let pad = attention_mask
@@ -364,13 +393,41 @@ impl Xlnet {
             .reshape((2 * l, 1, self.d_model))?
             .broadcast_as((2 * l, b, self.d_model))?
             .contiguous()?;
-        let pos = self.dropout.forward(&pos, ctx)?;
-        for (attn, ff) in &self.layers {
-            h = attn.forward(&h, &pos, &other_segment, &masked, ctx)?;
-            h = ff.forward(&h, ctx)?;
+        Ok(Shared {
+            pos: self.dropout.forward(&pos, ctx)?,
+            masked,
+            other_segment,
+        })
+    }
+
+    /// Layer `i` on `h` (seq, batch, d).
+    pub fn layer(&self, i: usize, h: &Tensor, shared: &Shared, ctx: &Ctx) -> Result<Tensor> {
+        let (attn, ff) = &self.layers[i];
+        let h = attn.forward(h, &shared.pos, &shared.other_segment, &shared.masked, ctx)?;
+        ff.forward(&h, ctx)
+    }
+
+    /// The last layer's output through the final dropout, batch first: (batch, seq, d).
+    pub fn finish(&self, h: &Tensor, ctx: &Ctx) -> Result<Tensor> {
+        let h = self.dropout.forward(h, ctx)?;
+        Ok(h.transpose(0, 1)?.contiguous()?)
+    }
+
+    /// The last hidden state (batch, seq, d) of `input_ids`, `token_type_ids` and
+    /// `attention_mask` (batch, seq; 1 for real tokens).
+    pub fn forward(
+        &self,
+        input_ids: &Tensor,
+        token_type_ids: &Tensor,
+        attention_mask: &Tensor,
+        ctx: &Ctx,
+    ) -> Result<Tensor> {
+        let mut h = self.embed(input_ids, ctx)?;
+        let shared = self.shared(token_type_ids, attention_mask, ctx)?;
+        for i in 0..self.layers.len() {
+            h = self.layer(i, &h, &shared, ctx)?;
         }
-        let h = self.dropout.forward(&h, ctx)?;
-        Ok(h.permute((1, 0, 2))?.contiguous()?)
+        self.finish(&h, ctx)
     }
 }
 
@@ -396,14 +453,39 @@ impl SummaryHead {
         })
     }
 
-    /// Logits (batch, labels) from the last hidden state (batch, seq, d).
-    pub fn forward(&self, hidden: &Tensor, ctx: &Ctx) -> Result<Tensor> {
-        let last = hidden.narrow(1, hidden.dim(1)? - 1, 1)?.squeeze(1)?;
+    /// Logits (batch, labels) from the last hidden state (batch, seq, d) at each row's
+    /// last real token (`attention_mask`, batch × seq, 1 for real tokens): `<cls>`, which
+    /// transformers finds last because it pads on the left. Padded on either side, a real
+    /// token's state is the same (relative attention reads distances, and padding is
+    /// hidden from real queries), so the logits are too.
+    pub fn forward(&self, hidden: &Tensor, attention_mask: &Tensor, ctx: &Ctx) -> Result<Tensor> {
+        let last = last_tokens(hidden, attention_mask)?;
         let x = self.first_dropout.forward(&last, ctx)?;
         let x = self.summary.forward(&x, ctx)?.tanh()?;
         let x = self.last_dropout.forward(&x, ctx)?;
         self.logits_proj.forward(&x, ctx)
     }
+
+    pub fn outputs(&self) -> usize {
+        self.logits_proj.weight().dims()[0]
+    }
+}
+
+/// Each row's last real token of `hidden` (batch, seq, d): (batch, d). Real tokens are
+/// those `attention_mask` marks, contiguous on the right (left padding) or the left.
+pub fn last_tokens(hidden: &Tensor, attention_mask: &Tensor) -> Result<Tensor> {
+    let (b, l, d) = hidden.dims3()?;
+    let mask: Vec<Vec<f32>> = attention_mask.to_dtype(DType::F32)?.to_vec2()?;
+    let rows: Vec<u32> = mask
+        .iter()
+        .enumerate()
+        .map(|(r, m)| {
+            let last = m.iter().rposition(|&v| v > 0.0).unwrap_or(l - 1);
+            (r * l + last) as u32
+        })
+        .collect();
+    let rows = Tensor::from_vec(rows, b, hidden.device())?;
+    Ok(hidden.reshape((b * l, d))?.index_select(&rows, 0)?)
 }
 
 /// `XLNetForQuestionAnsweringSimple`'s `qa_outputs`: start and end logits per token.

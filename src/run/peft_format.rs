@@ -120,12 +120,15 @@ fn head_of(
     trained: &HashMap<String, Tensor>,
 ) -> Result<(&'static str, Vec<&'static str>)> {
     let qa = info.train.task_spec(info.labels.as_deref())?.is_qa();
-    let (task_type, head) = match qa {
-        true => ("QUESTION_ANS", "qa_outputs"),
-        false => ("SEQ_CLS", "classifier"),
+    let (task_type, mut saved) = match qa {
+        true => ("QUESTION_ANS", vec!["qa_outputs"]),
+        // XLNet's classifier is the sequence summary and logits_proj.
+        false if trained.keys().any(|n| n.starts_with("logits_proj.")) => {
+            ("SEQ_CLS", vec!["sequence_summary", "logits_proj"])
+        }
+        false => ("SEQ_CLS", vec!["classifier"]),
     };
     // A pooler the base lacked (DeBERTa's always) was created and trained with the head.
-    let mut saved = vec![head];
     if trained.keys().any(|n| n.starts_with("pooler.")) {
         saved.push("pooler");
     }
@@ -167,11 +170,13 @@ fn write_ln_tuning(
         })
         .collect();
     let (task_type, saved) = head_of(info, trained)?;
+    // PEFT matches the modules by name: BERT's `LayerNorm`, XLNet's `layer_norm`.
+    let module = arch.family().layer_norm;
     let config = json!({
         "peft_type": "LN_TUNING",
         "task_type": task_type,
         "base_model_name_or_path": info.base.path,
-        "target_modules": ["LayerNorm"],
+        "target_modules": [module],
         "modules_to_save": saved,
         "inference_mode": true,
     });

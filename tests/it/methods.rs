@@ -1,4 +1,4 @@
-//! Every method through the binary on the tiny BERT: what may move moves, what may not is
+//! Every method through the binary on every family's tiny model: what may move moves, what may not is
 //! bit-identical to the base, and `peft eval` reproduces the run (PEFT's
 //! test_custom_models idea: one table of methods, generic checks over each row).
 
@@ -29,12 +29,14 @@ fn changed(
     (moved, total)
 }
 
+/// BERT's `LayerNorm`, XLNet's `layer_norm`.
 fn is_ln(n: &str) -> bool {
-    n.contains("LayerNorm.")
+    n.contains("LayerNorm.") || n.contains("layer_norm.")
 }
 
+/// BERT's `encoder.layer.N.`, XLNet's `layer.N.`.
 fn in_layers(n: &str) -> bool {
-    n.starts_with("encoder.layer.")
+    n.starts_with("encoder.layer.") || n.starts_with("layer.")
 }
 
 /// Four steps on RTE at a learning rate that moves what trains, no warm-up.
@@ -62,7 +64,14 @@ const FOUR_QA_STEPS: [&str; 8] = [
 ];
 
 fn is_head(n: &str) -> bool {
-    n.starts_with("classifier.") || n.starts_with("qa_outputs.")
+    [
+        "classifier.",
+        "qa_outputs.",
+        "sequence_summary.",
+        "logits_proj.",
+    ]
+    .iter()
+    .any(|p| n.starts_with(p))
 }
 
 type Row = (&'static [&'static str], fn(&str) -> bool, f64);
@@ -98,13 +107,15 @@ fn eval_metric(run: &Path, metric: &str) -> f64 {
     v["metrics"][metric].as_f64().unwrap()
 }
 
-/// Every model family the methods run on: BERT, RoBERTa, ELECTRA, DeBERTa v3 and v1.
-const FAMILIES: [&str; 5] = [
+/// Every model family the methods run on: BERT, RoBERTa, ELECTRA, DeBERTa v3 and v1,
+/// XLNet.
+const FAMILIES: [&str; 6] = [
     "tiny-bert",
     "tiny-roberta",
     "tiny-electra",
     "tiny-deberta-v2",
     "tiny-deberta",
+    "tiny-xlnet",
 ];
 
 /// Every method on every model family and task type (classification, question
@@ -123,11 +134,13 @@ fn every_method_trains_only_what_it_selects_on_squad() {
     }
 }
 
-/// Outside the encoder's layers, not the head: embeddings, ELECTRA's projection after
-/// them, the pooler, DeBERTa's relative embeddings and their LayerNorm.
+/// Outside the encoder's layers, not the head: embeddings (XLNet's `word_embedding`),
+/// ELECTRA's projection after them, the pooler, DeBERTa's relative embeddings and their
+/// LayerNorm.
 fn beside_layers(n: &str) -> bool {
     [
         "embeddings.",
+        "word_embedding.",
         "embeddings_project.",
         "pooler.",
         "encoder.rel_embeddings.",

@@ -1,7 +1,7 @@
 //! `--recompute`: the layer-by-layer backward with recomputed activations gives the
 //! gradients of the ordinary backward, dropout on, for every family (ELECTRA's projected
-//! embeddings, DeBERTa's relative embeddings shared by all layers, LoReFT's edits between
-//! layers), and a run with it trains to the same weights.
+//! embeddings, DeBERTa's relative embeddings shared by all layers, XLNet's relative
+//! encoding drawn once per forward, LoReFT's edits between layers), and a run with it trains to the same weights.
 
 use std::path::Path;
 
@@ -24,6 +24,7 @@ fn recomputed_gradients_equal_the_ordinary_backward() {
         ("tiny-electra", None),
         ("tiny-deberta-v2", None),
         ("tiny-deberta", None),
+        ("tiny-xlnet", None),
         ("tiny-bert", Some(&loreft)),
     ] {
         let dir = Path::new(&fixture(family)).to_path_buf();

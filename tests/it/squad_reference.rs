@@ -137,6 +137,7 @@ fn answers_match_utils_qa() {
         .map(|w| Feature {
             example: w["example_index"].as_u64().unwrap() as usize,
             offsets: offsets(&w["offset_mapping"]),
+            cls: 0,
         })
         .collect();
     let qa = QaData {

@@ -82,7 +82,7 @@ fn xlnet_matches_transformers_in_eval_mode() {
     let hidden = encoder.forward(&input, &types, &mask, &ctx).unwrap();
     let d = max_abs_diff(&hidden, &g["last_hidden_state"]);
     assert!(d < 1e-5, "last hidden state differs by {d}");
-    let logits = head.forward(&hidden, &ctx).unwrap();
+    let logits = head.forward(&hidden, &mask, &ctx).unwrap();
     let d = max_abs_diff(&logits, &g["logits"]);
     assert!(d < 1e-5, "logits differ by {d}");
     let loss = peft::loss::cross_entropy(&logits, &ids(&g, "labels")).unwrap();
@@ -102,7 +102,7 @@ fn xlnet_matches_transformers_in_eval_mode() {
     }
     let (store, encoder, head) = classifier(reg, 1);
     let hidden = encoder.forward(&input, &types, &mask, &ctx).unwrap();
-    let logits = head.forward(&hidden, &ctx).unwrap();
+    let logits = head.forward(&hidden, &mask, &ctx).unwrap();
     let d = max_abs_diff(&logits, &g["reg_logits"]);
     assert!(d < 1e-5, "regression logits differ by {d}");
     let loss = peft::loss::mse(&logits, &g["reg_labels"]).unwrap();
@@ -131,7 +131,8 @@ fn xlnet_matches_transformers_in_train_mode() {
             &ctx,
         )
         .unwrap();
-    let logits = head.forward(&hidden, &ctx).unwrap();
+    let mask = ids(&g, "attention_mask");
+    let logits = head.forward(&hidden, &mask, &ctx).unwrap();
     assert_eq!(ctx.calls(), scalar("calls"), "dropout masks drawn");
     let d = max_abs_diff(&logits, &t["logits"]);
     assert!(d < 1e-5, "train-mode logits differ by {d}");
@@ -151,6 +152,7 @@ fn xlnet_matches_transformers_in_train_mode() {
                     &Ctx::train(scalar("seed") + 1),
                 )
                 .unwrap(),
+            &mask,
             &Ctx::train(scalar("seed") + 1),
         )
         .unwrap();
@@ -284,6 +286,213 @@ fn xlnet_tokenizers_match_transformers() {
             let offsets: Vec<(usize, usize)> =
                 serde_json::from_value(case["offsets"].clone()).unwrap();
             assert_eq!(chars, offsets, "{which}: offsets of {first:?}");
+        }
+    }
+}
+
+/// Through `Model`, as `peft` runs it: the checkpoint read under its `transformer.` prefix,
+/// the rows padded on the right (collate) where transformers pads on the left. Real tokens
+/// see no padding and relative attention reads distances only, so the summary of the last
+/// real token gives transformers' logits, loss and every gradient.
+#[test]
+fn the_model_padded_on_the_right_gives_transformers_left_padded_results() {
+    use peft::model::{read_checkpoint, Model};
+    use peft::tokenize::{collate, Encoded};
+    let g = load("golden.safetensors");
+    let (cfg, weights) = read_checkpoint(&fixture_dir("tiny-xlnet")).unwrap();
+    assert!(
+        !weights.contains_key("mask_emb"),
+        "the query stream's tensor is left out"
+    );
+    let store = ParamStore::new(weights, Device::Cpu, 0, Box::new(|_| true));
+    let model = Model::load(&store, &cfg, Some(3)).unwrap();
+    assert!(store.created().is_empty(), "{:?}", store.created());
+    let rows = |k: &str| g[k].to_dtype(DType::U32).unwrap().to_vec2::<u32>().unwrap();
+    let (input, types, mask) = (
+        rows("input_ids"),
+        rows("token_type_ids"),
+        rows("attention_mask"),
+    );
+    let encoded: Vec<Encoded> = (0..input.len())
+        .map(|r| {
+            let real = |v: &Vec<u32>| -> Vec<u32> {
+                v.iter()
+                    .zip(&mask[r])
+                    .filter(|(_, m)| **m == 1)
+                    .map(|(x, _)| *x)
+                    .collect()
+            };
+            Encoded {
+                ids: real(&input[r]),
+                type_ids: real(&types[r]),
+            }
+        })
+        .collect();
+    let refs: Vec<&Encoded> = encoded.iter().collect();
+    let batch = collate(&refs, cfg.pad_token_id, &Device::Cpu).unwrap();
+    let right = batch.attention_mask.to_vec2::<f32>().unwrap();
+    assert!(
+        right.iter().any(|r| r[0] == 1.0 && r[r.len() - 1] == 0.0),
+        "padded on the right"
+    );
+    let logits = model.logits(&batch, &Ctx::eval()).unwrap();
+    let d = max_abs_diff(&logits, &g["logits"]);
+    assert!(d < 1e-5, "logits differ by {d}");
+    let loss = peft::loss::cross_entropy(&logits, &ids(&g, "labels")).unwrap();
+    let grads = loss.backward().unwrap();
+    let vars = store.vars();
+    for (name, var) in &vars {
+        let hf = cfg.model_type.task_model_name(name);
+        let want = &g[&format!("grad.{hf}")];
+        let got = grads
+            .get(var.as_tensor())
+            .unwrap()
+            .reshape(want.shape())
+            .unwrap();
+        let rel = max_abs_diff(&got, want) / max_abs(want).max(GRAD_FLOOR);
+        assert!(rel < 1e-4, "gradient of {name} ({hf}) differs by {rel}");
+    }
+    assert_eq!(
+        vars.len(),
+        g.keys().filter(|k| k.starts_with("grad.")).count()
+    );
+}
+
+/// Through the binary: XLNet trains with the methods that apply beyond those of the
+/// every-method table (full, bitfit with its three attention biases, top-layers, head), on
+/// GLUE and SQuAD 2.0, and `peft eval` re-scores each run to its best evaluation; adapters
+/// are refused naming XLNet; `merge` writes the tensors transformers saved for this model
+/// (every name and shape but the head's label count), `mask_emb` included, under XLNet's
+/// task classes, with its SentencePiece model beside them.
+#[test]
+fn xlnet_trains_and_merges_through_the_binary() {
+    use crate::common::{metrics, ok, peft, stderr, tensors, train, write_rte, write_squad};
+    let tmp = tempfile::tempdir().unwrap();
+    write_rte(tmp.path(), 32, 8);
+    write_squad(tmp.path(), "v2.0", 16, 8);
+    let model = crate::common::fixture("tiny-xlnet");
+    let base = load("model.safetensors");
+    let steps = ["--max-steps", "3", "--lr", "1e-2", "--warmup-ratio", "0"];
+    for (task, method, trains) in [
+        ("rte", "full", None),
+        ("rte", "bitfit", Some("r_s_bias")),
+        ("rte", "top-layers", Some("layer.1.ff.layer_1.weight")),
+        ("rte", "head", None),
+        ("squad_v2", "full", None),
+        ("squad_v2", "bitfit", Some("r_w_bias")),
+    ] {
+        let out = tmp.path().join(format!("{task}-{method}"));
+        let mut args = vec!["--task", task, "--method", method];
+        if method == "top-layers" {
+            args.extend(["--layers", "1"]);
+        }
+        args.extend(steps);
+        train(&model, tmp.path(), &out, &args);
+        let trained = tensors(&out.join("last.safetensors"));
+        if let Some(part) = trains {
+            assert!(
+                trained.keys().any(|k| k.contains(part)),
+                "{method}: {part} not trained"
+            );
+        }
+        if method == "head" {
+            assert!(
+                trained
+                    .keys()
+                    .all(|k| k.starts_with("sequence_summary.") || k.starts_with("logits_proj.")),
+                "{:?}",
+                trained.keys()
+            );
+        }
+        let metric = if task == "rte" { "accuracy" } else { "f1" };
+        let m = metrics(&out);
+        let best = m.iter().find(|r| r["best"].as_bool().unwrap()).unwrap()["dev"]["dev"][metric]
+            .as_f64()
+            .unwrap();
+        let shown = ok(peft(&[
+            "eval",
+            "--checkpoint",
+            out.to_str().unwrap(),
+            "--json",
+        ]));
+        let v: serde_json::Value = serde_json::from_str(shown.trim()).unwrap();
+        assert_eq!(
+            v["metrics"][metric].as_f64().unwrap(),
+            best,
+            "{task} {method}"
+        );
+    }
+
+    for method in ["lora", "ia3", "dora", "ina", "loreft"] {
+        let out = tmp.path().join(method);
+        let o = peft(&[
+            "train",
+            "--model",
+            &model,
+            "--data-dir",
+            tmp.path().to_str().unwrap(),
+            "--task",
+            "rte",
+            "--method",
+            method,
+            "--output-dir",
+            out.to_str().unwrap(),
+        ]);
+        assert_eq!(o.status.code(), Some(2), "{method}: {}", stderr(&o));
+        let e = stderr(&o);
+        assert!(e.contains("XLNet") && e.contains(method), "{method}: {e}");
+    }
+
+    for (task, class, head) in [
+        (
+            "rte",
+            "XLNetForSequenceClassification",
+            "logits_proj.weight",
+        ),
+        (
+            "squad_v2",
+            "XLNetForQuestionAnsweringSimple",
+            "qa_outputs.weight",
+        ),
+    ] {
+        let merged = tmp.path().join(format!("merged-{task}"));
+        let run = tmp.path().join(format!("{task}-full"));
+        ok(peft(&[
+            "merge",
+            "--checkpoint",
+            run.to_str().unwrap(),
+            "--output",
+            merged.to_str().unwrap(),
+        ]));
+        let cfg: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(merged.join("config.json")).unwrap())
+                .unwrap();
+        assert_eq!(cfg["architectures"][0], class);
+        assert!(merged.join("spiece.model").is_file());
+        let written = tensors(&merged.join("model.safetensors"));
+        // transformers' own save of this model, with the other task's head swapped in.
+        let mut want: Vec<(String, Vec<usize>)> = base
+            .iter()
+            .filter(|(k, _)| k.starts_with("transformer."))
+            .map(|(k, t)| (k.clone(), t.dims().to_vec()))
+            .collect();
+        for (k, t) in written
+            .iter()
+            .filter(|(k, _)| !k.starts_with("transformer."))
+        {
+            want.push((k.clone(), t.dims().to_vec()));
+        }
+        want.sort();
+        let mut got: Vec<(String, Vec<usize>)> = written
+            .iter()
+            .map(|(k, t)| (k.clone(), t.dims().to_vec()))
+            .collect();
+        got.sort();
+        assert_eq!(got, want, "{task}");
+        assert!(written.contains_key(head), "{task}: no {head}");
+        if task == "rte" {
+            assert!(written.contains_key("sequence_summary.summary.weight"));
+            assert_eq!(written.len(), base.len(), "every tensor transformers saved");
         }
     }
 }
