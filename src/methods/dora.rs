@@ -1,7 +1,8 @@
 //! DoRA (Liu et al., 2024), as PEFT's use_dora: LoRA's direction (the --lora-* settings)
 //! plus a learned magnitude per output row (model/adapter.rs).
 
-use super::{Method, MethodDef, Scope, Traits};
+use super::{Method, MethodDef, MethodSpec, Scope, Traits};
+use crate::optim::LrScale;
 
 pub struct Dora;
 
@@ -24,5 +25,9 @@ impl MethodDef for Dora {
     /// Only its new tensors train (and the head): new parameters always do.
     fn chooses(&self, _name: &str, _scope: &Scope) -> bool {
         false
+    }
+    /// LoRA+ too (--lora-plus-ratio), as PEFT groups a DoRA model.
+    fn lr_scale(&self, spec: &MethodSpec) -> Option<LrScale> {
+        super::lora::plus_scale(spec)
     }
 }

@@ -16,7 +16,7 @@ use candle_core::Tensor;
 use serde::{Deserialize, Serialize};
 
 use crate::model::params::Predicate;
-use crate::optim::{MaskPlan, UpdateRule};
+use crate::optim::{LrScale, MaskPlan, UpdateRule};
 
 mod config;
 pub mod settings;
@@ -138,6 +138,10 @@ pub trait MethodDef: Sync {
     fn ranks(&self, _name: &str) -> bool {
         false
     }
+    /// Learning rates other than the schedule's for some tensors (LoRA+).
+    fn lr_scale(&self, _spec: &MethodSpec) -> Option<LrScale> {
+        None
+    }
 }
 
 /// A method, as the rest of the crate holds it: a handle to its [`MethodDef`], compared
@@ -234,6 +238,7 @@ impl Method {
             trainable: Box::new(move |n| is_head(n) || !known.contains(n) || chosen.contains(n)),
             masks: MaskPlan::default(),
             rule: self.update_rule(),
+            lr_scale: self.0.lr_scale(spec),
         })
     }
 }
@@ -487,11 +492,15 @@ fn union(mut parts: Vec<Selection>) -> Selection {
             }
         }
     }
+    // One part at most sets learning rates (LoRA's); it sets them for every tensor, as
+    // PEFT's LoRA+ groups every trainable tensor of the model.
+    let lr_scale = parts.iter_mut().find_map(|p| p.lr_scale.take());
     let predicates: Vec<Predicate> = parts.into_iter().map(|p| p.trainable).collect();
     Selection {
         trainable: Box::new(move |n| predicates.iter().any(|p| p(n))),
         masks,
         rule: UpdateRule::Torch,
+        lr_scale,
     }
 }
 
@@ -501,6 +510,8 @@ pub struct Selection {
     pub trainable: Predicate,
     pub masks: MaskPlan,
     pub rule: UpdateRule,
+    /// Per-tensor learning rates (LoRA+); None: the schedule's for all.
+    pub lr_scale: Option<LrScale>,
 }
 
 pub use crate::model::family::is_head;

@@ -19,7 +19,7 @@ use anyhow::Result;
 use candle_core::{DType, Device, Tensor, D};
 use serde::Deserialize;
 
-use super::config::Activation;
+use super::activation::Activation;
 use super::ctx::{Ctx, Dropout, ProbeKind};
 use super::nn::{activate, LayerNorm, Linear};
 use super::params::Path;

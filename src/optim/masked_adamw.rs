@@ -145,6 +145,7 @@ impl MaskedAdamW {
             let v = var.zeros_like()?;
             slots.push(Slot {
                 decay: decay(&name),
+                lr_scale: 1.0,
                 name,
                 var,
                 mask,
@@ -162,6 +163,14 @@ impl MaskedAdamW {
             rng: ChaCha12Rng::seed_from_u64(seed),
             seed,
         })
+    }
+
+    /// Each tensor's learning rate as `scale(name, dims)` times the schedule's.
+    pub fn with_lr_scale(mut self, scale: &super::LrScale) -> Self {
+        for s in &mut self.slots {
+            s.lr_scale = scale(&s.name, s.var.rank());
+        }
+        self
     }
 
     pub fn steps_taken(&self) -> usize {
@@ -268,7 +277,7 @@ impl MaskedAdamW {
                 bc1,
                 bc2,
                 eps: self.cfg.eps,
-                lr,
+                lr: lr * slot.lr_scale,
                 weight_decay: if slot.decay { wd } else { 0.0 },
                 scale,
                 rule: self.cfg.rule,
@@ -430,6 +439,40 @@ mod tests {
             (vals(&w)[0] as f64 - expect2).abs() < 1e-6,
             "{} vs {expect2}",
             vals(&w)[0]
+        );
+    }
+
+    /// A tensor with a learning-rate scale (LoRA+'s B) steps as AdamW at lr × scale, its
+    /// decay included (torch applies a group's lr to both); the others at lr.
+    #[test]
+    fn lr_scale_multiplies_one_tensors_rate() {
+        let (a, b) = (var(&[1.0]), var(&[1.0]));
+        let cfg = AdamWConfig {
+            weight_decay: 0.1,
+            max_grad_norm: None,
+            ..Default::default()
+        };
+        let scale: crate::optim::LrScale = Box::new(|n, dims| {
+            if n.starts_with("b.") && dims == 1 {
+                4.0
+            } else {
+                1.0
+            }
+        });
+        let mut o =
+            opt(&[("a.weight", &a), ("b.weight", &b)], BTreeMap::new(), cfg).with_lr_scale(&scale);
+        o.step(&grads(&[("a.weight", &[0.5]), ("b.weight", &[0.5])]), 0.1)
+            .unwrap();
+        let step = |lr: f64| 1.0 - lr * (0.5 / (0.5 + 1e-8) + 0.1 * 1.0);
+        assert!(
+            (vals(&a)[0] as f64 - step(0.1)).abs() < 1e-6,
+            "{:?}",
+            vals(&a)
+        );
+        assert!(
+            (vals(&b)[0] as f64 - step(0.4)).abs() < 1e-6,
+            "{:?}",
+            vals(&b)
         );
     }
 

@@ -12,6 +12,10 @@ pub use masked_adamw::{
 pub use masks::{Mask, MaskPlan};
 pub use schedule::LinearSchedule;
 
+/// A tensor's learning rate as a multiple of the schedule's, from its name and number of
+/// dimensions (LoRA+: PEFT's `create_loraplus_optimizer` groups tensors by both).
+pub type LrScale = Box<dyn Fn(&str, usize) -> f64 + Send + Sync>;
+
 use std::collections::BTreeMap;
 
 use candle_core::backprop::GradStore;

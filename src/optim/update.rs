@@ -15,6 +15,8 @@ pub(super) struct Slot {
     pub(super) var: Var,
     pub(super) mask: Mask,
     pub(super) decay: bool,
+    /// Its learning rate as a multiple of the schedule's (LoRA+'s B matrices).
+    pub(super) lr_scale: f64,
     pub(super) m: Tensor,
     pub(super) v: Tensor,
 }
@@ -143,6 +145,7 @@ pub(super) mod tests {
                 var: Var::from_tensor(&theta.copy().unwrap()).unwrap(),
                 mask: Mask::Dense,
                 decay: wd != 0.0,
+                lr_scale: 1.0,
                 m: m.copy().unwrap(),
                 v: v.copy().unwrap(),
             };

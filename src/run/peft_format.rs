@@ -209,6 +209,8 @@ pub fn method_config(adapter: Option<&AdapterConfig>) -> Result<MethodConfig> {
                 dropout: c.dropout,
                 rslora: c.rslora,
                 targets: c.targets.clone(),
+                // An optimizer setting: PEFT's adapter files hold none.
+                plus_ratio: None,
             };
             let flags = MethodFlags {
                 lora: s.flags(),

@@ -74,6 +74,7 @@ impl Session {
             trainable,
             masks,
             rule,
+            lr_scale,
         } = selection;
         let trainable = Trainable::new(weights, cfg, Some(head), trainable, adapter, device, seed)?;
         let trainable_params = trainable_count(&trainable.vars, &masks)?;
@@ -85,6 +86,10 @@ impl Session {
             adam,
             mask_seed,
         )?;
+        let opt = match &lr_scale {
+            Some(scale) => opt.with_lr_scale(scale),
+            None => opt,
+        };
         Ok(Self {
             trainable,
             opt,

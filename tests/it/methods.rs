@@ -639,3 +639,46 @@ fn unions_of_methods_train_what_each_part_trains() {
         assert!(stderr(&o).contains("one adapter kind"), "{}", stderr(&o));
     }
 }
+
+/// LoRA+ through the binary: one step from Adam's zero moments moves each element by
+/// about the learning rate, so with `--lora-plus-ratio 16` the B matrices and the head's
+/// bias (one-dimensional, PEFT's group B) move 16 times as far as without, A and the
+/// head's weight as far; the ratio is recorded with the run.
+#[test]
+fn lora_plus_steps_b_at_its_ratio() {
+    let tmp = tempfile::tempdir().unwrap();
+    write_rte(tmp.path(), 16, 8);
+    let model = fixture("tiny-bert");
+    let step = |name: &str, extra: &[&str]| {
+        let out = tmp.path().join(name);
+        let mut args = vec!["--task", "rte", "--method", "lora", "--max-steps", "1"];
+        args.extend(["--lr", "1e-3", "--warmup-ratio", "0", "--weight-decay", "0"]);
+        args.extend_from_slice(extra);
+        train(&model, tmp.path(), &out, &args);
+        (tensors(&out.join("last.safetensors")), out)
+    };
+    let (plain, _) = step("plain", &[]);
+    let (plus, out) = step("plus", &["--lora-plus-ratio", "16"]);
+    // How far a step moved them: from the checkpoint's values, or from zero for a new B
+    // and a new head's bias.
+    let (_, base) = peft::model::read_checkpoint(Path::new(&model)).unwrap();
+    let moved = |t: &HashMap<String, Tensor>, part: &str| -> f32 {
+        let mut most = 0f32;
+        for (k, v) in t.iter().filter(|(k, _)| k.contains(part)) {
+            let d = match base.get(k).filter(|b| b.dims() == v.dims()) {
+                Some(b) => max_abs_diff(v, b),
+                None => max_abs(v),
+            };
+            most = most.max(d);
+        }
+        assert!(most > 0.0, "{part} did not move");
+        most
+    };
+    for (part, ratio) in [("lora_B", 16.0), ("classifier.bias", 16.0)] {
+        let (a, b) = (moved(&plain, part), moved(&plus, part));
+        assert!((b / a - ratio).abs() < 1e-2, "{part}: {b} / {a}");
+    }
+    let cfg: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("config.json")).unwrap()).unwrap();
+    assert_eq!(cfg["train"]["method"]["lora"]["plus_ratio"], 16.0);
+}
