@@ -2,6 +2,8 @@
 
     python scripts/peft_adapter_fixture.py            # tests/fixtures/peft-lora-trained/
     python scripts/peft_adapter_fixture.py --rslora   # tests/fixtures/peft-rslora-trained/
+    python scripts/peft_adapter_fixture.py --init pissa  # tests/fixtures/peft-pissa-trained/
+    python scripts/peft_adapter_fixture.py --init olora  # tests/fixtures/peft-olora-trained/
 
 On tests/fixtures/tiny-bert: writes a small RTE-format data set (sentence2 is entailed
 iff its first word occurs in sentence1 and it has no "not"), trains a PEFT LoRA model on
@@ -12,7 +14,11 @@ tests/fixtures/peft-lora-trained/:
     adapter_config.json, adapter_model.safetensors, and expected.json (the dev rows,
     dev accuracy, softmax probabilities and logits per dev row, versions).
 With --rslora the adapter scales by alpha/sqrt(r) (PEFT's use_rslora) and goes to
-tests/fixtures/peft-rslora-trained/. CPU, float32, seeded.
+tests/fixtures/peft-rslora-trained/. With --init pissa or olora, A and B start from each
+wrapped weight (PEFT's init_lora_weights), which PEFT replaces by its residual; saved as
+PEFT saves such an adapter (its trained A and B, init_lora_weights in the config), it is
+reloaded onto a fresh base, where PEFT takes the start out of the weight again. CPU,
+float32, seeded.
 """
 
 import json
@@ -30,7 +36,9 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer
 ROOT = Path(__file__).resolve().parent.parent
 TINY_BERT = ROOT / "tests" / "fixtures" / "tiny-bert"
 RSLORA = "--rslora" in sys.argv[1:]
-OUT = ROOT / "tests" / "fixtures" / ("peft-rslora-trained" if RSLORA else "peft-lora-trained")
+INIT = sys.argv[sys.argv.index("--init") + 1] if "--init" in sys.argv else None
+NAME = f"peft-{INIT}-trained" if INIT else ("peft-rslora-trained" if RSLORA else "peft-lora-trained")
+OUT = ROOT / "tests" / "fixtures" / NAME
 LABELS = ["entailment", "not_entailment"]  # label id = index
 WORDS = (
     "cat dog man woman sat ran saw house car city river red blue big small happy sad old new"
@@ -78,7 +86,7 @@ def train(tok, train_rows) -> None:
     torch.manual_seed(0)
     cfg = LoraConfig(
         task_type="SEQ_CLS", r=4, lora_alpha=8, lora_dropout=0.0, target_modules=["query", "value"],
-        use_rslora=RSLORA,
+        use_rslora=RSLORA, init_lora_weights=INIT or True,
     )
     model = get_peft_model(base_model(), cfg)
     model.print_trainable_parameters()

@@ -50,6 +50,7 @@ impl Settings {
             dropout: 0.0,
             targets: self.targets.clone(),
             rslora: false,
+            init: None,
         }
     }
 }

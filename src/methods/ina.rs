@@ -51,6 +51,7 @@ impl Settings {
             dropout: self.dropout,
             targets: self.targets.clone(),
             rslora: false,
+            init: None,
         }
     }
 }

@@ -9,6 +9,7 @@ use super::{Method, MethodDef, MethodSpec, Scope, Traits};
 use crate::optim::LrScale;
 use crate::error::user;
 use crate::model::adapter::TARGETS;
+use crate::model::adapter::LoraInit;
 use crate::model::{AdapterConfig, AdapterKind};
 
 pub struct Lora;
@@ -35,6 +36,10 @@ crate::method_settings! {
     /// lora, dora: LoRA+ (Hayou et al., 2024), B's learning rate this many times A's, as
     /// PEFT's create_loraplus_optimizer (loraplus_lr_ratio) [default: none, plain LoRA].
     lora_plus_ratio => plus_ratio: f64 = optional();
+    /// lora, dora: how A and B start, as PEFT's init_lora_weights: gaussian (A ~ N(0,
+    /// 1/r²)), pissa (W's top singular vectors) or olora (W's QR); the last two take their
+    /// part out of the frozen weight [default: none, A Kaiming-uniform and B zero].
+    lora_init => init: LoraInit = optional();
 }
 
 impl Settings {
@@ -56,6 +61,7 @@ impl Settings {
             dropout: self.dropout,
             targets: self.targets.clone(),
             rslora: self.rslora,
+            init: self.init,
         }
     }
 }

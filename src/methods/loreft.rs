@@ -64,6 +64,7 @@ impl Settings {
             dropout: self.dropout,
             targets: self.layers.clone(),
             rslora: false,
+            init: None,
         })
     }
 }

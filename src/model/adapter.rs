@@ -39,6 +39,7 @@ use serde::{Deserialize, Serialize};
 
 use super::ctx::{Ctx, Dropout};
 use super::params::{Init, Path};
+pub use super::principal::LoraInit;
 
 /// Modules an adapter may wrap, by their path inside a layer. `in_proj` is DeBERTa v1's
 /// fused query-key-value projection (`attention.self.in_proj`), which PEFT wraps whole.
@@ -94,6 +95,9 @@ pub struct AdapterConfig {
     /// Scale by alpha/√r (rsLoRA) rather than alpha/r.
     #[serde(default)]
     pub rslora: bool,
+    /// How LoRA's A and B start (PEFT's `init_lora_weights`); None: PEFT's default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub init: Option<LoraInit>,
 }
 
 impl AdapterConfig {
@@ -125,6 +129,8 @@ pub struct Adapter {
     kind: AdapterKind,
     /// DoRA's m, (out,).
     magnitude: Option<Tensor>,
+    /// PiSSA's and OLoRA's s·B₀·A₀, taken out of the frozen weight (`principal.rs`).
+    shift: Option<Tensor>,
 }
 
 impl Adapter {
@@ -147,6 +153,27 @@ impl Adapter {
             )));
         }
         let bound = 1.0 / (d_in as f64).sqrt();
+        let scale = cfg.scale();
+        // PiSSA and OLoRA start from the weight; found again on every load, for the
+        // residual the run trained on.
+        let start = match cfg.init.filter(|i| i.from_weight()) {
+            Some(init) => Some(super::principal::start(init, weight, cfg.r, scale)?),
+            None => None,
+        };
+        let shift = match &start {
+            Some((a, b)) => Some(super::principal::shift(a, b, scale)?),
+            None => None,
+        };
+        let (a_init, b_init) = match &start {
+            Some((a, b)) => (Start::Given(a.clone()), Start::Given(b.clone())),
+            None => (
+                match cfg.init {
+                    Some(LoraInit::Gaussian) => Start::Init(Init::Normal(1.0 / cfg.r as f64)),
+                    _ => Start::Init(Init::Uniform(bound)),
+                },
+                Start::Init(Init::Zeros),
+            ),
+        };
         let magnitude = match cfg.kind {
             // ‖W₀ + s·B·A‖ with B = 0 (PEFT's `update_layer`).
             AdapterKind::Dora => Some(path.get_or_compute(
@@ -158,16 +185,19 @@ impl Adapter {
         };
         Ok(Self {
             magnitude,
-            a: path
-                .pp("lora_A")
-                .get_or_init("weight", &[cfg.r, d_in], Init::Uniform(bound))?,
-            b: path
-                .pp("lora_B")
-                .get_or_init("weight", &[d_out, cfg.r], Init::Zeros)?,
-            scale: cfg.scale(),
+            a: a_init.load(&path.pp("lora_A"), &[cfg.r, d_in])?,
+            b: b_init.load(&path.pp("lora_B"), &[d_out, cfg.r])?,
+            shift,
+            scale,
             dropout: Dropout::new(cfg.dropout),
             kind: cfg.kind,
         })
+    }
+
+    /// What the frozen weight gives up to the adapter (PiSSA, OLoRA): the layer runs on
+    /// W − shift.
+    pub fn shift(&self) -> Option<&Tensor> {
+        self.shift.as_ref()
     }
 
     /// The wrapped layer's output: `y` = W₀x + b₀ (rows, out) plus the adapter's part.
@@ -226,6 +256,21 @@ impl Adapter {
                 bail!("an InA adapter (inhibition {inhibition}) is not linear and cannot be merged into its weight")
             }
             _ => Ok((self.b.matmul(&self.a)? * self.scale)?),
+        }
+    }
+}
+
+/// How a new A or B starts: drawn, or computed from the weight.
+enum Start {
+    Init(Init),
+    Given(Tensor),
+}
+
+impl Start {
+    fn load(self, path: &Path, shape: &[usize]) -> Result<Tensor> {
+        match self {
+            Start::Init(init) => path.get_or_init("weight", shape, init),
+            Start::Given(t) => path.get_or_compute("weight", shape, || Ok(t)),
         }
     }
 }

@@ -72,8 +72,38 @@ struct Ia3;
 /// LoReFT: edits of chosen tokens' hidden states.
 struct Loreft;
 
-/// LoRA's and PEFT's `LoraConfig` fields, DoRA's `use_dora` among them.
+/// A PiSSA or OLoRA run trained beside W − s·B₀·A₀: each wrapped weight in `weights`
+/// becomes that residual (found again from W, `principal.rs`), for folding onto.
+fn to_residual(cfg: &AdapterConfig, weights: &mut HashMap<String, Tensor>) -> Result<()> {
+    let Some(init) = cfg.init.filter(|i| i.from_weight()) else {
+        return Ok(());
+    };
+    let s = cfg.scale();
+    let modules: Vec<String> = weights
+        .keys()
+        .filter_map(|k| k.strip_suffix(".lora_A.weight").map(str::to_string))
+        .collect();
+    for module in modules {
+        let key = format!("{module}.weight");
+        let w = weights
+            .get(&key)
+            .ok_or_else(|| user(format!("the run has no `{key}`")))?;
+        let (a, b) = super::principal::start(init, w, cfg.r, s)?;
+        let residual = (w - super::principal::shift(&a, &b, s)?)?;
+        weights.insert(key, residual);
+    }
+    Ok(())
+}
+
+/// LoRA's and PEFT's `LoraConfig` fields, DoRA's `use_dora` among them. A PiSSA or
+/// OLoRA start is written as PEFT's own `save_pretrained` writes it (`init_lora_weights`
+/// "pissa" or "olora", the trained A and B): PEFT takes the start out of the base weight
+/// again when it loads the adapter.
 fn lora_config(cfg: &AdapterConfig, targets: &[String]) -> Value {
+    let init = match cfg.init {
+        Some(i) => json!(i.peft_name()),
+        None => json!(true),
+    };
     json!({
         "r": cfg.r,
         "lora_alpha": cfg.alpha,
@@ -81,7 +111,7 @@ fn lora_config(cfg: &AdapterConfig, targets: &[String]) -> Value {
         "target_modules": targets,
         "bias": "none",
         "fan_in_fan_out": false,
-        "init_lora_weights": true,
+        "init_lora_weights": init,
         "use_rslora": cfg.rslora,
         "use_dora": cfg.kind == AdapterKind::Dora,
     })
@@ -100,6 +130,7 @@ impl AdapterDef for Lora {
         &["lora_A.weight", "lora_B.weight"]
     }
     fn fold(&self, cfg: &AdapterConfig, weights: &mut HashMap<String, Tensor>) -> Result<()> {
+        to_residual(cfg, weights)?;
         fold_lora(weights, cfg.scale())
     }
     fn interpolate(
@@ -125,6 +156,7 @@ impl AdapterDef for Dora {
         &["lora_A.weight", "lora_B.weight", "lora_magnitude_vector"]
     }
     fn fold(&self, cfg: &AdapterConfig, weights: &mut HashMap<String, Tensor>) -> Result<()> {
+        to_residual(cfg, weights)?;
         fold_lora(weights, cfg.scale())
     }
     /// The magnitudes' θ₀ is ‖W₀‖ per row (with B scaled as LoRA's, the norm they divide

@@ -19,6 +19,7 @@ pub mod load;
 pub mod nn;
 pub mod params;
 mod pickle;
+pub mod principal;
 mod recompute;
 pub mod reft;
 pub mod relative;

@@ -40,7 +40,14 @@ impl Linear {
             let (d_out, d_in) = self.weight.dims2()?;
             match cfg.kind {
                 AdapterKind::Ia3 => self.ia3 = Some(Ia3::load(path, d_in, d_out)?),
-                _ => self.adapter = Some(Box::new(Adapter::load(path, &self.weight, cfg)?)),
+                _ => {
+                    let adapter = Adapter::load(path, &self.weight, cfg)?;
+                    // PiSSA and OLoRA: the layer keeps the residual W − s·B₀·A₀.
+                    if let Some(shift) = adapter.shift() {
+                        self.weight = (&self.weight - shift)?;
+                    }
+                    self.adapter = Some(Box::new(adapter));
+                }
             }
         }
         Ok(self)

@@ -211,6 +211,7 @@ pub fn method_config(adapter: Option<&AdapterConfig>) -> Result<MethodConfig> {
                 targets: c.targets.clone(),
                 // An optimizer setting: PEFT's adapter files hold none.
                 plus_ratio: None,
+                init: c.init,
             };
             let flags = MethodFlags {
                 lora: s.flags(),
@@ -296,6 +297,7 @@ pub fn read(dir: &Path, arch: Arch) -> Result<PeftAdapter> {
             "limits the adapter to some layers, which is not supported".into(),
         ));
     }
+    let init = lora_init(field("init_lora_weights"), &at)?;
     let r = field("r")
         .and_then(|v| v.as_u64())
         .filter(|r| *r > 0)
@@ -405,9 +407,37 @@ pub fn read(dir: &Path, arch: Arch) -> Result<PeftAdapter> {
             dropout,
             targets: kinds,
             rslora: field("use_rslora").and_then(|v| v.as_bool()) == Some(true),
+            init,
         }),
         tensors,
     })
+}
+
+/// `init_lora_weights` of a saved LoRA adapter. A trained A and B make PEFT's draws
+/// (true, false, "gaussian") moot; "pissa" and "olora" matter: PEFT takes their start out
+/// of the base weight again when it loads such an adapter, and so does this crate. Other
+/// starts (a randomised SVD, LoftQ, EVA, CorDA) leave a base weight that cannot be found
+/// again here, and are refused by name.
+fn lora_init(
+    value: Option<&serde_json::Value>,
+    at: &dyn Fn(&str, String) -> anyhow::Error,
+) -> Result<Option<crate::model::adapter::LoraInit>> {
+    use crate::model::adapter::LoraInit;
+    let Some(v) = value.filter(|v| !v.is_boolean()) else {
+        return Ok(None);
+    };
+    match v.as_str() {
+        Some("gaussian") => Ok(Some(LoraInit::Gaussian)),
+        Some("pissa") => Ok(Some(LoraInit::Pissa)),
+        Some("olora") => Ok(Some(LoraInit::Olora)),
+        _ => Err(at(
+            "init_lora_weights",
+            format!(
+                "is {v}: only true, false, \"gaussian\", \"pissa\" and \"olora\" starts \
+                 can be rebuilt here (PiSSA's randomised SVD and data-driven starts cannot)"
+            ),
+        )),
+    }
 }
 
 /// PEFT builds the adapter's modules from `target_modules`, not from the tensors: it
@@ -579,6 +609,7 @@ fn read_ia3(
             dropout: 0.0,
             targets,
             rslora: false,
+            init: None,
         }),
         tensors,
     })

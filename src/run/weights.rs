@@ -365,7 +365,22 @@ impl RunWeights {
     /// base lacks stay as trained: there is no θ₀ to move towards, except an adapter's,
     /// which its kind knows (the adapter that changes nothing).
     pub fn weights(&self, alpha: f64) -> Result<HashMap<String, Tensor>> {
-        let adapter = crate::run::setup::adapter(&self.info.train).map(|a| a.kind.def());
+        let cfg = crate::run::setup::adapter(&self.info.train);
+        if let Some(init) = cfg
+            .as_ref()
+            .and_then(|c| c.init)
+            .filter(|i| i.from_weight())
+        {
+            if alpha != 1.0 {
+                return Err(crate::error::user(format!(
+                    "--alpha {alpha}: a run started with --lora-init {} took part of each \
+                     wrapped weight into its adapter, so scaling the adapter does not move \
+                     between the base and the trained model; WiSE-FT of it is not supported",
+                    init.peft_name()
+                )));
+            }
+        }
+        let adapter = cfg.map(|a| a.kind.def());
         let run = Tensors {
             trained: &self.trained,
             base: &self.base,

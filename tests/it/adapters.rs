@@ -15,7 +15,7 @@ use peft::run::weights::RunWeights;
 use peft::run::weights::Which;
 use peft::tokenize::{collate, TextEncoder};
 
-fn lora(r: usize, targets: &[&str]) -> AdapterConfig {
+pub(crate) fn lora(r: usize, targets: &[&str]) -> AdapterConfig {
     AdapterConfig {
         kind: AdapterKind::Lora,
         r,
@@ -23,6 +23,7 @@ fn lora(r: usize, targets: &[&str]) -> AdapterConfig {
         dropout: 0.1,
         targets: targets.iter().map(|s| s.to_string()).collect(),
         rslora: false,
+        init: None,
     }
 }
 
@@ -228,7 +229,7 @@ fn adapter_flags_are_checked() {
 }
 
 /// Logits of a run rebuilt as `peft eval` does: base, then the saved tensors, adapters on.
-fn run_logits(model_dir: &str, run: &Path, adapter: Option<&AdapterConfig>) -> Tensor {
+pub(crate) fn run_logits(model_dir: &str, run: &Path, adapter: Option<&AdapterConfig>) -> Tensor {
     let (cfg, mut w) = read_checkpoint(Path::new(model_dir)).unwrap();
     fit_head(&mut w, 2.into());
     w.extend(tensors(&run.join("last.safetensors")));
@@ -244,13 +245,13 @@ fn run_logits(model_dir: &str, run: &Path, adapter: Option<&AdapterConfig>) -> T
         .unwrap()
 }
 
-fn dir_logits(dir: &Path) -> Tensor {
+pub(crate) fn dir_logits(dir: &Path) -> Tensor {
     let (cfg, w) = read_checkpoint(dir).unwrap();
     let model = Model::load(&ParamStore::frozen(w, Device::Cpu), &cfg, Some(2)).unwrap();
     model.logits(&batch(dir, &cfg), &Ctx::eval()).unwrap()
 }
 
-fn merge(run: &Path, out: &Path, extra: &[&str]) -> std::process::Output {
+pub(crate) fn merge(run: &Path, out: &Path, extra: &[&str]) -> std::process::Output {
     let mut args = vec![
         "merge",
         "--checkpoint",
@@ -685,7 +686,10 @@ fn scores_as_python(name: &str) {
 /// Score fixture `name`'s dev rows with `eval --adapter` over `model`, and check each
 /// probability against the Python reference's within 1e-5; the temporary folder and the
 /// GLUE folder it wrote.
-fn scores_as_python_on(name: &str, model: &str) -> (tempfile::TempDir, std::path::PathBuf) {
+pub(crate) fn scores_as_python_on(
+    name: &str,
+    model: &str,
+) -> (tempfile::TempDir, std::path::PathBuf) {
     let tmp = tempfile::tempdir().unwrap();
     let fx = Path::new(&fixture(name)).to_path_buf();
     let expected: serde_json::Value =
@@ -962,6 +966,7 @@ fn loreft_matches_pyreft() {
         dropout: 0.0,
         targets: vec!["all".into()],
         rslora: false,
+        init: None,
     };
     let (weights, batch, r, cfg, _) = matches_reference(
         "loreft",

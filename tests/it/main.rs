@@ -16,6 +16,7 @@ mod fuzz;
 mod grid;
 mod hostile;
 mod hub;
+mod lora_init;
 mod methods;
 mod old_runs;
 mod parity;

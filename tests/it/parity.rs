@@ -352,6 +352,7 @@ fn check_adapter_train_mode(kind: &str) {
             dropout: 0.05,
             targets: vec!["all".into()],
             rslora: false,
+            init: None,
         },
         _ => AdapterConfig {
             kind: if kind == "dora" {
@@ -364,6 +365,7 @@ fn check_adapter_train_mode(kind: &str) {
             dropout: 0.1,
             targets: vec!["query".into(), "value".into()],
             rslora: false,
+            init: None,
         },
     };
     let model = Model::load_with_adapters(&store, &cfg, Some(2.into()), Some(&adapter)).unwrap();

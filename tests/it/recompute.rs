@@ -18,6 +18,7 @@ fn recomputed_gradients_equal_the_ordinary_backward() {
         dropout: 0.1,
         targets: vec!["all".into()],
         rslora: false,
+        init: None,
     };
     for (family, adapter) in [
         ("tiny-bert", None),
