@@ -122,6 +122,7 @@ groups!(
     ina: ina,
     ia3: ia3,
     loreft: loreft,
+    bottleneck: bottleneck,
 );
 
 impl MethodConfig {

@@ -48,6 +48,7 @@ registry!(
     ina,
     ia3,
     loreft,
+    bottleneck,
     head,
     top_layers,
 );

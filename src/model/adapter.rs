@@ -37,6 +37,7 @@ use anyhow::{bail, Result};
 use candle_core::{Tensor, D};
 use serde::{Deserialize, Serialize};
 
+pub use super::bottleneck::{BnActivation, Placement};
 use super::ctx::{Ctx, Dropout};
 use super::params::{Init, Path};
 pub use super::principal::LoraInit;
@@ -78,6 +79,13 @@ pub enum AdapterKind {
         first: usize,
         last: usize,
     },
+    /// AdapterHub's bottleneck adapters in the layers' sublayers (`model::bottleneck`),
+    /// `reduction` times narrower than the encoder.
+    Bottleneck {
+        reduction: usize,
+        placement: Placement,
+        activation: BnActivation,
+    },
 }
 
 /// PEFT's IA3 targets for BERT-family models (matched by suffix, as PEFT matches them).
@@ -107,7 +115,7 @@ impl AdapterConfig {
         self.targets.iter().any(|t| match self.kind {
             // PEFT matches IA3 targets by suffix: `output.dense` is both dense outputs.
             AdapterKind::Ia3 => rel == t || rel.ends_with(&format!(".{t}")),
-            AdapterKind::Loreft { .. } => false,
+            AdapterKind::Loreft { .. } | AdapterKind::Bottleneck { .. } => false,
             _ => rel == t || rel.strip_prefix("attention.self.") == Some(t.as_str()),
         })
     }

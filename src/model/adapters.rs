@@ -57,6 +57,7 @@ impl AdapterKind {
             AdapterKind::Ina { .. } => &Ina,
             AdapterKind::Ia3 => &Ia3,
             AdapterKind::Loreft { .. } => &Loreft,
+            AdapterKind::Bottleneck { .. } => &Bottleneck,
         }
     }
 }
@@ -71,6 +72,40 @@ struct Ina;
 struct Ia3;
 /// LoReFT: edits of chosen tokens' hidden states.
 struct Loreft;
+/// AdapterHub's bottleneck adapters in the sublayers.
+struct Bottleneck;
+
+impl AdapterDef for Bottleneck {
+    fn leaves(&self) -> &'static [&'static str] {
+        &[
+            "adapter_down.0.weight",
+            "adapter_down.0.bias",
+            "adapter_up.weight",
+            "adapter_up.bias",
+        ]
+    }
+    fn fold(&self, _cfg: &AdapterConfig, _weights: &mut HashMap<String, Tensor>) -> Result<()> {
+        Err(user(
+            "a bottleneck-adapter run cannot be merged: its adapters are small networks with \
+             an activation between two projections, which no weight of the encoder \
+             reproduces; score it with `peft eval --checkpoint` or `peft predict`",
+        ))
+    }
+    /// θ₀ is the adapter that adds nothing: the up projection at zero (weight and bias),
+    /// the down projection as trained.
+    fn interpolate(
+        &self,
+        name: &str,
+        t: &Tensor,
+        alpha: f64,
+        _run: &Tensors,
+    ) -> Result<Option<Tensor>> {
+        Ok(match name.contains(".adapter_up.") {
+            true => Some((t * alpha)?),
+            false => None,
+        })
+    }
+}
 
 /// A PiSSA or OLoRA run trained beside W − s·B₀·A₀: each wrapped weight in `weights`
 /// becomes that residual (found again from W, `principal.rs`), for folding onto.

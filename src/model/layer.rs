@@ -5,7 +5,8 @@
 use anyhow::Result;
 use candle_core::Tensor;
 
-use super::adapter::AdapterConfig;
+use super::adapter::{AdapterConfig, AdapterKind};
+use super::bottleneck::Bottleneck;
 
 use super::config::{Activation, ModelConfig};
 use super::disentangled::Disentangled;
@@ -85,6 +86,8 @@ pub struct AddNorm {
     dense: Linear,
     layer_norm: LayerNorm,
     dropout: Dropout,
+    /// A bottleneck adapter in this sublayer (`--method adapter`).
+    bottleneck: Option<Bottleneck>,
 }
 
 impl AddNorm {
@@ -98,7 +101,22 @@ impl AddNorm {
     ) -> Result<Self> {
         let p = path.pp("dense");
         let wraps = adapters.filter(|a| a.wraps(&format!("{rel}.dense")));
+        let bottleneck = match adapters.map(|a| a.kind) {
+            Some(AdapterKind::Bottleneck {
+                reduction,
+                placement,
+                activation,
+            }) if placement.adapts(rel) => Some(Bottleneck::load(
+                path,
+                cfg.hidden_size,
+                reduction,
+                placement,
+                activation,
+            )?),
+            _ => None,
+        };
         Ok(Self {
+            bottleneck,
             dense: Linear::load(&p, d_in, cfg.hidden_size)?.with_adapter(&p, wraps)?,
             layer_norm: LayerNorm::load(
                 &path.pp("LayerNorm"),
@@ -125,6 +143,10 @@ impl AddNorm {
     }
 
     fn add_norm(&self, y: Tensor, residual: &Tensor, ctx: &Ctx) -> Result<Tensor> {
+        if let Some(b) = &self.bottleneck {
+            let h = self.dropout.forward(&y, ctx)?;
+            return b.forward(&h, residual, &self.layer_norm, ctx);
+        }
         let s = dropout::dropout_add(&y, residual, self.dropout.op(ctx))?;
         self.layer_norm.forward(&s, ctx)
     }

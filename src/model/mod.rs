@@ -6,6 +6,7 @@
 mod activation;
 pub mod adapter;
 pub mod adapters;
+pub mod bottleneck;
 pub mod config;
 mod ctx;
 pub mod deberta;
@@ -130,16 +131,26 @@ impl Model {
                     AdapterKind::Ia3 => "ia3",
                     AdapterKind::Dora => "dora",
                     AdapterKind::Loreft { .. } => "loreft",
+                    AdapterKind::Bottleneck { .. } => "adapter",
                 };
                 crate::user_bail!(
-                    "--method {name}: adapters (LoRA, DoRA, InA, IA3, LoReFT) do not apply to XLNet here: \
+                    "--method {name}: adapters (LoRA, DoRA, InA, IA3, LoReFT, bottleneck) do not \
+                     apply to XLNet here: \
                      its attention projections are parameters read by einsums, not linear \
                      layers; train XLNet with full, bitfit, layernorm, the Fisher and \
                      random subsets, top-layers, head or Child-Tuning"
                 );
             }
         }
-        if let Some(a) = adapters.filter(|a| !matches!(a.kind, AdapterKind::Loreft { .. })) {
+        // LoReFT edits layer outputs and bottleneck adapters sit in the sublayers: neither
+        // names linear layers.
+        let wraps_linears = |a: &&AdapterConfig| {
+            !matches!(
+                a.kind,
+                AdapterKind::Loreft { .. } | AdapterKind::Bottleneck { .. }
+            )
+        };
+        if let Some(a) = adapters.filter(wraps_linears) {
             for t in &a.targets {
                 cfg.model_type
                     .adapter_module(t)

@@ -109,6 +109,9 @@ pub fn adapter(cfg: &TrainConfig) -> Option<AdapterConfig> {
         // Checked when the settings were resolved or read back.
         return s.adapter().ok();
     }
+    if let Some(s) = &m.bottleneck {
+        return Some(s.adapter());
+    }
     m.ia3.as_ref().map(|s| s.adapter())
 }
 

@@ -6,6 +6,7 @@ mod common;
 mod adapters;
 mod architecture;
 mod backprop;
+mod bottleneck;
 mod candle_transformers;
 mod cli;
 mod custom;
