@@ -123,6 +123,7 @@ groups!(
     ia3: ia3,
     loreft: loreft,
     bottleneck: bottleneck,
+    hra: hra,
 );
 
 impl MethodConfig {
@@ -132,7 +133,7 @@ impl MethodConfig {
     /// `output.dense` for IA3), as PEFT picks when no targets are given. Targets a user
     /// named are kept as named, and refused when the model is built if they name nothing.
     pub fn fit_to(&mut self, family: &Family) {
-        use super::{ia3, ina, lora};
+        use super::{hra, ia3, ina, lora};
         if family.projections != Projections::Fused {
             return;
         }
@@ -150,6 +151,15 @@ impl MethodConfig {
             .map(|s| s.targets);
         if let Some(s) = &mut self.ina {
             if ina_default.as_ref().is_ok_and(|d| *d == s.targets) {
+                s.targets = names(family.peft_lora_targets);
+            }
+        }
+        // HRA's defaults are LoRA's in PEFT (TRANSFORMERS_MODELS_TO_HRA_TARGET_MODULES_MAPPING).
+        let hra_default = hra::Flags::default()
+            .resolve(&Methods::one(hra::METHOD))
+            .map(|s| s.targets);
+        if let Some(s) = &mut self.hra {
+            if hra_default.as_ref().is_ok_and(|d| *d == s.targets) {
                 s.targets = names(family.peft_lora_targets);
             }
         }

@@ -47,6 +47,7 @@ registry!(
     dora,
     ina,
     ia3,
+    hra,
     loreft,
     bottleneck,
     head,

@@ -79,6 +79,9 @@ pub enum AdapterKind {
         first: usize,
         last: usize,
     },
+    /// HRA's Householder reflections of a linear layer's input (`model::hra`), `r` of
+    /// them.
+    Hra,
     /// AdapterHub's bottleneck adapters in the layers' sublayers (`model::bottleneck`),
     /// `reduction` times narrower than the encoder.
     Bottleneck {

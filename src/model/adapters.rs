@@ -58,6 +58,7 @@ impl AdapterKind {
             AdapterKind::Ia3 => &Ia3,
             AdapterKind::Loreft { .. } => &Loreft,
             AdapterKind::Bottleneck { .. } => &Bottleneck,
+            AdapterKind::Hra => &Hra,
         }
     }
 }
@@ -74,6 +75,75 @@ struct Ia3;
 struct Loreft;
 /// AdapterHub's bottleneck adapters in the sublayers.
 struct Bottleneck;
+/// HRA: Householder reflections of a layer's input.
+struct Hra;
+
+impl AdapterDef for Hra {
+    fn leaves(&self) -> &'static [&'static str] {
+        &["hra_u"]
+    }
+    /// W·H, as PEFT's merge.
+    fn fold(&self, _cfg: &AdapterConfig, weights: &mut HashMap<String, Tensor>) -> Result<()> {
+        let wrapped: Vec<String> = weights
+            .keys()
+            .filter_map(|k| k.strip_suffix(".hra_u").map(str::to_string))
+            .collect();
+        for module in wrapped {
+            let u = weights
+                .remove(&format!("{module}.hra_u"))
+                .ok_or_else(|| user(format!("the run has no `{module}.hra_u`")))?;
+            let key = format!("{module}.weight");
+            let w = weights
+                .get(&key)
+                .ok_or_else(|| user(format!("the run has no `{key}`")))?;
+            let h = super::hra::Hra::from_u(u).matrix()?;
+            if h.dim(0)? != w.dim(1)? {
+                return Err(user(format!(
+                    "`{module}`: hra_u reflects {} inputs, the weight has {}",
+                    h.dim(0)?,
+                    w.dim(1)?
+                )));
+            }
+            let merged = w.matmul(&h)?;
+            weights.insert(key, merged);
+        }
+        Ok(())
+    }
+    /// No θ₀ to move towards by scaling: a reflection's vector cannot be scaled towards
+    /// the identity.
+    fn interpolate(
+        &self,
+        name: &str,
+        _t: &Tensor,
+        alpha: f64,
+        _run: &Tensors,
+    ) -> Result<Option<Tensor>> {
+        match name.ends_with(".hra_u") {
+            true => Err(user(format!(
+                "--alpha {alpha}: an HRA run's reflections have no scaled-down form that \
+                 leads back to the base model; WiSE-FT of it is not supported"
+            ))),
+            false => Ok(None),
+        }
+    }
+    /// PEFT's `HRAConfig` (`apply_GS` false, its default and the only form here).
+    fn peft_config(
+        &self,
+        cfg: &AdapterConfig,
+        targets: &[String],
+    ) -> Option<(&'static str, Value)> {
+        Some((
+            "HRA",
+            json!({
+                "r": cfg.r,
+                "apply_GS": false,
+                "init_weights": true,
+                "target_modules": targets,
+                "bias": "none",
+            }),
+        ))
+    }
+}
 
 impl AdapterDef for Bottleneck {
     fn leaves(&self) -> &'static [&'static str] {

@@ -14,6 +14,7 @@ mod disentangled;
 mod embeddings;
 pub mod family;
 mod heads;
+pub mod hra;
 pub mod hub;
 mod layer;
 pub mod load;
@@ -132,9 +133,10 @@ impl Model {
                     AdapterKind::Dora => "dora",
                     AdapterKind::Loreft { .. } => "loreft",
                     AdapterKind::Bottleneck { .. } => "adapter",
+                    AdapterKind::Hra => "hra",
                 };
                 crate::user_bail!(
-                    "--method {name}: adapters (LoRA, DoRA, InA, IA3, LoReFT, bottleneck) do not \
+                    "--method {name}: adapters (LoRA, DoRA, InA, IA3, HRA, LoReFT, bottleneck) do not \
                      apply to XLNet here: \
                      its attention projections are parameters read by einsums, not linear \
                      layers; train XLNet with full, bitfit, layernorm, the Fisher and \

@@ -10,6 +10,7 @@ use candle_core::Tensor;
 use super::adapter::{Adapter, AdapterConfig, AdapterKind, Ia3};
 use super::config::Activation;
 pub use super::ctx::{Ctx, Dropout, Precision, Probe, ProbeKind, Probes};
+use super::hra::Hra;
 use super::params::{Init, Path};
 use crate::kernels::{gelu, layernorm, linear};
 
@@ -21,6 +22,8 @@ pub struct Linear {
     // Boxed: most layers have none, and an adapter is several tensors.
     adapter: Option<Box<Adapter>>,
     ia3: Option<Ia3>,
+    /// HRA's reflections of the input (`hra.rs`).
+    hra: Option<Hra>,
 }
 
 impl Linear {
@@ -30,6 +33,7 @@ impl Linear {
             bias,
             adapter: None,
             ia3: None,
+            hra: None,
         }
     }
 
@@ -40,6 +44,7 @@ impl Linear {
             let (d_out, d_in) = self.weight.dims2()?;
             match cfg.kind {
                 AdapterKind::Ia3 => self.ia3 = Some(Ia3::load(path, d_in, d_out)?),
+                AdapterKind::Hra => self.hra = Some(Hra::load(path, d_in, cfg.r)?),
                 _ => {
                     let adapter = Adapter::load(path, &self.weight, cfg)?;
                     // PiSSA and OLoRA: the layer keeps the residual W − s·B₀·A₀.
@@ -97,7 +102,7 @@ impl Linear {
     /// renormalises the weight, IA3 scales), so the layer's tensors are left to the
     /// one-example-at-a-time estimate.
     fn probed(&self, x: &Tensor, y: Tensor, ctx: &Ctx) -> Result<Tensor> {
-        if self.adapter.is_some() || self.ia3.is_some() {
+        if self.adapter.is_some() || self.ia3.is_some() || self.hra.is_some() {
             self.mark_shared(ctx);
             return Ok(y);
         }
@@ -124,6 +129,14 @@ impl Linear {
 
     fn forward_unprobed(&self, x: &Tensor, ctx: &Ctx) -> Result<Tensor> {
         self.on_rows(x, |x| {
+            let reflected;
+            let x = match &self.hra {
+                Some(h) => {
+                    reflected = h.reflect(x)?;
+                    &reflected
+                }
+                None => x,
+            };
             let scaled;
             let x = match &self.ia3 {
                 Some(s) => {
@@ -153,6 +166,7 @@ impl Linear {
         match (&self.adapter, act, &self.bias) {
             (None, Activation::Gelu, Some(b))
                 if self.ia3.is_none()
+                    && self.hra.is_none()
                     && ctx.precision() == Precision::F32
                     && !ctx.probes(self.weight.id()) =>
             {

@@ -189,9 +189,20 @@ fn write_ln_tuning(
 /// The method section of a run that trained what a PEFT adapter holds: LayerNorm tensors
 /// (`None`), IA3 vectors, or LoRA/DoRA adapters with their settings.
 pub fn method_config(adapter: Option<&AdapterConfig>) -> Result<MethodConfig> {
-    use crate::methods::{dora, ia3, layernorm, lora, MethodFlags};
+    use crate::methods::{dora, hra, ia3, layernorm, lora, MethodFlags};
     let (method, flags) = match adapter {
         None => (layernorm::METHOD, MethodFlags::default()),
+        Some(c) if c.kind == AdapterKind::Hra => {
+            let s = hra::Settings {
+                r: c.r,
+                targets: c.targets.clone(),
+            };
+            let flags = MethodFlags {
+                hra: s.flags(),
+                ..Default::default()
+            };
+            (hra::METHOD, flags)
+        }
         Some(c) if c.kind == AdapterKind::Ia3 => {
             let s = ia3::Settings {
                 targets: c.targets.clone(),
@@ -249,11 +260,12 @@ pub fn read(dir: &Path, arch: Arch) -> Result<PeftAdapter> {
     match field("peft_type").and_then(|v| v.as_str()) {
         Some("LORA") => {}
         Some("IA3") => return read_ia3(dir, arch, &cfg, &at),
+        Some("HRA") => return read_hra(dir, arch, &cfg, &at),
         Some("LN_TUNING") => return read_ln_tuning(dir, arch),
         other => {
             return Err(at(
                 "peft_type",
-                format!("is {other:?}; only LORA, IA3 and LN_TUNING adapters load"),
+                format!("is {other:?}; only LORA, IA3, HRA and LN_TUNING adapters load"),
             ))
         }
     }
@@ -339,21 +351,13 @@ pub fn read(dir: &Path, arch: Arch) -> Result<PeftAdapter> {
             .or_else(|| name.strip_suffix(".lora_B.weight"))
             .or(magnitude)
         {
-            // The target whose module (in this family's names) is the longest the path
-            // ends with.
-            let kind = TARGETS
-                .iter()
-                .filter_map(|t| Some((t, arch.adapter_module(t).ok()?)))
-                .filter(|(_, m)| module.ends_with(&format!(".{m}")))
-                .max_by_key(|(_, m)| m.len())
-                .map(|(t, _)| t)
-                .ok_or_else(|| {
-                    user(format!(
-                        "{}: `{key}` wraps a module this crate cannot adapt (expected one of {})",
-                        weights_path.display(),
-                        TARGETS.join(", ")
-                    ))
-                })?;
+            let kind = target_of(module, arch).ok_or_else(|| {
+                user(format!(
+                    "{}: `{key}` wraps a module this crate cannot adapt (expected one of {})",
+                    weights_path.display(),
+                    TARGETS.join(", ")
+                ))
+            })?;
             if !kinds.iter().any(|k| k == kind) {
                 kinds.push(kind.to_string());
             }
@@ -408,6 +412,86 @@ pub fn read(dir: &Path, arch: Arch) -> Result<PeftAdapter> {
             targets: kinds,
             rslora: field("use_rslora").and_then(|v| v.as_bool()) == Some(true),
             init,
+        }),
+        tensors,
+    })
+}
+
+/// The target (one of [`TARGETS`]) whose module, in this family's names, is the longest
+/// that `module` (a wrapped module's path) ends with.
+fn target_of(module: &str, arch: Arch) -> Option<&'static str> {
+    use crate::model::adapter::TARGETS;
+    TARGETS
+        .iter()
+        .filter_map(|t| Some((*t, arch.adapter_module(t).ok()?)))
+        .filter(|(_, m)| module.ends_with(&format!(".{m}")))
+        .max_by_key(|(_, m)| m.len())
+        .map(|(t, _)| t)
+}
+
+/// An HRA adapter PEFT saved (`apply_GS` false): its `….hra_u` under our names, the head.
+fn read_hra(
+    dir: &Path,
+    arch: Arch,
+    cfg: &serde_json::Value,
+    at: &dyn Fn(&str, String) -> anyhow::Error,
+) -> Result<PeftAdapter> {
+    use crate::model::{AdapterConfig, AdapterKind};
+    if cfg.get("apply_GS").and_then(|v| v.as_bool()) == Some(true) {
+        return Err(at(
+            "apply_GS",
+            "is true: only HRA without Gram-Schmidt is supported".into(),
+        ));
+    }
+    let r = cfg.get("r").and_then(|v| v.as_u64()).filter(|r| *r > 0);
+    let r = r.ok_or_else(|| at("r", "is missing or not a positive integer".into()))? as usize;
+    let weights_path = dir.join(WEIGHTS);
+    let prefix = format!("{}.", arch.prefix());
+    let (mut tensors, mut targets) = (HashMap::new(), Vec::<String>::new());
+    for (key, t) in run_dir::load_tensors(&weights_path)? {
+        let name = key.strip_prefix("base_model.model.").unwrap_or(&key);
+        let name = name.replace(".modules_to_save.default.", ".");
+        let name = name.strip_prefix(&prefix).unwrap_or(&name).to_string();
+        if let Some(module) = name.strip_suffix(".hra_u") {
+            let kind = target_of(module, arch).ok_or_else(|| {
+                user(format!(
+                    "{}: `{key}` wraps a module this crate cannot adapt",
+                    weights_path.display()
+                ))
+            })?;
+            if t.dims().get(1) != Some(&r) {
+                return Err(user(format!(
+                    "{}: `{key}` has shape {:?}, not (in, {r})",
+                    weights_path.display(),
+                    t.dims()
+                )));
+            }
+            if !targets.iter().any(|k| k == kind) {
+                targets.push(kind.to_string());
+            }
+        } else if !is_head(&name) && !name.starts_with("pooler.") {
+            return Err(user(format!(
+                "{}: `{key}` is neither an HRA tensor nor the head",
+                weights_path.display()
+            )));
+        }
+        tensors.insert(name, t);
+    }
+    if targets.is_empty() || !tensors.keys().any(|k| is_head(k)) {
+        return Err(user(format!(
+            "{}: no hra_u tensors, or no head",
+            weights_path.display()
+        )));
+    }
+    Ok(PeftAdapter {
+        config: Some(AdapterConfig {
+            kind: AdapterKind::Hra,
+            r,
+            alpha: 0.0,
+            dropout: 0.0,
+            targets,
+            rslora: false,
+            init: None,
         }),
         tensors,
     })

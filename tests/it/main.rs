@@ -16,6 +16,7 @@ mod frozen;
 mod fuzz;
 mod grid;
 mod hostile;
+mod hra;
 mod hub;
 mod lora_init;
 mod methods;
