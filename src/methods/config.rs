@@ -124,6 +124,7 @@ groups!(
     loreft: loreft,
     bottleneck: bottleneck,
     hra: hra,
+    vera: vera,
 );
 
 impl MethodConfig {

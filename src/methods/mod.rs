@@ -48,6 +48,7 @@ registry!(
     ina,
     ia3,
     hra,
+    vera,
     loreft,
     bottleneck,
     head,

@@ -47,6 +47,7 @@ impl<T> Absent for Option<T> {
 }
 
 impl Absent for usize {}
+impl Absent for u64 {}
 impl Absent for f64 {}
 impl Absent for bool {}
 impl Absent for String {}

@@ -82,6 +82,14 @@ pub enum AdapterKind {
     /// HRA's Householder reflections of a linear layer's input (`model::hra`), `r` of
     /// them.
     Hra,
+    /// VeRA's trained scaling vectors around shared frozen projections drawn from `key`
+    /// (`model::vera`), `r` wide; `max` the largest (in, out) among the wrapped layers,
+    /// which the projections span (filled in when the model is built).
+    Vera {
+        key: u64,
+        d_initial: f64,
+        max: (usize, usize),
+    },
     /// AdapterHub's bottleneck adapters in the layers' sublayers (`model::bottleneck`),
     /// `reduction` times narrower than the encoder.
     Bottleneck {
@@ -123,6 +131,19 @@ impl AdapterConfig {
         })
     }
 
+    /// VeRA's settings with the projections spanning `max` (in, out); others as they are.
+    pub fn spanning(&self, max: (usize, usize)) -> Self {
+        let mut out = self.clone();
+        if let AdapterKind::Vera { key, d_initial, .. } = self.kind {
+            out.kind = AdapterKind::Vera {
+                key,
+                d_initial,
+                max,
+            };
+        }
+        out
+    }
+
     pub fn scale(&self) -> f64 {
         match self.rslora {
             true => self.alpha / (self.r as f64).sqrt(),
@@ -142,12 +163,22 @@ pub struct Adapter {
     magnitude: Option<Tensor>,
     /// PiSSA's and OLoRA's s·B₀·A₀, taken out of the frozen weight (`principal.rs`).
     shift: Option<Tensor>,
+    /// VeRA's λ_d (r,) and λ_b (out,); `a` and `b` are then its projections' slices.
+    lambdas: Option<(Tensor, Tensor)>,
 }
 
 impl Adapter {
     /// The adapter on the frozen `weight` (out × in) under `path`.
     pub fn load(path: &Path, weight: &Tensor, cfg: &AdapterConfig) -> Result<Self> {
         let (d_out, d_in) = weight.dims2()?;
+        if let AdapterKind::Vera {
+            key,
+            d_initial,
+            max,
+        } = cfg.kind
+        {
+            return Self::vera(path, (d_in, d_out), cfg, key, d_initial, max);
+        }
         // B·A has rank at most min(in, out): a larger r adds no capacity, only memory
         // (r = 10^8 on a 32-wide layer asks for 15 GB). Checked before A and B exist.
         if cfg.r > d_in.min(d_out) {
@@ -199,9 +230,41 @@ impl Adapter {
             a: a_init.load(&path.pp("lora_A"), &[cfg.r, d_in])?,
             b: b_init.load(&path.pp("lora_B"), &[d_out, cfg.r])?,
             shift,
+            lambdas: None,
             scale,
             dropout: Dropout::new(cfg.dropout),
             kind: cfg.kind,
+        })
+    }
+
+    /// VeRA on a layer of (in, out): its slices of the shared projections, its λ_d (from
+    /// `d_initial`) and λ_b (from zero).
+    fn vera(
+        path: &Path,
+        (d_in, d_out): (usize, usize),
+        cfg: &AdapterConfig,
+        key: u64,
+        d_initial: f64,
+        max: (usize, usize),
+    ) -> Result<Self> {
+        if max.0 < d_in || max.1 < d_out {
+            bail!("VeRA's projections span {max:?}, less than this layer's ({d_in}, {d_out})");
+        }
+        let device = path.device();
+        let (a, b) = super::vera::slices(key, cfg.r, max, (d_in, d_out), device)?;
+        let lambda_d = path.get_or_compute("vera_lambda_d", &[cfg.r], || {
+            Ok(Tensor::full(d_initial as f32, cfg.r, device)?)
+        })?;
+        let lambda_b = path.get_or_init("vera_lambda_b", &[d_out], Init::Zeros)?;
+        Ok(Self {
+            a,
+            b,
+            scale: 1.0,
+            dropout: Dropout::new(cfg.dropout),
+            kind: cfg.kind,
+            magnitude: None,
+            shift: None,
+            lambdas: Some((lambda_d, lambda_b)),
         })
     }
 
@@ -243,6 +306,10 @@ impl Adapter {
     /// The adapter's contribution for `x` of shape (rows, in): (rows, out).
     pub fn forward(&self, x: &Tensor, ctx: &Ctx) -> Result<Tensor> {
         let h = self.dropout.forward(x, ctx)?.matmul(&self.a.t()?)?;
+        if let Some((d, b)) = &self.lambdas {
+            let h = h.broadcast_mul(d)?.matmul(&self.b.t()?)?;
+            return Ok(h.broadcast_mul(b)?);
+        }
         let h = match self.kind {
             AdapterKind::Ina {
                 inhibition,
@@ -262,6 +329,9 @@ impl Adapter {
 
     /// (α/r)·B·A, what merging adds to W. InA's thresholded path has no such form.
     pub fn delta_weight(&self) -> Result<Tensor> {
+        if let Some((d, b)) = &self.lambdas {
+            return vera_delta(&self.a, &self.b, d, b);
+        }
         match self.kind {
             AdapterKind::Ina { inhibition, .. } if inhibition != 0.0 => {
                 bail!("an InA adapter (inhibition {inhibition}) is not linear and cannot be merged into its weight")
@@ -269,6 +339,13 @@ impl Adapter {
             _ => Ok((self.b.matmul(&self.a)? * self.scale)?),
         }
     }
+}
+
+/// VeRA's ΔW = diag(λ_b)·B_s·diag(λ_d)·A_s, as PEFT's `get_delta_weight`.
+pub fn vera_delta(a: &Tensor, b: &Tensor, d: &Tensor, lb: &Tensor) -> Result<Tensor> {
+    let left = b.broadcast_mul(&lb.unsqueeze(1)?)?;
+    let right = a.broadcast_mul(&d.unsqueeze(1)?)?;
+    Ok(left.matmul(&right)?)
 }
 
 /// How a new A or B starts: drawn, or computed from the weight.

@@ -59,6 +59,7 @@ impl AdapterKind {
             AdapterKind::Loreft { .. } => &Loreft,
             AdapterKind::Bottleneck { .. } => &Bottleneck,
             AdapterKind::Hra => &Hra,
+            AdapterKind::Vera { .. } => &Vera,
         }
     }
 }
@@ -77,6 +78,78 @@ struct Loreft;
 struct Bottleneck;
 /// HRA: Householder reflections of a layer's input.
 struct Hra;
+/// VeRA: scaling vectors around shared random projections.
+struct Vera;
+
+impl AdapterDef for Vera {
+    fn leaves(&self) -> &'static [&'static str] {
+        &["vera_lambda_d", "vera_lambda_b"]
+    }
+    /// W₀ + diag(λ_b)·B_s·diag(λ_d)·A_s, the projections drawn again from the key over
+    /// the run's wrapped layers (PEFT's merge).
+    fn fold(&self, cfg: &AdapterConfig, weights: &mut HashMap<String, Tensor>) -> Result<()> {
+        let AdapterKind::Vera { key, .. } = cfg.kind else {
+            return Ok(());
+        };
+        let max = super::vera::max_dims_of(weights)?;
+        let wrapped: Vec<String> = weights
+            .keys()
+            .filter_map(|k| k.strip_suffix(".vera_lambda_d").map(str::to_string))
+            .collect();
+        for module in wrapped {
+            let take = |w: &mut HashMap<String, Tensor>, leaf: &str| {
+                w.remove(&format!("{module}.{leaf}"))
+                    .ok_or_else(|| user(format!("the run has no `{module}.{leaf}`")))
+            };
+            let d = take(weights, "vera_lambda_d")?;
+            let b = take(weights, "vera_lambda_b")?;
+            let w = take(weights, "weight")?;
+            let (o, i) = w.dims2()?;
+            let (pa, pb) = super::vera::slices(key, cfg.r, max, (i, o), w.device())?;
+            let merged = (&w + super::adapter::vera_delta(&pa, &pb, &d, &b)?)?;
+            weights.insert(format!("{module}.weight"), merged);
+        }
+        Ok(())
+    }
+    /// θ₀ is λ_b at zero: alpha·λ_b scales the update, λ_d as trained.
+    fn interpolate(
+        &self,
+        name: &str,
+        t: &Tensor,
+        alpha: f64,
+        _run: &Tensors,
+    ) -> Result<Option<Tensor>> {
+        Ok(match name.ends_with(".vera_lambda_b") {
+            true => Some((t * alpha)?),
+            false => None,
+        })
+    }
+    /// PEFT's `VeraConfig`. The projections are not saved (`save_projection` false): PEFT
+    /// draws them from `projection_prng_key` as this crate does.
+    fn peft_config(
+        &self,
+        cfg: &AdapterConfig,
+        targets: &[String],
+    ) -> Option<(&'static str, Value)> {
+        let AdapterKind::Vera { key, d_initial, .. } = cfg.kind else {
+            return None;
+        };
+        Some((
+            "VERA",
+            json!({
+                "r": cfg.r,
+                "target_modules": targets,
+                "projection_prng_key": key,
+                "save_projection": false,
+                "vera_dropout": cfg.dropout,
+                "d_initial": d_initial,
+                "fan_in_fan_out": false,
+                "bias": "none",
+                "init_weights": true,
+            }),
+        ))
+    }
+}
 
 impl AdapterDef for Hra {
     fn leaves(&self) -> &'static [&'static str] {

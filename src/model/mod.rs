@@ -25,6 +25,7 @@ pub mod principal;
 mod recompute;
 pub mod reft;
 pub mod relative;
+pub mod vera;
 pub mod xlnet;
 
 use std::path::Path as FsPath;
@@ -134,9 +135,10 @@ impl Model {
                     AdapterKind::Loreft { .. } => "loreft",
                     AdapterKind::Bottleneck { .. } => "adapter",
                     AdapterKind::Hra => "hra",
+                    AdapterKind::Vera { .. } => "vera",
                 };
                 crate::user_bail!(
-                    "--method {name}: adapters (LoRA, DoRA, InA, IA3, HRA, LoReFT, bottleneck) do not \
+                    "--method {name}: adapters (LoRA, DoRA, InA, IA3, HRA, VeRA, LoReFT, bottleneck) do not \
                      apply to XLNet here: \
                      its attention projections are parameters read by einsums, not linear \
                      layers; train XLNet with full, bitfit, layernorm, the Fisher and \
@@ -159,6 +161,15 @@ impl Model {
                     .map_err(crate::error::user)?;
             }
         }
+        // VeRA's projections span the largest wrapped layer, which the model knows.
+        let sized;
+        let adapters = match adapters {
+            Some(a) if matches!(a.kind, AdapterKind::Vera { .. }) => {
+                sized = a.spanning(vera::max_dims(cfg, &a.targets)?);
+                Some(&sized)
+            }
+            other => other,
+        };
         let root = store.root();
         let body = match &cfg.xlnet {
             Some(x) => Body::Xlnet(xlnet::Xlnet::load(&root, x)?),

@@ -6,6 +6,7 @@ pub mod checkpoint;
 pub mod dir;
 pub mod lock;
 pub mod peft_format;
+mod peft_kinds;
 pub mod record;
 pub mod setup;
 pub mod weights;

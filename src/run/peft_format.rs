@@ -16,8 +16,9 @@ use crate::methods::{is_head, is_layernorm};
 use crate::model::{AdapterConfig, AdapterKind, Arch};
 use crate::run::dir::{self as run_dir, RunInfo};
 
-pub const CONFIG: &str = "adapter_config.json";
-pub const WEIGHTS: &str = "adapter_model.safetensors";
+use super::peft_kinds as kinds;
+pub use super::peft_kinds::{PeftAdapter, CONFIG, WEIGHTS};
+use kinds::target_of;
 
 /// Write the adapter and head of a LoRA run; other runs have nothing PEFT could load
 /// (and lose any such files an overwritten LoRA run left behind). A union with LoRA
@@ -189,9 +190,27 @@ fn write_ln_tuning(
 /// The method section of a run that trained what a PEFT adapter holds: LayerNorm tensors
 /// (`None`), IA3 vectors, or LoRA/DoRA adapters with their settings.
 pub fn method_config(adapter: Option<&AdapterConfig>) -> Result<MethodConfig> {
-    use crate::methods::{dora, hra, ia3, layernorm, lora, MethodFlags};
+    use crate::methods::{dora, hra, ia3, layernorm, lora, vera, MethodFlags};
     let (method, flags) = match adapter {
         None => (layernorm::METHOD, MethodFlags::default()),
+        Some(c) if matches!(c.kind, AdapterKind::Vera { .. }) => {
+            let (key, d_initial) = match c.kind {
+                AdapterKind::Vera { key, d_initial, .. } => (key, d_initial),
+                _ => (0, 0.1),
+            };
+            let s = vera::Settings {
+                r: c.r,
+                targets: c.targets.clone(),
+                seed: key,
+                dropout: c.dropout,
+                d_initial,
+            };
+            let flags = MethodFlags {
+                vera: s.flags(),
+                ..Default::default()
+            };
+            (vera::METHOD, flags)
+        }
         Some(c) if c.kind == AdapterKind::Hra => {
             let s = hra::Settings {
                 r: c.r,
@@ -238,12 +257,6 @@ pub fn method_config(adapter: Option<&AdapterConfig>) -> Result<MethodConfig> {
     flags.resolve(method.into())
 }
 
-pub struct PeftAdapter {
-    /// None for LN tuning, whose tensors replace the base's LayerNorms.
-    pub config: Option<crate::model::AdapterConfig>,
-    pub tensors: HashMap<String, Tensor>,
-}
-
 /// Read `dir`'s adapter_config.json and adapter_model.safetensors for a base model of
 /// `arch`. Adapters this crate cannot run the same way are refused by name: other PEFT
 /// types, per-layer ranks or alphas, trained biases, some layers only.
@@ -259,13 +272,14 @@ pub fn read(dir: &Path, arch: Arch) -> Result<PeftAdapter> {
     let field = |key: &str| cfg.get(key).filter(|v| !v.is_null());
     match field("peft_type").and_then(|v| v.as_str()) {
         Some("LORA") => {}
-        Some("IA3") => return read_ia3(dir, arch, &cfg, &at),
-        Some("HRA") => return read_hra(dir, arch, &cfg, &at),
-        Some("LN_TUNING") => return read_ln_tuning(dir, arch),
+        Some("IA3") => return kinds::read_ia3(dir, arch, &cfg, &at),
+        Some("HRA") => return kinds::read_hra(dir, arch, &cfg, &at),
+        Some("VERA") => return kinds::read_vera(dir, arch, &cfg, &at),
+        Some("LN_TUNING") => return kinds::read_ln_tuning(dir, arch),
         other => {
             return Err(at(
                 "peft_type",
-                format!("is {other:?}; only LORA, IA3, HRA and LN_TUNING adapters load"),
+                format!("is {other:?}; only LORA, IA3, HRA, VERA and LN_TUNING adapters load"),
             ))
         }
     }
@@ -417,86 +431,6 @@ pub fn read(dir: &Path, arch: Arch) -> Result<PeftAdapter> {
     })
 }
 
-/// The target (one of [`TARGETS`]) whose module, in this family's names, is the longest
-/// that `module` (a wrapped module's path) ends with.
-fn target_of(module: &str, arch: Arch) -> Option<&'static str> {
-    use crate::model::adapter::TARGETS;
-    TARGETS
-        .iter()
-        .filter_map(|t| Some((*t, arch.adapter_module(t).ok()?)))
-        .filter(|(_, m)| module.ends_with(&format!(".{m}")))
-        .max_by_key(|(_, m)| m.len())
-        .map(|(t, _)| t)
-}
-
-/// An HRA adapter PEFT saved (`apply_GS` false): its `….hra_u` under our names, the head.
-fn read_hra(
-    dir: &Path,
-    arch: Arch,
-    cfg: &serde_json::Value,
-    at: &dyn Fn(&str, String) -> anyhow::Error,
-) -> Result<PeftAdapter> {
-    use crate::model::{AdapterConfig, AdapterKind};
-    if cfg.get("apply_GS").and_then(|v| v.as_bool()) == Some(true) {
-        return Err(at(
-            "apply_GS",
-            "is true: only HRA without Gram-Schmidt is supported".into(),
-        ));
-    }
-    let r = cfg.get("r").and_then(|v| v.as_u64()).filter(|r| *r > 0);
-    let r = r.ok_or_else(|| at("r", "is missing or not a positive integer".into()))? as usize;
-    let weights_path = dir.join(WEIGHTS);
-    let prefix = format!("{}.", arch.prefix());
-    let (mut tensors, mut targets) = (HashMap::new(), Vec::<String>::new());
-    for (key, t) in run_dir::load_tensors(&weights_path)? {
-        let name = key.strip_prefix("base_model.model.").unwrap_or(&key);
-        let name = name.replace(".modules_to_save.default.", ".");
-        let name = name.strip_prefix(&prefix).unwrap_or(&name).to_string();
-        if let Some(module) = name.strip_suffix(".hra_u") {
-            let kind = target_of(module, arch).ok_or_else(|| {
-                user(format!(
-                    "{}: `{key}` wraps a module this crate cannot adapt",
-                    weights_path.display()
-                ))
-            })?;
-            if t.dims().get(1) != Some(&r) {
-                return Err(user(format!(
-                    "{}: `{key}` has shape {:?}, not (in, {r})",
-                    weights_path.display(),
-                    t.dims()
-                )));
-            }
-            if !targets.iter().any(|k| k == kind) {
-                targets.push(kind.to_string());
-            }
-        } else if !is_head(&name) && !name.starts_with("pooler.") {
-            return Err(user(format!(
-                "{}: `{key}` is neither an HRA tensor nor the head",
-                weights_path.display()
-            )));
-        }
-        tensors.insert(name, t);
-    }
-    if targets.is_empty() || !tensors.keys().any(|k| is_head(k)) {
-        return Err(user(format!(
-            "{}: no hra_u tensors, or no head",
-            weights_path.display()
-        )));
-    }
-    Ok(PeftAdapter {
-        config: Some(AdapterConfig {
-            kind: AdapterKind::Hra,
-            r,
-            alpha: 0.0,
-            dropout: 0.0,
-            targets,
-            rslora: false,
-            init: None,
-        }),
-        tensors,
-    })
-}
-
 /// `init_lora_weights` of a saved LoRA adapter. A trained A and B make PEFT's draws
 /// (true, false, "gaussian") moot; "pissa" and "olora" matter: PEFT takes their start out
 /// of the base weight again when it loads such an adapter, and so does this crate. Other
@@ -593,142 +527,6 @@ fn check_targets(
         ));
     }
     Ok(())
-}
-
-/// An IA3 adapter PEFT saved: its targets (a list, matched by suffix as ours are) must
-/// make the dense output layers, and only those, its `feedforward_modules`, as our IA3
-/// does; the vectors are `….ia3_l`.
-fn read_ia3(
-    dir: &Path,
-    arch: Arch,
-    cfg: &serde_json::Value,
-    at: &impl Fn(&str, String) -> anyhow::Error,
-) -> Result<PeftAdapter> {
-    use crate::model::adapter::{IA3_TARGETS, TARGETS};
-    use crate::model::{AdapterConfig, AdapterKind};
-    let list = |key: &str| -> Result<Vec<String>> {
-        match cfg.get(key) {
-            Some(serde_json::Value::Array(a)) => a
-                .iter()
-                .map(|v| {
-                    v.as_str()
-                        .map(str::to_string)
-                        .ok_or_else(|| at(key, "holds a non-string".into()))
-                })
-                .collect(),
-            Some(serde_json::Value::Null) | None => Ok(Vec::new()),
-            Some(other) => Err(at(
-                key,
-                format!("is {other}; a list of module names is supported"),
-            )),
-        }
-    };
-    // PEFT writes the module names; ours are the user's (`key`, not DeBERTa's `key_proj`).
-    let targets: Vec<String> = list("target_modules")?
-        .into_iter()
-        .map(|t| {
-            IA3_TARGETS
-                .iter()
-                .chain(TARGETS)
-                .find(|ours| {
-                    arch.adapter_module(ours).ok().is_some_and(|m| {
-                        m == t || m.strip_prefix("attention.self.") == Some(t.as_str())
-                    })
-                })
-                .map(|s| s.to_string())
-                .ok_or_else(|| {
-                    at(
-                        "target_modules",
-                        format!("names `{t}`, which this crate cannot scale"),
-                    )
-                })
-        })
-        .collect::<Result<_>>()?;
-    if targets.is_empty() {
-        return Err(at("target_modules", "is empty".into()));
-    }
-    let mut feedforward = list("feedforward_modules")?;
-    feedforward.sort();
-    let mut ours: Vec<String> = targets
-        .iter()
-        .filter(|t| t.ends_with("output.dense"))
-        .cloned()
-        .collect();
-    ours.sort();
-    if feedforward != ours {
-        return Err(at(
-            "feedforward_modules",
-            format!(
-                "is {feedforward:?}; this crate's IA3 scales the input of the dense output \
-                 layers among its targets ({ours:?}) and the output of the rest"
-            ),
-        ));
-    }
-    let weights_path = dir.join(WEIGHTS);
-    let prefix = format!("{}.", arch.prefix());
-    let mut tensors = HashMap::new();
-    for (key, t) in run_dir::load_tensors(&weights_path)? {
-        let name = key.strip_prefix("base_model.model.").unwrap_or(&key);
-        let name = name.replace(".modules_to_save.default.", ".");
-        let name = name.strip_prefix(&prefix).unwrap_or(&name).to_string();
-        if !name.ends_with(".ia3_l") && !is_head(&name) && !name.starts_with("pooler.") {
-            return Err(user(format!(
-                "{}: `{key}` is neither an IA3 vector nor the head",
-                weights_path.display()
-            )));
-        }
-        tensors.insert(name, t);
-    }
-    if !tensors.keys().any(|k| k.ends_with(".ia3_l")) {
-        return Err(user(format!(
-            "{}: no ia3_l tensors",
-            weights_path.display()
-        )));
-    }
-    Ok(PeftAdapter {
-        config: Some(AdapterConfig {
-            kind: AdapterKind::Ia3,
-            r: 0,
-            alpha: 0.0,
-            dropout: 0.0,
-            targets,
-            rslora: false,
-            init: None,
-        }),
-        tensors,
-    })
-}
-
-/// An LN-tuning adapter PEFT saved: its `….ln_tuning_layers.{weight,bias}` are the
-/// LayerNorms to use, under our names, with the head.
-fn read_ln_tuning(dir: &Path, arch: Arch) -> Result<PeftAdapter> {
-    let weights_path = dir.join(WEIGHTS);
-    let prefix = format!("{}.", arch.prefix());
-    let mut tensors = HashMap::new();
-    for (key, t) in run_dir::load_tensors(&weights_path)? {
-        let name = key.strip_prefix("base_model.model.").unwrap_or(&key);
-        let name = name
-            .replace(".modules_to_save.default.", ".")
-            .replace(".ln_tuning_layers.", ".");
-        let name = name.strip_prefix(&prefix).unwrap_or(&name).to_string();
-        if !is_layernorm(&name) && !is_head(&name) && !name.starts_with("pooler.") {
-            return Err(user(format!(
-                "{}: `{key}` is neither a LayerNorm nor the head",
-                weights_path.display()
-            )));
-        }
-        tensors.insert(name, t);
-    }
-    if !tensors.keys().any(|k| is_layernorm(k)) {
-        return Err(user(format!(
-            "{}: no ln_tuning_layers tensors",
-            weights_path.display()
-        )));
-    }
-    Ok(PeftAdapter {
-        config: None,
-        tensors,
-    })
 }
 
 #[cfg(test)]

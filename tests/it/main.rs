@@ -32,4 +32,5 @@ mod squad;
 mod squad_reference;
 mod train;
 mod transfer;
+mod vera;
 mod xlnet;

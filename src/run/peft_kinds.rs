@@ -1,0 +1,357 @@
+//! Readers of PEFT's adapter types besides LoRA (`peft_format.rs` reads LoRA, DoRA and
+//! their starts, and writes every type): IA3, HRA, VeRA and LN tuning, each under this
+//! crate's tensor names with the head it saved.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use anyhow::Result;
+
+use candle_core::Tensor;
+
+use crate::error::user;
+use crate::methods::{is_head, is_layernorm};
+use crate::model::Arch;
+use crate::run::dir as run_dir;
+
+pub const CONFIG: &str = "adapter_config.json";
+pub const WEIGHTS: &str = "adapter_model.safetensors";
+
+pub struct PeftAdapter {
+    /// None for LN tuning, whose tensors replace the base's LayerNorms.
+    pub config: Option<crate::model::AdapterConfig>,
+    pub tensors: HashMap<String, Tensor>,
+}
+
+/// The target (one of [`TARGETS`]) whose module, in this family's names, is the longest
+/// that `module` (a wrapped module's path) ends with.
+pub(super) fn target_of(module: &str, arch: Arch) -> Option<&'static str> {
+    use crate::model::adapter::TARGETS;
+    TARGETS
+        .iter()
+        .filter_map(|t| Some((*t, arch.adapter_module(t).ok()?)))
+        .filter(|(_, m)| module.ends_with(&format!(".{m}")))
+        .max_by_key(|(_, m)| m.len())
+        .map(|(t, _)| t)
+}
+
+/// An IA3 adapter PEFT saved: its targets (a list, matched by suffix as ours are) must
+/// make the dense output layers, and only those, its `feedforward_modules`, as our IA3
+/// does; the vectors are `….ia3_l`.
+pub(super) fn read_ia3(
+    dir: &Path,
+    arch: Arch,
+    cfg: &serde_json::Value,
+    at: &impl Fn(&str, String) -> anyhow::Error,
+) -> Result<PeftAdapter> {
+    use crate::model::adapter::{IA3_TARGETS, TARGETS};
+    use crate::model::{AdapterConfig, AdapterKind};
+    let list = |key: &str| -> Result<Vec<String>> {
+        match cfg.get(key) {
+            Some(serde_json::Value::Array(a)) => a
+                .iter()
+                .map(|v| {
+                    v.as_str()
+                        .map(str::to_string)
+                        .ok_or_else(|| at(key, "holds a non-string".into()))
+                })
+                .collect(),
+            Some(serde_json::Value::Null) | None => Ok(Vec::new()),
+            Some(other) => Err(at(
+                key,
+                format!("is {other}; a list of module names is supported"),
+            )),
+        }
+    };
+    // PEFT writes the module names; ours are the user's (`key`, not DeBERTa's `key_proj`).
+    let targets: Vec<String> = list("target_modules")?
+        .into_iter()
+        .map(|t| {
+            IA3_TARGETS
+                .iter()
+                .chain(TARGETS)
+                .find(|ours| {
+                    arch.adapter_module(ours).ok().is_some_and(|m| {
+                        m == t || m.strip_prefix("attention.self.") == Some(t.as_str())
+                    })
+                })
+                .map(|s| s.to_string())
+                .ok_or_else(|| {
+                    at(
+                        "target_modules",
+                        format!("names `{t}`, which this crate cannot scale"),
+                    )
+                })
+        })
+        .collect::<Result<_>>()?;
+    if targets.is_empty() {
+        return Err(at("target_modules", "is empty".into()));
+    }
+    let mut feedforward = list("feedforward_modules")?;
+    feedforward.sort();
+    let mut ours: Vec<String> = targets
+        .iter()
+        .filter(|t| t.ends_with("output.dense"))
+        .cloned()
+        .collect();
+    ours.sort();
+    if feedforward != ours {
+        return Err(at(
+            "feedforward_modules",
+            format!(
+                "is {feedforward:?}; this crate's IA3 scales the input of the dense output \
+                 layers among its targets ({ours:?}) and the output of the rest"
+            ),
+        ));
+    }
+    let weights_path = dir.join(WEIGHTS);
+    let prefix = format!("{}.", arch.prefix());
+    let mut tensors = HashMap::new();
+    for (key, t) in run_dir::load_tensors(&weights_path)? {
+        let name = key.strip_prefix("base_model.model.").unwrap_or(&key);
+        let name = name.replace(".modules_to_save.default.", ".");
+        let name = name.strip_prefix(&prefix).unwrap_or(&name).to_string();
+        if !name.ends_with(".ia3_l") && !is_head(&name) && !name.starts_with("pooler.") {
+            return Err(user(format!(
+                "{}: `{key}` is neither an IA3 vector nor the head",
+                weights_path.display()
+            )));
+        }
+        tensors.insert(name, t);
+    }
+    if !tensors.keys().any(|k| k.ends_with(".ia3_l")) {
+        return Err(user(format!(
+            "{}: no ia3_l tensors",
+            weights_path.display()
+        )));
+    }
+    Ok(PeftAdapter {
+        config: Some(AdapterConfig {
+            kind: AdapterKind::Ia3,
+            r: 0,
+            alpha: 0.0,
+            dropout: 0.0,
+            targets,
+            rslora: false,
+            init: None,
+        }),
+        tensors,
+    })
+}
+
+/// An HRA adapter PEFT saved (`apply_GS` false): its `….hra_u` under our names, the head.
+pub(super) fn read_hra(
+    dir: &Path,
+    arch: Arch,
+    cfg: &serde_json::Value,
+    at: &dyn Fn(&str, String) -> anyhow::Error,
+) -> Result<PeftAdapter> {
+    use crate::model::{AdapterConfig, AdapterKind};
+    if cfg.get("apply_GS").and_then(|v| v.as_bool()) == Some(true) {
+        return Err(at(
+            "apply_GS",
+            "is true: only HRA without Gram-Schmidt is supported".into(),
+        ));
+    }
+    let r = cfg.get("r").and_then(|v| v.as_u64()).filter(|r| *r > 0);
+    let r = r.ok_or_else(|| at("r", "is missing or not a positive integer".into()))? as usize;
+    let weights_path = dir.join(WEIGHTS);
+    let prefix = format!("{}.", arch.prefix());
+    let (mut tensors, mut targets) = (HashMap::new(), Vec::<String>::new());
+    for (key, t) in run_dir::load_tensors(&weights_path)? {
+        let name = key.strip_prefix("base_model.model.").unwrap_or(&key);
+        let name = name.replace(".modules_to_save.default.", ".");
+        let name = name.strip_prefix(&prefix).unwrap_or(&name).to_string();
+        if let Some(module) = name.strip_suffix(".hra_u") {
+            let kind = target_of(module, arch).ok_or_else(|| {
+                user(format!(
+                    "{}: `{key}` wraps a module this crate cannot adapt",
+                    weights_path.display()
+                ))
+            })?;
+            if t.dims().get(1) != Some(&r) {
+                return Err(user(format!(
+                    "{}: `{key}` has shape {:?}, not (in, {r})",
+                    weights_path.display(),
+                    t.dims()
+                )));
+            }
+            if !targets.iter().any(|k| k == kind) {
+                targets.push(kind.to_string());
+            }
+        } else if !is_head(&name) && !name.starts_with("pooler.") {
+            return Err(user(format!(
+                "{}: `{key}` is neither an HRA tensor nor the head",
+                weights_path.display()
+            )));
+        }
+        tensors.insert(name, t);
+    }
+    if targets.is_empty() || !tensors.keys().any(|k| is_head(k)) {
+        return Err(user(format!(
+            "{}: no hra_u tensors, or no head",
+            weights_path.display()
+        )));
+    }
+    Ok(PeftAdapter {
+        config: Some(AdapterConfig {
+            kind: AdapterKind::Hra,
+            r,
+            alpha: 0.0,
+            dropout: 0.0,
+            targets,
+            rslora: false,
+            init: None,
+        }),
+        tensors,
+    })
+}
+
+/// An LN-tuning adapter PEFT saved: its `….ln_tuning_layers.{weight,bias}` are the
+/// LayerNorms to use, under our names, with the head.
+pub(super) fn read_ln_tuning(dir: &Path, arch: Arch) -> Result<PeftAdapter> {
+    let weights_path = dir.join(WEIGHTS);
+    let prefix = format!("{}.", arch.prefix());
+    let mut tensors = HashMap::new();
+    for (key, t) in run_dir::load_tensors(&weights_path)? {
+        let name = key.strip_prefix("base_model.model.").unwrap_or(&key);
+        let name = name
+            .replace(".modules_to_save.default.", ".")
+            .replace(".ln_tuning_layers.", ".");
+        let name = name.strip_prefix(&prefix).unwrap_or(&name).to_string();
+        if !is_layernorm(&name) && !is_head(&name) && !name.starts_with("pooler.") {
+            return Err(user(format!(
+                "{}: `{key}` is neither a LayerNorm nor the head",
+                weights_path.display()
+            )));
+        }
+        tensors.insert(name, t);
+    }
+    if !tensors.keys().any(|k| is_layernorm(k)) {
+        return Err(user(format!(
+            "{}: no ln_tuning_layers tensors",
+            weights_path.display()
+        )));
+    }
+    Ok(PeftAdapter {
+        config: None,
+        tensors,
+    })
+}
+
+/// A VeRA adapter PEFT saved: its vectors under our names, and the head. The shared
+/// projections are drawn again from `projection_prng_key` (`model::vera`); where the file
+/// holds them (`save_projection`), they must be the ones the key draws, which PEFT's are.
+pub(super) fn read_vera(
+    dir: &Path,
+    arch: Arch,
+    cfg: &serde_json::Value,
+    at: &dyn Fn(&str, String) -> anyhow::Error,
+) -> Result<PeftAdapter> {
+    use crate::model::{AdapterConfig, AdapterKind};
+    let field = |k: &str| cfg.get(k).filter(|v| !v.is_null());
+    if field("fan_in_fan_out").and_then(|v| v.as_bool()) == Some(true) {
+        return Err(at(
+            "fan_in_fan_out",
+            "is true, which BERT-family layers are not".into(),
+        ));
+    }
+    if field("bias")
+        .and_then(|v| v.as_str())
+        .is_some_and(|b| b != "none")
+    {
+        return Err(at("bias", "trains biases, which is not supported".into()));
+    }
+    if field("layers_to_transform").is_some() {
+        return Err(at(
+            "layers_to_transform",
+            "limits the adapter to some layers".into(),
+        ));
+    }
+    let r = field("r").and_then(|v| v.as_u64()).filter(|r| *r > 0);
+    let r = r.ok_or_else(|| at("r", "is missing or not a positive integer".into()))? as usize;
+    let key = field("projection_prng_key").map_or(Some(0), |v| v.as_u64());
+    let key = key.ok_or_else(|| {
+        at(
+            "projection_prng_key",
+            "is not a non-negative integer".into(),
+        )
+    })?;
+    let d_initial = field("d_initial").map_or(Some(0.1), |v| v.as_f64());
+    let d_initial = d_initial.ok_or_else(|| at("d_initial", "is not a number".into()))?;
+    let dropout = field("vera_dropout").map_or(Some(0.0), |v| v.as_f64());
+    let dropout = dropout.filter(|p| (0.0..1.0).contains(p));
+    let dropout = dropout.ok_or_else(|| at("vera_dropout", "is not in [0, 1)".into()))?;
+    let weights_path = dir.join(WEIGHTS);
+    let prefix = format!("{}.", arch.prefix());
+    let (mut tensors, mut targets) = (HashMap::new(), Vec::<String>::new());
+    let mut saved: HashMap<&str, Tensor> = HashMap::new();
+    for (k, t) in run_dir::load_tensors(&weights_path)? {
+        if let Some(p) = ["vera_A", "vera_B"]
+            .into_iter()
+            .find(|p| k == format!("base_model.{p}"))
+        {
+            saved.insert(p, t);
+            continue;
+        }
+        let name = k.strip_prefix("base_model.model.").unwrap_or(&k);
+        let name = name.replace(".modules_to_save.default.", ".");
+        let name = name.strip_prefix(&prefix).unwrap_or(&name).to_string();
+        let module = name
+            .strip_suffix(".vera_lambda_d")
+            .or_else(|| name.strip_suffix(".vera_lambda_b"));
+        if let Some(module) = module {
+            let kind = target_of(module, arch).ok_or_else(|| {
+                user(format!(
+                    "{}: `{k}` wraps a module this crate cannot adapt",
+                    weights_path.display()
+                ))
+            })?;
+            if !targets.iter().any(|t| t == kind) {
+                targets.push(kind.to_string());
+            }
+        } else if !is_head(&name) && !name.starts_with("pooler.") {
+            return Err(user(format!(
+                "{}: `{k}` is neither a VeRA tensor nor the head",
+                weights_path.display()
+            )));
+        }
+        tensors.insert(name, t);
+    }
+    if targets.is_empty() || !tensors.keys().any(|k| is_head(k)) {
+        return Err(user(format!(
+            "{}: no vera_lambda tensors, or no head",
+            weights_path.display()
+        )));
+    }
+    if let (Some(a), Some(b)) = (saved.get("vera_A"), saved.get("vera_B")) {
+        let span = (a.dim(1)?, b.dim(0)?);
+        let (pa, pb) = crate::model::vera::projections(key, r, span, a.device())?;
+        let off = |x: &Tensor, y: &Tensor| -> Result<bool> {
+            Ok(x.dims() != y.dims() || crate::stats::max_abs(&(x - y)?)? > 1e-6)
+        };
+        if off(a, &pa)? || off(b, &pb)? {
+            return Err(user(format!(
+                "{}: vera_A and vera_B are not the projections projection_prng_key {key} \
+                 draws; this crate draws them from the key",
+                weights_path.display()
+            )));
+        }
+    }
+    Ok(PeftAdapter {
+        config: Some(AdapterConfig {
+            kind: AdapterKind::Vera {
+                key,
+                d_initial,
+                max: (0, 0),
+            },
+            r,
+            alpha: 0.0,
+            dropout,
+            targets,
+            rslora: false,
+            init: None,
+        }),
+        tensors,
+    })
+}
