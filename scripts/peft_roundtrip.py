@@ -10,6 +10,11 @@
         compare its logits with transformers' on `peft merge --checkpoint RUN --which best`
         output MERGED (which tests/it/adapters.rs holds to our own adapter forward within 1e-5).
 
+    python scripts/peft_roundtrip.py predict RUN [PEFT]
+        For adapters nothing folds (prompt tuning): load our run directory with
+        PeftModel.from_pretrained over its base and compare its probabilities on TEXTS with
+        `peft predict --checkpoint RUN` (PEFT: the binary, default target/release/peft).
+
 Made with torch 2.x, transformers 5.24.0, peft 0.21.2.
 """
 
@@ -67,10 +72,33 @@ def compare(run: Path, merged: Path) -> None:
         sys.exit(f"logits differ by {diff}")
 
 
+def predict(run: Path, binary: str) -> None:
+    import subprocess
+    import tempfile
+
+    info = json.loads((run / "config.json").read_text())
+    base_dir = info["base"]["path"]
+    base = AutoModelForSequenceClassification.from_pretrained(
+        base_dir, num_labels=info["num_labels"], ignore_mismatched_sizes=True
+    )
+    peft_model = PeftModel.from_pretrained(base, run).eval()
+    probs = logits(peft_model, AutoTokenizer.from_pretrained(base_dir)).softmax(-1)
+    with tempfile.NamedTemporaryFile("w", suffix=".txt", delete=False) as f:
+        f.write("".join(f"{a}\t{b}\n" for a, b in TEXTS))
+    rows = subprocess.run([binary, "predict", "--checkpoint", str(run), "--input", f.name],
+                          check=True, capture_output=True, text=True).stdout.splitlines()
+    worst = max(abs(float(r.split("\t")[1]) - float(p.max())) for r, p in zip(rows, probs))
+    print(f"PEFT on our adapter files vs peft predict: max |probability diff| {worst:.3g}")
+    if worst > 1e-5:
+        sys.exit(f"probabilities differ by {worst}")
+
+
 if __name__ == "__main__":
     if len(sys.argv) == 3 and sys.argv[1] == "reference":
         reference(Path(sys.argv[2]))
     elif len(sys.argv) == 4 and sys.argv[1] == "compare":
         compare(Path(sys.argv[2]), Path(sys.argv[3]))
+    elif len(sys.argv) in (3, 4) and sys.argv[1] == "predict":
+        predict(Path(sys.argv[2]), sys.argv[3] if len(sys.argv) == 4 else "target/release/peft")
     else:
         sys.exit(__doc__)

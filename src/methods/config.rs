@@ -125,6 +125,7 @@ groups!(
     bottleneck: bottleneck,
     hra: hra,
     vera: vera,
+    prompt: prompt,
 );
 
 impl MethodConfig {

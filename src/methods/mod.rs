@@ -49,6 +49,7 @@ registry!(
     ia3,
     hra,
     vera,
+    prompt,
     loreft,
     bottleneck,
     head,

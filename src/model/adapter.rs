@@ -37,7 +37,6 @@ use anyhow::{bail, Result};
 use candle_core::{Tensor, D};
 use serde::{Deserialize, Serialize};
 
-pub use super::bottleneck::{BnActivation, Placement};
 use super::ctx::{Ctx, Dropout};
 use super::params::{Init, Path};
 pub use super::principal::LoraInit;
@@ -53,6 +52,40 @@ pub const TARGETS: &[&str] = &[
     "intermediate.dense",
     "output.dense",
 ];
+
+/// Where bottleneck adapters sit (`model::bottleneck`), by the library's config that puts them there.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum Placement {
+    /// `SeqBnConfig`: after the feed-forward output, reading its normalised sum.
+    Pfeiffer,
+    /// `DoubleSeqBnConfig`: after the attention output and the feed-forward output.
+    Houlsby,
+}
+
+impl Placement {
+    /// Whether the sublayer at `rel` (`attention.output`, `output`) takes an adapter.
+    pub fn adapts(self, rel: &str) -> bool {
+        rel == "output" || (self == Placement::Houlsby && rel == "attention.output")
+    }
+
+    /// The library's default activation for it.
+    pub fn activation(self) -> BnActivation {
+        match self {
+            Placement::Pfeiffer => BnActivation::Relu,
+            Placement::Houlsby => BnActivation::Swish,
+        }
+    }
+}
+
+/// The activation between the projections (the library's `non_linearity`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum BnActivation {
+    Relu,
+    /// x·sigmoid(x) (torch's SiLU).
+    Swish,
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "kebab-case")]
@@ -82,6 +115,11 @@ pub enum AdapterKind {
     /// HRA's Householder reflections of a linear layer's input (`model::hra`), `r` of
     /// them.
     Hra,
+    /// Prompt tuning: `tokens` learned embeddings before every sequence
+    /// (`prompt_embeddings`), as PEFT's `PromptTuningConfig`.
+    Prompt {
+        tokens: usize,
+    },
     /// VeRA's trained scaling vectors around shared frozen projections drawn from `key`
     /// (`model::vera`), `r` wide; `max` the largest (in, out) among the wrapped layers,
     /// which the projections span (filled in when the model is built).
@@ -126,7 +164,9 @@ impl AdapterConfig {
         self.targets.iter().any(|t| match self.kind {
             // PEFT matches IA3 targets by suffix: `output.dense` is both dense outputs.
             AdapterKind::Ia3 => rel == t || rel.ends_with(&format!(".{t}")),
-            AdapterKind::Loreft { .. } | AdapterKind::Bottleneck { .. } => false,
+            AdapterKind::Loreft { .. }
+            | AdapterKind::Bottleneck { .. }
+            | AdapterKind::Prompt { .. } => false,
             _ => rel == t || rel.strip_prefix("attention.self.") == Some(t.as_str()),
         })
     }

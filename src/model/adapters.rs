@@ -60,6 +60,7 @@ impl AdapterKind {
             AdapterKind::Bottleneck { .. } => &Bottleneck,
             AdapterKind::Hra => &Hra,
             AdapterKind::Vera { .. } => &Vera,
+            AdapterKind::Prompt { .. } => &Prompt,
         }
     }
 }
@@ -80,6 +81,55 @@ struct Bottleneck;
 struct Hra;
 /// VeRA: scaling vectors around shared random projections.
 struct Vera;
+/// Prompt tuning: learned embeddings before every sequence.
+struct Prompt;
+
+impl AdapterDef for Prompt {
+    fn leaves(&self) -> &'static [&'static str] {
+        &[super::PROMPT]
+    }
+    fn fold(&self, _cfg: &AdapterConfig, _weights: &mut HashMap<String, Tensor>) -> Result<()> {
+        Err(user(
+            "a prompt-tuning run cannot be merged: its virtual tokens are inputs before every \
+             sequence, which no weight of the encoder reproduces; score it with `peft eval \
+             --checkpoint` or `peft predict`",
+        ))
+    }
+    /// No prompt is the base model, and no scaling of one leads there.
+    fn interpolate(
+        &self,
+        name: &str,
+        _t: &Tensor,
+        alpha: f64,
+        _run: &Tensors,
+    ) -> Result<Option<Tensor>> {
+        match name == super::PROMPT {
+            true => Err(user(format!(
+                "--alpha {alpha}: a prompt-tuning run has no scaled-down prompt that leads \
+                 back to the base model; WiSE-FT of it is not supported"
+            ))),
+            false => Ok(None),
+        }
+    }
+    /// PEFT's `PromptTuningConfig`; PEFT fills the model's sizes in when it loads it.
+    fn peft_config(
+        &self,
+        _cfg: &AdapterConfig,
+        _targets: &[String],
+    ) -> Option<(&'static str, Value)> {
+        let AdapterKind::Prompt { tokens } = _cfg.kind else {
+            return None;
+        };
+        Some((
+            "PROMPT_TUNING",
+            json!({
+                "num_virtual_tokens": tokens,
+                "num_transformer_submodules": 1,
+                "prompt_tuning_init": "RANDOM",
+            }),
+        ))
+    }
+}
 
 impl AdapterDef for Vera {
     fn leaves(&self) -> &'static [&'static str] {

@@ -17,48 +17,14 @@
 
 use anyhow::Result;
 use candle_core::Tensor;
-use serde::{Deserialize, Serialize};
 
+pub use super::adapter::{BnActivation, Placement};
 use super::ctx::Ctx;
 use super::nn::{LayerNorm, Linear};
 use super::params::Path;
 
 /// AdapterHub's adapter name in a tensor's path: `….output.adapters.default.adapter_up…`.
 pub const NAME: &str = "default";
-
-/// Where the adapters sit, by the library's config that puts them there.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
-#[serde(rename_all = "kebab-case")]
-pub enum Placement {
-    /// `SeqBnConfig`: after the feed-forward output, reading its normalised sum.
-    Pfeiffer,
-    /// `DoubleSeqBnConfig`: after the attention output and the feed-forward output.
-    Houlsby,
-}
-
-impl Placement {
-    /// Whether the sublayer at `rel` (`attention.output`, `output`) takes an adapter.
-    pub fn adapts(self, rel: &str) -> bool {
-        rel == "output" || (self == Placement::Houlsby && rel == "attention.output")
-    }
-
-    /// The library's default activation for it.
-    pub fn activation(self) -> BnActivation {
-        match self {
-            Placement::Pfeiffer => BnActivation::Relu,
-            Placement::Houlsby => BnActivation::Swish,
-        }
-    }
-}
-
-/// The activation between the projections (the library's `non_linearity`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
-#[serde(rename_all = "kebab-case")]
-pub enum BnActivation {
-    Relu,
-    /// x·sigmoid(x) (torch's SiLU).
-    Swish,
-}
 
 /// One adapter in one sublayer.
 pub struct Bottleneck {

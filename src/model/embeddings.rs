@@ -65,17 +65,29 @@ impl Embeddings {
     }
 
     /// `input_ids`, `token_type_ids`: (batch, seq) u32; `mask`: (batch, seq), 1 for real
-    /// tokens.
+    /// tokens. `prompt` (virtual tokens, width): prompt tuning's embeddings, put before
+    /// each sequence's words as PEFT passes them (`inputs_embeds`), with token type 0 and
+    /// the first positions; `mask` then covers them too.
     pub fn forward(
         &self,
         input_ids: &Tensor,
         token_type_ids: &Tensor,
         mask: &Tensor,
+        prompt: Option<&Tensor>,
         ctx: &Ctx,
     ) -> Result<Tensor> {
+        let (input_ids, token_type_ids, words) = match prompt {
+            Some(p) => self.prompted(input_ids, token_type_ids, p)?,
+            None => (
+                input_ids.clone(),
+                token_type_ids.clone(),
+                self.word.index_select(&input_ids.flatten_all()?, 0)?,
+            ),
+        };
+        let (input_ids, token_type_ids) = (&input_ids, &token_type_ids);
         let (b, t) = input_ids.dims2()?;
         let e = self.word.dim(1)?;
-        let mut x = self.word.index_select(&input_ids.flatten_all()?, 0)?;
+        let mut x = words;
         // What each table's rows were read by, for per-example Fisher (Ctx::probing).
         let mut tables = vec![(self.word.id(), input_ids.clone())];
         if let Some(types) = &self.token_type {
@@ -96,7 +108,14 @@ impl Embeddings {
             tables.push((position.id(), positions));
         }
         let x = x.reshape((b, t, e))?;
-        let mut x = ctx.probe(ProbeKind::Lookup { tables }, input_ids, x)?;
+        // The prompt's rows are no table row: out of the probes' reach.
+        let mut x = match prompt {
+            None => ctx.probe(ProbeKind::Lookup { tables }, input_ids, x)?,
+            Some(_) => {
+                ctx.shared(&tables.iter().map(|(id, _)| *id).collect::<Vec<_>>());
+                x
+            }
+        };
         if let Some(p) = &self.project {
             x = p.forward(&x, ctx)?;
         }
@@ -105,6 +124,29 @@ impl Embeddings {
             x = x.broadcast_mul(&mask.to_dtype(DType::F32)?.unsqueeze(2)?)?;
         }
         self.dropout.forward(&x, ctx)
+    }
+
+    /// The ids and types with the prompt's places first (ids that are not padding, so that
+    /// RoBERTa counts them; types 0), and the words' embeddings after the prompt's,
+    /// flattened: ((batch, n + seq), (batch, n + seq), (batch·(n + seq), width)).
+    fn prompted(
+        &self,
+        ids: &Tensor,
+        types: &Tensor,
+        prompt: &Tensor,
+    ) -> Result<(Tensor, Tensor, Tensor)> {
+        let (b, t) = ids.dims2()?;
+        let (n, e) = prompt.dims2()?;
+        let device = ids.device();
+        let place = if self.pad_id == 0 { 1u32 } else { 0 };
+        let ids = Tensor::cat(&[&Tensor::full(place, (b, n), device)?, ids], 1)?;
+        let types = Tensor::cat(&[&Tensor::zeros((b, n), DType::U32, device)?, types], 1)?;
+        let words = self
+            .word
+            .index_select(&ids.narrow(1, n, t)?.flatten_all()?, 0)?
+            .reshape((b, t, e))?;
+        let words = Tensor::cat(&[&prompt.unsqueeze(0)?.broadcast_as((b, n, e))?, &words], 1)?;
+        Ok((ids, types, words.reshape((b * (n + t), e))?))
     }
 
     /// BERT and DeBERTa count positions from 0. RoBERTa counts real tokens from pad_id + 1

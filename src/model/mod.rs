@@ -46,6 +46,9 @@ use heads::{Head, Pooler};
 use layer::Layer;
 use relative::RelativeEmbeddings;
 
+/// Prompt tuning's embeddings, as PEFT's adapter file names them.
+pub const PROMPT: &str = "prompt_embeddings";
+
 /// A padded batch of token ids, as the model consumes it.
 #[derive(Debug, Clone)]
 pub struct Batch {
@@ -81,6 +84,8 @@ pub struct Output {
 pub struct Model {
     config: ModelConfig,
     body: Body,
+    /// Prompt tuning's embeddings (virtual tokens, width), before every sequence.
+    prompt: Option<Tensor>,
     /// LoReFT's tokens, and its interventions after each layer (empty without LoReFT).
     positions: Option<reft::Positions>,
     interventions: Vec<Vec<reft::Loreft>>,
@@ -136,6 +141,7 @@ impl Model {
                     AdapterKind::Bottleneck { .. } => "adapter",
                     AdapterKind::Hra => "hra",
                     AdapterKind::Vera { .. } => "vera",
+                    AdapterKind::Prompt { .. } => "prompt",
                 };
                 crate::user_bail!(
                     "--method {name}: adapters (LoRA, DoRA, InA, IA3, HRA, VeRA, LoReFT, bottleneck) do not \
@@ -151,7 +157,9 @@ impl Model {
         let wraps_linears = |a: &&AdapterConfig| {
             !matches!(
                 a.kind,
-                AdapterKind::Loreft { .. } | AdapterKind::Bottleneck { .. }
+                AdapterKind::Loreft { .. }
+                    | AdapterKind::Bottleneck { .. }
+                    | AdapterKind::Prompt { .. }
             )
         };
         if let Some(a) = adapters.filter(wraps_linears) {
@@ -165,7 +173,7 @@ impl Model {
         let sized;
         let adapters = match adapters {
             Some(a) if matches!(a.kind, AdapterKind::Vera { .. }) => {
-                sized = a.spanning(vera::max_dims(cfg, &a.targets)?);
+                sized = a.spanning(vera_span(cfg, &a.targets)?);
                 Some(&sized)
             }
             other => other,
@@ -197,9 +205,19 @@ impl Model {
             None
         };
         let head = head.map(|k| Head::load(&root, cfg, k)).transpose()?;
+        // PEFT's RANDOM start: nn.Embedding's N(0, 1).
+        let prompt = match adapters.map(|a| a.kind) {
+            Some(AdapterKind::Prompt { tokens }) => Some(root.get_or_init(
+                PROMPT,
+                &[tokens, cfg.embedding_width()],
+                params::Init::Normal(1.0),
+            )?),
+            _ => None,
+        };
         Ok(Self {
             config: cfg.clone(),
             body,
+            prompt,
             positions,
             interventions,
             pooler,
@@ -259,7 +277,7 @@ impl Model {
     }
 
     fn forward_tracked(&self, batch: &Batch, ctx: &Ctx) -> Result<Output> {
-        let mask = &batch.attention_mask;
+        let mask = &self.mask(batch)?;
         let mut x = self.embed(batch, ctx)?;
         let edited = self.edited(mask)?;
         let shared = self.shared(&x, batch, ctx)?;
@@ -269,7 +287,7 @@ impl Model {
         let x = self.finish(&x, ctx)?;
         let (pooled, logits) = self.top(&x, mask, ctx)?;
         Ok(Output {
-            last_hidden_state: x,
+            last_hidden_state: self.without_prompt(&x)?,
             pooled,
             logits,
         })
@@ -296,12 +314,38 @@ impl Model {
         let x = embeddings.forward(
             &batch.input_ids,
             &batch.token_type_ids,
-            &batch.attention_mask,
+            &self.mask(batch)?,
+            self.prompt.as_ref(),
             ctx,
         )?;
         match project {
             Some(p) => p.forward(&x, ctx),
             None => Ok(x),
+        }
+    }
+
+    /// The attention mask of `batch` as the encoder sees it: prompt tuning's virtual
+    /// tokens first, always attended (PEFT's prefix of ones).
+    fn mask(&self, batch: &Batch) -> Result<Tensor> {
+        let mask = &batch.attention_mask;
+        match &self.prompt {
+            Some(p) => {
+                let b = mask.dim(0)?;
+                let ones = Tensor::ones((b, p.dim(0)?), mask.dtype(), mask.device())?;
+                Ok(Tensor::cat(&[&ones, mask], 1)?)
+            }
+            None => Ok(mask.clone()),
+        }
+    }
+
+    /// Per-token outputs (batch, seq, ·) without the prompt's virtual tokens.
+    fn without_prompt(&self, x: &Tensor) -> Result<Tensor> {
+        match &self.prompt {
+            Some(p) => {
+                let n = p.dim(0)?;
+                Ok(x.narrow(1, n, x.dim(1)? - n)?)
+            }
+            None => Ok(x.clone()),
         }
     }
 
@@ -383,6 +427,13 @@ impl Model {
             .as_ref()
             .map(|h| h.forward(x, pooled.as_ref(), mask, ctx))
             .transpose()?;
+        // A classifier reads the first token, a virtual one under prompt tuning, as PEFT's
+        // does; span logits are the real tokens' (PEFT keeps the virtual ones, against
+        // which its unshifted labels point at the wrong tokens).
+        let logits = match (logits, self.head_kind()) {
+            (Some(l), Some(HeadKind::Span)) => Some(self.without_prompt(&l)?),
+            (l, _) => l,
+        };
         Ok((pooled, logits))
     }
 
@@ -392,6 +443,27 @@ impl Model {
             .logits
             .ok_or_else(|| anyhow::anyhow!("the model was built without a task head"))
     }
+}
+
+/// VeRA's projections' span: the largest (in, out) among the layers `targets` wrap in a
+/// model of `cfg`, what PEFT's `_find_dim` finds over the same layers.
+fn vera_span(cfg: &ModelConfig, targets: &[String]) -> Result<(usize, usize)> {
+    let (h, f) = (cfg.hidden_size, cfg.intermediate_size);
+    let mut max = (0, 0);
+    for t in targets {
+        let module = cfg
+            .model_type
+            .adapter_module(t)
+            .map_err(crate::error::user)?;
+        let (i, o) = match module.as_str() {
+            "attention.self.in_proj" => (h, 3 * h),
+            "intermediate.dense" => (h, f),
+            "output.dense" => (f, h),
+            _ => (h, h),
+        };
+        max = (max.0.max(i), max.1.max(o));
+    }
+    Ok(max)
 }
 
 /// Read config and weights of a model directory; the tensors stay on the CPU.

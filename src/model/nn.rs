@@ -7,8 +7,8 @@
 use anyhow::Result;
 use candle_core::Tensor;
 
+use super::activation::Activation;
 use super::adapter::{Adapter, AdapterConfig, AdapterKind, Ia3};
-use super::config::Activation;
 pub use super::ctx::{Ctx, Dropout, Precision, Probe, ProbeKind, Probes};
 use super::hra::Hra;
 use super::params::{Init, Path};

@@ -29,7 +29,7 @@ impl Model {
         loss_of: impl FnOnce(&Tensor) -> Result<Tensor>,
         collect: &mut dyn FnMut(&GradStore) -> Result<()>,
     ) -> Result<Tensor> {
-        let mask = &batch.attention_mask;
+        let mask = &self.mask(batch)?;
         let edited = self.edited(mask)?;
         let start = ctx.calls();
         let layers = self.num_layers();

@@ -17,8 +17,6 @@ use anyhow::Result;
 use candle_core::{Device, Tensor};
 use rand_mt::Mt;
 
-use super::config::ModelConfig;
-
 /// PEFT's `_kaiming_init` of a (rows, cols) tensor from `rng`, row-major.
 fn kaiming(rng: &mut Mt, rows: usize, cols: usize) -> Vec<f32> {
     let bound = 3f64.sqrt() * (2f64.sqrt() / (cols as f64).sqrt());
@@ -49,27 +47,6 @@ pub fn projections(
         Tensor::from_vec(a, (r, max_in), device)?,
         Tensor::from_vec(b, (max_out, r), device)?,
     ))
-}
-
-/// The largest (in, out) among the layers `targets` wrap in a model of `cfg`: what PEFT's
-/// `_find_dim` finds over the same layers.
-pub fn max_dims(cfg: &ModelConfig, targets: &[String]) -> Result<(usize, usize)> {
-    let (h, f) = (cfg.hidden_size, cfg.intermediate_size);
-    let mut max = (0, 0);
-    for t in targets {
-        let module = cfg
-            .model_type
-            .adapter_module(t)
-            .map_err(crate::error::user)?;
-        let (i, o) = match module.as_str() {
-            "attention.self.in_proj" => (h, 3 * h),
-            "intermediate.dense" => (h, f),
-            "output.dense" => (f, h),
-            _ => (h, h),
-        };
-        max = (max.0.max(i), max.1.max(o));
-    }
-    Ok(max)
 }
 
 /// The largest (in, out) among the weights (out, in) of the modules `weights` holds VeRA

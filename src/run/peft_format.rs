@@ -58,10 +58,17 @@ pub fn write(
             return Ok(());
         }
     };
+    // Prompt learning wraps the transformers model itself (`base_model.classifier…`) and
+    // saves its prompt as `prompt_embeddings`; the other tuners wrap a tuner model.
+    let prompt = matches!(cfg.kind, AdapterKind::Prompt { .. });
     let tensors: HashMap<String, Tensor> = trained
         .iter()
         .map(|(n, t)| {
-            let name = format!("base_model.model.{}", arch.task_model_name(n));
+            let name = match prompt {
+                true if n == crate::model::PROMPT => n.clone(),
+                true => format!("base_model.{}", arch.task_model_name(n)),
+                false => format!("base_model.model.{}", arch.task_model_name(n)),
+            };
             (name, t.clone())
         })
         .collect();
@@ -71,9 +78,10 @@ pub fn write(
     let suffix_wraps_more = cfg.kind != AdapterKind::Ia3;
     let targets: Vec<String> =
         if suffix_wraps_more && cfg.targets.iter().any(|t| t == "output.dense") {
+            let leaf = format!(".{}", cfg.kind.def().leaves()[0]);
             let mut v: Vec<String> = trained
                 .keys()
-                .filter_map(|k| k.strip_suffix(".lora_A.weight"))
+                .filter_map(|k| k.strip_suffix(&leaf))
                 .map(|m| format!("{}.{m}", arch.prefix()))
                 .collect();
             v.sort();
@@ -190,9 +198,24 @@ fn write_ln_tuning(
 /// The method section of a run that trained what a PEFT adapter holds: LayerNorm tensors
 /// (`None`), IA3 vectors, or LoRA/DoRA adapters with their settings.
 pub fn method_config(adapter: Option<&AdapterConfig>) -> Result<MethodConfig> {
-    use crate::methods::{dora, hra, ia3, layernorm, lora, vera, MethodFlags};
+    use crate::methods::{dora, hra, ia3, layernorm, lora, prompt, vera, MethodFlags};
     let (method, flags) = match adapter {
         None => (layernorm::METHOD, MethodFlags::default()),
+        Some(c) if matches!(c.kind, AdapterKind::Prompt { .. }) => {
+            let tokens = match c.kind {
+                AdapterKind::Prompt { tokens } => tokens,
+                _ => 0,
+            };
+            let s = prompt::Settings {
+                tokens,
+                init_text: None,
+            };
+            let flags = MethodFlags {
+                prompt: s.flags(),
+                ..Default::default()
+            };
+            (prompt::METHOD, flags)
+        }
         Some(c) if matches!(c.kind, AdapterKind::Vera { .. }) => {
             let (key, d_initial) = match c.kind {
                 AdapterKind::Vera { key, d_initial, .. } => (key, d_initial),
@@ -275,11 +298,12 @@ pub fn read(dir: &Path, arch: Arch) -> Result<PeftAdapter> {
         Some("IA3") => return kinds::read_ia3(dir, arch, &cfg, &at),
         Some("HRA") => return kinds::read_hra(dir, arch, &cfg, &at),
         Some("VERA") => return kinds::read_vera(dir, arch, &cfg, &at),
+        Some("PROMPT_TUNING") => return kinds::read_prompt(dir, arch, &cfg, &at),
         Some("LN_TUNING") => return kinds::read_ln_tuning(dir, arch),
         other => {
             return Err(at(
                 "peft_type",
-                format!("is {other:?}; only LORA, IA3, HRA, VERA and LN_TUNING adapters load"),
+                format!("is {other:?}; only LORA, IA3, HRA, VERA, PROMPT_TUNING and LN_TUNING adapters load"),
             ))
         }
     }

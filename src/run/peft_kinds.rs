@@ -355,3 +355,70 @@ pub(super) fn read_vera(
         tensors,
     })
 }
+
+/// A prompt-tuning adapter PEFT saved (one set of virtual tokens): its
+/// `prompt_embeddings` and the head (saved as `base_model.classifier…`: prompt learning
+/// wraps the transformers model itself).
+pub(super) fn read_prompt(
+    dir: &Path,
+    arch: Arch,
+    cfg: &serde_json::Value,
+    at: &dyn Fn(&str, String) -> anyhow::Error,
+) -> Result<PeftAdapter> {
+    use crate::model::{AdapterConfig, AdapterKind, PROMPT};
+    let field = |k: &str| cfg.get(k).filter(|v| !v.is_null());
+    if field("num_transformer_submodules")
+        .and_then(|v| v.as_u64())
+        .unwrap_or(1)
+        != 1
+    {
+        return Err(at(
+            "num_transformer_submodules",
+            "is not 1, as an encoder's is".into(),
+        ));
+    }
+    let n = field("num_virtual_tokens")
+        .and_then(|v| v.as_u64())
+        .filter(|n| *n > 0);
+    let n = n.ok_or_else(|| at("num_virtual_tokens", "is missing or not positive".into()))?;
+    let weights_path = dir.join(WEIGHTS);
+    let prefix = format!("{}.", arch.prefix());
+    let mut tensors = HashMap::new();
+    for (k, t) in run_dir::load_tensors(&weights_path)? {
+        let name = k.strip_prefix("base_model.").unwrap_or(&k);
+        let name = name.strip_prefix(&prefix).unwrap_or(name).to_string();
+        if name == PROMPT {
+            if t.dims().first() != Some(&(n as usize)) {
+                return Err(user(format!(
+                    "{}: `{k}` has shape {:?}, not num_virtual_tokens {n} rows",
+                    weights_path.display(),
+                    t.dims()
+                )));
+            }
+        } else if !is_head(&name) && !name.starts_with("pooler.") {
+            return Err(user(format!(
+                "{}: `{k}` is neither the prompt nor the head",
+                weights_path.display()
+            )));
+        }
+        tensors.insert(name, t);
+    }
+    if !tensors.contains_key(PROMPT) || !tensors.keys().any(|k| is_head(k)) {
+        return Err(user(format!(
+            "{}: no prompt_embeddings, or no head",
+            weights_path.display()
+        )));
+    }
+    Ok(PeftAdapter {
+        config: Some(AdapterConfig {
+            kind: AdapterKind::Prompt { tokens: n as usize },
+            r: 0,
+            alpha: 0.0,
+            dropout: 0.0,
+            targets: Vec::new(),
+            rslora: false,
+            init: None,
+        }),
+        tensors,
+    })
+}

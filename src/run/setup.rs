@@ -118,6 +118,9 @@ pub fn adapter(cfg: &TrainConfig) -> Option<AdapterConfig> {
     if let Some(s) = &m.vera {
         return Some(s.adapter());
     }
+    if let Some(s) = &m.prompt {
+        return Some(s.adapter());
+    }
     m.ia3.as_ref().map(|s| s.adapter())
 }
 

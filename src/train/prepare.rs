@@ -80,6 +80,28 @@ impl Inputs {
         let weights_file = load::weight_file(&model_dir)?;
         let weights_sha256 = run_dir::sha256_file(&weights_file)?;
         let encoder = setup::encoder(cfg, &model_dir, &mcfg)?;
+        // Prompt tuning's TEXT start: the init text's word embeddings, as PEFT takes them.
+        let prompt = cfg.method.prompt.as_ref();
+        if let Some(s) = prompt.filter(|s| s.tokens + encoder.max_len() > mcfg.max_tokens()) {
+            crate::user_bail!(
+                "--num-virtual-tokens {} with --max-seq-len {} is more than the model holds: at \
+                 most {} positions ({})",
+                s.tokens,
+                encoder.max_len(),
+                mcfg.max_tokens(),
+                mcfg.describe_max_tokens()
+            );
+        }
+        if let Some((s, text)) = prompt.and_then(|s| s.init_text.as_ref().map(|t| (s, t))) {
+            let word = weights
+                .get("embeddings.word_embeddings.weight")
+                .ok_or_else(|| {
+                    crate::error::user("--prompt-init-text: the model has no word embeddings")
+                })?;
+            let ids = encoder.encode(text, None)?.ids;
+            let start = crate::methods::prompt::text_start(&ids, s.tokens, word)?;
+            weights.insert(crate::model::PROMPT.to_string(), start);
+        }
         let sample = cfg.data.max_train_examples.map(|n| Sample {
             n,
             seed: cfg.optimisation.seed,
