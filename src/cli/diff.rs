@@ -33,9 +33,9 @@ pub fn run(args: DiffArgs) -> Result<()> {
     // tensors of the base's shapes and the task's head; a head made for another label set
     // is dropped from the base, having nothing to compare with.
     let run = RunWeights::load(&args.checkpoint, args.which, args.base.as_deref(), None)?;
-    // An adapter run moved the weights its adapters fold into (LoRA, DoRA, IA3): compare
-    // those, as `peft merge` writes them. LoReFT and InA's thresholded path fold into no
-    // weight and are refused with the reason.
+    // An adapter run moved the weights its adapters fold into (LoRA, DoRA, IA3, HRA,
+    // VeRA): compare those, as `peft merge` writes them. LoReFT, InA's thresholded path,
+    // bottleneck adapters and prompts fold into no weight and are refused with the reason.
     let folded;
     let trained = match crate::run::setup::adapter(&run.info.train) {
         Some(_) => {
