@@ -4,6 +4,7 @@ tests/fixtures/tiny-bert: the reference for peft's bottleneck-adapter method.
     python3 -m venv /work/venv-adapters
     /work/venv-adapters/bin/pip install adapters torch safetensors
     /work/venv-adapters/bin/python scripts/bottleneck_reference.py
+    /work/venv-adapters/bin/python scripts/bottleneck_reference.py --load RUN [PEFT]
 
 For each of `seq_bn` (SeqBnConfig(reduction_factor=4), Pfeiffer: one adapter after the FFN
 output, ReLU) and `double_seq_bn` (DoubleSeqBnConfig(reduction_factor=4), Houlsby: one
@@ -36,6 +37,7 @@ and that the reloaded saved adapter gives the same logits.
 import json
 import os
 import shutil
+import sys
 from pathlib import Path
 
 import torch
@@ -181,5 +183,41 @@ def main():
         print(f"  adapter_config.json config: {json.load(open(d / 'adapter_config.json'))['config']}")
 
 
+def load_ours(run: str, binary: str) -> None:
+    """AdapterHub loads what `peft train --method adapter` exported to RUN/adapterhub/
+    (adapter and head) onto a fresh base, and scores as `peft predict --checkpoint RUN`."""
+    import json
+    import subprocess
+    import tempfile
+
+    info = json.loads((Path(run) / "config.json").read_text())
+    base_dir = info["base"]["path"]
+    model = transformers.AutoModelForSequenceClassification.from_pretrained(
+        base_dir, num_labels=info["num_labels"], ignore_mismatched_sizes=True,
+        attn_implementation="eager")
+    adapters.init(model)
+    hub = str(Path(run) / "adapterhub")
+    name = model.load_adapter(hub, use_safetensors=True, set_active=True)
+    head = load_file(Path(hub) / "model_head.safetensors")
+    model.load_state_dict(head, strict=False)
+    model.eval()
+    tok = transformers.AutoTokenizer.from_pretrained(base_dir)
+    texts = [("the cat sat", "a dog ran"), ("big red car in the city", "the car is red"),
+             ("happy old man", "sad new woman saw the river")]
+    enc = tok([a for a, _ in texts], [b for _, b in texts], padding=True, return_tensors="pt")
+    with torch.no_grad():
+        probs = model(**enc).logits.softmax(-1)
+    with tempfile.NamedTemporaryFile("w", suffix=".txt", delete=False) as f:
+        f.write("".join(f"{a}\t{b}\n" for a, b in texts))
+    rows = subprocess.run([binary, "predict", "--checkpoint", run, "--input", f.name],
+                          check=True, capture_output=True, text=True).stdout.splitlines()
+    worst = max(abs(float(r.split("\t")[1]) - float(p.max())) for r, p in zip(rows, probs))
+    print(f"AdapterHub ({name}) on our export vs peft predict: max |probability diff| {worst:.3g}")
+    assert worst < 1e-5, worst
+
+
 if __name__ == "__main__":
-    main()
+    if len(sys.argv) > 1 and sys.argv[1] == "--load":
+        load_ours(sys.argv[2], sys.argv[3] if len(sys.argv) > 3 else "target/release/peft")
+    else:
+        main()

@@ -2,6 +2,7 @@
 //! checkpoint, the evaluation records, Hugging Face PEFT's adapter format, and a run's
 //! weights rebuilt from its base model and trained tensors.
 
+pub mod adapterhub;
 pub mod checkpoint;
 pub mod dir;
 pub mod lock;

@@ -36,6 +36,19 @@ pub fn write(
         .as_ref()
         .and_then(|cfg| cfg.kind.def().peft_config(cfg, &[]))
         .map(|(t, _)| t);
+    // Bottleneck adapters: AdapterHub's files, in their own folder.
+    if let Some(cfg) = adapter
+        .as_ref()
+        .filter(|c| single && matches!(c.kind, AdapterKind::Bottleneck { .. }))
+    {
+        for f in [CONFIG, WEIGHTS] {
+            let p = dir.join(f);
+            if p.exists() {
+                std::fs::remove_file(&p).path_context("cannot remove", &p)?;
+            }
+        }
+        return super::adapterhub::write(dir, info, arch, cfg, trained);
+    }
     let cfg = match adapter {
         Some(cfg) if peft_type.is_some() && single => cfg,
         // LayerNorm tensors (and the head): PEFT's LN tuning. A head alone is not: PEFT
@@ -198,9 +211,29 @@ fn write_ln_tuning(
 /// The method section of a run that trained what a PEFT adapter holds: LayerNorm tensors
 /// (`None`), IA3 vectors, or LoRA/DoRA adapters with their settings.
 pub fn method_config(adapter: Option<&AdapterConfig>) -> Result<MethodConfig> {
-    use crate::methods::{dora, hra, ia3, layernorm, lora, prompt, vera, MethodFlags};
+    use crate::methods::{bottleneck, dora, hra, ia3, layernorm, lora, prompt, vera, MethodFlags};
     let (method, flags) = match adapter {
         None => (layernorm::METHOD, MethodFlags::default()),
+        Some(AdapterConfig {
+            kind:
+                AdapterKind::Bottleneck {
+                    reduction,
+                    placement,
+                    activation,
+                },
+            ..
+        }) => {
+            let s = bottleneck::Settings {
+                placement: *placement,
+                reduction: *reduction,
+                activation: Some(*activation),
+            };
+            let flags = MethodFlags {
+                bottleneck: s.flags(),
+                ..Default::default()
+            };
+            (bottleneck::METHOD, flags)
+        }
         Some(c) if matches!(c.kind, AdapterKind::Prompt { .. }) => {
             let tokens = match c.kind {
                 AdapterKind::Prompt { tokens } => tokens,
@@ -284,6 +317,9 @@ pub fn method_config(adapter: Option<&AdapterConfig>) -> Result<MethodConfig> {
 /// `arch`. Adapters this crate cannot run the same way are refused by name: other PEFT
 /// types, per-layer ranks or alphas, trained biases, some layers only.
 pub fn read(dir: &Path, arch: Arch) -> Result<PeftAdapter> {
+    if super::adapterhub::holds(dir) {
+        return super::adapterhub::read(dir, arch);
+    }
     use crate::model::adapter::TARGETS;
     use crate::model::{AdapterConfig, AdapterKind};
     let cfg_path = dir.join(CONFIG);

@@ -244,7 +244,10 @@ impl RunWeights {
         let (trained, file) = match adapter {
             Some(dir) => {
                 let a = crate::run::peft_format::read(dir, config.model_type)?;
-                let file = dir.join(crate::run::peft_format::WEIGHTS);
+                let file = match crate::run::adapterhub::holds(dir) {
+                    true => dir.join(crate::run::adapterhub::WEIGHTS),
+                    false => dir.join(crate::run::peft_format::WEIGHTS),
+                };
                 let rows = head_rows(&a.tensors);
                 if rows != Some(num_labels) {
                     return Err(user(format!(

@@ -196,3 +196,80 @@ fn adapter_method_trains_on_every_family() {
     assert_eq!(o.status.code(), Some(2));
     assert!(stderr(&o).contains("bottleneck"), "{}", stderr(&o));
 }
+
+/// AdapterHub's own files: the library's `save_adapter` output (tests/fixtures/bottleneck/
+/// <config>/) read as ours gives the library's logits; a run's export
+/// (`RUN/adapterhub/`) read back with `eval --adapter` scores as the run.
+#[test]
+fn adapterhub_files_read_and_write() {
+    use peft::model::Arch;
+    for config in ["seq_bn", "double_seq_bn"] {
+        let g = reference(config);
+        let dir = fixture_dir("tiny-bert");
+        let (cfg, mut weights) = read_checkpoint(&dir).unwrap();
+        peft::model::drop_head(&mut weights);
+        let saved =
+            peft::run::peft_format::read(&fixture_dir("bottleneck").join(config), Arch::Bert)
+                .unwrap();
+        let a = saved.config.unwrap();
+        weights.extend(saved.tensors);
+        let store = ParamStore::frozen(weights, Device::Cpu);
+        let model = Model::load_with_adapters(&store, &cfg, Some(2.into()), Some(&a)).unwrap();
+        let logits = model.logits(&golden_batch(&dir), &Ctx::eval()).unwrap();
+        let d = max_abs_diff(&logits, &g["logits"]);
+        assert!(d < 1e-5, "{config}: logits differ by {d}");
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    write_rte(tmp.path(), 24, 16);
+    for placement in ["pfeiffer", "houlsby"] {
+        let out = tmp.path().join(placement);
+        let args = [
+            "--task",
+            "rte",
+            "--method",
+            "adapter",
+            "--adapter-placement",
+            placement,
+            "--adapter-reduction",
+            "4",
+            "--max-steps",
+            "3",
+            "--lr",
+            "1e-2",
+            "--warmup-ratio",
+            "0",
+        ];
+        train(&fixture("tiny-bert"), tmp.path(), &out, &args);
+        assert!(
+            !out.join("adapter_config.json").exists(),
+            "no PEFT file for a bottleneck run"
+        );
+        let hub = out.join("adapterhub");
+        let shown = ok(peft(&[
+            "eval",
+            "--adapter",
+            hub.to_str().unwrap(),
+            "--model",
+            &fixture("tiny-bert"),
+            "--task",
+            "rte",
+            "--data-dir",
+            tmp.path().to_str().unwrap(),
+            "--max-seq-len",
+            "32",
+            "--json",
+        ]));
+        let v: serde_json::Value = serde_json::from_str(shown.trim()).unwrap();
+        let run = ok(peft(&[
+            "eval",
+            "--checkpoint",
+            out.to_str().unwrap(),
+            "--json",
+        ]));
+        let r: serde_json::Value = serde_json::from_str(run.trim()).unwrap();
+        assert_eq!(
+            v["metrics"]["accuracy"], r["metrics"]["accuracy"],
+            "{placement}"
+        );
+    }
+}
