@@ -135,6 +135,10 @@ mod tests {
             methods::lora::METHOD,
             methods::ina::METHOD,
             methods::full::METHOD,
+            methods::hra::METHOD,
+            methods::vera::METHOD,
+            methods::prompt::METHOD,
+            methods::bottleneck::METHOD,
         ] {
             let run = Overrides {
                 model: Some("m".into()),
