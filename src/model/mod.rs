@@ -123,7 +123,9 @@ impl Model {
         Self::load_with_adapters(store, cfg, num_labels.map(HeadKind::Classes), None)
     }
 
-    /// As [`Model::load`], with LoRA or InA adapters on the targeted linear layers.
+    /// As [`Model::load`], with adapters: on the targeted linear layers (LoRA, DoRA, InA,
+    /// IA3, HRA, VeRA), in the sublayers (bottleneck), on layer outputs (LoReFT), or
+    /// before the words (a prompt).
     pub fn load_with_adapters(
         store: &ParamStore,
         cfg: &ModelConfig,
@@ -144,16 +146,17 @@ impl Model {
                     AdapterKind::Prompt { .. } => "prompt",
                 };
                 crate::user_bail!(
-                    "--method {name}: adapters (LoRA, DoRA, InA, IA3, HRA, VeRA, LoReFT, bottleneck) do not \
-                     apply to XLNet here: \
-                     its attention projections are parameters read by einsums, not linear \
-                     layers; train XLNet with full, bitfit, layernorm, the Fisher and \
-                     random subsets, top-layers, head or Child-Tuning"
+                    "--method {name}: XLNet takes no adapters here. Its attention's q, k, v \
+                     and o are parameters read by einsums, not linear layers, so LoRA, DoRA, \
+                     InA, IA3, HRA and VeRA have nothing to wrap there, and bottleneck \
+                     adapters, prompts and LoReFT are not built for its layout yet; train \
+                     XLNet with full, bitfit, layernorm, the Fisher and random subsets, \
+                     top-layers, head or Child-Tuning"
                 );
             }
         }
-        // LoReFT edits layer outputs and bottleneck adapters sit in the sublayers: neither
-        // names linear layers.
+        // LoReFT edits layer outputs, bottleneck adapters sit in the sublayers and prompts
+        // before the words: none names linear layers.
         let wraps_linears = |a: &&AdapterConfig| {
             !matches!(
                 a.kind,

@@ -234,13 +234,12 @@ pub fn method_config(adapter: Option<&AdapterConfig>) -> Result<MethodConfig> {
             };
             (bottleneck::METHOD, flags)
         }
-        Some(c) if matches!(c.kind, AdapterKind::Prompt { .. }) => {
-            let tokens = match c.kind {
-                AdapterKind::Prompt { tokens } => tokens,
-                _ => 0,
-            };
+        Some(AdapterConfig {
+            kind: AdapterKind::Prompt { tokens },
+            ..
+        }) => {
             let s = prompt::Settings {
-                tokens,
+                tokens: *tokens,
                 init_text: None,
             };
             let flags = MethodFlags {
@@ -249,17 +248,18 @@ pub fn method_config(adapter: Option<&AdapterConfig>) -> Result<MethodConfig> {
             };
             (prompt::METHOD, flags)
         }
-        Some(c) if matches!(c.kind, AdapterKind::Vera { .. }) => {
-            let (key, d_initial) = match c.kind {
-                AdapterKind::Vera { key, d_initial, .. } => (key, d_initial),
-                _ => (0, 0.1),
-            };
+        Some(
+            c @ AdapterConfig {
+                kind: AdapterKind::Vera { key, d_initial, .. },
+                ..
+            },
+        ) => {
             let s = vera::Settings {
                 r: c.r,
                 targets: c.targets.clone(),
-                seed: key,
+                seed: *key,
                 dropout: c.dropout,
-                d_initial,
+                d_initial: *d_initial,
             };
             let flags = MethodFlags {
                 vera: s.flags(),
