@@ -142,10 +142,7 @@ impl AdapterDef for Vera {
             return Ok(());
         };
         let max = super::vera::max_dims_of(weights)?;
-        let wrapped: Vec<String> = weights
-            .keys()
-            .filter_map(|k| k.strip_suffix(".vera_lambda_d").map(str::to_string))
-            .collect();
+        let wrapped = wrapped(weights, ".vera_lambda_d");
         for module in wrapped {
             let take = |w: &mut HashMap<String, Tensor>, leaf: &str| {
                 w.remove(&format!("{module}.{leaf}"))
@@ -207,10 +204,7 @@ impl AdapterDef for Hra {
     }
     /// W·H, as PEFT's merge.
     fn fold(&self, _cfg: &AdapterConfig, weights: &mut HashMap<String, Tensor>) -> Result<()> {
-        let wrapped: Vec<String> = weights
-            .keys()
-            .filter_map(|k| k.strip_suffix(".hra_u").map(str::to_string))
-            .collect();
+        let wrapped = wrapped(weights, ".hra_u");
         for module in wrapped {
             let u = weights
                 .remove(&format!("{module}.hra_u"))
@@ -307,10 +301,7 @@ fn to_residual(cfg: &AdapterConfig, weights: &mut HashMap<String, Tensor>) -> Re
         return Ok(());
     };
     let s = cfg.scale();
-    let modules: Vec<String> = weights
-        .keys()
-        .filter_map(|k| k.strip_suffix(".lora_A.weight").map(str::to_string))
-        .collect();
+    let modules = wrapped(weights, ".lora_A.weight");
     for module in modules {
         let key = format!("{module}.weight");
         let w = weights
@@ -529,13 +520,18 @@ impl AdapterDef for Loreft {
     }
 }
 
+/// The modules whose tensor `leaf` (`.lora_A.weight`) `weights` holds, by path.
+fn wrapped(weights: &HashMap<String, Tensor>, leaf: &str) -> Vec<String> {
+    weights
+        .keys()
+        .filter_map(|k| k.strip_suffix(leaf).map(str::to_string))
+        .collect()
+}
+
 /// Fold LoRA (and DoRA) adapters scaled by `scale` into the weights they wrap,
 /// W₀ + s·B·A (DoRA's rows then scaled to their magnitudes), and drop the pairs.
 pub fn fold_lora(weights: &mut HashMap<String, Tensor>, scale: f64) -> Result<()> {
-    let wrapped: Vec<String> = weights
-        .keys()
-        .filter_map(|k| k.strip_suffix(".lora_A.weight").map(str::to_string))
-        .collect();
+    let wrapped = wrapped(weights, ".lora_A.weight");
     for module in wrapped {
         let take = |w: &mut HashMap<String, Tensor>, leaf: &str| {
             w.remove(&format!("{module}.{leaf}"))
@@ -572,10 +568,7 @@ pub fn fold_lora(weights: &mut HashMap<String, Tensor>, scale: f64) -> Result<()
 /// IA3 folded into the weights it scales: W·diag(l) for a layer that scales its input,
 /// diag(l)·W and l·b for one that scales its output (PEFT's `merge`).
 pub fn fold_ia3(weights: &mut HashMap<String, Tensor>) -> Result<()> {
-    let wrapped: Vec<String> = weights
-        .keys()
-        .filter_map(|k| k.strip_suffix(".ia3_l").map(str::to_string))
-        .collect();
+    let wrapped = wrapped(weights, ".ia3_l");
     for module in wrapped {
         let missing = |leaf: &str| user(format!("the run has no `{module}.{leaf}`"));
         let l = weights

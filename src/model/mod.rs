@@ -281,7 +281,7 @@ impl Model {
 
     fn forward_tracked(&self, batch: &Batch, ctx: &Ctx) -> Result<Output> {
         let mask = &self.mask(batch)?;
-        let mut x = self.embed(batch, ctx)?;
+        let mut x = self.embed(batch, mask, ctx)?;
         let edited = self.edited(mask)?;
         let shared = self.shared(&x, batch, ctx)?;
         for i in 0..self.num_layers() {
@@ -305,7 +305,8 @@ impl Model {
 
     /// The embeddings, projected to the encoder's width where they differ (ELECTRA); in
     /// XLNet's (seq, batch, d) layout for XLNet.
-    fn embed(&self, batch: &Batch, ctx: &Ctx) -> Result<Tensor> {
+    /// `mask`: the batch's as the encoder sees it ([`Model::mask`]).
+    fn embed(&self, batch: &Batch, mask: &Tensor, ctx: &Ctx) -> Result<Tensor> {
         let (embeddings, project) = match &self.body {
             Body::Stack {
                 embeddings,
@@ -317,7 +318,7 @@ impl Model {
         let x = embeddings.forward(
             &batch.input_ids,
             &batch.token_type_ids,
-            &self.mask(batch)?,
+            mask,
             self.prompt.as_ref(),
             ctx,
         )?;

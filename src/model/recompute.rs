@@ -36,7 +36,7 @@ impl Model {
         // 1. Forward, keeping each layer's input and where its dropout keys begin.
         let mut inputs = Vec::with_capacity(layers);
         let mut keys = Vec::with_capacity(layers);
-        let mut x = without_graph(|| self.embed(batch, ctx))?.detach();
+        let mut x = without_graph(|| self.embed(batch, mask, ctx))?.detach();
         let shared = without_graph(|| self.shared(&x, batch, ctx))?;
         for i in 0..layers {
             keys.push(ctx.calls());
@@ -81,7 +81,7 @@ impl Model {
         // 4. The embeddings.
         if let Some(g) = upstream {
             ctx.set_calls(start);
-            let grads = (self.embed(batch, ctx)? * g)?.sum_all()?.backward()?;
+            let grads = (self.embed(batch, mask, ctx)? * g)?.sum_all()?.backward()?;
             collect(&grads)?;
         }
         ctx.set_calls(end);

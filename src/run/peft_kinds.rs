@@ -156,42 +156,16 @@ pub(super) fn read_hra(
     let r = cfg.get("r").and_then(|v| v.as_u64()).filter(|r| *r > 0);
     let r = r.ok_or_else(|| at("r", "is missing or not a positive integer".into()))? as usize;
     let weights_path = dir.join(WEIGHTS);
-    let prefix = format!("{}.", arch.prefix());
-    let (mut tensors, mut targets) = (HashMap::new(), Vec::<String>::new());
-    for (key, t) in run_dir::load_tensors(&weights_path)? {
-        let name = key.strip_prefix("base_model.model.").unwrap_or(&key);
-        let name = name.replace(".modules_to_save.default.", ".");
-        let name = name.strip_prefix(&prefix).unwrap_or(&name).to_string();
-        if let Some(module) = name.strip_suffix(".hra_u") {
-            let kind = target_of(module, arch).ok_or_else(|| {
-                user(format!(
-                    "{}: `{key}` wraps a module this crate cannot adapt",
-                    weights_path.display()
-                ))
-            })?;
-            if t.dims().get(1) != Some(&r) {
-                return Err(user(format!(
-                    "{}: `{key}` has shape {:?}, not (in, {r})",
-                    weights_path.display(),
-                    t.dims()
-                )));
-            }
-            if !targets.iter().any(|k| k == kind) {
-                targets.push(kind.to_string());
-            }
-        } else if !is_head(&name) && !name.starts_with("pooler.") {
+    let raw = run_dir::load_tensors(&weights_path)?;
+    let (tensors, targets) = adapter_tensors(&weights_path, raw, arch, &[".hra_u"], "HRA")?;
+    for (k, t) in tensors.iter().filter(|(k, _)| k.ends_with(".hra_u")) {
+        if t.dims().get(1) != Some(&r) {
             return Err(user(format!(
-                "{}: `{key}` is neither an HRA tensor nor the head",
-                weights_path.display()
+                "{}: `{k}` has shape {:?}, not (in, {r})",
+                weights_path.display(),
+                t.dims()
             )));
         }
-        tensors.insert(name, t);
-    }
-    if targets.is_empty() || !tensors.keys().any(|k| is_head(k)) {
-        return Err(user(format!(
-            "{}: no hra_u tensors, or no head",
-            weights_path.display()
-        )));
     }
     Ok(PeftAdapter {
         config: Some(AdapterConfig {
@@ -283,47 +257,16 @@ pub(super) fn read_vera(
     let dropout = dropout.filter(|p| (0.0..1.0).contains(p));
     let dropout = dropout.ok_or_else(|| at("vera_dropout", "is not in [0, 1)".into()))?;
     let weights_path = dir.join(WEIGHTS);
-    let prefix = format!("{}.", arch.prefix());
-    let (mut tensors, mut targets) = (HashMap::new(), Vec::<String>::new());
+    let mut raw = run_dir::load_tensors(&weights_path)?;
+    // The shared projections, saved once at the model's root.
     let mut saved: HashMap<&str, Tensor> = HashMap::new();
-    for (k, t) in run_dir::load_tensors(&weights_path)? {
-        if let Some(p) = ["vera_A", "vera_B"]
-            .into_iter()
-            .find(|p| k == format!("base_model.{p}"))
-        {
+    for p in ["vera_A", "vera_B"] {
+        if let Some(t) = raw.remove(&format!("base_model.{p}")) {
             saved.insert(p, t);
-            continue;
         }
-        let name = k.strip_prefix("base_model.model.").unwrap_or(&k);
-        let name = name.replace(".modules_to_save.default.", ".");
-        let name = name.strip_prefix(&prefix).unwrap_or(&name).to_string();
-        let module = name
-            .strip_suffix(".vera_lambda_d")
-            .or_else(|| name.strip_suffix(".vera_lambda_b"));
-        if let Some(module) = module {
-            let kind = target_of(module, arch).ok_or_else(|| {
-                user(format!(
-                    "{}: `{k}` wraps a module this crate cannot adapt",
-                    weights_path.display()
-                ))
-            })?;
-            if !targets.iter().any(|t| t == kind) {
-                targets.push(kind.to_string());
-            }
-        } else if !is_head(&name) && !name.starts_with("pooler.") {
-            return Err(user(format!(
-                "{}: `{k}` is neither a VeRA tensor nor the head",
-                weights_path.display()
-            )));
-        }
-        tensors.insert(name, t);
     }
-    if targets.is_empty() || !tensors.keys().any(|k| is_head(k)) {
-        return Err(user(format!(
-            "{}: no vera_lambda tensors, or no head",
-            weights_path.display()
-        )));
-    }
+    let leaves = [".vera_lambda_d", ".vera_lambda_b"];
+    let (tensors, targets) = adapter_tensors(&weights_path, raw, arch, &leaves, "VeRA")?;
     if let (Some(a), Some(b)) = (saved.get("vera_A"), saved.get("vera_B")) {
         let span = (a.dim(1)?, b.dim(0)?);
         let (pa, pb) = crate::model::vera::projections(key, r, span, a.device())?;
@@ -421,4 +364,48 @@ pub(super) fn read_prompt(
         }),
         tensors,
     })
+}
+
+/// The tensors of a PEFT adapter file (`path`, read as `raw`) under this crate's names:
+/// those of adapted modules (names ending in one of `leaves`), with the targets their
+/// modules make, and the head; anything else is refused, naming the `kind` of adapter, as
+/// is a file without both.
+fn adapter_tensors(
+    path: &Path,
+    raw: HashMap<String, Tensor>,
+    arch: Arch,
+    leaves: &[&str],
+    kind: &str,
+) -> Result<(HashMap<String, Tensor>, Vec<String>)> {
+    let prefix = format!("{}.", arch.prefix());
+    let (mut tensors, mut targets) = (HashMap::new(), Vec::<String>::new());
+    for (key, t) in raw {
+        let name = key.strip_prefix("base_model.model.").unwrap_or(&key);
+        let name = name.replace(".modules_to_save.default.", ".");
+        let name = name.strip_prefix(&prefix).unwrap_or(&name).to_string();
+        if let Some(module) = leaves.iter().find_map(|l| name.strip_suffix(l)) {
+            let target = target_of(module, arch).ok_or_else(|| {
+                user(format!(
+                    "{}: `{key}` wraps a module this crate cannot adapt",
+                    path.display()
+                ))
+            })?;
+            if !targets.iter().any(|k| k == target) {
+                targets.push(target.to_string());
+            }
+        } else if !is_head(&name) && !name.starts_with("pooler.") {
+            return Err(user(format!(
+                "{}: `{key}` is neither a {kind} tensor nor the head",
+                path.display()
+            )));
+        }
+        tensors.insert(name, t);
+    }
+    if targets.is_empty() || !tensors.keys().any(|k| is_head(k)) {
+        return Err(user(format!(
+            "{}: no {kind} tensors, or no head",
+            path.display()
+        )));
+    }
+    Ok((tensors, targets))
 }

@@ -364,3 +364,53 @@ pub fn golden_batch(dir: &Path) -> peft::model::Batch {
             .unwrap(),
     }
 }
+
+/// A PEFT reference's check, on fixture `family` (tests/golden-style `g`: the trained
+/// tensors under our names, `labels`, `logits`, `loss`, `grad.<name>`): the tensors
+/// `trains` picks from `g` replace the checkpoint's (head dropped) and train; with
+/// `adapter`, the model's logits match within 1e-5, the mean cross-entropy within 1e-6 and
+/// every trainable tensor's gradient within 1e-4 relative, none missing. Returns the
+/// weights it built the model from.
+pub fn matches_reference(
+    family: &str,
+    g: &HashMap<String, Tensor>,
+    adapter: &peft::model::AdapterConfig,
+    trains: fn(&str) -> bool,
+) -> HashMap<String, Tensor> {
+    use peft::model::{read_checkpoint, Ctx, Model, ParamStore};
+    let dir = fixture_dir(family);
+    let (cfg, mut weights) = read_checkpoint(&dir).unwrap();
+    peft::model::drop_head(&mut weights);
+    for (k, t) in g
+        .iter()
+        .filter(|(k, _)| !k.starts_with("grad.") && trains(k))
+    {
+        weights.insert(k.clone(), t.clone());
+    }
+    let built = weights.clone();
+    let store = ParamStore::new(weights, Device::Cpu, 0, Box::new(trains));
+    let model = Model::load_with_adapters(&store, &cfg, Some(2.into()), Some(adapter)).unwrap();
+    assert!(
+        store.created().is_empty(),
+        "{family}: {:?}",
+        store.created()
+    );
+    let logits = model.logits(&golden_batch(&dir), &Ctx::eval()).unwrap();
+    let d = max_abs_diff(&logits, &g["logits"]);
+    assert!(d < 1e-5, "{family}: logits differ by {d}");
+    let labels = g["labels"].to_dtype(candle_core::DType::U32).unwrap();
+    let loss = peft::loss::cross_entropy(&logits, &labels).unwrap();
+    let d = max_abs_diff(&loss.reshape(1).unwrap(), &g["loss"]);
+    assert!(d < 1e-6, "{family}: loss differs by {d}");
+    let grads = loss.backward().unwrap();
+    let vars = store.vars();
+    for (name, var) in &vars {
+        let want = &g[&format!("grad.{name}")];
+        let got = grads.get(var.as_tensor()).unwrap();
+        let rel = max_abs_diff(got, want) / max_abs(want).max(1e-6);
+        assert!(rel < 1e-4, "{family}: gradient of {name} differs by {rel}");
+    }
+    let want = g.keys().filter(|k| k.starts_with("grad.")).count();
+    assert_eq!(vars.len(), want, "{family}: gradients checked");
+    built
+}

@@ -6,7 +6,7 @@
 
 use std::collections::HashMap;
 
-use candle_core::{DType, Device, Tensor};
+use candle_core::{Device, Tensor};
 use peft::model::{read_checkpoint, AdapterConfig, AdapterKind, Arch, Ctx, Model, ParamStore};
 
 use crate::adapters::{dir_logits, merge, run_logits};
@@ -32,38 +32,8 @@ fn reference() -> HashMap<String, Tensor> {
 #[test]
 fn hra_matches_peft() {
     let g = reference();
-    let dir = fixture_dir("tiny-bert");
-    let (cfg, mut weights) = read_checkpoint(&dir).unwrap();
-    peft::model::drop_head(&mut weights);
-    let ours = |k: &str| {
-        !k.starts_with("grad.") && (k.ends_with(".hra_u") || k.starts_with("classifier."))
-    };
-    for (k, t) in g.iter().filter(|(k, _)| ours(k)) {
-        weights.insert(k.clone(), t.clone());
-    }
-    let base = weights.clone();
     let trains = |n: &str| n.ends_with(".hra_u") || n.starts_with("classifier.");
-    let store = ParamStore::new(weights, Device::Cpu, 0, Box::new(trains));
-    let model = Model::load_with_adapters(&store, &cfg, Some(2.into()), Some(&hra(4))).unwrap();
-    assert!(store.created().is_empty(), "{:?}", store.created());
-    let logits = model.logits(&golden_batch(&dir), &Ctx::eval()).unwrap();
-    let d = max_abs_diff(&logits, &g["logits"]);
-    assert!(d < 1e-5, "logits differ by {d}");
-    let loss =
-        peft::loss::cross_entropy(&logits, &g["labels"].to_dtype(DType::U32).unwrap()).unwrap();
-    let d = max_abs_diff(&loss.reshape(1).unwrap(), &g["loss"]);
-    assert!(d < 1e-6, "loss differs by {d}");
-    let grads = loss.backward().unwrap();
-    let vars = store.vars();
-    for (name, var) in &vars {
-        let want = &g[&format!("grad.{name}")];
-        let rel = max_abs_diff(grads.get(var.as_tensor()).unwrap(), want) / max_abs(want).max(1e-6);
-        assert!(rel < 1e-4, "gradient of {name} differs by {rel}");
-    }
-    assert_eq!(
-        vars.len(),
-        g.keys().filter(|k| k.starts_with("grad.")).count()
-    );
+    let base = matches_reference("tiny-bert", &g, &hra(4), trains);
 
     // PEFT's merge: W·H.
     let mut folded = base;
