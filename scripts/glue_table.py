@@ -34,9 +34,13 @@ KNOB = {"fisher-layernorm": "--fraction", "random-layernorm": "--fraction", "ran
 USES_FISHER = {"fisher-layernorm", "child-d"}
 # Named variants: a method with fixed extra flags. ina-paper is InA as the paper's text has it
 # (GELU, query and key); plain ina is the authors' code (LeakyReLU, query, key and value);
-# lora-rslora and dora-rslora scale by alpha/sqrt(r). Unions pass as they are (lora+layernorm).
+# lora-rslora and dora-rslora scale by alpha/sqrt(r); lora-pissa and lora-olora start LoRA
+# from the base weight's principal directions (PEFT's init_lora_weights); lora-plus trains B
+# 16 times faster than A (LoRA+'s recommended ratio). Unions pass as they are (lora+layernorm).
 VARIANTS = {"ina-paper": ("ina", ["--ina-activation", "gelu", "--ina-targets", "query,key"]),
-            "lora-rslora": ("lora", ["--lora-rslora"]), "dora-rslora": ("dora", ["--lora-rslora"])}
+            "lora-rslora": ("lora", ["--lora-rslora"]), "dora-rslora": ("dora", ["--lora-rslora"]),
+            "lora-pissa": ("lora", ["--lora-init", "pissa"]), "lora-olora": ("lora", ["--lora-init", "olora"]),
+            "lora-plus": ("lora", ["--lora-plus-ratio", "16"])}
 EPOCHS = 5
 # PyTorch + transformers on this machine class (issue #4), seed 42, final epoch.
 REFERENCE = {

@@ -107,6 +107,10 @@ macro_rules! groups {
                         ))),
                     }
                 )*
+                // Prefix tuning shares prompt tuning's settings, not all of them.
+                if let (Some(p), true) = (&self.prompt, self.name.has(super::prefix::METHOD)) {
+                    super::prefix::check_shared(p)?;
+                }
                 Ok(())
             }
         }
@@ -126,6 +130,7 @@ groups!(
     hra: hra,
     vera: vera,
     prompt: prompt,
+    prefix: prefix,
 );
 
 impl MethodConfig {

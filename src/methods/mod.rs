@@ -50,6 +50,7 @@ registry!(
     hra,
     vera,
     prompt,
+    prefix,
     loreft,
     bottleneck,
     head,

@@ -17,8 +17,9 @@ pub const METHOD: Method = Method(&Prompt);
 
 crate::method_settings! {
     context(m, f);
-    used_by = m.has(METHOD);
-    /// prompt: learned embeddings before every sequence (PEFT's num_virtual_tokens).
+    used_by = m.has(METHOD) || m.has(super::prefix::METHOD);
+    /// prompt, prefix: virtual tokens before every sequence, or before every layer's keys
+    /// (PEFT's num_virtual_tokens).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     num_virtual_tokens => tokens: usize = default(20);
     /// prompt: start from this text's word embeddings (PEFT's TEXT prompt_tuning_init)

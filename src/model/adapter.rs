@@ -120,6 +120,13 @@ pub enum AdapterKind {
     Prompt {
         tokens: usize,
     },
+    /// Prefix tuning: `tokens` learned keys and values before every layer's own
+    /// (`model::prefix`), computed through a projection of width `hidden` if given, as
+    /// PEFT's `PrefixTuningConfig`.
+    Prefix {
+        tokens: usize,
+        hidden: Option<usize>,
+    },
     /// VeRA's trained scaling vectors around shared frozen projections drawn from `key`
     /// (`model::vera`), `r` wide; `max` the largest (in, out) among the wrapped layers,
     /// which the projections span (filled in when the model is built).
@@ -166,7 +173,8 @@ impl AdapterConfig {
             AdapterKind::Ia3 => rel == t || rel.ends_with(&format!(".{t}")),
             AdapterKind::Loreft { .. }
             | AdapterKind::Bottleneck { .. }
-            | AdapterKind::Prompt { .. } => false,
+            | AdapterKind::Prompt { .. }
+            | AdapterKind::Prefix { .. } => false,
             _ => rel == t || rel.strip_prefix("attention.self.") == Some(t.as_str()),
         })
     }

@@ -61,6 +61,7 @@ impl AdapterKind {
             AdapterKind::Hra => &Hra,
             AdapterKind::Vera { .. } => &Vera,
             AdapterKind::Prompt { .. } => &Prompt,
+            AdapterKind::Prefix { .. } => &Prefix,
         }
     }
 }
@@ -83,6 +84,59 @@ struct Hra;
 struct Vera;
 /// Prompt tuning: learned embeddings before every sequence.
 struct Prompt;
+/// Prefix tuning: learned keys and values before every layer's own.
+struct Prefix;
+
+impl AdapterDef for Prefix {
+    fn leaves(&self) -> &'static [&'static str] {
+        &[super::prefix::EMBEDDING]
+    }
+    fn fold(&self, _cfg: &AdapterConfig, _weights: &mut HashMap<String, Tensor>) -> Result<()> {
+        Err(user(
+            "a prefix-tuning run cannot be merged: its keys and values are attended beside \
+             every layer's own, which no weight of the encoder reproduces; score it with `peft \
+             eval --checkpoint` or `peft predict`",
+        ))
+    }
+    /// No prefix is the base model (an all-zero one still takes attention), and no scaling
+    /// of one leads there.
+    fn interpolate(
+        &self,
+        name: &str,
+        _t: &Tensor,
+        alpha: f64,
+        _run: &Tensors,
+    ) -> Result<Option<Tensor>> {
+        match name.starts_with("prompt_encoder.") {
+            true => Err(user(format!(
+                "--alpha {alpha}: a prefix-tuning run has no scaled-down prefix that leads \
+                 back to the base model; WiSE-FT of it is not supported"
+            ))),
+            false => Ok(None),
+        }
+    }
+    /// PEFT's `PrefixTuningConfig`, saved as PEFT saves one: `inference_mode`, so that
+    /// the file's `prompt_embeddings` is the whole table even when a projection made it.
+    /// The model's sizes are PEFT's to fill in when it loads the adapter.
+    fn peft_config(
+        &self,
+        cfg: &AdapterConfig,
+        _targets: &[String],
+    ) -> Option<(&'static str, Value)> {
+        let AdapterKind::Prefix { tokens, hidden } = cfg.kind else {
+            return None;
+        };
+        Some((
+            "PREFIX_TUNING",
+            json!({
+                "num_virtual_tokens": tokens,
+                "num_transformer_submodules": 1,
+                "prefix_projection": hidden.is_some(),
+                "encoder_hidden_size": hidden,
+            }),
+        ))
+    }
+}
 
 impl AdapterDef for Prompt {
     fn leaves(&self) -> &'static [&'static str] {

@@ -67,13 +67,15 @@ impl Embeddings {
     /// `input_ids`, `token_type_ids`: (batch, seq) u32; `mask`: (batch, seq), 1 for real
     /// tokens. `prompt` (virtual tokens, width): prompt tuning's embeddings, put before
     /// each sequence's words as PEFT passes them (`inputs_embeds`), with token type 0 and
-    /// the first positions; `mask` then covers them too.
+    /// the first positions; `mask` then covers them too. `past`: positions already taken
+    /// (a prefix's), counted on from.
     pub fn forward(
         &self,
         input_ids: &Tensor,
         token_type_ids: &Tensor,
         mask: &Tensor,
         prompt: Option<&Tensor>,
+        past: usize,
         ctx: &Ctx,
     ) -> Result<Tensor> {
         let (input_ids, token_type_ids, words) = match prompt {
@@ -97,13 +99,13 @@ impl Embeddings {
         if let Some(position) = &self.position {
             let max_pos = position.dim(0)?;
             let last = match self.arch {
-                Arch::Roberta => t + self.pad_id as usize + 1,
-                _ => t,
+                Arch::Roberta => past + t + self.pad_id as usize + 1,
+                _ => past + t,
             };
             if last > max_pos {
-                anyhow::bail!("sequence of {t} tokens exceeds max_position_embeddings {max_pos}; lower --max-seq-len");
+                anyhow::bail!("sequence of {t} tokens after {past} exceeds max_position_embeddings {max_pos}; lower --max-seq-len");
             }
-            let positions = self.position_ids(input_ids)?;
+            let positions = self.position_ids(input_ids, past)?;
             x = (x + position.index_select(&positions.flatten_all()?, 0)?)?;
             tables.push((position.id(), positions));
         }
@@ -149,20 +151,23 @@ impl Embeddings {
         Ok((ids, types, words.reshape((b * (n + t), e))?))
     }
 
-    /// BERT and DeBERTa count positions from 0. RoBERTa counts real tokens from pad_id + 1
-    /// and gives padding the pad id, as transformers' `create_position_ids_from_input_ids`.
-    fn position_ids(&self, input_ids: &Tensor) -> Result<Tensor> {
+    /// BERT and DeBERTa count positions from `past`. RoBERTa counts real tokens from
+    /// pad_id + 1 + `past` and gives padding the pad id, as transformers'
+    /// `create_position_ids_from_input_ids`.
+    fn position_ids(&self, input_ids: &Tensor, past: usize) -> Result<Tensor> {
         let (b, t) = input_ids.dims2()?;
         match self.arch {
             Arch::Roberta => {
                 let real = input_ids.ne(self.pad_id)?.to_dtype(DType::F32)?;
-                let counted = (real.cumsum(1)? * &real)?;
+                let counted = ((real.cumsum(1)? + past as f64)? * &real)?;
                 Ok((counted + self.pad_id as f64)?.to_dtype(DType::U32)?)
             }
-            _ => Ok(Tensor::arange(0u32, t as u32, input_ids.device())?
-                .unsqueeze(0)?
-                .broadcast_as((b, t))?
-                .contiguous()?),
+            _ => Ok(
+                Tensor::arange(past as u32, (past + t) as u32, input_ids.device())?
+                    .unsqueeze(0)?
+                    .broadcast_as((b, t))?
+                    .contiguous()?,
+            ),
         }
     }
 }

@@ -12,6 +12,7 @@ use super::config::{Activation, ModelConfig};
 use super::disentangled::Disentangled;
 use super::nn::{Ctx, Dropout, LayerNorm, Linear, Precision};
 use super::params::Path;
+use super::prefix::Kv;
 use super::relative::Positions;
 use crate::kernels::{attention, common, dropout, linear};
 
@@ -44,12 +45,13 @@ impl SelfAttention {
         })
     }
 
-    /// `mask`: (batch, seq), 1 for real tokens and 0 for padding.
-    fn forward(&self, x: &Tensor, mask: &Tensor, ctx: &Ctx) -> Result<Tensor> {
+    /// `mask`: (batch, seq), 1 for real tokens and 0 for padding. `prefix`: keys and
+    /// values put before the layer's own, attended by every token.
+    fn forward(&self, x: &Tensor, mask: &Tensor, prefix: Option<&Kv>, ctx: &Ctx) -> Result<Tensor> {
         let (b, t, h) = x.dims3()?;
         let scale = 1.0 / (self.head_dim as f64).sqrt();
         let bf16 = ctx.precision() == Precision::Bf16;
-        if common::fused(x) && !bf16 {
+        if common::fused(x) && !bf16 && prefix.is_none() {
             let (q, k, v) = (
                 self.query.forward(x, ctx)?,
                 self.key.forward(x, ctx)?,
@@ -66,8 +68,24 @@ impl SelfAttention {
                 .contiguous()?)
         };
         let q = split(self.query.forward(x, ctx)?)?;
-        let k = split(self.key.forward(x, ctx)?)?;
-        let v = split(self.value.forward(x, ctx)?)?;
+        let mut k = split(self.key.forward(x, ctx)?)?;
+        let mut v = split(self.value.forward(x, ctx)?)?;
+        let mut mask = mask.clone();
+        if let Some(p) = prefix {
+            // (tokens, width) → (batch, heads, tokens, head_dim), first along the keys.
+            let n = p.key.dim(0)?;
+            let dtype = k.dtype();
+            let heads = |y: &Tensor| -> Result<Tensor> {
+                Ok(y.reshape((1, n, self.heads, self.head_dim))?
+                    .transpose(1, 2)?
+                    .broadcast_as((b, self.heads, n, self.head_dim))?
+                    .to_dtype(dtype)?)
+            };
+            k = Tensor::cat(&[&heads(&p.key)?, &k], 2)?.contiguous()?;
+            v = Tensor::cat(&[&heads(&p.value)?, &v], 2)?.contiguous()?;
+            let ones = Tensor::ones((b, n), mask.dtype(), mask.device())?;
+            mask = Tensor::cat(&[&ones, &mask], 1)?;
+        }
         let matmul = |a: &Tensor, b: &Tensor| -> Result<Tensor> {
             match bf16 {
                 true => linear::matmul_bf16(a, b),
@@ -75,7 +93,7 @@ impl SelfAttention {
             }
         };
         let scores = matmul(&q, &k.t()?)?;
-        let probs = attention::attention_probs(&scores, mask, scale)?;
+        let probs = attention::attention_probs(&scores, &mask, scale)?;
         let probs = self.dropout.forward(&probs, ctx)?;
         Ok(matmul(&probs, &v)?.transpose(1, 2)?.reshape((b, t, h))?)
     }
@@ -197,16 +215,19 @@ impl Layer {
         })
     }
 
-    /// `positions`: DeBERTa's relative embeddings of this forward (None for the others).
+    /// `positions`: DeBERTa's relative embeddings of this forward (None for the others);
+    /// `prefix`: this layer's prefix keys and values (not for DeBERTa, whose model refuses
+    /// prefixes).
     pub fn forward(
         &self,
         x: &Tensor,
         mask: &Tensor,
         positions: Option<&Positions>,
+        prefix: Option<&Kv>,
         ctx: &Ctx,
     ) -> Result<Tensor> {
         let a = match &self.attention {
-            Attention::Bert(att) => att.forward(x, mask, ctx)?,
+            Attention::Bert(att) => att.forward(x, mask, prefix, ctx)?,
             Attention::Disentangled(att) => att.forward(x, mask, positions, ctx)?,
         };
         let h = self.attention_output.forward(&a, x, ctx)?;

@@ -21,6 +21,7 @@ pub mod load;
 pub mod nn;
 pub mod params;
 mod pickle;
+pub mod prefix;
 pub mod principal;
 mod recompute;
 pub mod reft;
@@ -86,6 +87,8 @@ pub struct Model {
     body: Body,
     /// Prompt tuning's embeddings (virtual tokens, width), before every sequence.
     prompt: Option<Tensor>,
+    /// Prefix tuning's keys and values, before every layer's own.
+    prefix: Option<prefix::Prefix>,
     /// LoReFT's tokens, and its interventions after each layer (empty without LoReFT).
     positions: Option<reft::Positions>,
     interventions: Vec<Vec<reft::Loreft>>,
@@ -144,25 +147,36 @@ impl Model {
                     AdapterKind::Hra => "hra",
                     AdapterKind::Vera { .. } => "vera",
                     AdapterKind::Prompt { .. } => "prompt",
+                    AdapterKind::Prefix { .. } => "prefix",
                 };
                 crate::user_bail!(
                     "--method {name}: XLNet takes no adapters here. Its attention's q, k, v \
                      and o are parameters read by einsums, not linear layers, so LoRA, DoRA, \
                      InA, IA3, HRA and VeRA have nothing to wrap there, and bottleneck \
-                     adapters, prompts and LoReFT are not built for its layout yet; train \
+                     adapters, prompts, prefixes and LoReFT are not built for its layout yet; train \
                      XLNet with full, bitfit, layernorm, the Fisher and random subsets, \
                      top-layers, head or Child-Tuning"
                 );
             }
         }
-        // LoReFT edits layer outputs, bottleneck adapters sit in the sublayers and prompts
-        // before the words: none names linear layers.
+        if adapters.is_some_and(|a| matches!(a.kind, AdapterKind::Prefix { .. }))
+            && cfg.model_type.is_deberta()
+        {
+            crate::user_bail!(
+                "--method prefix: DeBERTa's attention adds a relative-position term between \
+                 every query and key, and a prefix's keys have no position; PEFT refuses it too \
+                 (DeBERTa takes no past_key_values). Use --method prompt, lora or another adapter"
+            );
+        }
+        // LoReFT edits layer outputs, bottleneck adapters sit in the sublayers, prompts
+        // before the words and prefixes before each layer's keys: none names linear layers.
         let wraps_linears = |a: &&AdapterConfig| {
             !matches!(
                 a.kind,
                 AdapterKind::Loreft { .. }
                     | AdapterKind::Bottleneck { .. }
                     | AdapterKind::Prompt { .. }
+                    | AdapterKind::Prefix { .. }
             )
         };
         if let Some(a) = adapters.filter(wraps_linears) {
@@ -217,10 +231,21 @@ impl Model {
             )?),
             _ => None,
         };
+        let prefix = match adapters.map(|a| a.kind) {
+            Some(AdapterKind::Prefix { tokens, hidden }) => Some(prefix::Prefix::load(
+                &root,
+                tokens,
+                cfg.num_hidden_layers,
+                h,
+                hidden,
+            )?),
+            _ => None,
+        };
         Ok(Self {
             config: cfg.clone(),
             body,
             prompt,
+            prefix,
             positions,
             interventions,
             pooler,
@@ -315,11 +340,15 @@ impl Model {
             } => (embeddings, project),
             Body::Xlnet(x) => return x.embed(&batch.input_ids, ctx),
         };
+        // After a prefix, positions count on from it, as transformers 4.x counts them after
+        // PEFT's cache.
+        let past = self.prefix.as_ref().map_or(Ok(0), |p| p.tokens())?;
         let x = embeddings.forward(
             &batch.input_ids,
             &batch.token_type_ids,
             mask,
             self.prompt.as_ref(),
+            past,
             ctx,
         )?;
         match project {
@@ -388,12 +417,16 @@ impl Model {
         edited: &[reft::Edited],
         ctx: &Ctx,
     ) -> Result<Tensor> {
+        // Built here, per layer, so that recomputation rebuilds a layer's prefix with it.
+        let prefix = self.prefix.as_ref().map(|p| p.layer(i)).transpose()?;
         let mut x = match (&self.body, shared) {
             (Body::Xlnet(xl), Some(Shared::Xlnet(s))) => return xl.layer(i, x, s, ctx),
             (Body::Stack { layers, .. }, Some(Shared::Relative(p))) => {
-                layers[i].forward(x, mask, Some(p), ctx)?
+                layers[i].forward(x, mask, Some(p), prefix.as_ref(), ctx)?
             }
-            (Body::Stack { layers, .. }, None) => layers[i].forward(x, mask, None, ctx)?,
+            (Body::Stack { layers, .. }, None) => {
+                layers[i].forward(x, mask, None, prefix.as_ref(), ctx)?
+            }
             _ => anyhow::bail!("layer {i}: the shared inputs of another family"),
         };
         for iv in &self.interventions[i] {

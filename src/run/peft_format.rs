@@ -72,8 +72,29 @@ pub fn write(
         }
     };
     // Prompt learning wraps the transformers model itself (`base_model.classifier…`) and
-    // saves its prompt as `prompt_embeddings`; the other tuners wrap a tuner model.
-    let prompt = matches!(cfg.kind, AdapterKind::Prompt { .. });
+    // saves its prompt as `prompt_embeddings` (a prefix's: the whole table, projected);
+    // the other tuners wrap a tuner model.
+    let prompt = matches!(
+        cfg.kind,
+        AdapterKind::Prompt { .. } | AdapterKind::Prefix { .. }
+    );
+    let tabled;
+    let trained = match cfg.kind {
+        AdapterKind::Prefix { .. } => {
+            let mut t: HashMap<String, Tensor> = trained
+                .iter()
+                .filter(|(n, _)| !n.starts_with("prompt_encoder."))
+                .map(|(n, t)| (n.clone(), t.clone()))
+                .collect();
+            t.insert(
+                crate::model::PROMPT.to_string(),
+                crate::model::prefix::table(trained)?,
+            );
+            tabled = t;
+            &tabled
+        }
+        _ => trained,
+    };
     let tensors: HashMap<String, Tensor> = trained
         .iter()
         .map(|(n, t)| {
@@ -211,7 +232,9 @@ fn write_ln_tuning(
 /// The method section of a run that trained what a PEFT adapter holds: LayerNorm tensors
 /// (`None`), IA3 vectors, or LoRA/DoRA adapters with their settings.
 pub fn method_config(adapter: Option<&AdapterConfig>) -> Result<MethodConfig> {
-    use crate::methods::{bottleneck, dora, hra, ia3, layernorm, lora, prompt, vera, MethodFlags};
+    use crate::methods::{
+        bottleneck, dora, hra, ia3, layernorm, lora, prefix, prompt, vera, MethodFlags,
+    };
     let (method, flags) = match adapter {
         None => (layernorm::METHOD, MethodFlags::default()),
         Some(AdapterConfig {
@@ -233,6 +256,22 @@ pub fn method_config(adapter: Option<&AdapterConfig>) -> Result<MethodConfig> {
                 ..Default::default()
             };
             (bottleneck::METHOD, flags)
+        }
+        Some(AdapterConfig {
+            kind: AdapterKind::Prefix { tokens, hidden },
+            ..
+        }) => {
+            let shared = prompt::Settings {
+                tokens: *tokens,
+                init_text: None,
+            };
+            let s = prefix::Settings { hidden: *hidden };
+            let flags = MethodFlags {
+                prompt: shared.flags(),
+                prefix: s.flags(),
+                ..Default::default()
+            };
+            (prefix::METHOD, flags)
         }
         Some(AdapterConfig {
             kind: AdapterKind::Prompt { tokens },
@@ -334,12 +373,13 @@ pub fn read(dir: &Path, arch: Arch) -> Result<PeftAdapter> {
         Some("IA3") => return kinds::read_ia3(dir, arch, &cfg, &at),
         Some("HRA") => return kinds::read_hra(dir, arch, &cfg, &at),
         Some("VERA") => return kinds::read_vera(dir, arch, &cfg, &at),
-        Some("PROMPT_TUNING") => return kinds::read_prompt(dir, arch, &cfg, &at),
+        Some("PROMPT_TUNING") => return kinds::read_prompt(dir, arch, &cfg, &at, false),
+        Some("PREFIX_TUNING") => return kinds::read_prompt(dir, arch, &cfg, &at, true),
         Some("LN_TUNING") => return kinds::read_ln_tuning(dir, arch),
         other => {
             return Err(at(
                 "peft_type",
-                format!("is {other:?}; only LORA, IA3, HRA, VERA, PROMPT_TUNING and LN_TUNING adapters load"),
+                format!("is {other:?}; only LORA, IA3, HRA, VERA, PROMPT_TUNING, PREFIX_TUNING and LN_TUNING adapters load"),
             ))
         }
     }

@@ -299,16 +299,18 @@ pub(super) fn read_vera(
     })
 }
 
-/// A prompt-tuning adapter PEFT saved (one set of virtual tokens): its
+/// A prompt-tuning or prefix-tuning adapter PEFT saved (one set of virtual tokens): its
 /// `prompt_embeddings` and the head (saved as `base_model.classifier…`: prompt learning
-/// wraps the transformers model itself).
+/// wraps the transformers model itself). A prefix's `prompt_embeddings` is its whole table
+/// of keys and values (PEFT saves the projection's output), read as a prefix without one.
 pub(super) fn read_prompt(
     dir: &Path,
     arch: Arch,
     cfg: &serde_json::Value,
     at: &dyn Fn(&str, String) -> anyhow::Error,
+    prefix: bool,
 ) -> Result<PeftAdapter> {
-    use crate::model::{AdapterConfig, AdapterKind, PROMPT};
+    use crate::model::{prefix::EMBEDDING, AdapterConfig, AdapterKind, PROMPT};
     let field = |k: &str| cfg.get(k).filter(|v| !v.is_null());
     if field("num_transformer_submodules")
         .and_then(|v| v.as_u64())
@@ -322,21 +324,34 @@ pub(super) fn read_prompt(
     }
     let n = field("num_virtual_tokens")
         .and_then(|v| v.as_u64())
-        .filter(|n| *n > 0);
-    let n = n.ok_or_else(|| at("num_virtual_tokens", "is missing or not positive".into()))?;
+        .filter(|n| *n > 0 && *n <= 4096);
+    let n = n.ok_or_else(|| at("num_virtual_tokens", "is missing or not 1 to 4096".into()))?;
+    // A prefix's width: every layer's key and value, when the file says how many.
+    let width = match (field("num_layers"), field("token_dim")) {
+        (Some(l), Some(d)) if prefix => l.as_u64().zip(d.as_u64()).map(|(l, d)| 2 * l * d),
+        _ => None,
+    };
     let weights_path = dir.join(WEIGHTS);
-    let prefix = format!("{}.", arch.prefix());
+    let strip = format!("{}.", arch.prefix());
     let mut tensors = HashMap::new();
     for (k, t) in run_dir::load_tensors(&weights_path)? {
         let name = k.strip_prefix("base_model.").unwrap_or(&k);
-        let name = name.strip_prefix(&prefix).unwrap_or(name).to_string();
+        let mut name = name.strip_prefix(&strip).unwrap_or(name).to_string();
         if name == PROMPT {
-            if t.dims().first() != Some(&(n as usize)) {
+            let rows = t.dims().first() == Some(&(n as usize));
+            let cols = width.is_none_or(|w| t.dims().get(1) == Some(&(w as usize)));
+            if !rows || !cols || t.rank() != 2 {
                 return Err(user(format!(
-                    "{}: `{k}` has shape {:?}, not num_virtual_tokens {n} rows",
+                    "{}: `{k}` has shape {:?}, not num_virtual_tokens {n} rows{}",
                     weights_path.display(),
-                    t.dims()
+                    t.dims(),
+                    width.map_or(String::new(), |w| format!(
+                        " of 2 × num_layers × token_dim = {w}"
+                    ))
                 )));
+            }
+            if prefix {
+                name = EMBEDDING.to_string();
             }
         } else if !is_head(&name) && !name.starts_with("pooler.") {
             return Err(user(format!(
@@ -346,15 +361,24 @@ pub(super) fn read_prompt(
         }
         tensors.insert(name, t);
     }
-    if !tensors.contains_key(PROMPT) || !tensors.keys().any(|k| is_head(k)) {
+    let table = if prefix { EMBEDDING } else { PROMPT };
+    if !tensors.contains_key(table) || !tensors.keys().any(|k| is_head(k)) {
         return Err(user(format!(
             "{}: no prompt_embeddings, or no head",
             weights_path.display()
         )));
     }
+    let tokens = n as usize;
+    let kind = match prefix {
+        true => AdapterKind::Prefix {
+            tokens,
+            hidden: None,
+        },
+        false => AdapterKind::Prompt { tokens },
+    };
     Ok(PeftAdapter {
         config: Some(AdapterConfig {
-            kind: AdapterKind::Prompt { tokens: n as usize },
+            kind,
             r: 0,
             alpha: 0.0,
             dropout: 0.0,

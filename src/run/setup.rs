@@ -118,6 +118,9 @@ pub fn adapter(cfg: &TrainConfig) -> Option<AdapterConfig> {
     if let Some(s) = &m.vera {
         return Some(s.adapter());
     }
+    if let (Some(s), Some(shared)) = (&m.prefix, &m.prompt) {
+        return Some(s.adapter(shared));
+    }
     if let Some(s) = &m.prompt {
         return Some(s.adapter());
     }
@@ -138,6 +141,7 @@ mod tests {
             methods::hra::METHOD,
             methods::vera::METHOD,
             methods::prompt::METHOD,
+            methods::prefix::METHOD,
             methods::bottleneck::METHOD,
         ] {
             let run = Overrides {

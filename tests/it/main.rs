@@ -24,6 +24,7 @@ mod old_runs;
 mod parity;
 mod parsers_proptest;
 mod precision;
+mod prefix;
 mod prompt;
 mod recompute;
 mod registry;

@@ -1,7 +1,7 @@
 //! `--recompute`: the layer-by-layer backward with recomputed activations gives the
 //! gradients of the ordinary backward, dropout on, for every family (ELECTRA's projected
 //! embeddings, DeBERTa's relative embeddings shared by all layers, XLNet's relative
-//! encoding drawn once per forward, LoReFT's edits between layers), and a run with it trains to the same weights.
+//! encoding drawn once per forward, LoReFT's edits between layers, a prefix's keys rebuilt per layer), and a run with it trains to the same weights.
 
 use std::path::Path;
 
@@ -20,8 +20,22 @@ fn recomputed_gradients_equal_the_ordinary_backward() {
         rslora: false,
         init: None,
     };
+    // A projected prefix: its shared first projection has a part in every layer's graph.
+    let prefix = AdapterConfig {
+        kind: AdapterKind::Prefix {
+            tokens: 3,
+            hidden: Some(8),
+        },
+        r: 0,
+        alpha: 0.0,
+        dropout: 0.0,
+        targets: Vec::new(),
+        rslora: false,
+        init: None,
+    };
     for (family, adapter) in [
         ("tiny-bert", None),
+        ("tiny-roberta", Some(&prefix)),
         ("tiny-electra", None),
         ("tiny-deberta-v2", None),
         ("tiny-deberta", None),
