@@ -123,6 +123,7 @@ groups!(
     fisher: fisher_layernorm,
     top_layers: top_layers,
     lora: lora,
+    adalora: adalora,
     ina: ina,
     ia3: ia3,
     loreft: loreft,

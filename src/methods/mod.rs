@@ -19,10 +19,12 @@ use crate::model::params::Predicate;
 use crate::optim::{LrScale, MaskPlan, UpdateRule};
 
 mod config;
+pub mod regime;
 pub mod settings;
 mod subset;
 
 pub use config::{MethodConfig, MethodFlags};
+pub use regime::Regime;
 
 /// The methods, in the order they are listed everywhere; a new method is its file and one
 /// name here.
@@ -44,6 +46,7 @@ registry!(
     child_f,
     child_d,
     lora,
+    adalora,
     dora,
     ina,
     ia3,
@@ -146,6 +149,11 @@ pub trait MethodDef: Sync {
     /// Learning rates other than the schedule's for some tensors (LoRA+).
     fn lr_scale(&self, _spec: &MethodSpec) -> Option<LrScale> {
         None
+    }
+    /// What it adds to a run of `total` optimizer steps beside its selection: a penalty
+    /// in the loss, work after each step (AdaLoRA's rank budget).
+    fn regime(&self, _spec: &MethodSpec, _total: usize) -> Result<Option<Box<dyn Regime>>> {
+        Ok(None)
     }
 }
 

@@ -120,6 +120,10 @@ pub enum AdapterKind {
     Prompt {
         tokens: usize,
     },
+    /// AdaLoRA (Zhang et al., 2023): LoRA in SVD form, B·diag(E)·A with `r` the initial
+    /// rank, whose singular values E a budget schedule zeroes during training
+    /// (`methods::adalora`); `….lora_A`, `….lora_E`, `….lora_B` as PEFT names them.
+    Adalora,
     /// Prefix tuning: `tokens` learned keys and values before every layer's own
     /// (`model::prefix`), computed through a projection of width `hidden` if given, as
     /// PEFT's `PrefixTuningConfig`.
@@ -213,6 +217,8 @@ pub struct Adapter {
     shift: Option<Tensor>,
     /// VeRA's λ_d (r,) and λ_b (out,); `a` and `b` are then its projections' slices.
     lambdas: Option<(Tensor, Tensor)>,
+    /// AdaLoRA's singular values E (r, 1), between A and B.
+    singular: Option<Tensor>,
 }
 
 impl Adapter {
@@ -226,6 +232,9 @@ impl Adapter {
         } = cfg.kind
         {
             return Self::vera(path, (d_in, d_out), cfg, key, d_initial, max);
+        }
+        if cfg.kind == AdapterKind::Adalora {
+            return Self::adalora(path, (d_in, d_out), cfg);
         }
         // B·A has rank at most min(in, out): a larger r adds no capacity, only memory
         // (r = 10^8 on a 32-wide layer asks for 15 GB). Checked before A and B exist.
@@ -279,6 +288,7 @@ impl Adapter {
             b: b_init.load(&path.pp("lora_B"), &[d_out, cfg.r])?,
             shift,
             lambdas: None,
+            singular: None,
             scale,
             dropout: Dropout::new(cfg.dropout),
             kind: cfg.kind,
@@ -313,6 +323,34 @@ impl Adapter {
             magnitude: None,
             shift: None,
             lambdas: Some((lambda_d, lambda_b)),
+            singular: None,
+        })
+    }
+
+    /// AdaLoRA on a layer of (in, out), as PEFT's `SVDLinear`: A (r × in) and B (out × r)
+    /// from N(0, 0.02²), E (r × 1) zero, scaled by alpha (r when alpha is 0) over r + 1e-5,
+    /// r the initial rank, which masking does not change (PEFT's `ranknum`).
+    fn adalora(path: &Path, (d_in, d_out): (usize, usize), cfg: &AdapterConfig) -> Result<Self> {
+        let r = cfg.r;
+        if r > d_in.min(d_out) {
+            return Err(crate::error::user(format!(
+                "--adalora-init-r {r} is more than {}, the smaller side of `{}` ({d_out} × \
+                 {d_in}): B·diag(E)·A has at most that rank",
+                d_in.min(d_out),
+                path.name("weight")
+            )));
+        }
+        let alpha = if cfg.alpha > 0.0 { cfg.alpha } else { r as f64 };
+        Ok(Self {
+            a: path.get_or_init("lora_A", &[r, d_in], Init::Normal(0.02))?,
+            b: path.get_or_init("lora_B", &[d_out, r], Init::Normal(0.02))?,
+            singular: Some(path.get_or_init("lora_E", &[r, 1], Init::Zeros)?),
+            scale: alpha / (r as f64 + 1e-5),
+            dropout: Dropout::new(cfg.dropout),
+            kind: cfg.kind,
+            magnitude: None,
+            shift: None,
+            lambdas: None,
         })
     }
 
@@ -358,6 +396,10 @@ impl Adapter {
             let h = h.broadcast_mul(d)?.matmul(&self.b.t()?)?;
             return Ok(h.broadcast_mul(b)?);
         }
+        if let Some(e) = &self.singular {
+            let h = h.broadcast_mul(&e.t()?)?;
+            return Ok((h.matmul(&self.b.t()?)? * self.scale)?);
+        }
         let h = match self.kind {
             AdapterKind::Ina {
                 inhibition,
@@ -380,6 +422,9 @@ impl Adapter {
         if let Some((d, b)) = &self.lambdas {
             return vera_delta(&self.a, &self.b, d, b);
         }
+        if let Some(e) = &self.singular {
+            return adalora_delta(&self.a, e, &self.b, self.scale);
+        }
         match self.kind {
             AdapterKind::Ina { inhibition, .. } if inhibition != 0.0 => {
                 bail!("an InA adapter (inhibition {inhibition}) is not linear and cannot be merged into its weight")
@@ -394,6 +439,11 @@ pub fn vera_delta(a: &Tensor, b: &Tensor, d: &Tensor, lb: &Tensor) -> Result<Ten
     let left = b.broadcast_mul(&lb.unsqueeze(1)?)?;
     let right = a.broadcast_mul(&d.unsqueeze(1)?)?;
     Ok(left.matmul(&right)?)
+}
+
+/// AdaLoRA's ΔW = s·B·(A ⊙ E), as PEFT's `get_delta_weight`.
+pub fn adalora_delta(a: &Tensor, e: &Tensor, b: &Tensor, scale: f64) -> Result<Tensor> {
+    Ok((b.matmul(&a.broadcast_mul(e)?)? * scale)?)
 }
 
 /// How a new A or B starts: drawn, or computed from the weight.

@@ -40,6 +40,16 @@ pub trait AdapterDef: Sync {
     ) -> Option<(&'static str, Value)> {
         None
     }
+    /// Its trained tensors (and the head) as PEFT's adapter file holds them, and the
+    /// fields of `adapter_config.json` that depend on their values; `peft_name` gives a
+    /// module's name in PEFT's model (`bert.encoder…`). By default: as trained, no fields.
+    fn peft_tensors(
+        &self,
+        trained: &HashMap<String, Tensor>,
+        _peft_name: &dyn Fn(&str) -> String,
+    ) -> Result<(HashMap<String, Tensor>, Value)> {
+        Ok((trained.clone(), json!({})))
+    }
 }
 
 /// What interpolation may read: the run's other trained tensors and the base's.
@@ -53,6 +63,7 @@ impl AdapterKind {
     pub fn def(&self) -> &'static dyn AdapterDef {
         match self {
             AdapterKind::Lora => &Lora,
+            AdapterKind::Adalora => &Adalora,
             AdapterKind::Dora => &Dora,
             AdapterKind::Ina { .. } => &Ina,
             AdapterKind::Ia3 => &Ia3,
@@ -68,6 +79,8 @@ impl AdapterKind {
 
 /// LoRA: B·A beside the weight.
 struct Lora;
+/// AdaLoRA: B·diag(E)·A beside the weight, E masked to a rank budget.
+struct Adalora;
 /// DoRA: LoRA plus a magnitude per output row.
 struct Dora;
 /// InA: LoRA with an inhibited, activated low-rank path.
@@ -114,6 +127,20 @@ impl AdapterDef for Prefix {
             ))),
             false => Ok(None),
         }
+    }
+    /// PEFT saves the table whole, the projection's output when there is one.
+    fn peft_tensors(
+        &self,
+        trained: &HashMap<String, Tensor>,
+        _peft_name: &dyn Fn(&str) -> String,
+    ) -> Result<(HashMap<String, Tensor>, Value)> {
+        let mut out: HashMap<String, Tensor> = trained
+            .iter()
+            .filter(|(n, _)| !n.starts_with("prompt_encoder."))
+            .map(|(n, t)| (n.clone(), t.clone()))
+            .collect();
+        out.insert(super::PROMPT.to_string(), super::prefix::table(trained)?);
+        Ok((out, json!({})))
     }
     /// PEFT's `PrefixTuningConfig`, saved as PEFT saves one: `inference_mode`, so that
     /// the file's `prompt_embeddings` is the whole table even when a projection made it.
@@ -182,6 +209,104 @@ impl AdapterDef for Prompt {
                 "prompt_tuning_init": "RANDOM",
             }),
         ))
+    }
+}
+
+impl AdapterDef for Adalora {
+    fn leaves(&self) -> &'static [&'static str] {
+        &["lora_A", "lora_E", "lora_B"]
+    }
+    /// W₀ + s·B·(A ⊙ E), as PEFT's merge.
+    fn fold(&self, cfg: &AdapterConfig, weights: &mut HashMap<String, Tensor>) -> Result<()> {
+        let alpha = if cfg.alpha > 0.0 {
+            cfg.alpha
+        } else {
+            cfg.r as f64
+        };
+        let scale = alpha / (cfg.r as f64 + 1e-5);
+        for module in wrapped(weights, ".lora_E") {
+            let mut take = |leaf: &str| {
+                weights
+                    .remove(&format!("{module}.{leaf}"))
+                    .ok_or_else(|| user(format!("the run has no `{module}.{leaf}`")))
+            };
+            let (a, e, b, w) = (
+                take("lora_A")?,
+                take("lora_E")?,
+                take("lora_B")?,
+                take("weight")?,
+            );
+            let merged = (&w + super::adapter::adalora_delta(&a, &e, &b, scale)?)?;
+            weights.insert(format!("{module}.weight"), merged);
+        }
+        Ok(())
+    }
+    /// θ₀ is E at zero (the start, and what masking leaves): alpha·E scales the update.
+    fn interpolate(
+        &self,
+        name: &str,
+        t: &Tensor,
+        alpha: f64,
+        _run: &Tensors,
+    ) -> Result<Option<Tensor>> {
+        Ok(match name.ends_with(".lora_E") {
+            true => Some((t * alpha)?),
+            false => None,
+        })
+    }
+    /// PEFT's `AdaLoraConfig`; the schedule's fields come from the run's allocator.
+    fn peft_config(
+        &self,
+        cfg: &AdapterConfig,
+        targets: &[String],
+    ) -> Option<(&'static str, Value)> {
+        Some((
+            "ADALORA",
+            json!({
+                "init_r": cfg.r,
+                "lora_alpha": cfg.alpha,
+                "lora_dropout": cfg.dropout,
+                "target_modules": targets,
+                "fan_in_fan_out": false,
+                "bias": "none",
+                "init_lora_weights": true,
+            }),
+        ))
+    }
+    /// As PEFT saves a trained AdaLoRA model: each module's triplets whose E is not zero
+    /// (masking zeroes E exactly, so the rest compute nothing), with `rank_pattern` saying
+    /// which of the initial rank's places they held.
+    fn peft_tensors(
+        &self,
+        trained: &HashMap<String, Tensor>,
+        peft_name: &dyn Fn(&str) -> String,
+    ) -> Result<(HashMap<String, Tensor>, Value)> {
+        let mut out = trained.clone();
+        let mut pattern = serde_json::Map::new();
+        for module in wrapped(trained, ".lora_E") {
+            let get = |leaf: &str| {
+                trained
+                    .get(&format!("{module}.{leaf}"))
+                    .ok_or_else(|| user(format!("the run has no `{module}.{leaf}`")))
+            };
+            let e = get("lora_E")?.flatten_all()?.to_vec1::<f32>()?;
+            let keep: Vec<bool> = e.iter().map(|v| *v != 0.0).collect();
+            let rows: Vec<u32> = (0..e.len() as u32).filter(|&i| keep[i as usize]).collect();
+            pattern.insert(format!("{}.lora_E", peft_name(&module)), json!(keep));
+            for (leaf, dim) in [("lora_A", 0), ("lora_E", 0), ("lora_B", 1)] {
+                let t = get(leaf)?;
+                let kept = match rows.len() {
+                    0 => {
+                        let mut shape = t.dims().to_vec();
+                        shape[dim] = 0;
+                        Tensor::zeros(shape, t.dtype(), t.device())?
+                    }
+                    n => t.index_select(&Tensor::from_vec(rows.clone(), n, t.device())?, dim)?,
+                };
+                out.insert(format!("{module}.{leaf}"), kept);
+            }
+        }
+        Ok((out, json!({ "rank_pattern": pattern })))
     }
 }
 

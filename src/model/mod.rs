@@ -139,6 +139,7 @@ impl Model {
             if cfg.model_type == Arch::Xlnet {
                 let name = match a.kind {
                     AdapterKind::Lora => "lora",
+                    AdapterKind::Adalora => "adalora",
                     AdapterKind::Ina { .. } => "ina",
                     AdapterKind::Ia3 => "ia3",
                     AdapterKind::Dora => "dora",
@@ -151,8 +152,8 @@ impl Model {
                 };
                 crate::user_bail!(
                     "--method {name}: XLNet takes no adapters here. Its attention's q, k, v \
-                     and o are parameters read by einsums, not linear layers, so LoRA, DoRA, \
-                     InA, IA3, HRA and VeRA have nothing to wrap there, and bottleneck \
+                     and o are parameters read by einsums, not linear layers, so LoRA, AdaLoRA, \
+                     DoRA, InA, IA3, HRA and VeRA have nothing to wrap there, and bottleneck \
                      adapters, prompts, prefixes and LoReFT are not built for its layout yet; train \
                      XLNet with full, bitfit, layernorm, the Fisher and random subsets, \
                      top-layers, head or Child-Tuning"

@@ -100,10 +100,12 @@ impl std::fmt::Display for NonFiniteGradient {
 
 impl std::error::Error for NonFiniteGradient {}
 
-/// What one step saw: the gradient norm before clipping.
+/// What one step saw: the gradient norm before clipping, and the factor clipping scaled
+/// the gradients by (1 when it did not).
 #[derive(Debug, Clone, Copy)]
 pub struct StepStats {
     pub grad_norm: f64,
+    pub clip: f64,
 }
 
 impl MaskedAdamW {
@@ -288,7 +290,7 @@ impl MaskedAdamW {
                 composed_update(slot, g, &keep, &hyper)?;
             }
         }
-        Ok(StepStats { grad_norm })
+        Ok(StepStats { grad_norm, clip })
     }
 
     /// The first and second moments by name, for checkpoints that resume.

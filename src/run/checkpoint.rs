@@ -70,6 +70,8 @@ pub struct Resumed {
     pub params: HashMap<String, Tensor>,
     pub optimizer: OptimizerState,
     pub progress: Progress,
+    /// The method's regime's state (AdaLoRA's importance and rank pattern), if it has one.
+    pub regime: HashMap<String, Tensor>,
 }
 
 pub fn save(
@@ -77,8 +79,12 @@ pub fn save(
     vars: &BTreeMap<String, Var>,
     optimizer: &OptimizerState,
     progress: &Progress,
+    regime: &HashMap<String, Tensor>,
 ) -> Result<()> {
     let mut tensors: Vec<(String, Tensor)> = Vec::new();
+    for (name, t) in regime {
+        tensors.push((format!("regime/{name}"), cpu(t)?));
+    }
     for (name, var) in vars {
         tensors.push((format!("param/{name}"), cpu(var.as_tensor())?));
     }
@@ -140,6 +146,7 @@ pub fn load(path: &Path) -> Result<Resumed> {
     let mut params = HashMap::new();
     let mut m = HashMap::new();
     let mut v = HashMap::new();
+    let mut regime = HashMap::new();
     for (key, t) in all {
         let (kind, name) = key
             .split_once('/')
@@ -148,6 +155,7 @@ pub fn load(path: &Path) -> Result<Resumed> {
             "param" => &mut params,
             "adam_m" => &mut m,
             "adam_v" => &mut v,
+            "regime" => &mut regime,
             _ => return Err(bad(format!("odd tensor {key}"))),
         };
         slot.insert(name.to_string(), t);
@@ -174,6 +182,7 @@ pub fn load(path: &Path) -> Result<Resumed> {
             moments,
         },
         progress,
+        regime,
     })
 }
 

@@ -24,11 +24,14 @@ use kinds::target_of;
 /// (and lose any such files an overwritten LoRA run left behind). A union with LoRA
 /// (`lora+layernorm`) trained more than a LoRA adapter holds: it is not exported, rather
 /// than exported without the rest (`peft merge` writes it whole).
+/// `run_fields`: fields of `adapter_config.json` only the finished run knows (AdaLoRA's
+/// schedule and total steps); an empty object for the rest.
 pub fn write(
     dir: &Path,
     info: &RunInfo,
     arch: Arch,
     trained: &HashMap<String, Tensor>,
+    run_fields: &serde_json::Value,
 ) -> Result<()> {
     let single = info.train.method.name.parts().len() == 1;
     let adapter = crate::run::setup::adapter(&info.train);
@@ -78,23 +81,11 @@ pub fn write(
         cfg.kind,
         AdapterKind::Prompt { .. } | AdapterKind::Prefix { .. }
     );
-    let tabled;
-    let trained = match cfg.kind {
-        AdapterKind::Prefix { .. } => {
-            let mut t: HashMap<String, Tensor> = trained
-                .iter()
-                .filter(|(n, _)| !n.starts_with("prompt_encoder."))
-                .map(|(n, t)| (n.clone(), t.clone()))
-                .collect();
-            t.insert(
-                crate::model::PROMPT.to_string(),
-                crate::model::prefix::table(trained)?,
-            );
-            tabled = t;
-            &tabled
-        }
-        _ => trained,
-    };
+    let (trained, fields_of_values) = cfg
+        .kind
+        .def()
+        .peft_tensors(trained, &|n| arch.task_model_name(n))?;
+    let trained = &trained;
     let tensors: HashMap<String, Tensor> = trained
         .iter()
         .map(|(n, t)| {
@@ -135,8 +126,12 @@ pub fn write(
         "modules_to_save": saved,
         "inference_mode": true,
     });
-    if let (Some(c), serde_json::Value::Object(fields)) = (config.as_object_mut(), fields) {
-        c.extend(fields);
+    if let Some(c) = config.as_object_mut() {
+        for more in [fields, fields_of_values, run_fields.clone()] {
+            if let serde_json::Value::Object(more) = more {
+                c.extend(more);
+            }
+        }
     }
     save(dir, &tensors, &config)
 }
@@ -233,7 +228,7 @@ fn write_ln_tuning(
 /// (`None`), IA3 vectors, or LoRA/DoRA adapters with their settings.
 pub fn method_config(adapter: Option<&AdapterConfig>) -> Result<MethodConfig> {
     use crate::methods::{
-        bottleneck, dora, hra, ia3, layernorm, lora, prefix, prompt, vera, MethodFlags,
+        adalora, bottleneck, dora, hra, ia3, layernorm, lora, prefix, prompt, vera, MethodFlags,
     };
     let (method, flags) = match adapter {
         None => (layernorm::METHOD, MethodFlags::default()),
@@ -256,6 +251,22 @@ pub fn method_config(adapter: Option<&AdapterConfig>) -> Result<MethodConfig> {
                 ..Default::default()
             };
             (bottleneck::METHOD, flags)
+        }
+        Some(c) if c.kind == AdapterKind::Adalora => {
+            // Scoring does not run the budget schedule: the target is the initial rank.
+            let s = adalora::Settings {
+                init_r: c.r,
+                target_r: c.r,
+                alpha: c.alpha,
+                dropout: c.dropout,
+                targets: c.targets.clone(),
+                ..adalora::Flags::default().resolve(&adalora::METHOD.into())?
+            };
+            let flags = MethodFlags {
+                adalora: s.flags(),
+                ..Default::default()
+            };
+            (adalora::METHOD, flags)
         }
         Some(AdapterConfig {
             kind: AdapterKind::Prefix { tokens, hidden },
@@ -372,6 +383,7 @@ pub fn read(dir: &Path, arch: Arch) -> Result<PeftAdapter> {
         Some("LORA") => {}
         Some("IA3") => return kinds::read_ia3(dir, arch, &cfg, &at),
         Some("HRA") => return kinds::read_hra(dir, arch, &cfg, &at),
+        Some("ADALORA") => return kinds::read_adalora(dir, arch, &cfg, &at),
         Some("VERA") => return kinds::read_vera(dir, arch, &cfg, &at),
         Some("PROMPT_TUNING") => return kinds::read_prompt(dir, arch, &cfg, &at, false),
         Some("PREFIX_TUNING") => return kinds::read_prompt(dir, arch, &cfg, &at, true),
@@ -379,7 +391,7 @@ pub fn read(dir: &Path, arch: Arch) -> Result<PeftAdapter> {
         other => {
             return Err(at(
                 "peft_type",
-                format!("is {other:?}; only LORA, IA3, HRA, VERA, PROMPT_TUNING, PREFIX_TUNING and LN_TUNING adapters load"),
+                format!("is {other:?}; only LORA, ADALORA, IA3, HRA, VERA, PROMPT_TUNING, PREFIX_TUNING and LN_TUNING adapters load"),
             ))
         }
     }

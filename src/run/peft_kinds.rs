@@ -181,6 +181,97 @@ pub(super) fn read_hra(
     })
 }
 
+/// An AdaLoRA adapter PEFT saved: each module's kept triplets (`lora_A` rows, `lora_E`,
+/// `lora_B` columns), put back at the places `rank_pattern` gives them among `init_r`,
+/// the dropped ones zero (an E of zero computes nothing, as a dropped triplet). The
+/// scaling is PEFT's: lora_alpha over init_r, whatever rank a module kept.
+pub(super) fn read_adalora(
+    dir: &Path,
+    arch: Arch,
+    cfg: &serde_json::Value,
+    at: &dyn Fn(&str, String) -> anyhow::Error,
+) -> Result<PeftAdapter> {
+    use crate::model::{AdapterConfig, AdapterKind};
+    let field = |k: &str| cfg.get(k).filter(|v| !v.is_null());
+    let init_r = field("init_r")
+        .and_then(|v| v.as_u64())
+        .filter(|r| (1..=4096).contains(r));
+    let init_r = init_r.ok_or_else(|| at("init_r", "is missing or not 1 to 4096".into()))? as usize;
+    let alpha = field("lora_alpha").map_or(Some(8.0), |v| v.as_f64());
+    let alpha = alpha.ok_or_else(|| at("lora_alpha", "is not a number".into()))?;
+    let dropout = field("lora_dropout").map_or(Some(0.0), |v| v.as_f64());
+    let dropout = dropout.ok_or_else(|| at("lora_dropout", "is not a number".into()))?;
+    let pattern = match field("rank_pattern") {
+        None => serde_json::Map::new(),
+        Some(serde_json::Value::Object(m)) => m.clone(),
+        Some(_) => return Err(at("rank_pattern", "is not an object".into())),
+    };
+    let weights_path = dir.join(WEIGHTS);
+    let raw = run_dir::load_tensors(&weights_path)?;
+    let leaves = [".lora_A", ".lora_E", ".lora_B"];
+    let (mut tensors, targets) = adapter_tensors(&weights_path, raw, arch, &leaves, "AdaLoRA")?;
+    let modules: Vec<String> = tensors
+        .keys()
+        .filter_map(|k| k.strip_suffix(".lora_E").map(str::to_string))
+        .collect();
+    for m in modules {
+        let key = format!("{}.lora_E", arch.task_model_name(&m));
+        let keep: Vec<bool> = match pattern.get(&key) {
+            None => vec![true; init_r],
+            Some(v) => serde_json::from_value(v.clone())
+                .map_err(|e| at("rank_pattern", format!("`{key}`: {e}")))?,
+        };
+        let kept: Vec<usize> = (0..keep.len()).filter(|&i| keep[i]).collect();
+        if keep.len() != init_r {
+            return Err(at(
+                "rank_pattern",
+                format!("`{key}` has {} places, not init_r {init_r}", keep.len()),
+            ));
+        }
+        for (leaf, dim) in [("lora_A", 0), ("lora_E", 0), ("lora_B", 1)] {
+            let name = format!("{m}.{leaf}");
+            let t = tensors
+                .remove(&name)
+                .ok_or_else(|| user(format!("{}: `{m}` has no {leaf}", weights_path.display())))?;
+            if t.rank() != 2 || t.dim(dim)? != kept.len() {
+                return Err(user(format!(
+                    "{}: `{name}` has shape {:?}, not {} kept triplets along dimension {dim}",
+                    weights_path.display(),
+                    t.dims(),
+                    kept.len()
+                )));
+            }
+            tensors.insert(name, spread(&t, dim, &kept, init_r)?);
+        }
+    }
+    Ok(PeftAdapter {
+        config: Some(AdapterConfig {
+            kind: AdapterKind::Adalora,
+            r: init_r,
+            alpha,
+            dropout,
+            targets,
+            rslora: false,
+            init: None,
+        }),
+        tensors,
+    })
+}
+
+/// `t`'s slices along `dim` put at places `at` of `n`, zero elsewhere.
+fn spread(t: &Tensor, dim: usize, at: &[usize], n: usize) -> Result<Tensor> {
+    let mut shape = t.dims().to_vec();
+    shape[dim] = 1;
+    let zero = Tensor::zeros(shape, t.dtype(), t.device())?;
+    let slices: Vec<Tensor> = (0..n)
+        .map(|i| match at.iter().position(|&j| j == i) {
+            Some(k) => t.narrow(dim, k, 1),
+            None => Ok(zero.clone()),
+        })
+        .collect::<candle_core::Result<_>>()?;
+    Ok(Tensor::cat(&slices, dim)?)
+}
+
 /// An LN-tuning adapter PEFT saved: its `….ln_tuning_layers.{weight,bias}` are the
 /// LayerNorms to use, under our names, with the head.
 pub(super) fn read_ln_tuning(dir: &Path, arch: Arch) -> Result<PeftAdapter> {

@@ -98,9 +98,20 @@ pub fn fit_like(cfg: &TrainConfig, info: &crate::run::dir::RunInfo) -> TrainConf
 }
 
 pub fn adapter(cfg: &TrainConfig) -> Option<AdapterConfig> {
-    let m = &cfg.method;
+    adapter_of_config(&cfg.method)
+}
+
+/// The adapter a method spec adds, if any.
+pub fn adapter_of(spec: &methods::MethodSpec) -> Option<AdapterConfig> {
+    adapter_of_config(&spec.config)
+}
+
+fn adapter_of_config(m: &methods::MethodConfig) -> Option<AdapterConfig> {
     if let Some(s) = &m.lora {
         return Some(s.adapter(m.name.has(methods::dora::METHOD)));
+    }
+    if let Some(s) = &m.adalora {
+        return Some(s.adapter());
     }
     if let Some(s) = &m.ina {
         return Some(s.adapter());
@@ -142,6 +153,7 @@ mod tests {
             methods::vera::METHOD,
             methods::prompt::METHOD,
             methods::prefix::METHOD,
+            methods::adalora::METHOD,
             methods::bottleneck::METHOD,
         ] {
             let run = Overrides {

@@ -17,6 +17,7 @@ use crate::data::dataset::Dataset;
 use crate::data::TaskSpec;
 use crate::eval::score;
 use crate::loss;
+use crate::methods::{self, Regime};
 use crate::model::{Ctx, Model};
 use crate::optim::{accumulate, AdamWConfig, LinearSchedule, MaskedAdamW, NonFiniteGradient};
 use crate::run::checkpoint::{self, Progress, RESUME};
@@ -161,6 +162,8 @@ struct Run<'a> {
     model: Model,
     vars: BTreeMap<String, Var>,
     opt: MaskedAdamW,
+    /// The method's penalty and after-step work (AdaLoRA's rank budget), if it has any.
+    regime: Option<Box<dyn Regime>>,
     ctx: Ctx,
     order_rng: StdRng,
     schedule: LinearSchedule,
@@ -245,18 +248,23 @@ impl<'a> Run<'a> {
             trainable_tensors: vars.keys().cloned().collect(),
             init_sha256,
         };
-        let resumed = open_dir(cfg, overwrite, resumed, &info)?;
-
         let Counts {
             step_size,
             steps_per_epoch,
             total,
         } = Counts::of(cfg, train.len(), resume)?;
+        let mut regime = methods::regime::of(&cfg.method_spec(), total)?;
+        let resumed = open_dir(cfg, overwrite, resumed, &info)?;
+
         let ctx = Ctx::train(dropout_seed).with_precision(cfg.model.precision);
         let mut order_rng = StdRng::seed_from_u64(order_seed);
         let lengths = train.lengths();
         let mut p = Progress::start();
-        if let Some(r) = resumed {
+        if let Some(mut r) = resumed {
+            let state = std::mem::take(&mut r.regime);
+            if let Some(g) = regime.as_mut() {
+                g.restore(&state)?;
+            }
             let shape = checkpoint::RunShape {
                 vars: &vars,
                 steps_per_epoch,
@@ -286,6 +294,7 @@ impl<'a> Run<'a> {
             model,
             vars,
             opt,
+            regime,
             ctx,
             order_rng,
             schedule: LinearSchedule::new(
@@ -321,8 +330,15 @@ impl<'a> Run<'a> {
             // Each micro-batch's mean, weighted by its share of the step's examples.
             let share = idx.len() as f64 / in_step as f64;
             let head = self.spec.head();
+            let penalty = match &self.regime {
+                Some(g) => g.penalty(&self.vars)?,
+                None => None,
+            };
             let loss_of = |logits: &Tensor| -> Result<Tensor> {
-                let loss = loss::for_head(head, logits, &labels, &batch.attention_mask)?;
+                let mut loss = loss::for_head(head, logits, &labels, &batch.attention_mask)?;
+                if let Some(p) = &penalty {
+                    loss = (loss + p)?;
+                }
                 Ok((loss * share)?)
             };
             let vars = &self.vars;
@@ -341,10 +357,20 @@ impl<'a> Run<'a> {
         }
         let lr = self.schedule.lr(p.step);
         let stepped = if group_loss.is_finite() {
-            self.opt.step(&acc, lr).map(|_| ())
+            self.opt.step(&acc, lr)
         } else {
             Err(largest_gradient(&acc)?.into())
         };
+        if let (Ok(stats), Some(g)) = (&stepped, self.regime.as_mut()) {
+            // The gradients as the step applied them: clipped, as torch's `.grad` is after
+            // clip_grad_norm_.
+            let clipped: BTreeMap<String, Tensor> = acc
+                .iter()
+                .map(|(n, t)| Ok((n.clone(), (t * stats.clip)?)))
+                .collect::<Result<_>>()?;
+            g.after_step(p.step, &self.vars, &clipped)?;
+        }
+        let stepped = stepped.map(|_| ());
         p.step += 1;
         p.steps_in_epoch += 1;
         match stepped {
@@ -436,6 +462,10 @@ impl<'a> Run<'a> {
             &self.vars,
             &self.opt.state()?,
             p,
+            &match &self.regime {
+                Some(g) => g.state()?,
+                None => Default::default(),
+            },
         )
     }
 
@@ -445,7 +475,22 @@ impl<'a> Run<'a> {
         run_dir::save_tensors(&out.join(run_dir::LAST), &values(&self.vars))?;
         // PEFT's format carries one state: the best, which `peft eval` scores by default.
         let best_tensors = run_dir::load_tensors(&out.join(run_dir::BEST))?;
-        crate::run::peft_format::write(out, &self.info, self.model_type, &best_tensors)?;
+        let mut peft_fields = serde_json::json!({});
+        if let Some(g) = &self.regime {
+            let report = g.report()?;
+            if let Some((file, value)) = report.file {
+                let text = serde_json::to_string_pretty(&value)? + "\n";
+                run_dir::write_atomic(&out.join(file), text.as_bytes())?;
+            }
+            peft_fields = report.peft_fields;
+        }
+        crate::run::peft_format::write(
+            out,
+            &self.info,
+            self.model_type,
+            &best_tensors,
+            &peft_fields,
+        )?;
         // The run is complete: the resume state (moments included) is no longer needed.
         let resume_file = out.join(RESUME);
         if resume_file.exists() {

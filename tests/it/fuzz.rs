@@ -143,7 +143,7 @@ fn checkpoint_bytes() -> &'static [u8] {
         }))
         .unwrap();
         let path = tmp.path().join("resume.safetensors");
-        peft::run::checkpoint::save(&path, &vars, &opt, &progress).unwrap();
+        peft::run::checkpoint::save(&path, &vars, &opt, &progress, &Default::default()).unwrap();
         std::fs::read(path).unwrap()
     })
 }

@@ -3,6 +3,7 @@
 
 mod common;
 
+mod adalora;
 mod adapters;
 mod architecture;
 mod backprop;

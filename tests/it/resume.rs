@@ -342,3 +342,53 @@ fn a_nan_stops_training_with_the_step_and_the_tensor() {
     assert!(o.status.success(), "{err}");
     assert!(err.contains("step skipped"), "{err}");
 }
+
+/// AdaLoRA's allocator keeps state between steps (smoothed importance, the rank pattern):
+/// a run interrupted while its budget falls resumes to the uninterrupted run bit for bit,
+/// rank pattern included.
+#[test]
+fn an_adalora_run_resumes_with_its_rank_budget() {
+    let tmp = tempfile::tempdir().unwrap();
+    write_rte(tmp.path(), 48, 20);
+    let adalora = |out: &Path| -> Vec<String> {
+        let mut a = args(tmp.path(), out, &[]);
+        let at = a.iter().position(|s| s == "child-f").unwrap();
+        a.splice(
+            at..at + 3,
+            [
+                "adalora",
+                "--adalora-init-r",
+                "4",
+                "--adalora-target-r",
+                "2",
+                "--adalora-tinit",
+                "5",
+                "--adalora-tfinal",
+                "10",
+            ]
+            .map(String::from),
+        );
+        a
+    };
+    let reference = tmp.path().join("reference");
+    let a = adalora(&reference);
+    ok(peft(&a.iter().map(String::as_str).collect::<Vec<_>>()));
+    let out = tmp.path().join("terminated");
+    interrupt_mid_run(&adalora(&out), &out, libc::SIGTERM);
+    // The allocator's smoothed importance of every adapter tensor is in the checkpoint.
+    let saved = tensors(&out.join(RESUME));
+    for name in saved.keys().filter_map(|k| k.strip_prefix("param/")) {
+        if name.contains(".lora_") {
+            for what in ["ipt", "unc"] {
+                let key = format!("regime/{what}/{name}");
+                assert!(saved.contains_key(&key), "no {key} in the checkpoint");
+            }
+        }
+    }
+    ok(peft(
+        &resume(&out).iter().map(String::as_str).collect::<Vec<_>>(),
+    ));
+    assert_same_run(&reference, &out);
+    let read = |d: &Path| std::fs::read_to_string(d.join("rank_pattern.json")).unwrap();
+    assert_eq!(read(&reference), read(&out));
+}
