@@ -109,7 +109,7 @@ macro_rules! groups {
                 )*
                 // Prefix tuning shares prompt tuning's settings, not all of them.
                 if let (Some(p), true) = (&self.prompt, self.name.has(super::prefix::METHOD)) {
-                    super::prefix::check_shared(p)?;
+                    super::prefix::check_shared(p.init_text.as_deref())?;
                 }
                 Ok(())
             }

@@ -36,11 +36,12 @@ impl Settings {
         Ok(())
     }
 
-    /// The prefix these settings and prompt tuning's shared ones add.
-    pub fn adapter(&self, shared: &super::prompt::Settings) -> AdapterConfig {
+    /// The prefix these settings add, of `tokens` virtual tokens (prompt tuning's shared
+    /// --num-virtual-tokens).
+    pub fn adapter(&self, tokens: usize) -> AdapterConfig {
         AdapterConfig {
             kind: AdapterKind::Prefix {
-                tokens: shared.tokens,
+                tokens,
                 hidden: self.hidden,
             },
             r: 0,
@@ -53,9 +54,10 @@ impl Settings {
     }
 }
 
-/// What prefix tuning takes of prompt tuning's settings: the tokens, not the text start.
-pub fn check_shared(shared: &super::prompt::Settings) -> Result<()> {
-    match shared.init_text {
+/// What prefix tuning takes of prompt tuning's settings: the tokens, not the text start
+/// (`init_text`, prompt tuning's --prompt-init-text).
+pub fn check_shared(init_text: Option<&str>) -> Result<()> {
+    match init_text {
         Some(_) => Err(user(
             "--prompt-init-text applies to --method prompt, not prefix: a prefix is keys and \
              values of every layer, not word embeddings",

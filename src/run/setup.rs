@@ -130,7 +130,7 @@ fn adapter_of_config(m: &methods::MethodConfig) -> Option<AdapterConfig> {
         return Some(s.adapter());
     }
     if let (Some(s), Some(shared)) = (&m.prefix, &m.prompt) {
-        return Some(s.adapter(shared));
+        return Some(s.adapter(shared.tokens));
     }
     if let Some(s) = &m.prompt {
         return Some(s.adapter());
