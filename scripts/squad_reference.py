@@ -1,32 +1,42 @@
 """Reference fixtures for SQuAD v1.1/v2.0 extractive QA: metrics, preprocessing, post-processing.
 
     /work/venv/bin/python scripts/squad_reference.py \
-        --official-v2 /tmp/ref/evaluate-v2.0.py \
-        --official-v1 /tmp/ref/evaluate-v1.1.py \
-        --utils-qa /tmp/ref/utils_qa.py \
-        [--run-qa /tmp/ref/run_qa.py]
+        --official-v2 /work/refs/squad/evaluate-v2.0.py \
+        --official-v1 /work/refs/squad/evaluate-v1.1.py \
+        --utils-qa /work/refs/squad/utils_qa.py \
+        --run-qa /work/refs/squad/run_qa.py
 
 --data defaults to /work/shared/data/squad/dev-v2.0-5articles.json, --out to
 tests/fixtures/squad. The reference files are third-party code and are NOT in this
-repository; get them with the `fetch` tool (a bare git mirror each) and `git show`:
+repository; keep them outside it (/work/refs/squad/ here). Get them with the `fetch` tool
+(a bare git mirror each) and `git show`:
 
     # official SQuAD 2.0 script (rajpurkar/SQuAD-explorer)
     git --git-dir=$M/rajpurkar+SQuAD-explorer/repo show \
-        eee5fdbf62f8613a7812b03419e6b29617b74fd1:evaluate-v2.0.py > /tmp/ref/evaluate-v2.0.py
+        eee5fdbf62f8613a7812b03419e6b29617b74fd1:evaluate-v2.0.py > $R/evaluate-v2.0.py
     # official SQuAD 1.1 script, verbatim copy (allenai/bi-att-flow; not in SQuAD-explorer)
     git --git-dir=$M/allenai+bi-att-flow/repo show \
-        49004549e9a88b78c359b31481afa7792dbb3f4a:squad/evaluate-v1.1.py > /tmp/ref/evaluate-v1.1.py
+        49004549e9a88b78c359b31481afa7792dbb3f4a:squad/evaluate-v1.1.py > $R/evaluate-v1.1.py
     # transformers' utils_qa.py, as copied into huggingface/optimum (same code; the
     # transformers snapshot is too big to fetch here)
     git --git-dir=$M/huggingface+optimum/repo show \
         364b44a35af0bc72f4705aa743362d26203ce9e3:examples/pytorch/question-answering/utils_qa.py \
-        > /tmp/ref/utils_qa.py
-    # optional cross-check: a run_qa.py whose nested prepare_* functions are executed
+        > $R/utils_qa.py
+
+(M=/work/.mirror, R=/work/refs/squad), and transformers' own run_qa.py, which the fetch
+tool cannot bring (the transformers snapshot is too big), through the code index:
+read_file repo huggingface/transformers, path
+examples/pytorch/question-answering/run_qa.py, commit
+3af9a73ef80f9d0eb376a99792017b1864e775fd (two pages, offsets 0 and 16000), saved
+verbatim as $R/run_qa.py: 30,314 characters, `git hash-object` 126c2ab1456af36b26bc69ddfc26d397c8b48005.
+Its nested prepare_* functions are character for character those of huggingface/optimum's
+copy, which git show gives (same features.json, checked):
+
     git --git-dir=$M/huggingface+optimum/repo show \
         843bd5d02691e958d0e404d00b28179b7374f7ea:examples/onnxruntime/training/question-answering/run_qa.py \
-        > /tmp/ref/run_qa.py
+        > $R/run_qa.py   # git blob c63f7f6a19160a90bb39e46d115b1f025f6c3223
 
-(M=/work/.mirror). tests/fixtures/squad/README.md lists the sources in full.
+tests/fixtures/squad/README.md lists the sources in full.
 
 Writes three files to tests/fixtures/squad/ (deterministic: fixed seeds, no clock, no set order):
 
@@ -49,10 +59,14 @@ official.json
                       is_impossible questions removed, predictions restricted to the rest.
 
 features.json
-    transformers' examples/pytorch/question-answering/run_qa.py preprocessing,
-    `prepare_train_features` and `prepare_validation_features` (nested in main(), so
-    re-implemented below in `prepare_train_features` / `prepare_validation_features`,
-    same logic), with max_seq_length 48, doc_stride 16, no padding, for the fast tokenizers
+    transformers' examples/pytorch/question-answering/run_qa.py preprocessing: its own
+    `prepare_train_features` and `prepare_validation_features`, the functions nested in its
+    main(), taken out of --run-qa with ast and executed unmodified (load_run_qa,
+    run_qa_functions) with the names main() binds for them (tokenizer, pad_on_right, the
+    squad_v2 column names, max_seq_length, data_args.doc_stride / pad_to_max_length). The
+    re-implementation below (`prepare_train_features` / `prepare_validation_features`, same
+    steps) is only a cross-check: it must give the same features, or the script exits 1.
+    max_seq_length 48, doc_stride 16, no padding, for the fast tokenizers
     of tests/fixtures/tiny-bert (WordPiece) and tests/fixtures/tiny-roberta (byte-level
     BPE) loaded with AutoTokenizer.from_pretrained. 10 examples (see EXAMPLES below), shared
     by both tokenizers. The train and validation passes make the same tokenizer call, so
@@ -447,7 +461,8 @@ def tokenize_pairs(tokenizer, examples, max_seq_length, doc_stride, pad_to_max_l
 
 
 def prepare_train_features(examples, tokenizer, max_seq_length, doc_stride, pad_to_max_length=False):
-    """run_qa.py, main() -> prepare_train_features, re-implemented (same steps)."""
+    """run_qa.py, main() -> prepare_train_features, re-implemented (same steps): only a
+    cross-check of what run_qa.py's own function gives (cross_check_reimplementation)."""
     pad_on_right = tokenizer.padding_side == "right"
     examples = dict(examples)
     # questions are left-stripped (long leading whitespace would eat the context's room)
@@ -493,7 +508,8 @@ def prepare_train_features(examples, tokenizer, max_seq_length, doc_stride, pad_
 
 
 def prepare_validation_features(examples, tokenizer, max_seq_length, doc_stride, pad_to_max_length=False):
-    """run_qa.py, main() -> prepare_validation_features, re-implemented (same steps)."""
+    """run_qa.py, main() -> prepare_validation_features, re-implemented (same steps): only a
+    cross-check, as prepare_train_features."""
     pad_on_right = tokenizer.padding_side == "right"
     examples = dict(examples)
     examples["question"] = [q.lstrip() for q in examples["question"]]
@@ -512,9 +528,10 @@ def prepare_validation_features(examples, tokenizer, max_seq_length, doc_stride,
     return tok
 
 
-def tokenizer_json_diffs(tok_dir, examples, val):
+def tokenizer_json_diffs(tok_dir, examples, raw_tok):
     """Where tokenizers.Tokenizer.from_file(tokenizer.json) (what a Rust `tokenizers` user
-    loads) gives other ids/offsets than the transformers-loaded tokenizer."""
+    loads) gives other ids/offsets than the transformers-loaded tokenizer (`raw_tok`: run_qa's
+    tokenizer call, offsets not yet masked)."""
     from tokenizers import Tokenizer
 
     raw = Tokenizer.from_file(str(tok_dir / "tokenizer.json"))
@@ -524,27 +541,93 @@ def tokenizer_json_diffs(tok_dir, examples, val):
         enc = raw.encode(e["question"].lstrip(), e["context"])
         encs += [enc] + list(enc.overflowing)
     diffs = []
-    assert len(encs) == len(val["input_ids"])
+    assert len(encs) == len(raw_tok["input_ids"])
     for f, enc in enumerate(encs):
-        if enc.ids != val["input_ids"][f]:
+        if enc.ids != raw_tok["input_ids"][f]:
             diffs.append({"feature": f, "what": "input_ids differ"})
-        seq = val.sequence_ids(f)
-        for k, (o_raw, o_tf) in enumerate(zip(enc.offsets, val["_raw_offsets"][f])):
+        seq = raw_tok.sequence_ids(f)
+        for k, (o_raw, o_tf) in enumerate(zip(enc.offsets, raw_tok["offset_mapping"][f])):
             if tuple(o_raw) != tuple(o_tf):
                 diffs.append({"feature": f, "position": k, "sequence_id": seq[k],
                               "transformers": list(o_tf), "tokenizer_json": list(o_raw)})
     return diffs
 
 
-def features(data, out_dir):
+PREPARE = ("prepare_train_features", "prepare_validation_features")
+
+
+def load_run_qa(run_qa_path):
+    """run_qa.py's prepare_train_features and prepare_validation_features, the functions
+    nested in its main(), taken out with ast (their source unmodified) and compiled."""
+    import ast
+
+    src = Path(run_qa_path).read_text(encoding="utf-8")
+    tree = ast.parse(src, filename=str(run_qa_path))
+    mains = [n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name == "main"]
+    assert len(mains) == 1, f"{run_qa_path}: no single top-level main()"
+    fns = {n.name: n for n in mains[0].body
+           if isinstance(n, ast.FunctionDef) and n.name in PREPARE}
+    assert sorted(fns) == sorted(PREPARE), f"{run_qa_path}: main() defines {sorted(fns)}"
+    return compile(ast.Module(body=[fns[n] for n in PREPARE], type_ignores=[]),
+                   str(run_qa_path), "exec")
+
+
+def run_qa_functions(code, tokenizer):
+    """Define the two functions (`code`, from load_run_qa) with the names main() has bound
+    when it defines them, as for a squad_v2-layout data set (question / context / answers
+    columns), --max_seq_length 48 --doc_stride 16 and no --pad_to_max_length."""
+    import types
+
+    ns = dict(
+        tokenizer=tokenizer,
+        pad_on_right=tokenizer.padding_side == "right",
+        question_column_name="question",
+        context_column_name="context",
+        answer_column_name="answers",
+        max_seq_length=min(MAX_SEQ_LENGTH, tokenizer.model_max_length),
+        data_args=types.SimpleNamespace(doc_stride=DOC_STRIDE, pad_to_max_length=False),
+    )
+    exec(code, ns)
+    return ns["prepare_train_features"], ns["prepare_validation_features"]
+
+
+def offsets_as_lists(rows):
+    return [[None if o is None else list(o) for o in om] for om in rows]
+
+
+def cross_check_reimplementation(name, tokenizer, batch, max_len, train, val, example_index):
+    """The re-implementation above must give what run_qa.py's own functions gave; exit 1
+    if it does not."""
+    train_r = prepare_train_features(batch, tokenizer, max_len, DOC_STRIDE)
+    val_r = prepare_validation_features(batch, tokenizer, max_len, DOC_STRIDE)
+    pairs = [
+        ("example index", example_index, val_r["_sample_mapping"]),
+        ("example_id", val["example_id"], val_r["example_id"]),
+        ("offset_mapping", offsets_as_lists(val["offset_mapping"]),
+         offsets_as_lists(val_r["offset_mapping"])),
+    ]
+    for key in ("input_ids", "token_type_ids", "attention_mask", "start_positions", "end_positions"):
+        if key in train or key in train_r:
+            pairs.append((key, train.get(key), train_r.get(key)))
+    bad = [what for what, theirs, ours in pairs if theirs != ours]
+    if bad:
+        print(f"{name}: the re-implementation in {Path(__file__).name} disagrees with run_qa.py's "
+              f"own prepare_* functions on: {', '.join(bad)}", file=sys.stderr)
+        sys.exit(1)
+
+
+def features(data, run_qa_path, out_dir):
+    """Features from run_qa.py's own prepare_train_features / prepare_validation_features."""
     from transformers import AutoTokenizer
 
+    code = load_run_qa(run_qa_path)
     examples = build_examples(data)
-    batch = as_batch(examples)
+    ids = [e["id"] for e in examples]
+    assert len(set(ids)) == len(ids)
     result = {
         "reference": "transformers examples/pytorch/question-answering/run_qa.py: "
-        "prepare_train_features + prepare_validation_features (re-implemented in "
-        "scripts/squad_reference.py)",
+        "prepare_train_features + prepare_validation_features (the functions nested in its "
+        "main(), executed unmodified by scripts/squad_reference.py)",
         "max_seq_length": MAX_SEQ_LENGTH,
         "doc_stride": DOC_STRIDE,
         "pad_to_max_length": False,
@@ -557,16 +640,26 @@ def features(data, out_dir):
         assert tokenizer.is_fast, name
         assert tokenizer.padding_side == "right"
         max_len = min(MAX_SEQ_LENGTH, tokenizer.model_max_length)
-        train = prepare_train_features(batch, tokenizer, max_len, DOC_STRIDE)
-        val = prepare_validation_features(batch, tokenizer, max_len, DOC_STRIDE)
+        prep_train, prep_val = run_qa_functions(code, tokenizer)
+        # both lstrip the question column of the batch they are given, in place: a fresh
+        # batch for each call
+        train = prep_train(as_batch(examples))
+        val = prep_val(as_batch(examples))
+        assert train["input_ids"] == val["input_ids"], name
+        # run_qa drops overflow_to_sample_mapping; example_id (unique here) gives it back
+        example_index = [ids.index(x) for x in val["example_id"]]
+        # run_qa's tokenizer call once more, for the unmasked offsets (tokenizer_json_diffs)
+        batch = as_batch(examples)
         raw_tok = tokenize_pairs(tokenizer, dict(batch, question=[q.lstrip() for q in batch["question"]]),
                                  max_len, DOC_STRIDE, False)
-        val["_raw_offsets"] = raw_tok["offset_mapping"]
-        assert train["input_ids"] == val["input_ids"]
+        assert raw_tok["input_ids"] == val["input_ids"], name
+        assert list(raw_tok["overflow_to_sample_mapping"]) == example_index, name
+        cross_check_reimplementation(name, tokenizer, as_batch(examples), max_len, train, val,
+                                     example_index)
         feats = []
         for i in range(len(val["input_ids"])):
             f = {
-                "example_index": val["_sample_mapping"][i],
+                "example_index": example_index[i],
                 "example_id": val["example_id"][i],
                 "input_ids": val["input_ids"][i],
             }
@@ -575,7 +668,7 @@ def features(data, out_dir):
             assert all(m == 1 for m in val["attention_mask"][i])
             f["start_position"] = train["start_positions"][i]
             f["end_position"] = train["end_positions"][i]
-            f["offset_mapping"] = [None if o is None else list(o) for o in val["offset_mapping"][i]]
+            f["offset_mapping"] = offsets_as_lists(val["offset_mapping"][i:i + 1])[0]
             feats.append(f)
         n_per_ex = [sum(1 for f in feats if f["example_index"] == j) for j in range(len(examples))]
         result["tokenizers"][name] = {
@@ -588,47 +681,13 @@ def features(data, out_dir):
             "returns_token_type_ids": "token_type_ids" in val,
             "features_per_example": n_per_ex,
             "features": feats,
-            "tokenizer_json_diffs": tokenizer_json_diffs(tok_dir, examples, val),
+            "tokenizer_json_diffs": tokenizer_json_diffs(tok_dir, examples, raw_tok),
         }
+        print(f"{name}: {len(feats)} features from {run_qa_path}'s prepare_* functions "
+              "(the re-implementation agrees)")
     check_feature_coverage(result)
     write(out_dir / "features.json", result)
     return result
-
-
-def cross_check_run_qa(run_qa_path, result):
-    """Optional: run the nested prepare_* functions of an upstream run_qa.py themselves
-    (pulled out of main() with ast, free names supplied) and compare with the fixture."""
-    import ast
-    import types
-
-    from transformers import AutoTokenizer
-
-    tree = ast.parse(Path(run_qa_path).read_text())
-    fns = [n for n in ast.walk(tree) if isinstance(n, ast.FunctionDef)
-           and n.name in ("prepare_train_features", "prepare_validation_features")]
-    assert len(fns) == 2, [n.name for n in fns]
-    exs = result["examples"]
-    for name, t in result["tokenizers"].items():
-        tokenizer = AutoTokenizer.from_pretrained(str(ROOT / t["dir"]))
-        ns = dict(
-            tokenizer=tokenizer, pad_on_right=tokenizer.padding_side == "right",
-            question_column_name="question", context_column_name="context",
-            answer_column_name="answers", max_seq_length=MAX_SEQ_LENGTH,
-            data_args=types.SimpleNamespace(doc_stride=DOC_STRIDE, pad_to_max_length=False),
-        )
-        exec(compile(ast.Module(body=fns, type_ignores=[]), str(run_qa_path), "exec"), ns)
-        train = ns["prepare_train_features"](as_batch(exs))
-        val = ns["prepare_validation_features"](as_batch(exs))
-        feats = t["features"]
-        assert train["input_ids"] == [f["input_ids"] for f in feats], name
-        assert train["start_positions"] == [f["start_position"] for f in feats], name
-        assert train["end_positions"] == [f["end_position"] for f in feats], name
-        assert val["example_id"] == [f["example_id"] for f in feats], name
-        assert [[None if o is None else list(o) for o in om] for om in val["offset_mapping"]] == [
-            f["offset_mapping"] for f in feats], name
-        if "token_type_ids" in train:
-            assert train["token_type_ids"] == [f["token_type_ids"] for f in feats], name
-        print(f"{name}: features equal what {run_qa_path}'s own prepare_* functions give")
 
 
 def check_feature_coverage(result):
@@ -766,17 +825,15 @@ def main():
     ap.add_argument("--official-v2", required=True, type=Path, help="evaluate-v2.0.py")
     ap.add_argument("--official-v1", required=True, type=Path, help="evaluate-v1.1.py")
     ap.add_argument("--utils-qa", required=True, type=Path, help="transformers' utils_qa.py")
-    ap.add_argument("--run-qa", type=Path, help="optional: an upstream run_qa.py to cross-check "
-                    "the re-implemented preprocessing against (its nested functions are run)")
+    ap.add_argument("--run-qa", required=True, type=Path, help="transformers' run_qa.py: "
+                    "features.json is what its nested prepare_* functions give")
     ap.add_argument("--data", type=Path, default=DEFAULT_DATA)
     ap.add_argument("--out", type=Path, default=DEFAULT_OUT)
     args = ap.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     data = json.loads(args.data.read_text())
     official(data, args.official_v2, args.official_v1, args.out)
-    feat = features(data, args.out)
-    if args.run_qa:
-        cross_check_run_qa(args.run_qa, feat)
+    feat = features(data, args.run_qa, args.out)
     postprocess(feat, args.utils_qa, args.out)
 
 
