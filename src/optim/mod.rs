@@ -5,7 +5,7 @@ mod masks;
 mod schedule;
 mod update;
 
-pub use masked_adamw::squared_norm;
+pub use masked_adamw::{squared_norm, squared_norms};
 pub use masked_adamw::{
     AdamWConfig, MaskedAdamW, NonFiniteGradient, OptimizerState, StepStats, UpdateRule,
 };

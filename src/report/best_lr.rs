@@ -242,3 +242,43 @@ pub fn csv(runs: &[Run]) -> String {
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn group(scores: &[(f64, &[f64])]) -> Group {
+        Group {
+            task: "rte".into(),
+            method: "layernorm".into(),
+            others: String::new(),
+            metric: "accuracy".into(),
+            by_lr: scores
+                .iter()
+                .map(|(lr, s)| (format!("{lr:e}"), (*lr, s.to_vec())))
+                .collect(),
+        }
+    }
+
+    /// The best median wins, not the best single seed or the best mean.
+    #[test]
+    fn the_best_median_over_seeds_wins() {
+        // 1e-3: median 0.60 (mean 0.60); 3e-2: median 0.75 (one bad seed, mean 0.55);
+        // 1e-1: one lucky seed (max 0.95), median 0.30.
+        let g = group(&[
+            (1e-3, &[0.5, 0.6, 0.7]),
+            (3e-2, &[0.8, 0.1, 0.75]),
+            (1e-1, &[0.95, 0.3, 0.2]),
+        ]);
+        let (spreads, best) = spreads(&g);
+        assert_eq!(spreads[best.unwrap()].0, 3e-2);
+    }
+
+    /// Equal medians: the first rate in the group's order keeps the pick.
+    #[test]
+    fn a_tie_goes_to_the_first_rate() {
+        let g = group(&[(1e-3, &[0.5, 0.7]), (3e-2, &[0.6, 0.6])]);
+        let (spreads, best) = spreads(&g);
+        assert_eq!(spreads[best.unwrap()].0, 1e-3);
+    }
+}

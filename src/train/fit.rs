@@ -372,6 +372,20 @@ impl<'a> Run<'a> {
         }
         let stepped = stepped.map(|_| ());
         p.step += 1;
+        // A finite gradient times a huge rate can still overflow a parameter; nothing
+        // undoes that update, so the run stops before any checkpoint keeps it.
+        if stepped.is_ok() {
+            if let Some(name) = first_nonfinite(&self.vars)? {
+                bar.abandon();
+                bail!(
+                    "step {}: the update made `{name}` not finite (its gradient was finite: \
+                     learning rate {lr:e} is too large for it). Training stopped; the \
+                     checkpoints already in {} are from before this step (lower --lr)",
+                    p.step,
+                    self.cfg.output.output_dir.display()
+                );
+            }
+        }
         p.steps_in_epoch += 1;
         match stepped {
             Ok(()) => {
@@ -524,6 +538,17 @@ fn largest_gradient(grads: &BTreeMap<String, Tensor>) -> Result<NonFiniteGradien
         param: "(no tensor has a gradient)".into(),
         norm: f64::NAN,
     }))
+}
+
+/// The first trainable tensor holding a NaN or an infinity, if any.
+fn first_nonfinite(vars: &BTreeMap<String, Var>) -> Result<Option<String>> {
+    let all: Vec<Option<Tensor>> = vars.values().map(|v| Some(v.as_tensor().clone())).collect();
+    let norms = crate::optim::squared_norms(&all)?;
+    Ok(vars
+        .keys()
+        .zip(norms)
+        .find(|(_, n)| !n.is_some_and(f64::is_finite))
+        .map(|(name, _)| name.clone()))
 }
 
 /// NaN is the worst; the first NaN stays the culprit.

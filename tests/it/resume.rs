@@ -315,32 +315,94 @@ fn a_nan_stops_training_with_the_step_and_the_tensor() {
     let tmp = tempfile::tempdir().unwrap();
     write_rte(tmp.path(), 48, 20);
     let out = tmp.path().join("nan");
-    // A learning rate this large overflows the activations within a few steps.
-    let mut a = args(tmp.path(), &out, &[]);
-    for (flag, value) in [("--lr", "1e30"), ("--epochs", "2")] {
-        let i = a.iter().position(|x| x == flag).unwrap();
-        a[i + 1] = value.into();
+    let finite = |t: &candle_core::Tensor| {
+        t.flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap()
+            .iter()
+            .all(|x| x.is_finite())
+    };
+    // At 1e15 the weights stay finite and the activations overflow: a non-finite
+    // gradient. At 1e30 a finite gradient's update itself overflows a weight. Either
+    // way training stops, and the checkpoint on disk (one after every step) is the
+    // step before the bad one, every tensor and moment finite.
+    let mut a = Vec::new();
+    for (lr, says) in [
+        ("1e15", "gradient not finite (largest: "),
+        ("1e30", "the update made `"),
+    ] {
+        a = args(tmp.path(), &out, &[]);
+        for (flag, value) in [("--lr", lr), ("--epochs", "2")] {
+            let i = a.iter().position(|x| x == flag).unwrap();
+            a[i + 1] = value.into();
+        }
+        a.extend(["--save-steps".into(), "1".into(), "--overwrite".into()]);
+        let o = peft(&a.iter().map(String::as_str).collect::<Vec<_>>());
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(1), "{lr}: {err}");
+        assert!(err.contains(says), "{lr}: {err}");
+        assert!(
+            err.contains("--skip-nonfinite") || err.contains("--lr"),
+            "{err}"
+        );
+        assert!(!err.contains("panicked"), "{err}");
+        let bad: usize = err
+            .split("step ")
+            .nth(1)
+            .and_then(|s| s.split(':').next())
+            .and_then(|n| n.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no step number in {err}"));
+        assert!(bad > 1, "{lr}: the first step already failed: {err}");
+        let saved = peft::run::checkpoint::load(&out.join(RESUME)).unwrap();
+        assert_eq!(saved.progress.step, bad - 1, "{lr}: {err}");
+        for (name, t) in &saved.params {
+            assert!(finite(t), "{lr}: {name} in the checkpoint is not finite");
+        }
+        for (name, (m, v)) in &saved.optimizer.moments {
+            assert!(
+                finite(m) && finite(v),
+                "{lr}: {name}'s moments are not finite"
+            );
+        }
+        // No evaluation may have happened before the bad step: then no metrics.jsonl.
+        let evaluated = out.join("metrics.jsonl").exists();
+        for line in evaluated.then(|| metrics(&out)).unwrap_or_default() {
+            assert!(line["step"].as_u64().unwrap() < bad as u64, "{line}");
+            assert!(
+                line["train_loss"].as_f64().is_none_or(f64::is_finite),
+                "{line}"
+            );
+        }
     }
-    let o = peft(&a.iter().map(String::as_str).collect::<Vec<_>>());
-    let err = String::from_utf8_lossy(&o.stderr);
-    assert_eq!(o.status.code(), Some(1), "{err}");
-    assert!(
-        err.contains("step ") && err.contains("gradient not finite (largest: "),
-        "{err}"
-    );
-    assert!(err.contains("--skip-nonfinite"), "{err}");
-    assert!(!err.contains("panicked"), "{err}");
+    let i = a.iter().position(|x| x == "--lr").unwrap();
+    a[i + 1] = "1e15".into();
 
+    // Skipping: the run ends; every tensor it keeps is finite, it trained before the bad
+    // steps (the tensors moved from the base), and it says how many it skipped.
     let mut a = a.clone();
-    a.extend([
-        "--skip-nonfinite".into(),
-        "1000".into(),
-        "--overwrite".into(),
-    ]);
+    a.extend(["--skip-nonfinite".into(), "1000".into()]);
     let o = peft(&a.iter().map(String::as_str).collect::<Vec<_>>());
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(o.status.success(), "{err}");
-    assert!(err.contains("step skipped"), "{err}");
+    let skipped = err.matches("step skipped").count();
+    assert!(skipped > 0, "{err}");
+    let (_, base) = peft::model::read_checkpoint(Path::new(&fixture("tiny-bert"))).unwrap();
+    let last = tensors(&out.join("last.safetensors"));
+    let mut moved = 0;
+    for (name, t) in &last {
+        assert!(finite(t), "{name} is not finite after a skipping run");
+        if let Some(b) = base.get(name).filter(|b| b.dims() == t.dims()) {
+            moved += (max_abs_diff(t, b) > 0.0) as usize;
+        }
+    }
+    assert!(moved > 0, "nothing trained before the bad steps");
+    for line in metrics(&out) {
+        assert!(
+            line["train_loss"].as_f64().is_none_or(f64::is_finite),
+            "{line}"
+        );
+    }
 }
 
 /// AdaLoRA's allocator keeps state between steps (smoothed importance, the rank pattern):
