@@ -17,4 +17,11 @@ if [ -z "${PEFT_SQUAD_DIR:-}" ] && [ -d ../shared/data/squad ]; then
   PEFT_SQUAD_DIR="$(cd ../shared/data/squad && pwd)"
   export PEFT_SQUAD_DIR
 fi
+# The reference venv of the developers' guide, where there is one beside the repository:
+# then Python PEFT must load every export (tests/it/peft_python.rs); CI has none and skips.
+if [ -z "${PEFT_REFERENCE_PYTHON:-}" ] && [ -x ../venv/bin/python ] \
+  && ../venv/bin/python -c "import peft, transformers, torch" 2>/dev/null; then
+  PEFT_REFERENCE_PYTHON="$(cd ../venv/bin && pwd)/python"
+  export PEFT_REFERENCE_PYTHON PEFT_REQUIRE_REFERENCE=1
+fi
 cargo test "$@"

@@ -244,31 +244,15 @@ fn adalora_runs_its_budget_through_the_binary() {
     assert_eq!(exported["peft_type"], "ADALORA");
     assert_eq!(exported["total_step"], 6);
     assert!(exported["rank_pattern"].is_object(), "{exported}");
-    // The export, the merged model and the run give the same logits on every dev example.
-    let logits = |args: &[&str], file: &str| -> Vec<f64> {
-        let path = tmp.path().join(file);
-        let mut all = vec!["eval", "--predictions", path.to_str().unwrap()];
-        all.extend_from_slice(args);
-        ok(peft(&all));
-        std::fs::read_to_string(&path)
-            .unwrap()
-            .lines()
-            .flat_map(|l| {
-                let v: serde_json::Value = serde_json::from_str(l).unwrap();
-                serde_json::from_value::<Vec<f64>>(v["logits"].clone()).unwrap()
-            })
-            .collect()
-    };
+    // The export and the merged model give the run's logits on every dev example.
+    export_scores_as_run(&run, tmp.path(), &fixture("tiny-bert"));
     let data = tmp.path().to_str().unwrap();
-    let scored = ["--task", "rte", "--data-dir", data, "--max-seq-len", "32"];
-    let by_run = logits(&["--checkpoint", run.to_str().unwrap()], "run.jsonl");
     let bert = fixture("tiny-bert");
-    let adapter = [
-        &["--adapter", run.to_str().unwrap(), "--model", &bert][..],
-        &scored,
-    ]
-    .concat();
-    let by_export = logits(&adapter, "export.jsonl");
+    let scored = ["--task", "rte", "--data-dir", data, "--max-seq-len", "32"];
+    let by_run = eval_logits(
+        &["--checkpoint", run.to_str().unwrap()],
+        &tmp.path().join("run.jsonl"),
+    );
     let merged = tmp.path().join("merged");
     ok(peft(&[
         "merge",
@@ -277,16 +261,14 @@ fn adalora_runs_its_budget_through_the_binary() {
         "--output",
         merged.to_str().unwrap(),
     ]));
-    let by_merge = logits(
+    let by_merge = eval_logits(
         &[&["--model", merged.to_str().unwrap()][..], &scored].concat(),
-        "merged.jsonl",
+        &tmp.path().join("merged.jsonl"),
     );
     assert_eq!(by_run.len(), 16);
-    for other in [&by_export, &by_merge] {
-        assert_eq!(by_run.len(), other.len());
-        for (a, b) in by_run.iter().zip(other) {
-            assert!((a - b).abs() < 1e-5, "logits {a} vs {b}");
-        }
+    assert_eq!(by_run.len(), by_merge.len());
+    for (a, b) in by_run.iter().zip(&by_merge) {
+        assert!((a - b).abs() < 1e-5, "logits {a} vs {b}");
     }
     let o = peft(&[
         "train",

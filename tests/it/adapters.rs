@@ -778,8 +778,7 @@ fn rslora_trains_exports_and_reads_back() {
         serde_json::from_str(&std::fs::read_to_string(out.join("adapter_config.json")).unwrap())
             .unwrap();
     assert_eq!(cfg["use_rslora"], true);
-    let run = eval_accuracy(&out);
-    assert_eq!(adapter_accuracy(&out, tmp.path()), run);
+    export_scores_as_run(&out, tmp.path(), &fixture("tiny-bert"));
     let o = peft(&[
         "train",
         "--model",
@@ -946,7 +945,7 @@ fn ia3_adapters_read_back() {
         "3e-2",
     ];
     train(&fixture("tiny-bert"), tmp.path(), &out, &args);
-    assert_eq!(adapter_accuracy(&out, tmp.path()), eval_accuracy(&out));
+    export_scores_as_run(&out, tmp.path(), &fixture("tiny-bert"));
 }
 
 /// LoReFT as pyreft itself computes it (scripts/loreft_pyreft.py: pyreft 0.1.0's
@@ -1037,8 +1036,7 @@ fn dora_adapters_export_and_read_back() {
         .filter(|k| k.ends_with(".lora_magnitude_vector"))
         .count();
     assert_eq!(magnitudes, 4, "{:?}", saved.keys());
-    let accuracy = eval_accuracy(&out);
-    assert_eq!(adapter_accuracy(&out, tmp.path()), accuracy);
+    export_scores_as_run(&out, tmp.path(), &fixture("tiny-bert"));
     let merged = tmp.path().join("merged");
     ok(merge(&out, &merged, &[]));
     assert!(!tensors(&merged.join("model.safetensors"))
@@ -1132,31 +1130,6 @@ fn layernorm_runs_export_ln_tuning_and_read_back() {
             "base_model.model.bert.encoder.layer.1.output.LayerNorm.ln_tuning_layers.weight"
         ));
         assert!(saved.contains_key("base_model.model.classifier.weight"));
-        assert_eq!(
-            adapter_accuracy(&out, tmp.path()),
-            eval_accuracy(&out),
-            "{method:?}"
-        );
+        export_scores_as_run(&out, tmp.path(), &fixture("tiny-bert"));
     }
-}
-
-/// RTE dev accuracy of `peft eval --adapter RUN` over the tiny BERT, data in `data`: the
-/// run's own PEFT export, read back as a model trained elsewhere would be.
-fn adapter_accuracy(run: &Path, data: &Path) -> f64 {
-    let shown = ok(peft(&[
-        "eval",
-        "--adapter",
-        run.to_str().unwrap(),
-        "--model",
-        &fixture("tiny-bert"),
-        "--task",
-        "rte",
-        "--data-dir",
-        data.to_str().unwrap(),
-        "--max-seq-len",
-        "32",
-        "--json",
-    ]));
-    let v: serde_json::Value = serde_json::from_str(shown.trim()).unwrap();
-    v["metrics"]["accuracy"].as_f64().unwrap()
 }

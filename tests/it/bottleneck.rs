@@ -244,32 +244,11 @@ fn adapterhub_files_read_and_write() {
             !out.join("adapter_config.json").exists(),
             "no PEFT file for a bottleneck run"
         );
-        let hub = out.join("adapterhub");
-        let shown = ok(peft(&[
-            "eval",
-            "--adapter",
-            hub.to_str().unwrap(),
-            "--model",
+        exported_scores_as_run(
+            &out,
+            &out.join("adapterhub"),
+            tmp.path(),
             &fixture("tiny-bert"),
-            "--task",
-            "rte",
-            "--data-dir",
-            tmp.path().to_str().unwrap(),
-            "--max-seq-len",
-            "32",
-            "--json",
-        ]));
-        let v: serde_json::Value = serde_json::from_str(shown.trim()).unwrap();
-        let run = ok(peft(&[
-            "eval",
-            "--checkpoint",
-            out.to_str().unwrap(),
-            "--json",
-        ]));
-        let r: serde_json::Value = serde_json::from_str(run.trim()).unwrap();
-        assert_eq!(
-            v["metrics"]["accuracy"], r["metrics"]["accuracy"],
-            "{placement}"
         );
     }
 }

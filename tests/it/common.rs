@@ -414,3 +414,53 @@ pub fn matches_reference(
     assert_eq!(vars.len(), want, "{family}: gradients checked");
     built
 }
+
+/// Every dev logit of `eval --predictions` with `args`.
+pub fn eval_logits(args: &[&str], file: &Path) -> Vec<f64> {
+    let mut all = vec!["eval", "--predictions", file.to_str().unwrap()];
+    all.extend_from_slice(args);
+    ok(peft(&all));
+    std::fs::read_to_string(file)
+        .unwrap()
+        .lines()
+        .flat_map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).unwrap();
+            serde_json::from_value::<Vec<f64>>(v["logits"].clone()).unwrap()
+        })
+        .collect()
+}
+
+/// A run's PEFT-format export, read back with `eval --adapter` over `base` on the RTE
+/// dev rows in `data` (32-token windows), gives the run's own logits (its best state,
+/// which the export holds) on every example within 1e-5: a lost tensor or a wrong scale
+/// cannot hide behind an unchanged accuracy.
+pub fn export_scores_as_run(run: &Path, data: &Path, base: &str) {
+    exported_scores_as_run(run, run, data, base)
+}
+
+/// As [`export_scores_as_run`], the export in `export` (AdapterHub's `RUN/adapterhub`).
+pub fn exported_scores_as_run(run: &Path, export: &Path, data: &Path, base: &str) {
+    let tmp = tempfile::tempdir().unwrap();
+    let by_run = eval_logits(
+        &["--checkpoint", run.to_str().unwrap()],
+        &tmp.path().join("run"),
+    );
+    let adapter = [
+        "--adapter",
+        export.to_str().unwrap(),
+        "--model",
+        base,
+        "--task",
+        "rte",
+        "--data-dir",
+        data.to_str().unwrap(),
+        "--max-seq-len",
+        "32",
+    ];
+    let by_export = eval_logits(&adapter, &tmp.path().join("export"));
+    assert!(!by_run.is_empty());
+    assert_eq!(by_run.len(), by_export.len());
+    for (a, b) in by_run.iter().zip(&by_export) {
+        assert!((a - b).abs() < 1e-5, "{}: logits {a} vs {b}", run.display());
+    }
+}

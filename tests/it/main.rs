@@ -24,6 +24,7 @@ mod methods;
 mod old_runs;
 mod parity;
 mod parsers_proptest;
+mod peft_python;
 mod precision;
 mod prefix;
 mod prompt;

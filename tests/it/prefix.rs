@@ -154,42 +154,7 @@ fn prefix_tuning_trains_through_the_binary() {
     assert_eq!(file["prompt_embeddings"].dims(), [4, 2 * 2 * 32]);
     assert_eq!(bits(&file["prompt_embeddings"]), bits(&table));
     // Read back as PEFT reads it, the export scores every dev example as the run does.
-    let logits = |args: &[&str], file: &str| -> Vec<f64> {
-        let path = tmp.path().join(file);
-        let mut all = vec!["eval", "--predictions", path.to_str().unwrap()];
-        all.extend_from_slice(args);
-        ok(peft(&all));
-        std::fs::read_to_string(&path)
-            .unwrap()
-            .lines()
-            .flat_map(|l| {
-                let v: serde_json::Value = serde_json::from_str(l).unwrap();
-                serde_json::from_value::<Vec<f64>>(v["logits"].clone()).unwrap()
-            })
-            .collect()
-    };
-    let by_run = logits(&["--checkpoint", run.to_str().unwrap()], "run.jsonl");
-    let bert = fixture("tiny-bert");
-    let by_export = logits(
-        &[
-            "--adapter",
-            run.to_str().unwrap(),
-            "--model",
-            &bert,
-            "--task",
-            "rte",
-            "--data-dir",
-            tmp.path().to_str().unwrap(),
-            "--max-seq-len",
-            "32",
-        ],
-        "export.jsonl",
-    );
-    assert_eq!(by_run.len(), 16);
-    assert_eq!(by_run.len(), by_export.len());
-    for (a, b) in by_run.iter().zip(&by_export) {
-        assert!((a - b).abs() < 1e-5, "logits {a} vs {b}");
-    }
+    export_scores_as_run(&run, tmp.path(), &fixture("tiny-bert"));
 
     let refused = |args: &[&str], says: &str| {
         let o = peft(args);
@@ -230,6 +195,7 @@ fn prefix_tuning_trains_through_the_binary() {
         out,
     ];
     refused(&[&base[..], &["--model", &deberta]].concat(), "DeBERTa");
+    let bert = fixture("tiny-bert");
     refused(
         &[
             &base[..],
