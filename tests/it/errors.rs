@@ -297,7 +297,7 @@ fn bad_inputs_exit_2_and_name_the_culprit() {
         args: model_args(&p(&m), &good, &out("k"), &["--task", "rte"]),
         names: vec![s("encoder.layer.0.output.dense.weight")],
     });
-    let m = model_with(root, "vocab", |m| {
+    let m = model_with(root, "small-embedding", |m| {
         rewrite(&m.join("config.json"), |t| {
             let v: serde_json::Value = serde_json::from_str(&t).unwrap();
             let n = v["vocab_size"].as_u64().unwrap();
@@ -316,7 +316,13 @@ fn bad_inputs_exit_2_and_name_the_culprit() {
     cases.push(Case {
         what: "tokenizer vocabulary larger than the embedding",
         args: model_args(&p(&m), &good, &out("l"), &["--task", "rte"]),
-        names: vec![s("tokenizer"), s("vocab")],
+        // What the message says, not the folder's name: the largest id and the vocab_size
+        // it passes.
+        names: vec![
+            s("the tokenizer's largest id is"),
+            s("past the model's word embeddings"),
+            s("vocab_size in"),
+        ],
     });
 
     let m = model_with(root, "dtype", |m| {

@@ -254,10 +254,15 @@ fn the_same_command_resumes_a_killed_sweep() {
         metrics(&full.join("seed-7")),
         metrics(&killed.join("seed-7"))
     );
-    assert_eq!(
-        tensors(&full.join("seed-7/last.safetensors")).len(),
-        tensors(&killed.join("seed-7/last.safetensors")).len()
+    // The same tensors, bit for bit.
+    let (x, y) = (
+        tensors(&full.join("seed-7/last.safetensors")),
+        tensors(&killed.join("seed-7/last.safetensors")),
     );
+    assert_eq!(x.len(), y.len());
+    for (name, t) in &x {
+        assert_eq!(bits(t), bits(&y[name]), "{name} differs");
+    }
     let (a, b) = (
         json(&full.join("summary.json")),
         json(&killed.join("summary.json")),
