@@ -327,10 +327,8 @@ mod tests {
                         (t, m, v)
                     };
                     let base = run(Isa::Baseline);
-                    for isa in [Isa::Avx2, Isa::Avx512] {
-                        if isa <= Isa::widest() {
-                            assert_eq!(run(isa), base, "{isa:?} {mode:?} legacy {legacy} wd {wd}");
-                        }
+                    for isa in crate::kernels::simd::tests::wider_paths_here() {
+                        assert_eq!(run(isa), base, "{isa:?} {mode:?} legacy {legacy} wd {wd}");
                     }
                     if mode == Mode::Subset {
                         let moved = (0..n).filter(|&i| k[i] == 0.0 && base.0[i] != val(i, 2));
