@@ -455,3 +455,76 @@ fn an_adalora_run_resumes_with_its_rank_budget() {
     let read = |d: &Path| std::fs::read_to_string(d.join("rank_pattern.json")).unwrap();
     assert_eq!(read(&reference), read(&out));
 }
+
+/// A second Ctrl-C quits at once: sent while the first one's step is still running (here
+/// during a long evaluation after every step), the process exits 130 from the signal
+/// handler, without finishing the step or saving ("interrupted after step" never printed).
+#[test]
+fn a_second_ctrl_c_quits_at_once() {
+    let tmp = tempfile::tempdir().unwrap();
+    // 8,000 dev rows: each evaluation takes long enough for two signals to land in it.
+    write_rte(tmp.path(), 48, 8000);
+    for attempt in 0..3 {
+        let out = tmp.path().join(format!("twice-{attempt}"));
+        let mut a = args(tmp.path(), &out, &["--eval-steps", "1"]);
+        let i = a.iter().position(|x| x == "--epochs").unwrap();
+        a[i + 1] = "100".into();
+        let mut child = spawn(&a);
+        // Wait for the run to be under way (its config written), then a little longer,
+        // into the steps and their evaluations.
+        let t = Instant::now();
+        while !out.join("config.json").exists() && t.elapsed() < Duration::from_secs(60) {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        std::thread::sleep(Duration::from_millis(300));
+        signal(&child, libc::SIGINT);
+        std::thread::sleep(Duration::from_millis(50));
+        let sent = Instant::now();
+        signal(&child, libc::SIGINT);
+        let o = child.wait_with_output().unwrap();
+        let quit_in = sent.elapsed();
+        let err = String::from_utf8_lossy(&o.stderr).into_owned();
+        assert_eq!(o.status.code(), Some(130), "{err}");
+        assert!(err.contains("Ctrl-C again to quit now"), "{err}");
+        if err.contains("interrupted after step") {
+            eprintln!("the first interrupt's step ended before the second landed: again");
+            continue;
+        }
+        assert!(quit_in < Duration::from_secs(2), "quit after {quit_in:?}");
+        assert!(!out.join("last.safetensors").exists());
+        return;
+    }
+    panic!("in three tries the first interrupt's step ended before the second landed");
+}
+
+/// Training is independent of the thread count: the same run on 1, 2 and 3 threads
+/// (RAYON_NUM_THREADS) gives the same tensors bit for bit and the same metrics, with
+/// dropout on and Child-Tuning F's per-step masks drawn.
+#[test]
+fn the_thread_count_changes_no_bit() {
+    let tmp = tempfile::tempdir().unwrap();
+    write_rte(tmp.path(), 48, 20);
+    let mut runs = Vec::new();
+    for threads in ["1", "2", "3"] {
+        let out = tmp.path().join(format!("threads-{threads}"));
+        let mut a = args(tmp.path(), &out, &[]);
+        let i = a.iter().position(|x| x == "--epochs").unwrap();
+        a[i + 1] = "2".into();
+        let o = Command::new(env!("CARGO_BIN_EXE_peft"))
+            .args(&a)
+            .env("RAYON_NUM_THREADS", threads)
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        runs.push(out);
+    }
+    let want = tensors(&runs[0].join("last.safetensors"));
+    for run in &runs[1..] {
+        let got = tensors(&run.join("last.safetensors"));
+        assert_eq!(got.len(), want.len());
+        for (name, t) in &want {
+            assert_eq!(bits(t), bits(&got[name]), "{}: {name}", run.display());
+        }
+        assert_eq!(metrics(run), metrics(&runs[0]), "{}", run.display());
+    }
+}
