@@ -94,6 +94,18 @@ pub fn run(args: MergeArgs) -> Result<()> {
             run_dir::write_atomic(&dst, &bytes)?;
         }
     }
+    // The card: the merged state's evaluation (the best one, or the last), none for a
+    // WiSE-FT mix, which no evaluation scored.
+    let records = crate::report::runs::read_records(&args.run.checkpoint.join(run_dir::METRICS))?;
+    let record = match args.run.which {
+        crate::run::weights::Which::Best => records.iter().rev().find(|r| r.best),
+        crate::run::weights::Which::Last => records.last(),
+    }
+    .filter(|_| args.alpha == 1.0);
+    let from = crate::run::card::Kind::Merged {
+        from: &args.run.checkpoint,
+    };
+    crate::run::card::write(&args.output, &run.info, spec, record, from)?;
     // A model directory, not a run: the lock file goes before the lock does (a writer
     // that comes later is welcome; one that came during the merge was refused).
     let _ = std::fs::remove_file(args.output.join(crate::run::lock::LOCK));

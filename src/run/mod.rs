@@ -3,6 +3,7 @@
 //! weights rebuilt from its base model and trained tensors.
 
 pub mod adapterhub;
+pub mod card;
 pub mod checkpoint;
 pub mod dir;
 pub mod lock;

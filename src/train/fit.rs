@@ -511,6 +511,11 @@ impl<'a> Run<'a> {
             std::fs::remove_file(&resume_file)
                 .with_context(|| format!("removing {}", resume_file.display()))?;
         }
+        if let Some(best) = &p.best {
+            let peft_format = out.join(crate::run::peft_format::CONFIG).exists();
+            let kind = crate::run::card::Kind::Run { peft_format };
+            crate::run::card::write(out, &self.info, self.spec, Some(best), kind)?;
+        }
         match (p.best, p.last) {
             (Some(best), Some(last)) => Ok(Summary {
                 info: self.info,

@@ -9,6 +9,7 @@ mod architecture;
 mod backprop;
 mod bottleneck;
 mod candle_transformers;
+mod card;
 mod cli;
 mod custom;
 mod errors;

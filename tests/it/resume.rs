@@ -186,6 +186,9 @@ fn ctrl_c_saves_a_checkpoint_that_resumes_to_the_same_run() {
         &resume(&out).iter().map(String::as_str).collect::<Vec<_>>(),
     ));
     assert_same_run(&reference, &out);
+    // The resumed run's model card gives the uninterrupted run's results.
+    let card = |d: &Path| crate::card::results(&crate::card::front_matter(d));
+    assert_eq!(card(&reference), card(&out));
 }
 
 /// A scheduler's SIGTERM (pre-emption, time limit, scancel, eviction) does what Ctrl-C
