@@ -138,10 +138,10 @@ pub fn render(info: &RunInfo, spec: &TaskSpec, best: Option<&EvalRecord>, kind: 
     ));
     match kind {
         Kind::Run { peft_format } => {
-            body.push_str(&format!(
+            body.push_str(
                 "Score or use it with peft: `peft eval --checkpoint RUN`, `peft predict \
-                 --checkpoint RUN --input FILE`, `peft merge --checkpoint RUN --output DIR`.\n"
-            ));
+                 --checkpoint RUN --input FILE`, `peft merge --checkpoint RUN --output DIR`.\n",
+            );
             if peft_format {
                 let auto = match spec.is_qa() {
                     true => "AutoModelForQuestionAnswering",
