@@ -472,7 +472,7 @@ fn a_second_ctrl_c_quits_at_once() {
         let mut a = args(tmp.path(), &out, &["--eval-steps", "1"]);
         let i = a.iter().position(|x| x == "--epochs").unwrap();
         a[i + 1] = "100".into();
-        let mut child = spawn(&a);
+        let child = spawn(&a);
         // Wait for the run to be under way (its config written), then a little longer,
         // into the steps and their evaluations.
         let t = Instant::now();
