@@ -11,4 +11,5 @@ pub mod peft_format;
 mod peft_kinds;
 pub mod record;
 pub mod setup;
+pub mod tensorboard;
 pub mod weights;

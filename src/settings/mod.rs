@@ -410,6 +410,16 @@ settings! {
         #[arg(long)]
         #[serde(default)]
         save_steps: usize = optional(true);
+        /// Where the run reports, comma-separated: jsonl (RUN/metrics.jsonl, always
+        /// written) and tensorboard (event files in RUN/tensorboard/).
+        #[arg(long, value_delimiter = ',')]
+        #[serde(default)]
+        report_to: Vec<Tracker> = default(vec![Tracker::Jsonl]);
+        /// Report the training loss, learning rate, gradient norm and tokens/s to the
+        /// trackers every N optimizer steps (Hugging Face Trainer's logging_steps).
+        #[arg(long)]
+        #[serde(default)]
+        logging_steps: usize = default(DEFAULT_LOGGING_STEPS);
     }
 }
 
@@ -457,6 +467,27 @@ const QA_MAX_SEQ_LEN: usize = 384;
 /// The method and seed when none is given; the table below and the context read them.
 const DEFAULT_METHOD: Method = methods::full::METHOD;
 const DEFAULT_SEED: u64 = 42;
+/// Hugging Face Trainer's default. (A run saved before the setting existed reads 0: no
+/// step logging, which it had none of.)
+const DEFAULT_LOGGING_STEPS: usize = 500;
+
+/// A place a run reports to, beside its own files.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Tracker {
+    /// RUN/metrics.jsonl, which every run writes.
+    Jsonl,
+    /// TensorBoard event files in RUN/tensorboard/.
+    Tensorboard,
+}
+
+impl Shown for Vec<Tracker> {
+    fn shown(&self) -> String {
+        let names: Vec<String> = self.iter().map(|t| t.shown()).collect();
+        names.join(",")
+    }
+}
+crate::shown_by_value_enum!(Tracker);
 
 crate::shown_by_value_enum!(CustomProblem, Precision);
 

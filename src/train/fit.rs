@@ -29,6 +29,7 @@ use crate::stats::thousands;
 use crate::tokenize::{collate, Encoded};
 use crate::train::prepare::{open_dir, restore_resumed, selection, Counts, Inputs};
 use crate::train::session::{Session, Trainable};
+use crate::train::trackers::Trackers;
 
 pub struct Summary {
     pub info: RunInfo,
@@ -164,6 +165,8 @@ struct Run<'a> {
     opt: MaskedAdamW,
     /// The method's penalty and after-step work (AdaLoRA's rank budget), if it has any.
     regime: Option<Box<dyn Regime>>,
+    /// Where the run reports beside metrics.jsonl (`--report-to`).
+    trackers: Trackers,
     ctx: Ctx,
     order_rng: StdRng,
     schedule: LinearSchedule,
@@ -281,6 +284,7 @@ impl<'a> Run<'a> {
             eprintln!("resuming at step {} of {total}", p.step);
         }
         let start = Instant::now() - std::time::Duration::from_secs_f64(p.elapsed_s);
+        let trackers = Trackers::open(cfg, resume)?;
         let run = Run {
             cfg,
             info,
@@ -295,6 +299,7 @@ impl<'a> Run<'a> {
             vars,
             opt,
             regime,
+            trackers,
             ctx,
             order_rng,
             schedule: LinearSchedule::new(
@@ -370,6 +375,7 @@ impl<'a> Run<'a> {
                 .collect::<Result<_>>()?;
             g.after_step(p.step, &self.vars, &clipped)?;
         }
+        let grad_norm = stepped.as_ref().ok().map(|s| s.grad_norm);
         let stepped = stepped.map(|_| ());
         p.step += 1;
         // A finite gradient times a huge rate can still overflow a parameter; nothing
@@ -421,6 +427,9 @@ impl<'a> Run<'a> {
         p.tokens += group_tokens;
         p.examples += group_examples;
         p.train_time += t0.elapsed().as_secs_f64();
+        let tokens_per_s = p.tokens as f64 / p.train_time;
+        self.trackers
+            .step(p.step, group_loss, lr, grad_norm, tokens_per_s)?;
         bar.set_message(format!(
             "loss {:.4} lr {lr:.2e} {:.0} ex/s",
             p.loss_sum / p.loss_n.max(1) as f64,
@@ -458,6 +467,7 @@ impl<'a> Run<'a> {
         };
         (p.loss_sum, p.loss_n) = (0.0, 0);
         run_dir::append_metrics(out, &serde_json::to_value(&record)?)?;
+        self.trackers.eval(&record)?;
         eprintln!("{}", describe(spec, &record));
         if improved {
             run_dir::save_tensors(&out.join(run_dir::BEST), &values(&self.vars))?;
@@ -512,6 +522,7 @@ impl<'a> Run<'a> {
                 .with_context(|| format!("removing {}", resume_file.display()))?;
         }
         if let Some(best) = &p.best {
+            self.trackers.finish(&self.info, best, p.step)?;
             let peft_format = out.join(crate::run::peft_format::CONFIG).exists();
             let kind = crate::run::card::Kind::Run { peft_format };
             crate::run::card::write(out, &self.info, self.spec, Some(best), kind)?;

@@ -4,3 +4,4 @@
 pub mod fit;
 mod prepare;
 pub mod session;
+mod trackers;

@@ -35,6 +35,7 @@ mod resume;
 mod runs;
 mod squad;
 mod squad_reference;
+mod tensorboard;
 mod train;
 mod transfer;
 mod vera;
