@@ -179,9 +179,10 @@ impl TrainConfig {
             serde_json::to_value(&given)?,
             serde_json::to_value(resolved.flat())?,
         );
-        // `data_dir` may be filled from $PEFT_GLUE_DIR, and `lora_rslora` reads as false
-        // when absent.
-        const MAY_BE_ABSENT: [&str; 2] = ["data_dir", "lora_rslora"];
+        // `data_dir` may be filled from $PEFT_GLUE_DIR, `lora_rslora` reads as false when
+        // absent, and where a run reports (`report_to`, `logging_steps`, added later)
+        // changes nothing it trained.
+        const MAY_BE_ABSENT: [&str; 4] = ["data_dir", "lora_rslora", "report_to", "logging_steps"];
         if let (Some(recorded), Some(filled)) = (recorded.as_object(), filled.as_object()) {
             for (key, v) in filled {
                 let absent = recorded.get(key).is_none_or(|r| r.is_null());
