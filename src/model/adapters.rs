@@ -249,10 +249,7 @@ impl AdapterDef for Adalora {
         alpha: f64,
         _run: &Tensors,
     ) -> Result<Option<Tensor>> {
-        Ok(match name.ends_with(".lora_E") {
-            true => Some((t * alpha)?),
-            false => None,
-        })
+        scaled_where(name.ends_with(".lora_E"), t, alpha)
     }
     /// PEFT's `AdaLoraConfig`; the schedule's fields come from the run's allocator.
     fn peft_config(
@@ -345,10 +342,7 @@ impl AdapterDef for Vera {
         alpha: f64,
         _run: &Tensors,
     ) -> Result<Option<Tensor>> {
-        Ok(match name.ends_with(".vera_lambda_b") {
-            true => Some((t * alpha)?),
-            false => None,
-        })
+        scaled_where(name.ends_with(".vera_lambda_b"), t, alpha)
     }
     /// PEFT's `VeraConfig`. The projections are not saved (`save_projection` false): PEFT
     /// draws them from `projection_prng_key` as this crate does.
@@ -466,10 +460,7 @@ impl AdapterDef for Bottleneck {
         alpha: f64,
         _run: &Tensors,
     ) -> Result<Option<Tensor>> {
-        Ok(match name.contains(".adapter_up.") {
-            true => Some((t * alpha)?),
-            false => None,
-        })
+        scaled_where(name.contains(".adapter_up."), t, alpha)
     }
 }
 
@@ -517,7 +508,13 @@ fn lora_config(cfg: &AdapterConfig, targets: &[String]) -> Value {
 
 /// B at θ₀ is zero: alpha·B scales the update (α·s·B·A), A as trained.
 fn interpolate_b(name: &str, t: &Tensor, alpha: f64) -> Result<Option<Tensor>> {
-    Ok(match name.ends_with(".lora_B.weight") {
+    scaled_where(name.ends_with(".lora_B.weight"), t, alpha)
+}
+
+/// For an adapter whose update is linear in one tensor that is zero at θ₀ (LoRA's B,
+/// AdaLoRA's E, VeRA's λ_b, a bottleneck's up projection): alpha times it, where `is_it`.
+fn scaled_where(is_it: bool, t: &Tensor, alpha: f64) -> Result<Option<Tensor>> {
+    Ok(match is_it {
         true => Some((t * alpha)?),
         false => None,
     })

@@ -211,30 +211,11 @@ fn adalora_runs_its_budget_through_the_binary() {
                 }
             }
             for k in last.keys() {
-                let head = ["classifier.", "qa_outputs.", "pooler."]
-                    .iter()
-                    .any(|p| k.starts_with(p));
+                let head = is_task_head(k);
                 assert!(k.contains(".lora_") || head, "{family} {task}: {k} trained");
             }
             let metric = if task == "rte" { "accuracy" } else { "f1" };
-            let best = metrics(&out)
-                .into_iter()
-                .find(|r| r["best"].as_bool().unwrap())
-                .unwrap()["dev"]["dev"][metric]
-                .as_f64()
-                .unwrap();
-            let shown = ok(peft(&[
-                "eval",
-                "--checkpoint",
-                out.to_str().unwrap(),
-                "--json",
-            ]));
-            let v: serde_json::Value = serde_json::from_str(shown.trim()).unwrap();
-            assert_eq!(
-                v["metrics"][metric].as_f64().unwrap(),
-                best,
-                "{family} {task}"
-            );
+            assert_rescores(&out, metric);
         }
     }
     let run = tmp.path().join("tiny-bert-rte");

@@ -464,3 +464,35 @@ pub fn exported_scores_as_run(run: &Path, export: &Path, data: &Path, base: &str
         assert!((a - b).abs() < 1e-5, "{}: logits {a} vs {b}", run.display());
     }
 }
+
+/// A task head's tensor (and BERT's pooler, which a classifier reads): what trains
+/// beside any method's own tensors.
+pub fn is_task_head(name: &str) -> bool {
+    ["classifier.", "qa_outputs.", "pooler."]
+        .iter()
+        .any(|p| name.starts_with(p))
+}
+
+/// `peft eval --checkpoint RUN` re-scores the run to its best evaluation's `metric`.
+pub fn assert_rescores(run: &Path, metric: &str) {
+    let best = metrics(run)
+        .into_iter()
+        .rev()
+        .find(|r| r["best"].as_bool().unwrap())
+        .unwrap()["dev"]["dev"][metric]
+        .as_f64()
+        .unwrap();
+    let shown = ok(peft(&[
+        "eval",
+        "--checkpoint",
+        run.to_str().unwrap(),
+        "--json",
+    ]));
+    let v: serde_json::Value = serde_json::from_str(shown.trim()).unwrap();
+    assert_eq!(
+        v["metrics"][metric].as_f64().unwrap(),
+        best,
+        "{}",
+        run.display()
+    );
+}

@@ -111,9 +111,7 @@ fn prefix_tuning_trains_through_the_binary() {
             train(&fixture(family), tmp.path(), &out, &args);
             let saved = tensors(&out.join("last.safetensors"));
             for k in saved.keys() {
-                let head = ["classifier.", "qa_outputs.", "pooler."]
-                    .iter()
-                    .any(|p| k.starts_with(p));
+                let head = is_task_head(k);
                 assert!(
                     k.starts_with("prompt_encoder.") || head,
                     "{family} {task}: {k} trained"
@@ -121,24 +119,7 @@ fn prefix_tuning_trains_through_the_binary() {
             }
             assert_eq!(saved[prefix::EMBEDDING].dims(), [4, 32], "{family} {task}");
             let metric = if task == "rte" { "accuracy" } else { "f1" };
-            let best = metrics(&out)
-                .into_iter()
-                .find(|r| r["best"].as_bool().unwrap())
-                .unwrap()["dev"]["dev"][metric]
-                .as_f64()
-                .unwrap();
-            let shown = ok(peft(&[
-                "eval",
-                "--checkpoint",
-                out.to_str().unwrap(),
-                "--json",
-            ]));
-            let v: serde_json::Value = serde_json::from_str(shown.trim()).unwrap();
-            assert_eq!(
-                v["metrics"][metric].as_f64().unwrap(),
-                best,
-                "{family} {task}"
-            );
+            assert_rescores(&out, metric);
         }
     }
     let run = tmp.path().join("tiny-bert-rte");
