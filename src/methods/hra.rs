@@ -30,17 +30,16 @@ crate::method_settings! {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     hra_targets => targets: Vec<String> = default(strings(&["query", "value"]));
     /// hra: weight λ of the orthogonality regulariser λ·Σ‖I − ÛᵀÛ‖_F in the loss, as the
-    /// HRA authors' code adds it (0: none, as PEFT).
+    /// HRA authors' code adds it [default: none, as PEFT].
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    hra_orth_weight => orth: f64 = default(0.0);
+    hra_orth_weight => orth: f64 = optional();
 }
 
 impl Settings {
     pub fn check(&self) -> Result<()> {
-        if !(self.orth.is_finite() && self.orth >= 0.0) {
+        if let Some(w) = self.orth.filter(|w| !(w.is_finite() && *w >= 0.0)) {
             return Err(crate::error::user(format!(
-                "hra_orth_weight: {} is not a number ≥ 0",
-                self.orth
+                "hra_orth_weight: {w} is not a number ≥ 0"
             )));
         }
         check_low_rank("hra", self.r, 0.0, &self.targets)
@@ -83,8 +82,9 @@ impl MethodDef for Hra {
             .config
             .hra
             .as_ref()
-            .filter(|s| s.orth > 0.0)
-            .map(|s| Box::new(Orthogonal { weight: s.orth }) as Box<dyn Regime>))
+            .and_then(|s| s.orth)
+            .filter(|w| *w > 0.0)
+            .map(|weight| Box::new(Orthogonal { weight }) as Box<dyn Regime>))
     }
 }
 

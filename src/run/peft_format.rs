@@ -321,7 +321,7 @@ pub fn method_config(adapter: Option<&AdapterConfig>) -> Result<MethodConfig> {
             let s = hra::Settings {
                 r: c.r,
                 targets: c.targets.clone(),
-                orth: 0.0,
+                orth: None,
             };
             let flags = MethodFlags {
                 hra: s.flags(),
