@@ -246,10 +246,17 @@ fn adalora_runs_its_budget_through_the_binary() {
         &[&["--model", merged.to_str().unwrap()][..], &scored].concat(),
         &tmp.path().join("merged.jsonl"),
     );
+    // WiSE-FT scales E: at alpha 1 the run itself.
+    let wise = eval_logits(
+        &["--checkpoint", run.to_str().unwrap(), "--alpha", "1"],
+        &tmp.path().join("wise.jsonl"),
+    );
     assert_eq!(by_run.len(), 16);
-    assert_eq!(by_run.len(), by_merge.len());
-    for (a, b) in by_run.iter().zip(&by_merge) {
-        assert!((a - b).abs() < 1e-5, "logits {a} vs {b}");
+    for other in [&by_merge, &wise] {
+        assert_eq!(by_run.len(), other.len());
+        for (a, b) in by_run.iter().zip(other) {
+            assert!((a - b).abs() < 1e-5, "logits {a} vs {b}");
+        }
     }
     let o = peft(&[
         "train",
