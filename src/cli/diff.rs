@@ -33,14 +33,20 @@ pub fn run(args: DiffArgs) -> Result<()> {
     // tensors of the base's shapes and the task's head; a head made for another label set
     // is dropped from the base, having nothing to compare with.
     let run = RunWeights::load(&args.checkpoint, args.which, args.base.as_deref(), None)?;
-    // An adapter run moved the weights its adapters fold into (LoRA, DoRA, IA3, HRA,
-    // VeRA): compare those, as `peft merge` writes them. LoReFT, InA's thresholded path,
-    // bottleneck adapters and prompts fold into no weight and are refused with the reason.
+    // An adapter run moved the weights its adapters fold into (LoRA, AdaLoRA, DoRA, IA3,
+    // HRA, VeRA): compare those, as `peft merge` writes them. LoReFT, InA's thresholded
+    // path, bottleneck adapters, prompts and prefixes fold into no weight and are refused
+    // with the reason.
     let folded;
     let trained = match crate::run::setup::adapter(&run.info.train) {
         Some(_) => {
             let mut w = run.weights(1.0)?;
-            fold_adapters(&mut w, &run.info)?;
+            fold_adapters(&mut w, &run.info).map_err(|e| {
+                match e.downcast_ref::<crate::error::UserError>() {
+                    Some(_) => crate::error::user(format!("peft diff compares weights: {e}")),
+                    None => e,
+                }
+            })?;
             // Only what moved: the rest of the encoder is the base itself.
             let mut moved = std::collections::HashMap::new();
             for (name, t) in w {
