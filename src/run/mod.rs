@@ -7,6 +7,7 @@ pub mod card;
 pub mod checkpoint;
 pub mod dir;
 pub mod lock;
+pub mod mlflow;
 pub mod peft_format;
 mod peft_kinds;
 pub mod record;

@@ -411,7 +411,8 @@ settings! {
         #[serde(default)]
         save_steps: usize = optional(true);
         /// Where the run reports, comma-separated: jsonl (RUN/metrics.jsonl, always
-        /// written) and tensorboard (event files in RUN/tensorboard/).
+        /// written), tensorboard (event files in RUN/tensorboard/), mlflow (the server at
+        /// $MLFLOW_TRACKING_URI).
         #[arg(long, value_delimiter = ',')]
         #[serde(default)]
         report_to: Vec<Tracker> = default(vec![Tracker::Jsonl]);
@@ -420,6 +421,10 @@ settings! {
         #[arg(long)]
         #[serde(default)]
         logging_steps: usize = default(DEFAULT_LOGGING_STEPS);
+        /// The MLflow experiment a run reports to [default: the task's name].
+        #[arg(long)]
+        #[serde(default)]
+        mlflow_experiment: String = optional(true);
     }
 }
 
@@ -479,6 +484,8 @@ pub enum Tracker {
     Jsonl,
     /// TensorBoard event files in RUN/tensorboard/.
     Tensorboard,
+    /// An MLflow tracking server, at $MLFLOW_TRACKING_URI.
+    Mlflow,
 }
 
 impl Shown for Vec<Tracker> {

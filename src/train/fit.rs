@@ -494,7 +494,7 @@ impl<'a> Run<'a> {
     }
 
     /// The final tensors, PEFT's format of the best state, and no resume state left.
-    fn finish(self, p: Progress) -> Result<Summary> {
+    fn finish(mut self, p: Progress) -> Result<Summary> {
         let out = &self.cfg.output.output_dir;
         run_dir::save_tensors(&out.join(run_dir::LAST), &values(&self.vars))?;
         // PEFT's format carries one state: the best, which `peft eval` scores by default.

@@ -22,6 +22,7 @@ mod hra;
 mod hub;
 mod lora_init;
 mod methods;
+mod mlflow;
 mod old_runs;
 mod parity;
 mod parsers_proptest;

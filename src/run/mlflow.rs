@@ -1,0 +1,223 @@
+//! Reporting to an MLflow tracking server through its REST API (`MLFLOW_TRACKING_URI`):
+//! the experiment (`--mlflow-experiment`, else the task) found or created, a run named
+//! after the run directory with the method, task and model as tags and the resolved
+//! settings as params, then metrics with their steps as training goes, and the run marked
+//! finished. Requests go from a thread of their own, so a slow or absent server never
+//! holds training up; on the first failure one warning is printed and everything not
+//! sent is kept, one JSON request a line (`path`, `body`), in `RUN/mlflow_pending.jsonl`,
+//! to be sent later (a replay command is not written yet).
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::sync::mpsc::{channel, Receiver, Sender};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use serde_json::{json, Value};
+
+/// Requests the thread sends: (path under `/api/2.0/mlflow/`, body). The run id is filled
+/// in when the run exists.
+enum Msg {
+    Post(&'static str, Value),
+    Finish,
+}
+
+pub struct Mlflow {
+    tx: Sender<Msg>,
+    thread: Option<JoinHandle<()>>,
+}
+
+/// The file a run keeps unsent requests in.
+pub const PENDING: &str = "mlflow_pending.jsonl";
+
+fn millis() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+impl Mlflow {
+    /// Start reporting the run `name` to `uri` under `experiment`, with `params` (the
+    /// resolved settings) and `tags`; unsent requests go to `dir/mlflow_pending.jsonl`.
+    pub fn start(
+        uri: String,
+        experiment: String,
+        name: String,
+        params: Vec<(String, String)>,
+        tags: Vec<(String, String)>,
+        dir: PathBuf,
+    ) -> Self {
+        let (tx, rx) = channel();
+        let start = json!({
+            "experiment": experiment,
+            "run_name": name,
+            "start_time": millis(),
+            "tags": tags.iter().map(|(k, v)| json!({"key": k, "value": v})).collect::<Vec<_>>(),
+            "params": params.iter().map(|(k, v)| json!({"key": k, "value": v})).collect::<Vec<_>>(),
+        });
+        let thread = std::thread::spawn(move || Sender_::new(uri, dir).run(start, rx));
+        Self {
+            tx,
+            thread: Some(thread),
+        }
+    }
+
+    /// Metrics at `step`, by key.
+    pub fn metrics(&self, step: usize, values: &[(String, f64)]) {
+        let ts = millis();
+        let metrics: Vec<Value> = values
+            .iter()
+            .filter(|(_, v)| v.is_finite())
+            .map(|(k, v)| json!({"key": k, "value": v, "timestamp": ts, "step": step}))
+            .collect();
+        let _ = self
+            .tx
+            .send(Msg::Post("runs/log-batch", json!({"metrics": metrics})));
+    }
+
+    /// Mark the run finished and wait (at most half a minute) for the thread to send what
+    /// it holds.
+    pub fn finish(mut self) {
+        let _ = self.tx.send(Msg::Finish);
+        if let Some(t) = self.thread.take() {
+            let deadline = std::time::Instant::now() + Duration::from_secs(30);
+            while !t.is_finished() && std::time::Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+    }
+}
+
+/// The thread's side: an HTTP agent, the run id once created, and whether it has failed.
+struct Sender_ {
+    uri: String,
+    agent: ureq::Agent,
+    run_id: Option<String>,
+    failed: bool,
+    pending: PathBuf,
+}
+
+impl Sender_ {
+    fn new(uri: String, dir: PathBuf) -> Self {
+        let agent = ureq::AgentBuilder::new()
+            .timeout_connect(Duration::from_secs(5))
+            .timeout(Duration::from_secs(20))
+            .build();
+        Self {
+            uri: uri.trim_end_matches('/').to_string(),
+            agent,
+            run_id: None,
+            failed: false,
+            pending: dir.join(PENDING),
+        }
+    }
+
+    fn run(mut self, start: Value, rx: Receiver<Msg>) {
+        if let Err(e) = self.create(&start) {
+            self.fail(&e);
+            self.keep("runs/create", &start);
+        }
+        for msg in rx {
+            let last = matches!(msg, Msg::Finish);
+            let (path, mut body) = match msg {
+                Msg::Post(path, body) => (path, body),
+                Msg::Finish => (
+                    "runs/update",
+                    json!({"status": "FINISHED", "end_time": millis()}),
+                ),
+            };
+            if let Some(id) = &self.run_id {
+                body["run_id"] = json!(id);
+            }
+            if self.failed {
+                self.keep(path, &body);
+            } else if let Err(e) = self.post(path, &body) {
+                self.fail(&e);
+                self.keep(path, &body);
+            }
+            if last {
+                break;
+            }
+        }
+    }
+
+    fn post(&self, path: &str, body: &Value) -> Result<Value, String> {
+        let url = format!("{}/api/2.0/mlflow/{path}", self.uri);
+        let resp = self
+            .agent
+            .post(&url)
+            .send_json(body.clone())
+            .map_err(|e| e.to_string())?;
+        resp.into_json::<Value>().map_err(|e| e.to_string())
+    }
+
+    /// The experiment found or created, then the run, its params and tags.
+    fn create(&mut self, start: &Value) -> Result<(), String> {
+        let name = start["experiment"].as_str().unwrap_or("peft");
+        let url = format!("{}/api/2.0/mlflow/experiments/get-by-name", self.uri);
+        let found = self.agent.get(&url).query("experiment_name", name).call();
+        let id = match found {
+            Ok(r) => {
+                let v: Value = r.into_json().map_err(|e| e.to_string())?;
+                v["experiment"]["experiment_id"]
+                    .as_str()
+                    .map(str::to_string)
+            }
+            Err(ureq::Error::Status(404, _)) => None,
+            Err(e) => return Err(e.to_string()),
+        };
+        let id = match id {
+            Some(id) => id,
+            None => self.post("experiments/create", &json!({"name": name}))?["experiment_id"]
+                .as_str()
+                .ok_or("experiments/create gave no experiment_id")?
+                .to_string(),
+        };
+        let run = self.post(
+            "runs/create",
+            &json!({"experiment_id": id, "run_name": start["run_name"], "start_time": start["start_time"], "tags": start["tags"]}),
+        )?;
+        let run_id = run["run"]["info"]["run_id"]
+            .as_str()
+            .ok_or("runs/create gave no run_id")?
+            .to_string();
+        self.run_id = Some(run_id.clone());
+        // MLflow takes at most 100 params a batch.
+        for chunk in start["params"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+            .chunks(100)
+        {
+            self.post(
+                "runs/log-batch",
+                &json!({"run_id": run_id, "params": chunk}),
+            )?;
+        }
+        Ok(())
+    }
+
+    fn fail(&mut self, e: &str) {
+        if !self.failed {
+            eprintln!(
+                "warning: MLflow at {} did not take the run ({e}); training goes on, and what \
+                 was not sent is kept in {}, one request a line",
+                self.uri,
+                self.pending.display()
+            );
+        }
+        self.failed = true;
+    }
+
+    fn keep(&self, path: &str, body: &Value) {
+        let line = json!({"path": path, "body": body}).to_string() + "\n";
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.pending);
+        if let Ok(mut f) = file {
+            let _ = f.write_all(line.as_bytes());
+        }
+    }
+}
