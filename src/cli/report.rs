@@ -32,6 +32,60 @@ pub struct ReportArgs {
     /// seeds (in CSV one row per task, method and setting, numbers as recorded).
     #[arg(long)]
     pub grid: bool,
+    /// Send each finished run, whole, to a tracker instead of printing: mlflow (the server
+    /// at $MLFLOW_TRACKING_URI): a run a down server missed, or one from before tracking.
+    #[arg(long, value_enum)]
+    pub to: Option<Sink>,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum Sink {
+    Mlflow,
+}
+
+/// Each finished run to MLflow: its settings, every evaluation's metrics at its step (and
+/// the training loss and rate recorded with it), the best ones, finished; its
+/// mlflow_pending.jsonl goes, since the run is sent whole.
+fn to_mlflow(runs: &[runs::Run]) -> Result<()> {
+    let (mut sent, mut failed) = (0, 0);
+    for r in runs.iter().filter(|r| r.finished) {
+        let info = crate::run::dir::RunInfo::load(&r.dir)?;
+        let _ = std::fs::remove_file(r.dir.join(crate::run::mlflow::PENDING));
+        let m = crate::train::trackers::mlflow_for(&info.train)?;
+        for rec in &r.records {
+            let mut values = vec![
+                ("train/loss".to_string(), rec.train_loss),
+                ("train/learning_rate".to_string(), rec.lr),
+                ("train/epoch".to_string(), rec.epoch),
+            ];
+            for (split, metrics) in &rec.dev {
+                for (k, v) in metrics {
+                    values.push((format!("eval/{split}/{k}"), *v));
+                }
+            }
+            m.metrics(rec.step, &values);
+        }
+        if let Some(best) = r.best() {
+            let values: Vec<(String, f64)> = best
+                .dev
+                .iter()
+                .flat_map(|(split, ms)| {
+                    ms.iter()
+                        .map(move |(k, v)| (format!("best/{split}/{k}"), *v))
+                })
+                .collect();
+            m.metrics(best.step, &values);
+        }
+        match m.finish() {
+            true => sent += 1,
+            false => failed += 1,
+        }
+    }
+    println!("sent {sent} runs to MLflow");
+    if failed > 0 {
+        anyhow::bail!("{failed} runs were not sent; each kept what it could not send in its mlflow_pending.jsonl");
+    }
+    Ok(())
 }
 
 pub fn run(args: ReportArgs) -> Result<()> {
@@ -39,6 +93,9 @@ pub fn run(args: ReportArgs) -> Result<()> {
         plot::format_of(p)?;
     }
     let runs = runs::collect(&args.runs)?;
+    if let Some(Sink::Mlflow) = args.to {
+        return to_mlflow(&runs);
+    }
     if args.grid {
         if !best_lr::applies(&runs) {
             crate::user_bail!(

@@ -5,7 +5,7 @@
 //! finished. Requests go from a thread of their own, so a slow or absent server never
 //! holds training up; on the first failure one warning is printed and everything not
 //! sent is kept, one JSON request a line (`path`, `body`), in `RUN/mlflow_pending.jsonl`,
-//! to be sent later (a replay command is not written yet).
+//! which `peft report --to mlflow RUN` replaces by sending the run whole.
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -24,7 +24,8 @@ enum Msg {
 
 pub struct Mlflow {
     tx: Sender<Msg>,
-    thread: Option<JoinHandle<()>>,
+    /// Says, when it ends, whether everything was sent.
+    thread: Option<JoinHandle<bool>>,
 }
 
 /// The file a run keeps unsent requests in.
@@ -77,15 +78,17 @@ impl Mlflow {
     }
 
     /// Mark the run finished and wait (at most half a minute) for the thread to send what
-    /// it holds.
-    pub fn finish(mut self) {
+    /// it holds; whether the server took everything.
+    pub fn finish(mut self) -> bool {
         let _ = self.tx.send(Msg::Finish);
-        if let Some(t) = self.thread.take() {
-            let deadline = std::time::Instant::now() + Duration::from_secs(30);
-            while !t.is_finished() && std::time::Instant::now() < deadline {
-                std::thread::sleep(Duration::from_millis(20));
-            }
+        let Some(t) = self.thread.take() else {
+            return false;
+        };
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while !t.is_finished() && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
         }
+        t.is_finished() && t.join().unwrap_or(false)
     }
 }
 
@@ -113,7 +116,7 @@ impl Sender_ {
         }
     }
 
-    fn run(mut self, start: Value, rx: Receiver<Msg>) {
+    fn run(mut self, start: Value, rx: Receiver<Msg>) -> bool {
         if let Err(e) = self.create(&start) {
             self.fail(&e);
             self.keep("runs/create", &start);
@@ -140,6 +143,7 @@ impl Sender_ {
                 break;
             }
         }
+        !self.failed
     }
 
     fn post(&self, path: &str, body: &Value) -> Result<Value, String> {
@@ -202,7 +206,7 @@ impl Sender_ {
         if !self.failed {
             eprintln!(
                 "warning: MLflow at {} did not take the run ({e}); training goes on, and what \
-                 was not sent is kept in {}, one request a line",
+                 was not sent is kept in {} (`peft report --to mlflow RUN` sends the run later)",
                 self.uri,
                 self.pending.display()
             );

@@ -4,4 +4,4 @@
 pub mod fit;
 mod prepare;
 pub mod session;
-mod trackers;
+pub mod trackers;

@@ -39,7 +39,7 @@ impl Trackers {
             b.text(0, "config", &format!("```json\n{settings}\n```"))?;
         }
         let mlflow = match out.report_to.contains(&Tracker::Mlflow) {
-            true => Some(mlflow(cfg)?),
+            true => Some(mlflow_for(cfg)?),
             false => None,
         };
         Ok(Self {
@@ -143,11 +143,12 @@ impl Trackers {
     }
 }
 
-/// The MLflow reporter of `cfg`: the server from $MLFLOW_TRACKING_URI, the experiment from
+/// The MLflow reporter of a run of `cfg` (training, or `peft report --to mlflow` sending a
+/// finished one): the server from $MLFLOW_TRACKING_URI, the experiment from
 /// --mlflow-experiment or the task, the run named after its directory, the settings as
 /// params (`group.key`, values cut to MLflow's 500 characters), the method, task and model
 /// as tags.
-fn mlflow(cfg: &TrainConfig) -> Result<Mlflow> {
+pub fn mlflow_for(cfg: &TrainConfig) -> Result<Mlflow> {
     let uri = std::env::var("MLFLOW_TRACKING_URI").map_err(|_| {
         crate::error::user("--report-to mlflow: set MLFLOW_TRACKING_URI to the tracking server")
     })?;

@@ -2,7 +2,7 @@
 //! experiment created, the run created under it with its tags, the settings as params,
 //! every evaluation's metrics at their steps, the run marked finished; and a server that
 //! refuses the connection does not fail training: one warning, and what was not sent kept
-//! in RUN/mlflow_pending.jsonl.
+//! in RUN/mlflow_pending.jsonl, until `peft report --to mlflow RUN` sends the run whole.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpListener;
@@ -167,6 +167,32 @@ fn mlflow_gets_the_run_and_a_refusing_server_does_not_stop_it() {
         "{pending}"
     );
     assert!(pending.lines().any(|l| l.contains("FINISHED")), "{pending}");
+
+    // Sent later, whole, when a server is there: `peft report --to mlflow RUN`.
+    let (uri, seen) = fake_mlflow();
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_peft"))
+        .args(["report", "--to", "mlflow", out.to_str().unwrap()])
+        .env("MLFLOW_TRACKING_URI", &uri)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(String::from_utf8_lossy(&o.stdout).contains("sent 1 runs"));
+    assert!(!out.join("mlflow_pending.jsonl").exists());
+    let seen = seen.lock().unwrap().clone();
+    let metrics: Vec<serde_json::Value> = seen
+        .iter()
+        .filter(|(p, _)| p.contains("runs/log-batch"))
+        .filter_map(|(_, b)| b["metrics"].as_array().cloned())
+        .flatten()
+        .collect();
+    for (step, acc) in metrics_of(&out) {
+        assert!(metrics.iter().any(|m| m["key"] == "eval/dev/accuracy"
+            && m["step"] == step
+            && m["value"].as_f64() == Some(acc)));
+    }
+    assert!(seen
+        .iter()
+        .any(|(p, b)| p.contains("runs/update") && b["status"] == "FINISHED"));
 }
 
 /// (step, dev accuracy) of every evaluation in metrics.jsonl.
