@@ -135,15 +135,7 @@ fn a_peft_saved_adalora_reads_back() {
     let e = &saved.tensors["encoder.layer.0.attention.self.value.lora_E"];
     assert_eq!(e.dims(), [4, 1]);
     weights.extend(saved.tensors);
-    let store = ParamStore::frozen(weights, Device::Cpu);
-    let model = Model::load_with_adapters(&store, &cfg, Some(2.into()), Some(&a)).unwrap();
-    let logits = model.logits(&golden_batch(&dir), &Ctx::eval()).unwrap();
-    let probs = candle_nn::ops::softmax(&logits, 1).unwrap();
-    let expected: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(fx.join("expected.json")).unwrap()).unwrap();
-    let want: Vec<Vec<f32>> = serde_json::from_value(expected["probabilities"].clone()).unwrap();
-    let d = max_abs_diff(&probs, &Tensor::new(want, &Device::Cpu).unwrap());
-    assert!(d < 1e-5, "probabilities differ by {d}");
+    assert_scores_as_saved(&cfg, weights, &a, &dir, &fx);
 }
 
 /// Through the binary on BERT, RoBERTa, ELECTRA and DeBERTa v3, GLUE and SQuAD: the loop

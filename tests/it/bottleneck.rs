@@ -152,24 +152,7 @@ fn adapter_method_trains_on_every_family() {
                 );
             }
             let metric = if task == "rte" { "accuracy" } else { "f1" };
-            let best = metrics(&out)
-                .into_iter()
-                .find(|r| r["best"].as_bool().unwrap())
-                .unwrap()["dev"]["dev"][metric]
-                .as_f64()
-                .unwrap();
-            let shown = ok(peft(&[
-                "eval",
-                "--checkpoint",
-                out.to_str().unwrap(),
-                "--json",
-            ]));
-            let v: serde_json::Value = serde_json::from_str(shown.trim()).unwrap();
-            assert_eq!(
-                v["metrics"][metric].as_f64().unwrap(),
-                best,
-                "{family} {task}"
-            );
+            assert_rescores(&out, metric);
         }
     }
     // WiSE-FT at 0: the up projections at zero, so the encoder is the base's.

@@ -496,3 +496,25 @@ pub fn assert_rescores(run: &Path, metric: &str) {
         run.display()
     );
 }
+
+/// A model of `cfg` over `weights` with `adapter` (read from a PEFT-saved folder `fx`)
+/// gives, on `dir`'s golden batch, the probabilities Python recorded in `fx/expected.json`,
+/// within 1e-5.
+pub fn assert_scores_as_saved(
+    cfg: &peft::model::ModelConfig,
+    weights: HashMap<String, Tensor>,
+    adapter: &peft::model::AdapterConfig,
+    dir: &Path,
+    fx: &Path,
+) {
+    use peft::model::{Ctx, Model, ParamStore};
+    let store = ParamStore::frozen(weights, Device::Cpu);
+    let model = Model::load_with_adapters(&store, cfg, Some(2.into()), Some(adapter)).unwrap();
+    let logits = model.logits(&golden_batch(dir), &Ctx::eval()).unwrap();
+    let probs = candle_nn::ops::softmax(&logits, 1).unwrap();
+    let expected: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(fx.join("expected.json")).unwrap()).unwrap();
+    let want: Vec<Vec<f32>> = serde_json::from_value(expected["probabilities"].clone()).unwrap();
+    let d = max_abs_diff(&probs, &Tensor::new(want, &Device::Cpu).unwrap());
+    assert!(d < 1e-5, "{}: probabilities differ by {d}", fx.display());
+}

@@ -7,9 +7,7 @@
 use std::collections::HashMap;
 
 use candle_core::{Device, Tensor};
-use peft::model::{
-    prefix, read_checkpoint, AdapterConfig, AdapterKind, Arch, Ctx, Model, ParamStore,
-};
+use peft::model::{prefix, read_checkpoint, AdapterConfig, AdapterKind, Arch};
 
 use crate::common::*;
 
@@ -71,15 +69,7 @@ fn a_peft_saved_prefix_reads_back() {
     );
     assert!(d < 1e-6, "saved table differs by {d}");
     weights.extend(saved.tensors);
-    let store = ParamStore::frozen(weights, Device::Cpu);
-    let model = Model::load_with_adapters(&store, &cfg, Some(2.into()), Some(&a)).unwrap();
-    let logits = model.logits(&golden_batch(&dir), &Ctx::eval()).unwrap();
-    let probs = candle_nn::ops::softmax(&logits, 1).unwrap();
-    let expected: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(fx.join("expected.json")).unwrap()).unwrap();
-    let want: Vec<Vec<f32>> = serde_json::from_value(expected["probabilities"].clone()).unwrap();
-    let d = max_abs_diff(&probs, &Tensor::new(want, &Device::Cpu).unwrap());
-    assert!(d < 1e-5, "probabilities differ by {d}");
+    assert_scores_as_saved(&cfg, weights, &a, &dir, &fx);
 }
 
 /// Through the binary on BERT, RoBERTa and ELECTRA, GLUE and SQuAD: only the prefix and the

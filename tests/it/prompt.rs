@@ -6,9 +6,7 @@
 use std::collections::HashMap;
 
 use candle_core::{Device, Tensor};
-use peft::model::{
-    read_checkpoint, AdapterConfig, AdapterKind, Arch, Ctx, Model, ParamStore, PROMPT,
-};
+use peft::model::{read_checkpoint, AdapterConfig, AdapterKind, Arch, PROMPT};
 
 use crate::common::*;
 
@@ -61,15 +59,7 @@ fn a_peft_saved_prompt_reads_back() {
     let a = saved.config.unwrap();
     assert_eq!(a.kind, AdapterKind::Prompt { tokens: 4 });
     weights.extend(saved.tensors);
-    let store = ParamStore::frozen(weights, Device::Cpu);
-    let model = Model::load_with_adapters(&store, &cfg, Some(2.into()), Some(&a)).unwrap();
-    let logits = model.logits(&golden_batch(&dir), &Ctx::eval()).unwrap();
-    let probs = candle_nn::ops::softmax(&logits, 1).unwrap();
-    let expected: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(fx.join("expected.json")).unwrap()).unwrap();
-    let want: Vec<Vec<f32>> = serde_json::from_value(expected["probabilities"].clone()).unwrap();
-    let d = max_abs_diff(&probs, &Tensor::new(want, &Device::Cpu).unwrap());
-    assert!(d < 1e-5, "probabilities differ by {d}");
+    assert_scores_as_saved(&cfg, weights, &a, &dir, &fx);
 }
 
 /// Through the binary on BERT, RoBERTa and DeBERTa v3, GLUE and SQuAD: only the prompt
