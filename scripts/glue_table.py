@@ -15,7 +15,8 @@ estimate) into OUT/fisher-<task>.
 Settings are those of the PyTorch reference figures in issue #4: batch 32, max length 128,
 5 epochs, AdamW (lr 5e-5 full, 1e-3 otherwise), 6% warm-up then linear decay, weight
 decay 0.01 except biases and LayerNorm, clipping at 1.0, head from N(0, 0.02). A run
-that already finished in --out is not run again; --collect only prints the table.
+that already finished in --out is not run again, an interrupted one (resume.safetensors) is
+continued with `peft train --resume`; --collect only prints the table.
 """
 
 import argparse
@@ -101,9 +102,12 @@ def train(args, task, spec, seed):
            "--method", method, "--seed", str(seed), "--epochs", str(EPOCHS), "--batch-size", "32",
            "--max-seq-len", "128", "--lr", str(LR.get(method, DEFAULT_LR)), "--warmup-ratio", "0.06",
            "--weight-decay", "0.01", "--max-grad-norm", "1.0", "--output-dir", out, "--overwrite"] + flags
+    if os.path.exists(os.path.join(out, "resume.safetensors")):
+        # An interrupted run continues where it stopped, with its own saved settings.
+        cmd = [args.peft, "train", "--resume", out]
     env = thread_env(args)
     os.makedirs(out, exist_ok=True)
-    with open(os.path.join(out, "train.log"), "w") as log:
+    with open(os.path.join(out, "train.log"), "a") as log:
         subprocess.run(cmd, check=True, stdout=log, stderr=subprocess.STDOUT, env=env)
     print(f"done {task} {spec} {seed}", file=sys.stderr, flush=True)
 
