@@ -5,8 +5,9 @@
 #
 # Starts `mlflow server` (sqlite backend, a free port, a temporary folder), trains the tiny
 # BERT on a few RTE rows with `--report-to jsonl,mlflow --logging-steps 1`, then reads the
-# run with mlflow.tracking.MlflowClient: its name, tags, the learning-rate param and every
-# evaluation's accuracy at its step, against the run's metrics.jsonl; exits non-zero on a
+# run with mlflow.tracking.MlflowClient: its name, tags, the learning-rate param, every
+# evaluation's accuracy at its step against the run's metrics.jsonl, and the run's files
+# as artifacts (through the server's artifact proxy, byte for byte); exits non-zero on a
 # difference. Needs ../shared/data/glue (RTE) beside the repository.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -16,7 +17,7 @@ DIR="$(mktemp -d)"
 trap 'kill $SERVER 2>/dev/null || true; rm -rf "$DIR"' EXIT
 PORT="$("$PY" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')"
 "$(dirname "$PY")/mlflow" server --backend-store-uri "sqlite:///$DIR/mlflow.db" \
-  --default-artifact-root "$DIR/artifacts" --host 127.0.0.1 --port "$PORT" > "$DIR/server.log" 2>&1 &
+  --artifacts-destination "$DIR/artifacts" --host 127.0.0.1 --port "$PORT" > "$DIR/server.log" 2>&1 &
 SERVER=$!
 for _ in $(seq 60); do
   curl -sf "http://127.0.0.1:$PORT/health" > /dev/null && break
@@ -50,5 +51,12 @@ assert got == want, (got, want)
 losses = c.get_metric_history(r.info.run_id, "train/loss")
 print("train/loss points", len(losses), "params", len(r.data.params))
 assert len(losses) == 8
-print("ok: MLflow holds the run as metrics.jsonl does")
+import os, tempfile
+names = sorted(a.path for a in c.list_artifacts(r.info.run_id))
+print("artifacts", names)
+for name in ["README.md", "adapter_config.json", "adapter_model.safetensors", "config.json", "metrics.jsonl", "trainable.safetensors"]:
+    assert name in names, (name, names)
+    got = c.download_artifacts(r.info.run_id, name, tempfile.mkdtemp())
+    assert open(got, "rb").read() == open(os.path.join(run_dir, name), "rb").read(), name
+print("ok: MLflow holds the run as metrics.jsonl does, and its files byte for byte")
 PYEOF

@@ -522,10 +522,11 @@ impl<'a> Run<'a> {
                 .with_context(|| format!("removing {}", resume_file.display()))?;
         }
         if let Some(best) = &p.best {
-            self.trackers.finish(&self.info, best, p.step)?;
             let peft_format = out.join(crate::run::peft_format::CONFIG).exists();
             let kind = crate::run::card::Kind::Run { peft_format };
             crate::run::card::write(out, &self.info, self.spec, Some(best), kind)?;
+            // Last, so the trackers' copy of the run directory has the card and the export.
+            self.trackers.finish(&self.info, best, p.step)?;
         }
         match (p.best, p.last) {
             (Some(best), Some(last)) => Ok(Summary {

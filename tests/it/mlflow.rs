@@ -1,6 +1,7 @@
 //! `--report-to mlflow` against an MLflow-shaped HTTP endpoint this test serves: the
 //! experiment created, the run created under it with its tags, the settings as params,
-//! every evaluation's metrics at their steps, the run marked finished; and a server that
+//! every evaluation's metrics at their steps, the run directory's files as artifacts (through
+//! the artifact proxy, or into a local store), the run marked finished; and a server that
 //! refuses the connection does not fail training: one warning, and what was not sent kept
 //! in RUN/mlflow_pending.jsonl, until `peft report --to mlflow RUN` sends the run whole.
 
@@ -12,9 +13,13 @@ use crate::common::*;
 
 type Seen = Arc<Mutex<Vec<(String, serde_json::Value)>>>;
 
-/// Serve MLflow's REST answers on a free port; every request's path and body land in
-/// the returned log.
-fn fake_mlflow() -> (String, Seen) {
+/// Serve MLflow's REST answers on a free port, giving runs `artifact_uri`; every
+/// request's path and body (JSON, or the bytes as a string for an artifact) land in the
+/// returned log.
+fn fake_mlflow(artifact_uri: &str) -> (String, Seen) {
+    let created =
+        serde_json::json!({"run": {"info": {"run_id": "r1", "artifact_uri": artifact_uri}}})
+            .to_string();
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
     let seen: Seen = Arc::default();
@@ -41,7 +46,10 @@ fn fake_mlflow() -> (String, Seen) {
             let mut body = vec![0; len];
             reader.read_exact(&mut body).unwrap();
             let path = first.split(' ').nth(1).unwrap_or("").to_string();
-            let body: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+            let body: serde_json::Value = match path.contains("mlflow-artifacts") {
+                true => String::from_utf8_lossy(&body).into_owned().into(),
+                false => serde_json::from_slice(&body).unwrap_or_default(),
+            };
             log.lock().unwrap().push((path.clone(), body));
             let (status, answer) = if path.contains("experiments/get-by-name") {
                 (
@@ -51,7 +59,7 @@ fn fake_mlflow() -> (String, Seen) {
             } else if path.contains("experiments/create") {
                 ("200 OK", r#"{"experiment_id":"7"}"#)
             } else if path.contains("runs/create") {
-                ("200 OK", r#"{"run":{"info":{"run_id":"r1"}}}"#)
+                ("200 OK", created.as_str())
             } else {
                 ("200 OK", "{}")
             };
@@ -99,7 +107,7 @@ fn train_to(uri: &str, tmp: &std::path::Path, out: &std::path::Path) -> std::pro
 fn mlflow_gets_the_run_and_a_refusing_server_does_not_stop_it() {
     let tmp = tempfile::tempdir().unwrap();
     write_rte(tmp.path(), 32, 8);
-    let (uri, seen) = fake_mlflow();
+    let (uri, seen) = fake_mlflow("mlflow-artifacts:/7/r1/artifacts");
     let out = tmp.path().join("tracked");
     let o = train_to(&uri, tmp.path(), &out);
     assert!(o.status.success(), "{}", stderr(&o));
@@ -146,6 +154,31 @@ fn mlflow_gets_the_run_and_a_refusing_server_does_not_stop_it() {
     }
     assert!(batches.iter().all(|b| b["run_id"] == "r1"));
     assert_eq!(bodies("runs/update")[0]["status"], "FINISHED");
+    // The run's small files, as they are on disk, before the run is marked finished.
+    let artifact = |name: &str| {
+        seen.iter()
+            .position(|(p, _)| {
+                p == &format!("/api/2.0/mlflow-artifacts/artifacts/7/r1/artifacts/{name}")
+            })
+            .unwrap_or_else(|| {
+                panic!(
+                    "{name} not sent: {:?}",
+                    seen.iter().map(|s| &s.0).collect::<Vec<_>>()
+                )
+            })
+    };
+    for name in ["config.json", "metrics.jsonl", "README.md"] {
+        let on_disk = std::fs::read_to_string(out.join(name)).unwrap();
+        assert_eq!(seen[artifact(name)].1, on_disk, "{name}");
+    }
+    let finished = seen
+        .iter()
+        .position(|(p, _)| p.contains("runs/update"))
+        .unwrap();
+    assert!(artifact("metrics.jsonl") < finished);
+    assert!(!seen
+        .iter()
+        .any(|(p, _)| p.contains("resume.safetensors") || p.contains("run.lock")));
     assert!(!out.join("mlflow_pending.jsonl").exists());
 
     // Nothing listens on a closed port: training goes on, one warning, everything kept.
@@ -167,9 +200,17 @@ fn mlflow_gets_the_run_and_a_refusing_server_does_not_stop_it() {
         "{pending}"
     );
     assert!(pending.lines().any(|l| l.contains("FINISHED")), "{pending}");
+    assert!(
+        pending
+            .lines()
+            .any(|l| l.contains("artifacts") && l.contains("config.json")),
+        "{pending}"
+    );
 
-    // Sent later, whole, when a server is there: `peft report --to mlflow RUN`.
-    let (uri, seen) = fake_mlflow();
+    // Sent later, whole, when a server is there: `peft report --to mlflow RUN`; this
+    // server keeps artifacts in a local folder, which peft writes as MLflow's client does.
+    let store = tmp.path().join("mlruns/7/r1/artifacts");
+    let (uri, seen) = fake_mlflow(&format!("file://{}", store.display()));
     let o = std::process::Command::new(env!("CARGO_BIN_EXE_peft"))
         .args(["report", "--to", "mlflow", out.to_str().unwrap()])
         .env("MLFLOW_TRACKING_URI", &uri)
@@ -193,6 +234,14 @@ fn mlflow_gets_the_run_and_a_refusing_server_does_not_stop_it() {
     assert!(seen
         .iter()
         .any(|(p, b)| p.contains("runs/update") && b["status"] == "FINISHED"));
+    for name in ["config.json", "metrics.jsonl", "README.md"] {
+        assert_eq!(
+            std::fs::read(store.join(name)).unwrap(),
+            std::fs::read(out.join(name)).unwrap(),
+            "{name}"
+        );
+    }
+    assert!(!store.join("mlflow_pending.jsonl").exists());
 }
 
 /// (step, dev accuracy) of every evaluation in metrics.jsonl.
