@@ -8,7 +8,7 @@ use clap::ValueEnum;
 use crate::model::{Ctx, Model};
 use crate::tokenize::{collate, Encoded};
 
-#[derive(Debug, Clone, Copy, ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, ValueEnum)]
 pub enum Pooling {
     /// Mean of the last hidden state over real (non-padding) tokens.
     Mean,

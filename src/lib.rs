@@ -25,6 +25,7 @@ pub mod model;
 pub mod optim;
 pub mod report;
 pub mod run;
+pub mod serve;
 pub mod settings;
 pub mod stats;
 pub mod tokenize;

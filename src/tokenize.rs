@@ -129,6 +129,12 @@ impl TextEncoder {
     }
 
     pub fn encode(&self, first: &str, second: Option<&str>) -> Result<Encoded> {
+        Ok(self.encode_checked(first, second)?.0)
+    }
+
+    /// As [`encode`](Self::encode), and whether the text was longer than the window and
+    /// cut to fit.
+    pub fn encode_checked(&self, first: &str, second: Option<&str>) -> Result<(Encoded, bool)> {
         let enc = match second {
             Some(b) => self.tokenizer.encode((first, b), true),
             None => self.tokenizer.encode(first, true),
@@ -140,7 +146,8 @@ impl TextEncoder {
         } else {
             enc.get_type_ids().to_vec()
         };
-        Ok(Encoded { ids, type_ids })
+        let cut = !enc.get_overflowing().is_empty();
+        Ok((Encoded { ids, type_ids }, cut))
     }
 }
 

@@ -10,6 +10,7 @@ pub mod merge;
 pub mod predict;
 pub mod report;
 pub mod run_args;
+pub mod serve;
 mod single;
 pub mod sweep;
 pub mod train;
@@ -49,6 +50,8 @@ pub enum Command {
     Predict(predict::PredictArgs),
     /// Table (and plots) of run directories: trainable share, dev metrics, speed.
     Report(report::ReportArgs),
+    /// Serve a base model and many adapters over HTTP, batching requests across them.
+    Serve(serve::ServeArgs),
     /// A plan of runs (tasks × methods × settings × seeds): list, run one cell or all, or
     /// write a Slurm or Kubernetes job for them.
     Grid(grid::GridArgs),
@@ -66,5 +69,6 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Predict(args) => predict::run(args),
         Command::Report(args) => report::run(args),
         Command::Grid(args) => grid::run(args),
+        Command::Serve(args) => serve::run(args),
     }
 }

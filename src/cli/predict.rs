@@ -16,7 +16,7 @@ use crate::cli::run_args::RunArgs;
 use crate::data::dataset::Dataset;
 use crate::data::input;
 use crate::data::squad::{featurize, Featurized, QaExample};
-use crate::data::tasks::{Layout, Problem, TaskSpec};
+use crate::data::tasks::{Problem, TaskSpec};
 use crate::error::{user, PathContext};
 use crate::eval::{logits, spans};
 use crate::model::Model;
@@ -165,13 +165,6 @@ fn answers(
     Ok(out)
 }
 
-fn pair_task(spec: &TaskSpec) -> bool {
-    match spec.labelled {
-        Layout::Positional { text_b, .. } => text_b.is_some(),
-        Layout::Named { text_b, .. } => text_b.is_some(),
-    }
-}
-
 /// How many lines of `path` are examples, every one checked against the task: blank
 /// lines at the end are an editor's, not examples; anywhere else they are refused.
 fn count_examples(path: &Path, spec: &TaskSpec) -> Result<usize> {
@@ -207,7 +200,7 @@ fn parse_line<'a>(
     n: usize,
     spec: &TaskSpec,
 ) -> Result<(&'a str, Option<&'a str>)> {
-    let pair = pair_task(spec);
+    let pair = spec.takes_pairs();
     let want = if pair { 2 } else { 1 };
     let at = || format!("{}:{n}", path.display());
     if line.trim().is_empty() {

@@ -358,6 +358,14 @@ fn normalize(name: &str) -> String {
 }
 
 impl TaskSpec {
+    /// Whether an example is a pair of texts (RTE, MRPC) rather than one (SST-2, CoLA).
+    pub fn takes_pairs(&self) -> bool {
+        match self.labelled {
+            Layout::Positional { text_b, .. } => text_b.is_some(),
+            Layout::Named { text_b, .. } => text_b.is_some(),
+        }
+    }
+
     /// A classification task's labels, in id order; none for the others.
     pub fn label_names(&self) -> &'static [&'static str] {
         match self.problem {

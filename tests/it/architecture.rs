@@ -17,7 +17,7 @@ const LAYERS: &[&[&str]] = &[
     &["run"],
     &["eval", "fisher", "embed", "components"],
     &["train", "bench", "grid"],
-    &["report"],
+    &["report", "serve"],
     &["cli"],
 ];
 

@@ -34,6 +34,7 @@ mod recompute;
 mod registry;
 mod resume;
 mod runs;
+mod serve;
 mod squad;
 mod squad_reference;
 mod tensorboard;
