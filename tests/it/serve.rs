@@ -423,6 +423,38 @@ fn a_full_queue_answers_429_and_the_rest_are_answered() {
     );
     assert!(statuses.contains(&429), "{statuses:?}");
     assert!(statuses.contains(&200), "{statuses:?}");
+
+    // A client that goes away frees its slot: with room for one request, the next is
+    // answered while the first one's batch is still waiting.
+    let one = start(&[
+        "--model",
+        &fixture("tiny-bert"),
+        "--adapter",
+        &flag,
+        "--max-concurrent-requests",
+        "1",
+        "--max-wait-ms",
+        "1500",
+    ]);
+    let body = json!({"inputs": ["a b", "c"], "adapter": "lora"}).to_string();
+    {
+        use std::io::Write;
+        let mut tcp = std::net::TcpStream::connect(one.url.trim_start_matches("http://")).unwrap();
+        let head = format!(
+            "POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+            body.len()
+        );
+        tcp.write_all((head + &body).as_bytes()).unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(300));
+    }
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    let (st, e) = call(
+        "POST",
+        &format!("{}/predict", one.url),
+        Some(&json!({"inputs": ["a b", "c"], "adapter": "lora"})),
+        None,
+    );
+    assert_eq!(st, 200, "{e}");
 }
 
 #[test]

@@ -1,0 +1,147 @@
+"""Load `peft serve` over real HTTP and print requests/s, latency and errors.
+
+    python3 scripts/serve_load.py --model "$(scripts/get_minilm.sh)" --data-dir ../shared/data/glue \\
+        [--peft target/release/peft] [--clients 1,8,64] [--seconds 20] [--adapters 16] [--out runs/serve-load]
+
+Trains `--adapters` small runs on RTE over `--model` (LoRA, LayerNorm and IA3 in turn, one
+step each: serving cost does not depend on how long they trained), starts one server with
+all of them, and for each client count runs two loads of `--seconds` each: every request to
+one adapter, then requests spread over all of them in turn. Clients are threads, each with
+its own keep-alive connection, sending RTE dev pairs (real lengths) one per request.
+Every answer is checked: status 200 and a label of the task; anything else counts as an
+error. Prints a Markdown table; ratios are only meaningful within one run of this script.
+"""
+
+import argparse
+import http.client
+import json
+import os
+import random
+import statistics
+import subprocess
+import sys
+import threading
+import time
+
+METHODS = ["lora", "layernorm", "ia3"]
+
+
+def pairs(data_dir):
+    with open(os.path.join(data_dir, "RTE", "dev.tsv")) as f:
+        rows = [l.rstrip("\n").split("\t") for l in f][1:]
+    return [(r[1], r[2]) for r in rows if len(r) >= 4]
+
+
+def train_adapters(args):
+    small = os.path.join(args.out, "glue", "RTE")
+    os.makedirs(small, exist_ok=True)
+    for split, n in [("train", 33), ("dev", 17)]:
+        with open(os.path.join(args.data_dir, "RTE", f"{split}.tsv")) as f, \
+                open(os.path.join(small, f"{split}.tsv"), "w") as g:
+            g.writelines(l for _, l in zip(range(n), f))
+    runs = []
+    for i in range(args.adapters):
+        method = METHODS[i % len(METHODS)]
+        out = os.path.join(args.out, "runs", f"{method}-{i}")
+        if not os.path.exists(os.path.join(out, "trainable.safetensors")):
+            subprocess.run([args.peft, "train", "--model", args.model, "--data-dir",
+                            os.path.join(args.out, "glue"), "--task", "rte", "--method", method,
+                            "--max-steps", "1", "--batch-size", "8", "--seed", str(i),
+                            "--max-seq-len", "128", "--output-dir", out, "--overwrite"],
+                           check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        runs.append((f"a{i}", out))
+    return runs
+
+
+def start_server(args, runs):
+    cmd = [args.peft, "serve", "--model", args.model, "--port", "0"]
+    for name, out in runs:
+        cmd += ["--adapter", f"{name}={out}"]
+    proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True)
+    for line in proc.stderr:
+        if line.startswith("listening on http://"):
+            host, port = line.strip()[len("listening on http://"):].rsplit(":", 1)
+            threading.Thread(target=lambda: [None for _ in proc.stderr], daemon=True).start()
+            return proc, host, int(port)
+    sys.exit("the server did not start")
+
+
+def load(host, port, clients, seconds, adapters, texts):
+    """Closed loop: each client sends its next request when the last is answered."""
+    stop = time.monotonic() + seconds
+    latencies, errors, lock = [], [0], threading.Lock()
+    counter = [0]
+
+    def client(k):
+        conn = http.client.HTTPConnection(host, port, timeout=60)
+        rng = random.Random(k)
+        mine, bad = [], 0
+        while time.monotonic() < stop:
+            with lock:
+                n = counter[0]
+                counter[0] += 1
+            a, b = texts[rng.randrange(len(texts))]
+            body = json.dumps({"inputs": [a, b], "adapter": adapters[n % len(adapters)]})
+            t = time.monotonic()
+            try:
+                conn.request("POST", "/predict", body, {"Content-Type": "application/json"})
+                resp = conn.getresponse()
+                answer = resp.read()
+                ok = resp.status == 200 and json.loads(answer)[0]["label"] in ("entailment", "not_entailment")
+            except Exception:
+                ok = False
+                conn.close()
+                conn = http.client.HTTPConnection(host, port, timeout=60)
+            if ok:
+                mine.append(time.monotonic() - t)
+            else:
+                bad += 1
+        with lock:
+            latencies.extend(mine)
+            errors[0] += bad
+
+    started = time.monotonic()
+    threads = [threading.Thread(target=client, args=(k,)) for k in range(clients)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    took = time.monotonic() - started
+    latencies.sort()
+    q = lambda p: 1000 * latencies[min(len(latencies) - 1, int(p * len(latencies)))] if latencies else float("nan")
+    return len(latencies) / took, q(0.5), q(0.99), errors[0]
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--model", required=True)
+    ap.add_argument("--data-dir", required=True)
+    ap.add_argument("--peft", default="target/release/peft")
+    ap.add_argument("--clients", default="1,8,64")
+    ap.add_argument("--seconds", type=float, default=20)
+    ap.add_argument("--adapters", type=int, default=16)
+    ap.add_argument("--out", default="runs/serve-load")
+    args = ap.parse_args()
+    runs = train_adapters(args)
+    texts = pairs(args.data_dir)
+    proc, host, port = start_server(args, runs)
+    names = [n for n, _ in runs]
+    rows = ["| clients | adapters | requests/s | p50 ms | p99 ms | errors |", "|---:|---:|---:|---:|---:|---:|"]
+    try:
+        load(host, port, 4, 3, names, texts)  # warm-up
+        for clients in [int(c) for c in args.clients.split(",")]:
+            results = {}
+            for spread in (names[:1], names):
+                rps, p50, p99, errors = load(host, port, clients, args.seconds, spread, texts)
+                results[len(spread)] = rps
+                rows.append(f"| {clients} | {len(spread)} | {rps:.1f} | {p50:.0f} | {p99:.0f} | {errors} |")
+                print(rows[-1], file=sys.stderr, flush=True)
+            rows.append(f"| {clients} | {len(names)} vs 1 | {results[len(names)] / results[1]:.2f}× | | | |")
+    finally:
+        proc.terminate()
+        proc.wait()
+    print("\n".join(rows))
+
+
+if __name__ == "__main__":
+    main()
