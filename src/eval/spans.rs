@@ -25,6 +25,16 @@ pub struct Answers {
     /// SQuAD 2.0: (question id, null score minus the best span's score), the number the
     /// threshold is compared with, in question order.
     pub null_diff: Vec<(String, f64)>,
+    /// Per question, the answer's characters in its context (None: no answer) and its
+    /// probability among the n best (utils_qa's softmax over their scores); None where
+    /// utils_qa answers with its "empty" placeholder.
+    pub chosen: Vec<Option<Chosen>>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Chosen {
+    pub chars: Option<(usize, usize)>,
+    pub probability: f64,
 }
 
 impl Answers {
@@ -96,6 +106,7 @@ pub fn answers(qa: &QaData, logits: &[(Vec<f32>, Vec<f32>)], opts: SpanOptions) 
     let mut out = Answers {
         text: Vec::with_capacity(qa.examples.len()),
         null_diff: Vec::new(),
+        chosen: Vec::with_capacity(qa.examples.len()),
     };
     for (example, features) in qa.examples.iter().zip(&windows) {
         let mut null: Option<Candidate> = None;
@@ -160,10 +171,30 @@ pub fn answers(qa: &QaData, logits: &[(Vec<f32>, Vec<f32>)], opts: SpanOptions) 
             .find(|(_, t)| !t.is_empty())
             .map(|(c, t)| (c.start_logit, c.end_logit, t.clone()))
             .unwrap_or((0.0, 0.0, "empty".to_string()));
+        // utils_qa's probabilities: a softmax over the n best's scores.
+        let max = candidates
+            .iter()
+            .map(|c| f64::from(c.score()))
+            .fold(f64::NEG_INFINITY, f64::max);
+        let exp: Vec<f64> = candidates
+            .iter()
+            .map(|c| (f64::from(c.score()) - max).exp())
+            .collect();
+        let sum: f64 = exp.iter().sum();
+        let pick = |i: Option<usize>| {
+            i.map(|i| Chosen {
+                chars: (!candidates[i].null).then_some(candidates[i].chars),
+                probability: exp[i] / sum,
+            })
+        };
         let answer = if !opts.v2 {
+            // utils_qa's "empty" placeholder when nothing, or only an empty text, is left.
+            let placeholder = texts.is_empty() || (texts.len() == 1 && texts[0].is_empty());
+            let found = (!placeholder).then_some(0);
+            out.chosen.push(pick(found));
             texts
                 .first()
-                .filter(|_| !(texts.len() == 1 && texts[0].is_empty()))
+                .filter(|_| found.is_some())
                 .cloned()
                 .unwrap_or_else(|| "empty".to_string())
         } else {
@@ -172,8 +203,12 @@ pub fn answers(qa: &QaData, logits: &[(Vec<f32>, Vec<f32>)], opts: SpanOptions) 
             let diff = f64::from(null_score - best_span.0 - best_span.1);
             out.null_diff.push((example.id.clone(), diff));
             if diff > opts.null_threshold {
+                out.chosen
+                    .push(pick(candidates.iter().position(|c| c.null)));
                 String::new()
             } else {
+                out.chosen
+                    .push(pick(texts.iter().position(|t| !t.is_empty())));
                 best_span.2
             }
         };

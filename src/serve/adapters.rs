@@ -27,6 +27,8 @@ pub struct Served {
     pub dir: PathBuf,
     pub method: String,
     pub task: &'static TaskSpec,
+    /// How a SQuAD run picks its answers, as its settings say.
+    pub spans: crate::data::squad::SpanOptions,
     pub model: Model,
     pub encoder: TextEncoder,
     /// Trainable tensors it holds beyond the shared base.
@@ -204,6 +206,7 @@ impl Adapters {
             dir: dir.to_path_buf(),
             method: run.info.train.method.name.to_string(),
             task,
+            spans: run.info.train.span_options(),
             model,
             encoder,
             own_params,

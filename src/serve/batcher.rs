@@ -25,6 +25,8 @@ pub enum Want {
     Logits,
     /// The last hidden state pooled, normalised or not.
     Embed(Pooling, bool),
+    /// A span head's start logits then its end logits, each row's own tokens only.
+    Spans,
 }
 
 /// Whose model a request runs on: an adapter, or the base alone (embeddings).
@@ -231,6 +233,17 @@ fn forward(
     let n = rows.len().max(1);
     match want {
         Want::Logits => crate::eval::logits(on.model(), rows, pad, n, device),
+        Want::Spans => {
+            let data = crate::data::dataset::Dataset {
+                split: "request".into(),
+                ids: Vec::new(),
+                labels: Vec::new(),
+                inputs: rows.to_vec(),
+                qa: None,
+            };
+            let windows = crate::eval::spans::window_logits(on.model(), &data, pad, n, device)?;
+            Ok(windows.into_iter().map(|(s, e)| [s, e].concat()).collect())
+        }
         Want::Embed(pooling, normalize) => {
             crate::embed::embed(on.model(), rows, pad, pooling, normalize, n, device)
         }

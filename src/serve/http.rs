@@ -46,6 +46,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/adapters/{name}", delete(unload))
         .route("/predict", post(predict))
         .route("/embed", post(embed))
+        .route("/qa", post(qa))
         .layer(axum::middleware::from_fn_with_state(state.clone(), guard))
         .layer(DefaultBodyLimit::max(limit))
         .with_state(state)
@@ -566,4 +567,83 @@ async fn embed_rows(s: &Arc<AppState>, req: EmbedRequest) -> Result<Json<Value>,
     )?;
     let out = run(s, on, Want::Embed(pooling, req.normalize), rows).await?;
     Ok(Json(json!(out)))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct QaRequest {
+    question: String,
+    context: String,
+    adapter: String,
+}
+
+async fn qa(State(s): St, headers: HeaderMap, body: Bytes) -> Response {
+    let start = Instant::now();
+    let req = parse::<QaRequest>(&headers, &body);
+    let adapter = req.as_ref().map(|r| r.adapter.clone()).unwrap_or_default();
+    let out = match req {
+        Ok(req) => answer(&s, req).await,
+        Err(e) => Err(e),
+    };
+    answered(&s, &adapter, "qa", start, out)
+}
+
+/// A question over a context, windowed as the run was trained, answered as `peft predict`
+/// answers it: the text, its probability among the n best, and where it is in the context
+/// (characters; null for no answer); SQuAD 2.0 runs add the null score difference.
+async fn answer(s: &Arc<AppState>, req: QaRequest) -> Result<Json<Value>, ApiError> {
+    use crate::data::squad::{featurize, Featurized, QaExample};
+    let _slot = slot(s)?;
+    let a = s
+        .adapters
+        .get(&req.adapter)
+        .ok_or_else(|| not_found(&req.adapter))?;
+    if !matches!(a.task.problem, Problem::Span { .. }) {
+        return Err(invalid(format!(
+            "adapter: {:?} is a {} run; /qa serves question-answering (SQuAD) runs",
+            a.name, a.task.name
+        )));
+    }
+    let example = QaExample {
+        id: "0".into(),
+        question: req.question,
+        context: req.context,
+        answers: Vec::new(),
+    };
+    let windows = a.encoder.qa().and_then(|q| featurize(vec![example], &q));
+    let Featurized { qa, inputs, .. } = windows.map_err(|e| invalid(format!("question: {e:#}")))?;
+    let tokens: usize = inputs.iter().map(Encoded::len).sum();
+    if tokens > s.opts.max_batch_tokens {
+        return Err(ApiError(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "Validation",
+            format!(
+                "context: {} windows, {tokens} tokens; a request must fit --max-batch-tokens {}",
+                inputs.len(),
+                s.opts.max_batch_tokens
+            ),
+        ));
+    }
+    let rows = run(s, On::Adapter(a.clone()), Want::Spans, inputs).await?;
+    let logits: Vec<(Vec<f32>, Vec<f32>)> = rows
+        .into_iter()
+        .map(|r| {
+            let (start, end) = r.split_at(r.len() / 2);
+            (start.to_vec(), end.to_vec())
+        })
+        .collect();
+    let found = crate::eval::spans::answers(&qa, &logits, a.spans);
+    let text = found.text.first().map(|t| t.1.clone()).unwrap_or_default();
+    let chosen = found.chosen.first().copied().flatten();
+    let chars = chosen.and_then(|c| c.chars);
+    let mut out = json!({
+        "answer": text,
+        "score": chosen.map(|c| c.probability),
+        "start": chars.map(|c| c.0),
+        "end": chars.map(|c| c.1),
+    });
+    if let Some((_, diff)) = found.null_diff.first() {
+        out["null_score_diff"] = json!(diff);
+    }
+    Ok(Json(out))
 }

@@ -570,3 +570,99 @@ fn sigterm_answers_the_request_in_flight_and_a_key_guards_the_rest() {
     assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
     assert!(stderr(&o).contains("--api-key"));
 }
+
+/// SQuAD 1.1 and 2.0 runs answer at /qa as `peft predict` answers the same question and
+/// context, with where the answer is in the context and its probability.
+#[test]
+fn question_answering_runs_answer_as_predict_does() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = fixture("tiny-bert");
+    let questions: Vec<(String, String)> = (0..6)
+        .map(|i| (sentence(i, 3) + " ?", sentence(i + 50, 20 + 9 * i)))
+        .collect();
+    let file = tmp.path().join("questions.txt");
+    let lines: String = questions
+        .iter()
+        .map(|(q, c)| format!("{q}\t{c}\n"))
+        .collect();
+    std::fs::write(&file, lines).unwrap();
+    let mut flags = Vec::new();
+    let mut want = Vec::new();
+    for (task, version) in [("squad", "v1.1"), ("squad_v2", "v2.0")] {
+        write_squad(tmp.path(), version, 16, 4);
+        let run = tmp.path().join(task);
+        let steps = [
+            "--task",
+            task,
+            "--doc-stride",
+            "8",
+            "--max-steps",
+            "4",
+            "--lr",
+            "1e-2",
+        ];
+        train(&model, tmp.path(), &run, &steps);
+        let shown = ok(peft(&[
+            "predict",
+            "--checkpoint",
+            run.to_str().unwrap(),
+            "--input",
+            file.to_str().unwrap(),
+        ]));
+        want.push((task, shown));
+        flags.extend(["--adapter".to_string(), format!("{task}={}", run.display())]);
+    }
+    let rte = runs().1.iter().find(|r| r.0 == "lora").unwrap();
+    flags.extend(["--adapter".to_string(), format!("lora={}", rte.1.display())]);
+    let mut args = vec!["--model".to_string(), model.clone()];
+    args.extend(flags);
+    let s = start(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    for (task, shown) in &want {
+        for ((q, c), line) in questions.iter().zip(shown.lines()) {
+            let (st, got) = post(
+                &s,
+                "/qa",
+                json!({"question": q, "context": c, "adapter": task}),
+            );
+            assert_eq!(st, 200, "{got}");
+            let (text, diff) = match line.split_once('\t') {
+                Some((t, d)) => (t, Some(d.parse::<f64>().unwrap())),
+                None => (line, None),
+            };
+            assert_eq!(got["answer"], json!(text), "{task}: {q}");
+            match diff {
+                Some(d) => assert!(
+                    (got["null_score_diff"].as_f64().unwrap() - d).abs() < 1e-5,
+                    "{got} vs {d}"
+                ),
+                None => assert!(got.get("null_score_diff").is_none()),
+            }
+            let p = got["score"].as_f64().unwrap();
+            assert!(p > 0.0 && p <= 1.0, "{got}");
+            if text.is_empty() {
+                assert!(got["start"].is_null(), "{got}");
+            } else {
+                let (a, b) = (
+                    got["start"].as_u64().unwrap() as usize,
+                    got["end"].as_u64().unwrap() as usize,
+                );
+                let at: String = c.chars().skip(a).take(b - a).collect();
+                assert_eq!(at, text, "{task}: {got}");
+            }
+        }
+    }
+    // A classifier is not a question answerer, and the other way round.
+    assert_eq!(
+        post(
+            &s,
+            "/qa",
+            json!({"question": "a", "context": "b", "adapter": "lora"})
+        )
+        .0,
+        422
+    );
+    assert_eq!(
+        post(&s, "/predict", json!({"inputs": "a", "adapter": "squad"})).0,
+        422
+    );
+}
