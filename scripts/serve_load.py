@@ -11,6 +11,11 @@ its own keep-alive connection, sending RTE dev pairs (real lengths, cut to the r
 tokens as `peft predict` cuts them) one per request.
 Every answer is checked: status 200 and a label of the task; anything else counts as an
 error. Prints a Markdown table; ratios are only meaningful within one run of this script.
+
+--soak N instead sends N requests from 8 clients spread over the adapters, each answer
+compared with `peft predict`'s for the same run and pair (label, probability within 1e-5),
+and samples the server's resident memory (VmRSS) as it goes: the figures show whether
+memory stays flat after warm-up and whether anything was lost or mixed up.
 """
 
 import argparse
@@ -114,6 +119,71 @@ def load(host, port, clients, seconds, adapters, texts):
     return len(latencies) / took, q(0.5), q(0.99), errors[0]
 
 
+def expected(args, runs, texts):
+    """`peft predict`'s (label, probability) per adapter and pair, as the server must answer."""
+    path = os.path.join(args.out, "pairs.txt")
+    with open(path, "w") as f:
+        f.writelines(f"{a}\t{b}\n" for a, b in texts)
+    want = {}
+    for name, out in runs:
+        shown = subprocess.run([args.peft, "predict", "--checkpoint", out, "--input", path],
+                               check=True, capture_output=True, text=True).stdout
+        want[name] = [(l.split("\t")[0], float(l.split("\t")[1])) for l in shown.splitlines()]
+    return want
+
+
+def rss_mib(pid):
+    with open(f"/proc/{pid}/status") as f:
+        return next(int(l.split()[1]) for l in f if l.startswith("VmRSS")) / 1024
+
+
+def soak(args, proc, host, port, names, texts, want):
+    total, clients, lock = args.soak, 8, threading.Lock()
+    state = {"sent": 0, "wrong": 0, "failed": 0}
+    samples = []
+
+    def client(k):
+        conn = http.client.HTTPConnection(host, port, timeout=60)
+        rng = random.Random(1000 + k)
+        while True:
+            with lock:
+                if state["sent"] >= total:
+                    return
+                n = state["sent"]
+                state["sent"] += 1
+                if n % max(1, total // 10) == 0:
+                    samples.append((n, rss_mib(proc.pid)))
+            i, name = rng.randrange(len(texts)), names[n % len(names)]
+            body = json.dumps({"inputs": list(texts[i]), "adapter": name, "truncate": True})
+            try:
+                conn.request("POST", "/predict", body, {"Content-Type": "application/json"})
+                resp = conn.getresponse()
+                answer = json.loads(resp.read())
+                top = answer[0]
+                label, p = want[name][i]
+                good = resp.status == 200 and top["label"] == label and abs(top["score"] - p) < 1e-5
+                with lock:
+                    state["wrong"] += not good
+            except Exception:
+                conn.close()
+                conn = http.client.HTTPConnection(host, port, timeout=60)
+                with lock:
+                    state["failed"] += 1
+
+    started = time.monotonic()
+    threads = [threading.Thread(target=client, args=(k,)) for k in range(clients)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    took = time.monotonic() - started
+    samples.append((total, rss_mib(proc.pid)))
+    print(f"soak: {total} requests from {clients} clients over {len(names)} adapters in {took:.0f} s "
+          f"({total / took:.1f}/s); {state['wrong']} answers differ from peft predict, "
+          f"{state['failed']} failed")
+    print("resident memory (MiB) by requests sent: " + ", ".join(f"{n}: {m:.0f}" for n, m in samples))
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--model", required=True)
@@ -123,11 +193,20 @@ def main():
     ap.add_argument("--seconds", type=float, default=20)
     ap.add_argument("--adapters", type=int, default=16)
     ap.add_argument("--out", default="runs/serve-load")
+    ap.add_argument("--soak", type=int, default=0, help="requests to check against peft predict")
     args = ap.parse_args()
     runs = train_adapters(args)
     texts = pairs(args.data_dir)
+    want = expected(args, runs, texts) if args.soak else None
     proc, host, port = start_server(args, runs)
     names = [n for n, _ in runs]
+    if args.soak:
+        try:
+            soak(args, proc, host, port, names, texts, want)
+        finally:
+            proc.terminate()
+            proc.wait()
+        return
     rows = ["| clients | adapters | requests/s | p50 ms | p99 ms | errors |", "|---:|---:|---:|---:|---:|---:|"]
     try:
         load(host, port, 4, 3, names, texts)  # warm-up
