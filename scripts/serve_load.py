@@ -12,6 +12,11 @@ tokens as `peft predict` cuts them) one per request.
 Every answer is checked: status 200 and a label of the task; anything else counts as an
 error. Prints a Markdown table; ratios are only meaningful within one run of this script.
 
+--python PY also starts scripts/serve_python_baseline.py (FastAPI + transformers + PEFT,
+`set_adapter` per request) with that interpreter on the same runs (give `--methods lora`:
+PEFT holds one kind of adapter per model) and loads it the same way after `peft serve`,
+requests spread over all adapters; the last rows give peft's rate over Python's.
+
 --soak N instead sends N requests from 8 clients spread over the adapters, each answer
 compared with `peft predict`'s for the same run and pair (label, probability within 1e-5),
 and samples the server's resident memory (VmRSS) as it goes: the figures show whether
@@ -29,7 +34,6 @@ import sys
 import threading
 import time
 
-METHODS = ["lora", "layernorm", "ia3"]
 
 
 def pairs(data_dir):
@@ -47,7 +51,7 @@ def train_adapters(args):
             g.writelines(l for _, l in zip(range(n), f))
     runs = []
     for i in range(args.adapters):
-        method = METHODS[i % len(METHODS)]
+        method = args.methods[i % len(args.methods)]
         out = os.path.join(args.out, "runs", f"{method}-{i}")
         if not os.path.exists(os.path.join(out, "trainable.safetensors")):
             subprocess.run([args.peft, "train", "--model", args.model, "--data-dir",
@@ -194,7 +198,10 @@ def main():
     ap.add_argument("--adapters", type=int, default=16)
     ap.add_argument("--out", default="runs/serve-load")
     ap.add_argument("--soak", type=int, default=0, help="requests to check against peft predict")
+    ap.add_argument("--methods", default="lora,layernorm,ia3", help="the adapters' methods, in turn")
+    ap.add_argument("--python", help="an interpreter with fastapi, uvicorn, transformers and peft")
     args = ap.parse_args()
+    args.methods = args.methods.split(",")
     runs = train_adapters(args)
     texts = pairs(args.data_dir)
     want = expected(args, runs, texts) if args.soak else None
@@ -221,7 +228,39 @@ def main():
     finally:
         proc.terminate()
         proc.wait()
+    if args.python:
+        rows += python_rows(args, runs, texts, names, rows)
     print("\n".join(rows))
+
+
+def python_rows(args, runs, texts, names, rows):
+    """The Python server on the same runs, loaded as peft's was, requests spread."""
+    port = 8090 + os.getpid() % 1000
+    cmd = [args.python, os.path.join(os.path.dirname(__file__), "serve_python_baseline.py"),
+           "--model", args.model, "--port", str(port)] + [f"{n}={o}" for n, o in runs]
+    proc = subprocess.Popen(cmd, stderr=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
+    out = []
+    try:
+        for _ in range(240):
+            if proc.poll() is not None:
+                sys.exit(f"the Python server ended at start: {' '.join(cmd)}")
+            try:
+                http.client.HTTPConnection("127.0.0.1", port, timeout=2).request("GET", "/")
+                break
+            except OSError:
+                time.sleep(0.5)
+        load("127.0.0.1", port, 4, 3, names, texts)  # warm-up
+        for clients in [int(c) for c in args.clients.split(",")]:
+            rps, p50, p99, errors = load("127.0.0.1", port, clients, args.seconds, names, texts)
+            out.append(f"| {clients} | {len(names)}, Python | {rps:.1f} | {p50:.0f} | {p99:.0f} | {errors} |")
+            print(out[-1], file=sys.stderr, flush=True)
+            mine = next(r for r in rows if r.startswith(f"| {clients} | {len(names)} |"))
+            ratio = float(mine.split("|")[3]) / rps if rps else float("nan")
+            out.append(f"| {clients} | peft vs Python | {ratio:.2f}× | | | |")
+    finally:
+        proc.terminate()
+        proc.wait()
+    return out
 
 
 if __name__ == "__main__":
