@@ -15,8 +15,10 @@ pub struct ServeArgs {
     /// an adapter embeds with it.
     #[arg(long)]
     pub model: PathBuf,
-    /// NAME=DIR: a run directory of `peft train` served as NAME (repeat for more).
-    #[arg(long = "adapter", value_name = "NAME=DIR")]
+    /// NAME=DIR: a run directory of `peft train` served as NAME (repeat for more);
+    /// NAME=DIR,task=TASK: an adapter saved by Hugging Face PEFT (adapter_config.json,
+    /// the classifier in modules_to_save), as `peft eval --adapter` reads it.
+    #[arg(long = "adapter", value_name = "NAME=DIR[,task=TASK]")]
     pub adapters: Vec<String>,
     /// Address to listen on; anything but loopback needs --api-key.
     #[arg(long, default_value = "127.0.0.1")]
@@ -66,15 +68,19 @@ pub struct ServeArgs {
 pub fn run(args: ServeArgs) -> Result<()> {
     let mut adapters = Vec::new();
     for a in &args.adapters {
-        let Some((name, dir)) = a.split_once('=') else {
-            crate::user_bail!("--adapter {a}: write NAME=DIR");
+        let Some((name, rest)) = a.split_once('=') else {
+            crate::user_bail!("--adapter {a}: write NAME=DIR or NAME=DIR,task=TASK");
+        };
+        let (dir, task) = match rest.rsplit_once(",task=") {
+            Some((dir, task)) => (dir, Some(task.to_string())),
+            None => (rest, None),
         };
         crate::serve::adapters::check_name(name)
             .map_err(|e| user(format!("--adapter {a}: {e}")))?;
-        if adapters.iter().any(|(n, _)| n == name) {
+        if adapters.iter().any(|(n, _, _)| n == name) {
             crate::user_bail!("--adapter {a}: the name {name} is given twice");
         }
-        adapters.push((name.to_string(), PathBuf::from(dir)));
+        adapters.push((name.to_string(), PathBuf::from(dir), task));
     }
     let device = crate::device::parse(&args.device)?;
     let opts = Options {

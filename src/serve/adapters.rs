@@ -47,6 +47,8 @@ pub struct Base {
 pub struct Adapters {
     base_dir: PathBuf,
     device: Device,
+    /// The most tokens the base model reads.
+    base_limit: usize,
     /// The base's tensors as the first model laid them out, lent to every later one.
     shared: Mutex<HashMap<String, Tensor>>,
     loaded: RwLock<BTreeMap<String, Arc<Served>>>,
@@ -86,6 +88,7 @@ impl Adapters {
         let store = ParamStore::frozen(weights, device.clone());
         let model = Model::load(&store, &config, None)?;
         let encoder = TextEncoder::load(&dir, &config, max_len)?;
+        let base_limit = config.max_tokens();
         let shared = store.all().into_iter().collect();
         let root = match root {
             Some(r) => Some(
@@ -97,6 +100,7 @@ impl Adapters {
         let adapters = Self {
             base_dir: base_dir.to_path_buf(),
             device,
+            base_limit,
             shared: Mutex::new(shared),
             loaded: RwLock::default(),
             next_id: AtomicU64::new(1),
@@ -128,18 +132,24 @@ impl Adapters {
         self.loaded.write().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// A run directory at `dir` loaded as `name`, replacing one of that name only once
-    /// it has loaded: a failing load leaves every adapter as it was.
-    pub fn load(&self, name: &str, dir: &Path) -> Result<Arc<Served>> {
+    /// A run directory at `dir` loaded as `name` (or, with `task`, an adapter Hugging Face
+    /// PEFT saved, read as `peft eval --adapter` reads it), replacing one of that name only
+    /// once it has loaded: a failing load leaves every adapter as it was.
+    pub fn load(&self, name: &str, dir: &Path, task: Option<&str>) -> Result<Arc<Served>> {
         check_name(name)?;
-        let served = Arc::new(self.build(name, dir)?);
+        let served = Arc::new(self.build(name, dir, task)?);
         self.write().insert(name.to_string(), served.clone());
         Ok(served)
     }
 
     /// As [`load`](Self::load), for a path a client sent: relative to `--adapter-root`
     /// (or absolute inside it), with no `..`, and not leading out of it through a link.
-    pub fn load_below_root(&self, name: &str, path: &str) -> Result<Arc<Served>> {
+    pub fn load_below_root(
+        &self,
+        name: &str,
+        path: &str,
+        task: Option<&str>,
+    ) -> Result<Arc<Served>> {
         let Some(root) = &self.root else {
             return Err(crate::error::user(
                 "loading adapters at run time is off: start the server with --adapter-root DIR",
@@ -161,7 +171,7 @@ impl Adapters {
                 "path {path:?} is outside --adapter-root (absolute, or through a link)"
             )));
         }
-        self.load(name, &real)
+        self.load(name, &real, task)
     }
 
     /// Whether an adapter of that name was there to unload.
@@ -169,8 +179,22 @@ impl Adapters {
         self.write().remove(name).is_some()
     }
 
-    fn build(&self, name: &str, dir: &Path) -> Result<Served> {
-        let mut run = RunWeights::load(dir, Which::Best, Some(&self.base_dir), None)?;
+    fn build(&self, name: &str, dir: &Path, task: Option<&str>) -> Result<Served> {
+        let mut run = match task {
+            None => RunWeights::load(dir, Which::Best, Some(&self.base_dir), None)?,
+            Some(task) => {
+                let mut cfg = crate::settings::Overrides {
+                    model: Some(self.base_dir.clone()),
+                    task: Some(task.to_string()),
+                    ..Default::default()
+                }
+                .resolve()?;
+                // The task's default window, or the model's limit if lower: PEFT's files
+                // do not say what the adapter was trained at.
+                cfg.data.max_seq_len = cfg.data.max_seq_len.min(self.base_limit);
+                RunWeights::external(cfg, Some(dir))?
+            }
+        };
         let task = run.info.train.task_spec(run.info.labels.as_deref())?;
         {
             // Lend the shared base: the freshly read copy of each untrained tensor goes.

@@ -202,21 +202,26 @@ async fn list(State(s): St) -> Json<Value> {
 struct LoadRequest {
     name: String,
     path: String,
+    /// For an adapter saved by Hugging Face PEFT: the task its head was trained on.
+    task: Option<String>,
 }
 
 async fn load(State(s): St, headers: HeaderMap, body: Bytes) -> Result<Response, ApiError> {
     let req: LoadRequest = parse(&headers, &body)?;
     let state = s.clone();
-    let loaded =
-        tokio::task::spawn_blocking(move || state.adapters.load_below_root(&req.name, &req.path))
-            .await
-            .map_err(|_| {
-                ApiError(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    "Backend",
-                    "the load failed".into(),
-                )
-            })?;
+    let loaded = tokio::task::spawn_blocking(move || {
+        state
+            .adapters
+            .load_below_root(&req.name, &req.path, req.task.as_deref())
+    })
+    .await
+    .map_err(|_| {
+        ApiError(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "Backend",
+            "the load failed".into(),
+        )
+    })?;
     match loaded {
         Ok(a) => Ok((StatusCode::CREATED, Json(describe(&a))).into_response()),
         Err(e) if crate::error::is_user_error(&e) => {

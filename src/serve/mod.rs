@@ -37,14 +37,12 @@ pub struct Options {
     pub max_seq_len: Option<usize>,
 }
 
-/// Serve `model` with `adapters` (name, run directory) until SIGTERM or Ctrl-C, then
-/// finish what is in flight.
-pub fn serve(
-    opts: Options,
-    model: PathBuf,
-    adapters: Vec<(String, PathBuf)>,
-    device: Device,
-) -> Result<()> {
+/// One adapter to load at start: its name, directory, and for an adapter saved by
+/// Hugging Face PEFT (not a run) the task its head was trained on.
+pub type Given = (String, PathBuf, Option<String>);
+
+/// Serve `model` with `adapters` until SIGTERM or Ctrl-C, then finish what is in flight.
+pub fn serve(opts: Options, model: PathBuf, adapters: Vec<Given>, device: Device) -> Result<()> {
     let loopback = matches!(opts.host.as_str(), "127.0.0.1" | "localhost" | "::1");
     if !loopback && opts.api_key.is_none() {
         crate::user_bail!(
@@ -76,9 +74,9 @@ pub fn serve(
         max_len,
         opts.adapter_root.as_deref(),
     )?;
-    for (name, dir) in &adapters {
+    for (name, dir, task) in &adapters {
         let a = registry
-            .load(name, dir)
+            .load(name, dir, task.as_deref())
             .with_context(|| format!("--adapter {name}={}", dir.display()))?;
         eprintln!(
             "adapter {name}: {} on {} ({})",

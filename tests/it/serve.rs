@@ -514,8 +514,38 @@ fn adapters_load_and_unload_at_run_time_only_below_the_root() {
     let (st, e) = post(&s, "/adapters", json!({"name": "../x", "path": "lora"}));
     assert_eq!(st, 422, "{e}");
 
+    // An adapter as Hugging Face PEFT saves it (here the run's own export, alone in its
+    // folder) with its task: the run's answers, at start and at run time.
+    let saved = runs_dir.join("lora-peft");
+    std::fs::create_dir_all(&saved).unwrap();
+    for f in ["adapter_config.json", "adapter_model.safetensors"] {
+        std::fs::copy(lora.1.join(f), saved.join(f)).unwrap();
+    }
+    let (st, a) = post(
+        &s,
+        "/adapters",
+        json!({"name": "p", "path": "lora-peft", "task": "rte"}),
+    );
+    assert_eq!(st, 201, "{a}");
+    let peft_flag = format!("q={},task=rte", saved.display());
+    let t = start(&[
+        "--model",
+        &fixture("tiny-bert"),
+        "--adapter",
+        &flag,
+        "--adapter",
+        &peft_flag,
+    ]);
+    let score = |s: &Server, name: &str| {
+        post(s, "/predict", json!({"inputs": pair, "adapter": name})).1[0]["score"]
+            .as_f64()
+            .unwrap()
+    };
+    let run = score(&s, "lora");
+    assert!((score(&s, "p") - run).abs() < 1e-5);
+    assert!((score(&t, "q") - run).abs() < 1e-5);
+
     // Without --adapter-root, nothing loads at run time.
-    let t = start(&["--model", &fixture("tiny-bert"), "--adapter", &flag]);
     assert_eq!(
         post(&t, "/adapters", json!({"name": "ln", "path": "layernorm"})).0,
         403
