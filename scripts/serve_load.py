@@ -76,6 +76,17 @@ def start_server(args, runs):
     sys.exit("the server did not start")
 
 
+def run_clients(client, n):
+    """Run `client(k)` on n threads at once; the seconds until the last ends."""
+    started = time.monotonic()
+    threads = [threading.Thread(target=client, args=(k,)) for k in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return time.monotonic() - started
+
+
 def load(host, port, clients, seconds, adapters, texts):
     """Closed loop: each client sends its next request when the last is answered."""
     stop = time.monotonic() + seconds
@@ -111,13 +122,7 @@ def load(host, port, clients, seconds, adapters, texts):
             latencies.extend(mine)
             errors[0] += bad
 
-    started = time.monotonic()
-    threads = [threading.Thread(target=client, args=(k,)) for k in range(clients)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    took = time.monotonic() - started
+    took = run_clients(client, clients)
     latencies.sort()
     q = lambda p: 1000 * latencies[min(len(latencies) - 1, int(p * len(latencies)))] if latencies else float("nan")
     return len(latencies) / took, q(0.5), q(0.99), errors[0]
@@ -174,13 +179,7 @@ def soak(args, proc, host, port, names, texts, want):
                 with lock:
                     state["failed"] += 1
 
-    started = time.monotonic()
-    threads = [threading.Thread(target=client, args=(k,)) for k in range(clients)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    took = time.monotonic() - started
+    took = run_clients(client, clients)
     samples.append((total, rss_mib(proc.pid)))
     print(f"soak: {total} requests from {clients} clients over {len(names)} adapters in {took:.0f} s "
           f"({total / took:.1f}/s); {state['wrong']} answers differ from peft predict, "

@@ -175,6 +175,17 @@ pub fn train(model: &str, data: &Path, out: &Path, extra: &[&str]) -> String {
     ok(peft(&args))
 }
 
+/// What `peft predict --checkpoint RUN --input FILE` prints.
+pub fn predict_lines(run: &Path, input: &Path) -> String {
+    ok(peft(&[
+        "predict",
+        "--checkpoint",
+        run.to_str().unwrap(),
+        "--input",
+        input.to_str().unwrap(),
+    ]))
+}
+
 /// `peft eval --checkpoint RUN --json`'s dev accuracy: what the run re-scores to.
 pub fn eval_accuracy(run: &Path) -> f64 {
     let shown = ok(peft(&[

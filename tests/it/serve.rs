@@ -163,6 +163,12 @@ fn runs() -> &'static (PathBuf, Vec<Run>) {
     })
 }
 
+/// The LoRA run, and its `--adapter lora=DIR` value.
+fn lora() -> (&'static Run, String) {
+    let lora = runs().1.iter().find(|r| r.0 == "lora").unwrap();
+    (lora, format!("lora={}", lora.1.display()))
+}
+
 fn write_sst2(dir: &Path, n_train: usize, n_dev: usize) {
     let d = dir.join("SST-2");
     std::fs::create_dir_all(&d).unwrap();
@@ -190,14 +196,8 @@ fn predicted(run: &Path, rows: &[Vec<String>]) -> Vec<(String, f64)> {
     let file = run.with_extension("input.txt");
     let text: String = rows.iter().map(|r| r.join("\t") + "\n").collect();
     std::fs::write(&file, text).unwrap();
-    let out = ok(peft(&[
-        "predict",
-        "--checkpoint",
-        run.to_str().unwrap(),
-        "--input",
-        file.to_str().unwrap(),
-    ]));
-    out.lines()
+    predict_lines(run, &file)
+        .lines()
         .map(|l| {
             let (label, p) = l.split_once('\t').unwrap();
             (label.to_string(), p.parse().unwrap())
@@ -308,9 +308,7 @@ fn requests_to_many_adapters_batched_together_answer_as_predict_does() {
 
 #[test]
 fn bad_requests_get_their_status_and_name_the_field() {
-    let (_, runs) = runs();
-    let lora = runs.iter().find(|r| r.0 == "lora").unwrap();
-    let flag = format!("lora={}", lora.1.display());
+    let (_, flag) = lora();
     let s = start(&[
         "--model",
         &fixture("tiny-bert"),
@@ -386,9 +384,7 @@ fn bad_requests_get_their_status_and_name_the_field() {
 
 #[test]
 fn a_full_queue_answers_429_and_the_rest_are_answered() {
-    let (_, runs) = runs();
-    let lora = runs.iter().find(|r| r.0 == "lora").unwrap();
-    let flag = format!("lora={}", lora.1.display());
+    let (_, flag) = lora();
     let s = start(&[
         "--model",
         &fixture("tiny-bert"),
@@ -459,9 +455,8 @@ fn a_full_queue_answers_429_and_the_rest_are_answered() {
 
 #[test]
 fn adapters_load_and_unload_at_run_time_only_below_the_root() {
-    let (root, runs) = runs();
-    let lora = runs.iter().find(|r| r.0 == "lora").unwrap();
-    let flag = format!("lora={}", lora.1.display());
+    let (root, _) = runs();
+    let (lora, flag) = lora();
     let runs_dir = root.join("runs");
     let s = start(&[
         "--model",
@@ -554,9 +549,7 @@ fn adapters_load_and_unload_at_run_time_only_below_the_root() {
 
 #[test]
 fn sigterm_answers_the_request_in_flight_and_a_key_guards_the_rest() {
-    let (_, runs) = runs();
-    let lora = runs.iter().find(|r| r.0 == "lora").unwrap();
-    let flag = format!("lora={}", lora.1.display());
+    let (_, flag) = lora();
     let mut s = start(&[
         "--model",
         &fixture("tiny-bert"),
@@ -632,18 +625,10 @@ fn question_answering_runs_answer_as_predict_does() {
             "1e-2",
         ];
         train(&model, tmp.path(), &run, &steps);
-        let shown = ok(peft(&[
-            "predict",
-            "--checkpoint",
-            run.to_str().unwrap(),
-            "--input",
-            file.to_str().unwrap(),
-        ]));
-        want.push((task, shown));
+        want.push((task, predict_lines(&run, &file)));
         flags.extend(["--adapter".to_string(), format!("{task}={}", run.display())]);
     }
-    let rte = runs().1.iter().find(|r| r.0 == "lora").unwrap();
-    flags.extend(["--adapter".to_string(), format!("lora={}", rte.1.display())]);
+    flags.extend(["--adapter".to_string(), lora().1]);
     let mut args = vec!["--model".to_string(), model.clone()];
     args.extend(flags);
     let s = start(&args.iter().map(String::as_str).collect::<Vec<_>>());

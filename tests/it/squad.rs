@@ -89,13 +89,7 @@ fn squad_v2_trains_scores_and_answers_on_every_family() {
             "cat sat ?\tthe man saw the cat sat on the red car\nwho ran ?\tthe dog ran\n",
         )
         .unwrap();
-        let lines = ok(peft(&[
-            "predict",
-            "--checkpoint",
-            out.to_str().unwrap(),
-            "--input",
-            input.to_str().unwrap(),
-        ]));
+        let lines = predict_lines(&out, &input);
         let lines: Vec<&str> = lines.lines().collect();
         assert_eq!(lines.len(), 2, "{lines:?}");
         for line in lines {
