@@ -114,13 +114,21 @@ pub fn score(
 
 /// The first largest logit and its softmax probability, in f64 for a stable sum.
 pub fn softmax_top(logits: &[f32]) -> Option<(usize, f64)> {
-    let (best, &max) = logits
+    let (best, _) = logits
         .iter()
         .enumerate()
         .reduce(|a, b| if b.1 > a.1 { b } else { a })?;
-    let max = max as f64;
-    let sum: f64 = logits.iter().map(|&l| (l as f64 - max).exp()).sum();
-    Some((best, 1.0 / sum))
+    Some((best, softmax(logits)[best]))
+}
+
+/// Every logit's softmax probability, in f64 after subtracting the largest.
+pub fn softmax(logits: &[f32]) -> Vec<f64> {
+    let max = logits
+        .iter()
+        .fold(f64::NEG_INFINITY, |m, &l| m.max(l as f64));
+    let e: Vec<f64> = logits.iter().map(|&l| (l as f64 - max).exp()).collect();
+    let sum: f64 = e.iter().sum();
+    e.iter().map(|x| x / sum).collect()
 }
 
 #[cfg(test)]

@@ -58,13 +58,6 @@ impl On {
             On::Base(_) => 0,
         }
     }
-
-    pub fn label(&self) -> &str {
-        match self {
-            On::Adapter(a) => &a.name,
-            On::Base(_) => "",
-        }
-    }
 }
 
 pub type Answer = Result<Vec<Vec<f32>>, String>;
@@ -195,10 +188,15 @@ impl Worker {
         }
     }
 
-    fn run_group(&self, group: Vec<Job>) {
+    fn run_group(&self, mut group: Vec<Job>) {
         let on = group[0].on.clone();
         let want = group[0].want;
-        let rows: Vec<Encoded> = group.iter().flat_map(|j| j.rows.iter().cloned()).collect();
+        // The rows move out of their requests; each request keeps its count.
+        let counts: Vec<usize> = group.iter().map(|j| j.rows.len()).collect();
+        let rows: Vec<Encoded> = group
+            .iter_mut()
+            .flat_map(|j| std::mem::take(&mut j.rows))
+            .collect();
         let n = rows.len();
         let out = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             forward(&on, want, &rows, &self.device)
@@ -209,8 +207,7 @@ impl Worker {
             Err(_) => Err("the model failed on this batch".to_string()),
         };
         let mut next = 0;
-        for job in group {
-            let k = job.rows.len();
+        for (job, k) in group.into_iter().zip(counts) {
             let answer = match &out {
                 Ok(rows) if rows.len() == n => Ok(rows[next..next + k].to_vec()),
                 Ok(_) => Err("the model gave the wrong number of rows".to_string()),

@@ -435,44 +435,73 @@ async fn run(
     }
 }
 
-/// Time and count the answer under its adapter and route.
-fn answered<T: IntoResponse>(
-    s: &AppState,
-    adapter: &str,
+/// A model route: the body parsed as `T`, handed to `run`, and the answer timed and
+/// counted under its adapter and route (a body that does not parse, under no adapter).
+async fn handle<T, F, Fut>(
+    s: Arc<AppState>,
     route: &str,
-    start: Instant,
-    r: Result<T, ApiError>,
-) -> Response {
-    let resp = match r {
+    headers: HeaderMap,
+    body: Bytes,
+    run: F,
+) -> Response
+where
+    T: DeserializeOwned + Named,
+    F: FnOnce(Arc<AppState>, T) -> Fut,
+    Fut: std::future::Future<Output = Result<Json<Value>, ApiError>>,
+{
+    let start = Instant::now();
+    let (adapter, out) = match parse::<T>(&headers, &body) {
+        Ok(req) => (
+            req.adapter().unwrap_or_default().to_string(),
+            run(s.clone(), req).await,
+        ),
+        Err(e) => (String::new(), Err(e)),
+    };
+    let resp = match out {
         Ok(v) => v.into_response(),
         Err(e) => e.into_response(),
     };
-    s.metrics.answered(
-        adapter,
-        route,
-        resp.status().as_u16(),
-        start.elapsed().as_secs_f64(),
-    );
+    let seconds = start.elapsed().as_secs_f64();
+    s.metrics
+        .answered(&adapter, route, resp.status().as_u16(), seconds);
     resp
 }
 
-async fn predict(State(s): St, headers: HeaderMap, body: Bytes) -> Response {
-    let start = Instant::now();
-    let req = parse::<PredictRequest>(&headers, &body);
-    let adapter = req.as_ref().map(|r| r.adapter.clone()).unwrap_or_default();
-    let out = match req {
-        Ok(req) => predict_rows(&s, req).await,
-        Err(e) => Err(e),
-    };
-    answered(&s, &adapter, "predict", start, out)
+/// The adapter a request names, if any.
+trait Named {
+    fn adapter(&self) -> Option<&str>;
 }
 
-async fn predict_rows(s: &Arc<AppState>, req: PredictRequest) -> Result<Json<Value>, ApiError> {
-    let _slot = slot(s)?;
-    let a = s
-        .adapters
-        .get(&req.adapter)
-        .ok_or_else(|| not_found(&req.adapter))?;
+impl Named for PredictRequest {
+    fn adapter(&self) -> Option<&str> {
+        Some(&self.adapter)
+    }
+}
+
+impl Named for EmbedRequest {
+    fn adapter(&self) -> Option<&str> {
+        self.adapter.as_deref()
+    }
+}
+
+impl Named for QaRequest {
+    fn adapter(&self) -> Option<&str> {
+        Some(&self.adapter)
+    }
+}
+
+/// The loaded adapter of that name, or 404.
+fn loaded(s: &AppState, name: &str) -> Result<Arc<Served>, ApiError> {
+    s.adapters.get(name).ok_or_else(|| not_found(name))
+}
+
+async fn predict(State(s): St, headers: HeaderMap, body: Bytes) -> Response {
+    handle(s, "predict", headers, body, predict_rows).await
+}
+
+async fn predict_rows(s: Arc<AppState>, req: PredictRequest) -> Result<Json<Value>, ApiError> {
+    let _slot = slot(&s)?;
+    let a = loaded(&s, &req.adapter)?;
     if let Problem::Span { .. } = a.task.problem {
         return Err(invalid(format!(
             "adapter: {:?} answers questions (task {}); /predict serves classification and \
@@ -490,7 +519,7 @@ async fn predict_rows(s: &Arc<AppState>, req: PredictRequest) -> Result<Json<Val
         truncate,
         s.opts.max_client_batch_size,
     )?;
-    let logits = run(s, On::Adapter(a.clone()), Want::Logits, rows).await?;
+    let logits = run(&s, On::Adapter(a.clone()), Want::Logits, rows).await?;
     let answers: Vec<Value> = logits
         .iter()
         .map(|l| scores(a.task.problem, l, req.raw_scores))
@@ -508,7 +537,7 @@ fn scores(problem: Problem, logits: &[f32], raw: bool) -> Value {
         Problem::Classification { labels } => {
             let p = match raw {
                 true => logits.iter().map(|&l| l as f64).collect(),
-                false => softmax(logits),
+                false => crate::eval::softmax(logits),
             };
             let mut out: Vec<(usize, f64)> = p.into_iter().enumerate().collect();
             out.sort_by(|a, b| b.1.total_cmp(&a.1));
@@ -521,35 +550,14 @@ fn scores(problem: Problem, logits: &[f32], raw: bool) -> Value {
     }
 }
 
-/// In f64, as `peft predict`'s probabilities.
-fn softmax(logits: &[f32]) -> Vec<f64> {
-    let max = logits
-        .iter()
-        .fold(f64::NEG_INFINITY, |m, &l| m.max(l as f64));
-    let e: Vec<f64> = logits.iter().map(|&l| (l as f64 - max).exp()).collect();
-    let sum: f64 = e.iter().sum();
-    e.iter().map(|x| x / sum).collect()
-}
-
 async fn embed(State(s): St, headers: HeaderMap, body: Bytes) -> Response {
-    let start = Instant::now();
-    let req = parse::<EmbedRequest>(&headers, &body);
-    let adapter = req
-        .as_ref()
-        .ok()
-        .and_then(|r| r.adapter.clone())
-        .unwrap_or_default();
-    let out = match req {
-        Ok(req) => embed_rows(&s, req).await,
-        Err(e) => Err(e),
-    };
-    answered(&s, &adapter, "embed", start, out)
+    handle(s, "embed", headers, body, embed_rows).await
 }
 
-async fn embed_rows(s: &Arc<AppState>, req: EmbedRequest) -> Result<Json<Value>, ApiError> {
-    let _slot = slot(s)?;
+async fn embed_rows(s: Arc<AppState>, req: EmbedRequest) -> Result<Json<Value>, ApiError> {
+    let _slot = slot(&s)?;
     let on = match &req.adapter {
-        Some(name) => On::Adapter(s.adapters.get(name).ok_or_else(|| not_found(name))?),
+        Some(name) => On::Adapter(loaded(&s, name)?),
         None => On::Base(s.base.clone()),
     };
     let pooling = match req.pooling.as_deref() {
@@ -570,7 +578,7 @@ async fn embed_rows(s: &Arc<AppState>, req: EmbedRequest) -> Result<Json<Value>,
         truncate,
         s.opts.max_client_batch_size,
     )?;
-    let out = run(s, on, Want::Embed(pooling, req.normalize), rows).await?;
+    let out = run(&s, on, Want::Embed(pooling, req.normalize), rows).await?;
     Ok(Json(json!(out)))
 }
 
@@ -583,26 +591,16 @@ struct QaRequest {
 }
 
 async fn qa(State(s): St, headers: HeaderMap, body: Bytes) -> Response {
-    let start = Instant::now();
-    let req = parse::<QaRequest>(&headers, &body);
-    let adapter = req.as_ref().map(|r| r.adapter.clone()).unwrap_or_default();
-    let out = match req {
-        Ok(req) => answer(&s, req).await,
-        Err(e) => Err(e),
-    };
-    answered(&s, &adapter, "qa", start, out)
+    handle(s, "qa", headers, body, answer).await
 }
 
 /// A question over a context, windowed as the run was trained, answered as `peft predict`
 /// answers it: the text, its probability among the n best, and where it is in the context
 /// (characters; null for no answer); SQuAD 2.0 runs add the null score difference.
-async fn answer(s: &Arc<AppState>, req: QaRequest) -> Result<Json<Value>, ApiError> {
+async fn answer(s: Arc<AppState>, req: QaRequest) -> Result<Json<Value>, ApiError> {
     use crate::data::squad::{featurize, Featurized, QaExample};
-    let _slot = slot(s)?;
-    let a = s
-        .adapters
-        .get(&req.adapter)
-        .ok_or_else(|| not_found(&req.adapter))?;
+    let _slot = slot(&s)?;
+    let a = loaded(&s, &req.adapter)?;
     if !matches!(a.task.problem, Problem::Span { .. }) {
         return Err(invalid(format!(
             "adapter: {:?} is a {} run; /qa serves question-answering (SQuAD) runs",
@@ -629,7 +627,7 @@ async fn answer(s: &Arc<AppState>, req: QaRequest) -> Result<Json<Value>, ApiErr
             ),
         ));
     }
-    let rows = run(s, On::Adapter(a.clone()), Want::Spans, inputs).await?;
+    let rows = run(&s, On::Adapter(a.clone()), Want::Spans, inputs).await?;
     let logits: Vec<(Vec<f32>, Vec<f32>)> = rows
         .into_iter()
         .map(|r| {

@@ -188,6 +188,11 @@ pub fn predict_lines(run: &Path, input: &Path) -> String {
 
 /// `peft eval --checkpoint RUN --json`'s dev accuracy: what the run re-scores to.
 pub fn eval_accuracy(run: &Path) -> f64 {
+    eval_metric(run, "accuracy")
+}
+
+/// The dev metric `peft eval --checkpoint RUN --json` re-scores a run to.
+pub fn eval_metric(run: &Path, metric: &str) -> f64 {
     let shown = ok(peft(&[
         "eval",
         "--checkpoint",
@@ -195,7 +200,7 @@ pub fn eval_accuracy(run: &Path) -> f64 {
         "--json",
     ]));
     let v: serde_json::Value = serde_json::from_str(shown.trim()).unwrap();
-    v["metrics"]["accuracy"].as_f64().unwrap()
+    v["metrics"][metric].as_f64().unwrap()
 }
 
 /// metrics.jsonl without the timing fields, which differ run to run.
@@ -493,19 +498,7 @@ pub fn assert_rescores(run: &Path, metric: &str) {
         .unwrap()["dev"]["dev"][metric]
         .as_f64()
         .unwrap();
-    let shown = ok(peft(&[
-        "eval",
-        "--checkpoint",
-        run.to_str().unwrap(),
-        "--json",
-    ]));
-    let v: serde_json::Value = serde_json::from_str(shown.trim()).unwrap();
-    assert_eq!(
-        v["metrics"][metric].as_f64().unwrap(),
-        best,
-        "{}",
-        run.display()
-    );
+    assert_eq!(eval_metric(run, metric), best, "{}", run.display());
 }
 
 /// A model of `cfg` over `weights` with `adapter` (read from a PEFT-saved folder `fx`)

@@ -98,18 +98,6 @@ const SQUAD_V2: Task = Task {
     metric: "f1",
 };
 
-/// The dev metric `peft eval --checkpoint RUN --json` re-scores a run to.
-fn eval_metric(run: &Path, metric: &str) -> f64 {
-    let shown = ok(peft(&[
-        "eval",
-        "--checkpoint",
-        run.to_str().unwrap(),
-        "--json",
-    ]));
-    let v: serde_json::Value = serde_json::from_str(shown.trim()).unwrap();
-    v["metrics"][metric].as_f64().unwrap()
-}
-
 /// Every model family the methods run on: BERT, RoBERTa, ELECTRA, DeBERTa v3 and v1,
 /// XLNet.
 const FAMILIES: [&str; 6] = [
