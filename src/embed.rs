@@ -33,22 +33,36 @@ pub fn embed(
     for chunk in order.chunks(batch_size) {
         let examples: Vec<&Encoded> = chunk.iter().map(|&i| &inputs[i]).collect();
         let batch = collate(&examples, pad_id, device)?;
-        let hidden = model.forward(&batch, &ctx)?.last_hidden_state;
-        let mut pooled = match pooling {
-            Pooling::Cls => hidden.i((.., 0))?,
-            Pooling::Mean => {
-                let mask = batch.attention_mask.to_dtype(DType::F32)?.unsqueeze(2)?;
-                let sum = hidden.broadcast_mul(&mask)?.sum(1)?;
-                sum.broadcast_div(&mask.sum(1)?)?
-            }
-        };
-        if normalize {
-            let norm = pooled.sqr()?.sum_keepdim(D::Minus1)?.sqrt()?;
-            pooled = pooled.broadcast_div(&Tensor::maximum(&norm, 1e-12)?)?;
-        }
-        for (row, &i) in pooled.to_vec2::<f32>()?.into_iter().zip(chunk) {
+        for (row, &i) in embed_batch(model, &batch, pooling, normalize, &ctx)?
+            .into_iter()
+            .zip(chunk)
+        {
             out[i] = row;
         }
     }
     Ok(out)
+}
+
+/// Each row of `batch` embedded: its last hidden state pooled, normalised or not.
+pub fn embed_batch(
+    model: &Model,
+    batch: &crate::model::Batch,
+    pooling: Pooling,
+    normalize: bool,
+    ctx: &Ctx,
+) -> Result<Vec<Vec<f32>>> {
+    let hidden = model.forward(batch, ctx)?.last_hidden_state;
+    let mut pooled = match pooling {
+        Pooling::Cls => hidden.i((.., 0))?,
+        Pooling::Mean => {
+            let mask = batch.attention_mask.to_dtype(DType::F32)?.unsqueeze(2)?;
+            let sum = hidden.broadcast_mul(&mask)?.sum(1)?;
+            sum.broadcast_div(&mask.sum(1)?)?
+        }
+    };
+    if normalize {
+        let norm = pooled.sqr()?.sum_keepdim(D::Minus1)?.sqrt()?;
+        pooled = pooled.broadcast_div(&Tensor::maximum(&norm, 1e-12)?)?;
+    }
+    Ok(pooled.to_vec2::<f32>()?)
 }

@@ -13,7 +13,7 @@ use crate::data::dataset::Dataset;
 use crate::data::squad::SpanOptions;
 use crate::data::TaskSpec;
 use crate::metrics::{evaluate, Predictions};
-use crate::model::{Ctx, Model};
+use crate::model::{Batch, Ctx, Model};
 use crate::tokenize::{collate, Encoded};
 
 /// The model's predictions for every example, in file order.
@@ -67,16 +67,20 @@ pub fn logits(
     for idx in batches::sorted(&lengths, batch_size) {
         let examples: Vec<&Encoded> = idx.iter().map(|&i| &inputs[i]).collect();
         let batch = collate(&examples, pad_id, device)?;
-        let rows = model
-            .logits(&batch, &ctx)?
-            .detach()
-            .to_dtype(DType::F32)?
-            .to_vec2::<f32>()?;
-        for (&i, row) in idx.iter().zip(rows) {
+        for (&i, row) in idx.iter().zip(batch_logits(model, &batch, &ctx)?) {
             out[i] = row;
         }
     }
     Ok(out)
+}
+
+/// The head's outputs for each row of `batch`.
+pub fn batch_logits(model: &Model, batch: &Batch, ctx: &Ctx) -> Result<Vec<Vec<f32>>> {
+    Ok(model
+        .logits(batch, ctx)?
+        .detach()
+        .to_dtype(DType::F32)?
+        .to_vec2::<f32>()?)
 }
 
 /// Dev metrics of every dev split (MNLI has two); SQuAD's answers picked by `spans`.

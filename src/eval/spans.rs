@@ -14,7 +14,7 @@ use candle_core::{DType, Device};
 use crate::data::batches;
 use crate::data::dataset::Dataset;
 use crate::data::squad::{QaData, SpanOptions};
-use crate::model::{Ctx, Model};
+use crate::model::{Batch, Ctx, Model};
 use crate::tokenize::{collate, Encoded};
 
 /// Every question's answer, in question order.
@@ -56,21 +56,37 @@ pub fn window_logits(
     for idx in batches::sorted(&data.lengths(), batch_size) {
         let examples: Vec<&Encoded> = idx.iter().map(|&i| &data.inputs[i]).collect();
         let batch = collate(&examples, pad_id, device)?;
-        // (batch, seq, 2) → per window, per token [start, end].
-        let rows = model
-            .logits(&batch, &ctx)?
-            .detach()
-            .to_dtype(DType::F32)?
-            .to_vec3::<f32>()?;
-        for (&i, row) in idx.iter().zip(rows) {
-            let n = data.inputs[i].len();
-            out[i] = (
-                row[..n].iter().map(|t| t[0]).collect(),
-                row[..n].iter().map(|t| t[1]).collect(),
-            );
+        let lengths: Vec<usize> = examples.iter().map(|e| e.len()).collect();
+        for (&i, row) in idx.iter().zip(batch_spans(model, &batch, &lengths, &ctx)?) {
+            out[i] = row;
         }
     }
     Ok(out)
+}
+
+/// Each row's start and end logits over its own `lengths[row]` tokens.
+pub fn batch_spans(
+    model: &Model,
+    batch: &Batch,
+    lengths: &[usize],
+    ctx: &Ctx,
+) -> Result<Vec<(Vec<f32>, Vec<f32>)>> {
+    // (batch, seq, 2) → per window, per token [start, end].
+    let rows = model
+        .logits(batch, ctx)?
+        .detach()
+        .to_dtype(DType::F32)?
+        .to_vec3::<f32>()?;
+    Ok(rows
+        .into_iter()
+        .zip(lengths)
+        .map(|(row, &n)| {
+            (
+                row[..n].iter().map(|t| t[0]).collect(),
+                row[..n].iter().map(|t| t[1]).collect(),
+            )
+        })
+        .collect())
 }
 
 /// A candidate answer: characters of the context, and its logits.

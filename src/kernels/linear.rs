@@ -16,9 +16,12 @@ use super::simd;
 /// The same matrix (out, in) with its columns contiguous: `linear` then reads Wᵀ as a
 /// row-major right-hand side, gemm's fast case, and packs nothing per call. For weights
 /// that only ever go forward (an inference store's): the backward's dx = dy·W would read
-/// W the slow way instead. Idempotent, and a copy only if W's columns are not already
-/// contiguous.
+/// W the slow way instead. Idempotent: W itself (the same tensor, which `peft serve`'s
+/// stacked models recognise as shared) when its columns are already contiguous.
 pub fn columns(w: &Tensor) -> Result<Tensor> {
+    if w.rank() == 2 && w.t()?.is_contiguous() {
+        return Ok(w.clone());
+    }
     Ok(w.t()?.contiguous()?.t()?)
 }
 

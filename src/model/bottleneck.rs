@@ -27,6 +27,7 @@ use super::params::Path;
 pub const NAME: &str = "default";
 
 /// One adapter in one sublayer.
+#[derive(Clone)]
 pub struct Bottleneck {
     down: Linear,
     up: Linear,

@@ -3,6 +3,7 @@
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashSet;
+use std::ops::Range;
 
 use anyhow::Result;
 use candle_core::{Tensor, TensorId, Var};
@@ -22,6 +23,9 @@ pub struct Ctx {
     /// Where LayerNorms and biased linear layers leave what per-example gradients of their
     /// parameters are made of ([`Ctx::probing`]); None in every other forward.
     probes: Option<RefCell<Probes>>,
+    /// A forward of a model stacked over several adapters (`stack.rs`): the batch rows of
+    /// each part, in order; None in every other forward.
+    segments: Option<Vec<Range<usize>>>,
 }
 
 /// What a probing forward left: the probes, and the tensors also used on an input the
@@ -109,6 +113,7 @@ impl Ctx {
             calls: Cell::new(0),
             precision: Precision::F32,
             probes: None,
+            segments: None,
         }
     }
 
@@ -190,6 +195,20 @@ impl Ctx {
     /// The same state with the products in `precision`.
     pub fn with_precision(self, precision: Precision) -> Self {
         Self { precision, ..self }
+    }
+
+    /// The same state over a batch whose rows `segments[i]` belong to part i of a stacked
+    /// model ([`Model::stack`](super::Model::stack)).
+    pub fn with_segments(self, segments: Vec<Range<usize>>) -> Self {
+        Self {
+            segments: Some(segments),
+            ..self
+        }
+    }
+
+    /// Each stacked part's rows, when the forward is of a stacked model.
+    pub fn segments(&self) -> Option<&[Range<usize>]> {
+        self.segments.as_deref()
     }
 
     pub fn precision(&self) -> Precision {

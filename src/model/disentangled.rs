@@ -56,6 +56,64 @@ pub struct Disentangled {
 }
 
 impl Disentangled {
+    /// One attention over `parts` of a stacked model. The position projections read the
+    /// relative embeddings every row shares, so they must be the same in every part
+    /// (LoRA on a key shared with positions is not).
+    pub(crate) fn stack(parts: &[&Disentangled]) -> Result<Self> {
+        let linears = |f: &dyn Fn(&Disentangled) -> Option<&Linear>| -> Result<Option<Linear>> {
+            match parts.iter().map(|p| f(p)).collect::<Option<Vec<_>>>() {
+                Some(ls) => Ok(Some(Linear::stack(&ls)?)),
+                None if parts.iter().all(|p| f(p).is_none()) => Ok(None),
+                None => anyhow::bail!("the adapters' attention differs"),
+            }
+        };
+        let projections = match &parts[0].projections {
+            Projections::Separate { .. } => {
+                fn pick(d: &Disentangled, i: usize) -> Option<&Linear> {
+                    match &d.projections {
+                        Projections::Separate { query, key, value } => Some([query, key, value][i]),
+                        Projections::Fused { .. } => None,
+                    }
+                }
+                let differs = || anyhow::anyhow!("the adapters' attention differs");
+                Projections::Separate {
+                    query: linears(&|d| pick(d, 0))?.ok_or_else(differs)?,
+                    key: linears(&|d| pick(d, 1))?.ok_or_else(differs)?,
+                    value: linears(&|d| pick(d, 2))?.ok_or_else(differs)?,
+                }
+            }
+            Projections::Fused { q_bias, v_bias, .. } => {
+                let mut fused = Vec::with_capacity(parts.len());
+                for p in parts {
+                    match &p.projections {
+                        Projections::Fused {
+                            in_proj,
+                            q_bias: q,
+                            v_bias: v,
+                        } if q.id() == q_bias.id() && v.id() == v_bias.id() => fused.push(in_proj),
+                        _ => anyhow::bail!("the adapters' attention biases differ"),
+                    }
+                }
+                Projections::Fused {
+                    in_proj: Linear::stack(&fused)?,
+                    q_bias: q_bias.clone(),
+                    v_bias: v_bias.clone(),
+                }
+            }
+        };
+        let pos_key = linears(&|d| d.pos_key.as_ref())?;
+        let pos_query = linears(&|d| d.pos_query.as_ref())?;
+        if pos_key.iter().chain(&pos_query).any(Linear::is_stacked) {
+            anyhow::bail!("the adapters' position projections differ");
+        }
+        Ok(Self {
+            projections,
+            pos_key,
+            pos_query,
+            ..*parts[0]
+        })
+    }
+
     /// `path`: the layer's `attention.self`. Adapters wrap the projections users name
     /// `query`, `key`, `value` (v2's `*_proj`), or v1's fused `in_proj` whole.
     pub fn load(path: &Path, cfg: &ModelConfig, adapters: Option<&AdapterConfig>) -> Result<Self> {

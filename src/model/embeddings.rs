@@ -64,6 +64,38 @@ impl Embeddings {
         })
     }
 
+    /// One over `parts` of a stacked model: their tables must be the same (each part's
+    /// LayerNorm and projection may be its own).
+    pub(crate) fn stack(parts: &[&Embeddings]) -> Result<Self> {
+        use super::segments::{same, same_opt};
+        if !(same(parts.iter().map(|e| &e.word))
+            && same_opt(parts.iter().map(|e| e.position.as_ref()))
+            && same_opt(parts.iter().map(|e| e.token_type.as_ref())))
+        {
+            anyhow::bail!("the adapters' embedding tables differ (a full fine-tune, another base)");
+        }
+        let project = match parts[0].project {
+            Some(_) => Some(Linear::stack(
+                &parts
+                    .iter()
+                    .map(|e| e.project.as_ref())
+                    .collect::<Option<Vec<_>>>()
+                    .ok_or_else(|| anyhow::anyhow!("the adapters differ in embed_proj"))?,
+            )?),
+            None => None,
+        };
+        Ok(Self {
+            word: parts[0].word.clone(),
+            position: parts[0].position.clone(),
+            token_type: parts[0].token_type.clone(),
+            project,
+            layer_norm: LayerNorm::stack(&parts.iter().map(|e| &e.layer_norm).collect::<Vec<_>>())?,
+            dropout: parts[0].dropout,
+            arch: parts[0].arch,
+            pad_id: parts[0].pad_id,
+        })
+    }
+
     /// `input_ids`, `token_type_ids`: (batch, seq) u32; `mask`: (batch, seq), 1 for real
     /// tokens. `prompt` (virtual tokens, width): prompt tuning's embeddings, put before
     /// each sequence's words as PEFT passes them (`inputs_embeds`), with token type 0 and

@@ -44,6 +44,14 @@ impl Pooler {
         })
     }
 
+    /// One pooler over `parts` of a stacked model.
+    pub(crate) fn stack(parts: &[&Pooler]) -> Result<Self> {
+        Ok(Self {
+            dense: Linear::stack(&parts.iter().map(|p| &p.dense).collect::<Vec<_>>())?,
+            ..*parts[0]
+        })
+    }
+
     pub fn forward(&self, hidden: &Tensor, ctx: &Ctx) -> Result<Tensor> {
         let first = self.dropout.forward(&hidden.i((.., 0))?, ctx)?;
         super::nn::activate(&self.dense.forward(&first, ctx)?, self.act)
@@ -65,7 +73,11 @@ impl From<usize> for HeadKind {
     }
 }
 
+#[derive(Clone)]
 pub enum Head {
+    /// A stacked model's (`stack.rs`): each part's head on its rows, the outputs of a
+    /// head with fewer labels padded with zeros.
+    Parts(Vec<Head>),
     /// `qa_outputs` on every token: (batch, seq, 2).
     Span { qa_outputs: Linear },
     /// BERT's and DeBERTa's: on the pooler's output.
@@ -119,6 +131,7 @@ impl Head {
 
     pub(crate) fn kind(&self) -> HeadKind {
         let out = match self {
+            Head::Parts(parts) => return parts[0].kind(),
             Head::Span { .. } => return HeadKind::Span,
             Head::Pooled { classifier, .. } => classifier,
             Head::Dense { out_proj, .. } => out_proj,
@@ -137,6 +150,13 @@ impl Head {
         ctx: &Ctx,
     ) -> Result<Tensor> {
         match self {
+            Head::Parts(parts) => {
+                let mut xs = vec![hidden, mask];
+                xs.extend(pooled);
+                super::segments::per_segment(parts, &xs, 1, ctx, |h, xs| {
+                    h.forward(&xs[0], xs.get(2), &xs[1], ctx)
+                })
+            }
             Head::Summary(s) => s.forward(hidden, mask, ctx),
             Head::Span { qa_outputs } => qa_outputs.forward(hidden, ctx),
             Head::Pooled {

@@ -45,6 +45,18 @@ impl SelfAttention {
         })
     }
 
+    fn stack(parts: &[&SelfAttention]) -> Result<Self> {
+        let linears = |f: fn(&SelfAttention) -> &Linear| {
+            Linear::stack(&parts.iter().map(|a| f(a)).collect::<Vec<_>>())
+        };
+        Ok(Self {
+            query: linears(|a| &a.query)?,
+            key: linears(|a| &a.key)?,
+            value: linears(|a| &a.value)?,
+            ..*parts[0]
+        })
+    }
+
     /// `mask`: (batch, seq), 1 for real tokens and 0 for padding. `prefix`: keys and
     /// values put before the layer's own, attended by every token.
     fn forward(&self, x: &Tensor, mask: &Tensor, prefix: Option<&Kv>, ctx: &Ctx) -> Result<Tensor> {
@@ -100,12 +112,16 @@ impl SelfAttention {
 }
 
 /// dense → dropout → + residual → LayerNorm: `attention.output` and `output` share it.
+#[derive(Clone)]
 pub struct AddNorm {
     dense: Linear,
     layer_norm: LayerNorm,
     dropout: Dropout,
     /// A bottleneck adapter in this sublayer (`--method adapter`).
     bottleneck: Option<Bottleneck>,
+    /// In a stacked model where some part has a bottleneck adapter here: each part's own
+    /// sublayer after the dense product, on its rows.
+    parts: Option<Vec<AddNorm>>,
 }
 
 impl AddNorm {
@@ -135,6 +151,7 @@ impl AddNorm {
         };
         Ok(Self {
             bottleneck,
+            parts: None,
             dense: Linear::load(&p, d_in, cfg.hidden_size)?.with_adapter(&p, wraps)?,
             layer_norm: LayerNorm::load(
                 &path.pp("LayerNorm"),
@@ -142,6 +159,20 @@ impl AddNorm {
                 cfg.layer_norm_eps,
             )?,
             dropout: Dropout::new(cfg.hidden_dropout_prob),
+        })
+    }
+
+    fn stack(parts: &[&AddNorm]) -> Result<Self> {
+        let dense = Linear::stack(&parts.iter().map(|a| &a.dense).collect::<Vec<_>>())?;
+        let layer_norm =
+            LayerNorm::stack(&parts.iter().map(|a| &a.layer_norm).collect::<Vec<_>>())?;
+        let bottlenecks = parts.iter().any(|a| a.bottleneck.is_some());
+        Ok(Self {
+            dense,
+            layer_norm,
+            dropout: parts[0].dropout,
+            bottleneck: None,
+            parts: bottlenecks.then(|| parts.iter().map(|a| (*a).clone()).collect()),
         })
     }
 
@@ -161,6 +192,11 @@ impl AddNorm {
     }
 
     fn add_norm(&self, y: Tensor, residual: &Tensor, ctx: &Ctx) -> Result<Tensor> {
+        if let Some(parts) = &self.parts {
+            return crate::model::segments::per_segment(parts, &[&y, residual], 1, ctx, |a, xs| {
+                a.add_norm(xs[0].clone(), &xs[1], ctx)
+            });
+        }
         if let Some(b) = &self.bottleneck {
             let h = self.dropout.forward(&y, ctx)?;
             return b.forward(&h, residual, &self.layer_norm, ctx);
@@ -185,6 +221,44 @@ pub struct Layer {
 }
 
 impl Layer {
+    /// One layer over `parts` of a stacked model (`stack.rs`).
+    pub(crate) fn stack(parts: &[&Layer]) -> Result<Self> {
+        let attention = match &parts[0].attention {
+            Attention::Bert(_) => Attention::Bert(SelfAttention::stack(
+                &parts
+                    .iter()
+                    .map(|l| match &l.attention {
+                        Attention::Bert(a) => Ok(a),
+                        Attention::Disentangled(_) => {
+                            anyhow::bail!("the adapters' attention differs")
+                        }
+                    })
+                    .collect::<Result<Vec<_>>>()?,
+            )?),
+            Attention::Disentangled(_) => Attention::Disentangled(Disentangled::stack(
+                &parts
+                    .iter()
+                    .map(|l| match &l.attention {
+                        Attention::Disentangled(a) => Ok(a),
+                        Attention::Bert(_) => anyhow::bail!("the adapters' attention differs"),
+                    })
+                    .collect::<Result<Vec<_>>>()?,
+            )?),
+        };
+        let add_norms = |f: fn(&Layer) -> &AddNorm| {
+            AddNorm::stack(&parts.iter().map(|l| f(l)).collect::<Vec<_>>())
+        };
+        Ok(Self {
+            attention,
+            attention_output: add_norms(|l| &l.attention_output)?,
+            intermediate: Linear::stack(
+                &parts.iter().map(|l| &l.intermediate).collect::<Vec<_>>(),
+            )?,
+            act: parts[0].act,
+            output: add_norms(|l| &l.output)?,
+        })
+    }
+
     pub fn load(path: &Path, cfg: &ModelConfig, adapters: Option<&AdapterConfig>) -> Result<Self> {
         let att = path.pp("attention");
         let inter = path.pp("intermediate").pp("dense");

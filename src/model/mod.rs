@@ -26,6 +26,8 @@ pub mod principal;
 mod recompute;
 pub mod reft;
 pub mod relative;
+mod segments;
+pub(crate) mod stack;
 pub mod vera;
 pub mod xlnet;
 
@@ -92,15 +94,22 @@ pub struct Model {
     /// LoReFT's tokens, and its interventions after each layer (empty without LoReFT).
     positions: Option<reft::Positions>,
     interventions: Vec<Vec<reft::Loreft>>,
+    /// A stacked model's LoReFT: each part's tokens and interventions, on its rows
+    /// (`stack.rs`); None otherwise.
+    part_edits: Option<Vec<PartEdits>>,
     pooler: Option<Pooler>,
     head: Option<Head>,
 }
+
+/// One stacked part's LoReFT tokens and its interventions after each layer.
+type PartEdits = (Option<reft::Positions>, Vec<Vec<reft::Loreft>>);
 
 /// The encoder below the head: BERT's stack of layers (with DeBERTa's attention where the
 /// family has it), or XLNet's.
 enum Body {
     Stack {
-        embeddings: Embeddings,
+        // Boxed: the stack's modules outweigh XLNet's handful of pointers.
+        embeddings: Box<Embeddings>,
         /// ELECTRA's projection from narrower embeddings to the encoder's width.
         project: Option<nn::Linear>,
         layers: Vec<Layer>,
@@ -199,7 +208,7 @@ impl Model {
         let root = store.root();
         let body = match &cfg.xlnet {
             Some(x) => Body::Xlnet(xlnet::Xlnet::load(&root, x)?),
-            None => Self::stack(&root, cfg, adapters)?,
+            None => Self::encoder(&root, cfg, adapters)?,
         };
         let h = cfg.hidden_size;
         let (positions, interventions) = match adapters.map(|a| (a, a.kind)) {
@@ -249,14 +258,15 @@ impl Model {
             prefix,
             positions,
             interventions,
+            part_edits: None,
             pooler,
             head,
         })
     }
 
     /// BERT's, RoBERTa's, ELECTRA's and DeBERTa's encoder.
-    fn stack(root: &Path, cfg: &ModelConfig, adapters: Option<&AdapterConfig>) -> Result<Body> {
-        let embeddings = Embeddings::load(&root.pp("embeddings"), cfg)?;
+    fn encoder(root: &Path, cfg: &ModelConfig, adapters: Option<&AdapterConfig>) -> Result<Body> {
+        let embeddings = Box::new(Embeddings::load(&root.pp("embeddings"), cfg)?);
         let (e, h) = (cfg.embedding_width(), cfg.hidden_size);
         // DeBERTa projects inside its embeddings (embed_proj), before their LayerNorm.
         let project = (e != h && !cfg.model_type.is_deberta())
@@ -430,12 +440,15 @@ impl Model {
             }
             _ => anyhow::bail!("layer {i}: the shared inputs of another family"),
         };
-        for iv in &self.interventions[i] {
-            let at = edited
-                .iter()
-                .find(|e| e.group == iv.group())
-                .ok_or_else(|| anyhow::anyhow!("no positions for loreft {}", iv.group()))?;
-            x = iv.forward(&x, at, ctx)?;
+        x = edit(&self.interventions[i], x, edited, ctx)?;
+        if let Some(parts) = &self.part_edits {
+            x = segments::per_segment(parts, &[&x, mask], 1, ctx, |(positions, ivs), xs| {
+                let edited = match positions {
+                    Some(p) => p.masks(&xs[1])?,
+                    None => Vec::new(),
+                };
+                edit(&ivs[i], xs[0].clone(), &edited, ctx)
+            })?;
         }
         Ok(x)
     }
@@ -481,6 +494,18 @@ impl Model {
             .logits
             .ok_or_else(|| anyhow::anyhow!("the model was built without a task head"))
     }
+}
+
+/// `x` after LoReFT's interventions `ivs`, each on the tokens of its group in `edited`.
+fn edit(ivs: &[reft::Loreft], mut x: Tensor, edited: &[reft::Edited], ctx: &Ctx) -> Result<Tensor> {
+    for iv in ivs {
+        let at = edited
+            .iter()
+            .find(|e| e.group == iv.group())
+            .ok_or_else(|| anyhow::anyhow!("no positions for loreft {}", iv.group()))?;
+        x = iv.forward(&x, at, ctx)?;
+    }
+    Ok(x)
 }
 
 /// VeRA's projections' span: the largest (in, out) among the layers `targets` wrap in a

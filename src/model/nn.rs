@@ -24,6 +24,9 @@ pub struct Linear {
     ia3: Option<Ia3>,
     /// HRA's reflections of the input (`hra.rs`).
     hra: Option<Hra>,
+    /// In a stacked model (`stack.rs`), each part's own layer; `weight` is then the one
+    /// they share, if they do.
+    parts: Option<Vec<Linear>>,
 }
 
 impl Linear {
@@ -34,7 +37,29 @@ impl Linear {
             adapter: None,
             ia3: None,
             hra: None,
+            parts: None,
         }
+    }
+
+    /// One layer over `parts` of a stacked model: the first part itself when none adds
+    /// anything to the same weight and bias, else each part applied to its own rows.
+    pub(crate) fn stack(parts: &[&Linear]) -> Result<Self> {
+        let plain = |l: &&Linear| {
+            l.adapter.is_none() && l.ia3.is_none() && l.hra.is_none() && l.parts.is_none()
+        };
+        if parts.iter().all(plain)
+            && super::segments::same(parts.iter().map(|l| &l.weight))
+            && super::segments::same_opt(parts.iter().map(|l| l.bias.as_ref()))
+        {
+            return Ok(parts[0].clone());
+        }
+        if parts.iter().any(|l| l.parts.is_some()) {
+            anyhow::bail!("a stacked layer cannot be stacked again");
+        }
+        Ok(Self {
+            parts: Some(parts.iter().map(|l| (*l).clone()).collect()),
+            ..Self::new(parts[0].weight.clone(), None)
+        })
     }
 
     /// Wrap with a LoRA or InA adapter under `path` (`….lora_A.weight`, `….lora_B.weight`),
@@ -56,6 +81,11 @@ impl Linear {
             }
         }
         Ok(self)
+    }
+
+    /// Whether each part of a stacked model applies its own.
+    pub(crate) fn is_stacked(&self) -> bool {
+        self.parts.is_some()
     }
 
     pub fn adapter(&self) -> Option<&Adapter> {
@@ -102,7 +132,11 @@ impl Linear {
     /// renormalises the weight, IA3 scales), so the layer's tensors are left to the
     /// one-example-at-a-time estimate.
     fn probed(&self, x: &Tensor, y: Tensor, ctx: &Ctx) -> Result<Tensor> {
-        if self.adapter.is_some() || self.ia3.is_some() || self.hra.is_some() {
+        if self.adapter.is_some()
+            || self.ia3.is_some()
+            || self.hra.is_some()
+            || self.parts.is_some()
+        {
             self.mark_shared(ctx);
             return Ok(y);
         }
@@ -123,40 +157,83 @@ impl Linear {
     /// Over an input the whole batch shares (DeBERTa's relative embeddings): no probe, and
     /// the layer's tensors marked as out of a probe's reach.
     pub fn forward_shared(&self, x: &Tensor, ctx: &Ctx) -> Result<Tensor> {
+        if self.parts.is_some() {
+            anyhow::bail!("a layer the stacked adapters hold apart, on an input they share");
+        }
         self.mark_shared(ctx);
         self.forward_unprobed(x, ctx)
     }
 
     fn forward_unprobed(&self, x: &Tensor, ctx: &Ctx) -> Result<Tensor> {
-        self.on_rows(x, |x| {
-            let reflected;
-            let x = match &self.hra {
-                Some(h) => {
-                    reflected = h.reflect(x)?;
-                    &reflected
-                }
-                None => x,
-            };
-            let scaled;
-            let x = match &self.ia3 {
-                Some(s) => {
-                    scaled = s.before(x)?;
-                    &scaled
-                }
-                None => x,
-            };
-            let y = match ctx.precision() {
-                Precision::F32 => linear::linear(x, &self.weight, self.bias.as_ref())?,
-                Precision::Bf16 => linear::linear_bf16(x, &self.weight, self.bias.as_ref())?,
-            };
-            let y = match &self.adapter {
-                Some(a) => a.add_to(x, y, &self.weight, self.bias.as_ref(), ctx)?,
-                None => y,
-            };
-            match &self.ia3 {
-                Some(s) => s.after(&y),
-                None => Ok(y),
+        let per_row = x.dims().iter().skip(1).rev().skip(1).product();
+        self.on_rows(x, |x| match &self.parts {
+            Some(parts) => self.stacked(parts, x, per_row, ctx),
+            None => {
+                let x = self.input(x)?;
+                let y = self.product(&x, self.bias.as_ref(), ctx)?;
+                self.output(&x, y, ctx)
             }
+        })
+    }
+
+    /// The input as the weight reads it: HRA's reflection, IA3's scaling of it.
+    fn input(&self, x: &Tensor) -> Result<Tensor> {
+        let x = match &self.hra {
+            Some(h) => h.reflect(x)?,
+            None => x.clone(),
+        };
+        match &self.ia3 {
+            Some(s) => s.before(&x),
+            None => Ok(x),
+        }
+    }
+
+    fn product(&self, x: &Tensor, bias: Option<&Tensor>, ctx: &Ctx) -> Result<Tensor> {
+        match ctx.precision() {
+            Precision::F32 => linear::linear(x, &self.weight, bias),
+            Precision::Bf16 => linear::linear_bf16(x, &self.weight, bias),
+        }
+    }
+
+    /// The output after the weight's product `y` of `x` (as [`input`](Self::input) made
+    /// it): an adapter's part added, IA3's scaling of the output.
+    fn output(&self, x: &Tensor, y: Tensor, ctx: &Ctx) -> Result<Tensor> {
+        let y = match &self.adapter {
+            Some(a) => a.add_to(x, y, &self.weight, self.bias.as_ref(), ctx)?,
+            None => y,
+        };
+        match &self.ia3 {
+            Some(s) => s.after(&y),
+            None => Ok(y),
+        }
+    }
+
+    /// A stacked layer on `x` (rows, in), `per_row` rows per batch row: one product for
+    /// every row when the parts share their weight, then each part's bias and pieces on
+    /// its own rows.
+    fn stacked(&self, parts: &[Linear], x: &Tensor, per_row: usize, ctx: &Ctx) -> Result<Tensor> {
+        if !super::segments::same(parts.iter().map(|l| &l.weight)) {
+            // PiSSA's or OLoRA's residual weights: nothing to share.
+            return super::segments::per_segment(parts, &[x], per_row, ctx, |l, xs| {
+                let x = l.input(&xs[0])?;
+                let y = l.product(&x, l.bias.as_ref(), ctx)?;
+                l.output(&x, y, ctx)
+            });
+        }
+        let transforms = parts.iter().any(|l| l.hra.is_some() || l.ia3.is_some());
+        let input = match transforms {
+            true => {
+                super::segments::per_segment(parts, &[x], per_row, ctx, |l, xs| l.input(&xs[0]))?
+            }
+            false => x.clone(),
+        };
+        let y = self.product(&input, None, ctx)?;
+        super::segments::per_segment(parts, &[&input, &y], per_row, ctx, |l, xs| {
+            let y = match &l.bias {
+                Some(b) => xs[1].broadcast_add(b)?,
+                None => xs[1].clone(),
+            };
+            l.output(&xs[0], y, ctx)
         })
     }
 
@@ -167,6 +244,7 @@ impl Linear {
             (None, Activation::Gelu, Some(b))
                 if self.ia3.is_none()
                     && self.hra.is_none()
+                    && self.parts.is_none()
                     && ctx.precision() == Precision::F32
                     && !ctx.probes(self.weight.id()) =>
             {
@@ -202,11 +280,38 @@ pub struct LayerNorm {
     weight: Tensor,
     bias: Tensor,
     eps: f64,
+    /// In a stacked model, each part's own, applied to its rows.
+    parts: Option<Vec<LayerNorm>>,
 }
 
 impl LayerNorm {
     pub fn new(weight: Tensor, bias: Tensor, eps: f64) -> Self {
-        Self { weight, bias, eps }
+        Self {
+            weight,
+            bias,
+            eps,
+            parts: None,
+        }
+    }
+
+    /// One LayerNorm over `parts` of a stacked model: shared when they hold the same gain
+    /// and bias, else each part's on its rows.
+    pub(crate) fn stack(parts: &[&LayerNorm]) -> Result<Self> {
+        if parts.iter().any(|l| l.parts.is_some()) {
+            anyhow::bail!("a stacked LayerNorm cannot be stacked again");
+        }
+        let mut out = parts[0].clone();
+        if !(super::segments::same(parts.iter().map(|l| &l.weight))
+            && super::segments::same(parts.iter().map(|l| &l.bias)))
+        {
+            out.parts = Some(parts.iter().map(|l| (*l).clone()).collect());
+        }
+        Ok(out)
+    }
+
+    /// The gain and the bias.
+    pub(crate) fn tensors(&self) -> [&Tensor; 2] {
+        [&self.weight, &self.bias]
     }
 
     pub fn load(path: &Path, size: usize, eps: f64) -> Result<Self> {
@@ -222,10 +327,18 @@ impl LayerNorm {
     /// Over an input the whole batch shares (DeBERTa's relative embeddings): no probe,
     /// since no example's gradient can be told apart there.
     pub fn forward_shared(&self, x: &Tensor) -> Result<Tensor> {
+        if self.parts.is_some() {
+            anyhow::bail!("a LayerNorm the stacked adapters hold apart, on an input they share");
+        }
         layernorm::layer_norm(x, &self.weight, &self.bias, self.eps)
     }
 
     pub fn forward(&self, x: &Tensor, ctx: &Ctx) -> Result<Tensor> {
+        if let Some(parts) = &self.parts {
+            return super::segments::per_segment(parts, &[x], 1, ctx, |l, xs| {
+                l.forward_shared(&xs[0])
+            });
+        }
         let y = self.forward_shared(x)?;
         let kind = ProbeKind::LayerNorm {
             weight: self.weight.id(),

@@ -60,6 +60,29 @@ impl RelativeEmbeddings {
         })
     }
 
+    /// The one `parts` of a stacked model share: the same table and LayerNorm in each.
+    pub(crate) fn stack(&self, parts: &[Option<&RelativeEmbeddings>]) -> Result<Self> {
+        use super::segments::{same, same_opt};
+        let all = parts.iter().copied().collect::<Option<Vec<_>>>();
+        let same_all = all.is_some_and(|ps| {
+            same(ps.iter().map(|p| &p.table))
+                && (0..2).all(|i| {
+                    same_opt(
+                        ps.iter()
+                            .map(|p| p.layer_norm.as_ref().map(|l| l.tensors()[i])),
+                    )
+                })
+        });
+        if !same_all {
+            anyhow::bail!("the adapters' relative position embeddings differ");
+        }
+        Ok(Self {
+            table: self.table.clone(),
+            layer_norm: self.layer_norm.clone(),
+            cfg: self.cfg,
+        })
+    }
+
     /// The row of the full table for distance `d` = query − key.
     fn row(&self, d: i64) -> i64 {
         let span = self.cfg.span as i64;

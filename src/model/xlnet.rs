@@ -433,6 +433,7 @@ impl Xlnet {
 
 /// `XLNetForSequenceClassification`'s head on the last token: `sequence_summary.summary`
 /// (d → d), tanh, dropout, then `logits_proj` (d → labels).
+#[derive(Clone)]
 pub struct SummaryHead {
     summary: Linear,
     first_dropout: Dropout,

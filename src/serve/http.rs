@@ -47,6 +47,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/predict", post(predict))
         .route("/embed", post(embed))
         .route("/qa", post(qa))
+        .route("/openapi.json", get(openapi))
         .layer(axum::middleware::from_fn_with_state(state.clone(), guard))
         .layer(DefaultBodyLimit::max(limit))
         .with_state(state)
@@ -137,6 +138,14 @@ fn parse<T: DeserializeOwned>(headers: &HeaderMap, body: &Bytes) -> Result<T, Ap
             _ => invalid(format!("{at}: {}", e.inner())),
         }
     })
+}
+
+/// This API's OpenAPI 3.1 description, kept beside the routes (a test checks that every
+/// route it names answers).
+const OPENAPI: &str = include_str!("openapi.json");
+
+async fn openapi() -> impl IntoResponse {
+    ([(header::CONTENT_TYPE, "application/json")], OPENAPI)
 }
 
 async fn health() -> &'static str {
@@ -649,4 +658,36 @@ async fn answer(s: Arc<AppState>, req: QaRequest) -> Result<Json<Value>, ApiErro
         out["null_score_diff"] = json!(diff);
     }
     Ok(Json(out))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::OPENAPI;
+    use serde_json::Value;
+
+    /// Every `$ref` in the description names one of its components.
+    #[test]
+    fn the_openapi_description_is_whole() {
+        let doc: Value = serde_json::from_str(OPENAPI).unwrap();
+        fn refs(v: &Value, out: &mut Vec<String>) {
+            match v {
+                Value::Object(m) => {
+                    if let Some(Value::String(r)) = m.get("$ref") {
+                        out.push(r.clone());
+                    }
+                    m.values().for_each(|v| refs(v, out));
+                }
+                Value::Array(a) => a.iter().for_each(|v| refs(v, out)),
+                _ => {}
+            }
+        }
+        let mut all = Vec::new();
+        refs(&doc, &mut all);
+        assert!(all.len() > 20);
+        for r in all {
+            let at = r.strip_prefix("#").unwrap();
+            assert!(doc.pointer(at).is_some(), "{r} resolves to nothing");
+        }
+        assert_eq!(doc["paths"].as_object().unwrap().len(), 9);
+    }
 }

@@ -34,6 +34,7 @@ pub struct Metrics {
     batch_requests: Histogram,
     batch_tokens: Histogram,
     batch_adapters: Histogram,
+    batch_forwards: Histogram,
 }
 
 fn latency_buckets() -> Histogram {
@@ -51,6 +52,7 @@ impl Default for Metrics {
         let batch_requests = Histogram::new(exponential_buckets(1.0, 2.0, 10));
         let batch_tokens = Histogram::new(exponential_buckets(16.0, 2.0, 14));
         let batch_adapters = Histogram::new(exponential_buckets(1.0, 2.0, 8));
+        let batch_forwards = Histogram::new(exponential_buckets(1.0, 2.0, 8));
         registry.register("requests", "Requests answered", requests.clone());
         registry.register(
             "request_duration_seconds",
@@ -69,13 +71,18 @@ impl Default for Metrics {
         );
         registry.register(
             "batch_tokens",
-            "Tokens per batch, each adapter's rows padded to their longest",
+            "Tokens per batch, each forward's rows padded to their longest",
             batch_tokens.clone(),
         );
         registry.register(
             "batch_adapters",
             "Adapters (and the base) whose requests a batch mixed",
             batch_adapters.clone(),
+        );
+        registry.register(
+            "batch_forwards",
+            "Forwards a batch ran: rows of adapters that stack share them, cut by length",
+            batch_forwards.clone(),
         );
         Self {
             registry,
@@ -85,6 +92,7 @@ impl Default for Metrics {
             batch_requests,
             batch_tokens,
             batch_adapters,
+            batch_forwards,
         }
     }
 }
@@ -117,6 +125,10 @@ impl Metrics {
         self.batch_requests.observe(requests as f64);
         self.batch_tokens.observe(tokens as f64);
         self.batch_adapters.observe(adapters as f64);
+    }
+
+    pub fn forwards(&self, n: usize) {
+        self.batch_forwards.observe(n as f64);
     }
 
     pub fn text(&self) -> String {

@@ -286,6 +286,11 @@ fn requests_to_many_adapters_batched_together_answer_as_predict_does() {
     let batches = value("peft_batch_requests_count ");
     assert!(value("peft_batch_requests_sum ") > batches, "{text}");
     assert!(value("peft_batch_adapters_sum ") > batches, "{text}");
+    // Adapters that stack shared forwards: fewer forwards than adapters over all batches.
+    assert!(
+        value("peft_batch_forwards_sum ") < value("peft_batch_adapters_sum "),
+        "{text}"
+    );
     assert!(
         text.contains("peft_requests_total{adapter=\"lora\",route=\"predict\",status=\"200\"} 2"),
         "{text}"
@@ -318,6 +323,31 @@ fn bad_requests_get_their_status_and_name_the_field() {
         "4",
     ]);
     let pair = json!(["a b c", "d e"]);
+
+    // Every route the OpenAPI description names answers as a route of ours: a GET with
+    // 200, a POST of an empty object with 422 (its missing fields), the DELETE of an
+    // unknown adapter with our 404.
+    let (st, doc) = call("GET", &format!("{}/openapi.json", s.url), None, None);
+    assert_eq!(st, 200);
+    for (path, ops) in doc["paths"].as_object().unwrap() {
+        for method in ops.as_object().unwrap().keys() {
+            let url = format!("{}{}", s.url, path.replace("{name}", "nope"));
+            let body = (method == "post").then(|| json!({}));
+            let (st, answer) = call(&method.to_uppercase(), &url, body.as_ref(), None);
+            let want = match method.as_str() {
+                "get" => 200,
+                "post" => 422,
+                _ => 404,
+            };
+            assert_eq!(st, want, "{method} {path}: {answer}");
+            if st != 200 {
+                assert!(
+                    answer["error_type"].is_string(),
+                    "{method} {path}: {answer}"
+                );
+            }
+        }
+    }
 
     let (st, e) = post(&s, "/predict", json!({"inputs": pair, "adapter": "nope"}));
     assert_eq!(
