@@ -323,16 +323,22 @@ const FORWARD_COST: usize = 64;
 
 /// Rows of `lengths` (longest first) cut into runs, each padded to its first (longest)
 /// row, so that padded tokens plus `cost` per run are least: a dynamic programme over where
-/// each run starts.
+/// each run starts. Only where the length changes: a cut between equal lengths saves no
+/// padding and costs a forward, and there are few lengths (at most the window) where
+/// rows may be many (64 requests of 32 inputs).
 fn cuts(lengths: &[usize], cost: usize) -> Vec<Range<usize>> {
-    let n = lengths.len();
-    // best[j]: the least cost of the first j rows; from[j]: where its last run starts.
-    let mut best = vec![0usize; n + 1];
-    let mut from = vec![0usize; n + 1];
-    for j in 1..=n {
+    let starts: Vec<usize> = (0..lengths.len())
+        .filter(|&i| i == 0 || lengths[i] != lengths[i - 1])
+        .collect();
+    let k = starts.len();
+    let row = |g: usize| starts.get(g).copied().unwrap_or(lengths.len());
+    // best[j]: the least cost of the rows before group j; from[j]: where its last run starts.
+    let mut best = vec![0usize; k + 1];
+    let mut from = vec![0usize; k + 1];
+    for j in 1..=k {
         best[j] = usize::MAX;
         for i in 0..j {
-            let c = best[i] + (j - i) * lengths[i] + cost;
+            let c = best[i] + (row(j) - row(i)) * lengths[row(i)] + cost;
             if c < best[j] {
                 best[j] = c;
                 from[j] = i;
@@ -340,9 +346,9 @@ fn cuts(lengths: &[usize], cost: usize) -> Vec<Range<usize>> {
         }
     }
     let mut out = Vec::new();
-    let mut j = n;
+    let mut j = k;
     while j > 0 {
-        out.push(from[j]..j);
+        out.push(row(from[j])..row(j));
         j = from[j];
     }
     out.reverse();

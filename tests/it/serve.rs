@@ -169,6 +169,14 @@ fn lora() -> (&'static Run, String) {
     (lora, format!("lora={}", lora.1.display()))
 }
 
+/// A server over tiny-bert with the LoRA run as `lora`, and `flags`.
+fn serve_lora(flags: &[&str]) -> Server {
+    let (model, lora) = (fixture("tiny-bert"), lora().1);
+    let mut args = vec!["--model", model.as_str(), "--adapter", lora.as_str()];
+    args.extend_from_slice(flags);
+    start(&args)
+}
+
 fn write_sst2(dir: &Path, n_train: usize, n_dev: usize) {
     let d = dir.join("SST-2");
     std::fs::create_dir_all(&d).unwrap();
@@ -313,15 +321,7 @@ fn requests_to_many_adapters_batched_together_answer_as_predict_does() {
 
 #[test]
 fn bad_requests_get_their_status_and_name_the_field() {
-    let (_, flag) = lora();
-    let s = start(&[
-        "--model",
-        &fixture("tiny-bert"),
-        "--adapter",
-        &flag,
-        "--max-client-batch-size",
-        "4",
-    ]);
+    let s = serve_lora(&["--max-client-batch-size", "4"]);
     let pair = json!(["a b c", "d e"]);
 
     // Every route the OpenAPI description names answers as a route of ours: a GET with
@@ -414,17 +414,7 @@ fn bad_requests_get_their_status_and_name_the_field() {
 
 #[test]
 fn a_full_queue_answers_429_and_the_rest_are_answered() {
-    let (_, flag) = lora();
-    let s = start(&[
-        "--model",
-        &fixture("tiny-bert"),
-        "--adapter",
-        &flag,
-        "--max-concurrent-requests",
-        "2",
-        "--max-wait-ms",
-        "300",
-    ]);
+    let s = serve_lora(&["--max-concurrent-requests", "2", "--max-wait-ms", "300"]);
     let url = format!("{}/predict", s.url);
     let statuses: Vec<u16> = std::thread::scope(|scope| {
         let hs: Vec<_> = (0..12)
@@ -452,16 +442,7 @@ fn a_full_queue_answers_429_and_the_rest_are_answered() {
 
     // A client that goes away frees its slot: with room for one request, the next is
     // answered while the first one's batch is still waiting.
-    let one = start(&[
-        "--model",
-        &fixture("tiny-bert"),
-        "--adapter",
-        &flag,
-        "--max-concurrent-requests",
-        "1",
-        "--max-wait-ms",
-        "1500",
-    ]);
+    let one = serve_lora(&["--max-concurrent-requests", "1", "--max-wait-ms", "1500"]);
     let body = json!({"inputs": ["a b", "c"], "adapter": "lora"}).to_string();
     {
         use std::io::Write;
@@ -579,17 +560,7 @@ fn adapters_load_and_unload_at_run_time_only_below_the_root() {
 
 #[test]
 fn sigterm_answers_the_request_in_flight_and_a_key_guards_the_rest() {
-    let (_, flag) = lora();
-    let mut s = start(&[
-        "--model",
-        &fixture("tiny-bert"),
-        "--adapter",
-        &flag,
-        "--api-key",
-        "k3y",
-        "--max-wait-ms",
-        "1500",
-    ]);
+    let mut s = serve_lora(&["--api-key", "k3y", "--max-wait-ms", "1500"]);
     let body = json!({"inputs": ["a b c", "d e"], "adapter": "lora"});
     let url = format!("{}/predict", s.url);
     assert_eq!(call("POST", &url, Some(&body), None).0, 401);
